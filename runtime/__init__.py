@@ -1,0 +1,99 @@
+"""trouper's domain-free actor runtime on trio.
+
+Frames, typed two-lane mailboxes, actors and references, topologies (``Pipeline``,
+``ParallelPipeline``, a run-time graph API on :class:`Session`), the task that runs a
+topology, turns and interruption, supervision, logging, serialization and a testing kit
+(:mod:`runtime.testing`). It imports nothing from ``actors``.
+"""
+
+from __future__ import annotations
+
+from ._actor import Actor as Actor
+from ._actor import ActorRef as ActorRef
+from ._actor import ActorState as ActorState
+from ._errors import ActorDeadError as ActorDeadError
+from ._errors import ActorError as ActorError
+from ._errors import AskTimeoutError as AskTimeoutError
+from ._errors import FrameTypeError as FrameTypeError
+from ._errors import RestartIntensityExceeded as RestartIntensityExceeded
+from ._errors import SelfAskError as SelfAskError
+from ._errors import SessionStateError as SessionStateError
+from ._frames import ActorStoppedFrame as ActorStoppedFrame
+from ._frames import CancelFrame as CancelFrame
+from ._frames import ControlFrame as ControlFrame
+from ._frames import DataFrame as DataFrame
+from ._frames import EndFrame as EndFrame
+from ._frames import ErrorCategory as ErrorCategory
+from ._frames import ErrorFrame as ErrorFrame
+from ._frames import Frame as Frame
+from ._frames import FrameDirection as FrameDirection
+from ._frames import InterruptionFrame as InterruptionFrame
+from ._frames import MetricsData as MetricsData
+from ._frames import MetricsFrame as MetricsFrame
+from ._frames import ProcessingMetricsData as ProcessingMetricsData
+from ._frames import StartFrame as StartFrame
+from ._frames import StartInterruptionFrame as StartInterruptionFrame
+from ._frames import SystemFrame as SystemFrame
+from ._frames import TextFrame as TextFrame
+from ._frames import TranscriptionFrame as TranscriptionFrame
+from ._frames import TTFBMetricsData as TTFBMetricsData
+from ._frames import UserStartedSpeakingFrame as UserStartedSpeakingFrame
+from ._frames import UserStoppedSpeakingFrame as UserStoppedSpeakingFrame
+from ._mailbox import MailboxStatistics as MailboxStatistics
+from ._pipeline import ParallelPipeline as ParallelPipeline
+from ._pipeline import Pipeline as Pipeline
+from ._pipeline import Stage as Stage
+from ._session import ActorSnapshot as ActorSnapshot
+from ._session import Session as Session
+from ._session import SessionSnapshot as SessionSnapshot
+from ._supervision import RestartPolicy as RestartPolicy
+from ._task import FrameListener as FrameListener
+from ._task import PipelineParams as PipelineParams
+from ._task import PipelineRunner as PipelineRunner
+from ._task import PipelineTask as PipelineTask
+
+__all__ = [
+    "Actor",
+    "ActorDeadError",
+    "ActorError",
+    "ActorRef",
+    "ActorSnapshot",
+    "ActorState",
+    "ActorStoppedFrame",
+    "AskTimeoutError",
+    "CancelFrame",
+    "ControlFrame",
+    "DataFrame",
+    "EndFrame",
+    "ErrorCategory",
+    "ErrorFrame",
+    "Frame",
+    "FrameDirection",
+    "FrameListener",
+    "FrameTypeError",
+    "InterruptionFrame",
+    "MailboxStatistics",
+    "MetricsData",
+    "MetricsFrame",
+    "ParallelPipeline",
+    "Pipeline",
+    "PipelineParams",
+    "PipelineRunner",
+    "PipelineTask",
+    "ProcessingMetricsData",
+    "RestartIntensityExceeded",
+    "RestartPolicy",
+    "SelfAskError",
+    "Session",
+    "SessionSnapshot",
+    "SessionStateError",
+    "Stage",
+    "StartFrame",
+    "StartInterruptionFrame",
+    "SystemFrame",
+    "TTFBMetricsData",
+    "TextFrame",
+    "TranscriptionFrame",
+    "UserStartedSpeakingFrame",
+    "UserStoppedSpeakingFrame",
+]

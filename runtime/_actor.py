@@ -1,0 +1,633 @@
+"""Actors and references to them.
+
+An :class:`Actor` is a stage: it owns its state, receives frames through a typed two-lane
+mailbox and sends frames to its neighbours with :meth:`Actor.push_frame`. Two tasks serve it
+(one per lane), both inside a nursery the actor's supervisor owns; the supervisor itself
+belongs to the session's nursery (see :mod:`runtime._session`).
+
+``Actor`` is deliberately a plain class rather than an attrs class: applications subclass it
+the way Pipecat users subclass ``FrameProcessor`` (``__init__`` calling ``super().__init__()``).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import math
+from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, final
+
+import attrs
+import outcome
+import structlog
+import trio
+from typing_extensions import TypeVar
+
+from ._errors import ActorDeadError, AskTimeoutError, FrameTypeError, SelfAskError
+from ._frames import (
+    ActorStoppedFrame,
+    CancelFrame,
+    EndFrame,
+    ErrorCategory,
+    ErrorFrame,
+    Frame,
+    FrameDirection,
+    InterruptionFrame,
+    StartFrame,
+    SystemFrame,
+    current_turn,
+)
+from ._mailbox import Item, Mailbox, MailboxStatistics, _Reply
+
+if TYPE_CHECKING:
+    from ._session import Session
+    from ._supervision import RestartPolicy
+
+__all__ = ["Actor", "ActorRef", "ActorState"]
+
+T = TypeVar("T", bound=Frame, default=Frame)
+R = TypeVar("R")
+
+DOWNSTREAM = FrameDirection.DOWNSTREAM
+UPSTREAM = FrameDirection.UPSTREAM
+
+_names = itertools.count(1)
+_current_actor: ContextVar[Actor[Any] | None] = ContextVar("trouper_current_actor", default=None)
+
+#: Frames whose forwarding the runtime guarantees (they pass every actor exactly once).
+_LIFECYCLE = (StartFrame, EndFrame, CancelFrame, InterruptionFrame)
+
+_logger = structlog.get_logger("trouper.runtime")
+
+#: How many frames an actor handles back to back before letting other tasks run.
+_FAIRNESS_BATCH = 64
+
+
+class ActorState(enum.Enum):
+    """Where an actor is in its life."""
+
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    CRASHED = "crashed"
+
+
+class Actor(Generic[T]):
+    """Base class of every stage.
+
+    Subclass it, list the frame types your handler wants in :attr:`accepts`, override
+    :meth:`process_frame`, and call :meth:`push_frame` to send frames on. Frames of other types
+    pass through the actor in order without reaching your code, so nothing is ever forgotten.
+    ``StartFrame``, ``EndFrame``, ``CancelFrame`` and ``InterruptionFrame`` are always forwarded
+    by the runtime (after your handler if you accept them): never push those on yourself.
+
+    Args:
+        name: Name used in logs and snapshots (default ``ClassName#n``).
+        mailbox_size: Capacity of the data lane (default: the session's).
+        restart_policy: Restart instead of escalating when a handler raises.
+
+    Example::
+
+        class Upper(Actor[TextFrame]):
+            accepts = (TextFrame,)
+
+            async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+                assert isinstance(frame, TextFrame)
+                await self.push_frame(TextFrame(frame.text.upper()), direction)
+    """
+
+    #: Frame types delivered to :meth:`process_frame`; anything else passes through.
+    accepts: ClassVar[tuple[type[Frame], ...]] = (Frame,)
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        mailbox_size: int | None = None,
+        restart_policy: RestartPolicy | None = None,
+    ) -> None:
+        self._name = name or f"{type(self).__name__}#{next(_names)}"
+        self._mailbox_size = mailbox_size
+        self.restart_policy = restart_policy
+        self._mailbox: Mailbox | None = None
+        self._session: Session | None = None
+        self._downstream: list[Actor[Any]] = []
+        self._upstream: list[Actor[Any]] = []
+        self._state = ActorState.CREATED
+        self._accept_cache: dict[type[Frame], bool] = {}
+        self._started = trio.Event()
+        self._stopped = trio.Event()
+        self._scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._work_scope: trio.CancelScope | None = None
+        self._busy: Frame | None = None
+        self._end_forwarded = False
+        self._watchers: list[Actor[Any]] = []
+        self._background: set[trio.CancelScope] = set()
+        self._restarts = 0
+        self._dead_letters = 0
+        self._crash: BaseException | None = None
+        self.metrics_enabled = False
+        self.usage_metrics_enabled = False
+        self.report_only_initial_ttfb = False
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def name(self) -> str:
+        """The actor's name (unique within its session)."""
+        return self._name
+
+    @property
+    def state(self) -> ActorState:
+        """The actor's lifecycle state."""
+        return self._state
+
+    @property
+    def ref(self) -> ActorRef[T]:
+        """A typed reference for direct sends and asks."""
+        return ActorRef(self)
+
+    @property
+    def session(self) -> Session:
+        """The session running this actor.
+
+        Raises:
+            SessionStateError: the actor has not been added to a running session.
+        """
+        if self._session is None:
+            from ._errors import SessionStateError
+
+            raise SessionStateError(
+                f"actor {self._name!r} is not running in a session: put it in a Pipeline run "
+                "by a PipelineTask, or spawn it with Session.spawn()"
+            )
+        return self._session
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to this actor's session, name and current turn."""
+        session = self._session.name if self._session is not None else None
+        return _logger.bind(session=session, actor=self._name, turn=current_turn.get())
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._name!r} {self._state.value}>"
+
+    # ------------------------------------------------------------------ hooks
+
+    async def on_start(self) -> None:
+        """Called once the ``StartFrame`` reaches the actor (and again after a restart)."""
+
+    async def on_stop(self) -> None:
+        """Called when the actor stops (end, cancel, removal). Time-boxed and shielded."""
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Handle one accepted frame. The base implementation does nothing.
+
+        Runs in the actor's data task for ordered frames and in its system task for system
+        frames. Cancelled by an interruption when the frame is interruptible.
+        """
+
+    async def on_ask(self, frame: Frame) -> object:
+        """Answer a request sent with :meth:`ActorRef.ask`; the return value is the reply."""
+        raise NotImplementedError(f"actor {self._name!r} does not answer asks (override on_ask)")
+
+    # ------------------------------------------------------------------ typing
+
+    def accepts_frame(self, frame: Frame) -> bool:
+        """Whether ``frame`` reaches :meth:`process_frame` (its type is in :attr:`accepts`)."""
+        return self._accepts_type(type(frame))
+
+    def _accepts_type(self, cls: type[Frame]) -> bool:
+        try:
+            return self._accept_cache[cls]
+        except KeyError:
+            ok = issubclass(cls, self.accepts)
+            self._accept_cache[cls] = ok
+            return ok
+
+    def _check_accepts(self, frame: Frame) -> None:
+        if not isinstance(frame, Frame):
+            raise FrameTypeError(
+                f"actor {self._name!r} only takes frames; got {type(frame).__name__}"
+            )
+        if not self._accepts_type(type(frame)):
+            wanted = ", ".join(c.__name__ for c in self.accepts)
+            raise FrameTypeError(
+                f"actor {self._name!r} ({type(self).__name__}) does not accept "
+                f"{type(frame).__name__}; its mailbox takes: {wanted}"
+            )
+
+    # ------------------------------------------------------------------ sending
+
+    async def push_frame(self, frame: Frame, direction: FrameDirection = DOWNSTREAM) -> None:
+        """Send ``frame`` to the neighbours in ``direction``.
+
+        Downstream data waits while a neighbour's data lane is full (backpressure); system
+        frames and upstream frames never wait. Frames to a neighbour that has stopped are
+        counted as dead letters. An :class:`InterruptionFrame` takes effect (cancels the turn)
+        the moment it is pushed.
+        """
+        session = self._session
+        if session is None:
+            raise self._not_running()
+        if type(frame) is InterruptionFrame:
+            session._apply_interruption(frame)
+        turn = frame.turn
+        if turn is None:
+            turn = session.turn
+        await self._deliver((frame, direction, turn, None))
+
+    async def push_error(
+        self,
+        error: str,
+        *,
+        exception: BaseException | None = None,
+        category: ErrorCategory = ErrorCategory.UNKNOWN,
+        fatal: bool = False,
+    ) -> None:
+        """Report an error upstream as an :class:`ErrorFrame` and log it."""
+        self.log.warning("error", error=error, category=category.value, fatal=fatal)
+        await self.push_frame(
+            ErrorFrame(
+                error, fatal=fatal, exception=exception, category=category, source=self._name
+            ),
+            UPSTREAM,
+        )
+
+    async def _deliver(self, item: Item) -> None:
+        targets = self._downstream if item[1] is not UPSTREAM else self._upstream
+        system = isinstance(item[0], SystemFrame)
+        for target in targets:
+            mailbox = target._mailbox
+            if mailbox is None or mailbox.closed:
+                self._dead_letters += 1
+                continue
+            if system:
+                mailbox.put_system(item)
+            elif not mailbox.try_put_data(item):
+                try:
+                    await mailbox.put_data(item)
+                except ActorDeadError:
+                    self._dead_letters += 1
+
+    async def _forward(self, item: Item) -> None:
+        """Pass an item on unchanged (pass-through and lifecycle frames)."""
+        if type(item[0]) is EndFrame:
+            self._end_forwarded = True
+        if item[1] is None:
+            return
+        await self._deliver(item)
+
+    def _not_running(self) -> Exception:
+        from ._errors import SessionStateError
+
+        return SessionStateError(
+            f"actor {self._name!r} is not running in a session: put it in a Pipeline run by a "
+            "PipelineTask, or spawn it with Session.spawn()"
+        )
+
+    # ------------------------------------------------------------------ background work
+
+    def create_task(
+        self,
+        fn: Callable[..., Awaitable[object]],
+        *args: object,
+        name: str | None = None,
+        interruptible: bool = False,
+    ) -> trio.CancelScope:
+        """Run ``fn(*args)`` in the actor's nursery; returns the task's cancel scope.
+
+        With ``interruptible=True`` the task belongs to the current turn: the next
+        interruption cancels it, at once, wherever it is waiting. The task ends, at the latest,
+        when the actor stops. An exception from ``fn`` is handled like one from a handler
+        (restart policy or escalation).
+        """
+        if self._nursery is None:
+            raise self._not_running()
+        scope = trio.CancelScope()
+        session = self.session
+        self._background.add(scope)
+        if interruptible:
+            session._turn_scopes.add(scope)
+
+        async def runner() -> None:
+            _current_actor.set(None)
+            try:
+                with scope:
+                    await fn(*args)
+            finally:
+                self._background.discard(scope)
+                session._turn_scopes.discard(scope)
+
+        self._nursery.start_soon(
+            runner, name=name or f"{self._name}:{getattr(fn, '__name__', 'task')}"
+        )
+        return scope
+
+    # ------------------------------------------------------------------ watching
+
+    def watch(self, other: Actor[Any] | ActorRef[Any]) -> None:
+        """Get an :class:`ActorStoppedFrame` (system lane) when ``other`` stops.
+
+        Idempotent; if ``other`` has already stopped the frame is delivered at once. Accept
+        ``ActorStoppedFrame`` in :attr:`accepts` to see it.
+        """
+        target = other._actor if isinstance(other, ActorRef) else other
+        if target._state in (ActorState.STOPPED, ActorState.CRASHED):
+            self._notify_stopped(target)
+        elif self not in target._watchers:
+            target._watchers.append(self)
+
+    def _notify_stopped(self, dead: Actor[Any]) -> None:
+        mailbox = self._mailbox
+        if mailbox is None or mailbox.closed:
+            return
+        crashed = dead._state is ActorState.CRASHED
+        error = dead._crash
+        frame = ActorStoppedFrame(
+            dead._name,
+            "crashed" if crashed else "stopped",
+            f"{type(error).__name__}: {error}" if error is not None else None,
+        )
+        mailbox.put_system((frame, None, frame.turn or 0, None))
+
+    # ------------------------------------------------------------------ loops (runtime)
+
+    def _attach(self, session: Session) -> None:
+        if self._session is not None and self._session is not session:
+            raise ValueError(
+                f"actor {self._name!r} already belongs to session {self._session.name!r}"
+            )
+        self._session = session
+        if self._mailbox is None:
+            self._mailbox = Mailbox(self._mailbox_size or session.mailbox_size, self._name)
+
+    async def _system_loop(self) -> None:
+        mailbox = self._mailbox
+        assert mailbox is not None
+        _current_actor.set(self)
+        while True:
+            item = await mailbox.get_system()
+            frame = item[0]
+            if item[3] is not None:
+                await self._answer(item)
+                continue
+            cls = type(frame)
+            if cls is StartFrame:
+                await self._start(frame)  # type: ignore[arg-type]
+            accepted = self._accepts_type(cls)
+            if accepted:
+                token = current_turn.set(item[2])
+                try:
+                    await self.process_frame(frame, item[1] or DOWNSTREAM)
+                finally:
+                    current_turn.reset(token)
+            if not accepted or cls in _LIFECYCLE:
+                await self._forward(item)
+            if cls is CancelFrame:
+                await self._stop()
+                return
+
+    async def _data_loop(self) -> None:
+        mailbox = self._mailbox
+        session = self._session
+        assert mailbox is not None
+        assert session is not None
+        _current_actor.set(self)
+        await self._started.wait()
+        accepts = self._accepts_type
+        batch = 0
+        while True:
+            with trio.CancelScope() as scope:
+                self._work_scope = scope
+                while True:
+                    if batch >= _FAIRNESS_BATCH:
+                        batch = 0
+                        await trio.lowlevel.checkpoint()
+                    try:
+                        item = mailbox.get_data_nowait()
+                        batch += 1
+                    except trio.WouldBlock:
+                        item = await mailbox.get_data()
+                        batch = 0
+                    frame = item[0]
+                    if item[3] is not None:
+                        await self._answer(item)
+                        continue
+                    if frame.interruptible and item[2] < session.turn:
+                        mailbox.count_stale()
+                        continue
+                    cls = type(frame)
+                    if not accepts(cls):
+                        await self._forward(item)
+                    else:
+                        interruptible = frame.interruptible
+                        token = current_turn.set(item[2] if interruptible else session.turn)
+                        self._busy = frame
+                        try:
+                            await self.process_frame(frame, item[1] or DOWNSTREAM)
+                        finally:
+                            self._busy = None
+                            current_turn.reset(token)
+                        if cls is EndFrame:
+                            await self._forward(item)
+                    if cls is EndFrame and self._end_forwarded:
+                        await self._stop()
+                        return
+            if scope.cancelled_caught:
+                # Interrupted mid-handler: the frame is abandoned, serve the next one.
+                self._work_scope = None
+
+    async def _answer(self, item: Item) -> None:
+        reply = item[3]
+        assert reply is not None
+        token = current_turn.set(item[2])
+        try:
+            value = await self.on_ask(item[0])
+        except Exception as exc:
+            reply.set(outcome.Error(exc))
+        else:
+            reply.set(outcome.Value(value))
+        finally:
+            current_turn.reset(token)
+
+    async def _start(self, frame: StartFrame) -> None:
+        if self._started.is_set():
+            return
+        self.metrics_enabled = frame.enable_metrics
+        self.usage_metrics_enabled = frame.enable_usage_metrics
+        self.report_only_initial_ttfb = frame.report_only_initial_ttfb
+        self._state = ActorState.STARTING
+        await self.on_start()
+        self._state = ActorState.RUNNING
+        self._started.set()
+        self.session._log.debug("actor started", actor=self._name)
+
+    async def _stop(self, *, crashed: bool = False) -> None:
+        """Stop for good: ``on_stop`` (shielded, time-boxed), close the mailbox, end the loops."""
+        if self._state in (ActorState.STOPPING, ActorState.STOPPED, ActorState.CRASHED):
+            return
+        self._state = ActorState.STOPPING
+        session = self._session
+        timeout = session.stop_timeout_secs if session is not None else 5.0
+        with trio.move_on_after(timeout, shield=True) as cs:
+            try:
+                await self.on_stop()
+            except Exception as exc:
+                _logger.warning(
+                    "on_stop raised", actor=self._name, error=f"{type(exc).__name__}: {exc}"
+                )
+        if cs.cancelled_caught:
+            _logger.warning("on_stop timed out", actor=self._name, timeout_secs=timeout)
+        self._finish(crashed=crashed)
+
+    def _finish(self, *, crashed: bool) -> None:
+        self._state = ActorState.CRASHED if crashed else ActorState.STOPPED
+        mailbox = self._mailbox
+        left = mailbox.close() if mailbox is not None else []
+        for item in left:
+            if item[3] is not None:
+                item[3].set(outcome.Error(ActorDeadError(f"actor {self._name!r} has stopped")))
+        if self._scope is not None:
+            self._scope.cancel()
+        self._stopped.set()
+        for watcher in self._watchers:
+            watcher._notify_stopped(self)
+        if self._session is not None:
+            self._session._log.debug(
+                "actor stopped", actor=self._name, state=self._state.value, unprocessed=len(left)
+            )
+
+    def _statistics(self) -> MailboxStatistics | None:
+        return self._mailbox.statistics() if self._mailbox is not None else None
+
+
+@final
+@attrs.frozen(repr=False)
+class ActorRef(Generic[T]):
+    """A typed handle on an actor: direct sends and request/reply.
+
+    ``ActorRef[T]`` only takes frames of type ``T`` (checked statically by mypy and at run
+    time: anything else raises :class:`~runtime.FrameTypeError` at the send).
+    """
+
+    _actor: Actor[Any]
+
+    @property
+    def name(self) -> str:
+        """The actor's name."""
+        return self._actor.name
+
+    @property
+    def actor(self) -> Actor[Any]:
+        """The actor itself (for inspection; talk to it through the ref)."""
+        return self._actor
+
+    def is_alive(self) -> bool:
+        """Whether the actor still takes frames."""
+        mailbox = self._actor._mailbox
+        return mailbox is not None and not mailbox.closed and self._actor._session is not None
+
+    def __repr__(self) -> str:
+        return f"ActorRef({self._actor.name!r})"
+
+    def _item(self, frame: Frame, reply: _Reply | None) -> tuple[Mailbox, Item]:
+        actor = self._actor
+        actor._check_accepts(frame)
+        mailbox = actor._mailbox
+        session = actor._session
+        if mailbox is None or session is None or mailbox.closed:
+            raise ActorDeadError(f"actor {actor.name!r} is not running")
+        turn = frame.turn if frame.turn is not None else session.turn
+        return mailbox, (frame, None, turn, reply)
+
+    async def send(self, frame: T) -> None:
+        """Send ``frame`` straight to the actor (not through its links).
+
+        Waits while the actor's data lane is full; system frames never wait.
+
+        Raises:
+            FrameTypeError: the actor does not accept this frame type.
+            ActorDeadError: the actor has stopped.
+        """
+        mailbox, item = self._item(frame, None)
+        if isinstance(frame, SystemFrame):
+            mailbox.put_system(item)
+        elif not mailbox.try_put_data(item):
+            await mailbox.put_data(item)
+        await trio.lowlevel.checkpoint()
+
+    def send_nowait(self, frame: T) -> None:
+        """Send without waiting.
+
+        Raises:
+            trio.WouldBlock: the data lane is full.
+            FrameTypeError: the actor does not accept this frame type.
+            ActorDeadError: the actor has stopped.
+        """
+        mailbox, item = self._item(frame, None)
+        if isinstance(frame, SystemFrame):
+            mailbox.put_system(item)
+        elif not mailbox.try_put_data(item):
+            raise trio.WouldBlock
+
+    async def ask(self, frame: T, *, timeout: float | None = 5.0) -> Any:  # noqa: ASYNC109
+        """Send ``frame`` and wait for the actor's :meth:`Actor.on_ask` reply.
+
+        Each ask has its own reply slot, and the deadline is enforced here, never by the
+        callee. Cancelling the caller abandons the reply.
+
+        Args:
+            frame: The request.
+            timeout: Seconds to wait for the reply (``None``: no limit).
+
+        Raises:
+            SelfAskError: an actor asked itself (that would deadlock).
+            AskTimeoutError: no reply within ``timeout``.
+            ActorDeadError: the actor has stopped (or stops before replying).
+            FrameTypeError: the actor does not accept this frame type.
+            Exception: whatever ``on_ask`` raised.
+        """
+        if _current_actor.get() is self._actor:
+            raise SelfAskError(
+                f"actor {self._actor.name!r} asked itself; it would wait on its own mailbox "
+                "forever (call the method directly, or use create_task)"
+            )
+        reply = _Reply()
+        mailbox, item = self._item(frame, reply)
+        if isinstance(frame, SystemFrame):
+            mailbox.put_system(item)
+        elif not mailbox.try_put_data(item):
+            await mailbox.put_data(item)
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        with trio.move_on_at(deadline):
+            await reply.event.wait()
+        if reply.result is None:
+            raise AskTimeoutError(
+                f"actor {self._actor.name!r} did not answer {type(frame).__name__} "
+                f"within {timeout} s"
+            )
+        return reply.result.unwrap()
+
+    def statistics(self) -> MailboxStatistics:
+        """The actor's mailbox statistics."""
+        stats = self._actor._statistics()
+        if stats is None:
+            raise ActorDeadError(f"actor {self._actor.name!r} has no mailbox yet")
+        return stats
+
+    async def wait_stopped(self) -> None:
+        """Wait until the actor has stopped (or crashed for good)."""
+        await self._actor._stopped.wait()
+
+
+def iter_actors(actors: Iterable[Actor[Any]]) -> list[Actor[Any]]:
+    """Deduplicated list, order kept."""
+    seen: dict[int, Actor[Any]] = {}
+    for actor in actors:
+        seen.setdefault(id(actor), actor)
+    return list(seen.values())

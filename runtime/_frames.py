@@ -1,0 +1,280 @@
+"""Frames: the immutable messages actors exchange.
+
+Every frame is a frozen, slotted attrs class. A frame carries a unique ``id``, the wall-clock
+time it was created (``created_at``), the conversation ``turn`` it belongs to and whether an
+interruption may drop it (``interruptible``).
+
+The ``turn`` is filled in automatically: a frame created while an actor handles a frame of turn
+*N* belongs to turn *N*; a frame created outside any actor (by the application) gets ``None``
+and is stamped with the session's current turn when it enters the session.
+
+Three families decide how the runtime transports a frame:
+
+* :class:`SystemFrame` travels on an actor's **system lane**: never blocks its sender, is served
+  before queued data and is never dropped by an interruption.
+* :class:`DataFrame` and :class:`ControlFrame` travel on the ordered, bounded **data lane**.
+  When interruptible, they are dropped once their turn has been interrupted.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from collections.abc import Sequence
+from contextvars import ContextVar
+
+import attrs
+
+__all__ = [
+    "ActorStoppedFrame",
+    "CancelFrame",
+    "ControlFrame",
+    "DataFrame",
+    "EndFrame",
+    "ErrorCategory",
+    "ErrorFrame",
+    "Frame",
+    "FrameDirection",
+    "InterruptionFrame",
+    "MetricsData",
+    "MetricsFrame",
+    "ProcessingMetricsData",
+    "StartFrame",
+    "StartInterruptionFrame",
+    "SystemFrame",
+    "TTFBMetricsData",
+    "TextFrame",
+    "TranscriptionFrame",
+    "UserStartedSpeakingFrame",
+    "UserStoppedSpeakingFrame",
+]
+
+_ids = itertools.count(1)
+
+#: The turn of the frame the current task is handling (set by the actor loops).
+current_turn: ContextVar[int | None] = ContextVar("trouper_current_turn", default=None)
+
+
+class FrameDirection(enum.IntEnum):
+    """Which way a frame travels through a topology."""
+
+    DOWNSTREAM = 1
+    """From the input end towards the output end (the default)."""
+    UPSTREAM = 2
+    """Back towards the input end (errors, context updates)."""
+
+
+@attrs.frozen(slots=True)
+class Frame:
+    """Base class of every frame.
+
+    Args:
+        id: Unique, increasing identifier (assigned automatically).
+        created_at: Wall-clock creation time in seconds since the epoch (automatic).
+        turn: The conversation turn the frame belongs to (automatic, see the module docs).
+        interruptible: Whether an interruption of its turn drops the frame while it is queued.
+            Subclasses change the default; an instance may override it.
+    """
+
+    id: int = attrs.field(factory=_ids.__next__, kw_only=True, eq=False)
+    created_at: float = attrs.field(factory=time.time, kw_only=True, eq=False, repr=False)
+    turn: int | None = attrs.field(factory=current_turn.get, kw_only=True, eq=False)
+    interruptible: bool = attrs.field(default=True, kw_only=True, eq=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        """A readable name, ``ClassName#id``."""
+        return f"{type(self).__name__}#{self.id}"
+
+
+@attrs.frozen(slots=True)
+class SystemFrame(Frame):
+    """High-priority frame: system lane, overtakes data, survives interruptions."""
+
+
+@attrs.frozen(slots=True)
+class DataFrame(Frame):
+    """Ordered content frame on the bounded data lane; dropped by interruptions."""
+
+
+@attrs.frozen(slots=True)
+class ControlFrame(Frame):
+    """Ordered control frame on the bounded data lane; dropped by interruptions by default."""
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+@attrs.frozen(slots=True)
+class StartFrame(SystemFrame):
+    """First frame through every actor: the runtime calls ``on_start`` when it arrives.
+
+    Args:
+        enable_metrics: Whether stages should emit timing metrics (TTFB, processing time).
+        enable_usage_metrics: Whether stages should emit usage metrics (tokens).
+        report_only_initial_ttfb: Only the first TTFB of the session is reported.
+    """
+
+    enable_metrics: bool = False
+    enable_usage_metrics: bool = False
+    report_only_initial_ttfb: bool = False
+
+
+@attrs.frozen(slots=True)
+class EndFrame(ControlFrame):
+    """Graceful end: travels behind queued data, then every actor stops (drain then stop)."""
+
+    reason: str | None = None
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
+
+
+@attrs.frozen(slots=True)
+class CancelFrame(SystemFrame):
+    """Immediate stop: overtakes queued data; queued frames are abandoned."""
+
+    reason: str | None = None
+
+
+@attrs.frozen(slots=True)
+class InterruptionFrame(SystemFrame):
+    """The user interrupted: the current turn's work is cancelled and its queued frames dropped.
+
+    The runtime does the cancelling itself the moment the frame enters the session (or
+    :meth:`~runtime.PipelineTask.interrupt` is called); the frame then still travels the
+    topology so stages can react (commit partial text, cancel tool calls, ...).
+    """
+
+
+#: Pipecat's older name for :class:`InterruptionFrame`.
+StartInterruptionFrame = InterruptionFrame
+
+
+@attrs.frozen(slots=True)
+class UserStartedSpeakingFrame(SystemFrame):
+    """The user started a turn (voice activity or typing began)."""
+
+
+@attrs.frozen(slots=True)
+class UserStoppedSpeakingFrame(SystemFrame):
+    """The user finished a turn."""
+
+
+@attrs.frozen(slots=True)
+class ActorStoppedFrame(SystemFrame):
+    """Tells a watcher that an actor it watches has stopped.
+
+    Args:
+        actor: Name of the actor that stopped.
+        reason: ``"stopped"`` for a normal stop, ``"crashed"`` when it failed for good.
+        error: ``"ExceptionType: message"`` of the failure, if any.
+    """
+
+    actor: str
+    reason: str
+    error: str | None = None
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ErrorCategory(enum.Enum):
+    """What kind of failure an :class:`ErrorFrame` reports."""
+
+    AUTHENTICATION = "auth"
+    RATE_LIMIT = "rate_limit"
+    SERVER = "server"
+    INVALID_REQUEST = "invalid_request"
+    CONNECTIVITY = "connectivity"
+    TIMEOUT = "timeout"
+    APPLICATION = "application"
+    UNKNOWN = "unknown"
+
+
+@attrs.frozen(slots=True)
+class ErrorFrame(SystemFrame):
+    """A recoverable (or, with ``fatal=True``, session-ending) error, pushed upstream.
+
+    Args:
+        error: Human-readable message. Never contains secrets.
+        fatal: When true the session is cancelled once the frame reaches the input end.
+        exception: The exception behind it, if any (not serialized).
+        category: What kind of failure it was.
+        source: Name of the actor that reported it.
+    """
+
+    error: str
+    fatal: bool = False
+    exception: BaseException | None = attrs.field(default=None, eq=False, repr=False)
+    category: ErrorCategory = ErrorCategory.UNKNOWN
+    source: str | None = None
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@attrs.frozen(slots=True)
+class MetricsData:
+    """One measurement.
+
+    Args:
+        processor: Name of the actor that measured it.
+        model: The model the measurement is about, if any.
+    """
+
+    processor: str
+    model: str | None = None
+
+
+@attrs.frozen(slots=True)
+class TTFBMetricsData(MetricsData):
+    """Time to first byte (first content or tool-call chunk), in seconds."""
+
+    value: float = 0.0
+
+
+@attrs.frozen(slots=True)
+class ProcessingMetricsData(MetricsData):
+    """Processing time of one request, in seconds."""
+
+    value: float = 0.0
+
+
+@attrs.frozen(slots=True)
+class MetricsFrame(SystemFrame):
+    """Carries measurements (see :class:`MetricsData` subclasses)."""
+
+    data: Sequence[MetricsData] = attrs.field(factory=tuple, converter=tuple)
+
+
+# --------------------------------------------------------------------------- text
+
+
+@attrs.frozen(slots=True)
+class TextFrame(DataFrame):
+    """A chunk of text.
+
+    Args:
+        text: The text.
+        append_to_context: Whether an assistant aggregator should record it.
+    """
+
+    text: str
+    append_to_context: bool = attrs.field(default=True, kw_only=True)
+
+
+@attrs.frozen(slots=True)
+class TranscriptionFrame(TextFrame):
+    """Text the user said (or typed): the input of a user turn.
+
+    Args:
+        user_id: Who said it.
+        timestamp: When (ISO 8601), as reported by the transcriber.
+
+    User input is never dropped by an interruption (``interruptible=False``): an interruption
+    cancels the assistant's work, not what the user said.
+    """
+
+    user_id: str = ""
+    timestamp: str = ""
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)

@@ -1,0 +1,229 @@
+"""Typed two-lane mailboxes.
+
+A mailbox has a **system lane** (unbounded, never blocks the sender, served first by its own
+task) and an ordered **data lane** (bounded: a downstream sender waits while it is full, which
+is how a slow consumer slows its producer). Upstream data is never made to wait, so the
+downstream/upstream pair of edges between two actors can never deadlock (every cycle in a
+topology has a non-blocking edge).
+
+Items are ``(frame, direction, turn, reply)`` tuples; the turn is the one the frame was
+stamped with when it entered the session, ``reply`` is an :class:`_Reply` for asks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import outcome
+import trio
+
+from ._errors import ActorDeadError
+from ._frames import FrameDirection
+
+if TYPE_CHECKING:
+    from ._frames import Frame
+
+__all__ = ["Mailbox", "MailboxStatistics"]
+
+Item = tuple["Frame", "FrameDirection | None", int, "_Reply | None"]
+
+
+@attrs.define(eq=False)
+class _Reply:
+    """The reply slot of one ask: set once, read by the asker."""
+
+    event: trio.Event = attrs.Factory(trio.Event)
+    result: outcome.Outcome[Any] | None = None
+
+    def set(self, result: outcome.Outcome[Any]) -> None:
+        if self.result is None:
+            self.result = result
+            self.event.set()
+
+
+@attrs.frozen
+class MailboxStatistics:
+    """A snapshot of one mailbox.
+
+    Args:
+        system_depth: Frames waiting on the system lane.
+        data_depth: Frames waiting on the data lane.
+        data_capacity: Bound of the data lane for downstream senders.
+        peak_data_depth: Highest data depth seen since the mailbox was made.
+        waiting_senders: Tasks blocked because the data lane is full.
+        delivered: Frames taken out of the mailbox so far.
+        dropped_stale: Frames dropped because their turn was interrupted.
+        closed: Whether the mailbox refuses new frames.
+    """
+
+    system_depth: int
+    data_depth: int
+    data_capacity: int
+    peak_data_depth: int
+    waiting_senders: int
+    delivered: int
+    dropped_stale: int
+    closed: bool
+
+
+@attrs.define(eq=False)
+class Mailbox:
+    """Two-lane mailbox of one actor (see the module docs)."""
+
+    capacity: int
+    owner: str
+    _system: deque[Item] = attrs.field(factory=deque, init=False)
+    _data: deque[Item] = attrs.field(factory=deque, init=False)
+    _system_lot: trio.lowlevel.ParkingLot = attrs.field(
+        factory=trio.lowlevel.ParkingLot, init=False
+    )
+    _data_lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
+    _send_lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
+    _peak: int = attrs.field(default=0, init=False)
+    delivered: int = attrs.field(default=0, init=False)
+    dropped_stale: int = attrs.field(default=0, init=False)
+    closed: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.capacity < 1:
+            raise ValueError(f"mailbox capacity must be at least 1, got {self.capacity}")
+
+    # ----------------------------------------------------------------- senders
+
+    def put_system(self, item: Item) -> None:
+        """Queue on the system lane (never blocks)."""
+        if self.closed:
+            raise ActorDeadError(f"actor {self.owner!r} has stopped")
+        self._system.append(item)
+        if self._system_lot:
+            self._system_lot.unpark()
+
+    def try_put_data(self, item: Item) -> bool:
+        """Queue on the data lane if there is room (or the frame goes upstream)."""
+        if self.closed:
+            raise ActorDeadError(f"actor {self.owner!r} has stopped")
+        data = self._data
+        if len(data) >= self.capacity and item[1] is not FrameDirection.UPSTREAM:
+            return False
+        if self._send_lot and item[1] is not FrameDirection.UPSTREAM:
+            # Others are already waiting: keep their place in line.
+            return False
+        data.append(item)
+        n = len(data)
+        if n > self._peak:
+            self._peak = n
+        if self._data_lot:
+            self._data_lot.unpark()
+        return True
+
+    async def put_data(self, item: Item) -> None:
+        """Queue on the data lane, waiting while it is full (backpressure).
+
+        Cancellation leaves the mailbox unchanged (the frame is not queued).
+        """
+        if self.try_put_data(item):
+            return
+        while True:
+            await self._send_lot.park()
+            if self.closed:
+                raise ActorDeadError(f"actor {self.owner!r} has stopped")
+            data = self._data
+            if len(data) < self.capacity:
+                data.append(item)
+                n = len(data)
+                if n > self._peak:
+                    self._peak = n
+                if self._data_lot:
+                    self._data_lot.unpark()
+                if self._send_lot and n < self.capacity:
+                    self._send_lot.unpark()
+                return
+
+    # ----------------------------------------------------------------- receivers
+
+    def get_system_nowait(self) -> Item:
+        """Take the next system frame or raise :class:`trio.WouldBlock`."""
+        try:
+            item = self._system.popleft()
+        except IndexError:
+            raise trio.WouldBlock from None
+        self.delivered += 1
+        return item
+
+    async def get_system(self) -> Item:
+        """Wait for and take the next system frame."""
+        while True:
+            try:
+                return self.get_system_nowait()
+            except trio.WouldBlock:
+                await self._system_lot.park()
+
+    def get_data_nowait(self) -> Item:
+        """Take the next data frame or raise :class:`trio.WouldBlock`."""
+        try:
+            item = self._data.popleft()
+        except IndexError:
+            raise trio.WouldBlock from None
+        self.delivered += 1
+        if self._send_lot:
+            self._send_lot.unpark()
+        return item
+
+    async def get_data(self) -> Item:
+        """Wait for and take the next data frame."""
+        while True:
+            try:
+                return self.get_data_nowait()
+            except trio.WouldBlock:
+                await self._data_lot.park()
+
+    # ----------------------------------------------------------------- maintenance
+
+    def purge(self, is_stale: Callable[[Item], bool]) -> list[Item]:
+        """Remove the data-lane items for which ``is_stale`` is true; returns them."""
+        kept: deque[Item] = deque()
+        dropped: list[Item] = []
+        for item in self._data:
+            (dropped if is_stale(item) else kept).append(item)
+        if dropped:
+            self._data = kept
+            self.dropped_stale += len(dropped)
+            free = self.capacity - len(kept)
+            for _ in range(min(free, len(self._send_lot))):
+                self._send_lot.unpark()
+        return dropped
+
+    def count_stale(self, n: int = 1) -> None:
+        """Account frames dropped by the receiver because their turn was interrupted."""
+        self.dropped_stale += n
+
+    def close(self) -> list[Item]:
+        """Refuse further frames, wake every waiter and return what was still queued."""
+        self.closed = True
+        left = [*self._system, *self._data]
+        self._system.clear()
+        self._data.clear()
+        self._send_lot.unpark_all()
+        self._system_lot.unpark_all()
+        self._data_lot.unpark_all()
+        return left
+
+    def reopen(self) -> None:
+        """Accept frames again (used when an actor restarts)."""
+        self.closed = False
+
+    def statistics(self) -> MailboxStatistics:
+        """Return a frozen snapshot of this mailbox."""
+        return MailboxStatistics(
+            system_depth=len(self._system),
+            data_depth=len(self._data),
+            data_capacity=self.capacity,
+            peak_data_depth=self._peak,
+            waiting_senders=len(self._send_lot),
+            delivered=self.delivered,
+            dropped_stale=self.dropped_stale,
+            closed=self.closed,
+        )

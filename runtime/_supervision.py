@@ -1,0 +1,48 @@
+"""Restart policies: what happens when an actor's handler raises."""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+
+__all__ = ["RestartPolicy"]
+
+
+def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"RestartPolicy.{attribute.name} must be a positive number, got {value!r}")
+
+
+@attrs.frozen
+class RestartPolicy:
+    """Restart a crashed actor, at most ``max_restarts`` times within ``within_secs``.
+
+    Without a policy an actor's crash escalates: the session stops and ``run()`` raises the
+    actor's own exception. With one, the actor's loops are restarted (its mailbox and the
+    frames queued in it are kept; the frame that crashed it is dropped and logged) after a
+    backoff of ``backoff_secs * 2**k`` (capped at ``max_backoff_secs``) for the k-th restart
+    in the window. One restart too many escalates with
+    :class:`~runtime.RestartIntensityExceeded` whose ``__cause__`` is the last crash.
+
+    Args:
+        max_restarts: Restarts allowed inside the sliding window.
+        within_secs: Length of the window, in seconds of trio time.
+        backoff_secs: First backoff.
+        max_backoff_secs: Longest backoff.
+    """
+
+    max_restarts: int = 3
+    within_secs: float = attrs.field(default=5.0, validator=_positive)
+    backoff_secs: float = attrs.field(default=0.1, validator=_positive)
+    max_backoff_secs: float = attrs.field(default=5.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_restarts < 0:
+            raise ValueError(
+                f"RestartPolicy.max_restarts must be 0 or more, got {self.max_restarts}"
+            )
+
+    def backoff(self, recent_restarts: int) -> float:
+        """The wait before the next restart, given how many restarts the window holds."""
+        return float(min(self.backoff_secs * 2.0 ** max(recent_restarts, 0), self.max_backoff_secs))

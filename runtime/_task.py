@@ -1,0 +1,391 @@
+"""Running a topology: :class:`PipelineTask` (one session) and :class:`PipelineRunner`."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from types import TracebackType
+
+import attrs
+import trio
+
+from ._actor import Actor
+from ._errors import SessionStateError
+from ._frames import (
+    CancelFrame,
+    EndFrame,
+    ErrorFrame,
+    Frame,
+    FrameDirection,
+    InterruptionFrame,
+    StartFrame,
+)
+from ._mailbox import Item
+from ._pipeline import Pipeline, Stage, build
+from ._session import Session, SessionSnapshot
+
+__all__ = ["FrameListener", "PipelineParams", "PipelineRunner", "PipelineTask"]
+
+#: Called with every frame that reaches an end of the topology.
+FrameListener = Callable[[Frame, FrameDirection], Awaitable[None] | None]
+
+
+@attrs.frozen
+class PipelineParams:
+    """How a :class:`PipelineTask` runs its topology.
+
+    Args:
+        enable_metrics: Stages emit timing metrics (TTFB, processing time).
+        enable_usage_metrics: Stages emit token usage metrics.
+        report_only_initial_ttfb: Only the first TTFB of the session is reported.
+        mailbox_size: Default data-lane capacity of every actor (backpressure bound).
+        idle_timeout_secs: Cancel the session when no frame reached either end (and none was
+            queued) for this long. ``None`` (default): never.
+        start_timeout_secs: How long the ``StartFrame`` may take to cross the topology.
+        cancel_timeout_secs: How long a ``CancelFrame`` may take before the rest is torn down.
+        stop_timeout_secs: Bound on each actor's ``on_stop``.
+    """
+
+    enable_metrics: bool = False
+    enable_usage_metrics: bool = False
+    report_only_initial_ttfb: bool = False
+    mailbox_size: int = attrs.field(default=64)
+    idle_timeout_secs: float | None = None
+    start_timeout_secs: float = 20.0
+    cancel_timeout_secs: float = 5.0
+    stop_timeout_secs: float = 5.0
+
+    @mailbox_size.validator
+    def _check_mailbox(self, _: object, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"PipelineParams.mailbox_size must be at least 1, got {value}")
+
+
+class _Edge(Actor[Frame]):
+    """The task's own first (source) and last (sink) actors."""
+
+    accepts = ()
+
+    def __init__(self, task: PipelineTask, *, sink: bool) -> None:
+        super().__init__(name=f"{task.name}:{'sink' if sink else 'source'}")
+        self._task = task
+        self._sink = sink
+
+    async def _forward(self, item: Item) -> None:
+        frame, direction = item[0], item[1]
+        reached_end = (direction is FrameDirection.DOWNSTREAM) == self._sink
+        if direction is not None and reached_end:
+            await self._task._reached_end(frame, direction)
+            if type(frame) is EndFrame:
+                self._end_forwarded = True
+            return
+        await super()._forward(item)
+
+
+class PipelineTask:
+    """Runs one topology as one session.
+
+    ``await task.run()`` returns when the session is over (after :meth:`end`, :meth:`cancel`,
+    an idle timeout or a fatal error) and guarantees that nothing of it is still running.
+    For embedding, ``async with task:`` runs it in the background of the block and ends it
+    gracefully when the block is left (cancels it if the block raised).
+
+    Args:
+        pipeline: The topology (a single actor is accepted too).
+        params: How to run it.
+        name: Session name for the logs.
+        on_downstream: Called with every frame that leaves the output end.
+        on_upstream: Called with every frame that reaches the input end going upstream
+            (errors, for instance).
+    """
+
+    def __init__(
+        self,
+        pipeline: Stage,
+        params: PipelineParams | None = None,
+        *,
+        name: str | None = None,
+        on_downstream: FrameListener | None = None,
+        on_upstream: FrameListener | None = None,
+    ) -> None:
+        self.pipeline = pipeline if not isinstance(pipeline, Actor) else Pipeline([pipeline])
+        self.params = params or PipelineParams()
+        self.name = name or f"task-{id(self):x}"
+        self._listeners: dict[FrameDirection, list[FrameListener]] = {
+            FrameDirection.DOWNSTREAM: [on_downstream] if on_downstream else [],
+            FrameDirection.UPSTREAM: [on_upstream] if on_upstream else [],
+        }
+        self._session: Session | None = None
+        self._source = _Edge(self, sink=False)
+        self._sink = _Edge(self, sink=True)
+        self._pending: list[tuple[Frame, FrameDirection]] = []
+        self._started = trio.Event()
+        self._done = trio.Event()
+        self._cancel_reached = trio.Event()
+        self._cancelling = False
+        self._cancel_reason: str | None = None
+        self._ran = False
+        self._finished = False
+        self._last_activity = 0.0
+        self.errors: list[ErrorFrame] = []
+
+    # ----------------------------------------------------------------- listeners
+
+    def add_listener(self, listener: FrameListener, direction: FrameDirection) -> None:
+        """Call ``listener`` for every frame that reaches the end of ``direction``."""
+        self._listeners[direction].append(listener)
+
+    # ----------------------------------------------------------------- state
+
+    @property
+    def session(self) -> Session:
+        """The running session (graph API: spawn, link, remove, snapshot)."""
+        if self._session is None:
+            raise SessionStateError(f"task {self.name!r} is not running")
+        return self._session
+
+    def has_finished(self) -> bool:
+        """Whether :meth:`run` has completed."""
+        return self._finished
+
+    def snapshot(self) -> SessionSnapshot:
+        """Live actors, mailbox depths and in-flight work (see :meth:`Session.snapshot`)."""
+        return self.session.snapshot()
+
+    # ----------------------------------------------------------------- control
+
+    async def queue_frame(
+        self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM
+    ) -> None:
+        """Feed ``frame`` into the topology (downstream at the input end, upstream at the output
+        end). Before the session has started, frames are kept and sent once it has.
+
+        Waits while the first stage's data lane is full (backpressure).
+        """
+        if not isinstance(frame, Frame):
+            raise TypeError(f"queue_frame takes a Frame, got {type(frame).__name__}")
+        if self._finished:
+            raise SessionStateError(f"task {self.name!r} has finished; it takes no more frames")
+        if not self._started.is_set():
+            self._pending.append((frame, direction))
+            return
+        await self._inject(frame, direction)
+
+    async def queue_frames(self, frames: Iterable[Frame] | AsyncIterable[Frame]) -> None:
+        """Queue several frames, in order (downstream)."""
+        if isinstance(frames, AsyncIterable):
+            async for frame in frames:
+                await self.queue_frame(frame)
+        else:
+            for frame in frames:
+                await self.queue_frame(frame)
+
+    async def _inject(self, frame: Frame, direction: FrameDirection) -> None:
+        session = self.session
+        self._last_activity = trio.current_time()
+        if type(frame) is InterruptionFrame:
+            session._apply_interruption(frame)
+        edge = self._source if direction is FrameDirection.DOWNSTREAM else self._sink
+        turn = frame.turn if frame.turn is not None else session.turn
+        await edge._deliver((frame, direction, turn, None))
+
+    async def end(self, reason: str | None = None) -> None:
+        """Finish gracefully: an ``EndFrame`` follows the queued frames, then everything stops."""
+        await self.queue_frame(EndFrame(reason))
+
+    stop_when_done = end
+
+    def cancel(self, reason: str | None = None) -> None:
+        """Stop now: a ``CancelFrame`` overtakes queued data; what is left after
+        ``cancel_timeout_secs`` is torn down. Safe to call at any time, more than once."""
+        if self._finished or self._cancelling:
+            return
+        self._cancelling = True
+        self._cancel_reason = reason
+        self._done.set()
+
+    def interrupt(self, reason: str | None = None) -> InterruptionFrame:
+        """Interrupt the current turn at once, across all actors, and send an
+        ``InterruptionFrame`` through the topology so stages can react."""
+        session = self.session
+        frame = session.interrupt(reason)
+        mailbox = self._source._mailbox
+        if mailbox is not None and not mailbox.closed:
+            mailbox.put_system((frame, FrameDirection.DOWNSTREAM, session.turn, None))
+        return frame
+
+    # ----------------------------------------------------------------- ends
+
+    async def _reached_end(self, frame: Frame, direction: FrameDirection) -> None:
+        self._last_activity = trio.current_time()
+        cls = type(frame)
+        if direction is FrameDirection.DOWNSTREAM:
+            if cls is StartFrame:
+                self._started.set()
+            elif cls is EndFrame:
+                self._done.set()
+            elif cls is CancelFrame:
+                self._cancel_reached.set()
+        elif isinstance(frame, ErrorFrame):
+            self.errors.append(frame)
+            self.session._log.warning(
+                "pipeline error",
+                error=frame.error,
+                category=frame.category.value,
+                fatal=frame.fatal,
+                source=frame.source,
+            )
+            if frame.fatal:
+                self.cancel("fatal error")
+        for listener in self._listeners[direction]:
+            result = listener(frame, direction)
+            if result is not None:
+                await result
+
+    # ----------------------------------------------------------------- running
+
+    async def run(self) -> None:
+        """Run the session until it ends; re-raises an actor's escalated crash.
+
+        Raises:
+            SessionStateError: the task was run before (a task runs once).
+        """
+        if self._ran:
+            raise SessionStateError(f"task {self.name!r} already ran; create a new PipelineTask")
+        self._ran = True
+        p = self.params
+        try:
+            async with Session.open(
+                self.name, mailbox_size=p.mailbox_size, stop_timeout_secs=p.stop_timeout_secs
+            ) as session:
+                self._session = session
+                seg = self.pipeline.segment() if not isinstance(self.pipeline, Actor) else None
+                assert seg is not None
+                session.spawn(self._source, start=False)
+                build(session, self.pipeline, start=False)
+                session.spawn(self._sink, start=False)
+                for head in seg.heads or (self._sink,):
+                    session.link(self._source, head)
+                for tail in seg.tails:
+                    session.link(tail, self._sink)
+                start = StartFrame(
+                    enable_metrics=p.enable_metrics,
+                    enable_usage_metrics=p.enable_usage_metrics,
+                    report_only_initial_ttfb=p.report_only_initial_ttfb,
+                )
+                assert self._source._mailbox is not None
+                self._source._mailbox.put_system((start, FrameDirection.DOWNSTREAM, 0, None))
+                session._log.info("pipeline started", actors=len(seg.actors))
+                with trio.fail_after(p.start_timeout_secs):
+                    while not self._started.is_set() and not self._done.is_set():
+                        await _wait_any(self._started, self._done)
+                if not self._cancelling:
+                    self._last_activity = trio.current_time()
+                    pending, self._pending = self._pending, []
+                    for frame, direction in pending:
+                        await self._inject(frame, direction)
+                    async with trio.open_nursery() as watchers:
+                        if p.idle_timeout_secs is not None:
+                            watchers.start_soon(self._idle_monitor, p.idle_timeout_secs)
+                        await self._done.wait()
+                        watchers.cancel_scope.cancel()
+                if self._cancelling:
+                    mailbox = self._source._mailbox
+                    if not mailbox.closed:
+                        frame = CancelFrame(self._cancel_reason)
+                        mailbox.put_system((frame, FrameDirection.DOWNSTREAM, session.turn, None))
+                    with trio.move_on_after(p.cancel_timeout_secs):
+                        await self._cancel_reached.wait()
+                session._log.info("pipeline finished", cancelled=self._cancelling)
+        finally:
+            self._finished = True
+            self._done.set()
+
+    async def _idle_monitor(self, idle_secs: float) -> None:
+        while True:
+            deadline = self._last_activity + idle_secs
+            now = trio.current_time()
+            if now >= deadline:
+                self.session._log.info("idle timeout", idle_timeout_secs=idle_secs)
+                self.cancel("idle timeout")
+                return
+            await trio.sleep(deadline - now)
+
+    # ----------------------------------------------------------------- embedding
+
+    @asynccontextmanager
+    async def _background(self) -> AsyncIterator[PipelineTask]:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.run)
+            await _wait_any(self._started, self._done)
+            try:
+                yield self
+            except BaseException:
+                self.cancel("block raised")
+                raise
+            else:
+                if not self._finished and not self._cancelling:
+                    await self.end()
+
+    async def __aenter__(self) -> PipelineTask:
+        self._cm = self._background()
+        return await self._cm.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._cm.__aexit__(exc_type, exc, tb)
+
+
+async def _wait_any(*events: trio.Event) -> None:
+    async with trio.open_nursery() as nursery:
+        for event in events:
+
+            async def waiter(e: trio.Event = event) -> None:
+                await e.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(waiter)
+
+
+@attrs.define
+class PipelineRunner:
+    """Runs tasks; optionally turns SIGINT/SIGTERM into a cancel of every task it runs.
+
+    Args:
+        handle_sigint: Cancel the tasks on Ctrl-C (main thread only).
+        handle_sigterm: Cancel the tasks on SIGTERM.
+    """
+
+    handle_sigint: bool = False
+    handle_sigterm: bool = False
+
+    async def run(self, *tasks: PipelineTask) -> None:
+        """Run ``tasks`` concurrently until all have finished."""
+        signals = [
+            s
+            for s, on in (
+                (signal.SIGINT, self.handle_sigint),
+                (signal.SIGTERM, self.handle_sigterm),
+            )
+            if on
+        ]
+        async with trio.open_nursery() as nursery:
+            if signals:
+                nursery.start_soon(self._signals, signals, tasks)
+            async with trio.open_nursery() as inner:
+                for task in tasks:
+                    inner.start_soon(task.run)
+            nursery.cancel_scope.cancel()
+
+    async def _signals(
+        self, signals: list[signal.Signals], tasks: tuple[PipelineTask, ...]
+    ) -> None:
+        with trio.open_signal_receiver(*signals) as received:
+            async for _ in received:
+                for task in tasks:
+                    task.cancel("signal")

@@ -1,0 +1,86 @@
+"""Structured logging for trouper: configure structlog once, JSON or console.
+
+Every line an actor logs carries ``session``, ``actor`` and ``turn``; the runtime logs actor
+lifecycle (started, stopped, restarting, crashed), interruptions (with how many frames were
+dropped and tasks cancelled) and session snapshots. Only structlog's synchronous methods are
+used: its ``a*`` methods need asyncio.
+
+Example::
+
+    from runtime import logging as rlog
+
+    rlog.configure(json=True, level="info", file=open("trouper.jsonl", "a"))
+"""
+
+from __future__ import annotations
+
+import logging as _stdlib_logging
+import sys
+from typing import TextIO
+
+import structlog
+
+__all__ = ["configure", "get_logger"]
+
+_LEVELS = {
+    "debug": _stdlib_logging.DEBUG,
+    "info": _stdlib_logging.INFO,
+    "warning": _stdlib_logging.WARNING,
+    "error": _stdlib_logging.ERROR,
+    "critical": _stdlib_logging.CRITICAL,
+}
+
+
+def configure(
+    *,
+    json: bool = False,
+    level: str | int = "info",
+    file: TextIO | None = None,
+    colors: bool | None = None,
+) -> None:
+    """Configure structlog for the whole process.
+
+    Args:
+        json: One JSON object per line (for files and log pipelines) instead of console text.
+        level: Lowest level written (``"debug"``, ``"info"``, ``"warning"``, ``"error"``).
+        file: Where lines go (default ``sys.stderr``).
+        colors: Colour console output (default: when ``file`` is a terminal).
+
+    Raises:
+        ValueError: unknown level name.
+    """
+    if isinstance(level, str):
+        try:
+            numeric = _LEVELS[level.lower()]
+        except KeyError:
+            raise ValueError(
+                f"unknown log level {level!r}; use one of {', '.join(_LEVELS)}"
+            ) from None
+    else:
+        numeric = level
+    out = file if file is not None else sys.stderr
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if json:
+        processors += [
+            structlog.processors.dict_tracebacks,
+            structlog.processors.JSONRenderer(default=repr),
+        ]
+    else:
+        use_colors = out.isatty() if colors is None else colors
+        processors.append(structlog.dev.ConsoleRenderer(colors=use_colors))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str = "trouper") -> structlog.typing.FilteringBoundLogger:
+    """A structlog logger (use its sync methods only)."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
+    return logger
