@@ -14,7 +14,8 @@ from __future__ import annotations
 import enum
 import itertools
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, final
 
@@ -328,6 +329,35 @@ class Actor(Generic[T]):
         )
         return scope
 
+    @contextmanager
+    def turn_scope(self, turn: int | None = None) -> Iterator[trio.CancelScope]:
+        """A cancel scope tied to a turn: the next interruption of that turn cancels it.
+
+        Use it for work that belongs to a turn but does not run inside a handler (a tool call,
+        a stream consumed by a background task). Code after the ``with`` block is no longer
+        cancelled, so it can still report what happened.
+
+        Args:
+            turn: The turn the work belongs to (default: the turn of the frame being
+                handled, else the session's current turn). If that turn was already
+                interrupted, the scope is cancelled at once.
+        """
+        session = self.session
+        if turn is None:
+            turn = current_turn.get()
+            if turn is None:
+                turn = session.turn
+        scope = trio.CancelScope()
+        if turn < session.turn:
+            scope.cancel()
+        else:
+            session._turn_scopes.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            session._turn_scopes.discard(scope)
+
     # ------------------------------------------------------------------ watching
 
     def watch(self, other: Actor[Any] | ActorRef[Any]) -> None:
@@ -574,6 +604,22 @@ class ActorRef(Generic[T]):
             mailbox.put_system(item)
         elif not mailbox.try_put_data(item):
             raise trio.WouldBlock
+
+    def tell(self, frame: T) -> None:
+        """Send without ever waiting, even past the data lane's bound.
+
+        Use it for the one edge that closes a cycle of actors (a reply path), where a
+        blocking send could deadlock. The frame is queued in order with the other data.
+
+        Raises:
+            FrameTypeError: the actor does not accept this frame type.
+            ActorDeadError: the actor has stopped.
+        """
+        mailbox, item = self._item(frame, None)
+        if isinstance(frame, SystemFrame):
+            mailbox.put_system(item)
+        else:
+            mailbox.put_data_unbounded(item)
 
     async def ask(self, frame: T, *, timeout: float | None = 5.0) -> Any:  # noqa: ASYNC109
         """Send ``frame`` and wait for the actor's :meth:`Actor.on_ask` reply.

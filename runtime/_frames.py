@@ -21,8 +21,10 @@ from __future__ import annotations
 import enum
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
+from types import MappingProxyType
+from typing import Any
 
 import attrs
 
@@ -54,6 +56,14 @@ _ids = itertools.count(1)
 
 #: The turn of the frame the current task is handling (set by the actor loops).
 current_turn: ContextVar[int | None] = ContextVar("trouper_current_turn", default=None)
+
+#: attrs field metadata marking a field that :mod:`runtime.serialization` leaves out (public
+#: there as ``NOT_SERIALIZED``); a deserialized frame gets the field's default instead.
+_NOT_SERIALIZED: Mapping[str, object] = MappingProxyType({"trouper.serialize": False})
+
+
+def _to_tuple(value: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(value)
 
 
 class FrameDirection(enum.IntEnum):
@@ -198,14 +208,17 @@ class ErrorFrame(SystemFrame):
     Args:
         error: Human-readable message. Never contains secrets.
         fatal: When true the session is cancelled once the frame reaches the input end.
-        exception: The exception behind it, if any (not serialized).
+        exception: The exception behind it, if any. Not serialized: a deserialized
+            ``ErrorFrame`` has ``exception=None``; ``error`` keeps the text.
         category: What kind of failure it was.
         source: Name of the actor that reported it.
     """
 
     error: str
     fatal: bool = False
-    exception: BaseException | None = attrs.field(default=None, eq=False, repr=False)
+    exception: BaseException | None = attrs.field(
+        default=None, eq=False, repr=False, metadata=_NOT_SERIALIZED
+    )
     category: ErrorCategory = ErrorCategory.UNKNOWN
     source: str | None = None
 
@@ -244,7 +257,7 @@ class ProcessingMetricsData(MetricsData):
 class MetricsFrame(SystemFrame):
     """Carries measurements (see :class:`MetricsData` subclasses)."""
 
-    data: Sequence[MetricsData] = attrs.field(factory=tuple, converter=tuple)
+    data: Sequence[MetricsData] = attrs.field(factory=tuple, converter=_to_tuple)
 
 
 # --------------------------------------------------------------------------- text

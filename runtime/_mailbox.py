@@ -119,6 +119,17 @@ class Mailbox:
             self._data_lot.unpark()
         return True
 
+    def put_data_unbounded(self, item: Item) -> None:
+        """Queue on the data lane without waiting, even past the bound (cycle-closing edges)."""
+        if self.closed:
+            raise ActorDeadError(f"actor {self.owner!r} has stopped")
+        data = self._data
+        data.append(item)
+        if len(data) > self._peak:
+            self._peak = len(data)
+        if self._data_lot:
+            self._data_lot.unpark()
+
     async def put_data(self, item: Item) -> None:
         """Queue on the data lane, waiting while it is full (backpressure).
 

@@ -1,0 +1,116 @@
+"""trouper's conversation stages, built on :mod:`runtime`.
+
+The OpenAI LLM service (the LLM streamer actor) with its tool executor and metrics collector,
+the conversation (``OpenAILLMContext``) owned by the context store actor with its user and
+assistant aggregators, tool schemas, the LLM frames and a text transport. The
+OpenAI-compatible streaming client is in :mod:`actors.client`, the embedded local model in
+:mod:`actors.local`, test helpers in :mod:`actors.testing`.
+"""
+
+from __future__ import annotations
+
+from ._aggregators import LLMAssistantContextAggregator as LLMAssistantContextAggregator
+from ._aggregators import LLMUserAggregatorParams as LLMUserAggregatorParams
+from ._aggregators import LLMUserContextAggregator as LLMUserContextAggregator
+from ._aggregators import OpenAIContextAggregatorPair as OpenAIContextAggregatorPair
+from ._context import ContextSnapshot as ContextSnapshot
+from ._context import OpenAILLMContext as OpenAILLMContext
+from ._frames import FunctionCallCancelFrame as FunctionCallCancelFrame
+from ._frames import FunctionCallFromLLM as FunctionCallFromLLM
+from ._frames import FunctionCallInProgressFrame as FunctionCallInProgressFrame
+from ._frames import FunctionCallResultFrame as FunctionCallResultFrame
+from ._frames import FunctionCallResultProperties as FunctionCallResultProperties
+from ._frames import FunctionCallsStartedFrame as FunctionCallsStartedFrame
+from ._frames import LLMFullResponseEndFrame as LLMFullResponseEndFrame
+from ._frames import LLMFullResponseStartFrame as LLMFullResponseStartFrame
+from ._frames import LLMMessagesAppendFrame as LLMMessagesAppendFrame
+from ._frames import LLMMessagesFrame as LLMMessagesFrame
+from ._frames import LLMMessagesUpdateFrame as LLMMessagesUpdateFrame
+from ._frames import LLMRunFrame as LLMRunFrame
+from ._frames import LLMSetToolChoiceFrame as LLMSetToolChoiceFrame
+from ._frames import LLMSetToolsFrame as LLMSetToolsFrame
+from ._frames import LLMTextFrame as LLMTextFrame
+from ._frames import LLMTokenUsage as LLMTokenUsage
+from ._frames import LLMUpdateSettingsFrame as LLMUpdateSettingsFrame
+from ._frames import LLMUsageMetricsData as LLMUsageMetricsData
+from ._frames import OpenAILLMContextFrame as OpenAILLMContextFrame
+from ._frames import VisionImageRawFrame as VisionImageRawFrame
+from ._llm import OpenAILLMService as OpenAILLMService
+from ._metrics import MetricsCollector as MetricsCollector
+from ._metrics import MetricsReport as MetricsReport
+from ._metrics import ModelMetrics as ModelMetrics
+from ._metrics import TimingStats as TimingStats
+from ._schemas import FunctionSchema as FunctionSchema
+from ._schemas import ToolsSchema as ToolsSchema
+from ._store import AppendMessagesRequest as AppendMessagesRequest
+from ._store import ContextStore as ContextStore
+from ._store import ContextStoreRequest as ContextStoreRequest
+from ._store import GetContextRequest as GetContextRequest
+from ._store import RecordToolCallsRequest as RecordToolCallsRequest
+from ._store import RecordToolSettlementRequest as RecordToolSettlementRequest
+from ._store import ReplaceMessagesRequest as ReplaceMessagesRequest
+from ._store import SetToolChoiceRequest as SetToolChoiceRequest
+from ._store import SetToolsRequest as SetToolsRequest
+from ._tools import FunctionCallParams as FunctionCallParams
+from ._tools import FunctionHandler as FunctionHandler
+from ._tools import FunctionRegistration as FunctionRegistration
+from ._tools import RunFunctionCallsRequest as RunFunctionCallsRequest
+from ._tools import ToolExecutor as ToolExecutor
+from ._transport import OutputCallback as OutputCallback
+from ._transport import TextInputTransport as TextInputTransport
+from ._transport import TextOutputTransport as TextOutputTransport
+from ._transport import TextTransport as TextTransport
+
+__all__ = [
+    "AppendMessagesRequest",
+    "ContextSnapshot",
+    "ContextStore",
+    "ContextStoreRequest",
+    "FunctionCallCancelFrame",
+    "FunctionCallFromLLM",
+    "FunctionCallInProgressFrame",
+    "FunctionCallParams",
+    "FunctionCallResultFrame",
+    "FunctionCallResultProperties",
+    "FunctionCallsStartedFrame",
+    "FunctionHandler",
+    "FunctionRegistration",
+    "FunctionSchema",
+    "GetContextRequest",
+    "LLMAssistantContextAggregator",
+    "LLMFullResponseEndFrame",
+    "LLMFullResponseStartFrame",
+    "LLMMessagesAppendFrame",
+    "LLMMessagesFrame",
+    "LLMMessagesUpdateFrame",
+    "LLMRunFrame",
+    "LLMSetToolChoiceFrame",
+    "LLMSetToolsFrame",
+    "LLMTextFrame",
+    "LLMTokenUsage",
+    "LLMUpdateSettingsFrame",
+    "LLMUsageMetricsData",
+    "LLMUserAggregatorParams",
+    "LLMUserContextAggregator",
+    "MetricsCollector",
+    "MetricsReport",
+    "ModelMetrics",
+    "OpenAIContextAggregatorPair",
+    "OpenAILLMContext",
+    "OpenAILLMContextFrame",
+    "OpenAILLMService",
+    "OutputCallback",
+    "RecordToolCallsRequest",
+    "RecordToolSettlementRequest",
+    "ReplaceMessagesRequest",
+    "RunFunctionCallsRequest",
+    "SetToolChoiceRequest",
+    "SetToolsRequest",
+    "TextInputTransport",
+    "TextOutputTransport",
+    "TextTransport",
+    "TimingStats",
+    "ToolExecutor",
+    "ToolsSchema",
+    "VisionImageRawFrame",
+]

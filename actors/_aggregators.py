@@ -1,0 +1,322 @@
+"""User and assistant context aggregators: the pipeline stages that feed the context store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+
+from runtime import (
+    Actor,
+    CancelFrame,
+    EndFrame,
+    ErrorCategory,
+    Frame,
+    FrameDirection,
+    InterruptionFrame,
+    TextFrame,
+    TranscriptionFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+
+from ._context import ContextSnapshot, OpenAILLMContext
+from ._frames import (
+    FunctionCallCancelFrame,
+    FunctionCallResultFrame,
+    FunctionCallsStartedFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMMessagesAppendFrame,
+    LLMMessagesUpdateFrame,
+    LLMRunFrame,
+    LLMSetToolChoiceFrame,
+    LLMSetToolsFrame,
+    LLMTextFrame,
+    OpenAILLMContextFrame,
+)
+from ._store import (
+    AppendMessagesRequest,
+    ContextStore,
+    ContextStoreRequest,
+    GetContextRequest,
+    RecordToolCallsRequest,
+    RecordToolSettlementRequest,
+    ReplaceMessagesRequest,
+    SetToolChoiceRequest,
+    SetToolsRequest,
+)
+
+__all__ = [
+    "LLMAssistantContextAggregator",
+    "LLMUserAggregatorParams",
+    "LLMUserContextAggregator",
+    "OpenAIContextAggregatorPair",
+    "concatenate_text",
+]
+
+_ASK_TIMEOUT = 30.0
+
+
+def concatenate_text(parts: list[str]) -> str:
+    """Join user text parts with single spaces (transcription fragments), stripped."""
+    return " ".join(p.strip() for p in parts if p and p.strip())
+
+
+class _StoreClient(Actor[Frame]):
+    """Shared plumbing: spawn the store on start, ask it, report its refusals as errors."""
+
+    def __init__(self, store: ContextStore, *, name: str) -> None:
+        super().__init__(name=name)
+        self.store = store
+
+    async def on_start(self) -> None:
+        if self.store.state.value == "created":
+            self.session.spawn(self.store)
+
+    async def _ask(self, request: ContextStoreRequest) -> ContextSnapshot | None:
+        try:
+            snapshot: ContextSnapshot = await self.store.ref.ask(request, timeout=_ASK_TIMEOUT)
+        except (ValueError, TypeError) as exc:
+            await self.push_error(
+                f"{self.name}: {exc}", exception=exc, category=ErrorCategory.INVALID_REQUEST
+            )
+            return None
+        return snapshot
+
+
+@attrs.frozen
+class LLMUserAggregatorParams:
+    """How the user aggregator behaves.
+
+    Args:
+        interrupt_on_user_speech: Push an ``InterruptionFrame`` when the user starts speaking
+            (``UserStartedSpeakingFrame``), so the assistant stops at once.
+    """
+
+    interrupt_on_user_speech: bool = True
+
+
+class LLMUserContextAggregator(_StoreClient):
+    """Turns user input into user messages and asks the LLM to answer.
+
+    Text (``TranscriptionFrame``/``TextFrame``) is aggregated between
+    ``UserStartedSpeakingFrame`` and ``UserStoppedSpeakingFrame`` when those arrive; without
+    them every text frame is a turn of its own. Each turn adds one user message through the
+    context store and pushes an :class:`OpenAILLMContextFrame` snapshot downstream. Also
+    handles ``LLMMessagesAppendFrame``/``LLMMessagesUpdateFrame`` (inference only with
+    ``run_llm``), ``LLMSetToolsFrame`` (applied and forwarded), ``LLMSetToolChoiceFrame`` and
+    ``LLMRunFrame``. Pending text is written to the context when the session ends.
+    """
+
+    accepts = (
+        TextFrame,
+        UserStartedSpeakingFrame,
+        UserStoppedSpeakingFrame,
+        LLMMessagesAppendFrame,
+        LLMMessagesUpdateFrame,
+        LLMSetToolsFrame,
+        LLMSetToolChoiceFrame,
+        LLMRunFrame,
+        EndFrame,
+        CancelFrame,
+    )
+
+    def __init__(
+        self,
+        store: ContextStore,
+        params: LLMUserAggregatorParams | None = None,
+        *,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(store, name=name or "UserAggregator")
+        self.params = params or LLMUserAggregatorParams()
+        self._speaking = False
+        self._parts: list[str] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Aggregate user text and turn it into inferences (see the class docs)."""
+        if isinstance(frame, LLMTextFrame) or (
+            isinstance(frame, TextFrame) and direction is FrameDirection.UPSTREAM
+        ):
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, TextFrame):
+            if frame.text.strip():
+                self._parts.append(frame.text)
+            if not self._speaking:
+                await self._flush(run_llm=True)
+        elif isinstance(frame, UserStartedSpeakingFrame):
+            self._speaking = True
+            await self.push_frame(frame, direction)
+            if self.params.interrupt_on_user_speech:
+                await self.push_frame(InterruptionFrame(), direction)
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            self._speaking = False
+            await self.push_frame(frame, direction)
+            await self._flush(run_llm=True)
+        elif isinstance(frame, LLMMessagesAppendFrame):
+            snapshot = await self._ask(AppendMessagesRequest(frame.messages))
+            if snapshot is not None and frame.run_llm:
+                await self.push_frame(OpenAILLMContextFrame(snapshot))
+        elif isinstance(frame, LLMMessagesUpdateFrame):
+            snapshot = await self._ask(ReplaceMessagesRequest(frame.messages))
+            if snapshot is not None and frame.run_llm:
+                await self.push_frame(OpenAILLMContextFrame(snapshot))
+        elif isinstance(frame, LLMSetToolsFrame):
+            await self._ask(SetToolsRequest(frame.tools))
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, LLMSetToolChoiceFrame):
+            await self._ask(SetToolChoiceRequest(frame.tool_choice))
+        elif isinstance(frame, LLMRunFrame):
+            snapshot = await self._ask(GetContextRequest())
+            if snapshot is not None:
+                await self.push_frame(OpenAILLMContextFrame(snapshot))
+        elif isinstance(frame, EndFrame | CancelFrame):
+            await self._flush(run_llm=False)
+
+    async def _flush(self, *, run_llm: bool) -> None:
+        text = concatenate_text(self._parts)
+        self._parts = []
+        if not text:
+            return
+        if self.store.state.value not in ("running", "starting"):
+            self.store.context.add_message({"role": "user", "content": text})
+            return
+        snapshot = await self._ask(AppendMessagesRequest(({"role": "user", "content": text},)))
+        if snapshot is not None and run_llm:
+            await self.push_frame(OpenAILLMContextFrame(snapshot))
+
+
+class LLMAssistantContextAggregator(_StoreClient):
+    """Records what the assistant said and did, through the context store.
+
+    ``LLMTextFrame``s between ``LLMFullResponseStartFrame`` and ``LLMFullResponseEndFrame``
+    become one assistant message. On an interruption the text that reached this stage is
+    committed at once, marked as interrupted. Tool calls become one assistant ``tool_calls``
+    message per batch (with the answer's text, if any) and a ``tool`` message per call: a
+    placeholder while it runs, then the JSON result, ``"CANCELLED"`` or an error text, so the
+    conversation is always valid for the next request. Every frame is passed on.
+    """
+
+    accepts = (
+        LLMFullResponseStartFrame,
+        LLMFullResponseEndFrame,
+        TextFrame,
+        FunctionCallsStartedFrame,
+        FunctionCallResultFrame,
+        FunctionCallCancelFrame,
+        InterruptionFrame,
+        EndFrame,
+        CancelFrame,
+    )
+
+    def __init__(self, store: ContextStore, *, name: str | None = None) -> None:
+        super().__init__(store, name=name or "AssistantAggregator")
+        self._open = False
+        self._parts: list[str] = []
+
+    def _take(self) -> str:
+        text = "".join(self._parts).strip()
+        self._parts = []
+        return text
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Record the assistant's turn (see the class docs), then pass the frame on."""
+        if isinstance(frame, InterruptionFrame | EndFrame | CancelFrame):
+            # Lifecycle frames are forwarded by the runtime.
+            await self._commit(interrupted=not isinstance(frame, EndFrame))
+            self._open = False
+            return
+        if isinstance(frame, LLMFullResponseStartFrame):
+            self._open = True
+            self._parts = []
+        elif isinstance(frame, TextFrame):
+            if (
+                direction is FrameDirection.DOWNSTREAM
+                and self._open
+                and frame.append_to_context
+                and not isinstance(frame, TranscriptionFrame)
+            ):
+                self._parts.append(frame.text)
+        elif isinstance(frame, LLMFullResponseEndFrame):
+            await self._commit(interrupted=frame.interrupted)
+            self._open = False
+        elif isinstance(frame, FunctionCallsStartedFrame):
+            content = self._take() or None
+            await self._ask(RecordToolCallsRequest(frame.function_calls, content))
+        elif isinstance(frame, FunctionCallResultFrame):
+            await self._ask(_settlement(frame))
+        elif isinstance(frame, FunctionCallCancelFrame):
+            if frame.reason == "timeout":
+                content = f"The function `{frame.function_name}` timed out and returned no result."
+            else:
+                content = "CANCELLED"
+            await self._ask(
+                RecordToolSettlementRequest(frame.tool_call_id, content, run_llm=frame.run_llm)
+            )
+        await self.push_frame(frame, direction)
+
+    async def _commit(self, *, interrupted: bool) -> None:
+        text = self._take()
+        if not text:
+            return
+        message = {"role": "assistant", "content": text}
+        if self.store.state.value not in ("running", "starting"):
+            self.store.context.add_message(message, interrupted=interrupted)
+            return
+        await self._ask(AppendMessagesRequest((message,), interrupted=interrupted))
+
+
+def _settlement(frame: FunctionCallResultFrame) -> RecordToolSettlementRequest:
+    props = frame.properties
+    if props is not None and props.run_llm is not None:
+        run_llm = props.run_llm
+    elif frame.run_llm is not None:
+        run_llm = frame.run_llm
+    else:
+        run_llm = True
+    result = frame.result
+    if isinstance(result, str) and frame.error is not None:
+        content = result
+    elif result is None:
+        content = "COMPLETED"
+    else:
+        content = json.dumps(result, ensure_ascii=False, default=str)
+    return RecordToolSettlementRequest(
+        frame.tool_call_id,
+        content,
+        run_llm=run_llm,
+        on_context_updated=props.on_context_updated if props is not None else None,
+    )
+
+
+@attrs.frozen
+class OpenAIContextAggregatorPair:
+    """The user and assistant aggregators of one conversation, sharing one context store.
+
+    Returned by ``OpenAILLMService.create_context_aggregator(context)``. Put ``.user()`` before
+    the LLM and ``.assistant()`` after the output transport.
+    """
+
+    _user: LLMUserContextAggregator
+    _assistant: LLMAssistantContextAggregator
+    store: ContextStore
+
+    def user(self) -> LLMUserContextAggregator:
+        """The user-side aggregator (before the LLM)."""
+        return self._user
+
+    def assistant(self) -> LLMAssistantContextAggregator:
+        """The assistant-side aggregator (after the output)."""
+        return self._assistant
+
+    @property
+    def context(self) -> OpenAILLMContext:
+        """The conversation (owned by the store while the session runs)."""
+        return self.store.context
+
+    def __iter__(self) -> Iterator[Actor[Any]]:
+        yield self._user
+        yield self._assistant

@@ -1,0 +1,338 @@
+"""The conversation: ``OpenAILLMContext`` (owned by the context store) and its snapshots."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from ._schemas import ToolsSchema, normalize_tools
+
+__all__ = [
+    "DEFAULT_MAX_IMAGE_BYTES",
+    "ContextSnapshot",
+    "OpenAILLMContext",
+    "encode_image",
+    "validate_messages",
+]
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_TOOL_CHOICES = frozenset({"none", "auto", "required"})
+
+#: Largest encoded image accepted in a message (OpenAI's own limit is 20 MB per image).
+DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
+
+
+def validate_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Check OpenAI-format messages and return private deep copies.
+
+    Raises:
+        TypeError: a message is not a mapping.
+        ValueError: a message has no valid ``role``, or a ``tool`` message no ``tool_call_id``.
+    """
+    if isinstance(messages, Mapping | str | bytes):
+        raise TypeError("messages must be a list of message dicts, not a single value")
+    out: list[dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise TypeError(f"message {i} must be a dict, got {type(message).__name__}")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise ValueError(
+                f"message {i} has role {role!r}; use one of {', '.join(sorted(_ROLES))}"
+            )
+        if role == "tool" and not message.get("tool_call_id"):
+            raise ValueError(f"message {i} is a tool message without 'tool_call_id'")
+        if role in ("system", "developer", "user", "tool") and "content" not in message:
+            raise ValueError(f"message {i} ({role}) has no 'content'")
+        out.append(copy.deepcopy(dict(message)))
+    return out
+
+
+def _check_tool_choice(choice: object) -> Any:
+    if choice is None or choice in _TOOL_CHOICES:
+        return choice
+    if isinstance(choice, Mapping) and choice.get("type") in (
+        "function",
+        "allowed_tools",
+        "custom",
+    ):
+        return copy.deepcopy(dict(choice))
+    raise ValueError(
+        f"tool_choice {choice!r} is invalid: use 'none', 'auto', 'required' or "
+        "{'type': 'function', 'function': {'name': ...}}"
+    )
+
+
+def encode_image(
+    format: str | None,
+    size: tuple[int, int],
+    image: bytes,
+    *,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+) -> str:
+    """Return a ``data:`` URL for an image.
+
+    ``format`` starting with ``image/`` means ``image`` is already encoded (passed through);
+    otherwise it is a Pillow mode (``"RGB"``, ``"RGBA"``, ``"L"``; default RGB) and the raw
+    pixels are JPEG-encoded.
+
+    Raises:
+        ValueError: empty image, pixel data that does not match ``size``/``format``, or an
+            encoded image larger than ``max_bytes``.
+    """
+    if not image:
+        raise ValueError("the image is empty (0 bytes)")
+    if format and format.startswith("image/"):
+        data, mime = bytes(image), format
+    else:
+        from PIL import Image
+
+        mode = format or "RGB"
+        try:
+            width, height = size
+            picture = Image.frombytes(mode, (int(width), int(height)), bytes(image))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(
+                f"raw image does not match size {size!r} and format {mode!r}: {exc} "
+                f"(got {len(image)} bytes)"
+            ) from None
+        if picture.mode not in ("RGB", "L"):
+            picture = picture.convert("RGB")
+        buffer = io.BytesIO()
+        picture.save(buffer, format="JPEG", quality=85)
+        data, mime = buffer.getvalue(), "image/jpeg"
+    if len(data) > max_bytes:
+        raise ValueError(
+            f"the image is {len(data):,} bytes encoded, over the limit of {max_bytes:,} bytes; "
+            "send a smaller image"
+        )
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _elide(value: Any) -> Any:
+    if isinstance(value, str):
+        if value.startswith("data:") and ";base64," in value:
+            head = value.split(",", 1)[0]
+            return f"{head},...({len(value)} chars)"
+        return value
+    if isinstance(value, Mapping):
+        return {k: _elide(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_elide(v) for v in value]
+    return value
+
+
+def _messages_for_logging(messages: Iterable[Mapping[str, Any]]) -> str:
+    return json.dumps([_elide(m) for m in messages], ensure_ascii=False, default=str)
+
+
+@attrs.frozen
+class ContextSnapshot:
+    """An immutable view of the conversation at one moment.
+
+    The messages are private copies: changing what :meth:`get_messages` returns changes
+    nothing anywhere else. The LLM receives snapshots; tool handlers see one in
+    ``params.context``.
+    """
+
+    messages: tuple[dict[str, Any], ...]
+    tools: tuple[dict[str, Any], ...] | None = None
+    tool_choice: Any = None
+    interrupted: frozenset[int] = frozenset()
+
+    def get_messages(self) -> list[dict[str, Any]]:
+        """Copies of the messages, ready for a request."""
+        return copy.deepcopy(list(self.messages))
+
+    def get_messages_for_logging(self) -> str:
+        """The messages as JSON with base64 image data elided."""
+        return _messages_for_logging(self.messages)
+
+    def tools_for_api(self) -> list[dict[str, Any]] | None:
+        """The request's ``tools`` list (``None``: no tools)."""
+        return copy.deepcopy(list(self.tools)) if self.tools else None
+
+    def is_interrupted(self, index: int) -> bool:
+        """Whether message ``index`` is an assistant answer cut short by an interruption."""
+        return index in self.interrupted
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+
+class OpenAILLMContext:
+    """The conversation: messages, tools and tool choice (Pipecat-compatible API).
+
+    While a session runs, the context store actor is its only owner; everyone else works with
+    :class:`ContextSnapshot` objects. Before the session starts (and after it ends) you may use
+    it directly.
+
+    Args:
+        messages: Initial OpenAI-format messages (copied).
+        tools: A ``ToolsSchema``, a list of ``FunctionSchema`` / OpenAI tool dicts, or None.
+        tool_choice: ``"none"``, ``"auto"``, ``"required"``, a function choice dict, or None.
+
+    Raises:
+        ValueError, TypeError: malformed messages, tools or tool choice (the message says which).
+    """
+
+    def __init__(
+        self,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        tools: ToolsSchema | Sequence[Any] | None = None,
+        tool_choice: Any = None,
+    ) -> None:
+        self._messages: list[dict[str, Any]] = validate_messages(messages or [])
+        self._interrupted: list[bool] = [False] * len(self._messages)
+        self._tools_source: Any = tools
+        self._tools = normalize_tools(tools)
+        self._tool_choice = _check_tool_choice(tool_choice)
+
+    @staticmethod
+    def from_messages(messages: Sequence[Mapping[str, Any]]) -> OpenAILLMContext:
+        """A context holding copies of ``messages``."""
+        return OpenAILLMContext(messages=messages)
+
+    # ----------------------------------------------------------------- reading
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """Copies of the messages."""
+        return self.get_messages()
+
+    def get_messages(self) -> list[dict[str, Any]]:
+        """Copies of the messages, ready for a request."""
+        return copy.deepcopy(self._messages)
+
+    def get_messages_for_logging(self) -> str:
+        """The messages as JSON with base64 image data elided."""
+        return _messages_for_logging(self._messages)
+
+    @property
+    def tools(self) -> list[dict[str, Any]] | None:
+        """The tools in OpenAI format (``None``: no tools)."""
+        return copy.deepcopy(self._tools)
+
+    @property
+    def tool_choice(self) -> Any:
+        """The tool choice (``None``: the server's default)."""
+        return copy.deepcopy(self._tool_choice)
+
+    def is_interrupted(self, index: int) -> bool:
+        """Whether message ``index`` is an assistant answer cut short by an interruption."""
+        return 0 <= index < len(self._interrupted) and self._interrupted[index]
+
+    def snapshot(self) -> ContextSnapshot:
+        """An immutable copy of the conversation."""
+        return ContextSnapshot(
+            messages=tuple(copy.deepcopy(self._messages)),
+            tools=tuple(copy.deepcopy(self._tools)) if self._tools else None,
+            tool_choice=copy.deepcopy(self._tool_choice),
+            interrupted=frozenset(i for i, flag in enumerate(self._interrupted) if flag),
+        )
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    # ----------------------------------------------------------------- writing
+
+    def add_message(self, message: Mapping[str, Any], *, interrupted: bool = False) -> None:
+        """Append one message (validated, copied)."""
+        self._messages.extend(validate_messages([message]))
+        self._interrupted.append(interrupted)
+
+    def add_messages(self, messages: Sequence[Mapping[str, Any]]) -> None:
+        """Append several messages (all validated before any is added)."""
+        checked = validate_messages(messages)
+        self._messages.extend(checked)
+        self._interrupted.extend([False] * len(checked))
+
+    def set_messages(self, messages: Sequence[Mapping[str, Any]]) -> None:
+        """Replace every message (validated before anything changes)."""
+        checked = validate_messages(messages)
+        self._messages = checked
+        self._interrupted = [False] * len(checked)
+
+    def set_tools(self, tools: ToolsSchema | Sequence[Any] | None) -> None:
+        """Replace the tools (an empty list means no tools)."""
+        normalized = normalize_tools(tools)
+        self._tools_source = tools
+        self._tools = normalized
+
+    def set_tool_choice(self, tool_choice: Any) -> None:
+        """Set the tool choice (validated)."""
+        self._tool_choice = _check_tool_choice(tool_choice)
+
+    def add_image_frame_message(
+        self,
+        format: str | None,
+        size: tuple[int, int],
+        image: bytes,
+        text: str | None = None,
+        *,
+        max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    ) -> None:
+        """Append a user message with the optional text and the image as a data URL.
+
+        Raises:
+            ValueError: see :func:`encode_image`.
+        """
+        self.add_message(image_message(format, size, image, text, max_bytes=max_bytes))
+
+    # ----------------------------------------------------------------- tool bookkeeping
+
+    def add_tool_calls(
+        self, calls: Sequence[tuple[str, str, str]], *, content: str | None = None
+    ) -> None:
+        """Record one assistant message with ``tool_calls`` and an ``IN_PROGRESS`` placeholder
+        ``tool`` message per call. ``calls`` are ``(tool_call_id, name, arguments_json)``."""
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": content or None,
+            "tool_calls": [
+                {"id": cid, "type": "function", "function": {"name": name, "arguments": args}}
+                for cid, name, args in calls
+            ],
+        }
+        self.add_message(message)
+        for cid, _, _ in calls:
+            self.add_message({"role": "tool", "tool_call_id": cid, "content": "IN_PROGRESS"})
+
+    def set_tool_result(self, tool_call_id: str, content: str) -> bool:
+        """Write ``content`` into the ``tool`` message of ``tool_call_id``; False if none."""
+        for message in reversed(self._messages):
+            if message.get("role") == "tool" and message.get("tool_call_id") == tool_call_id:
+                message["content"] = content
+                return True
+        return False
+
+    def open_tool_calls(self) -> list[str]:
+        """Ids of calls whose ``tool`` message still holds the ``IN_PROGRESS`` placeholder."""
+        return [
+            m["tool_call_id"]
+            for m in self._messages
+            if m.get("role") == "tool" and m.get("content") == "IN_PROGRESS"
+        ]
+
+
+def image_message(
+    format: str | None,
+    size: tuple[int, int],
+    image: bytes,
+    text: str | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+) -> dict[str, Any]:
+    """A user message holding the optional text and the image (see :func:`encode_image`)."""
+    url = encode_image(format, size, image, max_bytes=max_bytes)
+    content: list[dict[str, Any]] = []
+    if text:
+        content.append({"type": "text", "text": text})
+    content.append({"type": "image_url", "image_url": {"url": url}})
+    return {"role": "user", "content": content}

@@ -1,0 +1,313 @@
+"""The LLM frames: what goes into the OpenAI LLM service and what comes out of it.
+
+Ordering decisions that differ from Pipecat, on purpose (see docs/frames.md):
+
+* ``LLMFullResponseStartFrame``/``LLMFullResponseEndFrame`` are uninterruptible, so every
+  stage sees exactly one pair per inference, also when the inference was interrupted (the
+  text between them is what an interruption drops).
+* ``FunctionCallsStartedFrame``, ``FunctionCallInProgressFrame``, ``FunctionCallResultFrame``
+  and ``FunctionCallCancelFrame`` are ordered (data lane) and uninterruptible: the tool-call
+  bookkeeping can neither be overtaken nor lost, so a call can never stay "in progress" in the
+  context (Pipecat issues #3661, #3548, #4420).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from runtime import ControlFrame, DataFrame, MetricsData, TextFrame
+
+if TYPE_CHECKING:
+    from ._context import ContextSnapshot
+
+__all__ = [
+    "FunctionCallCancelFrame",
+    "FunctionCallFromLLM",
+    "FunctionCallInProgressFrame",
+    "FunctionCallResultFrame",
+    "FunctionCallResultProperties",
+    "FunctionCallsStartedFrame",
+    "LLMFullResponseEndFrame",
+    "LLMFullResponseStartFrame",
+    "LLMMessagesAppendFrame",
+    "LLMMessagesFrame",
+    "LLMMessagesUpdateFrame",
+    "LLMRunFrame",
+    "LLMSetToolChoiceFrame",
+    "LLMSetToolsFrame",
+    "LLMTextFrame",
+    "LLMTokenUsage",
+    "LLMUpdateSettingsFrame",
+    "LLMUsageMetricsData",
+    "OpenAILLMContextFrame",
+    "VisionImageRawFrame",
+]
+
+
+def _to_dict(value: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(value)
+
+
+def _to_tuple(value: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(value)
+
+
+def _snapshot(value: object) -> ContextSnapshot:
+    from ._context import ContextSnapshot, OpenAILLMContext
+
+    if isinstance(value, ContextSnapshot):
+        return value
+    if isinstance(value, OpenAILLMContext):
+        return value.snapshot()
+    raise TypeError(
+        f"OpenAILLMContextFrame needs an OpenAILLMContext or a ContextSnapshot, got "
+        f"{type(value).__name__}"
+    )
+
+
+def _messages(value: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], ...]:
+    from ._context import validate_messages
+
+    return tuple(validate_messages(value))
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@attrs.frozen(slots=True)
+class OpenAILLMContextFrame(DataFrame):
+    """Run an inference on this conversation.
+
+    Args:
+        context: An immutable snapshot of the conversation (an ``OpenAILLMContext`` passed
+            here is snapshotted at once, so later changes to it do not leak into the frame).
+    """
+
+    context: ContextSnapshot = attrs.field(converter=_snapshot)
+
+
+@attrs.frozen(slots=True)
+class LLMMessagesFrame(DataFrame):
+    """Run an inference on exactly these messages (Pipecat's legacy input frame).
+
+    Args:
+        messages: OpenAI-format messages (``{"role": ..., "content": ...}``).
+    """
+
+    messages: tuple[dict[str, Any], ...] = attrs.field(converter=_messages)
+
+
+@attrs.frozen(slots=True)
+class VisionImageRawFrame(DataFrame):
+    """Ask the LLM about an image (one user message: the optional text and the image).
+
+    Args:
+        image: Raw pixels (``format`` a Pillow mode such as ``"RGB"``), or encoded image bytes
+            (``format`` a MIME type such as ``"image/jpeg"``, passed through as is).
+        size: ``(width, height)`` in pixels (needed for raw pixels).
+        format: Pillow mode or ``image/*`` MIME type.
+        text: The question about the image.
+    """
+
+    image: bytes
+    size: tuple[int, int]
+    format: str | None = "RGB"
+    text: str | None = None
+
+
+@attrs.frozen(slots=True)
+class LLMUpdateSettingsFrame(ControlFrame):
+    """Change the LLM's settings from the next request on.
+
+    Args:
+        settings: ``model`` and/or any ``OpenAILLMService.InputParams`` field, e.g.
+            ``{"model": "gpt-4o-mini", "temperature": 0.2}``. Validated; a bad key or value
+            becomes an ``ErrorFrame`` and changes nothing.
+    """
+
+    settings: Mapping[str, Any] = attrs.field(factory=dict, converter=_to_dict)
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
+
+
+@attrs.frozen(slots=True)
+class LLMMessagesAppendFrame(DataFrame):
+    """Append messages to the conversation (user aggregator), optionally running the LLM."""
+
+    messages: tuple[dict[str, Any], ...] = attrs.field(converter=_messages)
+    run_llm: bool | None = None
+
+
+@attrs.frozen(slots=True)
+class LLMMessagesUpdateFrame(DataFrame):
+    """Replace all messages of the conversation, optionally running the LLM."""
+
+    messages: tuple[dict[str, Any], ...] = attrs.field(converter=_messages)
+    run_llm: bool | None = None
+
+
+@attrs.frozen(slots=True)
+class LLMSetToolsFrame(DataFrame):
+    """Replace the tools offered to the LLM (a ``ToolsSchema``, OpenAI tool dicts or None)."""
+
+    tools: Any
+
+
+@attrs.frozen(slots=True)
+class LLMSetToolChoiceFrame(DataFrame):
+    """Set ``tool_choice``: ``"none"``, ``"auto"``, ``"required"`` or a function choice dict."""
+
+    tool_choice: Any
+
+
+@attrs.frozen(slots=True)
+class LLMRunFrame(DataFrame):
+    """Run an inference on the current conversation (user aggregator)."""
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@attrs.frozen(slots=True)
+class LLMFullResponseStartFrame(ControlFrame):
+    """An inference starts; exactly one per inference, never dropped."""
+
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
+
+
+@attrs.frozen(slots=True)
+class LLMFullResponseEndFrame(ControlFrame):
+    """An inference ended (success, error or interruption); exactly one per start.
+
+    Args:
+        interrupted: The inference was cut short by an interruption.
+        error: It ended with an error (reported separately as an ``ErrorFrame``).
+    """
+
+    interrupted: bool = False
+    error: bool = False
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
+
+
+@attrs.frozen(slots=True)
+class LLMTextFrame(TextFrame):
+    """One streamed content delta of the LLM's answer."""
+
+
+@attrs.frozen(slots=True)
+class FunctionCallFromLLM:
+    """A tool call the LLM asked for.
+
+    Args:
+        function_name: The function.
+        tool_call_id: The call's id (matches the ``tool`` message that answers it).
+        arguments: Parsed arguments (empty when they could not be parsed).
+        arguments_json: The raw argument text as streamed.
+        arguments_error: Why the arguments could not be parsed, if they could not.
+    """
+
+    function_name: str
+    tool_call_id: str
+    arguments: Mapping[str, Any] = attrs.field(factory=dict)
+    arguments_json: str = "{}"
+    arguments_error: str | None = None
+
+
+@attrs.frozen(slots=True)
+class FunctionCallsStartedFrame(ControlFrame):
+    """The LLM asked for these calls; they are about to run (one batch per response)."""
+
+    function_calls: tuple[FunctionCallFromLLM, ...] = attrs.field(converter=_to_tuple)
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
+
+
+@attrs.frozen(slots=True)
+class FunctionCallInProgressFrame(ControlFrame):
+    """A call's handler is running."""
+
+    function_name: str
+    tool_call_id: str
+    arguments: Mapping[str, Any] = attrs.field(factory=dict)
+    cancel_on_interruption: bool = True
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
+
+
+@attrs.frozen(slots=True)
+class FunctionCallResultProperties:
+    """How a result is handled.
+
+    Args:
+        run_llm: ``True``/``False`` forces/suppresses the follow-up inference; ``None`` lets
+            the batch decide (it runs once the last call of the batch has settled).
+        on_context_updated: Awaited once the result is in the conversation (before the
+            follow-up inference starts).
+    """
+
+    run_llm: bool | None = None
+    on_context_updated: Callable[[], Awaitable[None]] | None = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen(slots=True)
+class FunctionCallResultFrame(DataFrame):
+    """A call settled with a result (or an error result).
+
+    Args:
+        function_name: The function.
+        tool_call_id: The call's id.
+        arguments: The arguments it ran with.
+        result: The JSON-serializable result (what goes into the ``tool`` message).
+        run_llm: See :class:`FunctionCallResultProperties`.
+        properties: The properties given to ``result_callback``.
+        error: Set when the call failed (the handler raised, bad arguments, unknown function);
+            ``result`` then holds the text the LLM sees.
+    """
+
+    function_name: str
+    tool_call_id: str
+    arguments: Mapping[str, Any] = attrs.field(factory=dict)
+    result: Any = None
+    run_llm: bool | None = None
+    properties: FunctionCallResultProperties | None = attrs.field(default=None, eq=False)
+    error: str | None = None
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
+
+
+@attrs.frozen(slots=True)
+class FunctionCallCancelFrame(ControlFrame):
+    """A call was cancelled before it settled.
+
+    Args:
+        function_name: The function.
+        tool_call_id: The call's id.
+        reason: ``"interruption"``, ``"timeout"`` or ``"shutdown"``.
+        run_llm: Whether this settlement asks for the follow-up inference (timeouts do).
+    """
+
+    function_name: str
+    tool_call_id: str
+    reason: str = "interruption"
+    run_llm: bool = False
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@attrs.frozen(slots=True)
+class LLMTokenUsage:
+    """Token usage of one completion (the last snapshot the server sent)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cache_read_input_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+
+@attrs.frozen(slots=True)
+class LLMUsageMetricsData(MetricsData):
+    """Token usage of one completion, reported once, also when it was interrupted."""
+
+    value: LLMTokenUsage = attrs.field(factory=LLMTokenUsage)

@@ -1,0 +1,161 @@
+"""The metrics collector: aggregates the LLM's measurements per session and per model.
+
+It never slows the LLM: reports are offered without waiting, and when its mailbox is full a
+report is dropped and counted instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import trio
+
+from runtime import (
+    Actor,
+    DataFrame,
+    Frame,
+    FrameDirection,
+    MetricsData,
+    ProcessingMetricsData,
+    TTFBMetricsData,
+)
+
+from ._frames import LLMTokenUsage, LLMUsageMetricsData
+
+__all__ = ["MetricsCollector", "MetricsReport", "ModelMetrics", "TimingStats"]
+
+
+def _to_tuple(value: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(value)
+
+
+@attrs.frozen(slots=True)
+class MetricsReport(DataFrame):
+    """Measurements offered to the collector."""
+
+    data: tuple[MetricsData, ...] = attrs.field(converter=_to_tuple)
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
+
+
+@attrs.frozen
+class TimingStats:
+    """Count, mean, min and max of a timing, in seconds."""
+
+    count: int = 0
+    total: float = 0.0
+    min: float = math.inf
+    max: float = 0.0
+
+    @property
+    def mean(self) -> float:
+        """Mean value (0 when there is none)."""
+        return self.total / self.count if self.count else 0.0
+
+    def add(self, value: float) -> TimingStats:
+        """A copy with ``value`` included."""
+        return TimingStats(
+            self.count + 1, self.total + value, min(self.min, value), max(self.max, value)
+        )
+
+
+@attrs.frozen
+class ModelMetrics:
+    """Aggregated metrics of one model in one session."""
+
+    model: str
+    ttfb: TimingStats = TimingStats()
+    processing: TimingStats = TimingStats()
+    completions: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for logs and JSON (means instead of sums)."""
+        return {
+            "model": self.model,
+            "ttfb_mean_s": round(self.ttfb.mean, 6),
+            "ttfb_count": self.ttfb.count,
+            "processing_mean_s": round(self.processing.mean, 6),
+            "completions": self.completions,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+        }
+
+
+class MetricsCollector(Actor[MetricsReport]):
+    """Collects TTFB, processing time and token usage, per model.
+
+    Read it with :meth:`summary` (per model) and :attr:`dropped` (reports lost because the
+    collector was behind). The totals are logged when the session ends.
+
+    Args:
+        capacity: Reports that may wait before new ones are dropped.
+    """
+
+    accepts = (MetricsReport,)
+
+    def __init__(self, *, capacity: int = 256, name: str | None = None) -> None:
+        super().__init__(name=name or "MetricsCollector", mailbox_size=capacity)
+        self._models: dict[str, ModelMetrics] = {}
+        self.dropped = 0
+        self.received = 0
+
+    def offer(self, data: list[MetricsData]) -> bool:
+        """Hand measurements over without waiting; False if dropped (counted)."""
+        if not data:
+            return True
+        try:
+            self.ref.send_nowait(MetricsReport(tuple(data)))
+        except (trio.WouldBlock, Exception):
+            self.dropped += 1
+            return False
+        return True
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Fold one report into the totals."""
+        assert isinstance(frame, MetricsReport)
+        self.received += 1
+        for item in frame.data:
+            self.record(item)
+
+    def record(self, item: MetricsData) -> None:
+        """Fold one measurement into the totals (also usable directly)."""
+        model = item.model or "unknown"
+        current = self._models.get(model) or ModelMetrics(model)
+        if isinstance(item, TTFBMetricsData):
+            current = attrs.evolve(current, ttfb=current.ttfb.add(item.value))
+        elif isinstance(item, ProcessingMetricsData):
+            current = attrs.evolve(current, processing=current.processing.add(item.value))
+        elif isinstance(item, LLMUsageMetricsData):
+            usage: LLMTokenUsage = item.value
+            current = attrs.evolve(
+                current,
+                completions=current.completions + 1,
+                prompt_tokens=current.prompt_tokens + usage.prompt_tokens,
+                completion_tokens=current.completion_tokens + usage.completion_tokens,
+                total_tokens=current.total_tokens + usage.total_tokens,
+                cached_tokens=current.cached_tokens + (usage.cache_read_input_tokens or 0),
+                reasoning_tokens=current.reasoning_tokens + (usage.reasoning_tokens or 0),
+            )
+        self._models[model] = current
+
+    def summary(self) -> dict[str, ModelMetrics]:
+        """Aggregated metrics per model."""
+        return dict(self._models)
+
+    async def on_stop(self) -> None:
+        """Log the session's totals."""
+        self.log.info(
+            "llm metrics",
+            models=[m.as_dict() for m in self._models.values()],
+            dropped_reports=self.dropped,
+        )

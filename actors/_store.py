@@ -1,0 +1,231 @@
+"""The context store: the one owner of the conversation while a session runs.
+
+The aggregators and the LLM never touch the ``OpenAILLMContext`` themselves: they ask the
+store, which applies the change and answers with an immutable :class:`ContextSnapshot`. The
+store also decides when a batch of tool calls is complete and triggers the follow-up
+inference (once per batch, after its last call settled).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from runtime import Actor, DataFrame, Frame
+
+from ._context import ContextSnapshot, OpenAILLMContext
+from ._frames import FunctionCallFromLLM, OpenAILLMContextFrame
+
+__all__ = [
+    "AppendMessagesRequest",
+    "ContextStore",
+    "ContextStoreRequest",
+    "GetContextRequest",
+    "RecordToolCallsRequest",
+    "RecordToolSettlementRequest",
+    "ReplaceMessagesRequest",
+    "SetToolChoiceRequest",
+    "SetToolsRequest",
+]
+
+
+def _to_tuple(value: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(value)
+
+
+@attrs.frozen(slots=True)
+class ContextStoreRequest(DataFrame):
+    """Base of the requests the context store answers (its mailbox takes only these)."""
+
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
+
+
+@attrs.frozen(slots=True)
+class GetContextRequest(ContextStoreRequest):
+    """Answer with a snapshot of the conversation."""
+
+
+@attrs.frozen(slots=True)
+class AppendMessagesRequest(ContextStoreRequest):
+    """Append messages; ``interrupted`` marks an assistant answer cut short."""
+
+    messages: tuple[dict[str, Any], ...] = attrs.field(converter=_to_tuple)
+    interrupted: bool = False
+
+
+@attrs.frozen(slots=True)
+class ReplaceMessagesRequest(ContextStoreRequest):
+    """Replace every message."""
+
+    messages: tuple[dict[str, Any], ...] = attrs.field(converter=_to_tuple)
+
+
+@attrs.frozen(slots=True)
+class SetToolsRequest(ContextStoreRequest):
+    """Replace the tools."""
+
+    tools: Any
+
+
+@attrs.frozen(slots=True)
+class SetToolChoiceRequest(ContextStoreRequest):
+    """Set the tool choice."""
+
+    tool_choice: Any
+
+
+@attrs.frozen(slots=True)
+class RecordToolCallsRequest(ContextStoreRequest):
+    """Record a batch of tool calls: one assistant message (with the answer's text, if any)
+    and an ``IN_PROGRESS`` tool message per call."""
+
+    calls: tuple[FunctionCallFromLLM, ...] = attrs.field(converter=_to_tuple)
+    content: str | None = None
+
+
+@attrs.frozen(slots=True)
+class RecordToolSettlementRequest(ContextStoreRequest):
+    """A call settled: write ``content`` into its tool message.
+
+    Args:
+        tool_call_id: The call.
+        content: What the LLM will read as the call's result.
+        run_llm: Whether this settlement asks for the follow-up inference.
+        on_context_updated: Awaited once the result is in the context.
+    """
+
+    tool_call_id: str
+    content: str
+    run_llm: bool = True
+    on_context_updated: Callable[[], Awaitable[None]] | None = attrs.field(default=None, eq=False)
+
+
+@attrs.define
+class _Batch:
+    pending: set[str]
+    run_llm: bool = False
+    callbacks: list[Callable[[], Awaitable[None]]] = attrs.Factory(list)
+
+
+class ContextStore(Actor[ContextStoreRequest]):
+    """Owns an :class:`OpenAILLMContext` and serialises every change to it.
+
+    Answers :meth:`runtime.ActorRef.ask` requests (subclasses of
+    :class:`ContextStoreRequest`) with a :class:`ContextSnapshot`. When the last call of a
+    tool batch settles it awaits the results' ``on_context_updated`` callbacks and then, if any
+    settlement asked for it, sends the follow-up :class:`OpenAILLMContextFrame` to the LLM
+    without waiting (this edge closes the LLM → aggregator → store → LLM cycle).
+
+    Args:
+        context: The conversation; the store changes this object in place, so after the
+            session it holds the whole conversation.
+        llm: Where follow-up inferences go (the LLM service).
+    """
+
+    accepts = (ContextStoreRequest,)
+
+    def __init__(
+        self, context: OpenAILLMContext, llm: Actor[Any] | None = None, *, name: str | None = None
+    ) -> None:
+        super().__init__(name=name or "ContextStore")
+        if not isinstance(context, OpenAILLMContext):
+            raise TypeError(f"ContextStore needs an OpenAILLMContext, got {type(context).__name__}")
+        self.context = context
+        self.llm = llm
+        self._batches: dict[str, _Batch] = {}
+        self._batch_of: dict[str, _Batch] = {}
+
+    def snapshot(self) -> ContextSnapshot:
+        """A snapshot of the conversation (safe to call from outside the session, too)."""
+        return self.context.snapshot()
+
+    async def on_ask(self, frame: Frame) -> object:
+        """Apply one request and answer with a snapshot."""
+        ctx = self.context
+        if isinstance(frame, GetContextRequest):
+            pass
+        elif isinstance(frame, AppendMessagesRequest):
+            if len(frame.messages) == 1:
+                ctx.add_message(frame.messages[0], interrupted=frame.interrupted)
+            else:
+                ctx.add_messages(frame.messages)
+        elif isinstance(frame, ReplaceMessagesRequest):
+            ctx.set_messages(frame.messages)
+            self._batches.clear()
+            self._batch_of.clear()
+        elif isinstance(frame, SetToolsRequest):
+            ctx.set_tools(frame.tools)
+        elif isinstance(frame, SetToolChoiceRequest):
+            ctx.set_tool_choice(frame.tool_choice)
+        elif isinstance(frame, RecordToolCallsRequest):
+            self._record_calls(frame.calls, frame.content)
+        elif isinstance(frame, RecordToolSettlementRequest):
+            self._settle(frame)
+        else:  # pragma: no cover - the mailbox only takes the types above
+            raise TypeError(f"ContextStore cannot handle {type(frame).__name__}")
+        return ctx.snapshot()
+
+    async def process_frame(self, frame: Frame, direction: Any) -> None:
+        """Requests sent without ``ask`` are applied the same way (the answer is dropped)."""
+        try:
+            await self.on_ask(frame)
+        except (ValueError, TypeError) as exc:
+            await self.push_error(f"context store: {exc}", exception=exc)
+
+    def _record_calls(self, calls: Sequence[FunctionCallFromLLM], content: str | None) -> None:
+        ids = [c.tool_call_id for c in calls]
+        self.context.add_tool_calls(
+            [(c.tool_call_id, c.function_name, c.arguments_json) for c in calls], content=content
+        )
+        batch = _Batch(pending=set(ids))
+        key = ids[0] if ids else ""
+        self._batches[key] = batch
+        for cid in ids:
+            self._batch_of[cid] = batch
+
+    def _settle(self, frame: RecordToolSettlementRequest) -> None:
+        batch = self._batch_of.pop(frame.tool_call_id, None)
+        if batch is None or frame.tool_call_id not in batch.pending:
+            self.log.warning(
+                "settlement for an unknown or already settled tool call ignored",
+                tool_call_id=frame.tool_call_id,
+            )
+            return
+        self.context.set_tool_result(frame.tool_call_id, frame.content)
+        batch.pending.discard(frame.tool_call_id)
+        batch.run_llm = batch.run_llm or frame.run_llm
+        if frame.on_context_updated is not None:
+            batch.callbacks.append(frame.on_context_updated)
+        if batch.pending:
+            return
+        for key, value in list(self._batches.items()):
+            if value is batch:
+                del self._batches[key]
+        if batch.callbacks or batch.run_llm:
+            self.create_task(self._after_batch, batch, name=f"{self.name}:after-batch")
+
+    async def _after_batch(self, batch: _Batch) -> None:
+        for callback in batch.callbacks:
+            try:
+                await callback()
+            except Exception as exc:
+                self.log.warning("on_context_updated raised", error=f"{type(exc).__name__}: {exc}")
+                await self.push_error(
+                    f"on_context_updated raised {type(exc).__name__}: {exc}", exception=exc
+                )
+        if batch.run_llm and self.llm is not None:
+            if not self.llm.ref.is_alive():
+                return
+            self.llm.ref.tell(OpenAILLMContextFrame(self.context.snapshot()))
+
+    def pending_tool_calls(self) -> list[str]:
+        """Ids of tool calls recorded but not settled yet."""
+        return sorted(self._batch_of)
+
+
+def copy_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Deep copies of messages."""
+    return [copy.deepcopy(dict(m)) for m in messages]

@@ -1,0 +1,297 @@
+"""The tool executor: runs the tool calls of one LLM response concurrently.
+
+Each call settles exactly once: with the handler's result, an error result (the handler
+raised, unknown function, unparseable arguments), a timeout or a cancellation. A
+``result_callback`` that comes after the call settled is rejected with a warning. Calls
+registered with ``cancel_on_interruption=True`` (the default) run in a scope tied to the turn
+of the response that asked for them, so an interruption cancels them at once (the handler
+sees ``trio.Cancelled``); the others keep running and their result lands in the conversation
+later.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from runtime import Actor, DataFrame, ErrorCategory, Frame, FrameDirection
+
+from ._frames import (
+    FunctionCallCancelFrame,
+    FunctionCallFromLLM,
+    FunctionCallInProgressFrame,
+    FunctionCallResultFrame,
+    FunctionCallResultProperties,
+)
+
+if TYPE_CHECKING:
+    from ._context import ContextSnapshot
+
+__all__ = [
+    "FunctionCallParams",
+    "FunctionHandler",
+    "FunctionRegistration",
+    "RunFunctionCallsRequest",
+    "ToolExecutor",
+]
+
+
+def _to_tuple(value: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class FunctionCallParams:
+    """What a function handler receives.
+
+    Args:
+        function_name: The function the LLM called.
+        tool_call_id: The call's id.
+        arguments: The parsed arguments.
+        llm: The LLM service that asked for the call.
+        context: A snapshot of the conversation when the call was made.
+        result_callback: ``await params.result_callback(result, properties=...)`` settles the
+            call with ``result`` (JSON-serializable). Later calls are rejected with a warning.
+    """
+
+    function_name: str
+    tool_call_id: str
+    arguments: Mapping[str, Any]
+    llm: Any
+    context: ContextSnapshot
+    result_callback: Callable[..., Awaitable[None]] = attrs.field(repr=False)
+
+
+#: ``async def handler(params: FunctionCallParams) -> None``
+FunctionHandler = Callable[[FunctionCallParams], Awaitable[None]]
+
+
+@attrs.frozen
+class FunctionRegistration:
+    """A registered handler and how its calls run."""
+
+    name: str | None
+    handler: FunctionHandler
+    cancel_on_interruption: bool = True
+    timeout_secs: float | None = None
+
+
+@attrs.frozen(slots=True)
+class RunFunctionCallsRequest(DataFrame):
+    """Run this batch of calls (sent by the LLM service to its tool executor).
+
+    Args:
+        calls: The calls of one response.
+        context: The conversation snapshot the calls see.
+        llm: The LLM service (``params.llm``).
+        batch_turn: The turn of the response; interruptible calls belong to it.
+    """
+
+    calls: tuple[FunctionCallFromLLM, ...] = attrs.field(converter=_to_tuple)
+    context: ContextSnapshot
+    llm: Any = attrs.field(eq=False, repr=False)
+    batch_turn: int = 0
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
+
+
+@attrs.define(eq=False)
+class _Call:
+    call: FunctionCallFromLLM
+    settled: bool = False
+    has_result: bool = False
+    result: Any = None
+    properties: FunctionCallResultProperties | None = None
+    done: trio.Event = attrs.Factory(trio.Event)
+
+
+class ToolExecutor(Actor[RunFunctionCallsRequest]):
+    """Runs function calls concurrently under its own nursery (see the module docs).
+
+    Its frames (``FunctionCallInProgressFrame``, ``FunctionCallResultFrame``,
+    ``FunctionCallCancelFrame``) go out as if the LLM service had pushed them: the LLM links
+    the executor to its own neighbours when it starts.
+
+    Args:
+        registrations: The live registry (name → registration, ``None`` = catch-all), shared
+            with the LLM service so later registrations count.
+        default_timeout_secs: Timeout for calls whose registration has none.
+    """
+
+    accepts = (RunFunctionCallsRequest,)
+
+    def __init__(
+        self,
+        registrations: dict[str | None, FunctionRegistration],
+        *,
+        default_timeout_secs: float | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name or "ToolExecutor")
+        self.registrations = registrations
+        self.default_timeout_secs = default_timeout_secs
+        self._running: dict[str, _Call] = {}
+
+    def running_calls(self) -> list[str]:
+        """Ids of calls that have not settled yet."""
+        return list(self._running)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Start every call of the batch at once."""
+        assert isinstance(frame, RunFunctionCallsRequest)
+        for call in frame.calls:
+            self.create_task(self._run, call, frame, name=f"tool:{call.function_name}")
+
+    def _resolve(self, name: str) -> FunctionRegistration | None:
+        return self.registrations.get(name) or self.registrations.get(None)
+
+    async def _run(self, call: FunctionCallFromLLM, request: RunFunctionCallsRequest) -> None:
+        state = _Call(call)
+        self._running[call.tool_call_id] = state
+        try:
+            await self._execute(state, request)
+        finally:
+            self._running.pop(call.tool_call_id, None)
+
+    async def _execute(self, state: _Call, request: RunFunctionCallsRequest) -> None:
+        call = state.call
+        log = self.log.bind(tool_call_id=call.tool_call_id, function=call.function_name)
+        registration = self._resolve(call.function_name)
+        cancel_on_interruption = registration.cancel_on_interruption if registration else True
+        await self.push_frame(
+            FunctionCallInProgressFrame(
+                call.function_name,
+                call.tool_call_id,
+                call.arguments,
+                cancel_on_interruption=cancel_on_interruption,
+            )
+        )
+        if call.arguments_error is not None:
+            state.settled = True
+            log.warning("invalid tool arguments", error=call.arguments_error)
+            await self._push_result(
+                call,
+                f"Invalid arguments for `{call.function_name}`: {call.arguments_error}. "
+                "Arguments must be a JSON object matching the function's parameters.",
+                error=call.arguments_error,
+            )
+            return
+        if registration is None:
+            state.settled = True
+            log.warning(
+                "function not registered", available=sorted(k for k in self.registrations if k)
+            )
+            await self._push_result(
+                call,
+                f"The function `{call.function_name}` is not currently available.",
+                error="function not available",
+            )
+            return
+
+        async def result_callback(
+            result: Any, *, properties: FunctionCallResultProperties | None = None
+        ) -> None:
+            if state.settled:
+                log.warning("late function result rejected: the call already settled")
+                return
+            state.settled = True
+            state.has_result = True
+            state.result = result
+            state.properties = properties
+            state.done.set()
+
+        params = FunctionCallParams(
+            function_name=call.function_name,
+            tool_call_id=call.tool_call_id,
+            arguments=call.arguments,
+            llm=request.llm,
+            context=request.context,
+            result_callback=result_callback,
+        )
+        timeout = registration.timeout_secs
+        if timeout is None:
+            timeout = self.default_timeout_secs
+        failure: Exception | None = None
+        interrupted = timed_out = False
+        turn_cm = self.turn_scope(request.batch_turn) if cancel_on_interruption else nullcontext()
+        with turn_cm as turn_scope:
+            with trio.move_on_after(math.inf if timeout is None else timeout) as deadline:
+                try:
+                    await registration.handler(params)
+                    if not state.settled:
+                        await state.done.wait()
+                except Exception as exc:
+                    failure = exc
+            timed_out = deadline.cancelled_caught
+        if turn_scope is not None and turn_scope.cancelled_caught:
+            interrupted = True
+        if state.has_result:
+            await self._push_result(
+                call,
+                state.result,
+                properties=state.properties,
+                run_llm=state.properties.run_llm if state.properties else None,
+            )
+            if failure is not None:
+                await self._report_failure(call, failure)
+            return
+        state.settled = True
+        if interrupted:
+            log.info("function call cancelled by interruption")
+            await self.push_frame(FunctionCallCancelFrame(call.function_name, call.tool_call_id))
+        elif timed_out:
+            log.warning("function call timed out", timeout_secs=timeout)
+            await self.push_frame(
+                FunctionCallCancelFrame(
+                    call.function_name, call.tool_call_id, reason="timeout", run_llm=True
+                )
+            )
+        elif failure is not None:
+            await self._push_result(
+                call,
+                f"The function `{call.function_name}` failed and returned no result.",
+                error=f"{type(failure).__name__}: {failure}",
+            )
+            await self._report_failure(call, failure)
+
+    async def _report_failure(self, call: FunctionCallFromLLM, failure: Exception) -> None:
+        await self.push_error(
+            f"Error executing function call [{call.function_name}]: "
+            f"{type(failure).__name__}: {failure}",
+            exception=failure,
+            category=ErrorCategory.APPLICATION,
+        )
+
+    async def _push_result(
+        self,
+        call: FunctionCallFromLLM,
+        result: Any,
+        *,
+        error: str | None = None,
+        properties: FunctionCallResultProperties | None = None,
+        run_llm: bool | None = None,
+    ) -> None:
+        await self.push_frame(
+            FunctionCallResultFrame(
+                call.function_name,
+                call.tool_call_id,
+                call.arguments,
+                result,
+                run_llm=run_llm,
+                properties=properties,
+                error=error,
+            )
+        )
+
+    async def on_stop(self) -> None:
+        """Calls still running when the session ends settle as cancelled (reason shutdown)."""
+        for state in list(self._running.values()):
+            if not state.settled:
+                state.settled = True
+                self.log.info(
+                    "function call cancelled by shutdown", tool_call_id=state.call.tool_call_id
+                )

@@ -1,0 +1,160 @@
+"""A text transport: typed user lines in, streamed assistant text out.
+
+It stands in for a voice transport + STT/TTS: ``transport.input()`` turns lines of text into
+``TranscriptionFrame``s, ``transport.output()`` hands every frame that leaves the LLM to a
+callback (text deltas, tool-call progress, response boundaries) and keeps track of when the
+assistant has finished answering (tool calls and their follow-up answer included).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from runtime import (
+    Actor,
+    Frame,
+    FrameDirection,
+    TranscriptionFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+
+from ._frames import (
+    FunctionCallCancelFrame,
+    FunctionCallResultFrame,
+    FunctionCallsStartedFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+)
+
+__all__ = ["OutputCallback", "TextInputTransport", "TextOutputTransport", "TextTransport"]
+
+#: Receives every frame that reaches the output (sync or async).
+OutputCallback = Callable[[Frame], Awaitable[None] | None]
+
+
+class TextInputTransport(Actor[Frame]):
+    """The input end: :meth:`TextTransport.send_text` enters the pipeline here."""
+
+    accepts = ()
+
+
+class TextOutputTransport(Actor[Frame]):
+    """The output end: calls the transport's callback with each frame, then passes it on."""
+
+    def __init__(self, transport: TextTransport, *, name: str | None = None) -> None:
+        super().__init__(name=name or "TextOutput")
+        self._transport = transport
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Show the frame (callback), track the answer's progress, pass the frame on."""
+        if direction is FrameDirection.DOWNSTREAM:
+            self._transport._observe(frame)
+            callback = self._transport.on_output
+            if callback is not None:
+                result = callback(frame)
+                if result is not None:
+                    await result
+        await self.push_frame(frame, direction)
+
+
+class TextTransport:
+    """Typed text in, assistant text out.
+
+    Args:
+        on_output: Called with every downstream frame reaching the output (``LLMTextFrame``,
+            ``LLMFullResponseStartFrame``/``EndFrame``, function-call frames, metrics...).
+        user_id: ``user_id`` of the transcriptions.
+        speaking_frames: Wrap each line in ``UserStartedSpeakingFrame``/``UserStoppedSpeakingFrame``
+            (as a voice transport would; this interrupts a running answer).
+    """
+
+    def __init__(
+        self,
+        *,
+        on_output: OutputCallback | None = None,
+        user_id: str = "user",
+        speaking_frames: bool = False,
+    ) -> None:
+        self.on_output = on_output
+        self.user_id = user_id
+        self.speaking_frames = speaking_frames
+        self._input = TextInputTransport(name="TextInput")
+        self._output = TextOutputTransport(self)
+        self._answer_done = trio.Event()
+        self._answer_done.set()
+        self._follow_up_expected = False
+        self._open_calls: set[str] = set()
+        self._wants_llm = False
+        self.last_answer = ""
+        self._parts: list[str] = []
+
+    def input(self) -> TextInputTransport:
+        """The input stage (first in the pipeline)."""
+        return self._input
+
+    def output(self) -> TextOutputTransport:
+        """The output stage (after the LLM)."""
+        return self._output
+
+    async def send_text(self, text: str) -> None:
+        """Enter one line of user text (a user turn)."""
+        if not isinstance(text, str):
+            raise TypeError(f"send_text takes a str, got {type(text).__name__}")
+        self._answer_done = trio.Event()
+        self._follow_up_expected = False
+        stamp = datetime.datetime.now(datetime.UTC).isoformat()
+        if self.speaking_frames:
+            await self._input.push_frame(UserStartedSpeakingFrame())
+        await self._input.push_frame(
+            TranscriptionFrame(text, user_id=self.user_id, timestamp=stamp)
+        )
+        if self.speaking_frames:
+            await self._input.push_frame(UserStoppedSpeakingFrame())
+
+    async def wait_answer(self) -> str:
+        """Wait until the assistant has finished answering the last line (follow-up answers
+        after tool calls included, or an interruption/error); returns the last answer's text."""
+        await self._answer_done.wait()
+        return self.last_answer
+
+    def answer_done(self) -> bool:
+        """Whether the assistant is idle."""
+        return self._answer_done.is_set()
+
+    def _observe(self, frame: Frame) -> None:
+        if isinstance(frame, LLMFullResponseStartFrame):
+            self._parts = []
+            self._follow_up_expected = False
+        elif isinstance(frame, LLMTextFrame):
+            self._parts.append(frame.text)
+        elif isinstance(frame, FunctionCallsStartedFrame):
+            self._open_calls = {c.tool_call_id for c in frame.function_calls}
+            self._wants_llm = False
+            self._follow_up_expected = True
+        elif isinstance(frame, FunctionCallResultFrame | FunctionCallCancelFrame):
+            self._open_calls.discard(frame.tool_call_id)
+            if isinstance(frame, FunctionCallCancelFrame):
+                wants = frame.run_llm
+            else:
+                props = frame.properties
+                wants = (
+                    props.run_llm
+                    if props is not None and props.run_llm is not None
+                    else frame.run_llm is not False
+                )
+            self._wants_llm = self._wants_llm or wants
+            if not self._open_calls and not self._wants_llm:
+                self._answer_done.set()
+        elif isinstance(frame, LLMFullResponseEndFrame):
+            self.last_answer = "".join(self._parts)
+            if frame.interrupted or frame.error or not self._follow_up_expected:
+                self._answer_done.set()
+
+    def interrupted(self) -> None:
+        """Mark the current answer as over (call after interrupting the task)."""
+        self._answer_done.set()
