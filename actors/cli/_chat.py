@@ -1,0 +1,332 @@
+"""``trouper chat``: talk to a model from the terminal, with tools, streaming and interruption.
+
+The conversation runs as the seed pipeline (text transport in, user aggregator, LLM, text
+output, assistant aggregator). Ctrl-C while the assistant answers interrupts the answer (the
+stream and running tools are cancelled, the partial text stays in the conversation); Ctrl-C or
+Ctrl-D at an empty prompt leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mimetypes
+import os
+import signal
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+import trio
+from rich.console import Console
+from rich.markup import escape
+
+from runtime import (
+    ErrorCategory,
+    ErrorFrame,
+    Frame,
+    FrameDirection,
+    MetricsFrame,
+    Pipeline,
+    PipelineParams,
+    PipelineTask,
+    TTFBMetricsData,
+)
+from runtime import logging as rlog
+
+from .._context import OpenAILLMContext
+from .._frames import (
+    FunctionCallCancelFrame,
+    FunctionCallInProgressFrame,
+    FunctionCallResultFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    LLMUsageMetricsData,
+    VisionImageRawFrame,
+)
+from .._llm import OpenAILLMService
+from .._schemas import ToolsSchema
+from .._transport import TextTransport
+from ._tools import BUILTIN_TOOLS
+
+__all__ = ["ChatOptions", "list_tools", "run_chat"]
+
+DEFAULT_SYSTEM = (
+    "You are a helpful assistant in a terminal chat. Answer concisely. Use the tools when "
+    "they help: current time in a time zone, arithmetic, unit conversion."
+)
+
+
+@attrs.frozen
+class ChatOptions:
+    """Options of ``trouper chat`` (see ``trouper chat --help``)."""
+
+    base_url: str | None = None
+    api_key: str | None = None
+    model: str | None = None
+    system: str = DEFAULT_SYSTEM
+    temperature: float | None = None
+    max_tokens: int | None = None
+    prompt: str | None = None
+    tools: bool = True
+    log_json: Path | None = None
+    verbose: bool = False
+
+
+def list_tools(console: Console | None = None) -> int:
+    """Print the built-in tools."""
+    out = console or Console()
+    for tool in BUILTIN_TOOLS:
+        args = ", ".join(tool.schema.properties)
+        out.print(f"[bold]{tool.schema.name}[/]({args})  {escape(tool.schema.description)}")
+    return 0
+
+
+@attrs.define
+class _View:
+    """Renders the conversation's frames on the terminal and keeps per-answer statistics."""
+
+    console: Console
+    err: Console
+    local: bool
+    image_pending: bool = False
+    errors: int = 0
+    _ttfb: float | None = None
+    _tokens: int | None = None
+    _first_text: float | None = None
+    _end: float | None = None
+    _line_open: bool = False
+
+    def reset(self) -> None:
+        self._ttfb = self._tokens = self._first_text = self._end = None
+
+    def _newline(self) -> None:
+        if self._line_open:
+            self.console.print()
+            self._line_open = False
+
+    def on_frame(self, frame: Frame) -> None:
+        if isinstance(frame, LLMTextFrame):
+            if self._first_text is None:
+                self._first_text = trio.current_time()
+            self.console.print(frame.text, end="", markup=False, highlight=False, soft_wrap=True)
+            self._line_open = True
+        elif isinstance(frame, LLMFullResponseStartFrame):
+            self._first_text = None
+        elif isinstance(frame, LLMFullResponseEndFrame):
+            self._end = trio.current_time()
+        elif isinstance(frame, FunctionCallInProgressFrame):
+            self._newline()
+            args = json.dumps(dict(frame.arguments), ensure_ascii=False)
+            self.console.print(f"[cyan]⚙ {escape(frame.function_name)}({escape(args)})[/]")
+        elif isinstance(frame, FunctionCallResultFrame):
+            text = json.dumps(frame.result, ensure_ascii=False, default=str)
+            style = "red" if frame.error else "cyan"
+            self.console.print(f"[{style}]  → {escape(text[:300])}[/]")
+        elif isinstance(frame, FunctionCallCancelFrame):
+            self.console.print(f"[yellow]  ✗ {escape(frame.function_name)} {frame.reason}[/]")
+        elif isinstance(frame, MetricsFrame):
+            for item in frame.data:
+                if isinstance(item, TTFBMetricsData):
+                    self._ttfb = item.value
+                elif isinstance(item, LLMUsageMetricsData):
+                    self._tokens = item.value.completion_tokens
+
+    def on_upstream(self, frame: Frame, direction: FrameDirection) -> None:
+        if not isinstance(frame, ErrorFrame):
+            return
+        self.errors += 1
+        self._newline()
+        message = frame.error
+        if self.image_pending and self.local and frame.category is ErrorCategory.SERVER:
+            message = (
+                "the local model server cannot read images (it answered HTTP 500 to the image). "
+                "Use a vision model instead: trouper chat --base-url URL --model MODEL."
+            )
+        self.err.print(f"[red]error:[/] {escape(message)}")
+
+    def stats_line(self) -> str:
+        parts = []
+        if self._ttfb is not None:
+            parts.append(f"ttft {self._ttfb * 1000:.0f} ms")
+        if self._tokens is not None:
+            parts.append(f"{self._tokens} tokens")
+            if self._first_text is not None and self._end is not None:
+                span = self._end - self._first_text
+                if span > 0 and self._tokens > 1:
+                    parts.append(f"{(self._tokens - 1) / span:.1f} tok/s")
+        return " · ".join(parts)
+
+    def finish_answer(self, *, interrupted: bool = False) -> None:
+        self._newline()
+        if interrupted:
+            self.console.print("[yellow]⏹ interrupted[/]")
+        line = self.stats_line()
+        if line:
+            self.console.print(f"[dim]{line}[/]")
+        self.reset()
+
+
+def _configure_logs(options: ChatOptions) -> IO[str] | None:
+    if options.log_json is not None:
+        handle = options.log_json.open("a", encoding="utf-8")
+        rlog.configure(json=True, level="debug", file=handle)
+        return handle
+    rlog.configure(level="info" if options.verbose else "error", file=sys.stderr)
+    return None
+
+
+def _read_image(spec: str) -> tuple[VisionImageRawFrame | None, str]:
+    path_text, _, question = spec.strip().partition(" ")
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        return None, f"no such image file: {path}"
+    mime = mimetypes.guess_type(path.name)[0] or ""
+    if not mime.startswith("image/"):
+        return None, f"{path} does not look like an image (expected .png, .jpg, ...)"
+    frame = VisionImageRawFrame(
+        path.read_bytes(), (0, 0), mime, question or "What is in this image?"
+    )
+    return frame, ""
+
+
+async def run_chat(options: ChatOptions, *, console: Console | None = None) -> int:
+    """Run the chat; returns the exit code (0, or 1 when an answer failed in prompt mode)."""
+    out = console or Console(highlight=False)
+    err = Console(stderr=True, highlight=False)
+    log_handle = _configure_logs(options)
+    try:
+        return await _chat(options, out, err)
+    finally:
+        if log_handle is not None:
+            log_handle.close()
+
+
+async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
+    base_url = options.base_url or os.environ.get("OPENAI_BASE_URL")
+    api_key = options.api_key or os.environ.get("OPENAI_API_KEY")
+    remote = bool(options.base_url or options.api_key or base_url or api_key)
+    async with AsyncExitStack() as stack:
+        if remote:
+            model = options.model or os.environ.get("OPENAI_MODEL") or "gpt-4o-mini"
+        else:
+            from ..local import LocalModelError, open_local_server
+
+            err.print("[dim]Starting the local model (llama-server)...[/]")
+            try:
+                server = await stack.enter_async_context(open_local_server(console=err))
+            except LocalModelError as exc:
+                err.print(f"[red]error:[/] {escape(str(exc))}")
+                return 2
+            base_url, api_key = server.base_url, "no-key"
+            model = options.model or server.model
+        params = OpenAILLMService.InputParams(
+            temperature=options.temperature, max_tokens=options.max_tokens
+        )
+        llm = OpenAILLMService(model=model, base_url=base_url, api_key=api_key, params=params)
+        schemas = [t.schema for t in BUILTIN_TOOLS]
+        tools = ToolsSchema(standard_tools=schemas) if options.tools else None
+        if options.tools:
+            for tool in BUILTIN_TOOLS:
+                llm.register_function(tool.schema.name, tool.handler)
+        context = OpenAILLMContext(
+            messages=[{"role": "system", "content": options.system}], tools=tools
+        )
+        pair = llm.create_context_aggregator(context)
+        view = _View(out, err, local=not remote)
+        transport = TextTransport(on_output=view.on_frame)
+        task = PipelineTask(
+            Pipeline([transport.input(), pair.user(), llm, transport.output(), pair.assistant()]),
+            PipelineParams(enable_metrics=True, enable_usage_metrics=True),
+            name="chat",
+            on_upstream=view.on_upstream,
+        )
+        label = "local model" if not remote else base_url or "OpenAI"
+        async with task:
+            if options.prompt is not None:
+                errors_before = view.errors
+                await transport.send_text(options.prompt)
+                await transport.wait_answer()
+                view.finish_answer()
+                return 1 if view.errors > errors_before else 0
+            out.print(
+                f"[dim]trouper chat · {escape(model)} on {escape(label)} · "
+                "Ctrl-C interrupts an answer, Ctrl-D or Ctrl-C at the prompt leaves · "
+                "/image PATH [question] sends an image[/]"
+            )
+            await _repl(out, transport, task, view)
+    return 0
+
+
+async def _repl(out: Console, transport: TextTransport, task: PipelineTask, view: _View) -> None:
+    answering = False
+
+    async def read_line() -> str | None:
+        def blocking() -> str | None:
+            try:
+                return input("> ")
+            except EOFError:
+                return None
+
+        return await trio.to_thread.run_sync(blocking, abandon_on_cancel=True)
+
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            done = trio.Event()
+
+            async def conversation() -> None:
+                nonlocal answering
+                while True:
+                    line = await read_line()
+                    if line is None:
+                        out.print()
+                        break
+                    text = line.strip()
+                    if not text:
+                        continue
+                    if text in ("/quit", "/exit"):
+                        break
+                    answering = True
+                    view.image_pending = False
+                    if text.startswith("/image"):
+                        frame, problem = _read_image(text[len("/image") :])
+                        if frame is None:
+                            out.print(f"[red]{escape(problem)}[/]")
+                            answering = False
+                            continue
+                        view.image_pending = True
+                        transport._answer_done = trio.Event()
+                        await transport.input().push_frame(frame)
+                    else:
+                        await transport.send_text(text)
+                    await transport.wait_answer()
+                    answering = False
+                    view.finish_answer()
+                done.set()
+                nursery.cancel_scope.cancel()
+
+            async def on_signals() -> None:
+                async for _ in signals:
+                    if answering:
+                        task.interrupt("user pressed Ctrl-C")
+                        transport.interrupted()
+                        view._line_open = True
+                        view._newline()
+                        out.print("[yellow]⏹ interrupted[/]")
+                    else:
+                        out.print()
+                        nursery.cancel_scope.cancel()
+                        return
+
+            nursery.start_soon(conversation)
+            nursery.start_soon(on_signals)
+
+
+def _parse_float(value: Any) -> float | None:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    return number

@@ -1,0 +1,265 @@
+"""The chat's built-in tools: real work, offline (time zones, arithmetic, unit conversion)."""
+
+from __future__ import annotations
+
+import ast
+import datetime
+import math
+import operator
+import zoneinfo
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+
+from .._schemas import FunctionSchema
+from .._tools import FunctionCallParams
+
+__all__ = ["BUILTIN_TOOLS", "BuiltinTool", "calculate", "convert_units", "current_time"]
+
+
+@attrs.frozen
+class BuiltinTool:
+    """A tool the chat offers: its schema and its handler."""
+
+    schema: FunctionSchema
+    handler: Callable[[FunctionCallParams], Awaitable[None]]
+
+
+# ----------------------------------------------------------------------------- time
+
+
+def current_time(timezone: str = "UTC") -> dict[str, Any]:
+    """The current date and time in an IANA time zone.
+
+    Raises:
+        ValueError: unknown time zone.
+    """
+    try:
+        zone = zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {timezone!r}; use an IANA name such as 'Europe/Paris'"
+        ) from None
+    now = datetime.datetime.now(zone)
+    return {
+        "timezone": timezone,
+        "datetime": now.isoformat(timespec="seconds"),
+        "weekday": now.strftime("%A"),
+        "utc_offset": now.strftime("%z"),
+    }
+
+
+# ----------------------------------------------------------------------------- arithmetic
+
+_BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
+    ast.UAdd: operator.pos,
+    ast.USub: operator.neg,
+}
+_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "sqrt": math.sqrt,
+    "sin": math.sin,
+    "cos": math.cos,
+    "tan": math.tan,
+    "log": math.log,
+    "log10": math.log10,
+    "exp": math.exp,
+    "abs": abs,
+    "round": round,
+    "floor": math.floor,
+    "ceil": math.ceil,
+}
+_CONSTANTS = {"pi": math.pi, "e": math.e, "tau": math.tau}
+
+
+def calculate(expression: str) -> float | int:
+    """Evaluate an arithmetic expression safely (numbers, + - * / // % **, parentheses,
+    ``sqrt sin cos tan log log10 exp abs round floor ceil``, ``pi e tau``). No names, no
+    attribute access, no calls of anything else.
+
+    Raises:
+        ValueError: anything outside that language, or a result too large.
+    """
+    if len(expression) > 500:
+        raise ValueError("expression too long (500 characters at most)")
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError as exc:
+        raise ValueError(f"not an arithmetic expression: {exc.msg}") from None
+
+    def ev(node: ast.AST) -> Any:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            left, right = ev(node.left), ev(node.right)
+            if isinstance(node.op, ast.Pow) and abs(right) > 1000:
+                raise ValueError("exponent too large (1000 at most)")
+            return _BINARY[type(node.op)](left, right)
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+            return _UNARY[type(node.op)](ev(node.operand))
+        if isinstance(node, ast.Name) and node.id in _CONSTANTS:
+            return _CONSTANTS[node.id]
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCTIONS
+            and not node.keywords
+        ):
+            return _FUNCTIONS[node.func.id](*(ev(a) for a in node.args))
+        raise ValueError(f"unsupported element in expression: {ast.dump(node)[:60]}")
+
+    try:
+        value = ev(tree)
+    except ZeroDivisionError:
+        raise ValueError("division by zero") from None
+    except OverflowError:
+        raise ValueError("result too large") from None
+    if isinstance(value, complex):
+        raise ValueError("the result is not a real number")
+    if isinstance(value, int) and value.bit_length() > 4096:
+        raise ValueError("result too large")
+    return value  # type: ignore[no-any-return]
+
+
+# ----------------------------------------------------------------------------- units
+
+_LINEAR: dict[str, tuple[str, float]] = {
+    # length, in metres
+    "m": ("length", 1.0), "km": ("length", 1000.0), "cm": ("length", 0.01),
+    "mm": ("length", 0.001), "mi": ("length", 1609.344), "yd": ("length", 0.9144),
+    "ft": ("length", 0.3048), "in": ("length", 0.0254),
+    # mass, in kilograms
+    "kg": ("mass", 1.0), "g": ("mass", 0.001), "mg": ("mass", 1e-6),
+    "lb": ("mass", 0.45359237), "oz": ("mass", 0.028349523125), "t": ("mass", 1000.0),
+    # volume, in litres
+    "l": ("volume", 1.0), "ml": ("volume", 0.001), "gal": ("volume", 3.785411784),
+    "cup": ("volume", 0.2365882365), "m3": ("volume", 1000.0),
+    # speed, in metres per second
+    "m/s": ("speed", 1.0), "km/h": ("speed", 1 / 3.6), "mph": ("speed", 0.44704),
+    "kn": ("speed", 0.514444),
+    # time, in seconds
+    "s": ("time", 1.0), "min": ("time", 60.0), "h": ("time", 3600.0), "day": ("time", 86400.0),
+}  # fmt: skip
+_ALIASES = {
+    "meter": "m", "meters": "m", "metre": "m", "metres": "m", "kilometer": "km",
+    "kilometers": "km", "centimeter": "cm", "millimeter": "mm", "mile": "mi", "miles": "mi",
+    "yard": "yd", "yards": "yd", "foot": "ft", "feet": "ft", "inch": "in", "inches": "in",
+    "kilogram": "kg", "kilograms": "kg", "gram": "g", "grams": "g", "pound": "lb",
+    "pounds": "lb", "lbs": "lb", "ounce": "oz", "ounces": "oz", "liter": "l", "litre": "l",
+    "liters": "l", "litres": "l", "milliliter": "ml", "gallon": "gal", "gallons": "gal",
+    "cups": "cup", "kph": "km/h", "knots": "kn", "second": "s", "seconds": "s",
+    "minute": "min", "minutes": "min", "hour": "h", "hours": "h", "days": "day",
+    "celsius": "c", "°c": "c", "fahrenheit": "f", "°f": "f", "kelvin": "k",
+}  # fmt: skip
+_TEMPERATURE = {"c", "f", "k"}
+
+
+def _unit(name: str) -> str:
+    key = name.strip().lower()
+    return _ALIASES.get(key, key)
+
+
+def convert_units(value: float, from_unit: str, to_unit: str) -> dict[str, Any]:
+    """Convert between units of length, mass, volume, speed, time and temperature.
+
+    Raises:
+        ValueError: unknown unit, or units of different quantities.
+    """
+    src, dst = _unit(from_unit), _unit(to_unit)
+    if src in _TEMPERATURE and dst in _TEMPERATURE:
+        kelvin = {"c": value + 273.15, "f": (value - 32) * 5 / 9 + 273.15, "k": value}[src]
+        out = {"c": kelvin - 273.15, "f": (kelvin - 273.15) * 9 / 5 + 32, "k": kelvin}[dst]
+        return {"value": value, "from": from_unit, "to": to_unit, "result": round(out, 6)}
+    known = sorted([*_LINEAR, "C", "F", "K"])
+    if src not in _LINEAR or dst not in _LINEAR:
+        bad = from_unit if src not in _LINEAR else to_unit
+        raise ValueError(f"unknown unit {bad!r}; known units: {', '.join(known)}")
+    (q1, f1), (q2, f2) = _LINEAR[src], _LINEAR[dst]
+    if q1 != q2:
+        raise ValueError(f"cannot convert {q1} ({from_unit}) to {q2} ({to_unit})")
+    result = value * f1 / f2
+    return {"value": value, "from": from_unit, "to": to_unit, "result": round(result, 6)}
+
+
+# ----------------------------------------------------------------------------- handlers
+
+
+async def _time_handler(params: FunctionCallParams) -> None:
+    try:
+        result: Any = current_time(str(params.arguments.get("timezone") or "UTC"))
+    except ValueError as exc:
+        result = {"error": str(exc)}
+    await params.result_callback(result)
+
+
+async def _calc_handler(params: FunctionCallParams) -> None:
+    expression = str(params.arguments.get("expression", ""))
+    try:
+        result: Any = {"expression": expression, "result": calculate(expression)}
+    except ValueError as exc:
+        result = {"expression": expression, "error": str(exc)}
+    await params.result_callback(result)
+
+
+async def _convert_handler(params: FunctionCallParams) -> None:
+    args = params.arguments
+    try:
+        value = float(args.get("value"))  # type: ignore[arg-type]
+        result: Any = convert_units(value, str(args.get("from_unit")), str(args.get("to_unit")))
+    except (TypeError, ValueError) as exc:
+        result = {"error": str(exc)}
+    await params.result_callback(result)
+
+
+BUILTIN_TOOLS: tuple[BuiltinTool, ...] = (
+    BuiltinTool(
+        FunctionSchema(
+            name="get_current_time",
+            description="Get the current date and time in a time zone.",
+            properties={
+                "timezone": {
+                    "type": "string",
+                    "description": "IANA time zone, e.g. 'Europe/Paris' or 'UTC'",
+                }
+            },
+            required=["timezone"],
+        ),
+        _time_handler,
+    ),
+    BuiltinTool(
+        FunctionSchema(
+            name="calculate",
+            description="Evaluate an arithmetic expression, e.g. '(3 + 4) * sqrt(16)'.",
+            properties={"expression": {"type": "string", "description": "The expression"}},
+            required=["expression"],
+        ),
+        _calc_handler,
+    ),
+    BuiltinTool(
+        FunctionSchema(
+            name="convert_units",
+            description=(
+                "Convert a value between units of length, mass, volume, speed, time or "
+                "temperature (e.g. km to mi, lb to kg, C to F)."
+            ),
+            properties={
+                "value": {"type": "number", "description": "The value to convert"},
+                "from_unit": {"type": "string", "description": "Unit of the value, e.g. 'km'"},
+                "to_unit": {"type": "string", "description": "Target unit, e.g. 'mi'"},
+            },
+            required=["value", "from_unit", "to_unit"],
+        ),
+        _convert_handler,
+    ),
+)
