@@ -1,0 +1,153 @@
+"""trouper's command line: ``trouper chat``, ``trouper model pull`` and ``trouper model serve``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import structlog
+import trio
+
+from ._model_cmd import PullOptions, ServeOptions, model_pull, model_serve
+
+__all__ = ["build_parser", "main"]
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port (0-65535)")
+    return value
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 2:
+        raise argparse.ArgumentTypeError(f"temperature must be between 0 and 2, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``trouper`` command."""
+    parser = argparse.ArgumentParser(
+        prog="trouper", description="LLM conversation pipelines as actors on trio."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chat = commands.add_parser(
+        "chat",
+        help="talk to a model (the embedded local model unless a server is configured)",
+        description=(
+            "Chat with streaming, tools and interruption. Backend: --base-url/--api-key/--model "
+            "or OPENAI_BASE_URL/OPENAI_API_KEY; with none of them, the embedded local model "
+            "(pulled and started automatically)."
+        ),
+    )
+    chat.add_argument("--base-url", help="OpenAI-compatible API root, e.g. http://host:8080/v1")
+    chat.add_argument("--api-key", help="API key (default: $OPENAI_API_KEY)")
+    chat.add_argument("--model", help="model name (default: the server's / gpt-4o-mini)")
+    chat.add_argument("--system", default=None, help="system prompt")
+    chat.add_argument("--temperature", type=_temperature, help="sampling temperature, 0 to 2")
+    chat.add_argument("--max-tokens", type=_positive_int, help="answer length limit, in tokens")
+    chat.add_argument(
+        "--prompt", help="answer this one prompt and exit (stdin that is not a terminal too)"
+    )
+    chat.add_argument("--no-tools", action="store_true", help="offer no tools to the model")
+    chat.add_argument("--list-tools", action="store_true", help="list the built-in tools and exit")
+    chat.add_argument("--log-json", type=Path, help="append every actor's structured logs to FILE")
+    chat.add_argument("-v", "--verbose", action="store_true", help="show the logs on stderr")
+    model = commands.add_parser("model", help="manage and serve the embedded local model")
+    model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+
+    pull = model_commands.add_parser(
+        "pull", help="download and verify the local model (~490 MB; no-op when cached)"
+    )
+    pull.add_argument("--force", action="store_true", help="download again even if cached")
+    pull.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    serve = model_commands.add_parser(
+        "serve", help="run llama-server on the local model in the foreground until Ctrl-C"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument(
+        "--port", type=_port, default=8080, help="TCP port (default 8080; 0 picks a free one)"
+    )
+    serve.add_argument("--model", type=Path, help="serve this GGUF file instead")
+    serve.add_argument(
+        "-v", "--verbose", action="store_true", help="show llama-server's output here"
+    )
+    return parser
+
+
+def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+    return structlog.PrintLogger(sys.stderr)  # whatever sys.stderr is at the time
+
+
+def _configure_logging() -> None:
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=_stderr_logger,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``trouper`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if args.command == "chat":
+        return _chat(args)
+    _configure_logging()
+    if args.command == "model" and args.model_command == "pull":
+        return model_pull(PullOptions(force=args.force, quiet=args.quiet))
+    if args.command == "model" and args.model_command == "serve":
+        return model_serve(
+            ServeOptions(
+                host=args.host,
+                port=args.port or None,
+                model=args.model,
+                verbose=args.verbose,
+            )
+        )
+    raise AssertionError(f"unhandled command {args}")  # argparse rejects anything else
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from ._chat import DEFAULT_SYSTEM, ChatOptions, list_tools, run_chat
+
+    if args.list_tools:
+        return list_tools()
+    prompt = args.prompt
+    if prompt is None and not sys.stdin.isatty():
+        prompt = sys.stdin.read().strip()
+        if not prompt:
+            print("trouper chat: stdin is not a terminal and holds no prompt", file=sys.stderr)
+            return 2
+    options = ChatOptions(
+        base_url=args.base_url,
+        api_key=args.api_key,
+        model=args.model,
+        system=args.system or DEFAULT_SYSTEM,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        prompt=prompt,
+        tools=not args.no_tools,
+        log_json=args.log_json,
+        verbose=args.verbose,
+    )
+    try:
+        return trio.run(run_chat, options)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,159 @@
+"""``trouper model pull`` and ``trouper model serve``: the local model from the command line.
+
+Both take already-parsed options and return a process exit code; errors of the local model
+(:class:`~actors.local.LocalModelError`) are printed as one clear message, not a traceback.
+"""
+
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+from rich.console import Console
+
+from actors.local import (
+    DEFAULT_MODEL,
+    LocalModelError,
+    PullResult,
+    open_local_server,
+    pull_model,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+__all__ = ["PullOptions", "ServeOptions", "model_pull", "model_serve"]
+
+
+@attrs.frozen
+class PullOptions:
+    """Options of ``trouper model pull``."""
+
+    force: bool = False
+    """Download and verify again even when a verified copy is cached."""
+    quiet: bool = False
+    """No progress bars (errors are still printed)."""
+
+
+@attrs.frozen
+class ServeOptions:
+    """Options of ``trouper model serve``."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on (``0.0.0.0`` exposes the server to the network)."""
+    port: int | None = 8080
+    """TCP port; ``None`` picks a free one."""
+    model: Path | None = None
+    """A GGUF file to serve instead of the default model (which is pulled if missing)."""
+    verbose: bool = False
+    """Show llama-server's own output in the terminal instead of its log file."""
+
+
+def _stderr(console: Console | None) -> Console:
+    return console if console is not None else Console(stderr=True, highlight=False)
+
+
+def _print_error(console: Console, error: LocalModelError) -> None:
+    console.print(f"[bold red]error:[/] {error}", markup=True, highlight=False, soft_wrap=True)
+
+
+def _describe(result: PullResult) -> str:
+    size_mb = DEFAULT_MODEL.size / 1e6
+    if result.status == "cached":
+        how = "already downloaded and verified"
+    elif result.status == "verified":
+        how = f"already downloaded; sha256 verified in {result.seconds:.1f} s"
+    else:
+        how = f"downloaded and sha256 verified in {result.seconds:.1f} s"
+    return f"Model ready: {result.path} ({size_mb:.0f} MB, {how})."
+
+
+def model_pull(options: PullOptions, *, console: Console | None = None) -> int:
+    """Run ``trouper model pull``: make sure the verified local model is in the cache."""
+    err = _stderr(console)
+    try:
+        result = trio.run(
+            lambda: pull_model(force=options.force, progress=not options.quiet, console=err)
+        )
+    except LocalModelError as exc:
+        _print_error(err, exc)
+        return 1
+    except KeyboardInterrupt:
+        err.print("Interrupted: nothing was saved under the model's name.", soft_wrap=True)
+        return 130
+    err.print(_describe(result), highlight=False, soft_wrap=True)
+    return 0
+
+
+async def _run_server(options: ServeOptions, err: Console) -> int:
+    async with open_local_server(
+        options.model,
+        host=options.host,
+        port=options.port,
+        show_output=options.verbose,
+        console=err,
+    ) as server:
+        where = f" Log: {server.log_path}." if server.log_path is not None else ""
+        err.print(
+            f"Serving [bold]{server.model}[/] (OpenAI-compatible) at [bold]{server.base_url}[/]."
+            f"{where} Press Ctrl-C to stop.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        print(server.base_url, flush=True)
+        code = await server.process.wait()
+        tail = server.log_tail()
+        err.print(f"[bold red]error:[/] llama-server exited unexpectedly with code {code}.")
+        if tail:
+            err.print(tail, markup=False, highlight=False)
+        return 1
+
+
+@contextmanager
+def _unwrap_single() -> Iterator[None]:
+    """Re-raise a nursery's lone exception (KeyboardInterrupt, LocalModelError) unwrapped."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise group.exceptions[0] from None
+        raise
+
+
+async def _serve(options: ServeOptions, err: Console) -> int:
+    """Serve until Ctrl-C (KeyboardInterrupt), SIGTERM or SIGHUP; the server is always stopped."""
+    code = 0
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals, _unwrap_single():
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    err.print(f"Stopping ({signal.Signals(signum).name}).")
+                    nursery.cancel_scope.cancel()
+                    return
+
+            async def serve() -> None:
+                nonlocal code
+                code = await _run_server(options, err)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_signal)
+            nursery.start_soon(serve)
+    return code
+
+
+def model_serve(options: ServeOptions, *, console: Console | None = None) -> int:
+    """Run ``trouper model serve``: llama-server in the foreground until Ctrl-C."""
+    err = _stderr(console)
+    try:
+        return trio.run(_serve, options, err)
+    except LocalModelError as exc:
+        _print_error(err, exc)
+        return 1
+    except KeyboardInterrupt:
+        err.print("Stopped.")
+        return 0

@@ -1,0 +1,1 @@
+"""Tests of the embedded local model: pull, llama-server lifecycle, CLI, end-to-end."""

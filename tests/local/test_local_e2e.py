@@ -1,0 +1,206 @@
+"""End-to-end: the real llama-server on the real local model, checked at the wire level.
+
+These need ``make local`` (llama-server built, model pulled). Without them they skip -- except
+under ``CI=true``, where the ``local_llm_server`` fixture makes them fail instead.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from actors.local import cached_model, open_local_server
+
+from .conftest import REAL_MODELS_DIR, LocalLLM
+
+pytestmark = pytest.mark.e2e
+
+Chunk = dict[str, Any]
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "City name"}},
+            "required": ["city"],
+        },
+    },
+}
+# A 1x1 PNG.
+PNG = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQ"
+    "DwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+async def _stream(server: LocalLLM, body: dict[str, Any]) -> tuple[list[Chunk], bool]:
+    """POST a streamed chat completion; return its JSON chunks and whether ``[DONE]`` came."""
+    request = {
+        "model": server.model,
+        "stream": True,
+        "temperature": 0,
+        "stream_options": {"include_usage": True},
+        **body,
+    }
+    chunks: list[Chunk] = []
+    done = False
+    with trio.fail_after(120):
+        async with (
+            httpx.AsyncClient(timeout=60, trust_env=False) as client,
+            client.stream("POST", f"{server.base_url}/chat/completions", json=request) as response,
+        ):
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line.removeprefix("data: ")
+                if data == "[DONE]":
+                    done = True  # read on to the end of the stream: nothing may follow
+                    continue
+                assert not done, "data after [DONE]"
+                chunks.append(json.loads(data))
+    return chunks, done
+
+
+def _deltas(chunks: list[Chunk]) -> list[Chunk]:
+    return [c["choices"][0]["delta"] for c in chunks if c.get("choices")]
+
+
+def _finish_reasons(chunks: list[Chunk]) -> list[str]:
+    return [
+        c["choices"][0]["finish_reason"]
+        for c in chunks
+        if c.get("choices") and c["choices"][0].get("finish_reason")
+    ]
+
+
+def _usage(chunks: list[Chunk]) -> dict[str, int]:
+    usages = [c for c in chunks if c.get("usage") and not c.get("choices")]
+    assert len(usages) == 1, "exactly one usage chunk (choices == [])"
+    usage: dict[str, int] = usages[0]["usage"]
+    return usage
+
+
+async def test_streamed_text_answer(local_llm_server: LocalLLM) -> None:
+    chunks, done = await _stream(
+        local_llm_server,
+        {"messages": [{"role": "user", "content": "Say hello in one short sentence."}]},
+    )
+    assert done
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert len({c["id"] for c in chunks}) == 1
+    deltas = _deltas(chunks)
+    assert deltas[0]["role"] == "assistant"
+    text = "".join(d.get("content") or "" for d in deltas)
+    assert text.strip()
+    assert sum(1 for d in deltas if d.get("content")) >= 2  # really streamed, token by token
+    assert not any(d.get("tool_calls") for d in deltas)
+    assert _finish_reasons(chunks) == ["stop"]
+    usage = _usage(chunks)
+    assert usage["prompt_tokens"] > 0
+    assert usage["completion_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+@pytest.mark.parametrize(
+    "question", ["What's the weather in Paris?", "Is it raining in Tokyo right now?"]
+)
+async def test_streamed_tool_call(local_llm_server: LocalLLM, question: str) -> None:
+    chunks, done = await _stream(
+        local_llm_server,
+        {"messages": [{"role": "user", "content": question}], "tools": [WEATHER_TOOL]},
+    )
+    assert done
+    calls = [tc for d in _deltas(chunks) for tc in d.get("tool_calls") or []]
+    assert len(calls) >= 2, "the call's arguments arrive in several deltas"
+    first = calls[0]
+    assert first["index"] == 0
+    assert first["id"]
+    assert first["type"] == "function"
+    assert first["function"]["name"] == "get_weather"
+    assert all(tc["index"] == 0 for tc in calls)
+    arguments = json.loads("".join(tc["function"].get("arguments") or "" for tc in calls))
+    assert isinstance(arguments, dict)
+    assert isinstance(arguments.get("city"), str)
+    assert _finish_reasons(chunks) == ["tool_calls"]
+    assert _usage(chunks)["completion_tokens"] > 0
+
+
+async def test_tool_result_follow_up_gets_a_text_answer(local_llm_server: LocalLLM) -> None:
+    messages = [
+        {"role": "user", "content": "What's the weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {
+            "role": "tool",
+            "tool_call_id": "call_1",
+            "content": '{"temperature_c": 18, "condition": "sunny"}',
+        },
+    ]
+    chunks, done = await _stream(local_llm_server, {"messages": messages, "tools": [WEATHER_TOOL]})
+    assert done
+    deltas = _deltas(chunks)
+    assert not any(d.get("tool_calls") for d in deltas)
+    assert "".join(d.get("content") or "" for d in deltas).strip()
+    assert _finish_reasons(chunks) == ["stop"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_image_part_is_refused_with_500(local_llm_server: LocalLLM, stream: bool) -> None:
+    body = {
+        "model": local_llm_server.model,
+        "stream": stream,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is in this image?"},
+                    {"type": "image_url", "image_url": {"url": PNG}},
+                ],
+            }
+        ],
+    }
+    with trio.fail_after(60):
+        async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+            response = await client.post(f"{local_llm_server.base_url}/chat/completions", json=body)
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert error["code"] == 500
+    assert "image input is not supported" in error["message"]
+
+
+async def test_open_local_server_runs_the_real_model(local_llm_server: LocalLLM) -> None:
+    """Our own trio API on the real binary and model: ready, serving our template, then gone."""
+    path = cached_model(directory=REAL_MODELS_DIR)
+    assert path is not None
+    started = time.monotonic()
+    with trio.fail_after(120):
+        async with open_local_server(path) as server:
+            ready = time.monotonic() - started
+            async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+                models = (await client.get(f"{server.base_url}/models")).json()
+                props = (await client.get(f"{server.root_url}/props")).json()
+    assert server.model == "qwen2.5-coder-0.5b-instruct"
+    assert [m["id"] for m in models["data"]] == [server.model]
+    assert "```json" in props["chat_template"]
+    assert server.process.returncode is not None
+    assert ready < 60
+    print(f"llama-server ready in {ready:.2f} s")
