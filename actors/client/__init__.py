@@ -1,0 +1,129 @@
+"""OpenAI-compatible streaming chat-completions client on trio and httpx.
+
+Independent of the actor layer: it only needs trio, httpx, attrs, cattrs and structlog.
+
+Usage::
+
+    from actors.client import ChatCompletionsClient, ChatRequest, GenerationParams
+
+    async with ChatCompletionsClient() as client:          # OPENAI_API_KEY / OPENAI_BASE_URL
+        request = ChatRequest(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Hello"}],
+            params=GenerationParams(temperature=0.2),
+        )
+        async with client.stream(request) as stream:
+            async for chunk in stream:
+                print(chunk.content, end="")
+        result = stream.result()                            # text, tool_calls, usage...
+
+See ``docs/client.md`` for errors, retries and timeouts.
+"""
+
+from __future__ import annotations
+
+from ._accumulate import StreamAccumulator as StreamAccumulator
+from ._accumulate import StreamResult as StreamResult
+from ._accumulate import ToolCall as ToolCall
+from ._chunks import ChatCompletionChunk as ChatCompletionChunk
+from ._chunks import ChoiceDelta as ChoiceDelta
+from ._chunks import ChoiceLogprobs as ChoiceLogprobs
+from ._chunks import ChunkChoice as ChunkChoice
+from ._chunks import CompletionTokensDetails as CompletionTokensDetails
+from ._chunks import FunctionCallDelta as FunctionCallDelta
+from ._chunks import PromptTokensDetails as PromptTokensDetails
+from ._chunks import TokenLogprob as TokenLogprob
+from ._chunks import ToolCallDelta as ToolCallDelta
+from ._chunks import TopLogprob as TopLogprob
+from ._chunks import Usage as Usage
+from ._chunks import converter as converter
+from ._chunks import parse_chunk as parse_chunk
+from ._client import DEFAULT_BASE_URL as DEFAULT_BASE_URL
+from ._client import ChatCompletionsClient as ChatCompletionsClient
+from ._client import ChatStream as ChatStream
+from ._errors import APIConnectionError as APIConnectionError
+from ._errors import APIStatusError as APIStatusError
+from ._errors import APITimeoutError as APITimeoutError
+from ._errors import AuthenticationError as AuthenticationError
+from ._errors import BadRequestError as BadRequestError
+from ._errors import Category as Category
+from ._errors import ChatClientError as ChatClientError
+from ._errors import ConflictError as ConflictError
+from ._errors import ConnectTimeoutError as ConnectTimeoutError
+from ._errors import FirstTokenTimeoutError as FirstTokenTimeoutError
+from ._errors import IncompleteStreamError as IncompleteStreamError
+from ._errors import InternalServerError as InternalServerError
+from ._errors import InvalidParameterError as InvalidParameterError
+from ._errors import MalformedChunkError as MalformedChunkError
+from ._errors import NotFoundError as NotFoundError
+from ._errors import PermissionDeniedError as PermissionDeniedError
+from ._errors import RateLimitError as RateLimitError
+from ._errors import ServerDisconnectedError as ServerDisconnectedError
+from ._errors import StreamError as StreamError
+from ._errors import StreamIdleTimeoutError as StreamIdleTimeoutError
+from ._errors import TotalTimeoutError as TotalTimeoutError
+from ._errors import UnprocessableEntityError as UnprocessableEntityError
+from ._params import ChatRequest as ChatRequest
+from ._params import GenerationParams as GenerationParams
+from ._parser import ChunkStreamParser as ChunkStreamParser
+from ._redact import Redactor as Redactor
+from ._retry import RetryDecision as RetryDecision
+from ._retry import RetryPolicy as RetryPolicy
+from ._retry import parse_retry_after as parse_retry_after
+from ._sse import SSEDecoder as SSEDecoder
+from ._sse import SSEEvent as SSEEvent
+from ._timeouts import Timeouts as Timeouts
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "Category",
+    "ChatClientError",
+    "ChatCompletionChunk",
+    "ChatCompletionsClient",
+    "ChatRequest",
+    "ChatStream",
+    "ChoiceDelta",
+    "ChoiceLogprobs",
+    "ChunkChoice",
+    "ChunkStreamParser",
+    "CompletionTokensDetails",
+    "ConflictError",
+    "ConnectTimeoutError",
+    "FirstTokenTimeoutError",
+    "FunctionCallDelta",
+    "GenerationParams",
+    "IncompleteStreamError",
+    "InternalServerError",
+    "InvalidParameterError",
+    "MalformedChunkError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PromptTokensDetails",
+    "RateLimitError",
+    "Redactor",
+    "RetryDecision",
+    "RetryPolicy",
+    "SSEDecoder",
+    "SSEEvent",
+    "ServerDisconnectedError",
+    "StreamAccumulator",
+    "StreamError",
+    "StreamIdleTimeoutError",
+    "StreamResult",
+    "Timeouts",
+    "TokenLogprob",
+    "ToolCall",
+    "ToolCallDelta",
+    "TopLogprob",
+    "TotalTimeoutError",
+    "UnprocessableEntityError",
+    "Usage",
+    "converter",
+    "parse_chunk",
+    "parse_retry_after",
+]

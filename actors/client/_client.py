@@ -1,0 +1,762 @@
+"""The streaming chat-completions client and the stream it returns.
+
+Structure: :meth:`ChatCompletionsClient.stream` returns a :class:`ChatStream`, an async context
+manager that owns the HTTP response. Everything runs in the caller's task: no task is spawned, so
+when the caller is cancelled (or leaves the ``async with`` early) the response is closed in
+``__aexit__`` and the socket is closed or returned to the pool before the ``async with`` statement
+finishes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import math
+import os
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import httpx
+import structlog
+import trio
+
+from ._errors import (
+    APIConnectionError,
+    APITimeoutError,
+    ChatClientError,
+    ConnectTimeoutError,
+    FirstTokenTimeoutError,
+    InvalidParameterError,
+    ServerDisconnectedError,
+    StreamIdleTimeoutError,
+    TotalTimeoutError,
+    status_error,
+)
+from ._parser import ChunkStreamParser
+from ._redact import Redactor
+from ._retry import RetryDecision, RetryPolicy, parse_retry_after
+from ._timeouts import Timeouts
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ._accumulate import StreamResult
+    from ._chunks import ChatCompletionChunk, Usage
+    from ._params import ChatRequest
+
+
+__all__ = ["DEFAULT_BASE_URL", "ChatCompletionsClient", "ChatStream"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+"""Used when neither ``base_url`` nor ``OPENAI_BASE_URL`` is given."""
+
+_LOGGER_NAME = "actors.client"
+
+_USER_AGENT = "trouper-chat-client/0.1"
+_MAX_ERROR_BODY = 64 * 1024
+_MAX_DRAIN = 64 * 1024
+_DRAIN_GRACE = 0.1
+_CLOSE_GRACE = 2.0
+_MAX_FINISH_PULLS = 1024
+_ERROR_BODY_TIMEOUT = 10.0
+_NO_SCOPE = contextlib.nullcontext()
+_SECRET_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization"})
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    FINISHED = "finished"
+    CLOSED = "closed"
+
+
+def _json_default(value: object) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (tuple, frozenset, set)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _network_idle(timeouts: Timeouts) -> float | None:
+    """The per-read timeout handed to httpx: the idle timeout, when it cannot cut a first-token
+    wait short (``first_token`` disabled or not longer than ``idle``); else ``None`` and idle
+    waits get a cancel scope of their own."""
+    idle, first = timeouts.idle, timeouts.first_token
+    if idle is not None and (first is None or first <= idle):
+        return idle
+    return None
+
+
+def _body_iterator(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body pieces. Without a content encoding (we ask for ``identity``) the transport's
+    stream is read directly, skipping two generator layers of httpx per piece."""
+    stream = response.stream
+    if not response.headers.get("content-encoding") and isinstance(stream, httpx.AsyncByteStream):
+        return stream.__aiter__()
+    return response.aiter_bytes()
+
+
+@attrs.define(init=False)
+class ChatCompletionsClient:
+    """A streaming client for ``POST {base_url}/chat/completions`` (OpenAI and compatible servers).
+
+    One instance holds one ``httpx.AsyncClient`` connection pool, created on first use (or
+    injected), shared by all its requests. Close it with :meth:`aclose` or use it as an async
+    context manager.
+
+    Args:
+        api_key: Bearer token; defaults to ``OPENAI_API_KEY``. Without any key no
+            ``Authorization`` header is sent (local servers need none). Never shown in reprs,
+            messages or logs.
+        base_url: API root; defaults to ``OPENAI_BASE_URL``, then ``https://api.openai.com/v1``.
+        organization: ``OpenAI-Organization`` header; defaults to ``OPENAI_ORG_ID``.
+        project: ``OpenAI-Project`` header; defaults to ``OPENAI_PROJECT_ID``.
+        default_headers: Extra headers sent with every request (they win over the defaults).
+        timeouts: The call's deadlines.
+        retry: The retry policy.
+        http_client: An ``httpx.AsyncClient`` to use instead of creating one; it is not closed
+            by :meth:`aclose` (its owner closes it).
+
+    Example:
+        >>> async with ChatCompletionsClient(base_url="http://127.0.0.1:8080/v1") as client:
+        ...     request = ChatRequest(model="m", messages=[{"role": "user", "content": "Hi"}])
+        ...     async with client.stream(request) as stream:
+        ...         async for chunk in stream:
+        ...             print(chunk.content, end="")
+        ...     print(stream.result().usage)
+    """
+
+    base_url: str
+    organization: str | None
+    project: str | None
+    timeouts: Timeouts
+    retry: RetryPolicy
+    _api_key: str | None = attrs.field(repr=False)
+    _default_headers: Mapping[str, str] = attrs.field(repr=False)
+    _http: httpx.AsyncClient | None = attrs.field(repr=False)
+    _owns_http: bool = attrs.field(repr=False)
+    _redactor: Redactor = attrs.field(repr=False)
+    _closed: bool = attrs.field(repr=False)
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        organization: str | None = None,
+        project: str | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        headers = dict(default_headers or {})
+        secrets = [key or ""] + [v for k, v in headers.items() if k.lower() in _SECRET_HEADERS]
+        self.__attrs_init__(
+            base_url=(base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip(
+                "/"
+            ),
+            organization=organization
+            if organization is not None
+            else os.environ.get("OPENAI_ORG_ID"),
+            project=project if project is not None else os.environ.get("OPENAI_PROJECT_ID"),
+            timeouts=timeouts or Timeouts(),
+            retry=retry or RetryPolicy(),
+            api_key=key or None,
+            default_headers=headers,
+            http=http_client,
+            owns_http=http_client is None,
+            redactor=Redactor(tuple(secrets)),
+            closed=False,
+        )
+
+    @property
+    def url(self) -> str:
+        """The endpoint requests are sent to."""
+        return f"{self.base_url}/chat/completions"
+
+    @property
+    def redactor(self) -> Redactor:
+        """The redactor that hides this client's credentials (use it for your own logs)."""
+        return self._redactor
+
+    def _http_client(self) -> httpx.AsyncClient:
+        if self._closed:
+            raise RuntimeError("ChatCompletionsClient is closed")
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+                follow_redirects=False,
+            )
+        return self._http
+
+    def _headers(self) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+            "Accept-Encoding": "identity",
+            "User-Agent": _USER_AGENT,
+        }
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        if self.organization:
+            headers["OpenAI-Organization"] = self.organization
+        if self.project:
+            headers["OpenAI-Project"] = self.project
+        headers.update(self._default_headers)
+        return headers
+
+    def stream(self, request: ChatRequest) -> ChatStream:
+        """Prepare a streaming call; the request is sent when the stream is entered.
+
+        Args:
+            request: What to ask.
+
+        Returns:
+            A :class:`ChatStream`, to be used as ``async with client.stream(request) as stream``.
+            Entering it sends the request (retrying as the policy allows) and raises a
+            :class:`ChatClientError` if no stream could be started; iterating it yields the chunks.
+
+        Raises:
+            InvalidParameterError: The request cannot be serialised to JSON.
+            RuntimeError: The client is closed.
+        """
+        try:
+            body = json.dumps(
+                request.to_body(), separators=(",", ":"), ensure_ascii=False, default=_json_default
+            ).encode()
+        except (TypeError, ValueError) as exc:
+            raise InvalidParameterError(
+                f"the request body is not JSON-serialisable: {exc}"
+            ) from exc
+        return ChatStream(
+            http=self._http_client(),
+            url=self.url,
+            headers=self._headers(),
+            body=body,
+            timeouts=self.timeouts,
+            policy=self.retry,
+            redactor=self._redactor,
+        )
+
+    async def complete(self, request: ChatRequest) -> StreamResult:
+        """Stream a request to its end and return the accumulated result.
+
+        Args:
+            request: What to ask.
+
+        Returns:
+            The complete result.
+
+        Raises:
+            ChatClientError: Any failure; errors raised while reading carry ``partial_result``.
+
+        Cancellation: cancelling the caller closes the response at once; nothing outlives the call.
+        """
+        async with self.stream(request) as stream:
+            async for _ in stream:
+                pass
+        return stream.result()
+
+    async def aclose(self) -> None:
+        """Close the connection pool (only if this client created it). Idempotent.
+
+        Cancellation: the pool is closed even if the caller is cancelled meanwhile.
+        """
+        self._closed = True
+        http, self._http = self._http, None
+        if http is not None and self._owns_http:
+            with trio.CancelScope(shield=True):
+                await http.aclose()
+
+    async def __aenter__(self) -> ChatCompletionsClient:
+        """Return the client itself; the pool is created on first use."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the pool (see :meth:`aclose`).
+
+        Cancellation: the pool is closed even if the caller is cancelled meanwhile.
+        """
+        await self.aclose()
+
+
+@attrs.define(kw_only=True, eq=False)
+class ChatStream:
+    """One streaming call: an async context manager owning the response, and an async iterator
+    of :class:`~actors.client.ChatCompletionChunk`.
+
+    Use it as::
+
+        async with client.stream(request) as stream:
+            async for chunk in stream:
+                ...                      # every chunk, as it arrives
+        result = stream.result()         # accumulated text, tool calls, usage...
+
+    Entering sends the request, retrying per the policy, and returns once a 2xx response started;
+    iterating yields every chunk. Errors found while reading (in-stream error, malformed line,
+    disconnect, timeout) are raised after the chunks received before them were yielded, with
+    ``partial_result`` attached; :meth:`result` also keeps working after an error, a cancellation
+    or an early exit. Leaving the block (normally, by exception or by cancellation) closes the
+    response at once; a response whose body was fully read (``[DONE]`` then end of body) goes back
+    to the pool.
+
+    Attributes:
+        request_started_at: Trio time when the call started (first attempt).
+        attempt_started_at: Trio time when the current attempt started.
+        first_token_at: Trio time when the first chunk with output arrived, or ``None``.
+        attempts: Requests sent so far.
+        request_id: ``x-request-id`` of the current response.
+        response_headers: Headers of the current response.
+    """
+
+    _http: httpx.AsyncClient
+    _url: str
+    _headers: Mapping[str, str] = attrs.field(repr=False)
+    _body: bytes = attrs.field(repr=False)
+    _timeouts: Timeouts
+    _policy: RetryPolicy
+    _redactor: Redactor = attrs.field(repr=False)
+    request_started_at: float | None = attrs.field(default=None, init=False)
+    attempt_started_at: float | None = attrs.field(default=None, init=False)
+    first_token_at: float | None = attrs.field(default=None, init=False)
+    attempts: int = attrs.field(default=0, init=False)
+    request_id: str | None = attrs.field(default=None, init=False)
+    response_headers: httpx.Headers | None = attrs.field(default=None, init=False, repr=False)
+    _state: _State = attrs.field(default=_State.NEW, init=False)
+    _response: httpx.Response | None = attrs.field(default=None, init=False, repr=False)
+    _bytes: AsyncIterator[bytes] | None = attrs.field(default=None, init=False, repr=False)
+    _parser: ChunkStreamParser = attrs.field(factory=ChunkStreamParser, init=False, repr=False)
+    _pending: deque[ChatCompletionChunk] = attrs.field(factory=deque, init=False, repr=False)
+    _failure: ChatClientError | None = attrs.field(default=None, init=False, repr=False)
+    _retries: int = attrs.field(default=0, init=False, repr=False)
+    _deadline: float = attrs.field(default=math.inf, init=False, repr=False)
+    _random: Callable[[], float] = attrs.field(default=random.random, init=False, repr=False)
+    _wait_started_at: float = attrs.field(default=0.0, init=False, repr=False)
+    _network_idle: float | None = attrs.field(default=None, init=False, repr=False)
+
+    _fast_reads: bool = attrs.field(default=False, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._network_idle = _network_idle(self._timeouts)
+        # Once output flows, reads need no cancel scope when httpx's per-read timeout is the
+        # whole idle rule and there is no total deadline (see `_read_plan`).
+        self._fast_reads = self._timeouts.total is None and (
+            self._timeouts.idle is None or self._network_idle is not None
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # public surface
+
+    def result(self) -> StreamResult:
+        """The result accumulated so far (complete after a normal end, partial otherwise).
+
+        Returns:
+            A snapshot of the current attempt's chunks.
+        """
+        return self._parser.result()
+
+    @property
+    def usage(self) -> Usage | None:
+        """The last usage snapshot received, or ``None``."""
+        return self._parser.accumulator.usage
+
+    async def __aenter__(self) -> ChatStream:
+        """Send the request, retrying as the policy allows, until a 2xx response starts.
+
+        Returns:
+            The stream, ready to be iterated.
+
+        Raises:
+            ChatClientError: No stream could be started (status error, connection failure,
+                timeout), after the allowed retries; ``attempts`` says how many requests were made.
+            RuntimeError: The stream was already entered once.
+
+        Cancellation: cancelling while connecting or during a backoff sleep closes any open
+        response at once; nothing is left behind.
+        """
+        if self._state is not _State.NEW:
+            raise RuntimeError("a ChatStream can be entered only once")
+        self._state = _State.OPEN
+        now = trio.current_time()
+        self.request_started_at = now
+        total = self._timeouts.total
+        self._deadline = now + total if total is not None else math.inf
+        try:
+            await self._connect()
+        except BaseException:
+            await self._close_response()
+            self._state = _State.CLOSED
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the response at once (a completely read one goes back to the pool).
+
+        Cancellation: the closing step is shielded and bounded, so it also runs, and finishes
+        quickly, when the block is left because of a cancellation.
+        """
+        self._state = _State.CLOSED
+        self._pending.clear()
+        await self._close_response()
+
+    def __aiter__(self) -> ChatStream:
+        """The stream is its own iterator."""
+        return self
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        """The next chunk.
+
+        Raises:
+            ChatClientError: A failure while reading (after the chunks received before it).
+            StopAsyncIteration: The stream ended.
+
+        Cancellation: safe at any point; the enclosing ``async with`` then closes the response.
+        """
+        while True:
+            if self._pending:
+                return self._pending.popleft()
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                self._state = _State.FINISHED
+                raise failure
+            if self._state is not _State.OPEN:
+                if self._state is _State.NEW:
+                    raise RuntimeError("use `async with client.stream(request) as stream:` first")
+                raise StopAsyncIteration
+            self._wait_started_at = trio.current_time()
+            await self._fill()
+
+    # ----------------------------------------------------------------------------------------
+    # connecting, with retries
+
+    async def _connect(self) -> None:
+        while True:
+            failure, decision = await self._attempt()
+            if failure is None:
+                return
+            await self._backoff_or_raise(failure, decision)
+
+    async def _attempt(self) -> tuple[ChatClientError | None, RetryDecision]:
+        self.attempts += 1
+        now = trio.current_time()
+        self.attempt_started_at = now
+        self._parser = ChunkStreamParser(redactor=self._redactor)
+        self.first_token_at = None
+        timeouts = self._timeouts
+        request = self._http.build_request(
+            "POST",
+            self._url,
+            content=self._body,
+            headers=self._headers,
+            timeout=httpx.Timeout(
+                connect=timeouts.connect,
+                read=self._network_idle,
+                write=timeouts.connect,
+                pool=timeouts.connect,
+            ),
+        )
+        deadline = self._deadline
+        if timeouts.first_token is not None:
+            deadline = min(deadline, now + timeouts.first_token)
+        response: httpx.Response | None = None
+        failure: ChatClientError | None = None
+        with trio.CancelScope(deadline=deadline) as scope:
+            try:
+                response = await self._http.send(request, stream=True)
+            except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteTimeout) as exc:
+                failure = ConnectTimeoutError(
+                    f"connecting to {self._url} timed out after {timeouts.connect:g} s"
+                )
+                failure.__cause__ = exc
+            except httpx.ReadTimeout as exc:  # only with first_token disabled: idle applies
+                failure = StreamIdleTimeoutError(
+                    f"no response for {timeouts.idle:g} s"
+                    if timeouts.idle is not None
+                    else "the read timed out"
+                )
+                failure.__cause__ = exc
+            except httpx.TransportError as exc:
+                failure = APIConnectionError(
+                    self._redactor.text(
+                        f"connection to {self._url} failed: {type(exc).__name__}: {exc}"
+                    )
+                )
+                failure.__cause__ = exc
+        if scope.cancelled_caught:
+            failure = self._deadline_failure(scope_deadline=deadline, kind="first_token")
+        if failure is not None:
+            return failure, self._failure_decision(failure)
+        assert response is not None
+        self._response = response
+        self.response_headers = response.headers
+        self.request_id = response.headers.get("x-request-id")
+        self._parser.request_id = self.request_id
+        self._bytes = _body_iterator(response)
+        if not 200 <= response.status_code < 300:
+            raw = await self._read_error_body()
+            await self._close_response()
+            error = status_error(
+                response.status_code,
+                raw,
+                redactor=self._redactor,
+                request_id=self.request_id,
+                retry_after=parse_retry_after(response.headers, now=time.time()),
+            )
+            decision = self._policy.for_status(
+                response.status_code,
+                response.headers,
+                retries_taken=self._retries,
+                random_value=self._random(),
+                now=time.time(),
+            )
+            return error, decision
+        return None, RetryDecision(False)
+
+    def _failure_decision(self, failure: ChatClientError) -> RetryDecision:
+        if isinstance(failure, TotalTimeoutError):
+            return RetryDecision(False, reason="total timeout")
+        if self._parser.accumulator.has_output:
+            return RetryDecision(False, reason="output was already delivered")
+        if not isinstance(failure, (APIConnectionError, APITimeoutError)):
+            return RetryDecision(False, reason="not retryable")
+        return self._policy.for_failure(
+            retries_taken=self._retries,
+            random_value=self._random(),
+            timeout=isinstance(failure, APITimeoutError),
+        )
+
+    async def _backoff_or_raise(self, failure: ChatClientError, decision: RetryDecision) -> None:
+        failure.attempts = self.attempts
+        remaining = self._deadline - trio.current_time()
+        if not decision.retry or decision.delay >= remaining:
+            failure.partial_result = self._parser.result()
+            raise failure
+        self._retries += 1
+        structlog.get_logger(_LOGGER_NAME).warning(
+            "chat completion attempt failed; retrying",
+            attempt=self.attempts,
+            retry_in_s=round(decision.delay, 3),
+            reason=decision.reason,
+            error=str(failure),
+            error_class=type(failure).__name__,
+            status=failure.status,
+            request_id=failure.request_id,
+        )
+        await trio.sleep(decision.delay)
+
+    async def _read_error_body(self) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        stream = self._bytes
+        if stream is None:
+            return b""
+        deadline = min(self._deadline, trio.current_time() + _ERROR_BODY_TIMEOUT)
+        with trio.CancelScope(deadline=deadline):
+            try:
+                async for part in stream:
+                    parts.append(part)
+                    size += len(part)
+                    if size >= _MAX_ERROR_BODY:
+                        break
+            except httpx.TransportError:
+                pass
+        return b"".join(parts)[:_MAX_ERROR_BODY]
+
+    # ----------------------------------------------------------------------------------------
+    # reading
+
+    def _read_plan(self) -> tuple[float | None, str]:
+        """The deadline of the next wait for a chunk and which timeout it is; ``None`` when the
+        wait needs no cancel scope of its own.
+
+        Before the first output only ``first_token`` applies (a long prefill is not idleness);
+        from then on, ``idle`` bounds each wait for the next chunk; ``total`` always applies. With
+        ``first_token`` disabled, ``idle`` applies from the start.
+
+        A trio cancel scope costs about as much as decoding a chunk, and h11 hands over one HTTP
+        chunk (one token) per read, so once output flows the idle deadline is left to httpx's
+        per-read timeout (see :func:`_network_idle`) whenever that is exact, and the scope is only
+        used when a tighter deadline (total) is near.
+        """
+        timeouts = self._timeouts
+        first = timeouts.first_token
+        if first is not None and not self._parser.accumulator.has_output:
+            started = self.attempt_started_at
+            first_deadline = (started if started is not None else trio.current_time()) + first
+            if first_deadline <= self._deadline:
+                return first_deadline, "first_token"
+            return self._deadline, "total"
+        idle = timeouts.idle
+        network_idle = self._network_idle
+        if idle is not None and network_idle is None:
+            idle_deadline = trio.current_time() + idle
+            if idle_deadline < self._deadline:
+                return idle_deadline, "idle"
+            return self._deadline, "total"
+        if self._deadline != math.inf and (
+            network_idle is None or self._deadline <= trio.current_time() + network_idle
+        ):
+            return self._deadline, "total"
+        return None, "idle"
+
+    def _deadline_failure(self, *, scope_deadline: float, kind: str) -> ChatClientError:
+        timeouts = self._timeouts
+        if scope_deadline >= self._deadline:
+            return TotalTimeoutError(
+                f"the call took longer than {timeouts.total:g} s (total timeout)"
+            )
+        if kind == "first_token":
+            return FirstTokenTimeoutError(
+                f"no output within {timeouts.first_token:g} s of sending the request"
+            )
+        return StreamIdleTimeoutError(f"no chunk for {timeouts.idle:g} s while streaming")
+
+    async def _fill(self) -> None:
+        """Read until at least one chunk is pending, the stream ends, or something fails; then
+        handle the failure (retry or record) or the end."""
+        stream = self._bytes
+        if stream is None:  # a failed retry left no response; nothing more to read
+            self._state = _State.FINISHED
+            return
+        parser = self._parser
+        pending = self._pending
+        accumulator = parser.accumulator
+        idle = self._timeouts.idle
+        if self._fast_reads and accumulator.has_output:
+            deadline: float | None = None
+            kind = "idle"
+        else:
+            deadline, kind = self._read_plan()
+        scope = None if deadline is None else trio.CancelScope(deadline=deadline)
+        with scope if scope is not None else _NO_SCOPE:
+            while not pending and not parser.finished and self._failure is None:
+                try:
+                    piece = await stream.__anext__()
+                except StopAsyncIteration:
+                    parser.end_of_body()
+                    break
+                except httpx.ReadTimeout as exc:  # httpx's per-read timeout is the idle guard
+                    self._failure = StreamIdleTimeoutError(
+                        f"no data for {idle:g} s while streaming"
+                        if idle is not None
+                        else "the read timed out while streaming"
+                    )
+                    self._failure.__cause__ = exc
+                    break
+                except httpx.TransportError as exc:
+                    self._on_transport_error(exc)
+                    break
+                had_output = accumulator.has_output
+                parser.feed(piece, pending)
+                if pending:
+                    if not had_output and accumulator.has_output:
+                        self.first_token_at = trio.current_time()
+                elif (
+                    idle is not None
+                    and had_output
+                    and trio.current_time() - self._wait_started_at > idle
+                ):
+                    # Bytes without a chunk (keep-alive comments) must not extend the idle time.
+                    self._failure = StreamIdleTimeoutError(
+                        f"no chunk for {idle:g} s while streaming (only keep-alives)"
+                    )
+                    break
+        if scope is not None and scope.cancelled_caught and self._failure is None:
+            assert deadline is not None
+            self._failure = self._deadline_failure(scope_deadline=deadline, kind=kind)
+        if self._failure is None and parser.failure is not None:
+            self._failure, parser.failure = parser.failure, None
+        if self._failure is not None:
+            await self._close_response()
+            failure = self._failure
+            decision = self._failure_decision(failure)
+            if decision.retry:
+                self._failure = None
+                pending.clear()
+                await self._backoff_or_raise(failure, decision)
+                await self._connect()
+            else:
+                failure.attempts = self.attempts
+                failure.partial_result = parser.result()
+        elif parser.finished:
+            self._state = _State.FINISHED
+            await self._drain_and_close()
+
+    def _on_transport_error(self, exc: httpx.TransportError) -> None:
+        if self._parser.accumulator.finish_reason is not None:
+            self._parser.finished = True  # the answer was complete; only the tail was lost
+            structlog.get_logger(_LOGGER_NAME).warning(
+                "chat completion stream cut after its finish_reason",
+                error=self._redactor.text(str(exc)),
+                request_id=self.request_id,
+            )
+            return
+        failure = ServerDisconnectedError(
+            self._redactor.text(f"the connection was lost mid-stream: {type(exc).__name__}: {exc}"),
+            request_id=self.request_id,
+        )
+        failure.__cause__ = exc
+        self._failure = failure
+
+    async def _drain_and_close(self) -> None:
+        """After ``[DONE]``: read the (normally already received) end of the body so that the
+        connection can go back to the pool, then close the response."""
+        stream = self._bytes
+        if stream is not None:
+            drained = 0
+            with trio.CancelScope(deadline=min(self._deadline, trio.current_time() + _DRAIN_GRACE)):
+                try:
+                    async for part in stream:
+                        drained += len(part)
+                        if drained > _MAX_DRAIN:
+                            break
+                except httpx.TransportError:
+                    pass
+        await self._close_response()
+
+    async def _close_response(self) -> None:
+        """Close the response at once (socket closed, or returned to the pool when the body was
+        complete). Shielded: it runs even in a cancelled caller, bounded by a short grace."""
+        response, self._response = self._response, None
+        stream, self._bytes = self._bytes, None
+        if response is None:
+            return
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_GRACE):
+            await response.aclose()
+            if stream is not None:
+                await _finish_iterator(stream)
+
+
+async def _finish_iterator(stream: AsyncIterator[bytes]) -> None:
+    """Run a byte iterator of a *closed* response to its end.
+
+    httpx and httpcore produce the body through nested async generators; stopping to pull from
+    the outer one leaves all of them suspended, and trio warns when they are garbage collected.
+    Once the response is closed, pulling again makes them finish at once: buffered bytes come out,
+    then the closed connection raises, and that error unwinds (and ends) every layer.
+    """
+    for _ in range(_MAX_FINISH_PULLS):
+        try:
+            await stream.__anext__()
+        except StopAsyncIteration:
+            return
+        except Exception:  # the closed connection's error: every generator has now finished
+            return

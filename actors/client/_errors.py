@@ -1,0 +1,432 @@
+"""The client's exceptions.
+
+Every exception raised by the client derives from :class:`ChatClientError` and has a
+:attr:`~ChatClientError.category` that a service can act on without knowing the class tree::
+
+    ChatClientError                   (base; never raised itself)
+    ├── InvalidParameterError         invalid_request  also a ValueError; raised before sending
+    ├── APIConnectionError            connectivity     connect failed, connection lost
+    │   ├── ServerDisconnectedError   connectivity     body cut off mid-stream
+    │   └── IncompleteStreamError     connectivity     clean end without [DONE]/finish_reason
+    ├── APITimeoutError               timeout
+    │   ├── ConnectTimeoutError       timeout          TCP/TLS connect or pool wait
+    │   ├── FirstTokenTimeoutError    timeout          attempt start -> first output chunk
+    │   ├── StreamIdleTimeoutError    timeout          gap between two chunks
+    │   └── TotalTimeoutError         timeout          whole call, retries included
+    ├── APIStatusError                by status        HTTP error status instead of a stream
+    │   ├── BadRequestError           invalid_request  400
+    │   ├── AuthenticationError       auth             401
+    │   ├── PermissionDeniedError     auth             403
+    │   ├── NotFoundError             invalid_request  404
+    │   ├── ConflictError             invalid_request  409
+    │   ├── UnprocessableEntityError  invalid_request  422
+    │   ├── RateLimitError            rate_limit       429
+    │   └── InternalServerError       server           5xx
+    ├── StreamError                   server*          data: {"error": ...} inside a 200 stream
+    └── MalformedChunkError           server           a data line that is not a JSON object
+
+    * a StreamError whose code is an HTTP status or whose type names a known class takes that
+      category (e.g. vLLM's in-stream ``"code": 400`` is ``invalid_request``).
+
+Other statuses raise a plain :class:`APIStatusError`: 408 is ``timeout``, other 4xx
+``invalid_request``, anything else ``server``.
+
+Every instance carries ``status``, ``error_type``, ``code`` (int or str, as the server sent it),
+``param``, ``request_id`` (``x-request-id``), ``retry_after`` (seconds, from the response headers),
+``body`` (the decoded error object), ``attempts`` (requests made) and, for errors raised while a
+stream was being read, ``partial_result`` (what had been received). Messages, bodies and reprs
+never contain the API key: the client redacts them before building the exception.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from ._accumulate import StreamResult
+    from ._redact import Redactor
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "Category",
+    "ChatClientError",
+    "ConflictError",
+    "ConnectTimeoutError",
+    "FirstTokenTimeoutError",
+    "IncompleteStreamError",
+    "InternalServerError",
+    "InvalidParameterError",
+    "MalformedChunkError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ServerDisconnectedError",
+    "StreamError",
+    "StreamIdleTimeoutError",
+    "TotalTimeoutError",
+    "UnprocessableEntityError",
+    "category_for_status",
+    "status_error",
+    "stream_error",
+]
+
+Category = Literal["auth", "rate_limit", "server", "invalid_request", "connectivity", "timeout"]
+"""What kind of failure an exception is, for services that decide what to tell the user."""
+
+_MAX_TEXT = 300
+
+
+class ChatClientError(Exception):
+    """Base class of every exception raised by the chat-completions client.
+
+    Args:
+        message: What happened (already redacted).
+        status: The HTTP status, when a response was received.
+        error_type: The error ``type`` from the server's error object.
+        code: The error ``code`` (int or str, as sent).
+        param: The error ``param``.
+        request_id: The response's ``x-request-id``.
+        retry_after: The server's retry hint in seconds (``retry-after-ms``/``retry-after``).
+        body: The decoded (redacted) error object or text.
+        category: Overrides the class's default :attr:`category`.
+    """
+
+    default_category: ClassVar[Category] = "server"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_type: str | None = None,
+        code: str | int | None = None,
+        param: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+        body: Any = None,
+        category: Category | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.error_type = error_type
+        self.code = code
+        self.param = param
+        self.request_id = request_id
+        self.retry_after = retry_after
+        self.body = body
+        self._category: Category = category or self.default_category
+        self.attempts = 1
+        self.partial_result: StreamResult | None = None
+
+    @property
+    def category(self) -> Category:
+        """``auth``, ``rate_limit``, ``server``, ``invalid_request``, ``connectivity`` or
+        ``timeout``."""
+        return self._category
+
+    def __str__(self) -> str:
+        details = []
+        if self.status is not None:
+            details.append(f"status {self.status}")
+        if self.error_type:
+            details.append(f"type {self.error_type}")
+        if self.code is not None:
+            details.append(f"code {self.code}")
+        if self.param:
+            details.append(f"param {self.param}")
+        if self.request_id:
+            details.append(f"request id {self.request_id}")
+        if self.retry_after is not None:
+            details.append(f"retry after {self.retry_after:g} s")
+        return f"{self.message} ({', '.join(details)})" if details else self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+
+class InvalidParameterError(ChatClientError, ValueError):
+    """A request or generation parameter is invalid; raised before anything is sent."""
+
+    default_category: ClassVar[Category] = "invalid_request"
+
+
+class APIConnectionError(ChatClientError):
+    """The connection could not be made or was lost."""
+
+    default_category: ClassVar[Category] = "connectivity"
+
+
+class ServerDisconnectedError(APIConnectionError):
+    """The server closed the connection in the middle of the response body."""
+
+
+class IncompleteStreamError(APIConnectionError):
+    """The body ended cleanly but without ``[DONE]`` and without a ``finish_reason``: the answer is
+    truncated."""
+
+
+class APITimeoutError(ChatClientError):
+    """A deadline of :class:`~actors.client.Timeouts` passed."""
+
+    default_category: ClassVar[Category] = "timeout"
+
+
+class ConnectTimeoutError(APITimeoutError):
+    """Connecting (TCP, TLS) or waiting for a pooled connection took longer than
+    ``Timeouts.connect``."""
+
+
+class FirstTokenTimeoutError(APITimeoutError):
+    """No output chunk arrived within ``Timeouts.first_token`` of sending the request."""
+
+
+class StreamIdleTimeoutError(APITimeoutError):
+    """No chunk arrived for ``Timeouts.idle`` while the stream was being read."""
+
+
+class TotalTimeoutError(APITimeoutError):
+    """The whole call, retries and backoff included, took longer than ``Timeouts.total``."""
+
+
+class APIStatusError(ChatClientError):
+    """The server answered with an HTTP error status instead of a stream."""
+
+    default_category: ClassVar[Category] = "server"
+
+
+class BadRequestError(APIStatusError):
+    """HTTP 400: the request was malformed or used an unsupported parameter."""
+
+    default_category: ClassVar[Category] = "invalid_request"
+
+
+class AuthenticationError(APIStatusError):
+    """HTTP 401: the API key is missing, wrong or revoked."""
+
+    default_category: ClassVar[Category] = "auth"
+
+
+class PermissionDeniedError(APIStatusError):
+    """HTTP 403: the key may not use this resource (or region)."""
+
+    default_category: ClassVar[Category] = "auth"
+
+
+class NotFoundError(APIStatusError):
+    """HTTP 404: unknown model or endpoint."""
+
+    default_category: ClassVar[Category] = "invalid_request"
+
+
+class ConflictError(APIStatusError):
+    """HTTP 409: conflict (retried by default)."""
+
+    default_category: ClassVar[Category] = "invalid_request"
+
+
+class UnprocessableEntityError(APIStatusError):
+    """HTTP 422: the request was understood but cannot be processed."""
+
+    default_category: ClassVar[Category] = "invalid_request"
+
+
+class RateLimitError(APIStatusError):
+    """HTTP 429: rate limit or quota exceeded (retried by default)."""
+
+    default_category: ClassVar[Category] = "rate_limit"
+
+
+class InternalServerError(APIStatusError):
+    """HTTP 5xx: the server failed (retried by default)."""
+
+    default_category: ClassVar[Category] = "server"
+
+
+class StreamError(ChatClientError):
+    """The server reported an error inside a stream that had started with HTTP 200."""
+
+    default_category: ClassVar[Category] = "server"
+
+
+class MalformedChunkError(ChatClientError):
+    """A ``data:`` line of the stream is not a JSON object."""
+
+    default_category: ClassVar[Category] = "server"
+
+
+_STATUS_CLASSES: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+_TYPE_CATEGORIES: dict[str, Category] = {
+    "invalid_request_error": "invalid_request",
+    "badrequesterror": "invalid_request",
+    "not_found_error": "invalid_request",
+    "notfounderror": "invalid_request",
+    "authentication_error": "auth",
+    "permission_error": "auth",
+    "permission_denied_error": "auth",
+    "rate_limit_error": "rate_limit",
+    "rate_limit_exceeded": "rate_limit",
+    "insufficient_quota": "rate_limit",
+    "timeout": "timeout",
+}
+
+
+def category_for_status(status: int) -> Category:
+    """The category of an HTTP error status.
+
+    Args:
+        status: An HTTP status code (normally >= 400).
+
+    Returns:
+        ``auth`` for 401/403, ``rate_limit`` for 429, ``timeout`` for 408, ``server`` for 5xx and
+        anything unexpected, ``invalid_request`` for other 4xx.
+    """
+    if status in (401, 403):
+        return "auth"
+    if status == 429:
+        return "rate_limit"
+    if status == 408:
+        return "timeout"
+    if 400 <= status < 500:
+        return "invalid_request"
+    return "server"
+
+
+def _truncate(text: str, limit: int = _MAX_TEXT) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _code(value: object) -> str | int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (str, int)):
+        return value
+    return None
+
+
+def _fields(error: object) -> tuple[str | None, str | None, str | int | None, str | None]:
+    """(message, type, code, param) of an error object, string or flat error body."""
+    if isinstance(error, str):
+        return (error or None), None, None, None
+    if not isinstance(error, Mapping):
+        return None, None, None, None
+    message = error.get("message")
+    if not isinstance(message, str):
+        message = error.get("detail") if isinstance(error.get("detail"), str) else None
+    return (
+        message or None,
+        _str_or_none(error.get("type")),
+        _code(error.get("code")),
+        _str_or_none(error.get("param")),
+    )
+
+
+def status_error(
+    status: int,
+    raw_body: bytes,
+    *,
+    redactor: Redactor,
+    request_id: str | None,
+    retry_after: float | None,
+) -> APIStatusError:
+    """Build the exception for an HTTP error response.
+
+    Args:
+        status: The response status.
+        raw_body: The (possibly truncated) response body.
+        redactor: Hides secrets in everything taken from the body.
+        request_id: The ``x-request-id`` header.
+        retry_after: The parsed retry hint, if any.
+
+    Returns:
+        The exception of the status's class, with the server's message, type, code and param.
+    """
+    text = raw_body.decode("utf-8", "replace")
+    body: Any
+    try:
+        body = json.loads(text) if text.strip() else None
+    except ValueError:
+        body = text
+    error = body.get("error", body) if isinstance(body, Mapping) else body
+    message, error_type, code, param = _fields(error)
+    if message is not None:
+        message = _truncate(message)
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "HTTP error"
+    summary = f"HTTP {status} {reason}" + (f": {message}" if message else "")
+    if status in _STATUS_CLASSES:
+        cls = _STATUS_CLASSES[status]
+    elif status >= 500:
+        cls = InternalServerError
+    else:
+        cls = APIStatusError
+    return cls(
+        redactor.text(summary),
+        status=status,
+        error_type=redactor.text(error_type) if error_type else None,
+        code=redactor.text(code) if isinstance(code, str) else code,
+        param=param,
+        request_id=request_id,
+        retry_after=retry_after,
+        body=redactor.value(error),
+        category=category_for_status(status),
+    )
+
+
+def stream_error(error: object, *, redactor: Redactor, request_id: str | None) -> StreamError:
+    """Build the exception for an error reported inside a stream.
+
+    Args:
+        error: The ``error`` member of the event (object or string), or the payload of an
+            ``event: error`` / legacy ``error:`` line.
+        redactor: Hides secrets in everything taken from the payload.
+        request_id: The response's ``x-request-id``.
+
+    Returns:
+        A :class:`StreamError` whose category follows the error's code or type.
+    """
+    message, error_type, code, param = _fields(error)
+    if error is not None and not isinstance(error, (str, Mapping)):
+        message = json.dumps(error)
+    if message is not None:
+        message = _truncate(message)
+    category: Category = "server"
+    if isinstance(code, int) and 400 <= code < 600:
+        category = category_for_status(code)
+    else:
+        for key in (error_type, code):
+            if isinstance(key, str) and key.lower() in _TYPE_CATEGORIES:
+                category = _TYPE_CATEGORIES[key.lower()]
+                break
+    return StreamError(
+        redactor.text(f"error in stream: {message or 'the server reported an error'}"),
+        error_type=redactor.text(error_type) if error_type else None,
+        code=redactor.text(code) if isinstance(code, str) else code,
+        param=param,
+        request_id=request_id,
+        body=redactor.value(error),
+        category=category,
+    )

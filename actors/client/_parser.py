@@ -1,0 +1,160 @@
+"""Sans-I/O stream parser: response body bytes in, typed chunks out, accumulated as they pass.
+
+This is everything the client does with a 200 response body, without the network: SSE decoding,
+the ``[DONE]`` sentinel, in-stream errors (``data: {"error": ...}``, ``event: error``, the legacy
+llama.cpp ``error:`` field), malformed lines, and the end-of-body rule (no ``[DONE]`` and no
+``finish_reason`` means the answer is incomplete). The client feeds it the pieces it reads; tests
+feed it fixture bytes split anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ._accumulate import StreamAccumulator, StreamResult
+from ._chunks import ChatCompletionChunk, parse_chunk
+from ._errors import ChatClientError, IncompleteStreamError, MalformedChunkError, stream_error
+from ._redact import Redactor
+from ._sse import SSEDecoder
+
+if TYPE_CHECKING:
+    from collections import deque
+
+__all__ = ["ChunkStreamParser"]
+
+_SHOWN = 200
+
+
+def _truncate(text: str, limit: int = _SHOWN) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@attrs.define
+class ChunkStreamParser:
+    """Turns the bytes of a chat-completions SSE body into chunks and a result.
+
+    After each :meth:`feed`, check :attr:`failure` (an error the stream reported or caused; reading
+    must stop) and :attr:`finished` (``[DONE]`` was received). Call :meth:`end_of_body` when the
+    body ends.
+
+    Args:
+        redactor: Hides secrets in error messages built from the stream.
+        request_id: Put on the errors (the response's ``x-request-id``).
+
+    Attributes:
+        failure: The error that ended the stream, if any.
+        finished: Whether the stream ended (``[DONE]``, end of body, or a failure).
+    """
+
+    redactor: Redactor = attrs.field(factory=Redactor)
+    request_id: str | None = None
+    failure: ChatClientError | None = attrs.field(default=None, init=False)
+    finished: bool = attrs.field(default=False, init=False)
+    _decoder: SSEDecoder = attrs.field(factory=SSEDecoder, init=False, repr=False)
+    _acc: StreamAccumulator = attrs.field(factory=StreamAccumulator, init=False, repr=False)
+
+    @property
+    def accumulator(self) -> StreamAccumulator:
+        """The accumulator the chunks were folded into."""
+        return self._acc
+
+    def result(self) -> StreamResult:
+        """The result accumulated so far."""
+        return self._acc.result()
+
+    def feed(
+        self, piece: bytes, out: deque[ChatCompletionChunk] | list[ChatCompletionChunk]
+    ) -> None:
+        """Decode one piece of the body; append the chunks it completes to ``out``.
+
+        Nothing is appended after the stream finished or failed.
+
+        Args:
+            piece: The next bytes of the body, split anywhere.
+            out: Where to append the chunks, in order.
+        """
+        if self.finished:
+            return
+        data = self._decoder.single_data(piece)
+        if data is not None:
+            self._data(data, out)
+            return
+        for event in self._decoder.feed(piece):
+            if event.event:
+                if event.event == "error":
+                    self._error_event(event.data)
+                    return
+                if event.event == "ping":
+                    continue
+            self._data(event.data, out)
+            if self.finished:
+                return
+
+    def _data(self, data: str, out: deque[ChatCompletionChunk] | list[ChatCompletionChunk]) -> None:
+        """Handle the data of one message event."""
+        if data[:1] != "{":
+            stripped = data.strip()
+            if stripped.startswith("[DONE]"):
+                self._acc.mark_done()
+                self.finished = True
+                return
+            if not stripped:
+                return  # an empty data line: a keep-alive
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            self._malformed(data, "is not valid JSON")
+            return
+        if type(payload) is not dict:
+            self._malformed(data, "is not a JSON object")
+            return
+        error = payload.get("error")
+        if error:
+            self._fail(stream_error(error, redactor=self.redactor, request_id=self.request_id))
+            return
+        chunk = parse_chunk(payload)
+        self._acc.add(chunk)
+        out.append(chunk)
+
+    def end_of_body(self) -> None:
+        """The body ended (cleanly). Sets :attr:`failure` to an
+        :class:`~actors.client.IncompleteStreamError` unless ``[DONE]`` or a ``finish_reason``
+        was received."""
+        if self.finished:
+            return
+        truncated = self._decoder.close()
+        self.finished = True
+        if self._acc.finish_reason is not None:
+            return  # the answer is complete; only [DONE] (and maybe usage) is missing
+        detail = " (the last event was cut off)" if truncated else ""
+        self.failure = IncompleteStreamError(
+            "the stream ended without [DONE] and without a finish_reason: the answer is "
+            f"incomplete{detail}",
+            request_id=self.request_id,
+        )
+
+    def _fail(self, failure: ChatClientError) -> None:
+        self.failure = failure
+        self.finished = True
+
+    def _error_event(self, data: str) -> None:
+        """``event: error`` or the legacy llama.cpp ``error:`` field."""
+        try:
+            payload: Any = json.loads(data)
+        except ValueError:
+            payload = data
+        if isinstance(payload, dict) and "error" in payload:
+            payload = payload["error"]
+        self._fail(stream_error(payload, redactor=self.redactor, request_id=self.request_id))
+
+    def _malformed(self, data: str, problem: str) -> None:
+        shown = _truncate(self.redactor.text(data))
+        self._fail(
+            MalformedChunkError(
+                f"malformed data line in the stream: {shown!r} {problem}",
+                request_id=self.request_id,
+            )
+        )

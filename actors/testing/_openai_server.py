@@ -1,0 +1,1018 @@
+"""A scripted OpenAI-compatible HTTP/1.1 server on trio, for tests.
+
+:class:`ScriptedOpenAIServer` listens on a real socket (``127.0.0.1``, a free port) inside the
+test's trio run, so a client under test talks real HTTP over TCP, and every ``delay`` in a script
+is a ``trio.sleep``: under ``autojump_clock`` a test of 30-second timeouts runs in milliseconds.
+
+Each request is answered with a :class:`Reply`, taken from a queue
+(:meth:`ScriptedOpenAIServer.add`) or, when the queue is empty, from a *responder* callback that
+sees the request (so a test can answer according to the messages or tools it received). A reply can
+be an SSE stream (from chunk dicts or raw bytes such as a fixture file, each piece with an optional
+delay), an error status with a JSON body and headers, a stall (never answers, or stops sending
+mid-body), or a disconnect (the connection is closed without the end of the body). The server
+records every request (method, path, headers, parsed JSON body) and every exchange's outcome, and
+notices when the *client* closes the connection while a reply is being sent or stalled, so a test
+can prove that a cancelled client really closed its socket.
+
+:class:`ChunkFactory` builds realistic ``chat.completion.chunk`` dicts (text deltas, tool-call
+fragments, finish and usage chunks, in-stream errors).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+import trio
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = [
+    "ChunkFactory",
+    "Ending",
+    "Exchange",
+    "Framing",
+    "Piece",
+    "RecordedRequest",
+    "Reply",
+    "Responder",
+    "ScriptedOpenAIServer",
+    "sse_body",
+    "sse_event",
+]
+
+Ending = Literal["complete", "stall", "disconnect"]
+"""How a reply ends after its pieces: properly, by hanging forever, or by closing the socket."""
+
+Framing = Literal["chunked", "length", "close"]
+"""Body framing: ``Transfer-Encoding: chunked``, ``Content-Length``, or end-of-body by closing."""
+
+_MAX_HEAD = 64 * 1024
+_MAX_BODY = 32 * 1024 * 1024
+
+
+def sse_event(payload: Mapping[str, Any] | str | bytes) -> bytes:
+    """Encode one SSE event.
+
+    Args:
+        payload: A mapping (sent as ``data: <compact JSON>``), or a str/bytes sent verbatim (e.g.
+            ``": keep-alive\\n\\n"`` or ``"data: [DONE]\\n\\n"``).
+
+    Returns:
+        The bytes of the event, blank line included for mappings.
+    """
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, str):
+        return payload.encode()
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def sse_body(events: Iterable[Mapping[str, Any] | str | bytes], *, done: bool = True) -> bytes:
+    """Encode a whole SSE body.
+
+    Args:
+        events: Chunk dicts or raw event text, as for :func:`sse_event`.
+        done: Append ``data: [DONE]``.
+
+    Returns:
+        The body bytes.
+    """
+    body = b"".join(sse_event(e) for e in events)
+    return body + b"data: [DONE]\n\n" if done else body
+
+
+@attrs.frozen
+class Piece:
+    """A part of a reply body, sent as one write (one chunk with chunked framing).
+
+    Attributes:
+        data: The bytes to send.
+        delay: Seconds to ``trio.sleep`` before sending it.
+    """
+
+    data: bytes
+    delay: float = 0.0
+
+
+def _header_tuple(headers: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> Any:
+    if headers is None:
+        return ()
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return tuple((str(k), str(v)) for k, v in items)
+
+
+def _to_pieces(pieces: Iterable[Piece]) -> tuple[Piece, ...]:
+    return tuple(pieces)
+
+
+@attrs.frozen
+class Reply:
+    """What the server answers to one request. Build it with the class methods.
+
+    Attributes:
+        status: HTTP status.
+        headers: Response headers (besides the framing headers the server adds).
+        pieces: The body, piece by piece.
+        ending: After the pieces: ``complete`` (end the body properly), ``stall`` (send nothing
+            more, never end) or ``disconnect`` (close the socket without ending the body).
+        framing: ``chunked``, ``length`` (Content-Length of all pieces) or ``close``
+            (no length; the body ends when the server closes the connection).
+        send_headers: ``False`` to send nothing at all (with ``ending`` ``stall``: hang before the
+            status line; ``disconnect``: close without answering).
+        headers_delay: Seconds to wait before the status line.
+    """
+
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_header_tuple)
+    pieces: tuple[Piece, ...] = attrs.field(default=(), converter=_to_pieces)
+    ending: Ending = "complete"
+    framing: Framing = "chunked"
+    send_headers: bool = True
+    headers_delay: float = 0.0
+
+    @classmethod
+    def sse(
+        cls,
+        events: Iterable[Mapping[str, Any] | str | bytes],
+        *,
+        done: bool = True,
+        delay: float = 0.0,
+        first_delay: float | None = None,
+        ending: Ending = "complete",
+        framing: Framing = "chunked",
+        headers: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+    ) -> Reply:
+        """A ``200 text/event-stream`` reply, one piece per event.
+
+        Args:
+            events: Chunk dicts (``data: <json>``) or raw event text/bytes.
+            done: Send ``data: [DONE]`` after the events.
+            delay: Seconds before each event (virtual time under ``autojump_clock``).
+            first_delay: Seconds before the first event, if different from ``delay``.
+            ending: How the reply ends after the last piece.
+            framing: Body framing.
+            headers: Extra response headers.
+            request_id: Sent as ``x-request-id``.
+
+        Returns:
+            The reply.
+        """
+        datas = [sse_event(e) for e in events]
+        if done:
+            datas.append(b"data: [DONE]\n\n")
+        pieces = [
+            Piece(d, first_delay if i == 0 and first_delay is not None else delay)
+            for i, d in enumerate(datas)
+        ]
+        return cls(
+            status=200,
+            headers=_stream_headers(headers, request_id),
+            pieces=tuple(pieces),
+            ending=ending,
+            framing=framing,
+        )
+
+    @classmethod
+    def raw(
+        cls,
+        body: bytes,
+        *,
+        piece_size: int | None = None,
+        delay: float = 0.0,
+        ending: Ending = "complete",
+        framing: Framing = "chunked",
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+    ) -> Reply:
+        """A reply with a given body, e.g. a recorded SSE fixture, sent verbatim.
+
+        Args:
+            body: The body bytes.
+            piece_size: Split the body into pieces of this many bytes (one piece if ``None``).
+            delay: Seconds before each piece.
+            ending: How the reply ends after the last piece.
+            framing: Body framing.
+            status: HTTP status.
+            headers: Extra response headers (``content-type`` defaults to ``text/event-stream``).
+            request_id: Sent as ``x-request-id``.
+
+        Returns:
+            The reply.
+        """
+        size = piece_size or max(len(body), 1)
+        pieces = tuple(Piece(body[i : i + size], delay) for i in range(0, len(body), size))
+        return cls(
+            status=status,
+            headers=_stream_headers(headers, request_id),
+            pieces=pieces,
+            ending=ending,
+            framing=framing,
+        )
+
+    @classmethod
+    def error(
+        cls,
+        status: int,
+        message: str = "scripted error",
+        *,
+        type: str | None = None,
+        code: str | int | None = None,
+        param: str | None = None,
+        body: Mapping[str, Any] | str | bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        retry_after: float | str | None = None,
+        retry_after_ms: float | None = None,
+        should_retry: bool | None = None,
+        request_id: str | None = None,
+        delay: float = 0.0,
+    ) -> Reply:
+        """An HTTP error reply with an OpenAI-style JSON body.
+
+        Args:
+            status: HTTP status.
+            message: ``error.message``.
+            type: ``error.type`` (default derived from the status, as OpenAI does).
+            code: ``error.code``.
+            param: ``error.param``.
+            body: Replaces the whole body (a mapping is sent as JSON, str/bytes verbatim).
+            headers: Extra response headers.
+            retry_after: ``retry-after`` header (seconds or an HTTP date string).
+            retry_after_ms: ``retry-after-ms`` header.
+            should_retry: ``x-should-retry: true|false``.
+            request_id: ``x-request-id`` header.
+            delay: Seconds before the status line.
+
+        Returns:
+            The reply.
+        """
+        if body is None:
+            payload: bytes = json.dumps(
+                {
+                    "error": {
+                        "message": message,
+                        "type": type or _default_error_type(status),
+                        "param": param,
+                        "code": code,
+                    }
+                }
+            ).encode()
+            content_type = "application/json"
+        elif isinstance(body, Mapping):
+            payload = json.dumps(body).encode()
+            content_type = "application/json"
+        else:
+            payload = body.encode() if isinstance(body, str) else body
+            content_type = "text/plain; charset=utf-8"
+        all_headers: dict[str, str] = {"content-type": content_type}
+        if retry_after is not None:
+            all_headers["retry-after"] = (
+                retry_after if isinstance(retry_after, str) else f"{retry_after:g}"
+            )
+        if retry_after_ms is not None:
+            all_headers["retry-after-ms"] = f"{retry_after_ms:g}"
+        if should_retry is not None:
+            all_headers["x-should-retry"] = "true" if should_retry else "false"
+        if request_id is not None:
+            all_headers["x-request-id"] = request_id
+        all_headers.update(headers or {})
+        return cls(
+            status=status,
+            headers=all_headers,
+            pieces=(Piece(payload),),
+            framing="length",
+            headers_delay=delay,
+        )
+
+    @classmethod
+    def stall(cls, *, before_headers: bool = True, delay: float = 0.0) -> Reply:
+        """A reply that never finishes.
+
+        Args:
+            before_headers: Hang before the status line (``True``) or right after ``200`` headers.
+            delay: Seconds before the status line (when ``before_headers`` is ``False``).
+
+        Returns:
+            The reply.
+        """
+        return cls(
+            status=200,
+            headers=_stream_headers(None, None),
+            ending="stall",
+            send_headers=not before_headers,
+            headers_delay=delay,
+        )
+
+    @classmethod
+    def drop(cls, *, delay: float = 0.0) -> Reply:
+        """Close the connection without answering (the client sees a connection error).
+
+        Args:
+            delay: Seconds before closing.
+
+        Returns:
+            The reply.
+        """
+        return cls(ending="disconnect", send_headers=False, headers_delay=delay)
+
+
+def _default_error_type(status: int) -> str:
+    if status == 429:
+        return "rate_limit_error"
+    if status in (401, 403):
+        return "authentication_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def _stream_headers(
+    headers: Mapping[str, str] | None, request_id: str | None
+) -> tuple[tuple[str, str], ...]:
+    merged = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+    if request_id is not None:
+        merged["x-request-id"] = request_id
+    merged.update(headers or {})
+    return tuple(merged.items())
+
+
+@attrs.frozen
+class RecordedRequest:
+    """A request the server received.
+
+    Attributes:
+        method: ``POST``, ``GET``...
+        path: The request target, e.g. ``/v1/chat/completions``.
+        headers: Header names in lower case (repeated headers joined with ``", "``).
+        body: The raw body.
+        json: The body parsed as JSON, or ``None`` if it is not JSON.
+        received_at: Trio time when the whole request had been received.
+    """
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes
+    json: Any = None
+    received_at: float = 0.0
+
+
+@attrs.define
+class Exchange:
+    """One request and what became of its reply.
+
+    Attributes:
+        request: The request.
+        reply: The reply that was sent (or was being sent).
+        outcome: ``None`` while in progress, then ``completed``, ``server_disconnected`` (the
+            script closed the connection), ``client_disconnected`` (the client closed it first)
+            or ``aborted`` (the server shut down).
+    """
+
+    request: RecordedRequest
+    reply: Reply
+    outcome: str | None = None
+
+
+Responder = Callable[[RecordedRequest], "Reply | Awaitable[Reply]"]
+"""Answers a request when the queue is empty: returns a :class:`Reply` (or an awaitable of one)."""
+
+
+class _BadRequest(Exception):
+    pass
+
+
+@attrs.define
+class _Reader:
+    stream: trio.SocketStream
+    buffer: bytearray = attrs.field(factory=bytearray)
+
+    async def _more(self) -> bool:
+        data = await self.stream.receive_some(65536)
+        if not data:
+            return False
+        self.buffer += data
+        return True
+
+    async def _read_until(self, marker: bytes, limit: int) -> bytes | None:
+        while True:
+            end = self.buffer.find(marker)
+            if end >= 0:
+                head = bytes(self.buffer[:end])
+                del self.buffer[: end + len(marker)]
+                return head
+            if len(self.buffer) > limit:
+                raise _BadRequest("head too large")
+            if not await self._more():
+                if self.buffer:
+                    raise _BadRequest("connection closed mid-request")
+                return None
+
+    async def _read_exactly(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            if not await self._more():
+                raise _BadRequest("connection closed mid-body")
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
+    async def read_request(self) -> RecordedRequest | None:
+        head = await self._read_until(b"\r\n\r\n", _MAX_HEAD)
+        if head is None:
+            return None
+        lines = head.decode("latin-1").split("\r\n")
+        try:
+            method, target, _version = lines[0].split(" ", 2)
+        except ValueError:
+            raise _BadRequest(f"bad request line {lines[0]!r}") from None
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            key = name.strip().lower()
+            value = value.strip()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            parts = []
+            while True:
+                size_line = await self._read_until(b"\r\n", _MAX_HEAD)
+                if size_line is None:
+                    raise _BadRequest("connection closed mid-body")
+                size = int(size_line.split(b";")[0], 16)
+                if size == 0:
+                    while (await self._read_until(b"\r\n", _MAX_HEAD)) not in (b"", None):
+                        pass
+                    break
+                parts.append(await self._read_exactly(size))
+                await self._read_exactly(2)
+            body = b"".join(parts)
+        else:
+            length = int(headers.get("content-length", "0") or 0)
+            if length > _MAX_BODY:
+                raise _BadRequest("body too large")
+            body = await self._read_exactly(length)
+        parsed: Any = None
+        if body:
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = None
+        return RecordedRequest(
+            method=method,
+            path=target,
+            headers=headers,
+            body=body,
+            json=parsed,
+            received_at=trio.current_time(),
+        )
+
+
+def _head(reply: Reply, body_length: int) -> bytes:
+    try:
+        reason = HTTPStatus(reply.status).phrase
+    except ValueError:
+        reason = "Unknown"
+    lines = [f"HTTP/1.1 {reply.status} {reason}"]
+    names = set()
+    for name, value in reply.headers:
+        lines.append(f"{name}: {value}")
+        names.add(name.lower())
+    if reply.framing == "chunked":
+        lines.append("transfer-encoding: chunked")
+    elif reply.framing == "length":
+        lines.append(f"content-length: {body_length}")
+    else:
+        lines.append("connection: close")
+    if "server" not in names:
+        lines.append("server: ScriptedOpenAIServer")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _to_deque(replies: Iterable[Reply]) -> deque[Reply]:
+    return deque(replies)
+
+
+@attrs.define(eq=False)
+class ScriptedOpenAIServer:
+    """A real HTTP/1.1 server on ``127.0.0.1`` answering requests from a script.
+
+    Use it as an async context manager inside a trio test (it runs in its own nursery), or start
+    it in a nursery you own with ``await nursery.start(server.run)``::
+
+        async with ScriptedOpenAIServer() as server:
+            chunks = ChunkFactory().text_stream(["Hi"])
+            server.add(Reply.error(429, retry_after=1), Reply.sse(chunks))
+            client = ChatCompletionsClient(api_key="k", base_url=server.base_url)
+            ...
+            assert len(server.requests) == 2
+
+    Requests are answered in order from the queue filled by :meth:`add` (or the ``replies``
+    argument); when it is empty, ``responder(request)`` is asked; without a responder the server
+    answers 500 ``no reply scripted`` (and counts it in :attr:`unexpected_requests`). Keep-alive
+    connections are supported, so a pooled client reuses its connection between replies.
+
+    Args:
+        replies: Initial queue of replies.
+        responder: Answers requests once the queue is empty.
+        host: Address to listen on (loopback only).
+
+    Attributes:
+        requests: Every request received, in order.
+        exchanges: Every request with its reply and outcome.
+        client_disconnects: Replies during which the client closed the connection.
+        connections_opened: Connections accepted.
+        connections_closed: Connections finished (by either side).
+        unexpected_requests: Requests that found no scripted reply.
+    """
+
+    _queue: deque[Reply] = attrs.field(factory=deque, converter=_to_deque, alias="replies")
+    responder: Responder | None = None
+    host: str = "127.0.0.1"
+    requests: list[RecordedRequest] = attrs.field(factory=list, init=False)
+    exchanges: list[Exchange] = attrs.field(factory=list, init=False)
+    client_disconnects: int = attrs.field(default=0, init=False)
+    connections_opened: int = attrs.field(default=0, init=False)
+    connections_closed: int = attrs.field(default=0, init=False)
+    unexpected_requests: int = attrs.field(default=0, init=False)
+    _port: int | None = attrs.field(default=None, init=False)
+    _changed: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
+    _lifespan: Any = attrs.field(default=None, init=False, repr=False)
+
+    # ----------------------------------------------------------------------------------------
+    # script and observations
+
+    def add(self, *replies: Reply) -> None:
+        """Queue replies for the next requests, in order.
+
+        Args:
+            replies: The replies.
+        """
+        self._queue.extend(replies)
+
+    @property
+    def pending_replies(self) -> int:
+        """Replies still queued."""
+        return len(self._queue)
+
+    @property
+    def port(self) -> int:
+        """The listening port.
+
+        Raises:
+            RuntimeError: The server is not running.
+        """
+        if self._port is None:
+            raise RuntimeError("ScriptedOpenAIServer is not running")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT/v1``, the base URL to give an OpenAI-compatible client."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def open_connections(self) -> int:
+        """Connections currently open."""
+        return self.connections_opened - self.connections_closed
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _wait_for(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            await self._changed.wait()
+
+    async def wait_requests(self, count: int = 1) -> None:
+        """Wait until at least ``count`` requests were received.
+
+        Args:
+            count: The number of requests.
+
+        Cancellation: plain wait; cancel it (or use ``trio.fail_after``) to bound it.
+        """
+        await self._wait_for(lambda: len(self.requests) >= count)
+
+    async def wait_client_disconnects(self, count: int = 1) -> None:
+        """Wait until the client closed the connection during at least ``count`` replies.
+
+        Args:
+            count: The number of client disconnects.
+
+        Cancellation: plain wait; cancel it (or use ``trio.fail_after``) to bound it.
+        """
+        await self._wait_for(lambda: self.client_disconnects >= count)
+
+    async def wait_disconnected(self) -> None:
+        """Wait until the client closed the connection during a reply at least once.
+
+        Cancellation: plain wait; cancel it (or use ``trio.fail_after``) to bound it.
+        """
+        await self.wait_client_disconnects(1)
+
+    async def wait_connections_closed(self) -> None:
+        """Wait until no connection is open (every socket the client opened was closed).
+
+        Cancellation: plain wait; cancel it (or use ``trio.fail_after``) to bound it.
+        """
+        await self._wait_for(lambda: self.open_connections == 0)
+
+    # ----------------------------------------------------------------------------------------
+    # running
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until cancelled; for ``await nursery.start(server.run)``.
+
+        Args:
+            task_status: Started once the port is known (:attr:`base_url` is then valid).
+
+        Cancellation: cancelling stops the server and closes every connection.
+        """
+        listeners = await trio.open_tcp_listeners(0, host=self.host)
+        try:
+            sock = listeners[0].socket
+            self._port = sock.getsockname()[1]
+            async with trio.open_nursery() as nursery:
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, listener, nursery)
+                task_status.started()
+        finally:
+            self._port = None
+            with trio.CancelScope(shield=True):
+                for listener in listeners:
+                    await listener.aclose()
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            stream = await listener.accept()
+            nursery.start_soon(self._handle, stream)
+
+    @asynccontextmanager
+    async def _running(self) -> AsyncIterator[ScriptedOpenAIServer]:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.run)
+                try:
+                    yield self
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The server's own tasks only ever end by cancellation, so a lone exception is the
+            # body's: re-raise it as is (so `pytest.raises` around the block works).
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+
+    async def __aenter__(self) -> ScriptedOpenAIServer:
+        """Start listening (in a nursery of its own); :attr:`base_url` is valid afterwards.
+
+        Returns:
+            The server.
+
+        Raises:
+            RuntimeError: It is already running.
+        """
+        if self._lifespan is not None:
+            raise RuntimeError("ScriptedOpenAIServer is already running")
+        self._lifespan = self._running()
+        return await self._lifespan.__aenter__()  # type: ignore[no-any-return]
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        """Stop the server and close every connection; an exception from the block propagates
+        as itself (not wrapped in an exception group).
+
+        Cancellation: the shutdown completes even when the block is cancelled.
+        """
+        lifespan, self._lifespan = self._lifespan, None
+        return await lifespan.__aexit__(exc_type, exc, tb)  # type: ignore[no-any-return]
+
+    # ----------------------------------------------------------------------------------------
+    # serving
+
+    async def _reply_for(self, request: RecordedRequest) -> Reply:
+        if self._queue:
+            return self._queue.popleft()
+        if self.responder is not None:
+            answer = self.responder(request)
+            if inspect.isawaitable(answer):
+                answer = await answer
+            assert isinstance(answer, Reply), f"responder returned {answer!r}, not a Reply"
+            return answer
+        self.unexpected_requests += 1
+        return Reply.error(
+            500,
+            f"ScriptedOpenAIServer: no reply scripted for {request.method} {request.path} "
+            f"(request #{len(self.requests)})",
+        )
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        self.connections_opened += 1
+        self._notify()
+        reader = _Reader(stream)
+        try:
+            while True:
+                request = await reader.read_request()
+                if request is None:
+                    break
+                self.requests.append(request)
+                self._notify()
+                reply = await self._reply_for(request)
+                keep_alive = await self._exchange(reader, request, reply)
+                if not keep_alive or request.headers.get("connection", "").lower() == "close":
+                    break
+        except (trio.BrokenResourceError, trio.ClosedResourceError, _BadRequest):
+            pass
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            self.connections_closed += 1
+            self._notify()
+
+    async def _exchange(self, reader: _Reader, request: RecordedRequest, reply: Reply) -> bool:
+        exchange = Exchange(request=request, reply=reply)
+        self.exchanges.append(exchange)
+        client_gone = False
+
+        async def watch_client(cancel_scope: trio.CancelScope) -> None:
+            nonlocal client_gone
+            try:
+                while await reader._more():
+                    pass  # bytes sent during a reply are kept for the next request
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            client_gone = True
+            cancel_scope.cancel()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_client, nursery.cancel_scope)
+                try:
+                    await self._send(reader.stream, reply)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    client_gone = True
+                nursery.cancel_scope.cancel()
+        finally:
+            if exchange.outcome is None:
+                exchange.outcome = "aborted"
+        if client_gone:
+            exchange.outcome = "client_disconnected"
+            self.client_disconnects += 1
+            self._notify()
+            return False
+        if reply.ending == "disconnect":
+            exchange.outcome = "server_disconnected"
+            self._notify()
+            return False
+        exchange.outcome = "completed"
+        self._notify()
+        return reply.framing != "close"
+
+    async def _send(self, stream: trio.SocketStream, reply: Reply) -> None:
+        if reply.headers_delay:
+            await trio.sleep(reply.headers_delay)
+        if not reply.send_headers:
+            if reply.ending == "stall":
+                await trio.sleep_forever()
+            return
+        body_length = sum(len(p.data) for p in reply.pieces)
+        await stream.send_all(_head(reply, body_length))
+        chunked = reply.framing == "chunked"
+        for piece in reply.pieces:
+            if piece.delay:
+                await trio.sleep(piece.delay)
+            if not piece.data:
+                continue
+            if chunked:
+                await stream.send_all(b"%x\r\n%b\r\n" % (len(piece.data), piece.data))
+            else:
+                await stream.send_all(piece.data)
+        if reply.ending == "stall":
+            await trio.sleep_forever()
+        if reply.ending == "complete" and chunked:
+            await stream.send_all(b"0\r\n\r\n")
+
+
+@attrs.frozen
+class ChunkFactory:
+    """Builds realistic ``chat.completion.chunk`` dicts (OpenAI's shape) for scripted streams.
+
+    Attributes:
+        id: The completion id put on every chunk.
+        model: The model name.
+        created: The creation time.
+        system_fingerprint: The fingerprint (``None`` to leave it out).
+
+    Example:
+        >>> chunks = ChunkFactory().text_stream(["Hel", "lo"], usage=(12, 2))
+        >>> [c["choices"][0]["delta"] for c in chunks[:3]]
+        [{'role': 'assistant', 'content': ''}, {'content': 'Hel'}, {'content': 'lo'}]
+    """
+
+    id: str = "chatcmpl-scripted0001"
+    model: str = "scripted-model"
+    created: int = 1_760_000_000
+    system_fingerprint: str | None = "fp_scripted"
+
+    def chunk(
+        self,
+        delta: Mapping[str, Any] | None = None,
+        *,
+        finish_reason: str | None = None,
+        usage: Mapping[str, Any] | None = None,
+        choices: Sequence[Mapping[str, Any]] | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """A chunk with one choice (index 0) carrying ``delta``, or with the given ``choices``.
+
+        Args:
+            delta: The delta of choice 0.
+            finish_reason: The finish reason of choice 0.
+            usage: The ``usage`` member (``None`` is sent as ``null``).
+            choices: Replaces the choices list entirely (e.g. ``[]`` for a usage chunk).
+            extra: More top-level members.
+
+        Returns:
+            The chunk dict.
+        """
+        chunk: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+        }
+        if self.system_fingerprint is not None:
+            chunk["system_fingerprint"] = self.system_fingerprint
+        chunk["choices"] = (
+            list(choices)
+            if choices is not None
+            else [
+                {
+                    "index": 0,
+                    "delta": dict(delta or {}),
+                    "logprobs": None,
+                    "finish_reason": finish_reason,
+                }
+            ]
+        )
+        chunk["usage"] = dict(usage) if usage is not None else None
+        chunk.update(extra)
+        return chunk
+
+    def role(self) -> dict[str, Any]:
+        """The first chunk: ``{"role": "assistant", "content": ""}``."""
+        return self.chunk({"role": "assistant", "content": ""})
+
+    def text(self, content: str) -> dict[str, Any]:
+        """A content delta."""
+        return self.chunk({"content": content})
+
+    def tool_call(
+        self,
+        index: int = 0,
+        *,
+        id: str | None = None,
+        name: str | None = None,
+        arguments: str | None = None,
+        type: str | None = None,
+    ) -> dict[str, Any]:
+        """A tool-call fragment (only the given members are present).
+
+        Args:
+            index: The tool-call index.
+            id: The call id (first fragment).
+            name: The function name (first fragment).
+            arguments: An arguments text fragment.
+            type: The call type (``"function"`` is added automatically when ``id`` is given).
+
+        Returns:
+            The chunk dict.
+        """
+        call: dict[str, Any] = {"index": index}
+        if id is not None:
+            call["id"] = id
+            call["type"] = type or "function"
+        elif type is not None:
+            call["type"] = type
+        function: dict[str, Any] = {}
+        if name is not None:
+            function["name"] = name
+        if arguments is not None:
+            function["arguments"] = arguments
+        if function:
+            call["function"] = function
+        return self.chunk({"tool_calls": [call]})
+
+    def finish(self, reason: str = "stop") -> dict[str, Any]:
+        """The finish chunk: empty delta and ``finish_reason``."""
+        return self.chunk({}, finish_reason=reason)
+
+    def usage(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        *,
+        cached_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
+    ) -> dict[str, Any]:
+        """The final ``choices: []`` chunk carrying usage.
+
+        Args:
+            prompt_tokens: Prompt tokens.
+            completion_tokens: Completion tokens.
+            cached_tokens: ``prompt_tokens_details.cached_tokens`` (omitted if ``None``).
+            reasoning_tokens: ``completion_tokens_details.reasoning_tokens`` (omitted if ``None``).
+
+        Returns:
+            The chunk dict.
+        """
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        if cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+        if reasoning_tokens is not None:
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+        return self.chunk(choices=[], usage=usage)
+
+    def error(
+        self,
+        message: str = "The server had an error while processing your request.",
+        *,
+        type: str = "server_error",
+        code: str | int | None = None,
+        param: str | None = None,
+    ) -> dict[str, Any]:
+        """An in-stream error event payload: ``{"error": {...}}``."""
+        return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+    def text_stream(
+        self,
+        pieces: Iterable[str],
+        *,
+        finish_reason: str = "stop",
+        usage: tuple[int, int] | None = None,
+    ) -> list[dict[str, Any]]:
+        """A whole text answer: role chunk, one chunk per piece, finish chunk, optional usage.
+
+        Args:
+            pieces: The content deltas.
+            finish_reason: The finish reason.
+            usage: ``(prompt_tokens, completion_tokens)`` for a final usage chunk, or ``None``.
+
+        Returns:
+            The chunk dicts (without ``[DONE]``; :meth:`Reply.sse` adds it).
+        """
+        chunks = [self.role(), *(self.text(p) for p in pieces), self.finish(finish_reason)]
+        if usage is not None:
+            chunks.append(self.usage(*usage))
+        return chunks
+
+    def tool_call_stream(
+        self,
+        calls: Sequence[tuple[str, str] | tuple[str, str, str]],
+        *,
+        fragment_size: int = 8,
+        text: Iterable[str] = (),
+        finish_reason: str = "tool_calls",
+        usage: tuple[int, int] | None = None,
+    ) -> list[dict[str, Any]]:
+        """A tool-calling answer: optional text, then each call (name first, then its arguments
+        in fragments), finish chunk, optional usage.
+
+        Args:
+            calls: ``(name, arguments_json)`` or ``(name, arguments_json, call_id)`` per call.
+            fragment_size: Characters per arguments fragment.
+            text: Content deltas sent before the calls.
+            finish_reason: The finish reason.
+            usage: ``(prompt_tokens, completion_tokens)`` for a final usage chunk, or ``None``.
+
+        Returns:
+            The chunk dicts (without ``[DONE]``).
+        """
+        chunks = [self.role(), *(self.text(t) for t in text)]
+        for index, call in enumerate(calls):
+            name, arguments = call[0], call[1]
+            call_id = call[2] if len(call) > 2 else f"call_scripted{index:04d}"
+            chunks.append(self.tool_call(index, id=call_id, name=name, arguments=""))
+            for start in range(0, len(arguments), max(fragment_size, 1)):
+                fragment = arguments[start : start + fragment_size]
+                chunks.append(self.tool_call(index, arguments=fragment))
+        chunks.append(self.finish(finish_reason))
+        if usage is not None:
+            chunks.append(self.usage(*usage))
+        return chunks

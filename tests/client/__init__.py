@@ -1,0 +1,1 @@
+"""Tests of the OpenAI-compatible streaming client (actors.client) and its test kit server."""

@@ -1,0 +1,730 @@
+"""The client against a real HTTP server on 127.0.0.1: retries, timeouts, cancellation, requests.
+
+Everything involving time runs under ``autojump_clock`` (virtual time), with the scripted server in
+the same trio run.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from actors.client import (
+    APIConnectionError,
+    BadRequestError,
+    ChatCompletionChunk,
+    ChatCompletionsClient,
+    ChatStream,
+    ConflictError,
+    ConnectTimeoutError,
+    FirstTokenTimeoutError,
+    IncompleteStreamError,
+    InternalServerError,
+    RateLimitError,
+    RetryPolicy,
+    ServerDisconnectedError,
+    StreamIdleTimeoutError,
+    Timeouts,
+    TotalTimeoutError,
+)
+from actors.testing import ChunkFactory, Piece, RecordedRequest, Reply, ScriptedOpenAIServer
+
+from .client_helpers import API_KEY, client_for, make_request
+
+F = ChunkFactory()
+HELLO = F.text_stream(["Hel", "lo", "!"], usage=(12, 3))
+NO_RETRY = RetryPolicy(max_retries=0)
+
+
+def gaps(server: ScriptedOpenAIServer) -> list[float]:
+    times = [r.received_at for r in server.requests]
+    return [round(b - a, 6) for a, b in itertools.pairwise(times)]
+
+
+async def collect(stream: ChatStream, into: list[str]) -> None:
+    async for chunk in stream:
+        into.append(chunk.content)
+
+
+class TestRetries:
+    """Transient failures before any output are retried per the policy; nothing else is."""
+
+    async def test_retry_after_headers_are_honoured(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+    ) -> None:
+        """429 retry-after-ms: 150, then 503 retry-after: 0.3, then success: waits exactly."""
+        server.add(
+            Reply.error(429, retry_after_ms=150),
+            Reply.error(503, retry_after=0.3),
+            Reply.sse(HELLO),
+        )
+        result = await client.complete(make_request())
+        assert result.text == "Hello!"
+        assert len(server.requests) == 3
+        assert gaps(server) == [0.15, 0.3]
+
+    async def test_429_then_success(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+    ) -> None:
+        """A rate limit followed by a stream succeeds, reporting two attempts."""
+        server.add(Reply.error(429, "slow down", retry_after=2), Reply.sse(HELLO))
+        async with client.stream(make_request()) as stream:
+            texts = [chunk.content async for chunk in stream]
+        assert "".join(texts) == "Hello!"
+        assert stream.attempts == 2
+        assert gaps(server) == [2.0]
+
+    async def test_500_three_times_fails_after_three_requests(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+    ) -> None:
+        """Persistent 500s: 3 requests with exponential backoff, then InternalServerError."""
+        server.add(*(Reply.error(500, "boom", request_id=f"req_{i}") for i in range(3)))
+        with pytest.raises(InternalServerError) as caught:
+            await client.complete(make_request())
+        error = caught.value
+        assert len(server.requests) == 3
+        assert error.attempts == 3
+        assert (error.status, error.category, error.request_id) == (500, "server", "req_2")
+        first, second = gaps(server)
+        assert 0.375 <= first <= 0.5
+        assert 0.75 <= second <= 1.0
+
+    async def test_connection_refused(self, autojump_clock: trio.testing.MockClock) -> None:
+        """Nothing listening: three connection attempts, then APIConnectionError."""
+        sock = trio.socket.socket()
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        async with ChatCompletionsClient(
+            api_key=API_KEY, base_url=f"http://127.0.0.1:{port}/v1"
+        ) as client:
+            start = trio.current_time()
+            with pytest.raises(APIConnectionError) as caught:
+                await client.complete(make_request())
+        assert caught.value.category == "connectivity"
+        assert caught.value.attempts == 3
+        assert 1.125 <= trio.current_time() - start <= 1.5
+
+    @pytest.mark.parametrize(("should_retry", "requests"), [(True, 2), (False, 1)])
+    async def test_x_should_retry_overrides(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+        should_retry: bool,
+        requests: int,
+    ) -> None:
+        """x-should-retry: true retries a 400; x-should-retry: false stops a 500."""
+        status = 400 if should_retry else 500
+        server.add(Reply.error(status, should_retry=should_retry), Reply.sse(HELLO))
+        if should_retry:
+            assert (await client.complete(make_request())).text == "Hello!"
+        else:
+            with pytest.raises(InternalServerError):
+                await client.complete(make_request())
+        assert len(server.requests) == requests
+
+    async def test_400_is_not_retried(
+        self, server: ScriptedOpenAIServer, client: ChatCompletionsClient
+    ) -> None:
+        """A bad request fails at once with the server's type, code and param."""
+        server.add(
+            Reply.error(
+                400,
+                "Unsupported parameter: 'max_tokens'",
+                code="unsupported_parameter",
+                param="max_tokens",
+                request_id="req_abc",
+            )
+        )
+        with pytest.raises(BadRequestError) as caught:
+            await client.complete(make_request())
+        error = caught.value
+        assert len(server.requests) == 1
+        assert (error.error_type, error.code, error.param) == (
+            "invalid_request_error",
+            "unsupported_parameter",
+            "max_tokens",
+        )
+        assert error.category == "invalid_request"
+        assert "Unsupported parameter" in str(error)
+        assert "req_abc" in str(error)
+
+    async def test_retry_after_above_limit_is_not_retried(
+        self, server: ScriptedOpenAIServer, client: ChatCompletionsClient
+    ) -> None:
+        """A 429 asking for 300 s is final, and carries the hint."""
+        server.add(Reply.error(429, retry_after=300))
+        with pytest.raises(RateLimitError) as caught:
+            await client.complete(make_request())
+        assert len(server.requests) == 1
+        assert caught.value.retry_after == 300
+        assert caught.value.category == "rate_limit"
+
+    async def test_409_is_retried(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+    ) -> None:
+        """A conflict is transient."""
+        server.add(Reply.error(409), Reply.sse(HELLO))
+        assert (await client.complete(make_request())).text == "Hello!"
+        assert len(server.requests) == 2
+
+    async def test_409_exhausted_raises_conflict(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+    ) -> None:
+        """Without retries left, the 409 surfaces as ConflictError."""
+        server.add(Reply.error(409))
+        async with client_for(server, retry=NO_RETRY) as client:
+            with pytest.raises(ConflictError):
+                await client.complete(make_request())
+
+    async def test_dropped_connection_before_response_is_retried(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+    ) -> None:
+        """A connection closed without an answer is a retried connection error."""
+        server.add(Reply.drop(), Reply.sse(HELLO))
+        assert (await client.complete(make_request())).text == "Hello!"
+        assert len(server.requests) == 2
+
+    async def test_disconnect_before_any_output_is_retried(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+    ) -> None:
+        """Only the role chunk arrived before the cut: nothing was delivered, so retry."""
+        server.add(Reply.sse([F.role()], done=False, ending="disconnect"), Reply.sse(HELLO))
+        result = await client.complete(make_request())
+        assert result.text == "Hello!"
+        assert result.chunk_count == len(HELLO)
+        assert len(server.requests) == 2
+
+    async def test_disconnect_after_content_is_not_retried(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+    ) -> None:
+        """A cut after content: ServerDisconnectedError, one request, partial result kept."""
+        server.add(
+            Reply.sse(
+                [F.role(), F.text("Half "), F.text("an answer")],
+                done=False,
+                ending="disconnect",
+            )
+        )
+        seen: list[str] = []
+        async with client.stream(make_request()) as stream:
+            with pytest.raises(ServerDisconnectedError) as caught:
+                await collect(stream, seen)
+        assert "".join(seen) == "Half an answer"
+        assert stream.result().text == "Half an answer"
+        assert caught.value.partial_result == stream.result()
+        assert caught.value.category == "connectivity"
+        assert len(server.requests) == 1
+
+    async def test_empty_stream_is_incomplete(self, server: ScriptedOpenAIServer) -> None:
+        """A 200 whose body ends with no event at all is an incomplete answer."""
+        server.add(Reply.sse([], done=False, framing="close"))
+        async with client_for(server, retry=NO_RETRY) as client:
+            with pytest.raises(IncompleteStreamError):
+                await client.complete(make_request())
+
+    async def test_total_timeout_prevents_long_backoff(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+    ) -> None:
+        """A retry whose wait would overrun the total deadline is not attempted."""
+        server.add(Reply.error(503, retry_after=5))
+        async with client_for(server, timeouts=Timeouts(total=3)) as client:
+            with pytest.raises(InternalServerError):
+                await client.complete(make_request())
+        assert len(server.requests) == 1
+
+
+class TestTimeouts:
+    """Each deadline raises its own exception, measured in trio time."""
+
+    @pytest.mark.parametrize("before_headers", [True, False])
+    async def test_first_token_timeout_on_stall(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        before_headers: bool,
+    ) -> None:
+        """No output within first_token: FirstTokenTimeoutError, and the socket is closed."""
+        server.add(Reply.stall(before_headers=before_headers))
+        async with client_for(server, retry=NO_RETRY) as client:
+            start = trio.current_time()
+            with pytest.raises(FirstTokenTimeoutError) as caught:
+                await client.complete(make_request())
+        assert trio.current_time() - start == pytest.approx(10.0)
+        assert caught.value.category == "timeout"
+        with trio.fail_after(1):
+            await server.wait_client_disconnects(1)
+
+    async def test_role_chunk_is_not_a_first_token(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+    ) -> None:
+        """A role-only chunk does not stop the first-token clock."""
+        server.add(Reply.sse([F.role()], done=False, ending="stall", delay=1))
+        async with client_for(server, retry=NO_RETRY) as client:
+            start = trio.current_time()
+            with pytest.raises(FirstTokenTimeoutError):
+                await client.complete(make_request())
+        assert trio.current_time() - start == pytest.approx(10.0)
+
+    async def test_first_token_timeout_is_retried(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+    ) -> None:
+        """With retries, a stalled attempt is abandoned and the next one succeeds."""
+        server.add(Reply.stall(), Reply.sse(HELLO))
+        result = await client.complete(make_request())
+        assert result.text == "Hello!"
+        assert len(server.requests) == 2
+        assert server.exchanges[0].outcome == "client_disconnected"
+
+    async def test_idle_timeout_mid_stream(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+    ) -> None:
+        """A stall after content: StreamIdleTimeoutError after idle seconds, not retried."""
+        server.add(Reply.sse([F.role(), F.text("So far")], done=False, ending="stall"))
+        async with client.stream(make_request()) as stream:
+            with pytest.raises(StreamIdleTimeoutError) as caught:
+                async for _ in stream:
+                    pass
+            assert stream.first_token_at is not None
+            assert trio.current_time() - stream.first_token_at == pytest.approx(5.0)
+        assert caught.value.partial_result is not None
+        assert caught.value.partial_result.text == "So far"
+        assert len(server.requests) == 1
+        with trio.fail_after(1):
+            await server.wait_client_disconnects(1)
+
+    async def test_keep_alives_do_not_reset_idle(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+    ) -> None:
+        """Comments every 2 s do not count as chunks: idle fires 5 s after the last chunk."""
+        pieces = [Piece(b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n')]
+        pieces += [Piece(b": keep-alive\n\n", delay=2.0) for _ in range(10)]
+        server.add(Reply(headers={"content-type": "text/event-stream"}, pieces=pieces))
+        async with client.stream(make_request()) as stream:
+            with pytest.raises(StreamIdleTimeoutError):
+                async for _ in stream:
+                    pass
+            assert stream.first_token_at is not None
+            assert trio.current_time() - stream.first_token_at == pytest.approx(5.0)
+
+    async def test_network_idle_path_stall(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+    ) -> None:
+        """With first_token <= idle, a mid-stream stall is caught by the per-read timeout."""
+        server.add(Reply.sse([F.role(), F.text("So far")], done=False, ending="stall"))
+        timeouts = Timeouts(first_token=5.0, idle=5.0)
+        async with (
+            client_for(server, timeouts=timeouts) as client,
+            client.stream(make_request()) as stream,
+        ):
+            with pytest.raises(StreamIdleTimeoutError):
+                await collect(stream, [])
+            assert stream.first_token_at is not None
+            assert trio.current_time() - stream.first_token_at == pytest.approx(5.0)
+        assert len(server.requests) == 1
+
+    async def test_network_idle_path_keep_alives(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+    ) -> None:
+        """On that path keep-alives still cannot extend idle: the first one after it fails."""
+        pieces = [Piece(b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n')]
+        pieces += [Piece(b": keep-alive\n\n", delay=2.0) for _ in range(10)]
+        server.add(Reply(headers={"content-type": "text/event-stream"}, pieces=pieces))
+        timeouts = Timeouts(first_token=5.0, idle=5.0)
+        async with (
+            client_for(server, timeouts=timeouts) as client,
+            client.stream(make_request()) as stream,
+        ):
+            with pytest.raises(StreamIdleTimeoutError, match="keep-alives"):
+                await collect(stream, [])
+            assert stream.first_token_at is not None
+            assert trio.current_time() - stream.first_token_at == pytest.approx(6.0)
+
+    async def test_network_idle_path_total(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+    ) -> None:
+        """On that path a near total deadline is still exact."""
+        server.add(Reply.sse(F.text_stream(["a"] * 20), delay=1.0))
+        timeouts = Timeouts(first_token=5.0, idle=5.0, total=7.5)
+        async with client_for(server, timeouts=timeouts) as client:
+            start = trio.current_time()
+            with pytest.raises(TotalTimeoutError):
+                await client.complete(make_request())
+        assert trio.current_time() - start == pytest.approx(7.5)
+
+    async def test_idle_applies_from_start_without_first_token(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+    ) -> None:
+        """With first_token disabled, a stall before any output is an idle timeout."""
+        server.add(Reply.stall(), Reply.stall(before_headers=False))
+        timeouts = Timeouts(first_token=None, idle=4.0)
+        async with client_for(server, timeouts=timeouts, retry=NO_RETRY) as client:
+            for _ in range(2):
+                start = trio.current_time()
+                with pytest.raises(StreamIdleTimeoutError):
+                    await client.complete(make_request())
+                assert trio.current_time() - start == pytest.approx(4.0)
+
+    async def test_slow_steady_stream_is_fine(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+    ) -> None:
+        """Chunks 4 s apart never hit a 5 s idle timeout, however long the stream."""
+        server.add(Reply.sse(F.text_stream(["a"] * 12), delay=4.0))
+        result = await client.complete(make_request())
+        assert result.text == "a" * 12
+
+    async def test_total_timeout(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+    ) -> None:
+        """A stream still running at the total deadline raises TotalTimeoutError."""
+        server.add(Reply.sse(F.text_stream(["a"] * 20), delay=1.0))
+        async with client_for(server, timeouts=Timeouts(total=6.5)) as client:
+            start = trio.current_time()
+            with pytest.raises(TotalTimeoutError) as caught:
+                await client.complete(make_request())
+        assert trio.current_time() - start == pytest.approx(6.5)
+        assert caught.value.partial_result is not None
+        assert caught.value.partial_result.text == "aaaaa"
+
+    async def test_connect_timeout(self, autojump_clock: trio.testing.MockClock) -> None:
+        """A listener whose accept queue is full never completes the TCP handshake:
+        ConnectTimeoutError after `connect` seconds, retried like a connection error."""
+        listener = trio.socket.socket()
+        filler = trio.socket.socket()
+        try:
+            await listener.bind(("127.0.0.1", 0))
+            listener.listen(0)
+            port = listener.getsockname()[1]
+            await filler.connect(("127.0.0.1", port))  # fills the queue of length 1
+            async with ChatCompletionsClient(
+                api_key=API_KEY,
+                base_url=f"http://127.0.0.1:{port}/v1",
+                timeouts=Timeouts(connect=2.0),
+                retry=RetryPolicy(max_retries=1),
+            ) as client:
+                start = trio.current_time()
+                with pytest.raises(ConnectTimeoutError) as caught:
+                    await client.complete(make_request())
+            assert caught.value.attempts == 2
+            assert caught.value.category == "timeout"
+            assert 4.375 <= trio.current_time() - start <= 4.5
+        finally:
+            filler.close()
+            listener.close()
+
+    async def test_pool_wait_is_a_connect_timeout(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+    ) -> None:
+        """Waiting longer than connect for a pooled connection raises ConnectTimeoutError."""
+        server.add(Reply.sse([F.role()], done=False, ending="stall"))
+        http = httpx.AsyncClient(limits=httpx.Limits(max_connections=1))
+        timeouts = Timeouts(connect=2.0, first_token=None, idle=None)
+        async with (
+            http,
+            client_for(server, retry=NO_RETRY, timeouts=timeouts, http_client=http) as client,
+            client.stream(make_request()) as holding,
+        ):
+            assert holding.attempts == 1
+            start = trio.current_time()
+            with pytest.raises(ConnectTimeoutError):
+                await client.complete(make_request())
+            assert trio.current_time() - start == pytest.approx(2.0)
+
+
+class TestCancellation:
+    """Cancelling the consumer closes the response at once; nothing outlives the call."""
+
+    async def test_cancel_mid_stream_closes_the_socket(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+    ) -> None:
+        """A consumer cancelled while reading: the server sees the disconnect."""
+        server.add(Reply.sse(F.text_stream([f"t{i}" for i in range(20)]), delay=1.0))
+        received: list[ChatCompletionChunk] = []
+        with trio.move_on_after(4.5) as scope:
+            async with client.stream(make_request()) as stream:
+                async for chunk in stream:
+                    received.append(chunk)
+        assert scope.cancelled_caught
+        assert stream.result().text == "t0t1t2"
+        with trio.fail_after(1):
+            await server.wait_client_disconnects(1)
+            await server.wait_connections_closed()
+        assert server.exchanges[0].outcome == "client_disconnected"
+
+    async def test_cancel_from_another_task(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+    ) -> None:
+        """Cancelling the task that awaits complete() closes the connection; no task is left."""
+        server.add(Reply.stall())
+        await trio.testing.wait_all_tasks_blocked()
+        tasks_before = trio.lowlevel.current_statistics().tasks_living
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.complete, make_request())
+            await server.wait_requests(1)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        with trio.fail_after(1):
+            await server.wait_client_disconnects(1)
+            await server.wait_connections_closed()
+        await trio.testing.wait_all_tasks_blocked()
+        assert trio.lowlevel.current_statistics().tasks_living == tasks_before
+
+    async def test_cancel_during_backoff(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+    ) -> None:
+        """Cancelled while waiting to retry: no further request, no open socket."""
+        server.add(Reply.error(429, retry_after=60))
+        with trio.move_on_after(30):
+            await client.complete(make_request())
+        assert len(server.requests) == 1
+        await client.aclose()
+        with trio.fail_after(1):
+            await server.wait_connections_closed()
+
+    async def test_leaving_early_closes_the_response(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+    ) -> None:
+        """Breaking out after the first content chunk closes the unfinished response."""
+        server.add(Reply.sse(F.text_stream(["a", "b", "c", "d"]), delay=1.0))
+        async with client.stream(make_request()) as stream:
+            async for chunk in stream:
+                if chunk.content:
+                    break
+        assert stream.result().text == "a"
+        with trio.fail_after(1):
+            await server.wait_client_disconnects(1)
+
+    async def test_nothing_outlives_a_successful_call(self, server: ScriptedOpenAIServer) -> None:
+        """After a call the connection is back in the pool; closing the client closes it."""
+        server.add(Reply.sse(HELLO), Reply.sse(HELLO))
+        await trio.testing.wait_all_tasks_blocked()
+        tasks_before = trio.lowlevel.current_statistics().tasks_living
+        async with client_for(server) as client:
+            await client.complete(make_request())
+            await client.complete(make_request())
+            await trio.testing.wait_all_tasks_blocked()
+            assert server.connections_opened == 1
+            assert [e.outcome for e in server.exchanges] == ["completed", "completed"]
+        with trio.fail_after(5):
+            await server.wait_connections_closed()
+        await trio.testing.wait_all_tasks_blocked()
+        assert trio.lowlevel.current_statistics().tasks_living == tasks_before
+
+
+class TestRequests:
+    """What the client sends: endpoint, headers, body."""
+
+    async def test_endpoint_and_headers(self, server: ScriptedOpenAIServer) -> None:
+        """POST /v1/chat/completions with bearer auth, organization, project, extra headers."""
+        server.add(Reply.sse(HELLO))
+        async with ChatCompletionsClient(
+            api_key=API_KEY,
+            base_url=server.base_url + "/",
+            organization="org-1",
+            project="proj-1",
+            default_headers={"X-Custom": "yes"},
+        ) as client:
+            await client.complete(make_request())
+        (request,) = server.requests
+        assert (request.method, request.path) == ("POST", "/v1/chat/completions")
+        assert request.headers["authorization"] == f"Bearer {API_KEY}"
+        assert request.headers["openai-organization"] == "org-1"
+        assert request.headers["openai-project"] == "proj-1"
+        assert request.headers["x-custom"] == "yes"
+        assert request.headers["content-type"] == "application/json"
+        assert request.headers["accept"] == "text/event-stream"
+
+    async def test_environment_defaults(
+        self, server: ScriptedOpenAIServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """OPENAI_API_KEY and OPENAI_BASE_URL are used when no arguments are given."""
+        monkeypatch.setenv("OPENAI_API_KEY", "env-key-123456")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        server.add(Reply.sse(HELLO))
+        async with ChatCompletionsClient() as client:
+            assert client.url == f"{server.base_url}/chat/completions"
+            await client.complete(make_request())
+        assert server.requests[0].headers["authorization"] == "Bearer env-key-123456"
+
+    async def test_no_key_sends_no_authorization(
+        self, server: ScriptedOpenAIServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without any key (a local server) no Authorization header is sent."""
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        server.add(Reply.sse(HELLO))
+        async with ChatCompletionsClient(base_url=server.base_url) as client:
+            await client.complete(make_request())
+        assert "authorization" not in server.requests[0].headers
+
+    async def test_default_base_url(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without configuration the client targets api.openai.com (nothing is sent here)."""
+        monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+        client = ChatCompletionsClient(api_key="x")
+        assert client.url == "https://api.openai.com/v1/chat/completions"
+        await client.aclose()
+
+    async def test_body_is_the_request_body(
+        self, server: ScriptedOpenAIServer, client: ChatCompletionsClient
+    ) -> None:
+        """The body is exactly ChatRequest.to_body(): unset params absent, extra merged last."""
+        from actors.client import GenerationParams
+
+        request = make_request(
+            params=GenerationParams(temperature=0.3, extra={"min_p": 0.1}),
+            extra={"temperature": 0.4},
+            tools=[{"type": "function", "function": {"name": "f"}}],
+            tool_choice="auto",
+        )
+        server.add(Reply.sse(HELLO))
+        await client.complete(request)
+        body = server.requests[0].json
+        assert body == request.to_body()
+        assert body["temperature"] == 0.4
+        assert "top_p" not in body
+        assert "max_tokens" not in body
+
+    async def test_responder_answers_from_the_request(
+        self, server: ScriptedOpenAIServer, client: ChatCompletionsClient
+    ) -> None:
+        """A responder sees each request (used when the queue is empty)."""
+
+        def echo(request: RecordedRequest) -> Reply:
+            last = request.json["messages"][-1]["content"]
+            return Reply.sse(F.text_stream([f"you said: {last}"]))
+
+        server.responder = echo
+        result = await client.complete(make_request(messages=[{"role": "user", "content": "hi"}]))
+        assert result.text == "you said: hi"
+
+    async def test_timestamps(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+    ) -> None:
+        """first_token_at - request_started_at is the time to the first content chunk."""
+        server.add(
+            Reply(
+                headers={"content-type": "text/event-stream"},
+                pieces=[
+                    Piece(b'data: {"choices":[{"index":0,"delta":{"role":"assistant"}}]}\n\n', 0.5),
+                    Piece(b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n', 2.0),
+                    Piece(b"data: [DONE]\n\n"),
+                ],
+            )
+        )
+        async with client.stream(make_request()) as stream:
+            async for _ in stream:
+                pass
+        assert stream.request_started_at is not None
+        assert stream.first_token_at is not None
+        assert stream.first_token_at - stream.request_started_at == pytest.approx(2.5)
+
+    async def test_usage_survives_an_interruption(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+    ) -> None:
+        """With running usage, the last snapshot is available after a cut."""
+        server.add(
+            Reply.sse(
+                [
+                    F.chunk({"content": "a"}, usage={"prompt_tokens": 9, "completion_tokens": 1}),
+                    F.chunk({"content": "b"}, usage={"prompt_tokens": 9, "completion_tokens": 2}),
+                ],
+                done=False,
+                ending="disconnect",
+            )
+        )
+        async with client.stream(make_request()) as stream:
+            with pytest.raises(ServerDisconnectedError):
+                async for _ in stream:
+                    pass
+        assert stream.usage is not None
+        assert stream.usage.completion_tokens == 2
+        assert stream.result().usage == stream.usage
+
+    async def test_stream_must_be_entered(self, client: ChatCompletionsClient) -> None:
+        """Iterating a stream that was not entered is a programming error."""
+        stream = client.stream(make_request())
+        with pytest.raises(RuntimeError, match="async with"):
+            await stream.__anext__()
+
+    async def test_closed_client_refuses(self, server: ScriptedOpenAIServer) -> None:
+        """A closed client cannot start streams; an injected pool is left open."""
+        http = httpx.AsyncClient()
+        async with http:
+            client = client_for(server, http_client=http)
+            await client.aclose()
+            with pytest.raises(RuntimeError, match="closed"):
+                client.stream(make_request())
+            assert not http.is_closed
