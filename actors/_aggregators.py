@@ -10,12 +10,14 @@ import attrs
 
 from runtime import (
     Actor,
+    ActorDeadError,
     CancelFrame,
     EndFrame,
     ErrorCategory,
     Frame,
     FrameDirection,
     InterruptionFrame,
+    SystemFrame,
     TextFrame,
     TranscriptionFrame,
     UserStartedSpeakingFrame,
@@ -60,6 +62,12 @@ __all__ = [
 _ASK_TIMEOUT = 30.0
 
 
+@attrs.frozen(slots=True)
+class _CommitInterruptedAnswer(SystemFrame):
+    """Asked of the assistant aggregator by the user aggregator before the first user message
+    after an interruption: commit the interrupted answer's delivered text now."""
+
+
 def concatenate_text(parts: list[str]) -> str:
     """Join user text parts with single spaces (transcription fragments), stripped."""
     return " ".join(p.strip() for p in parts if p and p.strip())
@@ -73,8 +81,11 @@ class _StoreClient(Actor[Frame]):
         self.store = store
 
     async def on_start(self) -> None:
-        if self.store.state.value == "created":
-            self.session.spawn(self.store)
+        # Both aggregators share the store: the first to start spawns it. (Its state says
+        # "created" until its own StartFrame is handled, so it cannot tell.)
+        session = self.session
+        if all(ref.actor is not self.store for ref in session.actors()):
+            session.spawn(self.store)
 
     async def _ask(self, request: ContextStoreRequest) -> ContextSnapshot | None:
         try:
@@ -135,6 +146,9 @@ class LLMUserContextAggregator(_StoreClient):
         self.params = params or LLMUserAggregatorParams()
         self._speaking = False
         self._parts: list[str] = []
+        #: The assistant aggregator of the same conversation (set by the pair).
+        self._assistant: LLMAssistantContextAggregator | None = None
+        self._turn = 0
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Aggregate user text and turn it into inferences (see the class docs)."""
@@ -157,6 +171,7 @@ class LLMUserContextAggregator(_StoreClient):
             await self.push_frame(frame, direction)
             await self._flush(run_llm=True)
         elif isinstance(frame, LLMMessagesAppendFrame):
+            await self._after_interruption()
             snapshot = await self._ask(AppendMessagesRequest(frame.messages))
             if snapshot is not None and frame.run_llm:
                 await self.push_frame(OpenAILLMContextFrame(snapshot))
@@ -170,6 +185,7 @@ class LLMUserContextAggregator(_StoreClient):
         elif isinstance(frame, LLMSetToolChoiceFrame):
             await self._ask(SetToolChoiceRequest(frame.tool_choice))
         elif isinstance(frame, LLMRunFrame):
+            await self._after_interruption()
             snapshot = await self._ask(GetContextRequest())
             if snapshot is not None:
                 await self.push_frame(OpenAILLMContextFrame(snapshot))
@@ -184,9 +200,29 @@ class LLMUserContextAggregator(_StoreClient):
         if self.store.state.value not in ("running", "starting"):
             self.store.context.add_message({"role": "user", "content": text})
             return
+        await self._after_interruption()
         snapshot = await self._ask(AppendMessagesRequest(({"role": "user", "content": text},)))
         if snapshot is not None and run_llm:
             await self.push_frame(OpenAILLMContextFrame(snapshot))
+
+    async def _after_interruption(self) -> None:
+        """After an interruption, have the assistant aggregator commit the interrupted answer
+        before anything of the new turn goes into the context.
+
+        The ``InterruptionFrame`` that makes it commit travels the whole pipeline, while the
+        user's next message is one ask away: without this, that message (and the inference
+        it starts) would come before the interrupted answer, or without it.
+        """
+        turn = self.session.turn
+        if turn == self._turn:
+            return
+        self._turn = turn
+        assistant = self._assistant
+        if assistant is not None and assistant.ref.is_alive():
+            try:
+                await assistant.ref.ask(_CommitInterruptedAnswer(), timeout=_ASK_TIMEOUT)
+            except ActorDeadError:
+                pass  # it stopped meanwhile (the session ends): nothing left to commit
 
 
 class LLMAssistantContextAggregator(_StoreClient):
@@ -210,11 +246,13 @@ class LLMAssistantContextAggregator(_StoreClient):
         InterruptionFrame,
         EndFrame,
         CancelFrame,
+        _CommitInterruptedAnswer,
     )
 
     def __init__(self, store: ContextStore, *, name: str | None = None) -> None:
         super().__init__(store, name=name or "AssistantAggregator")
         self._open = False
+        self._open_turn = 0
         self._parts: list[str] = []
 
     def _take(self) -> str:
@@ -231,6 +269,7 @@ class LLMAssistantContextAggregator(_StoreClient):
             return
         if isinstance(frame, LLMFullResponseStartFrame):
             self._open = True
+            self._open_turn = frame.turn if frame.turn is not None else self.session.turn
             self._parts = []
         elif isinstance(frame, TextFrame):
             if (
@@ -257,6 +296,19 @@ class LLMAssistantContextAggregator(_StoreClient):
                 RecordToolSettlementRequest(frame.tool_call_id, content, run_llm=frame.run_llm)
             )
         await self.push_frame(frame, direction)
+
+    async def on_ask(self, frame: Frame) -> object:
+        """Commit the interrupted answer now (see ``LLMUserContextAggregator``).
+
+        Only an answer that started in an earlier turn was interrupted; one that started
+        since (the follow-up of a call that survived the interruption) goes on.
+        """
+        if not isinstance(frame, _CommitInterruptedAnswer):
+            return await super().on_ask(frame)
+        if self._open and self._open_turn < self.session.turn:
+            await self._commit(interrupted=True)
+            self._open = False
+        return None
 
     async def _commit(self, *, interrupted: bool) -> None:
         text = self._take()
@@ -303,6 +355,9 @@ class OpenAIContextAggregatorPair:
     _user: LLMUserContextAggregator
     _assistant: LLMAssistantContextAggregator
     store: ContextStore
+
+    def __attrs_post_init__(self) -> None:
+        self._user._assistant = self._assistant
 
     def user(self) -> LLMUserContextAggregator:
         """The user-side aggregator (before the LLM)."""

@@ -221,6 +221,15 @@ class ContextStore(Actor[ContextStoreRequest]):
                 return
             self.llm.ref.tell(OpenAILLMContextFrame(self.context.snapshot()))
 
+    async def on_stop(self) -> None:
+        """Calls still open when the session ends settle as ``"CANCELLED"``, so the
+        conversation the application keeps is valid for a later request."""
+        for tool_call_id in sorted(self._batch_of):
+            self.context.set_tool_result(tool_call_id, "CANCELLED")
+            self.log.info("tool call cancelled by shutdown", tool_call_id=tool_call_id)
+        self._batch_of.clear()
+        self._batches.clear()
+
     def pending_tool_calls(self) -> list[str]:
         """Ids of tool calls recorded but not settled yet."""
         return sorted(self._batch_of)

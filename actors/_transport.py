@@ -90,6 +90,9 @@ class TextTransport:
         self._follow_up_expected = False
         self._open_calls: set[str] = set()
         self._wants_llm = False
+        # False from a new line until its answer starts: the end (or late tool results) of an
+        # answer to an earlier line, e.g. one this line interrupted, does not complete it.
+        self._answering = True
         self.last_answer = ""
         self._parts: list[str] = []
 
@@ -107,6 +110,7 @@ class TextTransport:
             raise TypeError(f"send_text takes a str, got {type(text).__name__}")
         self._answer_done = trio.Event()
         self._follow_up_expected = False
+        self._answering = False
         stamp = datetime.datetime.now(datetime.UTC).isoformat()
         if self.speaking_frames:
             await self._input.push_frame(UserStartedSpeakingFrame())
@@ -130,6 +134,9 @@ class TextTransport:
         if isinstance(frame, LLMFullResponseStartFrame):
             self._parts = []
             self._follow_up_expected = False
+            self._answering = True
+        elif not self._answering:
+            return
         elif isinstance(frame, LLMTextFrame):
             self._parts.append(frame.text)
         elif isinstance(frame, FunctionCallsStartedFrame):

@@ -1,0 +1,1 @@
+"""Tests of the conversation stages (actors): text, tools, interruption, metrics, errors."""
