@@ -11,6 +11,7 @@ import attrs
 from runtime import (
     Actor,
     ActorDeadError,
+    ActorError,
     CancelFrame,
     EndFrame,
     ErrorCategory,
@@ -76,7 +77,7 @@ def concatenate_text(parts: list[str]) -> str:
 class _StoreClient(Actor[Frame]):
     """Shared plumbing: spawn the store on start, ask it, report its refusals as errors."""
 
-    def __init__(self, store: ContextStore, *, name: str) -> None:
+    def __init__(self, store: ContextStore, *, name: str | None) -> None:
         super().__init__(name=name)
         self.store = store
 
@@ -85,6 +86,8 @@ class _StoreClient(Actor[Frame]):
         # "created" until its own StartFrame is handled, so it cannot tell.)
         session = self.session
         if all(ref.actor is not self.store for ref in session.actors()):
+            # Errors the store reports (a failing on_context_updated) leave upstream from here.
+            self.store._upstream = self._upstream
             session.spawn(self.store)
 
     async def _ask(self, request: ContextStoreRequest) -> ContextSnapshot | None:
@@ -93,6 +96,13 @@ class _StoreClient(Actor[Frame]):
         except (ValueError, TypeError) as exc:
             await self.push_error(
                 f"{self.name}: {exc}", exception=exc, category=ErrorCategory.INVALID_REQUEST
+            )
+            return None
+        except ActorError as exc:
+            await self.push_error(
+                f"{self.name}: the context store did not answer: {exc}",
+                exception=exc,
+                category=ErrorCategory.APPLICATION,
             )
             return None
         return snapshot
@@ -142,7 +152,7 @@ class LLMUserContextAggregator(_StoreClient):
         *,
         name: str | None = None,
     ) -> None:
-        super().__init__(store, name=name or "UserAggregator")
+        super().__init__(store, name=name)
         self.params = params or LLMUserAggregatorParams()
         self._speaking = False
         self._parts: list[str] = []
@@ -250,7 +260,7 @@ class LLMAssistantContextAggregator(_StoreClient):
     )
 
     def __init__(self, store: ContextStore, *, name: str | None = None) -> None:
-        super().__init__(store, name=name or "AssistantAggregator")
+        super().__init__(store, name=name)
         self._open = False
         self._open_turn = 0
         self._parts: list[str] = []

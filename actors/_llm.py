@@ -121,7 +121,7 @@ class OpenAILLMService(Actor[Frame]):
         http_client: httpx.AsyncClient | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(name=name or "OpenAILLMService")
+        super().__init__(name=name)
         if not isinstance(model, str) or not model.strip():
             raise ValueError("model must be a non-empty string, e.g. 'gpt-4o-mini'")
         if params is not None and not isinstance(params, GenerationParams):
@@ -228,9 +228,10 @@ class OpenAILLMService(Actor[Frame]):
                 f"create_context_aggregator needs an OpenAILLMContext, got {type(context).__name__}"
             )
         store = ContextStore(context, self, name=f"{self.name}:context")
+        suffix = self.name.rsplit("#", 1)[-1] if "#" in self.name else self.name
         return OpenAIContextAggregatorPair(
-            LLMUserContextAggregator(store, user_params),
-            LLMAssistantContextAggregator(store),
+            LLMUserContextAggregator(store, user_params, name=f"UserAggregator#{suffix}"),
+            LLMAssistantContextAggregator(store, name=f"AssistantAggregator#{suffix}"),
             store,
         )
 
@@ -342,7 +343,11 @@ class OpenAILLMService(Actor[Frame]):
                 category=_CATEGORIES.get(exc.category, ErrorCategory.UNKNOWN),
             )
         finally:
-            with trio.move_on_after(_CLOSING_PUSH_SECS, shield=True):
+            if interrupted:
+                # Cancelled: the closing frames still go out, but never hang the teardown.
+                with trio.move_on_after(_CLOSING_PUSH_SECS, shield=True):
+                    await self._close_inference(stream, started, interrupted, failed)
+            else:
                 await self._close_inference(stream, started, interrupted, failed)
             if calls:
                 self.executor.ref.tell(

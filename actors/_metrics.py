@@ -104,7 +104,7 @@ class MetricsCollector(Actor[MetricsReport]):
     accepts = (MetricsReport,)
 
     def __init__(self, *, capacity: int = 256, name: str | None = None) -> None:
-        super().__init__(name=name or "MetricsCollector", mailbox_size=capacity)
+        super().__init__(name=name, mailbox_size=capacity)
         self._models: dict[str, ModelMetrics] = {}
         self.dropped = 0
         self.received = 0

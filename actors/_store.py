@@ -130,7 +130,7 @@ class ContextStore(Actor[ContextStoreRequest]):
     def __init__(
         self, context: OpenAILLMContext, llm: Actor[Any] | None = None, *, name: str | None = None
     ) -> None:
-        super().__init__(name=name or "ContextStore")
+        super().__init__(name=name)
         if not isinstance(context, OpenAILLMContext):
             raise TypeError(f"ContextStore needs an OpenAILLMContext, got {type(context).__name__}")
         self.context = context

@@ -131,7 +131,7 @@ class ToolExecutor(Actor[RunFunctionCallsRequest]):
         default_timeout_secs: float | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(name=name or "ToolExecutor")
+        super().__init__(name=name)
         self.registrations = registrations
         self.default_timeout_secs = default_timeout_secs
         self._running: dict[str, _Call] = {}
@@ -172,7 +172,11 @@ class ToolExecutor(Actor[RunFunctionCallsRequest]):
         )
         if call.arguments_error is not None:
             state.settled = True
-            log.warning("invalid tool arguments", error=call.arguments_error)
+            await self.push_error(
+                f"Invalid arguments for function call [{call.function_name}] "
+                f"({call.tool_call_id}): {call.arguments_error}",
+                category=ErrorCategory.INVALID_REQUEST,
+            )
             await self._push_result(
                 call,
                 f"Invalid arguments for `{call.function_name}`: {call.arguments_error}. "
@@ -182,8 +186,12 @@ class ToolExecutor(Actor[RunFunctionCallsRequest]):
             return
         if registration is None:
             state.settled = True
-            log.warning(
-                "function not registered", available=sorted(k for k in self.registrations if k)
+            available = sorted(k for k in self.registrations if k)
+            log.warning("function not registered", available=available)
+            await self.push_error(
+                f"The LLM called function [{call.function_name}], which has no handler "
+                f"(registered: {', '.join(available) or 'none'})",
+                category=ErrorCategory.APPLICATION,
             )
             await self._push_result(
                 call,
@@ -288,7 +296,8 @@ class ToolExecutor(Actor[RunFunctionCallsRequest]):
         )
 
     async def on_stop(self) -> None:
-        """Calls still running when the session ends settle as cancelled (reason shutdown)."""
+        """Calls still running when the session ends are settled (late results rejected); the
+        context store writes ``"CANCELLED"`` into their tool messages when it stops."""
         for state in list(self._running.values()):
             if not state.settled:
                 state.settled = True

@@ -47,7 +47,7 @@ class TextOutputTransport(Actor[Frame]):
     """The output end: calls the transport's callback with each frame, then passes it on."""
 
     def __init__(self, transport: TextTransport, *, name: str | None = None) -> None:
-        super().__init__(name=name or "TextOutput")
+        super().__init__(name=name)
         self._transport = transport
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
@@ -83,7 +83,7 @@ class TextTransport:
         self.on_output = on_output
         self.user_id = user_id
         self.speaking_frames = speaking_frames
-        self._input = TextInputTransport(name="TextInput")
+        self._input = TextInputTransport()
         self._output = TextOutputTransport(self)
         self._answer_done = trio.Event()
         self._answer_done.set()

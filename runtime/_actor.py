@@ -125,7 +125,10 @@ class Actor(Generic[T]):
         self._nursery: trio.Nursery | None = None
         self._work_scope: trio.CancelScope | None = None
         self._busy: Frame | None = None
+        self._lifecycle: Frame | None = None
+        self._sys_lifecycle: Frame | None = None
         self._end_forwarded = False
+        self._relaying = False
         self._watchers: list[Actor[Any]] = []
         self._background: set[trio.CancelScope] = set()
         self._restarts = 0
@@ -235,10 +238,16 @@ class Actor(Generic[T]):
         session = self._session
         if session is None:
             raise self._not_running()
+        if frame is self._lifecycle or frame is self._sys_lifecycle:
+            # A Pipecat habit: forwarding the lifecycle frame being handled. The runtime
+            # forwards it itself, so this push would duplicate it.
+            return
+        turn = frame.turn
         if type(frame) is InterruptionFrame:
             session._apply_interruption(frame)
-        turn = frame.turn
-        if turn is None:
+            # The interruption opens the new turn: stages handle it (and push) in that turn.
+            turn = session.turn
+        elif turn is None:
             turn = session.turn
         await self._deliver((frame, direction, turn, None))
 
@@ -260,12 +269,23 @@ class Actor(Generic[T]):
         )
 
     async def _deliver(self, item: Item) -> None:
-        targets = self._downstream if item[1] is not UPSTREAM else self._upstream
+        upstream = item[1] is UPSTREAM
+        targets = self._upstream if upstream else self._downstream
         system = isinstance(item[0], SystemFrame)
         for target in targets:
             mailbox = target._mailbox
             if mailbox is None or mailbox.closed:
-                self._dead_letters += 1
+                if upstream and target._state is ActorState.STOPPED and not target._relaying:
+                    # A stage that has ended passes frames still travelling upstream on as
+                    # if they went through it: an error reported while the pipeline drains
+                    # after an EndFrame must still reach the input end.
+                    target._relaying = True
+                    try:
+                        await target._forward(item)
+                    finally:
+                        target._relaying = False
+                else:
+                    self._dead_letters += 1
                 continue
             if system:
                 mailbox.put_system(item)
@@ -412,9 +432,11 @@ class Actor(Generic[T]):
             accepted = self._accepts_type(cls)
             if accepted:
                 token = current_turn.set(item[2])
+                self._sys_lifecycle = frame if cls in _LIFECYCLE else None
                 try:
                     await self.process_frame(frame, item[1] or DOWNSTREAM)
                 finally:
+                    self._sys_lifecycle = None
                     current_turn.reset(token)
             if not accepted or cls in _LIFECYCLE:
                 await self._forward(item)
@@ -435,6 +457,11 @@ class Actor(Generic[T]):
             with trio.CancelScope() as scope:
                 self._work_scope = scope
                 while True:
+                    if scope.cancel_called:
+                        # An interruption landed after the last handler's last checkpoint:
+                        # serve the next frame in a fresh scope, or its handler would be
+                        # cancelled in its place.
+                        break
                     if batch >= _FAIRNESS_BATCH:
                         batch = 0
                         await trio.lowlevel.checkpoint()
@@ -458,10 +485,13 @@ class Actor(Generic[T]):
                         interruptible = frame.interruptible
                         token = current_turn.set(item[2] if interruptible else session.turn)
                         self._busy = frame
+                        if cls is EndFrame:
+                            self._lifecycle = frame
                         try:
                             await self.process_frame(frame, item[1] or DOWNSTREAM)
                         finally:
                             self._busy = None
+                            self._lifecycle = None
                             current_turn.reset(token)
                         if cls is EndFrame:
                             await self._forward(item)
@@ -480,6 +510,17 @@ class Actor(Generic[T]):
             value = await self.on_ask(item[0])
         except Exception as exc:
             reply.set(outcome.Error(exc))
+        except BaseException:
+            # Cancelled: the actor stops (or crashed) before it could answer. Tell the asker
+            # now rather than let it wait for a reply that cannot come.
+            reply.set(
+                outcome.Error(
+                    ActorDeadError(
+                        f"actor {self._name!r} stopped before it answered {type(item[0]).__name__}"
+                    )
+                )
+            )
+            raise
         else:
             reply.set(outcome.Value(value))
         finally:
@@ -633,7 +674,8 @@ class ActorRef(Generic[T]):
 
         Raises:
             SelfAskError: an actor asked itself (that would deadlock).
-            AskTimeoutError: no reply within ``timeout``.
+            AskTimeoutError: no reply within ``timeout`` (which also bounds the wait for
+                room in a full data lane).
             ActorDeadError: the actor has stopped (or stops before replying).
             FrameTypeError: the actor does not accept this frame type.
             Exception: whatever ``on_ask`` raised.
@@ -645,12 +687,13 @@ class ActorRef(Generic[T]):
             )
         reply = _Reply()
         mailbox, item = self._item(frame, reply)
-        if isinstance(frame, SystemFrame):
-            mailbox.put_system(item)
-        elif not mailbox.try_put_data(item):
-            await mailbox.put_data(item)
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         with trio.move_on_at(deadline):
+            # The deadline also bounds the wait for room in a full data lane.
+            if isinstance(frame, SystemFrame):
+                mailbox.put_system(item)
+            elif not mailbox.try_put_data(item):
+                await mailbox.put_data(item)
             await reply.event.wait()
         if reply.result is None:
             raise AskTimeoutError(

@@ -161,13 +161,22 @@ StartInterruptionFrame = InterruptionFrame
 
 
 @attrs.frozen(slots=True)
-class UserStartedSpeakingFrame(SystemFrame):
-    """The user started a turn (voice activity or typing began)."""
+class UserStartedSpeakingFrame(ControlFrame):
+    """The user started a turn (voice activity or typing began).
+
+    Ordered with the user's text (data lane) and never dropped, unlike Pipecat's system frame:
+    a turn's boundaries must not overtake its transcriptions. The interruption it may cause
+    is a separate :class:`InterruptionFrame`, which does overtake everything.
+    """
+
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
 
 
 @attrs.frozen(slots=True)
-class UserStoppedSpeakingFrame(SystemFrame):
-    """The user finished a turn."""
+class UserStoppedSpeakingFrame(ControlFrame):
+    """The user finished a turn (ordered with the user's text, never dropped)."""
+
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
 
 
 @attrs.frozen(slots=True)

@@ -75,9 +75,16 @@ def configure(
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=(
+            structlog.PrintLoggerFactory(file=out) if file is not None else _stderr_logger
+        ),
         cache_logger_on_first_use=False,
     )
+
+
+def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+    # Whatever sys.stderr is when the line is written (it may be swapped, e.g. by pytest).
+    return structlog.PrintLogger(sys.stderr)
 
 
 def get_logger(name: str = "trouper") -> structlog.typing.FilteringBoundLogger:

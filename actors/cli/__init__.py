@@ -150,4 +150,5 @@ def _chat(args: argparse.Namespace) -> int:
     try:
         return trio.run(run_chat, options)
     except KeyboardInterrupt:
+        print(file=sys.stderr)  # end the line the terminal's "^C" is on
         return 130

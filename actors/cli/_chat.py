@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import attrs
+import httpx
 import trio
 from rich.console import Console
 from rich.markup import escape
@@ -54,6 +55,13 @@ from ._tools import BUILTIN_TOOLS
 
 __all__ = ["ChatOptions", "list_tools", "run_chat"]
 
+#: The model asked for when a server is configured but no model is given and the server does
+#: not say which one it serves.
+FALLBACK_MODEL = "gpt-4o-mini"
+#: How long an answer that ended in an error waits for the error's message (it travels upstream,
+#: on its own path) before the chat moves on.
+_ERROR_GRACE_SECS = 2.0
+
 DEFAULT_SYSTEM = (
     "You are a helpful assistant in a terminal chat. Answer concisely. Use the tools when "
     "they help: current time in a time zone, arithmetic, unit conversion."
@@ -77,8 +85,8 @@ class ChatOptions:
 
 
 def list_tools(console: Console | None = None) -> int:
-    """Print the built-in tools."""
-    out = console or Console()
+    """Print the built-in tools, one per line."""
+    out = console or Console(highlight=False, soft_wrap=True)
     for tool in BUILTIN_TOOLS:
         args = ", ".join(tool.schema.properties)
         out.print(f"[bold]{tool.schema.name}[/]({args})  {escape(tool.schema.description)}")
@@ -92,8 +100,12 @@ class _View:
     console: Console
     err: Console
     local: bool
+    endpoint: str = ""
     image_pending: bool = False
     errors: int = 0
+    failed: bool = False
+    """Whether the current answer ended in an error (``LLMFullResponseEndFrame.error``)."""
+    error_shown: trio.Event = attrs.Factory(trio.Event)
     _ttfb: float | None = None
     _tokens: int | None = None
     _first_text: float | None = None
@@ -102,6 +114,15 @@ class _View:
 
     def reset(self) -> None:
         self._ttfb = self._tokens = self._first_text = self._end = None
+        self.failed = False
+        self.error_shown = trio.Event()
+
+    async def settle(self) -> None:
+        """After an answer that failed, wait (briefly) until its error message is shown: the
+        ``ErrorFrame`` goes upstream while the end of the answer goes downstream."""
+        if self.failed:
+            with trio.move_on_after(_ERROR_GRACE_SECS):
+                await self.error_shown.wait()
 
     def _newline(self) -> None:
         if self._line_open:
@@ -118,6 +139,7 @@ class _View:
             self._first_text = None
         elif isinstance(frame, LLMFullResponseEndFrame):
             self._end = trio.current_time()
+            self.failed = self.failed or frame.error
         elif isinstance(frame, FunctionCallInProgressFrame):
             self._newline()
             args = json.dumps(dict(frame.arguments), ensure_ascii=False)
@@ -146,7 +168,13 @@ class _View:
                 "the local model server cannot read images (it answered HTTP 500 to the image). "
                 "Use a vision model instead: trouper chat --base-url URL --model MODEL."
             )
+        elif frame.category is ErrorCategory.CONNECTIVITY and not self.local:
+            message = (
+                f"cannot reach the model server at {self.endpoint}: is it running, and is "
+                f"--base-url right? ({message})"
+            )
         self.err.print(f"[red]error:[/] {escape(message)}")
+        self.error_shown.set()
 
     def stats_line(self) -> str:
         parts = []
@@ -193,10 +221,27 @@ def _read_image(spec: str) -> tuple[VisionImageRawFrame | None, str]:
     return frame, ""
 
 
+async def _server_model(base_url: str | None, api_key: str | None) -> str | None:
+    """The model a configured server serves, when it lists exactly one (llama-server, most
+    vLLM deployments); ``None`` when it lists several (OpenAI) or cannot be asked."""
+    if not base_url:
+        return None
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        async with httpx.AsyncClient(timeout=3.0, follow_redirects=False) as client:
+            response = await client.get(f"{base_url.rstrip('/')}/models", headers=headers)
+        data = response.json()["data"] if response.status_code == 200 else []
+        ids = [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+    return ids[0] if len(ids) == 1 else None
+
+
 async def run_chat(options: ChatOptions, *, console: Console | None = None) -> int:
     """Run the chat; returns the exit code (0, or 1 when an answer failed in prompt mode)."""
-    out = console or Console(highlight=False)
-    err = Console(stderr=True, highlight=False)
+    # soft_wrap: long lines are left to the terminal; never broken at 80 columns in a pipe.
+    out = console or Console(highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     log_handle = _configure_logs(options)
     try:
         return await _chat(options, out, err)
@@ -211,7 +256,12 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
     remote = bool(options.base_url or options.api_key or base_url or api_key)
     async with AsyncExitStack() as stack:
         if remote:
-            model = options.model or os.environ.get("OPENAI_MODEL") or "gpt-4o-mini"
+            model = (
+                options.model
+                or os.environ.get("OPENAI_MODEL")
+                or await _server_model(base_url, api_key)
+                or FALLBACK_MODEL
+            )
         else:
             from ..local import LocalModelError, open_local_server
 
@@ -236,7 +286,7 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
             messages=[{"role": "system", "content": options.system}], tools=tools
         )
         pair = llm.create_context_aggregator(context)
-        view = _View(out, err, local=not remote)
+        view = _View(out, err, local=not remote, endpoint=base_url or llm.base_url)
         transport = TextTransport(on_output=view.on_frame)
         task = PipelineTask(
             Pipeline([transport.input(), pair.user(), llm, transport.output(), pair.assistant()]),
@@ -250,12 +300,14 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
                 errors_before = view.errors
                 await transport.send_text(options.prompt)
                 await transport.wait_answer()
+                failed = view.failed
+                await view.settle()
                 view.finish_answer()
-                return 1 if view.errors > errors_before else 0
+                return 1 if failed or view.errors > errors_before else 0
             out.print(
                 f"[dim]trouper chat · {escape(model)} on {escape(label)} · "
                 "Ctrl-C interrupts an answer, Ctrl-D or Ctrl-C at the prompt leaves · "
-                "/image PATH [question] sends an image[/]"
+                f"{escape('/image PATH [question]')} sends an image[/]"
             )
             await _repl(out, transport, task, view)
     return 0
@@ -304,6 +356,7 @@ async def _repl(out: Console, transport: TextTransport, task: PipelineTask, view
                         await transport.send_text(text)
                     await transport.wait_answer()
                     answering = False
+                    await view.settle()
                     view.finish_answer()
                 done.set()
                 nursery.cancel_scope.cancel()

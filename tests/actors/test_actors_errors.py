@@ -198,13 +198,6 @@ class TestLoggingStream:
     closed since (pytest closes a ``capsys`` stream after its test): logging a warning never
     crashes an actor."""
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="runtime bug: Session.open configures structlog once, with the sys.stderr object "
-        "of that moment (runtime.logging.configure -> PrintLoggerFactory(file=sys.stderr)); "
-        "once that stream is closed, every warning raises ValueError inside the actor that "
-        "logs it and the actor crashes the session",
-    )
     async def test_warning_after_the_first_stream_was_closed(
         self,
         autojump_clock: trio.testing.MockClock,

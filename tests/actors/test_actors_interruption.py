@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 
-import pytest
 import trio
 import trio.testing
 
@@ -478,14 +477,6 @@ class TestSpeechFramesBackToBack:
     ``UserStoppedSpeakingFrame`` back to back while an answer streams interrupts that answer
     and is answered itself."""
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="runtime bug: a SystemFrame put on an actor's system lane before a DataFrame is "
-        "put on its data lane can be handled after it (the lanes are served by two tasks that "
-        "trio wakes in random order), so the user aggregator can run the transcription before "
-        "UserStartedSpeakingFrame; the interruption that frame then pushes drops the new "
-        "turn's inference and the user's line is never answered",
-    )
     async def test_every_line_is_answered(
         self,
         autojump_clock: trio.testing.MockClock,
