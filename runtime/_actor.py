@@ -231,9 +231,14 @@ class Actor(Generic[T]):
         """Send ``frame`` to the neighbours in ``direction``.
 
         Downstream data waits while a neighbour's data lane is full (backpressure); system
-        frames and upstream frames never wait. Frames to a neighbour that has stopped are
-        counted as dead letters. An :class:`InterruptionFrame` takes effect (cancels the turn)
-        the moment it is pushed.
+        frames and upstream frames never wait. An upstream frame passes a neighbour that has
+        stopped (ended) on to that neighbour's own upstream neighbours, so errors reported
+        while a pipeline drains still reach its input end; other frames to a stopped
+        neighbour are counted as dead letters. An :class:`InterruptionFrame` takes effect
+        (cancels the turn) the moment it is pushed; stages handle it in the new turn.
+
+        Cancellation: a frame is either queued with a neighbour or not; when several
+        neighbours are linked, the ones before the cancelled wait have it.
         """
         session = self._session
         if session is None:

@@ -133,7 +133,12 @@ class StartFrame(SystemFrame):
 
 @attrs.frozen(slots=True)
 class EndFrame(ControlFrame):
-    """Graceful end: travels behind queued data, then every actor stops (drain then stop)."""
+    """Graceful end: travels behind queued data, then every actor stops (drain then stop).
+
+    An actor stops as soon as the frame has passed it; frames still travelling upstream
+    after that (an error reported by a later stage) pass the stopped actor and reach the
+    input end, but are not handled by it.
+    """
 
     reason: str | None = None
     interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)

@@ -129,6 +129,12 @@ class Session:
         cancels what is left. If an actor escalated a crash, its own exception is raised here
         (an exception group only when several failed at once).
         """
+        if not structlog.is_configured():
+            # A library must not flood stderr: warnings only until the app configures logging.
+            # (Before the session binds its logger, or that logger keeps the defaults.)
+            from .logging import configure
+
+            configure(level="warning")
         kwargs: dict[str, Any] = {
             "mailbox_size": mailbox_size,
             "stop_timeout_secs": stop_timeout_secs,
@@ -136,11 +142,7 @@ class Session:
         if name is not None:
             kwargs["name"] = name
         session = cls(**kwargs)
-        if not structlog.is_configured():
-            # A library must not flood stderr: warnings only until the app configures logging.
-            from .logging import configure
-
-            configure(level="warning")
+        error: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
                 session._nursery = nursery
@@ -152,10 +154,16 @@ class Session:
                     await session._stop_all()
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            raise collapse_exception_group(group) from None
+            error = collapse_exception_group(group)
+            if error is group:
+                raise
         finally:
             session._nursery = None
             session._log.debug("session closed")
+        if error is not None:
+            # Raised outside the except block, so the error keeps its own __cause__ and
+            # __context__ (RestartIntensityExceeded's cause is the crash).
+            raise error
 
     async def _stop_all(self) -> None:
         with trio.CancelScope(shield=True):
@@ -181,7 +189,8 @@ class Session:
         """
         if self._nursery is None or self._closing:
             raise SessionStateError(f"session {self.name!r} is not running; cannot spawn")
-        if actor._state is not ActorState.CREATED:
+        if actor._state is not ActorState.CREATED or actor._session is not None:
+            # (_session is set at the first spawn, before the actor has even started.)
             raise SessionStateError(f"actor {actor.name!r} was already started once")
         if actor.name in self._actors and self._actors[actor.name] is not actor:
             raise ValueError(f"session {self.name!r} already has an actor named {actor.name!r}")
@@ -300,6 +309,8 @@ class Session:
                         backoff_secs=delay,
                     )
                     await trio.sleep(delay)
+                    if actor._state in (ActorState.STOPPED, ActorState.CRASHED):
+                        return  # stopped (removed) while waiting to restart
                     actor._busy = None
                     actor._started = trio.Event()
                     actor._state = ActorState.CREATED
@@ -415,7 +426,8 @@ def _unref(x: Actor[Any] | ActorRef[Any]) -> Actor[Any]:
 
 def deliver_external(actor: Actor[Any], frame: Frame, direction: Any, session: Session) -> Item:
     """Build the mailbox item for a frame entering the session from outside."""
+    turn = frame.turn if frame.turn is not None else session.turn
     if type(frame) is InterruptionFrame:
         session._apply_interruption(frame)
-    turn = frame.turn if frame.turn is not None else session.turn
+        turn = session.turn  # the interruption opens the new turn
     return (frame, direction, turn, None)

@@ -22,8 +22,8 @@ from ._frames import (
     StartFrame,
 )
 from ._mailbox import Item
-from ._pipeline import Pipeline, Stage, build
-from ._session import Session, SessionSnapshot
+from ._pipeline import ParallelPipeline, Pipeline, Stage, build
+from ._session import Session, SessionSnapshot, collapse_exception_group
 
 __all__ = ["FrameListener", "PipelineParams", "PipelineRunner", "PipelineTask"]
 
@@ -81,6 +81,11 @@ class _Edge(Actor[Frame]):
                 self._end_forwarded = True
             return
         await super()._forward(item)
+        if not self._sink:
+            # The source stays up after passing the EndFrame on, until the session closes:
+            # frames still travelling upstream while the pipeline drains (errors) must
+            # reach the task.
+            self._end_forwarded = False
 
 
 class PipelineTask:
@@ -89,7 +94,8 @@ class PipelineTask:
     ``await task.run()`` returns when the session is over (after :meth:`end`, :meth:`cancel`,
     an idle timeout or a fatal error) and guarantees that nothing of it is still running.
     For embedding, ``async with task:`` runs it in the background of the block and ends it
-    gracefully when the block is left (cancels it if the block raised).
+    gracefully when the block is left (cancels it if the block raised). Errors come out as
+    from ``run()``: the block's own exception or the actor's escalated crash, as itself.
 
     Args:
         pipeline: The topology (a single actor is accepted too).
@@ -109,6 +115,11 @@ class PipelineTask:
         on_downstream: FrameListener | None = None,
         on_upstream: FrameListener | None = None,
     ) -> None:
+        if not isinstance(pipeline, Actor | Pipeline | ParallelPipeline):
+            raise TypeError(
+                "PipelineTask runs a Pipeline, a ParallelPipeline or a single Actor; got "
+                f"{type(pipeline).__name__} (wrap a list of stages in Pipeline([...]))"
+            )
         self.pipeline = pipeline if not isinstance(pipeline, Actor) else Pipeline([pipeline])
         self.params = params or PipelineParams()
         self.name = name or f"task-{id(self):x}"
@@ -184,10 +195,11 @@ class PipelineTask:
     async def _inject(self, frame: Frame, direction: FrameDirection) -> None:
         session = self.session
         self._last_activity = trio.current_time()
+        turn = frame.turn if frame.turn is not None else session.turn
         if type(frame) is InterruptionFrame:
             session._apply_interruption(frame)
+            turn = session.turn  # the interruption opens the new turn
         edge = self._source if direction is FrameDirection.DOWNSTREAM else self._sink
-        turn = frame.turn if frame.turn is not None else session.turn
         await edge._deliver((frame, direction, turn, None))
 
     async def end(self, reason: str | None = None) -> None:
@@ -250,6 +262,14 @@ class PipelineTask:
 
         Raises:
             SessionStateError: the task was run before (a task runs once).
+            trio.TooSlowError: the ``StartFrame`` did not cross the topology within
+                ``start_timeout_secs``.
+            RestartIntensityExceeded: an actor crashed more often than its policy allows
+                (``__cause__`` is the last crash).
+            Exception: an actor's crash without a restart policy, as itself.
+
+        Cancellation: tears the session down (each ``on_stop`` still runs, time-boxed) and
+        returns only when nothing of it is left.
         """
         if self._ran:
             raise SessionStateError(f"task {self.name!r} already ran; create a new PipelineTask")
@@ -316,17 +336,26 @@ class PipelineTask:
 
     @asynccontextmanager
     async def _background(self) -> AsyncIterator[PipelineTask]:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.run)
-            await _wait_any(self._started, self._done)
-            try:
-                yield self
-            except BaseException:
-                self.cancel("block raised")
+        error: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.run)
+                await _wait_any(self._started, self._done)
+                try:
+                    yield self
+                except BaseException:
+                    self.cancel("block raised")
+                    raise
+                else:
+                    if not self._finished and not self._cancelling:
+                        await self.end()
+        except BaseExceptionGroup as group:
+            # Like run(): the block's or the actor's own exception, not a group of one.
+            error = collapse_exception_group(group)
+            if error is group:
                 raise
-            else:
-                if not self._finished and not self._cancelling:
-                    await self.end()
+        if error is not None:
+            raise error
 
     async def __aenter__(self) -> PipelineTask:
         self._cm = self._background()
@@ -365,7 +394,14 @@ class PipelineRunner:
     handle_sigterm: bool = False
 
     async def run(self, *tasks: PipelineTask) -> None:
-        """Run ``tasks`` concurrently until all have finished."""
+        """Run ``tasks`` concurrently until all have finished.
+
+        Raises:
+            Exception: a task's escalated crash, as itself (an exception group when several
+                tasks crashed); the other tasks are cancelled.
+
+        Cancellation: cancels every task (each tears its session down) and waits for them.
+        """
         signals = [
             s
             for s, on in (
@@ -374,13 +410,22 @@ class PipelineRunner:
             )
             if on
         ]
-        async with trio.open_nursery() as nursery:
-            if signals:
-                nursery.start_soon(self._signals, signals, tasks)
-            async with trio.open_nursery() as inner:
-                for task in tasks:
-                    inner.start_soon(task.run)
-            nursery.cancel_scope.cancel()
+        error: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                if signals:
+                    nursery.start_soon(self._signals, signals, tasks)
+                async with trio.open_nursery() as inner:
+                    for task in tasks:
+                        inner.start_soon(task.run)
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # A task's escalated crash is raised as itself (a group only for several).
+            error = collapse_exception_group(group)
+            if error is group:
+                raise
+        if error is not None:
+            raise error
 
     async def _signals(
         self, signals: list[signal.Signals], tasks: tuple[PipelineTask, ...]
