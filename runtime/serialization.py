@@ -595,6 +595,8 @@ def read_recording(
 ) -> Iterator[Frame]:
     """Yield the frames of a file written by :class:`FrameRecorder`, in order.
 
+    A plain (synchronous) generator: it reads a local file line by line.
+
     Args:
         path: The JSON-lines file.
         direction: Only the frames that reached this end (default: all).

@@ -483,6 +483,9 @@ async def open_test_task(
 
     Raises:
         TimeoutError: the topology did not start, or end, in time (with a snapshot).
+
+    Cancellation: cancelling the block cancels the task and waits until its session is torn
+    down.
     """
     harness = TaskHarness(
         _as_stage(topology),
@@ -539,6 +542,8 @@ async def run_frames(
     Raises:
         TimeoutError: the topology did not start or finish in time (message with snapshot).
         Exception: an actor's escalated crash, as itself.
+
+    Cancellation: the task is cancelled and torn down; nothing is returned.
     """
     async with open_test_task(
         topology, params=params, include_lifecycle=include_lifecycle, timeout=timeout

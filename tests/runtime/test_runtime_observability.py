@@ -98,6 +98,31 @@ class TestLogs:
         )
         assert any(e["event"] == "pipeline error" for e in logs)
 
+    async def test_structlogs_own_capture_logs_sees_the_runtime_warnings(
+        self, autojump_clock: object
+    ) -> None:
+        """``structlog.testing.capture_logs`` captures the runtime's warnings and errors,
+        whatever level the application configured."""
+        from runtime import RestartPolicy
+
+        class Fails(Actor[Ping]):
+            accepts = (Ping,)
+
+            async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+                raise RuntimeError("flaky")
+
+        with structlog.testing.capture_logs() as logs:
+            await run_frames(
+                [Fails(name="fails", restart_policy=RestartPolicy(max_restarts=5))], [Ping(1)]
+            )
+        [event] = [e for e in logs if e["event"] == "actor restarting"]
+        assert (event["actor"], event["log_level"], event["error"]) == (
+            "fails",
+            "warning",
+            "RuntimeError: flaky",
+        )
+        assert event["session"].startswith("task-")
+
     def test_configure_renders_json_lines_with_levels_and_time(self) -> None:
         """``runtime.logging.configure(json=True)`` writes one JSON object a line, filtered by
         level."""
