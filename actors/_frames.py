@@ -14,14 +14,15 @@ Ordering decisions that differ from Pipecat, on purpose (see docs/frames.md):
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from runtime import ControlFrame, DataFrame, MetricsData, TextFrame
+from runtime.serialization import NOT_SERIALIZED
 
-if TYPE_CHECKING:
-    from ._context import ContextSnapshot
+from ._context import ContextSnapshot
+from ._schemas import normalize_tools
 
 __all__ = [
     "FunctionCallCancelFrame",
@@ -150,9 +151,10 @@ class LLMMessagesUpdateFrame(DataFrame):
 
 @attrs.frozen(slots=True)
 class LLMSetToolsFrame(DataFrame):
-    """Replace the tools offered to the LLM (a ``ToolsSchema``, OpenAI tool dicts or None)."""
+    """Replace the tools offered to the LLM (a ``ToolsSchema``, a list of ``FunctionSchema`` /
+    OpenAI tool dicts, or None; kept as OpenAI tool dicts)."""
 
-    tools: Any
+    tools: list[dict[str, Any]] | None = attrs.field(converter=normalize_tools)
 
 
 @attrs.frozen(slots=True)
@@ -246,7 +248,9 @@ class FunctionCallResultProperties:
     """
 
     run_llm: bool | None = None
-    on_context_updated: Callable[[], Awaitable[None]] | None = attrs.field(default=None, eq=False)
+    on_context_updated: Callable[[], Awaitable[None]] | None = attrs.field(
+        default=None, eq=False, metadata=NOT_SERIALIZED
+    )
 
 
 @attrs.frozen(slots=True)

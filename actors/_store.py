@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from runtime import Actor, DataFrame, Frame
+from runtime.serialization import NOT_SERIALIZED
 
 from ._context import ContextSnapshot, OpenAILLMContext
 from ._frames import FunctionCallFromLLM, OpenAILLMContextFrame
@@ -100,7 +101,9 @@ class RecordToolSettlementRequest(ContextStoreRequest):
     tool_call_id: str
     content: str
     run_llm: bool = True
-    on_context_updated: Callable[[], Awaitable[None]] | None = attrs.field(default=None, eq=False)
+    on_context_updated: Callable[[], Awaitable[None]] | None = attrs.field(
+        default=None, eq=False, metadata=NOT_SERIALIZED
+    )
 
 
 @attrs.define

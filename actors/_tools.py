@@ -14,13 +14,15 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
 
 from runtime import Actor, DataFrame, ErrorCategory, Frame, FrameDirection
+from runtime.serialization import NOT_SERIALIZED
 
+from ._context import ContextSnapshot
 from ._frames import (
     FunctionCallCancelFrame,
     FunctionCallFromLLM,
@@ -28,9 +30,6 @@ from ._frames import (
     FunctionCallResultFrame,
     FunctionCallResultProperties,
 )
-
-if TYPE_CHECKING:
-    from ._context import ContextSnapshot
 
 __all__ = [
     "FunctionCallParams",
@@ -94,7 +93,7 @@ class RunFunctionCallsRequest(DataFrame):
 
     calls: tuple[FunctionCallFromLLM, ...] = attrs.field(converter=_to_tuple)
     context: ContextSnapshot
-    llm: Any = attrs.field(eq=False, repr=False)
+    llm: Any = attrs.field(default=None, eq=False, repr=False, metadata=NOT_SERIALIZED)
     batch_turn: int = 0
     interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
 
