@@ -1,45 +1,28 @@
 """Fixtures for the local-model tests: an isolated cache, synthetic model wheels, fake pip and
-fake llama-server commands, and ``local_llm_server`` -- the real llama-server on the real model,
-started once per test session (designed to move to ``tests/conftest.py`` as it is)."""
+fake llama-server commands. ``local_llm_server`` -- the real llama-server on the real model,
+started once per test session -- lives in ``tests/conftest.py``."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import attrs
-import httpx
 import pytest
 import trio
 
-from actors.local import (
-    ModelSpec,
-    ServerCommand,
-    ServerNotInstalledError,
-    build_server_argv,
-    cached_model,
-    find_llama_server,
-    free_port,
-    model_path,
-    models_dir,
-    read_log_tail,
-    verify_model,
-)
+from actors.local import ModelSpec, ServerCommand
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
 HERE = Path(__file__).parent
 FAKE_SERVER = HERE / "fake_llama_server.py"
 FAKE_PIP = HERE / "fake_pip.py"
-REAL_MODELS_DIR = models_dir()
-"""The user's model cache, read before any test isolates TROUPER_HOME."""
 
 
 # ---------------------------------------------------------------- helpers for process tests
@@ -150,101 +133,3 @@ def fake_model_file(tmp_path: Path) -> Path:
     path = tmp_path / "fake.gguf"
     path.write_bytes(b"GGUF fake")
     return path
-
-
-# ---------------------------------------------------------------- the real local model
-
-
-@attrs.frozen
-class LocalLLM:
-    """The session's real llama-server: an OpenAI-compatible endpoint on the local model."""
-
-    base_url: str
-    """``http://127.0.0.1:PORT/v1``."""
-    model: str
-    """The model name to send in requests."""
-    log_path: Path
-    """llama-server's output."""
-
-    @property
-    def root_url(self) -> str:
-        """The server root (``/health``, ``/props``)."""
-        return self.base_url.removesuffix("/v1")
-
-
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
-def _unavailable(reason: str) -> None:
-    """Skip -- or, under CI=true, fail: CI must run the end-to-end tests for real."""
-    if _ci():
-        pytest.fail(f"{reason} (CI is set: the local model and llama-server are required)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def local_llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLLM]:
-    """Start the real llama-server on the pulled local model once for the test session.
-
-    Skips when llama-server or the model is missing (run ``make local``), except when the
-    ``CI`` environment variable is true: then it fails. The server is a plain subprocess (so
-    this sync fixture can serve trio and sync tests alike) and is terminated at session end.
-    """
-    try:
-        command = find_llama_server()
-    except ServerNotInstalledError as exc:
-        _unavailable(f"llama-server is not installed: {exc}")
-        raise
-    path = cached_model(directory=REAL_MODELS_DIR)
-    if path is None:
-        candidate = model_path(directory=REAL_MODELS_DIR)
-        if not candidate.exists():
-            _unavailable(f"the local model is not pulled ({candidate}): run `make local`")
-        if not verify_model(candidate):
-            _unavailable(f"the local model at {candidate} fails its sha256 check: pull it again")
-        path = candidate
-    port = free_port()
-    argv = build_server_argv(command, path, port=port)
-    log_path = tmp_path_factory.mktemp("llama-server") / "llama-server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        _wait_healthy(process, f"http://127.0.0.1:{port}/health", log_path, deadline=120.0)
-        yield LocalLLM(
-            base_url=f"http://127.0.0.1:{port}/v1",
-            model="qwen2.5-coder-0.5b-instruct",
-            log_path=log_path,
-        )
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-def _wait_healthy(
-    process: subprocess.Popen[bytes], url: str, log_path: Path, *, deadline: float
-) -> None:
-    end = time.monotonic() + deadline
-    with httpx.Client(timeout=2.0, trust_env=False) as client:
-        while time.monotonic() < end:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"llama-server exited with {process.returncode}:\n{read_log_tail(log_path)}"
-                )
-            try:
-                if client.get(url).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-    pytest.fail(f"llama-server not ready after {deadline} s:\n{read_log_tail(log_path)}")

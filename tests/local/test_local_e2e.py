@@ -16,7 +16,7 @@ import trio
 
 from actors.local import cached_model, open_local_server
 
-from .conftest import REAL_MODELS_DIR, LocalLLM
+from ..conftest import REAL_MODELS_DIR, LocalLLM
 
 pytestmark = pytest.mark.e2e
 

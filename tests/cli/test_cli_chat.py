@@ -1,0 +1,383 @@
+"""``trouper chat``: the real console script, in a subprocess or on a pseudo terminal.
+
+The ``e2e`` tests talk to the real local model: through ``--base-url`` to the session's
+llama-server (``local_llm_server``), or -- for the interactive sessions -- to the llama-server
+the CLI starts itself, which must be gone when the CLI exits. The others need no model.
+Assertions are about what the CLI prints and how it exits, not about the model's wording.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+import trio
+from PIL import Image
+
+from actors.local import model_path
+
+from ..conftest import REAL_MODELS_DIR, LocalLLM
+
+#: Bound on one answer of the real model (2 busy cores can make a short answer take 20 s).
+ANSWER_TIMEOUT = 180.0
+#: Bound on anything that needs no model.
+QUICK_TIMEOUT = 30.0
+STATS = re.compile(r"ttft \d+ ms · \d+ tokens")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+CALCULATOR_PROMPT = "What is 1234 * 5678? Use the calculator."
+
+
+def trouper() -> list[str]:
+    """The installed ``trouper`` console script (``python -m actors.cli`` without one)."""
+    script = Path(sys.executable).with_name("trouper")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "actors.cli"]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment without any OpenAI configuration (so no other backend is picked), with
+    plain output (no colours) and wide lines."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env.update(NO_COLOR="1", COLUMNS="200", LINES="50")
+    return env
+
+
+def run(*args: str, bound: float = QUICK_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run ``trouper ARGS`` to completion with stdin closed; return its output."""
+    return subprocess.run(
+        [*trouper(), *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=bound,
+        check=False,
+    )
+
+
+def _restore_sigint() -> None:
+    # A child inherits an ignored SIGINT (background jobs of non-interactive shells run so);
+    # a terminal user's Ctrl-C is delivered with the default disposition.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def spawn() -> Iterator[list[pexpect.spawn]]:
+    """Spawned ``trouper`` sessions; any a test leaves running is killed."""
+    children: list[pexpect.spawn] = []
+    yield children
+    for child in children:
+        if child.isalive():
+            child.close(force=True)
+
+
+def start_chat(children: list[pexpect.spawn], *args: str) -> pexpect.spawn:
+    """``trouper chat ARGS`` on a pseudo terminal."""
+    command = trouper()
+    child = pexpect.spawn(
+        command[0],
+        [*command[1:], "chat", *args],
+        env=cli_env(),
+        encoding="utf-8",
+        timeout=QUICK_TIMEOUT,
+        dimensions=(50, 200),
+        preexec_fn=_restore_sigint,
+    )
+    children.append(child)
+    return child
+
+
+def plain(text: str) -> str:
+    """``text`` without ANSI escape sequences."""
+    return ANSI.sub("", text)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [part.decode(errors="replace") for part in f.read().split(b"\0") if part]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def descendants(root: int) -> list[int]:
+    """Every live descendant of process ``root`` (Linux ``/proc``)."""
+    parents = {int(p): _ppid(int(p)) for p in os.listdir("/proc") if p.isdigit()}
+    found: list[int] = []
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found.extend(children)
+        frontier.extend(children)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def llama_servers_of(child: pexpect.spawn) -> list[int]:
+    """The llama-server processes (with their guard) the CLI ``child`` runs."""
+    model = str(model_path(directory=REAL_MODELS_DIR))
+    return [
+        pid
+        for pid in descendants(child.pid)
+        if any(model == arg for arg in _cmdline(pid))
+        and any(arg.endswith("llama-server") for arg in _cmdline(pid))
+    ]
+
+
+def assert_gone(pids: list[int]) -> None:
+    deadline = time.monotonic() + 10.0
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [(pid, _cmdline(pid)) for pid in pids if alive(pid)]
+    assert not left, f"llama-server outlived the CLI: {left}"
+
+
+# ---------------------------------------------------------------- no model needed
+
+
+def test_temperature_out_of_range_is_a_usage_error() -> None:
+    result = run("chat", "--temperature", "5", "--prompt", "hi")
+    assert result.returncode == 2
+    assert "argument --temperature: temperature must be between 0 and 2, got 5" in result.stderr
+    assert result.stderr.startswith("usage: trouper chat")
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_unreachable_server_is_a_clear_connectivity_error() -> None:
+    started = time.monotonic()
+    result = run("chat", "--base-url", "http://127.0.0.1:9/v1", "--prompt", "hi")
+    assert result.returncode == 1
+    err = result.stderr
+    assert "error: cannot reach the model server at http://127.0.0.1:9/v1" in err
+    assert "is it running" in err
+    assert "connect" in err.split("is it running", 1)[1]  # the underlying cause, too
+    assert len(err.strip().splitlines()) == 1, "one message, on one line"
+    assert "Traceback" not in err
+    assert time.monotonic() - started < QUICK_TIMEOUT
+
+
+def test_list_tools_prints_one_line_per_tool() -> None:
+    result = run("chat", "--list-tools")
+    assert result.returncode == 0
+    lines = result.stdout.strip().splitlines()
+    assert [line.split("(", 1)[0] for line in lines] == [
+        "get_current_time",
+        "calculate",
+        "convert_units",
+    ]
+    assert lines[1].startswith("calculate(expression)  ")
+    assert result.stderr == ""
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "actors.cli", "chat", "--list-tools"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=QUICK_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert "calculate(expression)" in result.stdout
+
+
+# ---------------------------------------------------------------- the real model, --prompt
+
+
+@pytest.mark.e2e
+async def test_prompt_streams_an_answer_and_exits_0(local_llm_server: LocalLLM) -> None:
+    """The answer is written piece by piece as it streams, then one statistics line."""
+    chunks: list[tuple[float, bytes]] = []
+    stderr = bytearray()
+    args = [
+        *trouper(),
+        "chat",
+        "--base-url",
+        local_llm_server.base_url,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "100",
+        "--prompt",
+        "Write one sentence about the sea.",
+    ]
+    process = await trio.lowlevel.open_process(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    stdout, errout = process.stdout, process.stderr
+    try:
+        with trio.fail_after(ANSWER_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+
+                async def drain_stderr() -> None:
+                    async for data in errout:
+                        stderr.extend(data)
+
+                nursery.start_soon(drain_stderr)
+                async for data in stdout:
+                    chunks.append((time.monotonic(), bytes(data)))
+                await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    out = b"".join(data for _, data in chunks).decode()
+    assert process.returncode == 0, stderr.decode()
+    assert stderr.decode() == ""
+    lines = out.strip().splitlines()
+    assert STATS.search(lines[-1]), "a statistics line ends the answer"
+    answer = "\n".join(lines[:-1])
+    assert answer.strip()
+    assert "⚙" not in answer
+    # Streamed: the answer reached the pipe in several writes, spread over time.
+    answer_chunks = [(t, d) for t, d in chunks if not STATS.search(d.decode(errors="replace"))]
+    assert len(answer_chunks) >= 2
+    assert answer_chunks[-1][0] > answer_chunks[0][0]
+
+
+@pytest.mark.e2e
+def test_prompt_with_tools_shows_the_call_and_no_tools_offers_none(
+    local_llm_server: LocalLLM,
+) -> None:
+    common = ["chat", "--base-url", local_llm_server.base_url, "--temperature", "0"]
+    with_tools = run(*common, "--max-tokens", "80", "--prompt", CALCULATOR_PROMPT, bound=300)
+    assert with_tools.returncode == 0, with_tools.stderr
+    out = with_tools.stdout
+    # The tool call and its result are shown as they happen, then the answer and the stats.
+    assert re.search(r"^⚙ calculate\(\{\"expression\": .+\}\)$", out, re.MULTILINE), out
+    assert re.search(r"^  → \{.*\"result\": 7006652", out, re.MULTILINE), out
+    assert STATS.search(out.strip().splitlines()[-1])
+
+    without = run(*common, "--no-tools", "--max-tokens", "80", "--prompt", CALCULATOR_PROMPT)
+    assert without.returncode == 0, without.stderr
+    assert "⚙" not in without.stdout
+    assert "→" not in without.stdout
+    assert without.stdout.strip()
+    assert without.stderr == ""
+
+
+# ---------------------------------------------------------------- the real model, interactive
+
+
+@pytest.mark.e2e
+def test_interactive_session_on_the_embedded_model(
+    local_llm_server: LocalLLM, spawn: list[pexpect.spawn], tmp_path: Path
+) -> None:
+    """Without --base-url the CLI starts llama-server itself. A tool call is shown, Ctrl-C
+    interrupts a streaming answer and the prompt comes back, the next turn works, an image gets
+    a clear "cannot read images", Ctrl-D leaves with status 0, and the server is gone."""
+    del local_llm_server  # only for its skip/fail decision: the model and binary are there
+    picture = tmp_path / "red.png"
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(picture)
+    child = start_chat(spawn, "--temperature", "0", "--max-tokens", "400")
+    child.expect_exact("Starting the local model", timeout=ANSWER_TIMEOUT)
+    child.expect(r"trouper chat · \S+ on local model", timeout=ANSWER_TIMEOUT)
+    child.expect_exact("> ", timeout=ANSWER_TIMEOUT)
+    servers = llama_servers_of(child)
+    assert len(servers) == 2, "the guard and llama-server itself"
+
+    # A tool call, shown as it happens, then the answer and its statistics.
+    child.sendline(CALCULATOR_PROMPT)
+    child.expect(r"⚙ calculate\(", timeout=ANSWER_TIMEOUT)
+    child.expect(r"→ [^\r\n]*7006652", timeout=ANSWER_TIMEOUT)
+    child.expect(r"ttft \d+ ms", timeout=ANSWER_TIMEOUT)
+    child.expect_exact("> ", timeout=ANSWER_TIMEOUT)
+
+    # Ctrl-C while the answer streams.
+    long_prompt = "Write a 500-word essay about the history of Rome."
+    child.sendline(long_prompt)
+    child.expect_exact(long_prompt)
+    child.expect(r"\r\n[^⚙\r\n]{15}", timeout=ANSWER_TIMEOUT)  # text is streaming
+    child.sendintr()
+    child.expect_exact("interrupted", timeout=QUICK_TIMEOUT)
+    child.expect_exact("> ", timeout=QUICK_TIMEOUT)
+    assert "Traceback" not in plain(child.before)
+
+    # The conversation goes on.
+    child.sendline("Say hello in one short sentence.")
+    child.expect(r"ttft \d+ ms", timeout=ANSWER_TIMEOUT)
+    child.expect_exact("> ", timeout=ANSWER_TIMEOUT)
+
+    # The local model cannot see: one clear error line, and the prompt again.
+    child.sendline(f"/image {picture} What is in this image?")
+    child.expect_exact("error: the local model server cannot read images", timeout=ANSWER_TIMEOUT)
+    child.expect_exact("> ", timeout=QUICK_TIMEOUT)
+
+    # Ctrl-D leaves.
+    child.sendeof()
+    child.expect(pexpect.EOF, timeout=QUICK_TIMEOUT)
+    child.close()
+    assert "Traceback" not in plain(child.before or "")
+    assert child.signalstatus is None
+    assert child.exitstatus == 0
+    assert_gone(servers)
+
+
+@pytest.mark.e2e
+def test_banner_names_the_servers_model_and_ctrl_d_leaves(
+    local_llm_server: LocalLLM, spawn: list[pexpect.spawn]
+) -> None:
+    """With --base-url and no --model, the chat uses the one model the server lists."""
+    child = start_chat(spawn, "--base-url", local_llm_server.base_url)
+    child.expect_exact(f"trouper chat · {local_llm_server.model} on {local_llm_server.base_url}")
+    child.expect_exact("/image PATH [question] sends an image")
+    child.expect_exact("> ")
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.signalstatus is None
+    assert child.exitstatus == 0
+
+
+@pytest.mark.e2e
+def test_ctrl_c_at_the_prompt_leaves_and_stops_the_server(
+    local_llm_server: LocalLLM, spawn: list[pexpect.spawn]
+) -> None:
+    del local_llm_server  # only for its skip/fail decision
+    child = start_chat(spawn)
+    child.expect_exact("> ", timeout=ANSWER_TIMEOUT)
+    servers = llama_servers_of(child)
+    assert len(servers) == 2
+    child.sendintr()
+    child.expect(pexpect.EOF, timeout=QUICK_TIMEOUT)
+    child.close()
+    assert "Traceback" not in plain(child.before or "")
+    assert child.signalstatus is None
+    assert child.exitstatus == 0
+    assert_gone(servers)
