@@ -233,6 +233,13 @@ class LLMUserContextAggregator(_StoreClient):
                 await assistant.ref.ask(_CommitInterruptedAnswer(), timeout=_ASK_TIMEOUT)
             except ActorDeadError:
                 pass  # it stopped meanwhile (the session ends): nothing left to commit
+            except ActorError as exc:
+                await self.push_error(
+                    f"{self.name}: the assistant aggregator did not commit the interrupted "
+                    f"answer: {exc}",
+                    exception=exc,
+                    category=ErrorCategory.APPLICATION,
+                )
 
 
 class LLMAssistantContextAggregator(_StoreClient):

@@ -333,14 +333,17 @@ class OpenAILLMService(Actor[Frame]):
         started = trio.current_time()
         stream: ChatStream | None = None
         calls: list[FunctionCallFromLLM] = []
-        interrupted = failed = False
+        interrupted = failed = announced = False
         ttfb_sent = False
         await self.push_frame(LLMFullResponseStartFrame())
         try:
+            # The snapshot's own messages and tools, not get_messages()'s deep copies: the
+            # request is serialised at once (in ``stream``, before any checkpoint) and never
+            # changes them, so copying the whole conversation per inference bought nothing.
             request = ChatRequest(
                 model=self._model,
-                messages=context.get_messages(),
-                tools=context.tools_for_api(),
+                messages=context.messages,
+                tools=context.tools or None,
                 tool_choice=context.tool_choice,
                 params=self._params,
             )
@@ -358,31 +361,41 @@ class OpenAILLMService(Actor[Frame]):
                 await self.push_frame(LLMTextFrame(result.refusal))
             if calls:
                 await self.push_frame(FunctionCallsStartedFrame(calls))
+                announced = True
         except trio.Cancelled:
             interrupted = True
-            calls = []
             raise
         except ChatClientError as exc:
             failed = True
-            calls = []
             await self.push_error(
                 f"Error during completion: {exc}",
                 exception=exc,
                 category=_CATEGORIES.get(exc.category, ErrorCategory.UNKNOWN),
             )
         finally:
-            if interrupted:
-                # Cancelled: the closing frames still go out, but never hang the teardown.
-                with trio.move_on_after(_CLOSING_PUSH_SECS, shield=True):
-                    await self._close_inference(stream, started, interrupted, failed)
-            else:
-                await self._close_inference(stream, started, interrupted, failed)
-            if calls:
-                self.executor.ref.tell(
-                    RunFunctionCallsRequest(
-                        calls, context, self, batch_turn=turn if turn is not None else 0
+            try:
+                if interrupted:
+                    # Cancelled: the closing frames still go out, but never hang the teardown.
+                    with trio.move_on_after(_CLOSING_PUSH_SECS, shield=True):
+                        await self._close_inference(stream, started, interrupted, failed)
+                else:
+                    try:
+                        await self._close_inference(stream, started, interrupted, failed)
+                    except trio.Cancelled:
+                        # Interrupted while the end frame waited for room downstream.
+                        with trio.move_on_after(_CLOSING_PUSH_SECS, shield=True):
+                            end = LLMFullResponseEndFrame(interrupted=True, error=failed)
+                            await self.push_frame(end)
+                        raise
+            finally:
+                if announced:
+                    # The calls are in the conversation now: each must settle (run, or be
+                    # cancelled at once by the turn scope if the turn is already over).
+                    self.executor.ref.tell(
+                        RunFunctionCallsRequest(
+                            calls, context, self, batch_turn=turn if turn is not None else 0
+                        )
                     )
-                )
 
     async def _report_ttfb(self, stream: ChatStream) -> None:
         if stream.first_token_at is None or stream.request_started_at is None:

@@ -228,6 +228,8 @@ class ToolExecutor(Actor[RunFunctionCallsRequest]):
         with turn_cm as turn_scope:
             with trio.move_on_after(math.inf if timeout is None else timeout) as deadline:
                 try:
+                    # A call of a turn that is already over never starts.
+                    await trio.lowlevel.checkpoint()
                     await registration.handler(params)
                     if not state.settled:
                         await state.done.wait()

@@ -588,3 +588,48 @@ class TestCancel:
         assert cancelled == [True]
         assert_valid(conv.messages())
         assert tool_answer(conv.messages(), "call_1") == "CANCELLED"
+
+
+class TestInterruptWhileTheEndWaits:
+    """An interruption that lands after the stream finished, while the end frame still waits
+    for room downstream, still closes the response once and settles every announced call."""
+
+    async def test_announced_calls_settle_and_one_end_goes_out(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        chunks: ChunkFactory,
+    ) -> None:
+        server.add(
+            Reply.sse(
+                chunks.tool_call_stream(
+                    [("lookup", '{"q": "x"}', "call_1")], text=["a ", "b ", "c "]
+                )
+            ),
+            Reply.sse(chunks.text_stream(["Next."])),
+        )
+        ran: list[str] = []
+        async with open_conversation(
+            server, tools=LOOKUP, params=PipelineParams(mailbox_size=1), probe_delay=1.0
+        ) as conv:
+
+            async def lookup(params: FunctionCallParams) -> None:
+                ran.append(params.tool_call_id)
+                await params.result_callback({"found": True})
+
+            conv.llm.register_function("lookup", lookup)
+            await conv.say("Look it up")
+            # The probe takes 1 s per text frame and holds one frame in its mailbox: at
+            # 2.5 s the texts and the calls' announcement are through, the end frame waits.
+            await trio.sleep(2.5)
+            assert conv.ends() == []
+            conv.running.interrupt()
+            await conv.wait_ends(1)
+            await trio.sleep(5)
+            await trio.testing.wait_all_tasks_blocked()
+            ends = conv.ends()
+            assert len(ends) == 1
+            assert ends[0].interrupted
+            assert tool_answer(conv.messages(), "call_1") == "CANCELLED"
+            assert ran == []
+            assert_valid(conv.messages())
