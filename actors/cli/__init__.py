@@ -61,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--api-key", help="API key (default: $OPENAI_API_KEY)")
     chat.add_argument("--model", help="model name (default: the server's / gpt-4o-mini)")
     chat.add_argument("--system", default=None, help="system prompt")
-    chat.add_argument("--temperature", type=_temperature, help="sampling temperature, 0 to 2")
+    chat.add_argument(
+        "--temperature",
+        type=_temperature,
+        help="sampling temperature, 0 to 2 (default: 0.2 on the local model, else the server's)",
+    )
     chat.add_argument("--max-tokens", type=_positive_int, help="answer length limit, in tokens")
     chat.add_argument(
         "--prompt", help="answer this one prompt and exit (stdin that is not a terminal too)"

@@ -62,6 +62,9 @@ FALLBACK_MODEL = "gpt-4o-mini"
 #: on its own path) before the chat moves on.
 _ERROR_GRACE_SECS = 2.0
 
+#: The embedded 0.5B model calls tools reliably only when sampling stays near greedy.
+LOCAL_DEFAULT_TEMPERATURE = 0.2
+
 DEFAULT_SYSTEM = (
     "You are a helpful assistant in a terminal chat. Answer concisely. Use the tools when "
     "they help: current time in a time zone, arithmetic, unit conversion."
@@ -274,7 +277,12 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
             base_url, api_key = server.base_url, "no-key"
             model = options.model or server.model
         params = OpenAILLMService.InputParams(
-            temperature=options.temperature, max_tokens=options.max_tokens
+            temperature=(
+                options.temperature
+                if options.temperature is not None or remote
+                else LOCAL_DEFAULT_TEMPERATURE
+            ),
+            max_tokens=options.max_tokens,
         )
         llm = OpenAILLMService(model=model, base_url=base_url, api_key=api_key, params=params)
         schemas = [t.schema for t in BUILTIN_TOOLS]
