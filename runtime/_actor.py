@@ -124,6 +124,7 @@ class Actor(Generic[T]):
         self._scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._work_scope: trio.CancelScope | None = None
+        self._work_cancelled = False
         self._busy: Frame | None = None
         self._lifecycle: Frame | None = None
         self._sys_lifecycle: Frame | None = None
@@ -254,7 +255,13 @@ class Actor(Generic[T]):
             turn = session.turn
         elif turn is None:
             turn = session.turn
-        await self._deliver((frame, direction, turn, None))
+        item = (frame, direction, turn, None)
+        targets = self._upstream if direction is UPSTREAM else self._downstream
+        if len(targets) == 1 and not isinstance(frame, SystemFrame):
+            mailbox = targets[0]._mailbox
+            if mailbox is not None and not mailbox.closed and mailbox.try_put_data(item):
+                return
+        await self._deliver(item)
 
     async def push_error(
         self,
@@ -304,8 +311,14 @@ class Actor(Generic[T]):
         """Pass an item on unchanged (pass-through and lifecycle frames)."""
         if type(item[0]) is EndFrame:
             self._end_forwarded = True
-        if item[1] is None:
+        direction = item[1]
+        if direction is None:
             return
+        targets = self._upstream if direction is UPSTREAM else self._downstream
+        if len(targets) == 1 and not isinstance(item[0], SystemFrame):
+            mailbox = targets[0]._mailbox
+            if mailbox is not None and not mailbox.closed and mailbox.try_put_data(item):
+                return
         await self._deliver(item)
 
     def _not_running(self) -> Exception:
@@ -457,12 +470,17 @@ class Actor(Generic[T]):
         _current_actor.set(self)
         await self._started.wait()
         accepts = self._accepts_type
+        accept_cache = self._accept_cache
+        data = mailbox._data
+        send_lot = mailbox._send_lot
         batch = 0
+        last_turn: int | None = None
         while True:
             with trio.CancelScope() as scope:
                 self._work_scope = scope
+                self._work_cancelled = False
                 while True:
-                    if scope.cancel_called:
+                    if self._work_cancelled:
                         # An interruption landed after the last handler's last checkpoint:
                         # serve the next frame in a fresh scope, or its handler would be
                         # cancelled in its place.
@@ -470,10 +488,13 @@ class Actor(Generic[T]):
                     if batch >= _FAIRNESS_BATCH:
                         batch = 0
                         await trio.lowlevel.checkpoint()
-                    try:
-                        item = mailbox.get_data_nowait()
+                    if data:
+                        item = data.popleft()
+                        mailbox.delivered += 1
+                        if send_lot._parked:
+                            send_lot.unpark()
                         batch += 1
-                    except trio.WouldBlock:
+                    else:
                         item = await mailbox.get_data()
                         batch = 0
                     frame = item[0]
@@ -484,11 +505,17 @@ class Actor(Generic[T]):
                         mailbox.count_stale()
                         continue
                     cls = type(frame)
-                    if not accepts(cls):
+                    ok = accept_cache.get(cls)
+                    if ok is None:
+                        ok = accepts(cls)
+                    if not ok:
                         await self._forward(item)
                     else:
-                        interruptible = frame.interruptible
-                        token = current_turn.set(item[2] if interruptible else session.turn)
+                        turn = item[2] if frame.interruptible else session.turn
+                        if turn != last_turn:
+                            # This task's own context: no need to reset between frames.
+                            current_turn.set(turn)
+                            last_turn = turn
                         self._busy = frame
                         if cls is EndFrame:
                             self._lifecycle = frame
@@ -497,10 +524,10 @@ class Actor(Generic[T]):
                         finally:
                             self._busy = None
                             self._lifecycle = None
-                            current_turn.reset(token)
                         if cls is EndFrame:
                             await self._forward(item)
                     if cls is EndFrame and self._end_forwarded:
+                        current_turn.set(None)
                         await self._stop()
                         return
             if scope.cancelled_caught:

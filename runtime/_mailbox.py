@@ -82,6 +82,10 @@ class Mailbox:
     )
     _data_lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
     _send_lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
+    # Waiter counts, kept by hand: cheaper than asking the parking lots on every frame.
+    _system_waiting: int = attrs.field(default=0, init=False)
+    _data_waiting: int = attrs.field(default=0, init=False)
+    _send_waiting: int = attrs.field(default=0, init=False)
     _peak: int = attrs.field(default=0, init=False)
     delivered: int = attrs.field(default=0, init=False)
     dropped_stale: int = attrs.field(default=0, init=False)
@@ -98,7 +102,7 @@ class Mailbox:
         if self.closed:
             raise ActorDeadError(f"actor {self.owner!r} has stopped")
         self._system.append(item)
-        if self._system_lot:
+        if self._system_waiting:
             self._system_lot.unpark()
 
     def try_put_data(self, item: Item) -> bool:
@@ -108,14 +112,14 @@ class Mailbox:
         data = self._data
         if len(data) >= self.capacity and item[1] is not FrameDirection.UPSTREAM:
             return False
-        if self._send_lot and item[1] is not FrameDirection.UPSTREAM:
+        if self._send_waiting and item[1] is not FrameDirection.UPSTREAM:
             # Others are already waiting: keep their place in line.
             return False
         data.append(item)
         n = len(data)
         if n > self._peak:
             self._peak = n
-        if self._data_lot:
+        if self._data_waiting:
             self._data_lot.unpark()
         return True
 
@@ -127,7 +131,7 @@ class Mailbox:
         data.append(item)
         if len(data) > self._peak:
             self._peak = len(data)
-        if self._data_lot:
+        if self._data_waiting:
             self._data_lot.unpark()
 
     async def put_data(self, item: Item) -> None:
@@ -138,7 +142,11 @@ class Mailbox:
         if self.try_put_data(item):
             return
         while True:
-            await self._send_lot.park()
+            self._send_waiting += 1
+            try:
+                await self._send_lot.park()
+            finally:
+                self._send_waiting -= 1
             if self.closed:
                 raise ActorDeadError(f"actor {self.owner!r} has stopped")
             data = self._data
@@ -147,9 +155,9 @@ class Mailbox:
                 n = len(data)
                 if n > self._peak:
                     self._peak = n
-                if self._data_lot:
+                if self._data_waiting:
                     self._data_lot.unpark()
-                if self._send_lot and n < self.capacity:
+                if self._send_waiting and n < self.capacity:
                     self._send_lot.unpark()
                 return
 
@@ -166,11 +174,13 @@ class Mailbox:
 
     async def get_system(self) -> Item:
         """Wait for and take the next system frame."""
-        while True:
+        while not self._system:
+            self._system_waiting += 1
             try:
-                return self.get_system_nowait()
-            except trio.WouldBlock:
                 await self._system_lot.park()
+            finally:
+                self._system_waiting -= 1
+        return self.get_system_nowait()
 
     def get_data_nowait(self) -> Item:
         """Take the next data frame or raise :class:`trio.WouldBlock`."""
@@ -179,17 +189,19 @@ class Mailbox:
         except IndexError:
             raise trio.WouldBlock from None
         self.delivered += 1
-        if self._send_lot:
+        if self._send_waiting:
             self._send_lot.unpark()
         return item
 
     async def get_data(self) -> Item:
         """Wait for and take the next data frame."""
-        while True:
+        while not self._data:
+            self._data_waiting += 1
             try:
-                return self.get_data_nowait()
-            except trio.WouldBlock:
                 await self._data_lot.park()
+            finally:
+                self._data_waiting -= 1
+        return self.get_data_nowait()
 
     # ----------------------------------------------------------------- maintenance
 
@@ -200,7 +212,9 @@ class Mailbox:
         for item in self._data:
             (dropped if is_stale(item) else kept).append(item)
         if dropped:
-            self._data = kept
+            # In place: the data loop holds on to this deque.
+            self._data.clear()
+            self._data.extend(kept)
             self.dropped_stale += len(dropped)
             free = self.capacity - len(kept)
             for _ in range(min(free, len(self._send_lot))):

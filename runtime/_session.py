@@ -375,6 +375,7 @@ class Session:
             busy = actor._busy
             if busy is not None and busy.interruptible and actor._work_scope is not None:
                 actor._work_scope.cancel()
+                actor._work_cancelled = True
                 cancelled += 1
             if actor._mailbox is not None:
                 dropped += len(actor._mailbox.purge(stale))
