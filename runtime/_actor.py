@@ -491,7 +491,7 @@ class Actor(Generic[T]):
                     if data:
                         item = data.popleft()
                         mailbox.delivered += 1
-                        if send_lot._parked:
+                        if mailbox._send_waiting:
                             send_lot.unpark()
                         batch += 1
                     else:

@@ -1,0 +1,316 @@
+"""Shared pieces of the LLM-service benchmarks: recorders, running pipelines, httpx floors.
+
+Everything is timed with :func:`time.monotonic` (``CLOCK_MONOTONIC`` on Linux, the same clock in
+every process, so figures can be compared with the benchmark server's own timestamps).
+
+* :class:`Recorder` records what reaches the end of a pipeline (trouper: the task's
+  ``on_downstream`` listener; Pipecat: a direct-mode probe processor, which adds no queue) and
+  wakes a waiter once a given number of frames of a given class arrived. It works with trio and
+  asyncio events alike.
+* :func:`trouper_pipeline` (trio) and :func:`pipecat_pipeline` (asyncio) run a pipeline for the
+  block of an ``async with``.
+* :func:`floor_stream` and :func:`floor_first_token` read one stream with bare httpx
+  (``aiter_lines`` + ``json.loads`` per data line): the least work any httpx-based client can
+  do. They run on either event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import httpx
+
+from . import _pipecat
+
+__all__ = [
+    "MESSAGES",
+    "PIPECAT_MESSAGES",
+    "SYSTEM_PROMPT",
+    "Recorder",
+    "floor_body",
+    "floor_first_token",
+    "floor_stream",
+    "median",
+    "pipecat_llm",
+    "pipecat_pair",
+    "pipecat_pipeline",
+    "trouper_llm",
+    "trouper_pipeline",
+]
+
+#: The conversation every benchmark request carries.
+MESSAGES: tuple[dict[str, str], ...] = (
+    {"role": "system", "content": "You are a helpful benchmark assistant."},
+    {"role": "user", "content": "Tell me a long story."},
+)
+
+#: The system prompt of :data:`MESSAGES` (Pipecat gets it as ``system_instruction``).
+SYSTEM_PROMPT = MESSAGES[0]["content"]
+#: :data:`MESSAGES` without the system message, for Pipecat's ``LLMContext``.
+PIPECAT_MESSAGES = MESSAGES[1:]
+
+API_KEY = "sk-bench-0000"
+
+
+class _Event(Protocol):
+    def set(self) -> None: ...
+
+
+def median(values: Sequence[float]) -> float:
+    """The median (``nan`` for no values)."""
+    return statistics.median(values) if values else float("nan")
+
+
+class Recorder:
+    """What reaches the end of a pipeline, with arrival times (``time.monotonic``).
+
+    Args:
+        new_event: ``trio.Event`` or ``asyncio.Event`` (the recorder only calls ``set``).
+    """
+
+    def __init__(self, new_event: Callable[[], Any]) -> None:
+        self._new_event = new_event
+        self.frames: list[tuple[float, Any]] = []
+        self.event: Any = new_event()
+        self._until: type[Any] | None = None
+        self._needed = 0
+        self._seen = 0
+        self._keep = True
+        self.count = 0
+        self.done_at = 0.0
+
+    def arm(self, until: type[Any], count: int = 1, *, keep: bool = True) -> Any:
+        """Forget what was recorded; return an event set once ``count`` frames of ``until``
+        (exactly that class) have arrived (:attr:`done_at` is the last one's arrival).
+
+        Args:
+            until: The frame class waited for.
+            count: How many of them.
+            keep: Keep every frame with its arrival time in :attr:`frames` (else only count
+                them in :attr:`count`).
+        """
+        self.frames = []
+        self._until = until
+        self._needed = count
+        self._seen = 0
+        self._keep = keep
+        self.count = 0
+        self.event = self._new_event()
+        return self.event
+
+    def on_frame(self, frame: Any, *_: Any) -> None:
+        """Record ``frame`` (the trouper listener signature works too)."""
+        now = time.monotonic()
+        self.count += 1
+        if self._keep:
+            self.frames.append((now, frame))
+        if type(frame) is self._until:
+            self._seen += 1
+            if self._seen == self._needed:
+                self.done_at = now
+                self.event.set()
+
+    def times_of(self, cls: type[Any], after: float = 0.0) -> list[float]:
+        """Arrival times of the frames of ``cls`` (subclasses too) that came after ``after``."""
+        return [t for t, f in self.frames if isinstance(f, cls) and t > after]
+
+
+# --------------------------------------------------------------------------- trouper (trio)
+
+
+def trouper_llm(base_url: str, model: str, **kwargs: Any) -> Any:
+    """A trouper ``OpenAILLMService`` for the benchmark server (generous timeouts)."""
+    from actors import OpenAILLMService
+    from actors.client import Timeouts
+
+    return OpenAILLMService(
+        model=model,
+        api_key=API_KEY,
+        base_url=base_url,
+        timeouts=Timeouts(connect=60.0, first_token=120.0, idle=120.0),
+        **kwargs,
+    )
+
+
+@asynccontextmanager
+async def trouper_pipeline(
+    stages: Sequence[Any], recorder: Recorder, *, mailbox_size: int | None = None
+) -> AsyncIterator[Any]:
+    """Run ``Pipeline(stages)`` in a ``PipelineTask`` whose downstream end feeds ``recorder``.
+
+    Yields:
+        The running task (ended gracefully when the block is left).
+    """
+    from runtime import Pipeline, PipelineParams, PipelineTask
+
+    params = PipelineParams(mailbox_size=mailbox_size) if mailbox_size else None
+    task = PipelineTask(Pipeline(list(stages)), params, on_downstream=recorder.on_frame)
+    async with task:
+        yield task
+
+
+# --------------------------------------------------------------------------- Pipecat (asyncio)
+
+
+def pipecat_llm(base_url: str, model: str, **kwargs: Any) -> Any:
+    """A Pipecat 1.14 ``OpenAILLMService`` for the benchmark server.
+
+    The system prompt is the service's ``system_instruction`` (1.14's way; a system message in
+    ``LLMContext`` is deprecated since 1.9), so contexts hold :data:`PIPECAT_MESSAGES` and the
+    request carries the same messages as trouper's.
+    """
+    _pipecat.quiet_logs()
+    from pipecat.services.openai.llm import OpenAILLMService
+
+    return OpenAILLMService(
+        api_key=API_KEY,
+        base_url=base_url,
+        settings=OpenAILLMService.Settings(model=model, system_instruction=SYSTEM_PROMPT),
+        **kwargs,
+    )
+
+
+def pipecat_pair(context: Any) -> Any:
+    """A Pipecat ``LLMContextAggregatorPair`` for a text-only pipeline.
+
+    The user aggregator gets ``ExternalUserTurnStrategies`` (turns driven by frames), so it
+    does not load the default local smart-turn model (~12 MB and ~150 ms per aggregator):
+    trouper's user aggregator has no turn analysis either.
+    """
+    from pipecat.processors.aggregators.llm_response_universal import (
+        LLMContextAggregatorPair,
+        LLMUserAggregatorParams,
+    )
+    from pipecat.turns.user_turn_strategies import ExternalUserTurnStrategies
+
+    params = LLMUserAggregatorParams(user_turn_strategies=ExternalUserTurnStrategies())
+    return LLMContextAggregatorPair(context, user_params=params)
+
+
+def pipecat_probe(recorder: Recorder) -> Any:
+    """A direct-mode Pipecat processor (run inline by its caller: no queue, no task) that
+    records every downstream frame and forwards everything."""
+    from pipecat.frames.frames import Frame
+    from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+    downstream = FrameDirection.DOWNSTREAM
+
+    class BenchProbe(FrameProcessor):
+        """Records downstream frames, forwards every frame."""
+
+        def __init__(self) -> None:
+            super().__init__(name="BenchProbe", enable_direct_mode=True)
+
+        async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+            await super().process_frame(frame, direction)
+            if direction is downstream:
+                recorder.on_frame(frame)
+            await self.push_frame(frame, direction)
+
+    return BenchProbe()
+
+
+@asynccontextmanager
+async def pipecat_pipeline(processors: Sequence[Any]) -> AsyncIterator[Any]:
+    """Run ``Pipeline(processors)`` with a ``PipelineWorker`` and a ``WorkerRunner``.
+
+    Minimal worker configuration, as in :mod:`benchmarks._pipecat`: no RTVI, no turn tracking,
+    no idle timeout (Pipecat measured at its fastest).
+
+    Yields:
+        The running worker (``stop_when_done`` when the block is left).
+    """
+    import asyncio
+
+    _pipecat.quiet_logs()
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.worker import PipelineWorker
+    from pipecat.workers.runner import WorkerRunner
+
+    worker = PipelineWorker(
+        Pipeline(list(processors)),
+        enable_rtvi=False,
+        enable_turn_tracking=False,
+        idle_timeout_secs=None,
+        check_dangling_tasks=False,
+        cancel_on_idle_timeout=False,
+    )
+    started = asyncio.Event()
+
+    @worker.event_handler("on_pipeline_started")  # type: ignore[untyped-decorator]
+    async def _started(_worker: Any, _frame: Any) -> None:
+        started.set()
+
+    runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
+    await runner.add_workers(worker)
+    running = asyncio.create_task(runner.run())
+    try:
+        await asyncio.wait_for(started.wait(), timeout=60)
+        yield worker
+        await worker.stop_when_done()  # type: ignore[no-untyped-call]
+        await asyncio.wait_for(asyncio.shield(running), timeout=60)
+    finally:
+        if not running.done():
+            running.cancel()
+            try:
+                await running
+            except asyncio.CancelledError:
+                pass
+
+
+# --------------------------------------------------------------------------- httpx floors
+
+
+def floor_body(model: str) -> dict[str, Any]:
+    """The request body the floors send (what both services send, give or take a field)."""
+    return {
+        "model": model,
+        "messages": list(MESSAGES),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+async def floor_stream(http: httpx.AsyncClient, url: str, body: Mapping[str, Any]) -> float:
+    """Read one whole stream with bare httpx; seconds from the request to ``[DONE]``."""
+    start = time.monotonic()
+    count = 0
+    async with http.stream("POST", url, json=body, headers={"Accept": "text/event-stream"}) as r:
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                data = line[6:]
+                if data == "[DONE]":
+                    break
+                json.loads(data)
+                count += 1
+    elapsed = time.monotonic() - start
+    if count == 0:
+        raise RuntimeError("floor: empty stream")
+    return elapsed
+
+
+async def floor_first_token(http: httpx.AsyncClient, url: str, body: Mapping[str, Any]) -> float:
+    """Seconds from the request to the first parsed chunk with content (the rest of the stream
+    is read afterwards, untimed, so that the connection goes back to the pool)."""
+    start = time.monotonic()
+    first = 0.0
+    async with http.stream("POST", url, json=body, headers={"Accept": "text/event-stream"}) as r:
+        async for line in r.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[6:]
+            if data == "[DONE]":
+                break
+            if not first:
+                chunk = json.loads(data)
+                choices = chunk.get("choices") or ()
+                if choices and choices[0].get("delta", {}).get("content"):
+                    first = time.monotonic()
+    if not first:
+        raise RuntimeError("floor: no content in the stream")
+    return first - start

@@ -1,0 +1,470 @@
+"""Concurrent sessions: N one-turn conversations at once, trouper against Pipecat 1.14.
+
+Each session is a full conversation pipeline with its own LLM service (its own HTTP client and
+connection), as a server hosting many calls would run them:
+
+* trouper: ``Pipeline([user aggregator, OpenAILLMService, assistant aggregator])`` (plus the
+  context store the pair shares) in its own ``PipelineTask``;
+* Pipecat: ``Pipeline([user aggregator, OpenAILLMService, probe, assistant aggregator])`` in its
+  own ``PipelineWorker`` and ``WorkerRunner`` (minimal configuration; the probe is direct-mode,
+  so it adds no queue).
+
+All sessions are started first (untimed), then every session gets an ``LLMRunFrame`` (one
+after the other, as fast as the loop allows) and answers with a 50-token stream, one chunk
+every 20 ms (first chunk at once, so ~1 s per turn), from the shared benchmark server process.
+
+Measured, in a fresh worker process per framework and size (so that memory figures are not
+polluted by the other framework or an earlier size):
+
+* **turn wall time**: per session, from its ``LLMRunFrame`` push to its
+  ``LLMFullResponseEndFrame`` at the end; the slowest session is the figure (median in the notes);
+* **CPU**: the worker's process time (user + system) from the first push to the last end;
+* **memory per session**: RSS with every session alive after its turn, minus the RSS before the
+  sessions were built (after one warm-up session had run, so imports and one-time set-up are
+  not counted), divided by N.
+
+For context, the same N streams are also read by a raw httpx floor (one shared
+``httpx.AsyncClient``, ``aiter_lines`` + ``json.loads``, under trio, in its own process), and
+both frameworks are measured once more at 500 sessions with ``gc.freeze()`` called after the
+set-up, which shows the share of the cyclic garbage collector in the turn's CPU.
+
+Sizes: 50, 200, 500 and, unless ``--quick``, 2,000. Run one size by hand with
+``python -m benchmarks.sessions --sessions 500`` (both frameworks), or one worker with
+``python -m benchmarks.sessions --worker trouper --sessions 500 --url URL [--gc-freeze]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import attrs
+import httpx
+
+from . import _pipecat
+from ._registry import TIMES, Options, Report, Row, Target
+from ._rigs import (
+    MESSAGES,
+    PIPECAT_MESSAGES,
+    Recorder,
+    floor_body,
+    floor_stream,
+    pipecat_llm,
+    pipecat_pair,
+    pipecat_pipeline,
+    pipecat_probe,
+    trouper_llm,
+)
+from ._server import child_env, fetch_stats, model_spec, reset_stats, server_process
+
+__all__ = ["SIZES", "WorkerResult", "run", "run_worker"]
+
+#: Session counts measured (2,000 only without ``--quick``).
+SIZES = (50, 200, 500)
+FULL_SIZE = 2000
+#: Size measured again with ``gc.freeze()`` after set-up.
+FREEZE_SIZE = 500
+TOKENS = 50
+SPACING_MS = 20.0
+MODEL = model_spec(tokens=TOKENS, spacing_ms=SPACING_MS)
+
+
+@attrs.frozen
+class WorkerResult:
+    """What one worker process measured (seconds, bytes)."""
+
+    framework: str
+    sessions: int
+    start_s: float
+    turn_max_s: float
+    turn_median_s: float
+    turn_all_s: float
+    cpu_turn_s: float
+    rss_base: int
+    rss_after: int
+    rss_peak: int
+    stop_s: float
+    gc_s: float = 0.0
+
+    @property
+    def kb_per_session(self) -> float:
+        """RSS growth per live session, KiB."""
+        return (self.rss_after - self.rss_base) / self.sessions / 1024.0
+
+
+def _rss() -> int:
+    with open("/proc/self/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+class _PeakRss:
+    """Samples RSS every 20 ms while :meth:`sample` runs (trio or asyncio sleep)."""
+
+    def __init__(self) -> None:
+        self.peak = _rss()
+        self.running = True
+
+    async def sample(self, sleep: Callable[[float], Awaitable[Any]]) -> None:
+        while self.running:
+            self.peak = max(self.peak, _rss())
+            await sleep(0.02)
+
+
+class _GcTimer:
+    """Time spent in the cyclic garbage collector while :meth:`running` is on."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.total += time.perf_counter() - self._started
+
+    def __enter__(self) -> _GcTimer:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+
+# --------------------------------------------------------------------------- trouper worker
+
+
+async def _trouper_worker(n: int, url: str, freeze: bool = False) -> WorkerResult:
+    import trio
+
+    from actors import LLMFullResponseEndFrame, LLMRunFrame, OpenAILLMContext
+    from runtime import Pipeline, PipelineTask
+
+    def build(rec: Recorder) -> PipelineTask:
+        llm = trouper_llm(url, MODEL)
+        pair = llm.create_context_aggregator(OpenAILLMContext(messages=list(MESSAGES)))
+        return PipelineTask(
+            Pipeline([pair.user(), llm, pair.assistant()]), on_downstream=rec.on_frame
+        )
+
+    # Warm-up: one session, one turn (imports, lazy set-up), then the baseline.
+    rec = Recorder(trio.Event)
+    async with build(rec) as task:
+        event = rec.arm(LLMFullResponseEndFrame, keep=False)
+        await task.queue_frame(LLMRunFrame())
+        await event.wait()
+    del task, rec
+    gc.collect()
+    rss_base = _rss()
+
+    recs = [Recorder(trio.Event) for _ in range(n)]
+    t_start = time.monotonic()
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        tasks = [await stack.enter_async_context(build(r)) for r in recs]
+        start_s = time.monotonic() - t_start
+        events = [r.arm(LLMFullResponseEndFrame, keep=False) for r in recs]
+        peak = _PeakRss()
+        nursery.start_soon(peak.sample, trio.sleep)
+        gc.collect()
+        if freeze:
+            gc.freeze()
+        pushed = [0.0] * n
+        with _GcTimer() as gc_timer:
+            c0 = time.process_time()
+            for i, task in enumerate(tasks):
+                pushed[i] = time.monotonic()
+                await task.queue_frame(LLMRunFrame())
+            for event in events:
+                await event.wait()
+            cpu = time.process_time() - c0
+        peak.running = False
+        rss_after = _rss()
+        t_stop = time.monotonic()
+    stop_s = time.monotonic() - t_stop
+    return _result(
+        "trouper", recs, pushed, start_s, cpu, rss_base, rss_after, peak, stop_s, gc_timer.total
+    )
+
+
+# --------------------------------------------------------------------------- Pipecat worker
+
+
+async def _pipecat_worker(n: int, url: str, freeze: bool = False) -> WorkerResult:
+    from pipecat.frames.frames import LLMFullResponseEndFrame, LLMRunFrame
+    from pipecat.processors.aggregators.llm_context import LLMContext
+
+    def build(rec: Recorder) -> Any:
+        llm = pipecat_llm(url, MODEL)
+        pair = pipecat_pair(LLMContext(messages=list(PIPECAT_MESSAGES)))  # type: ignore[arg-type]
+        return pipecat_pipeline([pair.user(), llm, pipecat_probe(rec), pair.assistant()])
+
+    rec = Recorder(asyncio.Event)
+    async with build(rec) as worker:
+        event = rec.arm(LLMFullResponseEndFrame, keep=False)
+        await worker.queue_frame(LLMRunFrame())
+        await event.wait()
+    del worker, rec
+    gc.collect()
+    rss_base = _rss()
+
+    recs = [Recorder(asyncio.Event) for _ in range(n)]
+    t_start = time.monotonic()
+    async with AsyncExitStack() as stack:
+        workers = [await stack.enter_async_context(build(r)) for r in recs]
+        start_s = time.monotonic() - t_start
+        events = [r.arm(LLMFullResponseEndFrame, keep=False) for r in recs]
+        peak = _PeakRss()
+        sampler = asyncio.create_task(peak.sample(asyncio.sleep))
+        gc.collect()
+        if freeze:
+            gc.freeze()
+        pushed = [0.0] * n
+        with _GcTimer() as gc_timer:
+            c0 = time.process_time()
+            for i, worker in enumerate(workers):
+                pushed[i] = time.monotonic()
+                await worker.queue_frame(LLMRunFrame())
+            for event in events:
+                await event.wait()
+            cpu = time.process_time() - c0
+        peak.running = False
+        await sampler
+        rss_after = _rss()
+        t_stop = time.monotonic()
+    stop_s = time.monotonic() - t_stop
+    return _result(
+        "pipecat", recs, pushed, start_s, cpu, rss_base, rss_after, peak, stop_s, gc_timer.total
+    )
+
+
+async def _floor_worker(n: int, url: str) -> WorkerResult:
+    """The same ``n`` streams read with bare httpx (one shared client, ``aiter_lines`` and
+    ``json.loads`` per data line): what any httpx-based stack needs at least."""
+    import trio
+
+    chat_url = f"{url}/chat/completions"
+    body = floor_body(MODEL)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(limits=limits, timeout=120.0) as http:
+        await floor_stream(http, chat_url, body)
+        gc.collect()
+        rss_base = _rss()
+        walls = [0.0] * n
+        ends = [0.0] * n
+
+        async def one(i: int) -> None:
+            walls[i] = await floor_stream(http, chat_url, body)
+            ends[i] = time.monotonic()
+
+        peak = _PeakRss()
+        c0, t0 = time.process_time(), time.monotonic()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peak.sample, trio.sleep)
+            with _GcTimer() as gc_timer:
+                async with trio.open_nursery() as streams:
+                    for i in range(n):
+                        streams.start_soon(one, i)
+                cpu = time.process_time() - c0
+            peak.running = False
+        rss_after = _rss()
+    return WorkerResult(
+        framework="floor",
+        sessions=n,
+        start_s=0.0,
+        turn_max_s=max(walls),
+        turn_median_s=statistics.median(walls),
+        turn_all_s=max(ends) - t0,
+        cpu_turn_s=cpu,
+        rss_base=rss_base,
+        rss_after=rss_after,
+        rss_peak=max(peak.peak, rss_after),
+        stop_s=0.0,
+        gc_s=gc_timer.total,
+    )
+
+
+def _result(
+    framework: str,
+    recs: list[Recorder],
+    pushed: list[float],
+    start_s: float,
+    cpu: float,
+    rss_base: int,
+    rss_after: int,
+    peak: _PeakRss,
+    stop_s: float,
+    gc_s: float,
+) -> WorkerResult:
+    for rec in recs:
+        if rec.count < TOKENS + 2:
+            raise RuntimeError(f"{framework}: a session saw {rec.count} frames for {TOKENS} tokens")
+    walls = [rec.done_at - t for rec, t in zip(recs, pushed, strict=True)]
+    return WorkerResult(
+        framework=framework,
+        sessions=len(recs),
+        start_s=start_s,
+        turn_max_s=max(walls),
+        turn_median_s=statistics.median(walls),
+        turn_all_s=max(r.done_at for r in recs) - pushed[0],
+        cpu_turn_s=cpu,
+        rss_base=rss_base,
+        rss_after=rss_after,
+        rss_peak=max(peak.peak, rss_after),
+        stop_s=stop_s,
+        gc_s=gc_s,
+    )
+
+
+def run_worker(framework: str, n: int, url: str, *, freeze: bool = False) -> WorkerResult:
+    """Measure ``n`` sessions of ``framework`` (``"trouper"`` or ``"pipecat"``) in this process.
+
+    Args:
+        framework: ``"trouper"`` or ``"pipecat"``.
+        n: Concurrent sessions.
+        url: The benchmark server's base URL.
+        freeze: ``gc.freeze()`` once the sessions are built (their objects are then never
+            scanned by the cyclic garbage collector during the turn).
+    """
+    if framework in ("trouper", "floor"):
+        import trio
+
+        from runtime import logging as rlog
+
+        rlog.configure(level="warning")
+
+        async def go() -> WorkerResult:
+            if framework == "floor":
+                return await _floor_worker(n, url)
+            return await _trouper_worker(n, url, freeze)
+
+        return trio.run(go)
+    return _pipecat.run(lambda: _pipecat_worker(n, url, freeze))
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _spawn(framework: str, n: int, url: str, *, freeze: bool = False) -> WorkerResult:
+    command = [sys.executable, "-m", "benchmarks.sessions", "--worker", framework]
+    command += ["--sessions", str(n), "--url", url] + (["--gc-freeze"] if freeze else [])
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=child_env(), timeout=1800, check=False
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"{framework} worker ({n} sessions) failed ({done.returncode}):\n{done.stderr[-3000:]}"
+        )
+    return WorkerResult(**json.loads(lines[-1]))
+
+
+def run(options: Options) -> Report:
+    """Run every size for both frameworks and the httpx floor (a fresh process each), plus
+    both frameworks with ``gc.freeze()`` at 500 sessions, and report."""
+    sizes = SIZES if options.quick else (*SIZES, FULL_SIZE)
+    frameworks = ("trouper", "pipecat") if _pipecat.available() else ("trouper",)
+    results: dict[str, WorkerResult] = {}
+    lateness: dict[str, float] = {}
+    with server_process() as url:
+        plan = [(f, n, False) for n in sizes for f in (*frameworks, "floor")]
+        plan += [(f, FREEZE_SIZE, True) for f in frameworks]
+        for framework, n, freeze in plan:
+            key = _key(framework, n, freeze)
+            reset_stats(url)
+            results[key] = _spawn(framework, n, url, freeze=freeze)
+            lateness[key] = fetch_stats(url)["late_max_ms"]
+
+    rows: list[Row] = []
+    for n in sizes:
+        rows += _rows(f"{n:,} sessions", n, results, frozen=False)
+    rows += _rows(f"{FREEZE_SIZE:,} sessions, gc.freeze()", FREEZE_SIZE, results, frozen=True)
+    notes = (
+        f"each session: one {TOKENS}-token turn, a chunk every {SPACING_MS:g} ms (ideal turn "
+        f"≈ {(TOKENS - 1) * SPACING_MS / 1000:.2f} s); a fresh worker process per framework "
+        "and size; one measurement each",
+        f"CPU target: Pipecat's CPU ÷ trouper's ≥ 4{TIMES} at 500 sessions",
+        "httpx floor: the same streams read by one shared httpx.AsyncClient (aiter_lines + "
+        "json.loads), under trio, in its own process",
+        "gc.freeze(): called once the sessions are built (informational)",
+        "server's worst chunk lateness (ms): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in lateness.items()),
+    )
+    details = {
+        "results": {k: attrs.asdict(r) for k, r in results.items()},
+        "server_lateness_ms": lateness,
+    }
+    return Report("sessions", tuple(rows), details=details, notes=notes)
+
+
+def _key(framework: str, n: int, freeze: bool) -> str:
+    return f"{framework}/{n}" + ("/freeze" if freeze else "")
+
+
+def _rows(scenario: str, n: int, results: dict[str, WorkerResult], *, frozen: bool) -> list[Row]:
+    ours = results[_key("trouper", n, frozen)]
+    theirs = results.get(_key("pipecat", n, frozen))
+    floor = None if frozen else results.get(_key("floor", n, False))
+    targets = n == 500 and not frozen
+
+    def pc(value: Callable[[WorkerResult], float]) -> float | None:
+        return None if theirs is None else value(theirs)
+
+    median_note = f"median session: trouper {ours.turn_median_s:.3f} s" + (
+        f", Pipecat {theirs.turn_median_s:.3f} s" if theirs else ""
+    )
+    rows = [
+        Row(scenario, "turn wall time, slowest session", "s", ours.turn_max_s,
+            pc(lambda r: r.turn_max_s), "lower", Target("max", 1.2) if targets else None,
+            note=median_note),
+        Row(scenario, "CPU during the turn", "s", ours.cpu_turn_s, pc(lambda r: r.cpu_turn_s),
+            "lower", Target("advantage", 4) if targets else None),
+        Row(scenario, "of which cyclic GC", "s", ours.gc_s, pc(lambda r: r.gc_s), "lower",
+            note="gc.callbacks timing"),
+    ]  # fmt: skip
+    if not frozen:
+        rows += [
+            Row(scenario, "memory per session (RSS)", "KiB", ours.kb_per_session,
+                pc(lambda r: r.kb_per_session), "lower",
+                Target("max", 250) if targets else None),
+            Row(scenario, "start all sessions", "s", ours.start_s, pc(lambda r: r.start_s),
+                "lower"),
+        ]  # fmt: skip
+    if floor is not None:
+        rows += [
+            Row(scenario, "httpx floor: slowest stream", "s", floor.turn_max_s, None, "lower",
+                note="trouper column: the floor"),
+            Row(scenario, "httpx floor: CPU", "s", floor.cpu_turn_s, None, "lower",
+                note="trouper column: the floor"),
+        ]  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: a worker (``--worker``), or one size for both frameworks."""
+    parser = argparse.ArgumentParser(description="concurrent sessions benchmark")
+    parser.add_argument("--worker", choices=("trouper", "pipecat", "floor"))
+    parser.add_argument("--sessions", type=int, default=500)
+    parser.add_argument("--url")
+    parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() before the turn")
+    args = parser.parse_args(argv)
+    if args.worker:
+        result = run_worker(args.worker, args.sessions, args.url, freeze=args.gc_freeze)
+        print(json.dumps(attrs.asdict(result)), flush=True)
+        return
+    with server_process() as url:
+        for framework in ("trouper", "pipecat"):
+            result = _spawn(framework, args.sessions, url)
+            print(json.dumps(attrs.asdict(result)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
