@@ -139,6 +139,8 @@ class PipelineTask:
         self._ran = False
         self._finished = False
         self._last_activity = 0.0
+        # Only an idle timeout needs the clock read on every frame at the ends.
+        self._idle = self.params.idle_timeout_secs is not None
         self.errors: list[ErrorFrame] = []
 
     # ----------------------------------------------------------------- listeners
@@ -194,7 +196,8 @@ class PipelineTask:
 
     async def _inject(self, frame: Frame, direction: FrameDirection) -> None:
         session = self.session
-        self._last_activity = trio.current_time()
+        if self._idle:
+            self._last_activity = trio.current_time()
         turn = frame.turn if frame.turn is not None else session.turn
         if type(frame) is InterruptionFrame:
             session._apply_interruption(frame)
@@ -230,7 +233,8 @@ class PipelineTask:
     # ----------------------------------------------------------------- ends
 
     async def _reached_end(self, frame: Frame, direction: FrameDirection) -> None:
-        self._last_activity = trio.current_time()
+        if self._idle:
+            self._last_activity = trio.current_time()
         cls = type(frame)
         if direction is FrameDirection.DOWNSTREAM:
             if cls is StartFrame:
