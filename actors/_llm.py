@@ -350,11 +350,12 @@ class OpenAILLMService(Actor[Frame]):
             async with self._client.stream(request) as stream:
                 async for chunk in stream:
                     text = chunk.content
-                    if not ttfb_sent and stream.first_token_at is not None:
-                        ttfb_sent = True
-                        await self._report_ttfb(stream)
                     if text:
                         await self.push_frame(LLMTextFrame(text))
+                    if not ttfb_sent and stream.first_token_at is not None:
+                        # After the first text goes out: the measurement must not delay it.
+                        ttfb_sent = True
+                        await self._report_ttfb(stream)
             result = stream.result()
             calls = _function_calls(result)
             if result.refusal and not result.text:
