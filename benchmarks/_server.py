@@ -373,7 +373,20 @@ async def open_server() -> AsyncIterator[str]:
     Yields:
         Its base URL. The process is killed on exit, also on cancellation.
     """
-    process = await trio.lowlevel.open_process(_command(), stdout=subprocess.PIPE, env=child_env())
+    async with open_port_process(_command(), child_env()) as url:
+        yield url
+
+
+@asynccontextmanager
+async def open_port_process(command: list[str], env: dict[str, str]) -> AsyncIterator[str]:
+    """Run a benchmark server process that prints ``PORT <n>`` once it listens.
+
+    Shared by every benchmark server started from trio.
+
+    Yields:
+        ``http://127.0.0.1:<n>/v1``. The process is killed on exit, also on cancellation.
+    """
+    process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, env=env)
     try:
         assert process.stdout is not None
         received = b""

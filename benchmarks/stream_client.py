@@ -160,28 +160,10 @@ async def open_stream_server(tokens: int = DEFAULT_TOKENS) -> AsyncIterator[str]
     Yields:
         The server's base URL. The process is killed on exit, also on cancellation.
     """
-    process = await trio.lowlevel.open_process(
-        _server_command(tokens), stdout=subprocess.PIPE, env=_server_env()
-    )
-    try:
-        assert process.stdout is not None
-        received = b""
-        with trio.fail_after(30):
-            while b"\n" not in received:
-                data = await process.stdout.receive_some(256)
-                if not data:
-                    raise RuntimeError("benchmark server exited before listening")
-                received += data
-        line = received.decode().splitlines()[0]
-        if not line.startswith("PORT "):
-            raise RuntimeError(f"benchmark server did not start: {line!r}")
-        yield f"http://127.0.0.1:{int(line.split()[1])}/v1"
-    finally:
-        process.kill()
-        with trio.CancelScope(shield=True):
-            await process.wait()
-            if process.stdout is not None:
-                await process.stdout.aclose()
+    from ._server import open_port_process
+
+    async with open_port_process(_server_command(tokens), _server_env()) as url:
+        yield url
 
 
 async def consume_with_client(client: ChatCompletionsClient, request: ChatRequest) -> float:
