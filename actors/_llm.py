@@ -348,14 +348,12 @@ class OpenAILLMService(Actor[Frame]):
                 params=self._params,
             )
             async with self._client.stream(request) as stream:
-                async for chunk in stream:
-                    text = chunk.content
-                    if text:
-                        await self.push_frame(LLMTextFrame(text))
+                async for text in stream.text_deltas():
+                    await self.push_frame(LLMTextFrame(text))
                     if not ttfb_sent and stream.first_token_at is not None:
                         # After the first text goes out: the measurement must not delay it.
                         ttfb_sent = True
-                        await self._report_ttfb(stream)
+                        await self._emit(self._ttfb(stream))
             result = stream.result()
             calls = _function_calls(result)
             if result.refusal and not result.text:
@@ -378,10 +376,10 @@ class OpenAILLMService(Actor[Frame]):
                 if interrupted:
                     # Cancelled: the closing frames still go out, but never hang the teardown.
                     with trio.move_on_after(_CLOSING_PUSH_SECS, shield=True):
-                        await self._close_inference(stream, started, interrupted, failed)
+                        await self._close_inference(stream, started, interrupted, failed, ttfb_sent)
                 else:
                     try:
-                        await self._close_inference(stream, started, interrupted, failed)
+                        await self._close_inference(stream, started, interrupted, failed, ttfb_sent)
                     except trio.Cancelled:
                         # Interrupted while the end frame waited for room downstream.
                         with trio.move_on_after(_CLOSING_PUSH_SECS, shield=True):
@@ -398,19 +396,27 @@ class OpenAILLMService(Actor[Frame]):
                         )
                     )
 
-    async def _report_ttfb(self, stream: ChatStream) -> None:
-        if stream.first_token_at is None or stream.request_started_at is None:
-            return
+    def _ttfb(self, stream: ChatStream | None) -> list[MetricsData]:
+        """The TTFB of ``stream`` as metrics data, if it has one to report."""
+        if stream is None or stream.first_token_at is None or stream.request_started_at is None:
+            return []
         if self.report_only_initial_ttfb and self._ttfb_reported:
-            return
+            return []
         self._ttfb_reported = True
         value = stream.first_token_at - stream.request_started_at
-        await self._emit([TTFBMetricsData(self.name, self._model, value=value)])
+        return [TTFBMetricsData(self.name, self._model, value=value)]
 
     async def _close_inference(
-        self, stream: ChatStream | None, started: float, interrupted: bool, failed: bool
+        self,
+        stream: ChatStream | None,
+        started: float,
+        interrupted: bool,
+        failed: bool,
+        ttfb_sent: bool,
     ) -> None:
-        data: list[MetricsData] = []
+        # A stream without text (tool calls only, or interrupted before its first text)
+        # reports its TTFB here.
+        data: list[MetricsData] = [] if ttfb_sent else self._ttfb(stream)
         usage = stream.usage if stream is not None else None
         if usage is not None:
             data.append(LLMUsageMetricsData(self.name, self._model, value=_token_usage(usage)))

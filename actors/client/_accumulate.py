@@ -170,6 +170,11 @@ class StreamAccumulator:
         return self._usage
 
     @property
+    def chunk_count(self) -> int:
+        """How many chunks were folded in so far."""
+        return self._count
+
+    @property
     def has_output(self) -> bool:
         """Whether any content, refusal, reasoning or tool-call fragment was received."""
         return self._has_output
@@ -233,6 +238,71 @@ class StreamAccumulator:
         if output:
             self._has_output = True
         return output
+
+    def add_content_payload(self, payload: dict[str, Any]) -> str | None:
+        """Fold in a decoded chunk of the commonest shape without building a chunk object.
+
+        The shape is one choice (index 0) whose delta is only ``{"content": "..."}``, with no
+        finish reason, logprobs, usage or server extras, and metadata of the expected types.
+        The result is exactly what :meth:`add` of the parsed chunk would give.
+
+        Args:
+            payload: The JSON object of one ``data:`` event.
+
+        Returns:
+            The delta's content (possibly empty) if ``payload`` had that shape and was folded
+            in; ``None`` if it did not (nothing was folded in: parse it and call :meth:`add`).
+        """
+        choices = payload.get("choices")
+        if type(choices) is not list or len(choices) != 1:
+            return None
+        choice = choices[0]
+        if type(choice) is not dict:
+            return None
+        delta = choice.get("delta")
+        if type(delta) is not dict or len(delta) != 1:
+            return None
+        content = delta.get("content")
+        if type(content) is not str:
+            return None
+        get = choice.get
+        index = get("index", 0)
+        if (
+            type(index) is not int
+            or index != 0
+            or get("finish_reason") is not None
+            or get("logprobs") is not None
+            or get("stop_reason") is not None
+        ):
+            return None
+        get = payload.get
+        model, fingerprint, id_ = get("model"), get("system_fingerprint"), get("id")
+        created, tier = get("created"), get("service_tier")
+        if (
+            get("usage") is not None
+            or "x_groq" in payload
+            or (model is not None and type(model) is not str)
+            or (fingerprint is not None and type(fingerprint) is not str)
+            or (id_ is not None and type(id_) is not str)
+            or (created is not None and type(created) is not int)
+            or (tier is not None and type(tier) is not str)
+        ):
+            return None
+        self._count += 1
+        if model:
+            self._model = model
+        if fingerprint:
+            self._fingerprint = fingerprint
+        if id_:
+            self._id = id_
+        if created is not None:
+            self._created = created
+        if tier:
+            self._service_tier = tier
+        if content:
+            self._text.append(content)
+            self._has_output = True
+        return content
 
     def _add_tool_calls(self, fragments: tuple[ToolCallDelta, ...]) -> None:
         current = self._current

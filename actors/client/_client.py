@@ -17,11 +17,12 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import httpx
+import orjson
 import structlog
 import trio
 
@@ -228,10 +229,16 @@ class ChatCompletionsClient:
             InvalidParameterError: The request cannot be serialised to JSON.
             RuntimeError: The client is closed.
         """
+        payload = request.to_body()
         try:
-            body = json.dumps(
-                request.to_body(), separators=(",", ":"), ensure_ascii=False, default=_json_default
-            ).encode()
+            body = orjson.dumps(payload, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError:
+            body = b""  # what orjson refuses (integers beyond 64 bits...): the standard way
+        try:
+            if not body:
+                body = json.dumps(
+                    payload, separators=(",", ":"), ensure_ascii=False, default=_json_default
+                ).encode()
         except (TypeError, ValueError) as exc:
             raise InvalidParameterError(
                 f"the request body is not JSON-serialisable: {exc}"
@@ -339,7 +346,7 @@ class ChatStream:
     _response: httpx.Response | None = attrs.field(default=None, init=False, repr=False)
     _bytes: AsyncIterator[bytes] | None = attrs.field(default=None, init=False, repr=False)
     _parser: ChunkStreamParser = attrs.field(factory=ChunkStreamParser, init=False, repr=False)
-    _pending: deque[ChatCompletionChunk] = attrs.field(factory=deque, init=False, repr=False)
+    _pending: deque[Any] = attrs.field(factory=deque, init=False, repr=False)
     _failure: ChatClientError | None = attrs.field(default=None, init=False, repr=False)
     _retries: int = attrs.field(default=0, init=False, repr=False)
     _deadline: float = attrs.field(default=math.inf, init=False, repr=False)
@@ -348,6 +355,8 @@ class ChatStream:
     _network_idle: float | None = attrs.field(default=None, init=False, repr=False)
 
     _fast_reads: bool = attrs.field(default=False, init=False, repr=False)
+    #: ``None`` until iteration starts; then whether it yields text (``text_deltas``).
+    _text_only: bool | None = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._network_idle = _network_idle(self._timeouts)
@@ -418,8 +427,38 @@ class ChatStream:
         await self._close_response()
 
     def __aiter__(self) -> ChatStream:
-        """The stream is its own iterator."""
+        """The stream is its own iterator (of chunks).
+
+        Raises:
+            RuntimeError: :meth:`text_deltas` is already being used on this stream.
+        """
+        if self._text_only:
+            raise RuntimeError(
+                "this stream is read with text_deltas(); it cannot also yield chunks"
+            )
+        self._text_only = False
         return self
+
+    def text_deltas(self) -> AsyncIterator[str]:
+        """Iterate the content text instead of the chunks: each non-empty content delta of
+        choice 0, as it arrives.
+
+        Everything else is accumulated as usual (:meth:`result`, :attr:`usage`, tool calls,
+        :attr:`first_token_at`), and errors are raised as when iterating chunks. It is the
+        cheaper way to read a stream when only the text matters as it streams: chunks of the
+        commonest shape (a single content delta) are folded in without building chunk objects.
+
+        Returns:
+            An async iterator of ``str``.
+
+        Raises:
+            RuntimeError: The stream is already iterated as chunks.
+        """
+        if self._text_only is False:
+            raise RuntimeError("this stream is already iterated as chunks; use one or the other")
+        self._text_only = True
+        self._parser.text_only = True
+        return _TextDeltas(self)
 
     async def __anext__(self) -> ChatCompletionChunk:
         """The next chunk.
@@ -432,7 +471,9 @@ class ChatStream:
         """
         while True:
             if self._pending:
-                return self._pending.popleft()
+                # A chunk; a string in text mode (`text_deltas` hands this method out as is).
+                item: ChatCompletionChunk = self._pending.popleft()
+                return item
             if self._failure is not None:
                 failure, self._failure = self._failure, None
                 self._state = _State.FINISHED
@@ -458,7 +499,7 @@ class ChatStream:
         self.attempts += 1
         now = trio.current_time()
         self.attempt_started_at = now
-        self._parser = ChunkStreamParser(redactor=self._redactor)
+        self._parser = ChunkStreamParser(redactor=self._redactor, text_only=bool(self._text_only))
         self.first_token_at = None
         timeouts = self._timeouts
         request = self._http.build_request(
@@ -646,8 +687,17 @@ class ChatStream:
         else:
             deadline, kind = self._read_plan()
         scope = None if deadline is None else trio.CancelScope(deadline=deadline)
+        # Return after every piece that completed a chunk, even when nothing is pending (in
+        # text mode a tool-call fragment yields no text): the caller's next wait then gets a
+        # fresh idle deadline.
+        chunks_before = accumulator.chunk_count
         with scope if scope is not None else _NO_SCOPE:
-            while not pending and not parser.finished and self._failure is None:
+            while (
+                not pending
+                and not parser.finished
+                and self._failure is None
+                and accumulator.chunk_count == chunks_before
+            ):
                 try:
                     piece = await stream.__anext__()
                 except StopAsyncIteration:
@@ -666,7 +716,7 @@ class ChatStream:
                     break
                 had_output = accumulator.has_output
                 parser.feed(piece, pending)
-                if pending:
+                if accumulator.chunk_count != chunks_before:
                     if not had_output and accumulator.has_output:
                         self.first_token_at = trio.current_time()
                 elif (
@@ -743,6 +793,22 @@ class ChatStream:
             await response.aclose()
             if stream is not None:
                 await _finish_iterator(stream)
+
+
+class _TextDeltas:
+    """:meth:`ChatStream.text_deltas`: the stream's own ``__anext__``, whose pending items are
+    strings in text mode (no extra coroutine per delta)."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: ChatStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> _TextDeltas:
+        return self
+
+    def __anext__(self) -> Awaitable[str]:
+        return cast("Awaitable[str]", self._stream.__anext__())
 
 
 async def _finish_iterator(stream: AsyncIterator[bytes]) -> None:

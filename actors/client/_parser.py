@@ -13,9 +13,10 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import orjson
 
 from ._accumulate import StreamAccumulator, StreamResult
-from ._chunks import ChatCompletionChunk, parse_chunk
+from ._chunks import parse_chunk
 from ._errors import ChatClientError, IncompleteStreamError, MalformedChunkError, stream_error
 from ._redact import Redactor
 from ._sse import SSEDecoder
@@ -43,6 +44,9 @@ class ChunkStreamParser:
     Args:
         redactor: Hides secrets in error messages built from the stream.
         request_id: Put on the errors (the response's ``x-request-id``).
+        text_only: Append the non-empty content deltas of choice 0 (``str``) to ``out``
+            instead of chunks (everything is still accumulated). Chunks of the commonest
+            shape are then folded in without building chunk objects.
 
     Attributes:
         failure: The error that ended the stream, if any.
@@ -51,6 +55,7 @@ class ChunkStreamParser:
 
     redactor: Redactor = attrs.field(factory=Redactor)
     request_id: str | None = None
+    text_only: bool = False
     failure: ChatClientError | None = attrs.field(default=None, init=False)
     finished: bool = attrs.field(default=False, init=False)
     _decoder: SSEDecoder = attrs.field(factory=SSEDecoder, init=False, repr=False)
@@ -65,10 +70,9 @@ class ChunkStreamParser:
         """The result accumulated so far."""
         return self._acc.result()
 
-    def feed(
-        self, piece: bytes, out: deque[ChatCompletionChunk] | list[ChatCompletionChunk]
-    ) -> None:
-        """Decode one piece of the body; append the chunks it completes to ``out``.
+    def feed(self, piece: bytes, out: deque[Any] | list[Any]) -> None:
+        """Decode one piece of the body; append the chunks it completes to ``out`` (their
+        content strings with :attr:`text_only`).
 
         Nothing is appended after the stream finished or failed.
 
@@ -93,7 +97,7 @@ class ChunkStreamParser:
             if self.finished:
                 return
 
-    def _data(self, data: str, out: deque[ChatCompletionChunk] | list[ChatCompletionChunk]) -> None:
+    def _data(self, data: str, out: deque[Any] | list[Any]) -> None:
         """Handle the data of one message event."""
         if data[:1] != "{":
             stripped = data.strip()
@@ -104,16 +108,30 @@ class ChunkStreamParser:
             if not stripped:
                 return  # an empty data line: a keep-alive
         try:
-            payload = json.loads(data)
+            payload = orjson.loads(data)
         except ValueError:
-            self._malformed(data, "is not valid JSON")
-            return
+            # orjson is strict where the standard library is lenient (NaN, integers beyond 64
+            # bits, lone surrogates): only what neither accepts is malformed.
+            try:
+                payload = json.loads(data)
+            except ValueError:
+                self._malformed(data, "is not valid JSON")
+                return
         if type(payload) is not dict:
             self._malformed(data, "is not a JSON object")
             return
         error = payload.get("error")
         if error:
             self._fail(stream_error(error, redactor=self.redactor, request_id=self.request_id))
+            return
+        if self.text_only:
+            text = self._acc.add_content_payload(payload)
+            if text is None:
+                chunk = parse_chunk(payload)
+                self._acc.add(chunk)
+                text = chunk.content
+            if text:
+                out.append(text)
             return
         chunk = parse_chunk(payload)
         self._acc.add(chunk)
