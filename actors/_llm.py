@@ -348,12 +348,15 @@ class OpenAILLMService(Actor[Frame]):
                 params=self._params,
             )
             async with self._client.stream(request) as stream:
-                async for text in stream.text_deltas():
-                    await self.push_frame(LLMTextFrame(text))
-                    if not ttfb_sent and stream.first_token_at is not None:
-                        # After the first text goes out: the measurement must not delay it.
-                        ttfb_sent = True
-                        await self._emit(self._ttfb(stream))
+                with self.on_interruption(stream.abort):
+                    # On interruption the socket is shut down inside interrupt() itself: the
+                    # server stops generating without waiting for this task to unwind.
+                    async for text in stream.text_deltas():
+                        await self.push_frame(LLMTextFrame(text))
+                        if not ttfb_sent and stream.first_token_at is not None:
+                            # After the first text goes out: the measurement must not delay it.
+                            ttfb_sent = True
+                            await self._emit(self._ttfb(stream))
             result = stream.result()
             calls = _function_calls(result)
             if result.refusal and not result.text:

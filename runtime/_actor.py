@@ -126,6 +126,7 @@ class Actor(Generic[T]):
         self._work_scope: trio.CancelScope | None = None
         self._work_cancelled = False
         self._busy: Frame | None = None
+        self._interrupt_hooks: list[Callable[[], object]] = []
         self._lifecycle: Frame | None = None
         self._sys_lifecycle: Frame | None = None
         self._end_forwarded = False
@@ -366,6 +367,43 @@ class Actor(Generic[T]):
             runner, name=name or f"{self._name}:{getattr(fn, '__name__', 'task')}"
         )
         return scope
+
+    @contextmanager
+    def on_interruption(self, callback: Callable[[], object]) -> Iterator[None]:
+        """Call ``callback()`` the moment an interruption cancels the handler running this block.
+
+        Use it inside :meth:`process_frame` to release what the cancelled work holds at once,
+        synchronously, inside :meth:`~runtime.PipelineTask.interrupt` itself, before any task
+        runs again: shutting a socket down so the server stops generating, for instance.
+        Callbacks run first in the interruption, then the handlers are cancelled, with no
+        checkpoint in between: the handler's code never runs between the two, its next
+        checkpoint raises ``trio.Cancelled`` and its cleanup runs as usual. The callback runs
+        at most once; it is forgotten when the block is left. An exception from it is logged,
+        never raised.
+
+        Outside a handler of an interruptible frame the callback is never called (nothing
+        there is cancelled by an interruption).
+        """
+        hooks = self._interrupt_hooks
+        hooks.append(callback)
+        try:
+            yield
+        finally:
+            # The interruption may have run it (and replaced the list) already.
+            if callback in self._interrupt_hooks:
+                self._interrupt_hooks.remove(callback)
+
+    def _run_interrupt_hooks(self) -> None:
+        hooks, self._interrupt_hooks = self._interrupt_hooks, []
+        for hook in hooks:
+            try:
+                hook()
+            except Exception as exc:
+                _logger.warning(
+                    "on_interruption callback raised",
+                    actor=self._name,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
 
     @contextmanager
     def turn_scope(self, turn: int | None = None) -> Iterator[trio.CancelScope]:

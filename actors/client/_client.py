@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -438,6 +439,32 @@ class ChatStream:
             )
         self._text_only = False
         return self
+
+    def abort(self) -> None:
+        """Shut the current response's connection down at once, synchronously.
+
+        For code that cancels the task reading this stream and wants the server to see the
+        connection end without waiting for that task to unwind (``OpenAILLMService`` calls it
+        from an interruption): the socket is shut down in both directions here; the reader's
+        own cleanup then closes it as usual. If the reader is *not* being cancelled, its next
+        read fails with :class:`~actors.client.ServerDisconnectedError`.
+
+        A no-op without an open response, or when the transport does not expose its socket
+        (HTTP/2, mock transports).
+        """
+        response = self._response
+        if response is None:
+            return
+        network = response.extensions.get("network_stream")
+        get_extra_info = getattr(network, "get_extra_info", None)
+        sock = get_extra_info("socket") if get_extra_info is not None else None
+        shutdown = getattr(sock, "shutdown", None)
+        if shutdown is None:
+            return
+        try:
+            shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed or never connected: nothing left to end
 
     def text_deltas(self) -> AsyncIterator[str]:
         """Iterate the content text instead of the chunks: each non-empty content delta of

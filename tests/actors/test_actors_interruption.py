@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 
+import pytest
 import trio
 import trio.testing
 
@@ -23,6 +24,7 @@ from actors import (
     TextTransport,
     ToolsSchema,
 )
+from actors.client import ChatStream
 from actors.testing import ChunkFactory, RecordedRequest, Reply, ScriptedOpenAIServer
 from runtime import (
     Frame,
@@ -120,6 +122,38 @@ class TestInterruptMidText:
             assert_valid(second)
             assert conv.messages()[-1] == {"role": "assistant", "content": "Sure, short then."}
             assert not conv.context.is_interrupted(len(conv.messages()) - 1)
+
+    async def test_the_socket_is_shut_down_inside_interrupt(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        chunks: ChunkFactory,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """``interrupt()`` shuts the stream's socket down itself, before the LLM's task runs
+        again (the server can stop generating at once), and the turn then ends as usual."""
+        aborted: list[int] = []
+        abort = ChatStream.abort
+
+        def spy(stream: ChatStream) -> None:
+            aborted.append(len(conv.ends()))
+            abort(stream)
+
+        monkeypatch.setattr(ChatStream, "abort", spy)
+        server.add(Reply.sse(chunks.text_stream(WORDS), delay=0.5))
+        async with open_conversation(server) as conv:
+            await conv.say("Tell me a long story")
+            await conv.wait_for(lambda: len(conv.texts(conv.sink)) >= 2)
+            conv.running.interrupt()
+            assert aborted == [0]  # already done when interrupt() returns, before the end frame
+            with trio.fail_after(1):
+                await server.wait_disconnected()
+            await conv.wait_ends(1)
+            (end,) = conv.ends()
+            assert end.interrupted
+            assert not end.error
+            assert conv.errors == []  # a shut-down socket is not reported as an error
+        assert aborted == [0]
 
     async def test_next_turn_right_after_the_interruption(
         self,

@@ -510,6 +510,41 @@ class TestCancellation:
             await server.wait_connections_closed()
         assert server.exchanges[0].outcome == "client_disconnected"
 
+    async def test_abort_ends_the_connection_without_the_reader(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+    ) -> None:
+        """``abort()`` from another task: the server sees the connection end while the reader
+        is still parked; the reader then fails as disconnected (it was not cancelled), keeping
+        what it had. Before entering and after leaving, ``abort()`` does nothing."""
+        server.add(Reply.sse(F.text_stream([f"t{i}" for i in range(20)]), delay=1.0))
+        stream = client.stream(make_request())
+        stream.abort()
+        received: list[str] = []
+        failure: list[ServerDisconnectedError] = []
+
+        async def read() -> None:
+            try:
+                async with stream:
+                    async for text in stream.text_deltas():
+                        received.append(text)
+            except ServerDisconnectedError as exc:
+                failure.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await trio.sleep(3.5)  # role chunk at 1 s, then one text per second
+            stream.abort()
+            with trio.fail_after(0.001):
+                await server.wait_client_disconnects(1)
+        assert received == ["t0", "t1"]
+        assert failure
+        assert failure[0].partial_result is not None
+        assert failure[0].partial_result.text == "t0t1"
+        stream.abort()
+
     async def test_cancel_from_another_task(
         self,
         autojump_clock: trio.testing.MockClock,

@@ -288,6 +288,83 @@ class TestTurnTasks:
             await wait_idle()
             assert runner.log_lines[-1] == "turn 0 cancelled=True"
 
+    async def test_on_interruption_runs_inside_interrupt_before_the_cancellation(
+        self, autojump_clock: object
+    ) -> None:
+        """The callback runs synchronously inside ``interrupt()``, once; the handler then only
+        sees the cancellation; leaving the block unregisters it."""
+        events: list[str] = []
+
+        class Streamer(Actor[Ping]):
+            accepts = (Ping,)
+
+            async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+                assert isinstance(frame, Ping)
+                try:
+                    with self.on_interruption(lambda: events.append(f"hook {frame.n}")):
+                        if frame.n == 2:
+                            return  # left before any interruption: never called
+                        await trio.sleep_forever()
+                except trio.Cancelled:
+                    events.append(f"cancelled {frame.n}")
+                    raise
+
+        streamer = Streamer()
+        async with open_test_task([streamer]) as t:
+            await t.push(Ping(2))
+            await wait_idle()
+            await t.push(Ping(1))
+            await wait_idle()
+            t.interrupt()
+            assert events == ["hook 1"]  # before interrupt() returned, before any checkpoint
+            await wait_idle()
+            assert events == ["hook 1", "cancelled 1"]
+            t.interrupt()  # nothing in flight: no hook left to run
+            await wait_idle()
+        assert events == ["hook 1", "cancelled 1"]
+
+    async def test_on_interruption_is_not_called_for_uninterruptible_work(
+        self, autojump_clock: object
+    ) -> None:
+        """A handler of an uninterruptible frame is not cancelled, so its callback stays quiet;
+        a failing callback is logged and the interruption goes on."""
+        from runtime.testing import capture_logs
+
+        calls: list[int] = []
+
+        def broken() -> None:
+            raise OSError("socket already gone")
+
+        class Worker(Actor[Ping]):
+            accepts = (Ping,)
+
+            async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+                assert isinstance(frame, Ping)
+                with self.on_interruption(lambda: calls.append(frame.n)):
+                    if frame.n == 2:
+                        with self.on_interruption(broken):
+                            await trio.sleep(10)
+                    else:
+                        await trio.sleep(1)
+                await self.push_frame(frame)
+
+        collector = FrameCollector()
+        with capture_logs() as logs:
+            async with open_test_task([Worker(), collector]) as t:
+                await t.push(Ping(1, interruptible=False))
+                await wait_idle()
+                t.interrupt()
+                await trio.sleep(2)
+                assert calls == []
+                await t.push(Ping(2))
+                await wait_idle()
+                t.interrupt()
+                await wait_idle()
+                assert calls == [2]
+        assert numbers(collector.of_type(Ping)) == [1]
+        [event] = [e for e in logs if e["event"] == "on_interruption callback raised"]
+        assert event["error"] == "OSError: socket already gone"
+
     async def test_interruption_logs_cancelled_and_dropped_counts(
         self, autojump_clock: object
     ) -> None:
