@@ -53,10 +53,10 @@ __all__ = ["PIPECAT_HOPS", "STAGES", "TROUPER_HOPS", "Sample", "Settings", "run"
 
 #: Pass-through stages in the pipeline.
 STAGES = 10
-#: Hops a frame makes in trouper: the 10 actors' mailboxes + the sink edge's mailbox.
-#: ``queue_frame`` delivers straight into the first actor's mailbox (the source edge is not a
-#: hop for injected frames).
-TROUPER_HOPS = STAGES + 1
+#: Hops a frame makes in trouper: the 10 actors' mailboxes. ``queue_frame`` delivers straight
+#: into the first actor's mailbox (the source edge is not a hop for injected frames), and the
+#: last actor hands data frames to the task's listeners itself (the sink edge is inline).
+TROUPER_HOPS = STAGES
 #: Hops a frame makes in Pipecat: the worker's push queue (its own task) + the 10 processors
 #: (each of which passes a data frame through two queues and two tasks: input, then process).
 #: The pipeline's source and sink and the probe are direct-mode (inline) and not counted.
@@ -383,7 +383,7 @@ def run(options: Options) -> Report:
     )
     notes = [
         f"{STAGES} pass-through stages; hops per frame: trouper {TROUPER_HOPS} "
-        f"(10 actor mailboxes + task sink edge), Pipecat {PIPECAT_HOPS} "
+        f"(10 actor mailboxes; the task's sink is inline), Pipecat {PIPECAT_HOPS} "
         "(worker push queue + 10 processors, each with an input and a process queue)",
         f"median of {settings.repetitions} repetitions per framework, interleaved",
         "Pipecat worker in its minimal configuration (no RTVI, turn tracking, idle observer)",

@@ -470,7 +470,10 @@ class Actor(Generic[T]):
             )
         self._session = session
         if self._mailbox is None:
-            self._mailbox = Mailbox(self._mailbox_size or session.mailbox_size, self._name)
+            self._mailbox = self._make_mailbox(self._mailbox_size or session.mailbox_size)
+
+    def _make_mailbox(self, capacity: int) -> Mailbox:
+        return Mailbox(capacity, self._name)
 
     async def _system_loop(self) -> None:
         mailbox = self._mailbox

@@ -367,6 +367,43 @@ class TestEmbedding:
         assert task.has_finished()
         assert numbers(out) == [1, 2]
 
+    async def test_listeners_run_in_the_pushing_stage_without_a_hop(
+        self, autojump_clock: object
+    ) -> None:
+        """Data frames reach ``on_downstream`` inside the last stage's own task, in push order,
+        with the ``EndFrame`` last; a frame of an interrupted turn pushed after the
+        interruption (by a stage it has not cancelled yet) is dropped, not delivered."""
+        seen: list[tuple[str, str]] = []
+        frames: list[Frame] = []
+
+        class Last(Actor[Ping]):
+            accepts = (Ping,)
+
+            async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+                assert isinstance(frame, Ping)
+                if frame.n == 3:
+                    # The interruption cancels this very handler, but it has not reached a
+                    # checkpoint yet: its push must not leak the old turn's frame.
+                    self.session.interrupt()
+                await self.push_frame(Ping(frame.n * 10), direction)
+
+        def listener(frame: Frame, direction: FrameDirection) -> None:
+            seen.append((type(frame).__name__, trio.lowlevel.current_task().name))
+            frames.append(frame)
+
+        last = Last(name="last")
+        task = PipelineTask(Pipeline([Sleeper(1.0), last]), on_downstream=listener)
+        async with task:
+            await task.queue_frames([Ping(1), Ping(2), Ping(3)])
+            await trio.sleep(10)  # the interruption happened at t=3
+            await task.queue_frame(Ping(4))
+        names = [name for name, _ in seen]
+        assert names == ["StartFrame", "Ping", "Ping", "Ping", "EndFrame"]
+        pings = [where for name, where in seen if name == "Ping"]
+        assert all(where == pings[0] for where in pings)
+        assert "last" in pings[0]
+        assert numbers(frames) == [10, 20, 40]  # 30 belonged to the interrupted turn
+
     async def test_an_exception_in_the_block_cancels_the_task_and_propagates_as_itself(
         self, autojump_clock: object
     ) -> None:
