@@ -31,6 +31,7 @@ __all__ = [
     "pipecat_version",
     "quiet_logs",
     "run",
+    "run_pipeline",
 ]
 
 R = TypeVar("R")
@@ -105,6 +106,52 @@ class _Probe:
             self.event.set()
 
 
+@asynccontextmanager
+async def run_pipeline(processors: list[Any]) -> AsyncIterator[Any]:
+    """Run ``Pipeline(processors)`` with a ``PipelineWorker`` and a ``WorkerRunner``.
+
+    Minimal worker configuration (no RTVI, no turn tracking, no idle timeout): Pipecat
+    measured at its fastest. Yields once the ``StartFrame`` has crossed the pipeline.
+
+    Yields:
+        The running worker (``stop_when_done`` when the block is left).
+    """
+    quiet_logs()
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.worker import PipelineWorker
+    from pipecat.workers.runner import WorkerRunner
+
+    worker = PipelineWorker(
+        Pipeline(list(processors)),
+        enable_rtvi=False,
+        enable_turn_tracking=False,
+        idle_timeout_secs=None,
+        check_dangling_tasks=False,
+        cancel_on_idle_timeout=False,
+    )
+    started = asyncio.Event()
+
+    @worker.event_handler("on_pipeline_started")  # type: ignore[untyped-decorator]
+    async def _started(_worker: Any, _frame: Any) -> None:
+        started.set()
+
+    runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
+    await runner.add_workers(worker)
+    running = asyncio.create_task(runner.run())
+    try:
+        await asyncio.wait_for(started.wait(), timeout=60)
+        yield worker
+        await worker.stop_when_done()  # type: ignore[no-untyped-call]
+        await asyncio.wait_for(asyncio.shield(running), timeout=60)
+    finally:
+        if not running.done():
+            running.cancel()
+            try:
+                await running
+            except asyncio.CancelledError:
+                pass
+
+
 class PipecatPipeline:
     """A running Pipecat pipeline of ``stages`` pass-throughs and a probe at the end.
 
@@ -123,10 +170,7 @@ class PipecatPipeline:
         """Build, start (``StartFrame`` through every stage) and, on exit, end the pipeline."""
         quiet_logs()
         from pipecat.frames.frames import Frame, TextFrame
-        from pipecat.pipeline.pipeline import Pipeline
-        from pipecat.pipeline.worker import PipelineWorker
         from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-        from pipecat.workers.runner import WorkerRunner
 
         class PassThrough(FrameProcessor):
             """Forwards every frame, as a Pipecat processor that does nothing must."""
@@ -152,35 +196,8 @@ class PipecatPipeline:
                     await self.push_frame(frame, direction)
 
         processors = [PassThrough(name=f"pass{i}") for i in range(stages)]
-        worker = PipelineWorker(
-            Pipeline([*processors, ProbeSink()]),
-            enable_rtvi=False,
-            enable_turn_tracking=False,
-            idle_timeout_secs=None,
-            check_dangling_tasks=False,
-            cancel_on_idle_timeout=False,
-        )
-        started = asyncio.Event()
-
-        @worker.event_handler("on_pipeline_started")  # type: ignore[untyped-decorator]
-        async def _started(_worker: Any, _frame: Any) -> None:
-            started.set()
-
-        runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
-        await runner.add_workers(worker)
-        running = asyncio.create_task(runner.run())
-        try:
-            await asyncio.wait_for(started.wait(), timeout=20)
+        async with run_pipeline([*processors, ProbeSink()]) as worker:
             yield cls(worker, probe, TextFrame)
-            await worker.stop_when_done()  # type: ignore[no-untyped-call]
-            await asyncio.wait_for(asyncio.shield(running), timeout=30)
-        finally:
-            if not running.done():
-                running.cancel()
-                try:
-                    await running
-                except asyncio.CancelledError:
-                    pass
 
     def make_frames(self, n: int) -> list[Any]:
         """``n`` fresh Pipecat ``TextFrame`` objects (made before any timing starts)."""

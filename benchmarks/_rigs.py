@@ -20,7 +20,7 @@ import json
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
 import httpx
@@ -215,52 +215,14 @@ def pipecat_probe(recorder: Recorder) -> Any:
     return BenchProbe()
 
 
-@asynccontextmanager
-async def pipecat_pipeline(processors: Sequence[Any]) -> AsyncIterator[Any]:
-    """Run ``Pipeline(processors)`` with a ``PipelineWorker`` and a ``WorkerRunner``.
-
-    Minimal worker configuration, as in :mod:`benchmarks._pipecat`: no RTVI, no turn tracking,
-    no idle timeout (Pipecat measured at its fastest).
+def pipecat_pipeline(processors: Sequence[Any]) -> AbstractAsyncContextManager[Any]:
+    """Run ``Pipeline(processors)`` in a minimal ``PipelineWorker`` for the block of an
+    ``async with`` (see :func:`benchmarks._pipecat.run_pipeline`).
 
     Yields:
         The running worker (``stop_when_done`` when the block is left).
     """
-    import asyncio
-
-    _pipecat.quiet_logs()
-    from pipecat.pipeline.pipeline import Pipeline
-    from pipecat.pipeline.worker import PipelineWorker
-    from pipecat.workers.runner import WorkerRunner
-
-    worker = PipelineWorker(
-        Pipeline(list(processors)),
-        enable_rtvi=False,
-        enable_turn_tracking=False,
-        idle_timeout_secs=None,
-        check_dangling_tasks=False,
-        cancel_on_idle_timeout=False,
-    )
-    started = asyncio.Event()
-
-    @worker.event_handler("on_pipeline_started")  # type: ignore[untyped-decorator]
-    async def _started(_worker: Any, _frame: Any) -> None:
-        started.set()
-
-    runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
-    await runner.add_workers(worker)
-    running = asyncio.create_task(runner.run())
-    try:
-        await asyncio.wait_for(started.wait(), timeout=60)
-        yield worker
-        await worker.stop_when_done()  # type: ignore[no-untyped-call]
-        await asyncio.wait_for(asyncio.shield(running), timeout=60)
-    finally:
-        if not running.done():
-            running.cancel()
-            try:
-                await running
-            except asyncio.CancelledError:
-                pass
+    return _pipecat.run_pipeline(list(processors))
 
 
 # --------------------------------------------------------------------------- httpx floors
