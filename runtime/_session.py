@@ -362,14 +362,20 @@ class Session:
         old = self.turn
         self.turn = new = old + 1
         actors = list(self._actors.values())
-        # First the hooks of the handlers about to be cancelled (closing a stream's socket,
-        # say): they run before anything else, and, as nothing can run between them and the
-        # cancellation below, the handlers never see their effect, only the cancellation.
-        for actor in actors:
+        # The handlers this interruption cancels: those busy with an interruptible frame.
+        busy = [
+            actor
+            for actor in actors
+            if actor._busy is not None
+            and actor._busy.interruptible
+            and actor._work_scope is not None
+        ]
+        # First their hooks (closing a stream's socket, say): they run before anything else
+        # and, as nothing can run between them and the cancellation below, the handlers
+        # never see their effect, only the cancellation.
+        for actor in busy:
             if actor._interrupt_hooks:
-                busy = actor._busy
-                if busy is not None and busy.interruptible and actor._work_scope is not None:
-                    actor._run_interrupt_hooks()
+                actor._run_interrupt_hooks()
         cancelled = 0
         for scope in list(self._turn_scopes):
             scope.cancel()
@@ -380,12 +386,11 @@ class Session:
         def stale(item: Item) -> bool:
             return item[0].interruptible and item[2] < new and item[3] is None
 
-        for actor in actors:
-            busy = actor._busy
-            if busy is not None and busy.interruptible and actor._work_scope is not None:
-                actor._work_scope.cancel()
-                actor._work_cancelled = True
-                cancelled += 1
+        for actor in busy:
+            assert actor._work_scope is not None
+            actor._work_scope.cancel()
+            actor._work_cancelled = True
+            cancelled += 1
         # Only once every handler is cancelled (and its hooks have released what it held):
         # dropping a long backlog must not delay closing an in-flight stream's socket.
         for actor in actors:

@@ -85,6 +85,24 @@ def _json_default(value: object) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def _encode_body(payload: Mapping[str, Any]) -> bytes:
+    """The request body as compact UTF-8 JSON: orjson, or the standard library for what orjson
+    refuses (integers beyond 64 bits...).
+
+    Raises:
+        InvalidParameterError: Neither can serialise it.
+    """
+    try:
+        return orjson.dumps(payload, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        pass
+    try:
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+        return text.encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameterError(f"the request body is not JSON-serialisable: {exc}") from exc
+
+
 def _network_idle(timeouts: Timeouts) -> float | None:
     """The per-read timeout handed to httpx: the idle timeout, when it cannot cut a first-token
     wait short (``first_token`` disabled or not longer than ``idle``); else ``None`` and idle
@@ -230,25 +248,11 @@ class ChatCompletionsClient:
             InvalidParameterError: The request cannot be serialised to JSON.
             RuntimeError: The client is closed.
         """
-        payload = request.to_body()
-        try:
-            body = orjson.dumps(payload, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
-        except TypeError:
-            body = b""  # what orjson refuses (integers beyond 64 bits...): the standard way
-        try:
-            if not body:
-                body = json.dumps(
-                    payload, separators=(",", ":"), ensure_ascii=False, default=_json_default
-                ).encode()
-        except (TypeError, ValueError) as exc:
-            raise InvalidParameterError(
-                f"the request body is not JSON-serialisable: {exc}"
-            ) from exc
         return ChatStream(
             http=self._http_client(),
             url=self.url,
             headers=self._headers(),
-            body=body,
+            body=_encode_body(request.to_body()),
             timeouts=self.timeouts,
             policy=self.retry,
             redactor=self._redactor,
