@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -31,10 +32,12 @@ NAMES = sorted(EXPECTED)
 
 
 def parse_pieces(
-    pieces: Iterable[bytes],
-) -> tuple[StreamResult, list[ChatCompletionChunk], ChatClientError | None]:
-    parser = ChunkStreamParser()
-    chunks: list[ChatCompletionChunk] = []
+    pieces: Iterable[bytes], *, text_only: bool = False
+) -> tuple[StreamResult, list[Any], ChatClientError | None]:
+    """Feed ``pieces`` to a parser; the result, what it emitted (chunks, or strings with
+    ``text_only``) and its failure."""
+    parser = ChunkStreamParser(text_only=text_only)
+    chunks: list[Any] = []
     for piece in pieces:
         parser.feed(piece, chunks)
         if parser.finished:

@@ -13,7 +13,6 @@ import trio.testing
 from actors.client import (
     ChatClientError,
     ChatCompletionsClient,
-    ChunkStreamParser,
     StreamIdleTimeoutError,
     StreamResult,
     parse_chunk,
@@ -22,32 +21,20 @@ from actors.client._accumulate import StreamAccumulator
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 
 from .client_helpers import EXPECTED, fixture_bytes, make_request
-from .test_client_fixtures import check, split
+from .test_client_fixtures import check, parse_pieces, split
 
 NAMES = sorted(EXPECTED)
 F = ChunkFactory()
 
 
 def parse_text(pieces: Iterable[bytes]) -> tuple[StreamResult, list[str], ChatClientError | None]:
-    parser = ChunkStreamParser(text_only=True)
-    texts: list[str] = []
-    for piece in pieces:
-        parser.feed(piece, texts)
-        if parser.finished:
-            break
-    parser.end_of_body()
-    return parser.result(), texts, parser.failure
+    return parse_pieces(pieces, text_only=True)
 
 
 def parse_chunks(pieces: Iterable[bytes]) -> tuple[StreamResult, list[str]]:
-    parser = ChunkStreamParser()
-    chunks: list[object] = []
-    for piece in pieces:
-        parser.feed(piece, chunks)
-        if parser.finished:
-            break
-    parser.end_of_body()
-    return parser.result(), [c.content for c in chunks if c.content]  # type: ignore[attr-defined]
+    """The chunk mode's result and the non-empty contents of its chunks."""
+    result, chunks, _ = parse_pieces(pieces)
+    return result, [c.content for c in chunks if c.content]
 
 
 class TestTextOnlyParser:
