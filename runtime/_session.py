@@ -281,8 +281,10 @@ class Session:
                 async with trio.open_nursery() as nursery:
                     actor._scope = nursery.cancel_scope
                     actor._nursery = nursery
-                    nursery.start_soon(actor._system_loop, name=f"{actor.name}:system")
                     nursery.start_soon(actor._data_loop, name=f"{actor.name}:data")
+                    # The system lane is served by this task itself (one task less per
+                    # actor): the nursery's scope covers it like the data loop.
+                    await actor._system_loop()
                 if actor._state not in (ActorState.STOPPED, ActorState.CRASHED):
                     actor._finish(crashed=False)
                 return
