@@ -77,14 +77,12 @@ class Mailbox:
     owner: str
     _system: deque[Item] = attrs.field(factory=deque, init=False)
     _data: deque[Item] = attrs.field(factory=deque, init=False)
-    _system_lot: trio.lowlevel.ParkingLot = attrs.field(
-        factory=trio.lowlevel.ParkingLot, init=False
-    )
-    _data_lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
+    # Each lane has one consumer (the actor's system or data loop): the task waiting on it,
+    # woken directly (no parking lot: a wake-up per frame is the common case).
+    _system_task: trio.lowlevel.Task | None = attrs.field(default=None, init=False)
+    _data_task: trio.lowlevel.Task | None = attrs.field(default=None, init=False)
     _send_lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
-    # Waiter counts, kept by hand: cheaper than asking the parking lots on every frame.
-    _system_waiting: int = attrs.field(default=0, init=False)
-    _data_waiting: int = attrs.field(default=0, init=False)
+    # Waiting senders, counted by hand: cheaper than asking the parking lot on every frame.
     _send_waiting: int = attrs.field(default=0, init=False)
     _peak: int = attrs.field(default=0, init=False)
     delivered: int = attrs.field(default=0, init=False)
@@ -102,8 +100,8 @@ class Mailbox:
         if self.closed:
             raise ActorDeadError(f"actor {self.owner!r} has stopped")
         self._system.append(item)
-        if self._system_waiting:
-            self._system_lot.unpark()
+        if self._system_task is not None:
+            self._wake_system()
 
     def try_put_data(self, item: Item) -> bool:
         """Queue on the data lane if there is room (or the frame goes upstream)."""
@@ -119,8 +117,8 @@ class Mailbox:
         n = len(data)
         if n > self._peak:
             self._peak = n
-        if self._data_waiting:
-            self._data_lot.unpark()
+        if self._data_task is not None:
+            self._wake_data()
         return True
 
     def put_data_unbounded(self, item: Item) -> None:
@@ -131,8 +129,8 @@ class Mailbox:
         data.append(item)
         if len(data) > self._peak:
             self._peak = len(data)
-        if self._data_waiting:
-            self._data_lot.unpark()
+        if self._data_task is not None:
+            self._wake_data()
 
     async def put_data(self, item: Item) -> None:
         """Queue on the data lane, waiting while it is full (backpressure).
@@ -155,8 +153,8 @@ class Mailbox:
                 n = len(data)
                 if n > self._peak:
                     self._peak = n
-                if self._data_waiting:
-                    self._data_lot.unpark()
+                if self._data_task is not None:
+                    self._wake_data()
                 if self._send_waiting and n < self.capacity:
                     self._send_lot.unpark()
                 return
@@ -173,13 +171,11 @@ class Mailbox:
         return item
 
     async def get_system(self) -> Item:
-        """Wait for and take the next system frame."""
+        """Wait for and take the next system frame (only the actor's own loop waits here)."""
         while not self._system:
-            self._system_waiting += 1
-            try:
-                await self._system_lot.park()
-            finally:
-                self._system_waiting -= 1
+            assert self._system_task is None, "a mailbox lane has one consumer"
+            self._system_task = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort_system)
         return self.get_system_nowait()
 
     def get_data_nowait(self) -> Item:
@@ -194,14 +190,30 @@ class Mailbox:
         return item
 
     async def get_data(self) -> Item:
-        """Wait for and take the next data frame."""
+        """Wait for and take the next data frame (only the actor's own loop waits here)."""
         while not self._data:
-            self._data_waiting += 1
-            try:
-                await self._data_lot.park()
-            finally:
-                self._data_waiting -= 1
+            assert self._data_task is None, "a mailbox lane has one consumer"
+            self._data_task = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort_data)
         return self.get_data_nowait()
+
+    def _wake_system(self) -> None:
+        task, self._system_task = self._system_task, None
+        assert task is not None
+        trio.lowlevel.reschedule(task)
+
+    def _wake_data(self) -> None:
+        task, self._data_task = self._data_task, None
+        assert task is not None
+        trio.lowlevel.reschedule(task)
+
+    def _abort_system(self, _: object) -> trio.lowlevel.Abort:
+        self._system_task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _abort_data(self, _: object) -> trio.lowlevel.Abort:
+        self._data_task = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     # ----------------------------------------------------------------- maintenance
 
@@ -232,8 +244,10 @@ class Mailbox:
         self._system.clear()
         self._data.clear()
         self._send_lot.unpark_all()
-        self._system_lot.unpark_all()
-        self._data_lot.unpark_all()
+        if self._system_task is not None:
+            self._wake_system()
+        if self._data_task is not None:
+            self._wake_data()
         return left
 
     def reopen(self) -> None:
