@@ -120,7 +120,8 @@ class Actor(Generic[T]):
         self._state = ActorState.CREATED
         self._accept_cache: dict[type[Frame], bool] = {}
         self._started = trio.Event()
-        self._stopped = trio.Event()
+        # Made by the first wait_stopped() (few actors are waited for); set by _finish().
+        self._stopped: trio.Event | None = None
         self._scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._work_scope: trio.CancelScope | None = None
@@ -513,7 +514,6 @@ class Actor(Generic[T]):
         accepts = self._accepts_type
         accept_cache = self._accept_cache
         data = mailbox._data
-        send_lot = mailbox._send_lot
         batch = 0
         last_turn: int | None = None
         while True:
@@ -533,7 +533,7 @@ class Actor(Generic[T]):
                         item = data.popleft()
                         mailbox.delivered += 1
                         if mailbox._send_waiting:
-                            send_lot.unpark()
+                            mailbox._wake_sender()
                         batch += 1
                     else:
                         item = await mailbox.get_data()
@@ -638,7 +638,8 @@ class Actor(Generic[T]):
                 item[3].set(outcome.Error(ActorDeadError(f"actor {self._name!r} has stopped")))
         if self._scope is not None:
             self._scope.cancel()
-        self._stopped.set()
+        if self._stopped is not None:
+            self._stopped.set()
         for watcher in self._watchers:
             watcher._notify_stopped(self)
         if self._session is not None:
@@ -784,7 +785,13 @@ class ActorRef(Generic[T]):
 
     async def wait_stopped(self) -> None:
         """Wait until the actor has stopped (or crashed for good)."""
-        await self._actor._stopped.wait()
+        actor = self._actor
+        if actor._state in (ActorState.STOPPED, ActorState.CRASHED):
+            await trio.lowlevel.checkpoint()
+            return
+        if actor._stopped is None:
+            actor._stopped = trio.Event()
+        await actor._stopped.wait()
 
 
 def iter_actors(actors: Iterable[Actor[Any]]) -> list[Actor[Any]]:

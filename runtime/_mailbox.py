@@ -81,7 +81,8 @@ class Mailbox:
     # woken directly (no parking lot: a wake-up per frame is the common case).
     _system_task: trio.lowlevel.Task | None = attrs.field(default=None, init=False)
     _data_task: trio.lowlevel.Task | None = attrs.field(default=None, init=False)
-    _send_lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
+    # Senders waiting for room; made when the first one has to wait (most lanes never fill).
+    _send_lot: trio.lowlevel.ParkingLot | None = attrs.field(default=None, init=False)
     # Waiting senders, counted by hand: cheaper than asking the parking lot on every frame.
     _send_waiting: int = attrs.field(default=0, init=False)
     _peak: int = attrs.field(default=0, init=False)
@@ -142,6 +143,8 @@ class Mailbox:
         while True:
             self._send_waiting += 1
             try:
+                if self._send_lot is None:
+                    self._send_lot = trio.lowlevel.ParkingLot()
                 await self._send_lot.park()
             finally:
                 self._send_waiting -= 1
@@ -156,7 +159,7 @@ class Mailbox:
                 if self._data_task is not None:
                     self._wake_data()
                 if self._send_waiting and n < self.capacity:
-                    self._send_lot.unpark()
+                    self._wake_sender()
                 return
 
     # ----------------------------------------------------------------- receivers
@@ -186,7 +189,7 @@ class Mailbox:
             raise trio.WouldBlock from None
         self.delivered += 1
         if self._send_waiting:
-            self._send_lot.unpark()
+            self._wake_sender()
         return item
 
     async def get_data(self) -> Item:
@@ -196,6 +199,11 @@ class Mailbox:
             self._data_task = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(self._abort_data)
         return self.get_data_nowait()
+
+    def _wake_sender(self) -> None:
+        """Let one waiting sender retry (only called while ``_send_waiting``)."""
+        assert self._send_lot is not None
+        self._send_lot.unpark()
 
     def _wake_system(self) -> None:
         task, self._system_task = self._system_task, None
@@ -229,8 +237,9 @@ class Mailbox:
             self._data.extend(kept)
             self.dropped_stale += len(dropped)
             free = self.capacity - len(kept)
-            for _ in range(min(free, len(self._send_lot))):
-                self._send_lot.unpark()
+            lot = self._send_lot
+            for _ in range(min(free, len(lot) if lot is not None else 0)):
+                self._wake_sender()
         return dropped
 
     def count_stale(self, n: int = 1) -> None:
@@ -243,7 +252,8 @@ class Mailbox:
         left = [*self._system, *self._data]
         self._system.clear()
         self._data.clear()
-        self._send_lot.unpark_all()
+        if self._send_lot is not None:
+            self._send_lot.unpark_all()
         if self._system_task is not None:
             self._wake_system()
         if self._data_task is not None:
@@ -261,7 +271,7 @@ class Mailbox:
             data_depth=len(self._data),
             data_capacity=self.capacity,
             peak_data_depth=self._peak,
-            waiting_senders=len(self._send_lot),
+            waiting_senders=len(self._send_lot) if self._send_lot is not None else 0,
             delivered=self.delivered,
             dropped_stale=self.dropped_stale,
             closed=self.closed,

@@ -155,6 +155,29 @@ class TestEndAndCancel:
         assert trio.current_time() == pytest.approx(5)
         assert sleeper.state is ActorState.STOPPED
 
+    async def test_wait_stopped_returns_when_the_actor_stops_and_at_once_after(self) -> None:
+        """``ActorRef.wait_stopped()`` blocks while the actor runs, wakes when it is removed,
+        and returns at once for an actor that has already stopped."""
+        async with Session.open() as session:
+            actor = Sleeper(1.0, name="napper")
+            ref = session.spawn(actor)
+            woke: list[ActorState] = []
+
+            async def waiter() -> None:
+                await ref.wait_stopped()
+                woke.append(actor.state)
+
+            with trio.fail_after(5):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(waiter)
+                    nursery.start_soon(waiter)
+                    await wait_idle()
+                    assert woke == []
+                    await session.remove(ref)
+            assert woke == [ActorState.STOPPED, ActorState.STOPPED]
+            with trio.fail_after(1):
+                await ref.wait_stopped()
+
     async def test_cancel_stops_at_once_without_draining(self, autojump_clock: object) -> None:
         """``cancel()`` overtakes the queued frames: the handler in progress is cancelled and
         the rest is abandoned."""
