@@ -23,10 +23,11 @@ polluted by the other framework or an earlier size):
   sessions were built (after one warm-up session had run, so imports and one-time set-up are
   not counted), divided by N.
 
-For context, the same N streams are also read by a raw httpx floor (one shared
-``httpx.AsyncClient``, ``aiter_lines`` + ``json.loads``, under trio, in its own process), and
-both frameworks are measured once more at 500 sessions with ``gc.freeze()`` called after the
-set-up, which shows the share of the cyclic garbage collector in the turn's CPU.
+For context, the same N streams are also read by a raw httpx floor (an ``httpx.AsyncClient``
+per stream, like the sessions, ``aiter_lines`` + ``json.loads``, under trio, in its own
+process), and both frameworks are measured once more at 500 sessions with ``gc.freeze()``
+called after the set-up, which shows the share of the cyclic garbage collector in the turn's
+CPU.
 
 Sizes: 50, 200, 500 and, unless ``--quick``, 2,000. Run one size by hand with
 ``python -m benchmarks.sessions --sessions 500`` (both frameworks), or one worker with
@@ -247,22 +248,33 @@ async def _pipecat_worker(n: int, url: str, freeze: bool = False) -> WorkerResul
 
 
 async def _floor_worker(n: int, url: str) -> WorkerResult:
-    """The same ``n`` streams read with bare httpx (one shared client, ``aiter_lines`` and
-    ``json.loads`` per data line): what any httpx-based stack needs at least."""
+    """The same ``n`` streams read with bare httpx (``aiter_lines`` and ``json.loads`` per
+    data line): what any httpx-based stack needs at least.
+
+    One ``httpx.AsyncClient`` per stream, made before the clock starts, as each session of
+    either framework has its own: with one client shared by hundreds of concurrent streams,
+    httpcore's pool spends time proportional to its number of connections on every request
+    and release (measured here: 200 streams read to the end, 1.66 s of CPU shared against
+    0.85 s with a client each), which would make the floor slower than it needs to be.
+    """
     import trio
 
     chat_url = f"{url}/chat/completions"
     body = floor_body(MODEL)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(limits=limits, timeout=120.0) as http:
-        await floor_stream(http, chat_url, body)
+    tls = httpx.create_ssl_context()  # one CA bundle load, as trouper's services share one
+    async with AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(httpx.AsyncClient(verify=tls, timeout=120.0))
+            for _ in range(n)
+        ]
+        await floor_stream(clients[0], chat_url, body)
         gc.collect()
         rss_base = _rss()
         walls = [0.0] * n
         ends = [0.0] * n
 
         async def one(i: int) -> None:
-            walls[i] = await floor_stream(http, chat_url, body)
+            walls[i] = await floor_stream(clients[i], chat_url, body)
             ends[i] = time.monotonic()
 
         peak = _PeakRss()
@@ -392,8 +404,8 @@ def run(options: Options) -> Report:
         f"≈ {(TOKENS - 1) * SPACING_MS / 1000:.2f} s); a fresh worker process per framework "
         "and size; one measurement each",
         f"CPU target: Pipecat's CPU ÷ trouper's ≥ 4{TIMES} at 500 sessions",
-        "httpx floor: the same streams read by one shared httpx.AsyncClient (aiter_lines + "
-        "json.loads), under trio, in its own process",
+        "httpx floor: the same streams read with bare httpx (a client per stream, like the "
+        "sessions; aiter_lines + json.loads), under trio, in its own process",
         "gc.freeze(): called once the sessions are built (informational)",
         "server's worst chunk lateness (ms): "
         + ", ".join(f"{k} {v:.1f}" for k, v in lateness.items()),
