@@ -479,7 +479,6 @@ class Actor(Generic[T]):
     async def _system_loop(self) -> None:
         mailbox = self._mailbox
         assert mailbox is not None
-        _current_actor.set(self)
         while True:
             item = await mailbox.get_system()
             frame = item[0]
@@ -509,7 +508,6 @@ class Actor(Generic[T]):
         session = self._session
         assert mailbox is not None
         assert session is not None
-        _current_actor.set(self)
         await self._started.wait()
         accepts = self._accepts_type
         accept_cache = self._accept_cache

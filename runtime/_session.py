@@ -17,7 +17,7 @@ import attrs
 import structlog
 import trio
 
-from ._actor import Actor, ActorRef, ActorState
+from ._actor import Actor, ActorRef, ActorState, _current_actor
 from ._errors import RestartIntensityExceeded, SessionStateError
 from ._frames import Frame, InterruptionFrame, StartFrame
 from ._mailbox import Item, MailboxStatistics
@@ -278,6 +278,9 @@ class Session:
         recent: deque[float] = deque()
         while True:
             try:
+                # Set before the data loop starts, so that both loops share one context
+                # mapping (the data loop's task starts from a copy of this one).
+                _current_actor.set(actor)
                 async with trio.open_nursery() as nursery:
                     actor._scope = nursery.cancel_scope
                     actor._nursery = nursery
