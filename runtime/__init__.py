@@ -2,8 +2,9 @@
 
 Frames, typed two-lane mailboxes, actors and references, topologies (``Pipeline``,
 ``ParallelPipeline``, a run-time graph API on :class:`Session`), the task that runs a
-topology, turns and interruption, supervision, logging, serialization and a testing kit
-(:mod:`runtime.testing`). It imports nothing from ``actors``.
+topology, turns and interruption, supervision, embedding in asyncio applications
+(:class:`AsyncioBridge`), logging, serialization and a testing kit (:mod:`runtime.testing`).
+It imports nothing from ``actors``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from ._actor import Actor as Actor
 from ._actor import ActorRef as ActorRef
 from ._actor import ActorState as ActorState
+from ._asyncio import AsyncioBridge as AsyncioBridge
 from ._errors import ActorDeadError as ActorDeadError
 from ._errors import ActorError as ActorError
 from ._errors import AskTimeoutError as AskTimeoutError
@@ -61,6 +63,7 @@ __all__ = [
     "ActorState",
     "ActorStoppedFrame",
     "AskTimeoutError",
+    "AsyncioBridge",
     "CancelFrame",
     "ControlFrame",
     "DataFrame",

@@ -1,0 +1,211 @@
+"""Embedding in asyncio applications: :class:`AsyncioBridge` runs trio as a *guest* on the
+running asyncio loop (``trio.lowlevel.start_guest_run``), in the same thread.
+
+trio code (sessions, pipeline tasks, actors) runs in the guest; asyncio code starts it and
+waits for its results with :meth:`AsyncioBridge.run`. Both sides share one thread, so a
+frame listener running in trio may hand frames to asyncio objects directly
+(``asyncio.Queue.put_nowait``, ``Future.set_result``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import attrs
+import outcome
+import trio
+
+from ._errors import SessionStateError
+
+__all__ = ["AsyncioBridge"]
+
+T = TypeVar("T")
+
+
+@attrs.define(eq=False)
+class AsyncioBridge:
+    """Runs trouper (trio) inside an asyncio application, on the same loop and thread.
+
+    Use it as an async context manager in asyncio code; inside the block, await
+    :meth:`run` to run any trio coroutine function (``task.run``, ``task.queue_frame``,
+    ``task.end``, your own) and get its result, and :meth:`run_sync` for trio's synchronous
+    calls (``task.interrupt()``, ``task.cancel()``)::
+
+        async def main() -> None:  # an asyncio application
+            replies: asyncio.Queue[Frame] = asyncio.Queue()
+            async with AsyncioBridge() as trio_side:
+                task = PipelineTask(
+                    Pipeline([...]), on_downstream=lambda frame, _: replies.put_nowait(frame)
+                )
+                running = asyncio.create_task(trio_side.run(task.run))
+                await trio_side.run(task.queue_frame, TranscriptionFrame("hello"))
+                print(await replies.get())
+                await trio_side.run(task.end)
+                await running
+
+        asyncio.run(main())
+
+    Cancelling the asyncio task that awaits :meth:`run` cancels the trio call (its handlers
+    see ``trio.Cancelled`` and unwind). Leaving the block cancels whatever trio work is still
+    running, waits until the guest run has finished, and raises an error of the guest run
+    itself (not of a :meth:`run` call, whose errors go to its caller).
+
+    One bridge at a time per thread: trio runs at most once per thread.
+    """
+
+    _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None, init=False)
+    _token: trio.lowlevel.TrioToken | None = attrs.field(default=None, init=False)
+    _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+    _done: asyncio.Future[outcome.Outcome[None]] | None = attrs.field(default=None, init=False)
+    _closing: bool = attrs.field(default=False, init=False)
+
+    async def __aenter__(self) -> AsyncioBridge:
+        if self._loop is not None:
+            raise SessionStateError("this AsyncioBridge was already entered; make a new one")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        ready: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[outcome.Outcome[None]] = loop.create_future()
+        self._done = done
+
+        async def guest_main() -> None:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._token = trio.lowlevel.current_trio_token()
+                ready.set_result(None)
+                await trio.sleep_forever()
+
+        def finished(result: outcome.Outcome[None]) -> None:
+            if not done.done():
+                done.set_result(result)
+
+        try:
+            trio.lowlevel.start_guest_run(
+                guest_main,
+                run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+                run_sync_soon_not_threadsafe=loop.call_soon,
+                done_callback=finished,
+                # asyncio may own the signal wakeup fd (loop.add_signal_handler): leave it be.
+                host_uses_signal_set_wakeup_fd=True,
+            )
+        except RuntimeError as exc:
+            raise SessionStateError(
+                "cannot start trio inside this asyncio loop: trio is already running in this "
+                f"thread (one AsyncioBridge at a time per thread): {exc}"
+            ) from exc
+        await asyncio.wait((ready, done), return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():  # the guest ended before it was ready: report why
+            done.result().unwrap()
+            raise SessionStateError("the trio guest run ended before it started")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        done = self._done
+        assert done is not None
+        self._closing = True
+        if not done.done():
+            token, nursery = self._token, self._nursery
+            assert token is not None
+            assert nursery is not None
+            token.run_sync_soon(nursery.cancel_scope.cancel)
+        # The guest must finish before the loop may go on without it: wait even when the
+        # block itself was cancelled.
+        result = await asyncio.shield(done)
+        result.unwrap()
+
+    # ----------------------------------------------------------------- calls
+
+    async def run(self, async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``async_fn(*args)`` in trio and return its result (or raise its error) here.
+
+        Raises:
+            SessionStateError: The bridge is not open, or it closed while the call ran.
+        """
+        loop, token, nursery = self._open()
+        result: asyncio.Future[T] = loop.create_future()
+        scope = trio.CancelScope()
+
+        async def call() -> None:
+            with scope:
+                try:
+                    value = await async_fn(*args)
+                except Exception as exc:
+                    if not result.done():
+                        result.set_exception(exc)
+                    return
+                except trio.Cancelled:
+                    if not result.done():
+                        result.set_exception(self._closed_error(async_fn))
+                    raise
+                if not result.done():
+                    result.set_result(value)
+            if not result.done():  # cancelled from the asyncio side
+                result.cancel()
+
+        def spawn() -> None:  # runs in trio's run loop: must not raise
+            try:
+                nursery.start_soon(call)
+            except RuntimeError:  # the nursery is closing
+                if not result.done():
+                    result.set_exception(self._closed_error(async_fn))
+
+        token.run_sync_soon(spawn)
+        try:
+            return await result
+        except asyncio.CancelledError:
+            with contextlib.suppress(trio.RunFinishedError):  # nothing left to cancel
+                token.run_sync_soon(scope.cancel)
+            raise
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call the synchronous ``fn(*args)`` inside trio's run loop (between its tasks) and
+        return its result here. For trio's sync calls such as ``task.interrupt()``.
+
+        Raises:
+            SessionStateError: The bridge is not open.
+        """
+        loop, token, _ = self._open()
+        result: asyncio.Future[T] = loop.create_future()
+
+        def call() -> None:  # runs in trio's run loop: must not raise
+            if result.done():  # the caller was cancelled meanwhile
+                return
+            try:
+                value = fn(*args)
+            except Exception as exc:
+                result.set_exception(exc)
+            else:
+                result.set_result(value)
+
+        token.run_sync_soon(call)
+        return await result
+
+    # ----------------------------------------------------------------- helpers
+
+    def _open(self) -> tuple[asyncio.AbstractEventLoop, trio.lowlevel.TrioToken, trio.Nursery]:
+        loop, token, nursery = self._loop, self._token, self._nursery
+        if loop is None or token is None or nursery is None or self._closing:
+            raise SessionStateError(
+                "the AsyncioBridge is not open: call run() inside "
+                "`async with AsyncioBridge() as bridge:`"
+            )
+        if self._done is not None and self._done.done():
+            raise SessionStateError("the AsyncioBridge's trio guest run has ended")
+        return loop, token, nursery
+
+    @staticmethod
+    def _closed_error(async_fn: Callable[..., object]) -> SessionStateError:
+        name = getattr(async_fn, "__qualname__", repr(async_fn))
+        return SessionStateError(
+            f"the AsyncioBridge closed while {name} was still running in trio (it was "
+            "cancelled); await your calls before leaving the block"
+        )
