@@ -36,11 +36,14 @@ class AsyncioBridge:
     calls (``task.interrupt()``, ``task.cancel()``)::
 
         async def main() -> None:  # an asyncio application
-            replies: asyncio.Queue[Frame] = asyncio.Queue()
+            replies: asyncio.Queue[str] = asyncio.Queue()
+
+            def on_frame(frame: Frame, direction: FrameDirection) -> None:  # runs in trio
+                if isinstance(frame, TextFrame):
+                    replies.put_nowait(frame.text)
+
             async with AsyncioBridge() as trio_side:
-                task = PipelineTask(
-                    Pipeline([...]), on_downstream=lambda frame, _: replies.put_nowait(frame)
-                )
+                task = PipelineTask(Pipeline([...]), on_downstream=on_frame)
                 running = asyncio.create_task(trio_side.run(task.run))
                 await trio_side.run(task.queue_frame, TranscriptionFrame("hello"))
                 print(await replies.get())
