@@ -42,6 +42,7 @@ from ._metrics import ModelMetrics as ModelMetrics
 from ._metrics import TimingStats as TimingStats
 from ._schemas import FunctionSchema as FunctionSchema
 from ._schemas import ToolsSchema as ToolsSchema
+from ._storage import SQLiteContextStorage as SQLiteContextStorage
 from ._store import AppendMessagesRequest as AppendMessagesRequest
 from ._store import ContextStore as ContextStore
 from ._store import ContextStoreRequest as ContextStoreRequest
@@ -104,6 +105,7 @@ __all__ = [
     "RecordToolSettlementRequest",
     "ReplaceMessagesRequest",
     "RunFunctionCallsRequest",
+    "SQLiteContextStorage",
     "SetToolChoiceRequest",
     "SetToolsRequest",
     "TextInputTransport",

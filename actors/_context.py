@@ -199,6 +199,24 @@ class OpenAILLMContext:
         """A context holding copies of ``messages``."""
         return OpenAILLMContext(messages=messages)
 
+    @staticmethod
+    def from_snapshot(snapshot: ContextSnapshot) -> OpenAILLMContext:
+        """A context equal to ``snapshot``: its messages, tools, tool choice and which
+        assistant answers were interrupted (validated like any other input)."""
+        context = OpenAILLMContext(
+            messages=snapshot.messages,
+            tools=list(snapshot.tools) if snapshot.tools else None,
+            tool_choice=snapshot.tool_choice,
+        )
+        for index in snapshot.interrupted:
+            if not 0 <= index < len(context._interrupted):
+                raise ValueError(
+                    f"snapshot marks message {index} as interrupted, but it has "
+                    f"{len(context._interrupted)} messages"
+                )
+            context._interrupted[index] = True
+        return context
+
     # ----------------------------------------------------------------- reading
 
     @property

@@ -50,6 +50,7 @@ from ._frames import (
     VisionImageRawFrame,
 )
 from ._metrics import MetricsCollector
+from ._storage import SQLiteContextStorage
 from ._store import ContextStore
 from ._tools import FunctionHandler, FunctionRegistration, RunFunctionCallsRequest, ToolExecutor
 from .client import (
@@ -241,17 +242,31 @@ class OpenAILLMService(Actor[Frame]):
         context: OpenAILLMContext,
         *,
         user_params: LLMUserAggregatorParams | None = None,
+        storage: SQLiteContextStorage | None = None,
+        conversation_id: str | None = None,
     ) -> OpenAIContextAggregatorPair:
         """The user/assistant aggregator pair for ``context``, sharing one context store.
 
         The store owns ``context`` while the session runs and sends follow-up inferences
-        (after tool calls) to this service.
+        (after tool calls) to this service. With ``storage`` and ``conversation_id`` it also
+        writes the conversation to ``storage`` after every change (resume it later with
+        ``storage.load(conversation_id)``).
+
+        Raises:
+            TypeError: ``context`` is not an ``OpenAILLMContext``.
+            ValueError: ``storage`` without ``conversation_id``, or the reverse.
         """
         if not isinstance(context, OpenAILLMContext):
             raise TypeError(
                 f"create_context_aggregator needs an OpenAILLMContext, got {type(context).__name__}"
             )
-        store = ContextStore(context, self, name=f"{self.name}:context")
+        store = ContextStore(
+            context,
+            self,
+            name=f"{self.name}:context",
+            storage=storage,
+            conversation_id=conversation_id,
+        )
         suffix = self.name.rsplit("#", 1)[-1] if "#" in self.name else self.name
         return OpenAIContextAggregatorPair(
             LLMUserContextAggregator(store, user_params, name=f"UserAggregator#{suffix}"),

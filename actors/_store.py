@@ -9,6 +9,7 @@ inference (once per batch, after its last call settled).
 from __future__ import annotations
 
 import copy
+import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from runtime.serialization import NOT_SERIALIZED
 
 from ._context import ContextSnapshot, OpenAILLMContext
 from ._frames import FunctionCallFromLLM, OpenAILLMContextFrame
+from ._storage import SQLiteContextStorage
 
 __all__ = [
     "AppendMessagesRequest",
@@ -122,22 +124,48 @@ class ContextStore(Actor[ContextStoreRequest]):
     settlement asked for it, sends the follow-up :class:`OpenAILLMContextFrame` to the LLM
     without waiting (this edge closes the LLM → aggregator → store → LLM cycle).
 
+    With ``storage`` and ``conversation_id``, every change is written to the storage before
+    the request that made it is answered (and once more when the store stops); a write that
+    fails is reported as an ``ErrorFrame`` and the conversation goes on in memory.
+
     Args:
         context: The conversation; the store changes this object in place, so after the
             session it holds the whole conversation.
         llm: Where follow-up inferences go (the LLM service).
+        storage: Where to persist the conversation (see :class:`SQLiteContextStorage`).
+        conversation_id: Its id in ``storage`` (required with ``storage``).
+
+    Raises:
+        TypeError: ``context`` is not an ``OpenAILLMContext``.
+        ValueError: ``storage`` without a ``conversation_id`` (or the reverse).
     """
 
     accepts = (ContextStoreRequest,)
 
     def __init__(
-        self, context: OpenAILLMContext, llm: Actor[Any] | None = None, *, name: str | None = None
+        self,
+        context: OpenAILLMContext,
+        llm: Actor[Any] | None = None,
+        *,
+        name: str | None = None,
+        storage: SQLiteContextStorage | None = None,
+        conversation_id: str | None = None,
     ) -> None:
         super().__init__(name=name)
         if not isinstance(context, OpenAILLMContext):
             raise TypeError(f"ContextStore needs an OpenAILLMContext, got {type(context).__name__}")
+        if (storage is None) != (conversation_id is None):
+            raise ValueError(
+                "give both storage= and conversation_id= to persist a conversation, or neither"
+            )
+        if conversation_id is not None and (
+            not isinstance(conversation_id, str) or not conversation_id.strip()
+        ):
+            raise ValueError(f"conversation_id must be a non-empty string, got {conversation_id!r}")
         self.context = context
         self.llm = llm
+        self.storage = storage
+        self.conversation_id = conversation_id
         self._batches: dict[str, _Batch] = {}
         self._batch_of: dict[str, _Batch] = {}
 
@@ -169,7 +197,23 @@ class ContextStore(Actor[ContextStoreRequest]):
             self._settle(frame)
         else:  # pragma: no cover - the mailbox only takes the types above
             raise TypeError(f"ContextStore cannot handle {type(frame).__name__}")
-        return ctx.snapshot()
+        snapshot = ctx.snapshot()
+        if self.storage is not None and not isinstance(frame, GetContextRequest):
+            await self._persist(snapshot)
+        return snapshot
+
+    async def _persist(self, snapshot: ContextSnapshot) -> None:
+        """Write the conversation; a failure is reported, not raised (the session goes on)."""
+        assert self.storage is not None
+        assert self.conversation_id is not None
+        try:
+            self.storage.save(self.conversation_id, snapshot)
+        except (sqlite3.Error, ValueError) as exc:
+            await self.push_error(
+                f"context store: conversation {self.conversation_id!r} was not saved: "
+                f"{type(exc).__name__}: {exc}",
+                exception=exc,
+            )
 
     async def process_frame(self, frame: Frame, direction: Any) -> None:
         """Requests sent without ``ask`` are applied the same way (the answer is dropped)."""
@@ -227,11 +271,14 @@ class ContextStore(Actor[ContextStoreRequest]):
     async def on_stop(self) -> None:
         """Calls still open when the session ends settle as ``"CANCELLED"``, so the
         conversation the application keeps is valid for a later request."""
-        for tool_call_id in sorted(self._batch_of):
+        cancelled = sorted(self._batch_of)
+        for tool_call_id in cancelled:
             self.context.set_tool_result(tool_call_id, "CANCELLED")
             self.log.info("tool call cancelled by shutdown", tool_call_id=tool_call_id)
         self._batch_of.clear()
         self._batches.clear()
+        if cancelled and self.storage is not None:
+            await self._persist(self.context.snapshot())
 
     def pending_tool_calls(self) -> list[str]:
         """Ids of tool calls recorded but not settled yet."""

@@ -25,6 +25,7 @@ from actors import (
     OpenAIContextAggregatorPair,
     OpenAILLMContext,
     OpenAILLMService,
+    SQLiteContextStorage,
     ToolsSchema,
 )
 from actors.client import GenerationParams, RetryPolicy, Timeouts
@@ -222,6 +223,9 @@ async def open_conversation(
     function_call_timeout_secs: float | None = None,
     max_image_bytes: int | None = None,
     llm_params: GenerationParams | None = None,
+    context: OpenAILLMContext | None = None,
+    storage: SQLiteContextStorage | None = None,
+    conversation_id: str | None = None,
 ) -> AsyncIterator[Conversation]:
     """Run ``Pipeline([user, llm, probe, assistant])`` against ``server`` for the block.
 
@@ -243,8 +247,9 @@ async def open_conversation(
         function_call_timeout_secs=function_call_timeout_secs,
         **extra,
     )
-    context = OpenAILLMContext(messages=[SYSTEM] if messages is None else messages, tools=tools)
-    pair = llm.create_context_aggregator(context)
+    if context is None:
+        context = OpenAILLMContext(messages=[SYSTEM] if messages is None else messages, tools=tools)
+    pair = llm.create_context_aggregator(context, storage=storage, conversation_id=conversation_id)
     notifier = Notifier()
     probe = Probe(notifier, text_delay=probe_delay)
     conv = Conversation(server=server, llm=llm, pair=pair, probe=probe, notifier=notifier)

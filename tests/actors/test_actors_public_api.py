@@ -66,6 +66,7 @@ PUBLIC = {
     "OutputCallback",
     "RecordToolCallsRequest",
     "RecordToolSettlementRequest",
+    "SQLiteContextStorage",
     "ReplaceMessagesRequest",
     "RunFunctionCallsRequest",
     "SetToolChoiceRequest",
