@@ -1,9 +1,10 @@
 """Actors and references to them.
 
 An :class:`Actor` is a stage: it owns its state, receives frames through a typed two-lane
-mailbox and sends frames to its neighbours with :meth:`Actor.push_frame`. Two tasks serve it
-(one per lane), both inside a nursery the actor's supervisor owns; the supervisor itself
-belongs to the session's nursery (see :mod:`runtime._session`).
+mailbox and sends frames to its neighbours with :meth:`Actor.push_frame`. Its supervisor task
+(in the session's nursery, see :mod:`runtime._session`) runs the data loop inside a nursery of
+the actor's own; system frames are served by a task started in that nursery when they arrive,
+which ends when the system lane is empty.
 
 ``Actor`` is deliberately a plain class rather than an attrs class: applications subclass it
 the way Pipecat users subclass ``FrameProcessor`` (``__init__`` calling ``super().__init__()``).
@@ -476,32 +477,52 @@ class Actor(Generic[T]):
     def _make_mailbox(self, capacity: int) -> Mailbox:
         return Mailbox(capacity, self._name)
 
-    async def _system_loop(self) -> None:
+    def _serve_system_soon(self) -> bool:
+        """Start the task that serves the system lane; ``False`` if the actor's nursery does
+        not take tasks now (the frame then waits for the next one)."""
+        nursery = self._nursery
+        if nursery is None:
+            return False
+        try:
+            nursery.start_soon(self._serve_system, name=f"{self._name}:system")
+        except RuntimeError:  # the nursery is closing
+            return False
+        return True
+
+    async def _serve_system(self) -> None:
+        """Serve the system lane until it is empty, then end: system frames are rare, so the
+        task exists only while there are some (it runs beside the data loop, as before)."""
         mailbox = self._mailbox
         assert mailbox is not None
-        while True:
-            item = await mailbox.get_system()
-            frame = item[0]
-            if item[3] is not None:
-                await self._answer(item)
-                continue
-            cls = type(frame)
-            if cls is StartFrame:
-                await self._start(frame)  # type: ignore[arg-type]
-            accepted = self._accepts_type(cls)
-            if accepted:
-                token = current_turn.set(item[2])
-                self._sys_lifecycle = frame if cls in _LIFECYCLE else None
-                try:
-                    await self.process_frame(frame, item[1] or DOWNSTREAM)
-                finally:
-                    self._sys_lifecycle = None
-                    current_turn.reset(token)
-            if not accepted or cls in _LIFECYCLE:
-                await self._forward(item)
-            if cls is CancelFrame:
-                await self._stop()
-                return
+        _current_actor.set(self)
+        try:
+            while mailbox._system:
+                item = mailbox.get_system_nowait()
+                frame = item[0]
+                if item[3] is not None:
+                    await self._answer(item)
+                    continue
+                cls = type(frame)
+                if cls is StartFrame:
+                    await self._start(frame)  # type: ignore[arg-type]
+                accepted = self._accepts_type(cls)
+                if accepted:
+                    token = current_turn.set(item[2])
+                    self._sys_lifecycle = frame if cls in _LIFECYCLE else None
+                    try:
+                        await self.process_frame(frame, item[1] or DOWNSTREAM)
+                    finally:
+                        self._sys_lifecycle = None
+                        current_turn.reset(token)
+                if not accepted or cls in _LIFECYCLE:
+                    await self._forward(item)
+                if cls is CancelFrame:
+                    await self._stop()
+                    return
+        finally:
+            # No checkpoint between the last emptiness check and this: a frame put after it
+            # starts a new task.
+            mailbox._system_serving = False
 
     async def _data_loop(self) -> None:
         mailbox = self._mailbox

@@ -77,9 +77,12 @@ class Mailbox:
     owner: str
     _system: deque[Item] = attrs.field(factory=deque, init=False)
     _data: deque[Item] = attrs.field(factory=deque, init=False)
-    # Each lane has one consumer (the actor's system or data loop): the task waiting on it,
-    # woken directly (no parking lot: a wake-up per frame is the common case).
-    _system_task: trio.lowlevel.Task | None = attrs.field(default=None, init=False)
+    # The system lane is served by a task started when a frame arrives and none is serving
+    # (``serve_system``, set by the running actor: it returns whether it started one).
+    serve_system: Callable[[], bool] | None = attrs.field(default=None, init=False)
+    _system_serving: bool = attrs.field(default=False, init=False)
+    # The data lane has one consumer (the actor's data loop): the task waiting on it, woken
+    # directly (no parking lot: a wake-up per frame is the common case).
     _data_task: trio.lowlevel.Task | None = attrs.field(default=None, init=False)
     # Senders waiting for room; made when the first one has to wait (most lanes never fill).
     _send_lot: trio.lowlevel.ParkingLot | None = attrs.field(default=None, init=False)
@@ -101,8 +104,15 @@ class Mailbox:
         if self.closed:
             raise ActorDeadError(f"actor {self.owner!r} has stopped")
         self._system.append(item)
-        if self._system_task is not None:
-            self._wake_system()
+        if not self._system_serving:
+            self.start_system_service()
+
+    def start_system_service(self) -> None:
+        """Start a task to serve the queued system frames, unless one is serving them or the
+        actor is not running (then it starts one when it runs)."""
+        serve = self.serve_system
+        if serve is not None and self._system and not self._system_serving:
+            self._system_serving = serve()
 
     def try_put_data(self, item: Item) -> bool:
         """Queue on the data lane if there is room (or the frame goes upstream)."""
@@ -173,14 +183,6 @@ class Mailbox:
         self.delivered += 1
         return item
 
-    async def get_system(self) -> Item:
-        """Wait for and take the next system frame (only the actor's own loop waits here)."""
-        while not self._system:
-            assert self._system_task is None, "a mailbox lane has one consumer"
-            self._system_task = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(self._abort_system)
-        return self.get_system_nowait()
-
     def get_data_nowait(self) -> Item:
         """Take the next data frame or raise :class:`trio.WouldBlock`."""
         try:
@@ -205,19 +207,10 @@ class Mailbox:
         assert self._send_lot is not None
         self._send_lot.unpark()
 
-    def _wake_system(self) -> None:
-        task, self._system_task = self._system_task, None
-        assert task is not None
-        trio.lowlevel.reschedule(task)
-
     def _wake_data(self) -> None:
         task, self._data_task = self._data_task, None
         assert task is not None
         trio.lowlevel.reschedule(task)
-
-    def _abort_system(self, _: object) -> trio.lowlevel.Abort:
-        self._system_task = None
-        return trio.lowlevel.Abort.SUCCEEDED
 
     def _abort_data(self, _: object) -> trio.lowlevel.Abort:
         self._data_task = None
@@ -254,8 +247,6 @@ class Mailbox:
         self._data.clear()
         if self._send_lot is not None:
             self._send_lot.unpark_all()
-        if self._system_task is not None:
-            self._wake_system()
         if self._data_task is not None:
             self._wake_data()
         return left

@@ -278,16 +278,22 @@ class Session:
         recent: deque[float] = deque()
         while True:
             try:
-                # Set before the data loop starts, so that both loops share one context
-                # mapping (the data loop's task starts from a copy of this one).
                 _current_actor.set(actor)
-                async with trio.open_nursery() as nursery:
-                    actor._scope = nursery.cancel_scope
-                    actor._nursery = nursery
-                    nursery.start_soon(actor._data_loop, name=f"{actor.name}:data")
-                    # The system lane is served by this task itself (one task less per
-                    # actor): the nursery's scope covers it like the data loop.
-                    await actor._system_loop()
+                mailbox = actor._mailbox
+                assert mailbox is not None
+                try:
+                    async with trio.open_nursery() as nursery:
+                        actor._scope = nursery.cancel_scope
+                        actor._nursery = nursery
+                        # System frames get a task of their own when they arrive (it ends
+                        # when the lane is empty); the data loop runs in this task.
+                        mailbox.serve_system = actor._serve_system_soon
+                        mailbox.start_system_service()
+                        await actor._data_loop()
+                finally:
+                    mailbox.serve_system = None
+                    mailbox._system_serving = False
+                    actor._nursery = None
                 if actor._state not in (ActorState.STOPPED, ActorState.CRASHED):
                     actor._finish(crashed=False)
                 return

@@ -285,7 +285,8 @@ class TestNothingLeftBehind:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(task.run)
             await wait_idle()
-            assert len(set(running_tasks()) - before) > 5
+            # run() and one task per actor still running (source, Gate, sink)
+            assert len(set(running_tasks()) - before) >= 4
             task.cancel()
         assert set(running_tasks()) <= before
 

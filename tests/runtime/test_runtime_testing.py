@@ -30,7 +30,7 @@ from runtime.testing import (
     wait_idle,
 )
 
-from .runtime_helpers import Gate, Incr, Ping, Sleeper, Upper, numbers
+from .runtime_helpers import Gate, Incr, Note, Ping, Sleeper, Upper, numbers
 
 
 class NeverEnds(Actor[EndFrame]):
@@ -210,6 +210,23 @@ class TestHelpers:
             assert numbers(collector.downstream) == [n + 2 for n in range(100)]
             assert trio.current_time() == 0
 
+    async def test_an_idle_actor_is_one_task_and_system_frames_get_a_task_while_served(
+        self, autojump_clock: object
+    ) -> None:
+        """An idle actor runs as its supervisor only; a system frame is served by a task that
+        ends once the system lane is empty."""
+        async with open_test_task([Incr(name="incr")]) as t:
+            await wait_idle()
+
+            def incr_tasks() -> list[str]:
+                return sorted(task.name for task in running_tasks() if "incr" in task.name)
+
+            assert incr_tasks() == ["actor:incr"]
+            await t.push(Note("hello"))
+            await wait_idle()
+            assert [f.text for f in t.downstream if isinstance(f, Note)] == ["hello"]
+            assert incr_tasks() == ["actor:incr"]
+
     async def test_running_tasks_sees_the_session(self, autojump_clock: object) -> None:
         """``running_tasks`` lists this task and, while a session runs, the actors' tasks."""
         me = trio.lowlevel.current_task()
@@ -217,7 +234,7 @@ class TestHelpers:
         assert me in before
         async with open_test_task([Incr()]):
             names = {task.name for task in running_tasks()}
-            assert any(name.endswith(":data") for name in names)
+            assert any(name.startswith("actor:Incr") for name in names)
         assert set(running_tasks()) <= set(before)
 
     async def test_capture_logs_sees_debug_events_and_restores_the_configuration(
