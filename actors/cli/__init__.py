@@ -70,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument(
         "--prompt", help="answer this one prompt and exit (stdin that is not a terminal too)"
     )
+    chat.add_argument(
+        "--conversation",
+        metavar="NAME",
+        help="keep this conversation in the conversation database and continue it if it is "
+        "there (its stored system prompt wins over --system)",
+    )
+    chat.add_argument(
+        "--db",
+        type=Path,
+        metavar="PATH",
+        help="the conversation database for --conversation "
+        "(default: $XDG_DATA_HOME/trouper/conversations.db, ~/.local/share/... without it)",
+    )
     chat.add_argument("--no-tools", action="store_true", help="offer no tools to the model")
     chat.add_argument("--list-tools", action="store_true", help="list the built-in tools and exit")
     chat.add_argument("--log-json", type=Path, help="append every actor's structured logs to FILE")
@@ -139,7 +152,12 @@ def _chat(args: argparse.Namespace) -> int:
         if not prompt:
             print("trouper chat: stdin is not a terminal and holds no prompt", file=sys.stderr)
             return 2
+    if args.db is not None and args.conversation is None:
+        print("trouper chat: --db needs --conversation NAME", file=sys.stderr)
+        return 2
     options = ChatOptions(
+        conversation=args.conversation,
+        db=args.db,
         base_url=args.base_url,
         api_key=args.api_key,
         model=args.model,

@@ -50,6 +50,7 @@ from .._frames import (
 )
 from .._llm import OpenAILLMService
 from .._schemas import ToolsSchema
+from .._storage import SQLiteContextStorage
 from .._transport import TextTransport
 from ._tools import BUILTIN_TOOLS
 
@@ -85,6 +86,14 @@ class ChatOptions:
     tools: bool = True
     log_json: Path | None = None
     verbose: bool = False
+    conversation: str | None = None
+    db: Path | None = None
+
+
+def default_db_path() -> Path:
+    """Where ``--conversation`` keeps conversations without ``--db``."""
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "trouper" / "conversations.db"
 
 
 def list_tools(console: Console | None = None) -> int:
@@ -290,10 +299,32 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
         if options.tools:
             for tool in BUILTIN_TOOLS:
                 llm.register_function(tool.schema.name, tool.handler)
-        context = OpenAILLMContext(
-            messages=[{"role": "system", "content": options.system}], tools=tools
+        storage = None
+        context = None
+        if options.conversation is not None:
+            db = options.db or default_db_path()
+            try:
+                if options.db is None:
+                    db.parent.mkdir(parents=True, exist_ok=True)
+                storage = SQLiteContextStorage(db)
+                stack.callback(storage.close)
+                context = storage.load(options.conversation)
+            except (OSError, ValueError) as exc:
+                err.print(f"[red]error:[/] {escape(str(exc))}")
+                return 2
+            if context is not None:
+                context.set_tools(tools)
+                err.print(
+                    f"[dim]Continuing conversation {escape(options.conversation)} "
+                    f"({len(context)} messages) from {escape(str(db))}[/]"
+                )
+        if context is None:
+            context = OpenAILLMContext(
+                messages=[{"role": "system", "content": options.system}], tools=tools
+            )
+        pair = llm.create_context_aggregator(
+            context, storage=storage, conversation_id=options.conversation
         )
-        pair = llm.create_context_aggregator(context)
         view = _View(out, err, local=not remote, endpoint=base_url or llm.base_url)
         transport = TextTransport(on_output=view.on_frame)
         task = PipelineTask(
