@@ -80,7 +80,8 @@ class AsyncioBridge:
                 self._nursery = nursery
                 self._token = trio.lowlevel.current_trio_token()
                 ready.set_result(None)
-                await trio.sleep_forever()
+                if not self._closing:  # the entering task may have been cancelled meanwhile
+                    await trio.sleep_forever()
 
         def finished(result: outcome.Outcome[None]) -> None:
             if not done.done():
@@ -100,7 +101,11 @@ class AsyncioBridge:
                 "cannot start trio inside this asyncio loop: trio is already running in this "
                 f"thread (one AsyncioBridge at a time per thread): {exc}"
             ) from exc
-        await asyncio.wait((ready, done), return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait((ready, done), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled while entering: the guest must not outlive us
+            await self._close()
+            raise
         if not ready.done():  # the guest ended before it was ready: report why
             done.result().unwrap()
             raise SessionStateError("the trio guest run ended before it started")
@@ -112,18 +117,20 @@ class AsyncioBridge:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        result = await self._close()
+        result.unwrap()
+
+    async def _close(self) -> outcome.Outcome[None]:
+        """Cancel the guest's work and wait until the guest run has finished."""
         done = self._done
         assert done is not None
         self._closing = True
-        if not done.done():
-            token, nursery = self._token, self._nursery
-            assert token is not None
-            assert nursery is not None
+        token, nursery = self._token, self._nursery
+        if not done.done() and token is not None and nursery is not None:
             token.run_sync_soon(nursery.cancel_scope.cancel)
         # The guest must finish before the loop may go on without it: wait even when the
-        # block itself was cancelled.
-        result = await asyncio.shield(done)
-        result.unwrap()
+        # caller was cancelled.
+        return await asyncio.shield(done)
 
     # ----------------------------------------------------------------- calls
 

@@ -160,3 +160,27 @@ def test_misuse_is_reported_clearly() -> None:
                 pass
 
     asyncio.run(main())
+
+
+def test_cancelled_while_entering_leaves_no_guest_behind() -> None:
+    """An asyncio task cancelled while it enters the bridge stops the guest run it started:
+    a new bridge can start in the same thread afterwards."""
+
+    async def main() -> None:
+        entered = asyncio.Event()
+
+        async def enter() -> None:
+            async with AsyncioBridge():
+                entered.set()
+                await asyncio.sleep(3600)
+
+        attempt = asyncio.create_task(enter())
+        await asyncio.sleep(0)  # the task is now inside __aenter__, waiting for the guest
+        attempt.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await attempt
+        assert not entered.is_set()
+        async with AsyncioBridge() as trio_side:
+            assert await trio_side.run_sync(lambda: 1) == 1
+
+    asyncio.run(main())
