@@ -125,8 +125,9 @@ class ContextStore(Actor[ContextStoreRequest]):
     without waiting (this edge closes the LLM → aggregator → store → LLM cycle).
 
     With ``storage`` and ``conversation_id``, every change is written to the storage before
-    the request that made it is answered (and once more when the store stops); a write that
-    fails is reported as an ``ErrorFrame`` and the conversation goes on in memory.
+    the request that made it is answered (and when the store stops with tool calls still
+    open, once they are settled as ``"CANCELLED"``); a write that fails is reported as an
+    ``ErrorFrame`` and the conversation goes on in memory.
 
     Args:
         context: The conversation; the store changes this object in place, so after the
