@@ -209,3 +209,43 @@ class TestPersistedConversation:
             errors = [f for f in conv.upstream if isinstance(f, ErrorFrame)]
             assert errors
             assert "conversation 'c' was not saved" in errors[0].error
+
+    async def test_a_call_still_open_at_the_end_is_stored_as_cancelled(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        chunks: ChunkFactory,
+        tmp_path: Path,
+    ) -> None:
+        storage = SQLiteContextStorage(tmp_path / "open.db")
+        server.add(
+            Reply.sse(chunks.tool_call_stream([_call("get_weather", {"location": "Rome"}, "c9")]))
+        )
+        running = trio.Event()
+        async with open_conversation(
+            server,
+            tools=ToolsSchema(standard_tools=[WEATHER]),
+            storage=storage,
+            conversation_id="rome",
+        ) as conv:
+
+            async def never(params: FunctionCallParams) -> None:
+                running.set()
+                await trio.sleep_forever()
+
+            conv.llm.register_function("get_weather", never)
+            await conv.say("Weather in Rome?")
+            with trio.fail_after(60):
+                await running.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            during = storage.load("rome")
+            assert during is not None
+            assert during.open_tool_calls() == ["c9"]
+        stored = storage.load("rome")
+        assert stored is not None
+        assert stored.get_messages()[-1] == {
+            "role": "tool",
+            "tool_call_id": "c9",
+            "content": "CANCELLED",
+        }
+        storage.close()
