@@ -530,7 +530,6 @@ class Actor(Generic[T]):
         assert mailbox is not None
         assert session is not None
         await self._started.wait()
-        accepts = self._accepts_type
         accept_cache = self._accept_cache
         data = mailbox._data
         batch = 0
@@ -567,7 +566,7 @@ class Actor(Generic[T]):
                     cls = type(frame)
                     ok = accept_cache.get(cls)
                     if ok is None:
-                        ok = accepts(cls)
+                        ok = self._accepts_type(cls)
                     if not ok:
                         await self._forward(item)
                     else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import outcome
@@ -29,6 +29,12 @@ if TYPE_CHECKING:
 __all__ = ["Mailbox", "MailboxStatistics"]
 
 Item = tuple["Frame", "FrameDirection | None", int, "_Reply | None"]
+
+
+class _SystemServer(Protocol):
+    """What a mailbox needs of its actor: start a task serving the system lane."""
+
+    def _serve_system_soon(self) -> bool: ...
 
 
 @attrs.define(eq=False)
@@ -77,9 +83,10 @@ class Mailbox:
     owner: str
     _system: deque[Item] = attrs.field(factory=deque, init=False)
     _data: deque[Item] = attrs.field(factory=deque, init=False)
-    # The system lane is served by a task started when a frame arrives and none is serving
-    # (``serve_system``, set by the running actor: it returns whether it started one).
-    serve_system: Callable[[], bool] | None = attrs.field(default=None, init=False)
+    # The system lane is served by a task started when a frame arrives and none is serving:
+    # ``server`` is the running actor (its ``_serve_system_soon()`` says whether it started
+    # one). A reference, not a bound method: one object less per actor.
+    server: _SystemServer | None = attrs.field(default=None, init=False)
     _system_serving: bool = attrs.field(default=False, init=False)
     # The data lane has one consumer (the actor's data loop): the task waiting on it, woken
     # directly (no parking lot: a wake-up per frame is the common case).
@@ -110,9 +117,9 @@ class Mailbox:
     def start_system_service(self) -> None:
         """Start a task to serve the queued system frames, unless one is serving them or the
         actor is not running (then it starts one when it runs)."""
-        serve = self.serve_system
-        if serve is not None and self._system and not self._system_serving:
-            self._system_serving = serve()
+        server = self.server
+        if server is not None and self._system and not self._system_serving:
+            self._system_serving = server._serve_system_soon()
 
     def try_put_data(self, item: Item) -> bool:
         """Queue on the data lane if there is room (or the frame goes upstream)."""

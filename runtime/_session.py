@@ -287,11 +287,11 @@ class Session:
                         actor._nursery = nursery
                         # System frames get a task of their own when they arrive (it ends
                         # when the lane is empty); the data loop runs in this task.
-                        mailbox.serve_system = actor._serve_system_soon
+                        mailbox.server = actor
                         mailbox.start_system_service()
                         await actor._data_loop()
                 finally:
-                    mailbox.serve_system = None
+                    mailbox.server = None
                     mailbox._system_serving = False
                     actor._nursery = None
                 if actor._state not in (ActorState.STOPPED, ActorState.CRASHED):
