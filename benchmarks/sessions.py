@@ -146,6 +146,27 @@ class _GcTimer:
         gc.callbacks.remove(self._callback)
 
 
+async def _timed_turn(
+    tasks: list[Any], events: list[Any], run_frame: Callable[[], Any], *, freeze: bool
+) -> tuple[list[float], float, float]:
+    """The measured turn, the same for both frameworks: from a clean collector state, push a
+    ``run_frame()`` into every task, wait for every event; returns the push times, the
+    process CPU time and the time spent in the cyclic GC."""
+    gc.collect()
+    if freeze:
+        gc.freeze()
+    pushed = [0.0] * len(tasks)
+    with _GcTimer() as gc_timer:
+        c0 = time.process_time()
+        for i, task in enumerate(tasks):
+            pushed[i] = time.monotonic()
+            await task.queue_frame(run_frame())
+        for event in events:
+            await event.wait()
+        cpu = time.process_time() - c0
+    return pushed, cpu, gc_timer.total
+
+
 # --------------------------------------------------------------------------- trouper worker
 
 
@@ -180,25 +201,12 @@ async def _trouper_worker(n: int, url: str, freeze: bool = False) -> WorkerResul
         events = [r.arm(LLMFullResponseEndFrame, keep=False) for r in recs]
         peak = _PeakRss()
         nursery.start_soon(peak.sample, trio.sleep)
-        gc.collect()
-        if freeze:
-            gc.freeze()
-        pushed = [0.0] * n
-        with _GcTimer() as gc_timer:
-            c0 = time.process_time()
-            for i, task in enumerate(tasks):
-                pushed[i] = time.monotonic()
-                await task.queue_frame(LLMRunFrame())
-            for event in events:
-                await event.wait()
-            cpu = time.process_time() - c0
+        pushed, cpu, gc_s = await _timed_turn(tasks, events, LLMRunFrame, freeze=freeze)
         peak.running = False
         rss_after = _rss()
         t_stop = time.monotonic()
     stop_s = time.monotonic() - t_stop
-    return _result(
-        "trouper", recs, pushed, start_s, cpu, rss_base, rss_after, peak, stop_s, gc_timer.total
-    )
+    return _result("trouper", recs, pushed, start_s, cpu, rss_base, rss_after, peak, stop_s, gc_s)
 
 
 # --------------------------------------------------------------------------- Pipecat worker
@@ -230,26 +238,13 @@ async def _pipecat_worker(n: int, url: str, freeze: bool = False) -> WorkerResul
         events = [r.arm(LLMFullResponseEndFrame, keep=False) for r in recs]
         peak = _PeakRss()
         sampler = asyncio.create_task(peak.sample(asyncio.sleep))
-        gc.collect()
-        if freeze:
-            gc.freeze()
-        pushed = [0.0] * n
-        with _GcTimer() as gc_timer:
-            c0 = time.process_time()
-            for i, worker in enumerate(workers):
-                pushed[i] = time.monotonic()
-                await worker.queue_frame(LLMRunFrame())
-            for event in events:
-                await event.wait()
-            cpu = time.process_time() - c0
+        pushed, cpu, gc_s = await _timed_turn(workers, events, LLMRunFrame, freeze=freeze)
         peak.running = False
         await sampler
         rss_after = _rss()
         t_stop = time.monotonic()
     stop_s = time.monotonic() - t_stop
-    return _result(
-        "pipecat", recs, pushed, start_s, cpu, rss_base, rss_after, peak, stop_s, gc_timer.total
-    )
+    return _result("pipecat", recs, pushed, start_s, cpu, rss_base, rss_after, peak, stop_s, gc_s)
 
 
 async def _floor_worker(n: int, url: str) -> WorkerResult:
