@@ -49,7 +49,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import attrs
 import httpx
@@ -126,19 +126,32 @@ def _alternate(
             _pipecat.run(pipecat_round)
 
 
+@attrs.frozen
+class _Rounds:
+    """How a scenario is repeated: ``rounds`` interleaved rounds per framework, each of
+    ``warmup`` untimed then ``per_round`` timed repetitions (fewer with ``--quick``)."""
+
+    rounds: int = 3
+    per_round: int = 5
+    warmup: int = 2
+    #: ``(rounds, per_round, warmup)`` of a ``--quick`` run.
+    QUICK: ClassVar[tuple[int, int, int]] = (1, 4, 1)
+
+    @classmethod
+    def for_options(cls, options: Options) -> Self:
+        """The settings for this run of the benchmarks."""
+        if not options.quick:
+            return cls()
+        rounds, per_round, warmup = cls.QUICK
+        return cls(rounds=rounds, per_round=per_round, warmup=warmup)
+
+
 # =========================================================================== service_stream
 
 
 @attrs.frozen
-class _StreamSettings:
+class _StreamSettings(_Rounds):
     tokens: int = 2000
-    rounds: int = 3
-    per_round: int = 5
-    warmup: int = 2
-
-    @classmethod
-    def for_options(cls, options: Options) -> _StreamSettings:
-        return cls(rounds=1, per_round=4, warmup=1) if options.quick else cls()
 
 
 def run_service_stream(options: Options) -> Report:
@@ -242,16 +255,13 @@ def _check_count(rec: Recorder, tokens: int, who: str) -> None:
 
 
 @attrs.frozen
-class _FirstSettings:
+class _FirstSettings(_Rounds):
     tokens: int = 10
     spacing_ms: float = 2.0
     rounds: int = 3
     per_round: int = 20
     warmup: int = 3
-
-    @classmethod
-    def for_options(cls, options: Options) -> _FirstSettings:
-        return cls(rounds=1, per_round=12, warmup=2) if options.quick else cls()
+    QUICK: ClassVar[tuple[int, int, int]] = (1, 12, 2)
 
 
 def run_first_token(options: Options) -> Report:
@@ -357,17 +367,14 @@ def _p(values: Sequence[float], pct: float) -> float:
 
 
 @attrs.frozen
-class _ToolSettings:
+class _ToolSettings(_Rounds):
     calls: int = 5
     handler_secs: float = 0.2
     answer_tokens: int = 10
     rounds: int = 2
     per_round: int = 5
     warmup: int = 1
-
-    @classmethod
-    def for_options(cls, options: Options) -> _ToolSettings:
-        return cls(rounds=1, per_round=3, warmup=1) if options.quick else cls()
+    QUICK: ClassVar[tuple[int, int, int]] = (1, 3, 1)
 
 
 def run_parallel_tools(options: Options) -> Report:
@@ -548,7 +555,7 @@ def _record_tools(
 
 
 @attrs.frozen
-class _InterruptSettings:
+class _InterruptSettings(_Rounds):
     spacing_ms: float = 5.0
     slow_stream_after: int = 20  # text frames at the end before interrupting
     backlog_burst: int = 260
@@ -557,10 +564,7 @@ class _InterruptSettings:
     rounds: int = 2
     per_round: int = 5
     warmup: int = 1
-
-    @classmethod
-    def for_options(cls, options: Options) -> _InterruptSettings:
-        return cls(rounds=1, per_round=3, warmup=1) if options.quick else cls()
+    QUICK: ClassVar[tuple[int, int, int]] = (1, 3, 1)
 
 
 @attrs.define
