@@ -18,12 +18,13 @@ trio. Pipecat is imported lazily so that the module can be imported without it.
 from __future__ import annotations
 
 import asyncio
-import gc
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
+
+from ._timing import timed_burst, timed_ping
 
 __all__ = [
     "PipecatPipeline",
@@ -211,19 +212,9 @@ class PipecatPipeline:
             Injection times, arrival times (``time.perf_counter`` seconds, same order), how
             many frames arrived out of order (should be 0) and the process CPU time spent.
         """
-        frames = self.make_frames(n)
         probe = self._probe
-        probe.arm(frames)
-        sent = [0.0] * n
-        queue = self._worker.queue_frame
-        clock = time.perf_counter
-        gc.collect()
-        cpu = time.process_time()
-        for i, frame in enumerate(frames):
-            sent[i] = clock()
-            await queue(frame)
-        await probe.event.wait()
-        return sent, probe.times, probe.out_of_order, time.process_time() - cpu
+        sent, cpu = await timed_burst(self.make_frames(n), self._worker.queue_frame, probe)
+        return sent, probe.times, probe.out_of_order, cpu
 
     async def ping(self, n: int) -> list[float]:
         """Send one frame, wait until it reaches the end, repeat ``n`` times.
@@ -231,16 +222,4 @@ class PipecatPipeline:
         Returns:
             Each frame's latency in seconds.
         """
-        frames = self.make_frames(n)
-        probe = self._probe
-        queue = self._worker.queue_frame
-        clock = time.perf_counter
-        latencies = [0.0] * n
-        gc.collect()
-        for i, frame in enumerate(frames):
-            probe.arm([frame])
-            t0 = clock()
-            await queue(frame)
-            await probe.event.wait()
-            latencies[i] = probe.times[0] - t0
-        return latencies
+        return await timed_ping(self.make_frames(n), self._worker.queue_frame, self._probe)

@@ -31,7 +31,6 @@ is empty: frames are forwarded by the runtime without reaching user code).
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import platform
@@ -48,6 +47,7 @@ from runtime import logging as rlog
 
 from . import _pipecat
 from ._registry import Options, Report, Row, Target
+from ._timing import timed_burst, timed_ping
 
 __all__ = ["PIPECAT_HOPS", "STAGES", "TROUPER_HOPS", "Sample", "Settings", "run"]
 
@@ -203,33 +203,11 @@ class _TrioProbe:
 async def _trouper_burst(
     task: PipelineTask, probe: _TrioProbe, n: int
 ) -> tuple[list[float], float]:
-    frames: list[Frame] = [TextFrame("x") for _ in range(n)]
-    probe.arm(frames)
-    sent = [0.0] * n
-    queue = task.queue_frame
-    clock = time.perf_counter
-    gc.collect()
-    cpu = time.process_time()
-    for i, frame in enumerate(frames):
-        sent[i] = clock()
-        await queue(frame)
-    await probe.event.wait()
-    return sent, time.process_time() - cpu
+    return await timed_burst([TextFrame("x") for _ in range(n)], task.queue_frame, probe)
 
 
 async def _trouper_ping(task: PipelineTask, probe: _TrioProbe, n: int) -> list[float]:
-    frames: list[Frame] = [TextFrame("x") for _ in range(n)]
-    queue = task.queue_frame
-    clock = time.perf_counter
-    latencies = [0.0] * n
-    gc.collect()
-    for i, frame in enumerate(frames):
-        probe.arm([frame])
-        t0 = clock()
-        await queue(frame)
-        await probe.event.wait()
-        latencies[i] = probe.times[0] - t0
-    return latencies
+    return await timed_ping([TextFrame("x") for _ in range(n)], task.queue_frame, probe)
 
 
 def trouper_sample(settings: Settings, stage: type[Actor[Frame]] = PassThrough) -> Sample:
