@@ -54,6 +54,7 @@ from actors.testing import (  # noqa: E402
     Reply,
     ScriptedOpenAIServer,
 )
+from benchmarks._rigs import floor_stream  # noqa: E402
 
 __all__ = [
     "DEFAULT_TOKENS",
@@ -198,19 +199,7 @@ async def consume_floor(http: httpx.AsyncClient, url: str, body: Mapping[str, An
     Returns:
         Milliseconds from the request to ``[DONE]``.
     """
-    start = time.perf_counter()
-    count = 0
-    async with http.stream("POST", url, json=body, headers={"Accept": "text/event-stream"}) as r:
-        async for line in r.aiter_lines():
-            if line.startswith("data: "):
-                data = line[6:]
-                if data == "[DONE]":
-                    break
-                json.loads(data)
-                count += 1
-    elapsed = (time.perf_counter() - start) * 1000.0
-    assert count > 0
-    return elapsed
+    return await floor_stream(http, url, body) * 1000.0
 
 
 def _figures(samples: list[float]) -> dict[str, float]:
