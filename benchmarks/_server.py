@@ -352,7 +352,26 @@ def server_process(*, cpu: int | None = None) -> Iterator[str]:
     Yields:
         Its base URL, ``http://127.0.0.1:PORT/v1``. The process is killed on exit.
     """
-    process = subprocess.Popen(_command(), stdout=subprocess.PIPE, env=child_env(), text=True)
+    with port_process(_command(), child_env(), cpu=cpu) as url:
+        yield url
+
+
+@contextmanager
+def port_process(
+    command: list[str], env: dict[str, str], *, cpu: int | None = None
+) -> Iterator[str]:
+    """Run a benchmark server process that prints ``PORT <n>`` once it listens (blocking
+    API; :func:`open_port_process` is the trio one).
+
+    Args:
+        command: The server's command line.
+        env: Its environment.
+        cpu: Pin it to this CPU (Linux).
+
+    Yields:
+        ``http://127.0.0.1:<n>/v1``. The process is killed on exit.
+    """
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True)
     if cpu is not None:
         os.sched_setaffinity(process.pid, {cpu})
     try:

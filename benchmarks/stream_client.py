@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -55,6 +53,7 @@ from actors.testing import (  # noqa: E402
     ScriptedOpenAIServer,
 )
 from benchmarks._rigs import floor_stream  # noqa: E402
+from benchmarks._server import child_env, open_port_process, port_process  # noqa: E402
 
 __all__ = [
     "DEFAULT_TOKENS",
@@ -121,12 +120,6 @@ def _server_command(tokens: int) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--serve", "--tokens", str(tokens)]
 
 
-def _server_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
 @contextmanager
 def stream_server_process(tokens: int = DEFAULT_TOKENS) -> Iterator[str]:
     """Start the benchmark server in another process (blocking API).
@@ -137,18 +130,8 @@ def stream_server_process(tokens: int = DEFAULT_TOKENS) -> Iterator[str]:
     Yields:
         The server's base URL, ``http://127.0.0.1:PORT/v1``. The process is killed on exit.
     """
-    process = subprocess.Popen(
-        _server_command(tokens), stdout=subprocess.PIPE, env=_server_env(), text=True
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        if not line.startswith("PORT "):
-            raise RuntimeError(f"benchmark server did not start: {line!r}")
-        yield f"http://127.0.0.1:{int(line.split()[1])}/v1"
-    finally:
-        process.kill()
-        process.wait(timeout=10)
+    with port_process(_server_command(tokens), child_env()) as url:
+        yield url
 
 
 @asynccontextmanager
@@ -161,9 +144,7 @@ async def open_stream_server(tokens: int = DEFAULT_TOKENS) -> AsyncIterator[str]
     Yields:
         The server's base URL. The process is killed on exit, also on cancellation.
     """
-    from ._server import open_port_process
-
-    async with open_port_process(_server_command(tokens), _server_env()) as url:
+    async with open_port_process(_server_command(tokens), child_env()) as url:
         yield url
 
 
