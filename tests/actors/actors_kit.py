@@ -18,6 +18,7 @@ import attrs
 import trio
 
 from actors import (
+    FunctionCallParams,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
@@ -58,6 +59,28 @@ WAIT_SECS = 120.0
 _LIFECYCLE = (StartFrame, EndFrame, CancelFrame, InterruptionFrame)
 
 F = TypeVar("F", bound=Frame)
+
+
+@attrs.define(eq=False)
+class BlockingTool:
+    """A tool handler that runs until it is cancelled: :attr:`running` is set when a call
+    starts, :attr:`cancelled` lists the ids of the calls that saw ``trio.Cancelled``."""
+
+    running: trio.Event = attrs.Factory(trio.Event)
+    cancelled: list[str] = attrs.Factory(list)
+
+    async def __call__(self, params: FunctionCallParams) -> None:
+        self.running.set()
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            self.cancelled.append(params.tool_call_id)
+            raise
+
+    async def wait_running(self, within: float = 5.0) -> None:
+        """Wait (virtual time) until a call has started; fail after ``within`` seconds."""
+        with trio.fail_after(within):
+            await self.running.wait()
 
 
 class Notifier:

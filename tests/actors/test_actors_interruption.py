@@ -41,6 +41,7 @@ from .actors_kit import (
     MODEL,
     SYSTEM,
     WAIT_SECS,
+    BlockingTool,
     Conversation,
     Notifier,
     assert_valid,
@@ -311,28 +312,17 @@ class TestInterruptMidTool:
             Reply.sse(chunks.tool_call_stream([("lookup", '{"q": "x"}', "call_1")])),
             Reply.sse(chunks.text_stream(["New topic."])),
         )
-        running = trio.Event()
-        saw_cancelled: list[bool] = []
+        lookup = BlockingTool()
         async with open_conversation(server, tools=LOOKUP) as conv:
-
-            async def lookup(params: FunctionCallParams) -> None:
-                running.set()
-                try:
-                    await trio.sleep_forever()
-                except trio.Cancelled:
-                    saw_cancelled.append(True)
-                    raise
-
             conv.llm.register_function("lookup", lookup)
             await conv.say("Look it up")
-            with trio.fail_after(5):
-                await running.wait()
+            await lookup.wait_running()
             conv.running.interrupt()
             await conv.wait_for(lambda: bool(of_type(conv.sink, FunctionCallCancelFrame)))
             await trio.sleep(10)
             await trio.testing.wait_all_tasks_blocked()
 
-            assert saw_cancelled == [True]
+            assert lookup.cancelled == ["call_1"]
             (cancel,) = of_type(conv.sink, FunctionCallCancelFrame)
             assert (cancel.tool_call_id, cancel.reason, cancel.run_llm) == (
                 "call_1",
@@ -441,17 +431,11 @@ class TestSessionEnd:
         chunks: ChunkFactory,
     ) -> None:
         server.add(Reply.sse(chunks.tool_call_stream([("lookup", '{"q": "x"}', "call_1")])))
-        running = trio.Event()
+        lookup = BlockingTool()
         async with open_conversation(server, tools=LOOKUP) as conv:
-
-            async def lookup(params: FunctionCallParams) -> None:
-                running.set()
-                await trio.sleep_forever()
-
             conv.llm.register_function("lookup", lookup, cancel_on_interruption=False)
             await conv.say("Look it up")
-            with trio.fail_after(5):
-                await running.wait()
+            await lookup.wait_running()
         assert_valid(conv.messages())
         assert tool_answer(conv.messages(), "call_1") == "CANCELLED"
 
@@ -602,24 +586,13 @@ class TestCancel:
         chunks: ChunkFactory,
     ) -> None:
         server.add(Reply.sse(chunks.tool_call_stream([("lookup", '{"q": "x"}', "call_1")])))
-        running = trio.Event()
-        cancelled: list[bool] = []
+        lookup = BlockingTool()
         async with open_conversation(server, tools=LOOKUP) as conv:
-
-            async def lookup(params: FunctionCallParams) -> None:
-                running.set()
-                try:
-                    await trio.sleep_forever()
-                except trio.Cancelled:
-                    cancelled.append(True)
-                    raise
-
             conv.llm.register_function("lookup", lookup)
             await conv.say("Look it up")
-            with trio.fail_after(5):
-                await running.wait()
+            await lookup.wait_running()
             conv.running.cancel("test")
-        assert cancelled == [True]
+        assert lookup.cancelled == ["call_1"]
         assert_valid(conv.messages())
         assert tool_answer(conv.messages(), "call_1") == "CANCELLED"
 

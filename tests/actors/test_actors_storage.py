@@ -23,7 +23,7 @@ from actors import (
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 from runtime import ErrorFrame
 
-from .actors_kit import API_KEY, MODEL, SYSTEM, assert_valid, open_conversation
+from .actors_kit import API_KEY, MODEL, SYSTEM, BlockingTool, assert_valid, open_conversation
 
 WEATHER = FunctionSchema(
     name="get_weather",
@@ -221,22 +221,16 @@ class TestPersistedConversation:
         server.add(
             Reply.sse(chunks.tool_call_stream([_call("get_weather", {"location": "Rome"}, "c9")]))
         )
-        running = trio.Event()
+        never = BlockingTool()
         async with open_conversation(
             server,
             tools=ToolsSchema(standard_tools=[WEATHER]),
             storage=storage,
             conversation_id="rome",
         ) as conv:
-
-            async def never(params: FunctionCallParams) -> None:
-                running.set()
-                await trio.sleep_forever()
-
             conv.llm.register_function("get_weather", never)
             await conv.say("Weather in Rome?")
-            with trio.fail_after(60):
-                await running.wait()
+            await never.wait_running()
             await trio.testing.wait_all_tasks_blocked()
             during = storage.load("rome")
             assert during is not None
