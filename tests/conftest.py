@@ -16,14 +16,17 @@ import pytest
 
 from actors.local import (
     DEFAULT_MODEL,
+    ServerCPUError,
     ServerNotInstalledError,
     build_server_argv,
     cached_model,
+    check_build,
     find_llama_server,
     free_port,
     model_path,
     models_dir,
     read_log_tail,
+    server_exit_error,
     verify_model,
 )
 
@@ -82,6 +85,10 @@ def local_llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local
     except ServerNotInstalledError as exc:
         _unavailable(f"llama-server is not installed: {exc}")
         raise
+    try:  # a build for CPU features this machine lacks: one clear line, before it can crash
+        check_build(Path(command.argv[0]), source=command.source)
+    except ServerCPUError as exc:
+        pytest.fail(str(exc))
     path = cached_model(directory=REAL_MODELS_DIR)
     if path is None:
         candidate = model_path(directory=REAL_MODELS_DIR)
@@ -125,13 +132,16 @@ def _wait_healthy(
     with httpx.Client(timeout=2.0, trust_env=False) as client:
         while time.monotonic() < end:
             if process.poll() is not None:
-                pytest.fail(
-                    f"llama-server exited with {process.returncode}:\n{read_log_tail(log_path)}"
-                )
+                tail = read_log_tail(log_path, lines=400)
+                error = server_exit_error(process.returncode, log_tail=tail, log_path=log_path)
+                pytest.fail(str(error))
             try:
                 if client.get(url).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
-    pytest.fail(f"llama-server not ready after {deadline} s:\n{read_log_tail(log_path)}")
+    pytest.fail(
+        f"llama-server did not become ready within {deadline:g} s (GET {url} never answered "
+        f"200); run `trouper model doctor` (log: {log_path})"
+    )

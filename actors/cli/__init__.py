@@ -1,4 +1,4 @@
-"""trouper's command line: ``trouper chat``, ``trouper model pull`` and ``trouper model serve``."""
+"""trouper's command line: ``trouper chat`` and ``trouper model ...`` (the local model)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,17 @@ from pathlib import Path
 import structlog
 import trio
 
-from ._model_cmd import PullOptions, ServeOptions, model_pull, model_serve
+from actors.local import BASELINES
+
+from ._model_cmd import (
+    BuildOptions,
+    PullOptions,
+    ServeOptions,
+    model_build,
+    model_doctor,
+    model_pull,
+    model_serve,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -96,6 +106,30 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--force", action="store_true", help="download again even if cached")
     pull.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
+    for name, text in (
+        ("build", "build llama-server for this machine's CPU baseline (no-op when up to date)"),
+        ("rebuild", "build llama-server again, in place (the fix for a server that crashes)"),
+    ):
+        build = model_commands.add_parser(name, help=text)
+        build.add_argument(
+            "--baseline",
+            choices=[b.name for b in BASELINES],
+            help="CPU baseline to build for (default: the highest this machine runs)",
+        )
+        build.add_argument(
+            "--no-check", action="store_true", help="skip the self-check after the build"
+        )
+        build.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+    doctor = model_commands.add_parser(
+        "doctor",
+        help="check llama-server, its build, this CPU, the model and a one-token smoke run",
+    )
+    doctor.add_argument("--model", type=Path, help="check this GGUF file instead")
+    doctor.add_argument(
+        "--no-smoke", action="store_true", help="do not start the server for a smoke run"
+    )
+
     serve = model_commands.add_parser(
         "serve", help="run llama-server on the local model in the foreground until Ctrl-C"
     )
@@ -129,6 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging()
     if args.command == "model" and args.model_command == "pull":
         return model_pull(PullOptions(force=args.force, quiet=args.quiet))
+    if args.command == "model" and args.model_command in ("build", "rebuild"):
+        return model_build(
+            BuildOptions(
+                force=args.model_command == "rebuild",
+                baseline=args.baseline,
+                check=not args.no_check,
+                quiet=args.quiet,
+            )
+        )
+    if args.command == "model" and args.model_command == "doctor":
+        return model_doctor(args.model, smoke=not args.no_smoke)
     if args.command == "model" and args.model_command == "serve":
         return model_serve(
             ServeOptions(

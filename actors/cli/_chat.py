@@ -281,7 +281,7 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
             try:
                 server = await stack.enter_async_context(open_local_server(console=err))
             except LocalModelError as exc:
-                err.print(f"[red]error:[/] {escape(str(exc))}")
+                err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
                 return 2
             base_url, api_key = server.base_url, "no-key"
             model = options.model or server.model
@@ -310,7 +310,7 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
                 stack.callback(storage.close)
                 context = storage.load(options.conversation)
             except (OSError, ValueError) as exc:
-                err.print(f"[red]error:[/] {escape(str(exc))}")
+                err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
                 return 2
             if context is not None:
                 context.set_tools(tools)

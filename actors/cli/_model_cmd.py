@@ -1,7 +1,7 @@
-"""``trouper model pull`` and ``trouper model serve``: the local model from the command line.
+"""``trouper model pull|build|rebuild|doctor|serve``: the local model from the command line.
 
-Both take already-parsed options and return a process exit code; errors of the local model
-(:class:`~actors.local.LocalModelError`) are printed as one clear message, not a traceback.
+Each takes already-parsed options and returns a process exit code; errors of the local model
+(:class:`~actors.local.LocalModelError`) are printed as one clear line, not a traceback.
 """
 
 from __future__ import annotations
@@ -13,20 +13,34 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 from rich.console import Console
+from rich.markup import escape
 
 from actors.local import (
     DEFAULT_MODEL,
+    BuildResult,
+    DoctorReport,
     LocalModelError,
     PullResult,
+    build_llama_server,
+    diagnose,
     open_local_server,
     pull_model,
+    server_exit_error,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-__all__ = ["PullOptions", "ServeOptions", "model_pull", "model_serve"]
+__all__ = [
+    "BuildOptions",
+    "PullOptions",
+    "ServeOptions",
+    "model_build",
+    "model_doctor",
+    "model_pull",
+    "model_serve",
+]
 
 
 @attrs.frozen
@@ -37,6 +51,21 @@ class PullOptions:
     """Download and verify again even when a verified copy is cached."""
     quiet: bool = False
     """No progress bars (errors are still printed)."""
+
+
+@attrs.frozen
+class BuildOptions:
+    """Options of ``trouper model build`` and ``trouper model rebuild``."""
+
+    force: bool = False
+    """Build even when the installed server is already trouper's build for this baseline
+    (``rebuild`` sets it)."""
+    baseline: str | None = None
+    """The CPU baseline to build for (default: the highest this machine runs)."""
+    check: bool = True
+    """Run the self-check (server on the model, one-token completion) after building."""
+    quiet: bool = False
+    """No progress output (errors are still printed)."""
 
 
 @attrs.frozen
@@ -106,10 +135,14 @@ async def _run_server(options: ServeOptions, err: Console) -> int:
         )
         print(server.base_url, flush=True)
         code = await server.process.wait()
-        tail = server.log_tail()
-        err.print(f"[bold red]error:[/] llama-server exited unexpectedly with code {code}.")
-        if tail:
-            err.print(tail, markup=False, highlight=False)
+        error = server_exit_error(
+            code,
+            log_tail=server.log_tail(400),
+            log_path=server.log_path,
+            source=server.source,
+            when="while serving",
+        )
+        _print_error(err, error)
         return 1
 
 
@@ -157,3 +190,74 @@ def model_serve(options: ServeOptions, *, console: Console | None = None) -> int
     except KeyboardInterrupt:
         err.print("Stopped.")
         return 0
+
+
+def _describe_build(result: BuildResult) -> str:
+    record = result.record
+    if result.status == "up to date":
+        return (
+            f"llama-server is up to date: trouper's build for {record.baseline}, built "
+            f"{record.built_at} ({result.binary})."
+        )
+    text = f"Built llama-server for {record.baseline} in {record.seconds:.0f} s ({result.binary})."
+    if result.check is not None:
+        text += (
+            f" Self-check passed: ready in {result.check.ready_seconds:.1f} s, one-token "
+            f"completion in {result.check.completion_seconds * 1000:.0f} ms."
+        )
+    return text
+
+
+def model_build(options: BuildOptions, *, console: Console | None = None) -> int:
+    """Run ``trouper model build`` / ``rebuild``: a portable llama-server, recorded and checked."""
+    err = _stderr(console)
+    try:
+        result = trio.run(
+            lambda: build_llama_server(
+                force=options.force,
+                baseline=options.baseline,
+                check=options.check,
+                progress=not options.quiet,
+                console=err,
+            )
+        )
+    except LocalModelError as exc:
+        _print_error(err, exc)
+        return 1
+    except KeyboardInterrupt:
+        err.print("Interrupted: the build did not finish; run it again.", soft_wrap=True)
+        return 130
+    err.print(_describe_build(result), highlight=False, soft_wrap=True)
+    return 0
+
+
+_MARKS = {"ok": "[green]ok[/]     ", "warning": "[yellow]warning[/]", "failed": "[red]FAILED[/] "}
+
+
+def print_report(report: DoctorReport, console: Console) -> None:
+    """Print the doctor's report: a line per check, then the verdict."""
+    width = max(len(check.name) for check in report.checks)
+    for check in report.checks:
+        console.print(
+            f"{_MARKS[check.status]} {check.name.ljust(width)}  {escape(check.detail)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if report.ok:
+        console.print("[green]All well:[/] the local model can run on this machine.")
+    else:
+        failed = ", ".join(check.name for check in report.checks if check.status == "failed")
+        console.print(f"[red]Not well:[/] {failed} failed (the fix is on its line).")
+
+
+def model_doctor(
+    model: Path | None = None, *, smoke: bool = True, console: Console | None = None
+) -> int:
+    """Run ``trouper model doctor``: report every check; exit status 0 only if all is well."""
+    out = console if console is not None else Console(highlight=False)
+    try:
+        report = trio.run(lambda: diagnose(model=model, smoke=smoke))
+    except KeyboardInterrupt:
+        return 130
+    print_report(report, out)
+    return 0 if report.ok else 1

@@ -2,7 +2,8 @@
 
 Run as ``python -I -S _guard.py COMMAND ARGS...`` with a pipe as stdin. It starts COMMAND as its
 child (which also receives SIGKILL if the guard dies, via Linux's parent-death signal), forwards
-SIGTERM/SIGINT/SIGHUP to it, exits with its exit code, and -- when its stdin reaches end of file
+SIGTERM/SIGINT/SIGHUP to it, ends the way it ended (its exit code, or death by the same
+signal, so the owner sees a SIGILL as a SIGILL), and -- when its stdin reaches end of file
 because the process holding the pipe's other end (trouper) is gone -- stops the child itself:
 SIGTERM, then SIGKILL after a grace period. Standard library only, and no trouper imports, so it
 starts in a few milliseconds.
@@ -11,6 +12,7 @@ starts in a few milliseconds.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sys
 import threading
@@ -53,6 +55,17 @@ def _watch_stdin(child: int) -> None:
         pass
 
 
+def _die_like_child(signum: int) -> None:
+    """End this process by ``signum``, the signal that ended the child (no core file)."""
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ValueError, OSError):
+        pass
+    signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+    os.kill(os.getpid(), signum)
+
+
 def main(argv: list[str]) -> int:
     """Run ``argv`` under the guard and return the exit status to exit with."""
     if not argv:
@@ -86,4 +99,6 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     code = main(sys.argv[1:])
     sys.stdout.flush()
+    if code < 0:
+        _die_like_child(-code)
     os._exit(code if code >= 0 else 128 - code)

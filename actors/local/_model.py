@@ -41,6 +41,7 @@ from ._errors import (
     ModelNotFoundError,
 )
 from ._paths import models_dir
+from ._proc import end_process, text_lines
 from ._progress import Bars
 from ._spec import DEFAULT_MODEL, ModelSpec
 
@@ -386,7 +387,7 @@ async def _run_pip(
         ) from exc
     try:
         assert process.stdout is not None
-        async for line in _lines(process.stdout):
+        async for line in text_lines(process.stdout):
             match = _PROGRESS_RE.match(line)
             if match is None:
                 if line.strip():
@@ -404,38 +405,12 @@ async def _run_pip(
             )
         await process.wait()
     finally:
-        await _end_process(process)
+        await end_process(process)
     rc = process.returncode
     assert rc is not None
     if rc == 0:
         bars.update(task, completed=spec.size)
     return rc, list(tail)
-
-
-async def _end_process(process: trio.Process) -> None:
-    """Terminate (then kill) ``process`` if it still runs, and reap it, even when cancelled."""
-    with trio.CancelScope(shield=True):
-        if process.returncode is None:
-            process.terminate()
-            with trio.move_on_after(5):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-        await process.wait()
-        if process.stdout is not None:
-            await process.stdout.aclose()
-
-
-async def _lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[str]:
-    """Yield the text lines of a byte stream, splitting on ``\\n`` and ``\\r``."""
-    buffer = b""
-    async for data in stream:
-        buffer += data
-        *complete, buffer = re.split(rb"\r\n|\r|\n", buffer)
-        for raw in complete:
-            yield raw.decode("utf-8", "replace")
-    if buffer:
-        yield buffer.decode("utf-8", "replace")
 
 
 def _normalize(name: str) -> str:

@@ -10,7 +10,9 @@ from rich.progress import (
     DownloadColumn,
     Progress,
     TaskID,
+    TaskProgressColumn,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -23,17 +25,22 @@ __all__ = ["Bars"]
 
 
 class Bars:
-    """Byte progress bars on stderr, or nothing at all when disabled."""
+    """Progress bars on stderr (of bytes, or of percent), or nothing at all when disabled."""
 
-    def __init__(self, *, enabled: bool, console: Console | None = None) -> None:
+    def __init__(
+        self, *, enabled: bool, console: Console | None = None, unit: str = "bytes"
+    ) -> None:
         self._progress: Progress | None = None
         if enabled:
+            columns = (
+                (DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+                if unit == "bytes"
+                else (TaskProgressColumn(), TimeElapsedColumn())
+            )
             self._progress = Progress(
                 TextColumn("[progress.description]{task.description}"),
                 BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
+                *columns,
                 console=console if console is not None else Console(stderr=True),
                 transient=False,
             )

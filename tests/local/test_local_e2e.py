@@ -7,14 +7,27 @@ under ``CI=true``, where the ``local_llm_server`` fixture makes them fail instea
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
 
-from actors.local import cached_model, open_local_server
+from actors.local import (
+    BASELINES,
+    cached_model,
+    check_build,
+    choose_baseline,
+    find_llama_server,
+    open_local_server,
+    self_check,
+)
 
 from ..conftest import REAL_MODELS_DIR, LocalLLM
 
@@ -204,3 +217,49 @@ async def test_open_local_server_runs_the_real_model(local_llm_server: LocalLLM)
     assert server.process.returncode is not None
     assert ready < 60
     print(f"llama-server ready in {ready:.2f} s")
+
+
+async def test_installed_server_is_a_portable_build_within_its_baseline(
+    local_llm_server: LocalLLM,
+) -> None:
+    """The installed llama-server is trouper's recorded build, and what it reports in its
+    system info stays within that baseline: no AMX, no AVX-512, nothing the build host alone
+    has (a native build fails here, on any machine: it has no record)."""
+    command = find_llama_server()
+    status = check_build(Path(command.argv[0]), source=command.source)
+    assert status.state == "recorded", (
+        f"llama-server at {command.argv[0]} is not trouper's recorded build ({status.state}): "
+        "run `trouper model rebuild`"
+    )
+    assert status.record is not None
+    baseline = next(b for b in BASELINES if b.name == status.record.baseline)
+    assert baseline == choose_baseline(status.cpu)
+    assert "-DGGML_NATIVE=OFF" in status.record.cmake_args
+    model = cached_model(directory=REAL_MODELS_DIR)
+    assert model is not None
+    with trio.fail_after(120):
+        check = await self_check(command, model)
+    reported = set(check.server_features)
+    assert reported, "llama-server printed no system_info line"
+    assert not {name for name in reported if "AMX" in name or "AVX512" in name}
+    assert baseline.reports is not None
+    assert reported <= baseline.reports, f"beyond {baseline.name}: {reported - baseline.reports}"
+    assert check.completion_seconds < 30
+
+
+def test_doctor_on_the_real_build_is_all_well(local_llm_server: LocalLLM) -> None:
+    env = {**os.environ, "TROUPER_HOME": str(REAL_MODELS_DIR.parent), "NO_COLOR": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "actors.cli", "model", "doctor"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "All well" in out
+    for name in ("llama-server", "build", "cpu", "model", "smoke run", "server features"):
+        assert re.search(rf"^ok\s+{name}\s", out, re.M), out
+    assert "sha256 verified" in out
