@@ -52,6 +52,7 @@ from ._record import BuildRecord as BuildRecord
 from ._record import BuildStatus as BuildStatus
 from ._record import check_build as check_build
 from ._record import read_record as read_record
+from ._server import SYSTEM_INFO_ARGS as SYSTEM_INFO_ARGS
 from ._server import LocalModelServer as LocalModelServer
 from ._server import ServerCommand as ServerCommand
 from ._server import build_server_argv as build_server_argv
@@ -71,6 +72,7 @@ __all__ = [
     "CMAKE_ARGS_ENV",
     "DEFAULT_MODEL",
     "LLAMA_CPP_REQUIREMENT",
+    "SYSTEM_INFO_ARGS",
     "Baseline",
     "BuildRecord",
     "BuildResult",

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +23,8 @@ import trio
 
 from actors.local import (
     BASELINES,
+    SYSTEM_INFO_ARGS,
+    ServerCommand,
     cached_model,
     check_build,
     choose_baseline,
@@ -263,3 +267,34 @@ def test_doctor_on_the_real_build_is_all_well(local_llm_server: LocalLLM) -> Non
     for name in ("llama-server", "build", "cpu", "model", "smoke run", "server features"):
         assert re.search(rf"^ok\s+{name}\s", out, re.M), out
     assert "sha256 verified" in out
+
+
+QEMU = shutil.which("qemu-x86_64")
+
+
+@pytest.mark.skipif(
+    platform.machine() != "x86_64" or QEMU is None,
+    reason="needs an x86-64 machine and qemu-user (apt-get install qemu-user)",
+)
+async def test_the_build_runs_on_a_cpu_without_avx512_or_amx() -> None:
+    """The installed build on an emulated Haswell CPU (AVX2, no AVX-512, no AMX): it must get
+    healthy and answer the start-up self-check's one token. A build for this machine's own
+    features (AVX-512 here, AMX on the review's Xeon) dies there by SIGILL."""
+    command = find_llama_server()
+    model = cached_model(directory=REAL_MODELS_DIR)
+    assert model is not None
+    assert QEMU is not None
+    emulated = ServerCommand((QEMU, "-cpu", "Haswell", *command.argv), command.source)
+    with trio.fail_after(300):
+        async with open_local_server(
+            model,
+            command=emulated,
+            parallel=1,
+            ctx_size=512,
+            ready_timeout=240,
+            extra_args=SYSTEM_INFO_ARGS,
+        ) as server:
+            assert server.check_seconds > 0
+            features = set(server.reported_features())
+    assert "AVX2" in features
+    assert not {name for name in features if "AVX512" in name or "AMX" in name}
