@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 import trio
@@ -28,8 +28,10 @@ from actors.local import (
     server_exit_error,
 )
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Awaitable, Callable, Iterator
     from pathlib import Path
 
 __all__ = [
@@ -104,17 +106,30 @@ def _describe(result: PullResult) -> str:
 def model_pull(options: PullOptions, *, console: Console | None = None) -> int:
     """Run ``trouper model pull``: make sure the verified local model is in the cache."""
     err = _stderr(console)
+    return _run_and_report(
+        err,
+        lambda: pull_model(force=options.force, progress=not options.quiet, console=err),
+        _describe,
+        "Interrupted: nothing was saved under the model's name.",
+    )
+
+
+def _run_and_report(
+    err: Console,
+    work: Callable[[], Awaitable[T]],
+    describe: Callable[[T], str],
+    interrupted: str,
+) -> int:
+    """Run ``work`` under trio; print its result described, or its error in one line."""
     try:
-        result = trio.run(
-            lambda: pull_model(force=options.force, progress=not options.quiet, console=err)
-        )
+        result = trio.run(work)
     except LocalModelError as exc:
         _print_error(err, exc)
         return 1
     except KeyboardInterrupt:
-        err.print("Interrupted: nothing was saved under the model's name.", soft_wrap=True)
+        err.print(interrupted, soft_wrap=True)
         return 130
-    err.print(_describe(result), highlight=False, soft_wrap=True)
+    err.print(describe(result), highlight=False, soft_wrap=True)
     return 0
 
 
@@ -211,24 +226,18 @@ def _describe_build(result: BuildResult) -> str:
 def model_build(options: BuildOptions, *, console: Console | None = None) -> int:
     """Run ``trouper model build`` / ``rebuild``: a portable llama-server, recorded and checked."""
     err = _stderr(console)
-    try:
-        result = trio.run(
-            lambda: build_llama_server(
-                force=options.force,
-                baseline=options.baseline,
-                check=options.check,
-                progress=not options.quiet,
-                console=err,
-            )
-        )
-    except LocalModelError as exc:
-        _print_error(err, exc)
-        return 1
-    except KeyboardInterrupt:
-        err.print("Interrupted: the build did not finish; run it again.", soft_wrap=True)
-        return 130
-    err.print(_describe_build(result), highlight=False, soft_wrap=True)
-    return 0
+    return _run_and_report(
+        err,
+        lambda: build_llama_server(
+            force=options.force,
+            baseline=options.baseline,
+            check=options.check,
+            progress=not options.quiet,
+            console=err,
+        ),
+        _describe_build,
+        "Interrupted: the build did not finish; run it again.",
+    )
 
 
 _MARKS = {"ok": "[green]ok[/]     ", "warning": "[yellow]warning[/]", "failed": "[red]FAILED[/] "}

