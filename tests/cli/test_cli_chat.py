@@ -34,7 +34,7 @@ ANSWER_TIMEOUT = 180.0
 QUICK_TIMEOUT = 30.0
 STATS = re.compile(r"ttft \d+ ms · \d+ tokens")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-CALCULATOR_PROMPT = "What is 1234 * 5678? Use the calculator."
+CALCULATOR_PROMPT = "Use the calculator to compute 1234 * 5678."
 
 
 def trouper() -> list[str]:
