@@ -50,11 +50,13 @@ from ._errors import Category as Category
 from ._errors import ChatClientError as ChatClientError
 from ._errors import ConflictError as ConflictError
 from ._errors import ConnectTimeoutError as ConnectTimeoutError
+from ._errors import EventTooLargeError as EventTooLargeError
 from ._errors import FirstTokenTimeoutError as FirstTokenTimeoutError
 from ._errors import IncompleteStreamError as IncompleteStreamError
 from ._errors import InternalServerError as InternalServerError
 from ._errors import InvalidParameterError as InvalidParameterError
 from ._errors import MalformedChunkError as MalformedChunkError
+from ._errors import NotEventStreamError as NotEventStreamError
 from ._errors import NotFoundError as NotFoundError
 from ._errors import PermissionDeniedError as PermissionDeniedError
 from ._errors import RateLimitError as RateLimitError
@@ -70,12 +72,14 @@ from ._redact import Redactor as Redactor
 from ._retry import RetryDecision as RetryDecision
 from ._retry import RetryPolicy as RetryPolicy
 from ._retry import parse_retry_after as parse_retry_after
+from ._sse import DEFAULT_MAX_EVENT_BYTES as DEFAULT_MAX_EVENT_BYTES
 from ._sse import SSEDecoder as SSEDecoder
 from ._sse import SSEEvent as SSEEvent
 from ._timeouts import Timeouts as Timeouts
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_EVENT_BYTES",
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
@@ -94,6 +98,7 @@ __all__ = [
     "CompletionTokensDetails",
     "ConflictError",
     "ConnectTimeoutError",
+    "EventTooLargeError",
     "FirstTokenTimeoutError",
     "FunctionCallDelta",
     "GenerationParams",
@@ -101,6 +106,7 @@ __all__ = [
     "InternalServerError",
     "InvalidParameterError",
     "MalformedChunkError",
+    "NotEventStreamError",
     "NotFoundError",
     "PermissionDeniedError",
     "PromptTokensDetails",

@@ -37,11 +37,13 @@ from ._errors import (
     ServerDisconnectedError,
     StreamIdleTimeoutError,
     TotalTimeoutError,
+    not_event_stream_error,
     status_error,
 )
 from ._parser import ChunkStreamParser
 from ._redact import Redactor
 from ._retry import RetryDecision, RetryPolicy, parse_retry_after
+from ._sse import DEFAULT_MAX_EVENT_BYTES
 from ._timeouts import Timeouts
 
 if TYPE_CHECKING:
@@ -113,6 +115,59 @@ def _network_idle(timeouts: Timeouts) -> float | None:
     return None
 
 
+def _checked_max_event_bytes(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidParameterError(
+            f"max_event_bytes={value!r}: expected a positive number of bytes, "
+            f"e.g. {DEFAULT_MAX_EVENT_BYTES} (the default, 8 MiB)"
+        )
+    return value
+
+
+def _is_event_stream(content_type: str | None) -> bool:
+    """Whether a response may be read as an event stream: declared ``text/event-stream``
+    (parameters and case ignored), or not declared at all (the benefit of the doubt)."""
+    if content_type is None:
+        return True
+    return content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
+
+
+class _RequestBody(httpx.AsyncByteStream):
+    """The request body, handed to httpx as a stream whose iterator is a plain object.
+
+    httpx's own stream for a ``bytes`` body iterates through an async generator. When the send
+    is cancelled in the middle of the body, httpcore abandons that generator suspended, and
+    trio warns (``ResourceWarning``) when the garbage collector finds it. A plain iterator has
+    nothing left to finalize.
+    """
+
+    __slots__ = ("_body",)
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _OnePiece(self._body)
+
+
+class _OnePiece:
+    """An async iterator of exactly one piece of bytes."""
+
+    __slots__ = ("_piece",)
+
+    def __init__(self, piece: bytes) -> None:
+        self._piece: bytes | None = piece
+
+    def __aiter__(self) -> _OnePiece:
+        return self
+
+    async def __anext__(self) -> bytes:
+        piece, self._piece = self._piece, None
+        if piece is None:
+            raise StopAsyncIteration
+        return piece
+
+
 def _body_iterator(response: httpx.Response) -> AsyncIterator[bytes]:
     """The body pieces. Without a content encoding (we ask for ``identity``) the transport's
     stream is read directly, skipping two generator layers of httpx per piece."""
@@ -142,6 +197,12 @@ class ChatCompletionsClient:
         retry: The retry policy.
         http_client: An ``httpx.AsyncClient`` to use instead of creating one; it is not closed
             by :meth:`aclose` (its owner closes it).
+        max_event_bytes: The most bytes one server-sent event may hold (default 8 MiB); a
+            larger one fails the stream with :class:`~actors.client.EventTooLargeError`, so a
+            broken or hostile server cannot make the client hold an endless line.
+
+    Raises:
+        InvalidParameterError: ``max_event_bytes`` is not a positive int.
 
     Example:
         >>> async with ChatCompletionsClient(base_url="http://127.0.0.1:8080/v1") as client:
@@ -157,6 +218,7 @@ class ChatCompletionsClient:
     project: str | None
     timeouts: Timeouts
     retry: RetryPolicy
+    max_event_bytes: int
     _api_key: str | None = attrs.field(repr=False)
     _default_headers: Mapping[str, str] = attrs.field(repr=False)
     _http: httpx.AsyncClient | None = attrs.field(repr=False)
@@ -175,6 +237,7 @@ class ChatCompletionsClient:
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
         http_client: httpx.AsyncClient | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         headers = dict(default_headers or {})
@@ -189,6 +252,7 @@ class ChatCompletionsClient:
             project=project if project is not None else os.environ.get("OPENAI_PROJECT_ID"),
             timeouts=timeouts or Timeouts(),
             retry=retry or RetryPolicy(),
+            max_event_bytes=_checked_max_event_bytes(max_event_bytes),
             api_key=key or None,
             default_headers=headers,
             http=http_client,
@@ -256,6 +320,7 @@ class ChatCompletionsClient:
             timeouts=self.timeouts,
             policy=self.retry,
             redactor=self._redactor,
+            max_event_bytes=self.max_event_bytes,
         )
 
     async def complete(self, request: ChatRequest) -> StreamResult:
@@ -341,6 +406,7 @@ class ChatStream:
     _timeouts: Timeouts
     _policy: RetryPolicy
     _redactor: Redactor = attrs.field(repr=False)
+    _max_event_bytes: int = attrs.field(default=DEFAULT_MAX_EVENT_BYTES, repr=False)
     request_started_at: float | None = attrs.field(default=None, init=False)
     attempt_started_at: float | None = attrs.field(default=None, init=False)
     first_token_at: float | None = attrs.field(default=None, init=False)
@@ -530,7 +596,11 @@ class ChatStream:
         self.attempts += 1
         now = trio.current_time()
         self.attempt_started_at = now
-        self._parser = ChunkStreamParser(redactor=self._redactor, text_only=bool(self._text_only))
+        self._parser = ChunkStreamParser(
+            redactor=self._redactor,
+            text_only=bool(self._text_only),
+            max_event_bytes=self._max_event_bytes,
+        )
         self.first_token_at = None
         timeouts = self._timeouts
         request = self._http.build_request(
@@ -545,9 +615,14 @@ class ChatStream:
                 pool=timeouts.connect,
             ),
         )
+        request.stream = _RequestBody(self._body)  # same bytes and Content-Length; no generator
         deadline = self._deadline
+        kind = "first_token"
         if timeouts.first_token is not None:
             deadline = min(deadline, now + timeouts.first_token)
+        elif timeouts.idle is not None:  # idle applies from the start: a trickled head too
+            deadline = min(deadline, now + timeouts.idle)
+            kind = "response"
         response: httpx.Response | None = None
         failure: ChatClientError | None = None
         with trio.CancelScope(deadline=deadline) as scope:
@@ -573,7 +648,7 @@ class ChatStream:
                 )
                 failure.__cause__ = exc
         if scope.cancelled_caught:
-            failure = self._deadline_failure(scope_deadline=deadline, kind="first_token")
+            failure = self._deadline_failure(scope_deadline=deadline, kind=kind)
         if failure is not None:
             return failure, self._failure_decision(failure)
         assert response is not None
@@ -582,6 +657,20 @@ class ChatStream:
         self.request_id = response.headers.get("x-request-id")
         self._parser.request_id = self.request_id
         self._bytes = _body_iterator(response)
+        content_type = response.headers.get("content-type")
+        if 200 <= response.status_code < 300 and not _is_event_stream(content_type):
+            assert content_type is not None
+            raw = await self._read_error_body()
+            await self._close_response()
+            not_stream = not_event_stream_error(
+                content_type,
+                raw,
+                status=response.status_code,
+                url=self._url,
+                redactor=self._redactor,
+                request_id=self.request_id,
+            )
+            return not_stream, RetryDecision(False, reason="not an event stream")
         if not 200 <= response.status_code < 300:
             raw = await self._read_error_body()
             await self._close_response()
@@ -661,7 +750,8 @@ class ChatStream:
 
         Before the first output only ``first_token`` applies (a long prefill is not idleness);
         from then on, ``idle`` bounds each wait for the next chunk; ``total`` always applies. With
-        ``first_token`` disabled, ``idle`` applies from the start.
+        ``first_token`` disabled, ``idle`` applies from the start, in a cancel scope until output
+        flows: httpx's per-read timeout alone would let keep-alives or trickled bytes extend it.
 
         A trio cancel scope costs about as much as decoding a chunk, and h11 hands over one HTTP
         chunk (one token) per read, so once output flows the idle deadline is left to httpx's
@@ -678,7 +768,7 @@ class ChatStream:
             return self._deadline, "total"
         idle = timeouts.idle
         network_idle = self._network_idle
-        if idle is not None and network_idle is None:
+        if idle is not None and (network_idle is None or not self._parser.accumulator.has_output):
             idle_deadline = trio.current_time() + idle
             if idle_deadline < self._deadline:
                 return idle_deadline, "idle"
@@ -698,6 +788,11 @@ class ChatStream:
         if kind == "first_token":
             return FirstTokenTimeoutError(
                 f"no output within {timeouts.first_token:g} s of sending the request"
+            )
+        if kind == "response":
+            return StreamIdleTimeoutError(
+                f"the response did not start within {timeouts.idle:g} s of sending the request "
+                "(idle timeout; first_token is disabled)"
             )
         return StreamIdleTimeoutError(f"no chunk for {timeouts.idle:g} s while streaming")
 

@@ -23,7 +23,9 @@ Every exception raised by the client derives from :class:`ChatClientError` and h
     │   ├── RateLimitError            rate_limit       429
     │   └── InternalServerError       server           5xx
     ├── StreamError                   server*          data: {"error": ...} inside a 200 stream
-    └── MalformedChunkError           server           a data line that is not a JSON object
+    ├── MalformedChunkError           server           a data line that is not a JSON object
+    ├── EventTooLargeError            server           one SSE event beyond max_event_bytes
+    └── NotEventStreamError           server           a 2xx answer that is not text/event-stream
 
     * a StreamError whose code is an HTTP status or whose type names a known class takes that
       category (e.g. vLLM's in-stream ``"code": 400`` is ``invalid_request``).
@@ -59,11 +61,13 @@ __all__ = [
     "ChatClientError",
     "ConflictError",
     "ConnectTimeoutError",
+    "EventTooLargeError",
     "FirstTokenTimeoutError",
     "IncompleteStreamError",
     "InternalServerError",
     "InvalidParameterError",
     "MalformedChunkError",
+    "NotEventStreamError",
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
@@ -73,6 +77,7 @@ __all__ = [
     "TotalTimeoutError",
     "UnprocessableEntityError",
     "category_for_status",
+    "not_event_stream_error",
     "status_error",
     "stream_error",
 ]
@@ -262,6 +267,50 @@ class MalformedChunkError(ChatClientError):
     default_category: ClassVar[Category] = "server"
 
 
+def _size(count: int) -> str:
+    """``8 MiB``, ``64 KiB`` or ``100000 bytes``."""
+    for unit, name in ((1024 * 1024, "MiB"), (1024, "KiB")):
+        if count % unit == 0:
+            return f"{count // unit} {name}"
+    return f"{count} bytes"
+
+
+class EventTooLargeError(ChatClientError):
+    """One server-sent event grew beyond the cap (``max_event_bytes``) before it ended.
+
+    The decoder stops holding it at once, so a hostile or broken server cannot make the client
+    hold an unbounded line; the rest of the body is not read.
+
+    Args:
+        max_event_bytes: The cap that was exceeded.
+        request_id: The response's ``x-request-id``.
+
+    Attributes:
+        max_event_bytes: The cap that was exceeded.
+    """
+
+    default_category: ClassVar[Category] = "server"
+
+    def __init__(self, max_event_bytes: int, *, request_id: str | None = None) -> None:
+        super().__init__(
+            f"a server-sent event grew beyond {_size(max_event_bytes)} "
+            f"(max_event_bytes={max_event_bytes}) before it ended; the stream was stopped. "
+            "If the server really sends events this large, raise the cap: "
+            "ChatCompletionsClient(max_event_bytes=...)",
+            request_id=request_id,
+        )
+        self.max_event_bytes = max_event_bytes
+
+
+class NotEventStreamError(ChatClientError):
+    """The server answered a streaming request with a 2xx response that is not an event
+    stream (an HTML page, a whole JSON document...): usually a ``base_url`` that does not point
+    to an OpenAI-compatible API, a proxy's page, or a server ignoring ``stream: true``. Never
+    retried: the same request would get the same answer."""
+
+    default_category: ClassVar[Category] = "server"
+
+
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,
@@ -429,4 +478,71 @@ def stream_error(error: object, *, redactor: Redactor, request_id: str | None) -
         request_id=request_id,
         body=redactor.value(error),
         category=category,
+    )
+
+
+def _one_line(text: str) -> str:
+    return _truncate(" ".join(text.split()), 200)
+
+
+def not_event_stream_error(
+    content_type: str,
+    raw_body: bytes,
+    *,
+    status: int,
+    url: str,
+    redactor: Redactor,
+    request_id: str | None,
+) -> NotEventStreamError:
+    """Build the exception for a 2xx response that is not ``text/event-stream``.
+
+    Args:
+        content_type: The response's ``Content-Type``.
+        raw_body: The start of the body.
+        status: The response status.
+        url: The URL the request went to.
+        redactor: Hides secrets in everything taken from the body.
+        request_id: The ``x-request-id`` header.
+
+    Returns:
+        The exception, naming the content type and showing what the body says (a JSON error's
+        message, a JSON document's ``object``, or the start of the text), redacted.
+    """
+    media_type = _truncate(
+        redactor.text(content_type.split(";", 1)[0].strip() or content_type), 100
+    )
+    text = raw_body.decode("utf-8", "replace")
+    body: Any
+    try:
+        body = json.loads(text) if text.strip() else None
+    except ValueError:
+        body = text
+    quoted: str | None = None  # what the server said, shown as a quoted excerpt
+    message = f"the server did not return an event stream (content-type {media_type})"
+    if isinstance(body, Mapping):
+        error = body.get("error")
+        kind = body.get("object")
+        if error:
+            quoted = _fields(error)[0] or json.dumps(error)
+        elif isinstance(kind, str) and kind:
+            shown = _truncate(redactor.text(kind), 60)
+            message += f" but a whole {shown!r} object: does the server ignore stream=true?"
+        else:
+            quoted = json.dumps(body)
+    elif isinstance(body, str):
+        quoted = body
+    elif body is not None:
+        quoted = json.dumps(body)
+    if quoted:  # redacted before it is cut, so that no part of a secret survives the cut
+        message += f": {_one_line(redactor.text(quoted))!r}"
+    message += (
+        (" " if message.endswith("?") else ". ")
+        + f"Check that base_url ({url.rsplit('/chat/completions', 1)[0]}) is an "
+        "OpenAI-compatible API root (often ending in /v1) that supports streaming"
+    )
+    return NotEventStreamError(
+        redactor.text(message),
+        status=status,
+        request_id=request_id,
+        body=redactor.value(body),
     )

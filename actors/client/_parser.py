@@ -17,9 +17,15 @@ import orjson
 
 from ._accumulate import StreamAccumulator, StreamResult
 from ._chunks import parse_chunk
-from ._errors import ChatClientError, IncompleteStreamError, MalformedChunkError, stream_error
+from ._errors import (
+    ChatClientError,
+    EventTooLargeError,
+    IncompleteStreamError,
+    MalformedChunkError,
+    stream_error,
+)
 from ._redact import Redactor
-from ._sse import SSEDecoder
+from ._sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder, SSEEvent
 
 if TYPE_CHECKING:
     from collections import deque
@@ -47,6 +53,9 @@ class ChunkStreamParser:
         text_only: Append the non-empty content deltas of choice 0 (``str``) to ``out``
             instead of chunks (everything is still accumulated). Chunks of the commonest
             shape are then folded in without building chunk objects.
+        max_event_bytes: The cap on one server-sent event (see
+            :class:`~actors.client.SSEDecoder`); passing it fails the stream with
+            :class:`~actors.client.EventTooLargeError`. ``None``: no cap.
 
     Attributes:
         failure: The error that ended the stream, if any.
@@ -56,9 +65,16 @@ class ChunkStreamParser:
     redactor: Redactor = attrs.field(factory=Redactor)
     request_id: str | None = None
     text_only: bool = False
+    max_event_bytes: int | None = DEFAULT_MAX_EVENT_BYTES
     failure: ChatClientError | None = attrs.field(default=None, init=False)
     finished: bool = attrs.field(default=False, init=False)
-    _decoder: SSEDecoder = attrs.field(factory=SSEDecoder, init=False, repr=False)
+    _decoder: SSEDecoder = attrs.field(
+        default=attrs.Factory(
+            lambda self: SSEDecoder(max_event_bytes=self.max_event_bytes), takes_self=True
+        ),
+        init=False,
+        repr=False,
+    )
     _acc: StreamAccumulator = attrs.field(factory=StreamAccumulator, init=False, repr=False)
 
     @property
@@ -86,7 +102,14 @@ class ChunkStreamParser:
         if data is not None:
             self._data(data, out)
             return
-        for event in self._decoder.feed(piece):
+        events: list[SSEEvent] = []
+        too_large: EventTooLargeError | None = None
+        try:
+            self._decoder.feed(piece, events)
+        except EventTooLargeError as exc:  # after the events completed before it
+            exc.request_id = self.request_id
+            too_large = exc
+        for event in events:
             if event.event:
                 if event.event == "error":
                     self._error_event(event.data)
@@ -96,6 +119,8 @@ class ChunkStreamParser:
             self._data(event.data, out)
             if self.finished:
                 return
+        if too_large is not None:
+            self._fail(too_large)
 
     def _data(self, data: str, out: deque[Any] | list[Any]) -> None:
         """Handle the data of one message event."""

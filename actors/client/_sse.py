@@ -20,18 +20,30 @@ is ignored, with one deliberate exception: the legacy llama.cpp ``error:`` field
 surfaced as an event named ``error`` so that the client reports it instead of seeing an empty
 success. At end of body, an event without its terminating blank line is discarded (call
 :meth:`SSEDecoder.close` to learn whether that happened).
+
+What the decoder holds for one event is capped (``max_event_bytes``, 8 MiB by default): a line
+that never ends, or an event whose lines never end with a blank line, raises
+:class:`~actors.client.EventTooLargeError` as soon as it passes the cap, so memory stays about
+the cap whatever the server sends.
 """
 
 from __future__ import annotations
 
 import re
+import sys
+from typing import NoReturn
 
 import attrs
 
-__all__ = ["SSEDecoder", "SSEEvent"]
+from ._errors import EventTooLargeError
+
+__all__ = ["DEFAULT_MAX_EVENT_BYTES", "SSEDecoder", "SSEEvent"]
 
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 _BOM = b"\xef\xbb\xbf"
+
+DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
+"""The default cap on one server-sent event: 8 MiB (a base64 image in a delta fits)."""
 
 
 @attrs.frozen
@@ -69,8 +81,15 @@ class SSEDecoder:
         [SSEEvent(data='{"a": 1}', event='', id='', retry=None)]
 
     The decoder holds no I/O resources; it is cheap to create one per response.
+
+    Args:
+        max_event_bytes: The most bytes held for one event: its field lines (``data:``,
+            ``event:``, ``id:``, ``retry:``, the legacy ``error:``; names included, line ends
+            not) plus the line still being received. Comments and ignored fields are not held
+            and do not count. ``None``: no cap (not for untrusted servers).
     """
 
+    max_event_bytes: int | None = attrs.field(default=DEFAULT_MAX_EVENT_BYTES, kw_only=True)
     _pending: list[bytes] = attrs.field(factory=list, init=False)
     _skip_lf: bool = attrs.field(default=False, init=False)
     _data: list[str] = attrs.field(factory=list, init=False)
@@ -80,16 +99,36 @@ class SSEDecoder:
     _error: list[str] = attrs.field(factory=list, init=False)
     _dirty: bool = attrs.field(default=False, init=False)
     _at_start: bool = attrs.field(default=True, init=False)
+    #: Bytes of the current event's complete field lines, and of the unterminated line.
+    _event_size: int = attrs.field(default=0, init=False)
+    _pending_size: int = attrs.field(default=0, init=False)
+    #: ``max_event_bytes``, or a bound nothing reaches (one comparison on the hot path).
+    _limit: int = attrs.field(init=False)
 
-    def feed(self, piece: bytes) -> list[SSEEvent]:
+    def __attrs_post_init__(self) -> None:
+        limit = self.max_event_bytes
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise TypeError(f"max_event_bytes must be an int or None, not {limit!r}")
+        if limit is not None and limit <= 0:
+            raise ValueError(f"max_event_bytes={limit}: expected a positive number of bytes")
+        self._limit = sys.maxsize if limit is None else limit
+
+    def feed(self, piece: bytes, out: list[SSEEvent] | None = None) -> list[SSEEvent]:
         """Consume one piece of the body and return the events it completed, in order.
 
         Args:
             piece: The next bytes of the body, split anywhere (even inside a CRLF or a UTF-8
                 sequence).
+            out: A list to append the events to (and return), so that the events completed
+                before an error are not lost with it.
 
         Returns:
             The events whose terminating blank line is in this piece (possibly none).
+
+        Raises:
+            EventTooLargeError: The current event passed ``max_event_bytes``. The events before
+                it are in ``out``; the decoder drops what it held; the rest of the stream
+                cannot be decoded reliably: stop feeding it.
         """
         if self._skip_lf:
             self._skip_lf = False
@@ -100,16 +139,20 @@ class SSEDecoder:
             head = b"".join(self._pending) + piece
             if len(head) < 3 and _BOM.startswith(head):
                 self._pending = [head]
-                return []
+                return [] if out is None else out
             self._at_start = False
             self._pending.clear()
             piece = head[3:] if head.startswith(_BOM) else head
+        events: list[SSEEvent] = [] if out is None else out
         if not piece:
-            return []
+            return events
         has_cr = b"\r" in piece
         if not has_cr and b"\n" not in piece:
             self._pending.append(piece)
-            return []
+            self._pending_size += len(piece)
+            if self._event_size + self._pending_size > self._limit:
+                self._too_large()
+            return events
         if self._pending:
             self._pending.append(piece)
             buffer = b"".join(self._pending)
@@ -123,12 +166,16 @@ class SSEDecoder:
         else:
             lines = buffer.split(b"\n")
         rest = lines.pop()
+        self._pending_size = len(rest)
         if rest:
             self._pending.append(rest)
-        events: list[SSEEvent] = []
         data = self._data
+        limit = self._limit
         for line in lines:
             if line.startswith(b"data:"):
+                self._event_size += len(line)
+                if self._event_size > limit:
+                    self._too_large()
                 value = line[6:] if line[5:6] == b" " else line[5:]
                 data.append(_decode(value))
                 self._dirty = True
@@ -140,7 +187,17 @@ class SSEDecoder:
                     data = self._data
             elif line[0] != 0x3A:  # b":" starts a comment
                 self._field(line)
+        if self._event_size + self._pending_size > limit:
+            self._too_large()
         return events
+
+    def _too_large(self) -> NoReturn:
+        limit = self._limit
+        self._pending.clear()
+        self._pending_size = 0
+        self._skip_lf = False
+        self._reset()
+        raise EventTooLargeError(limit)
 
     def single_data(self, piece: bytes) -> str | None:
         """Fast path for the most common read: exactly one complete ``data: ...`` event.
@@ -162,6 +219,7 @@ class SSEDecoder:
             and not self._dirty
             and piece.count(b"\n") == 2
             and b"\r" not in piece
+            and len(piece) - 2 <= self._limit
         ):
             return piece[6:-2].decode("utf-8", "replace")
         return None
@@ -178,6 +236,7 @@ class SSEDecoder:
         """
         discarded = bool(self._pending) or self._dirty
         self._pending.clear()
+        self._pending_size = 0
         self._skip_lf = False
         self._reset()
         return discarded
@@ -203,6 +262,9 @@ class SSEDecoder:
         else:
             return
         self._dirty = True
+        self._event_size += len(line)
+        if self._event_size > self._limit:
+            self._too_large()
 
     def _dispatch(self) -> SSEEvent | None:
         event: SSEEvent | None
@@ -223,6 +285,7 @@ class SSEDecoder:
         return event
 
     def _reset(self) -> None:
+        self._event_size = 0
         self._data = []
         self._event = ""
         self._retry = None

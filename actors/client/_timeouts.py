@@ -36,9 +36,11 @@ class Timeouts:
         first_token: From the start of an attempt to the first chunk carrying output: content,
             refusal, reasoning or a tool-call fragment
             (:class:`~actors.client.FirstTokenTimeoutError`). ``None`` disables it.
-        idle: Longest wait for the next chunk once output has started (keep-alive comments do
-            not count as chunks) (:class:`~actors.client.StreamIdleTimeoutError`). Before the
-            first output only ``first_token`` applies, unless it is ``None``. ``None`` disables it.
+        idle: Longest wait for the next chunk once output has started
+            (:class:`~actors.client.StreamIdleTimeoutError`); keep-alive comments and bytes
+            that complete no chunk do not count. Before the first output only ``first_token``
+            applies, unless it is ``None``: then ``idle`` bounds every wait from the start of
+            the attempt, the response head included. ``None`` disables it.
         total: The whole call, retries and backoff included
             (:class:`~actors.client.TotalTimeoutError`). ``None`` (the default) disables it.
     """

@@ -8,8 +8,10 @@ Each request is answered with a :class:`Reply`, taken from a queue
 (:meth:`ScriptedOpenAIServer.add`) or, when the queue is empty, from a *responder* callback that
 sees the request (so a test can answer according to the messages or tools it received). A reply can
 be an SSE stream (from chunk dicts or raw bytes such as a fixture file, each piece with an optional
-delay), an error status with a JSON body and headers, a stall (never answers, or stops sending
-mid-body), or a disconnect (the connection is closed without the end of the body). The server
+delay), an error status with a JSON body and headers, a stall (never answers, trickles its head
+byte by byte, or stops sending mid-body), or a disconnect (the connection is closed without the
+end of the body). The server can also stop reading request bodies, so that a client stays blocked
+in the middle of sending one. The server
 records every request (method, path, headers, parsed JSON body) and every exchange's outcome, and
 notices when the *client* closes the connection while a reply is being sent or stalled, so a test
 can prove that a cancelled client really closed its socket.
@@ -128,6 +130,8 @@ class Reply:
         send_headers: ``False`` to send nothing at all (with ``ending`` ``stall``: hang before the
             status line; ``disconnect``: close without answering).
         headers_delay: Seconds to wait before the status line.
+        head_byte_delay: Seconds to wait before *each byte* of the status line and headers (a
+            server trickling its answer); ``0`` sends the head in one write.
     """
 
     status: int = 200
@@ -137,6 +141,7 @@ class Reply:
     framing: Framing = "chunked"
     send_headers: bool = True
     headers_delay: float = 0.0
+    head_byte_delay: float = 0.0
 
     @classmethod
     def sse(
@@ -395,6 +400,10 @@ class _BadRequest(Exception):
 class _Reader:
     stream: trio.SocketStream
     buffer: bytearray = attrs.field(factory=bytearray)
+    #: Called once each request head has been read (before its body).
+    on_head: Callable[[], None] | None = None
+    #: Never read request bodies: the request stays incomplete until the server stops.
+    stall_bodies: bool = False
 
     async def _more(self) -> bool:
         data = await self.stream.receive_some(65536)
@@ -440,7 +449,12 @@ class _Reader:
             key = name.strip().lower()
             value = value.strip()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        if "chunked" in headers.get("transfer-encoding", "").lower():
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        if self.on_head is not None:
+            self.on_head()
+        if self.stall_bodies and (chunked or int(headers.get("content-length", "0") or 0)):
+            await trio.sleep_forever()
+        if chunked:
             parts = []
             while True:
                 size_line = await self._read_until(b"\r\n", _MAX_HEAD)
@@ -523,8 +537,12 @@ class ScriptedOpenAIServer:
         replies: Initial queue of replies.
         responder: Answers requests once the queue is empty.
         host: Address to listen on (loopback only).
+        stall_request_bodies: Read each request's head but never its body, as a server that
+            stopped reading would: a client sending a body larger than the socket buffers stays
+            blocked in the middle of it (the request is never recorded in :attr:`requests`).
 
     Attributes:
+        request_heads: Request heads received (a request counts here before its body is read).
         requests: Every request received, in order.
         exchanges: Every request with its reply and outcome.
         client_disconnects: Replies during which the client closed the connection.
@@ -536,6 +554,8 @@ class ScriptedOpenAIServer:
     _queue: deque[Reply] = attrs.field(factory=deque, converter=_to_deque, alias="replies")
     responder: Responder | None = None
     host: str = "127.0.0.1"
+    stall_request_bodies: bool = False
+    request_heads: int = attrs.field(default=0, init=False)
     requests: list[RecordedRequest] = attrs.field(factory=list, init=False)
     exchanges: list[Exchange] = attrs.field(factory=list, init=False)
     client_disconnects: int = attrs.field(default=0, init=False)
@@ -600,6 +620,17 @@ class ScriptedOpenAIServer:
         Cancellation: plain wait; cancel it (or use ``trio.fail_after``) to bound it.
         """
         await self._wait_for(lambda: len(self.requests) >= count)
+
+    async def wait_request_heads(self, count: int = 1) -> None:
+        """Wait until the heads of at least ``count`` requests were received (their bodies may
+        still be on the way).
+
+        Args:
+            count: The number of request heads.
+
+        Cancellation: plain wait; cancel it (or use ``trio.fail_after``) to bound it.
+        """
+        await self._wait_for(lambda: self.request_heads >= count)
 
     async def wait_client_disconnects(self, count: int = 1) -> None:
         """Wait until the client closed the connection during at least ``count`` replies.
@@ -718,10 +749,16 @@ class ScriptedOpenAIServer:
             f"(request #{len(self.requests)})",
         )
 
+    def _head_received(self) -> None:
+        self.request_heads += 1
+        self._notify()
+
     async def _handle(self, stream: trio.SocketStream) -> None:
         self.connections_opened += 1
         self._notify()
-        reader = _Reader(stream)
+        reader = _Reader(
+            stream, on_head=self._head_received, stall_bodies=self.stall_request_bodies
+        )
         try:
             while True:
                 request = await reader.read_request()
@@ -788,7 +825,13 @@ class ScriptedOpenAIServer:
                 await trio.sleep_forever()
             return
         body_length = sum(len(p.data) for p in reply.pieces)
-        await stream.send_all(_head(reply, body_length))
+        head = _head(reply, body_length)
+        if reply.head_byte_delay:
+            for index in range(len(head)):
+                await trio.sleep(reply.head_byte_delay)
+                await stream.send_all(head[index : index + 1])
+        else:
+            await stream.send_all(head)
         chunked = reply.framing == "chunked"
         for piece in reply.pieces:
             if piece.delay:
