@@ -52,7 +52,13 @@ from ._frames import (
 from ._metrics import MetricsCollector
 from ._storage import SQLiteContextStorage
 from ._store import ContextStore
-from ._tools import FunctionHandler, FunctionRegistration, RunFunctionCallsRequest, ToolExecutor
+from ._tools import (
+    FunctionHandler,
+    FunctionRegistration,
+    RunFunctionCallsRequest,
+    ToolExecutor,
+    check_handler,
+)
 from .client import (
     ChatClientError,
     ChatCompletionsClient,
@@ -216,11 +222,11 @@ class OpenAILLMService(Actor[Frame]):
                 and the LLM runs again).
 
         Raises:
-            TypeError: ``handler`` is not callable.
+            TypeError: ``handler`` is not an ``async def`` function (or an object whose
+                ``__call__`` is one, or a ``functools.partial`` of one).
             ValueError: a bad name or timeout.
         """
-        if not callable(handler):
-            raise TypeError(f"handler for {function_name!r} must be an async function")
+        check_handler(function_name, handler)
         if function_name is not None and (not isinstance(function_name, str) or not function_name):
             raise ValueError("function_name must be a non-empty string or None (catch-all)")
         if timeout_secs is not None and not timeout_secs > 0:

@@ -11,6 +11,7 @@ later.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import nullcontext
@@ -37,6 +38,7 @@ __all__ = [
     "FunctionRegistration",
     "RunFunctionCallsRequest",
     "ToolExecutor",
+    "check_handler",
 ]
 
 
@@ -68,6 +70,28 @@ class FunctionCallParams:
 
 #: ``async def handler(params: FunctionCallParams) -> None``
 FunctionHandler = Callable[[FunctionCallParams], Awaitable[None]]
+
+
+def check_handler(function_name: str | None, handler: object) -> None:
+    """Refuse a handler that is not a coroutine function, at registration rather than when
+    the model first calls it: an ``async def`` function or method, an object whose
+    ``__call__`` is one, or a ``functools.partial`` of one.
+
+    Raises:
+        TypeError: anything else, with what it got.
+    """
+    call = inspect.getattr_static(type(handler), "__call__", None)
+    if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call):
+        return
+    if not callable(handler):  # its type only: the value could be anything, even a secret
+        got = f"a value of type {type(handler).__name__}, which is not callable"
+    else:
+        name = getattr(handler, "__qualname__", None) or type(handler).__qualname__
+        got = f"{name!r}, which is not async (a plain `def` would fail when the model calls it)"
+    raise TypeError(
+        f"handler for {function_name!r} must be an `async def` function "
+        f"(`async def handler(params: FunctionCallParams) -> None`); got {got}"
+    )
 
 
 @attrs.frozen

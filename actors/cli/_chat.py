@@ -52,6 +52,7 @@ from .._llm import OpenAILLMService
 from .._schemas import ToolsSchema
 from .._storage import SQLiteContextStorage
 from .._transport import TextTransport
+from ._terminal import printable
 from ._tools import BUILTIN_TOOLS
 
 __all__ = ["ChatOptions", "list_tools", "run_chat"]
@@ -145,7 +146,9 @@ class _View:
         if isinstance(frame, LLMTextFrame):
             if self._first_text is None:
                 self._first_text = trio.current_time()
-            self.console.print(frame.text, end="", markup=False, highlight=False, soft_wrap=True)
+            self.console.print(
+                printable(frame.text), end="", markup=False, highlight=False, soft_wrap=True
+            )
             self._line_open = True
         elif isinstance(frame, LLMFullResponseStartFrame):
             self._first_text = None
@@ -154,14 +157,16 @@ class _View:
             self.failed = self.failed or frame.error
         elif isinstance(frame, FunctionCallInProgressFrame):
             self._newline()
-            args = json.dumps(dict(frame.arguments), ensure_ascii=False)
-            self.console.print(f"[cyan]⚙ {escape(frame.function_name)}({escape(args)})[/]")
+            name = printable(frame.function_name)
+            args = printable(json.dumps(dict(frame.arguments), ensure_ascii=False))
+            self.console.print(f"[cyan]⚙ {escape(name)}({escape(args)})[/]")
         elif isinstance(frame, FunctionCallResultFrame):
-            text = json.dumps(frame.result, ensure_ascii=False, default=str)
+            text = printable(json.dumps(frame.result, ensure_ascii=False, default=str))
             style = "red" if frame.error else "cyan"
             self.console.print(f"[{style}]  → {escape(text[:300])}[/]")
         elif isinstance(frame, FunctionCallCancelFrame):
-            self.console.print(f"[yellow]  ✗ {escape(frame.function_name)} {frame.reason}[/]")
+            name, reason = printable(frame.function_name), printable(frame.reason)
+            self.console.print(f"[yellow]  ✗ {escape(name)} {escape(reason)}[/]")
         elif isinstance(frame, MetricsFrame):
             for item in frame.data:
                 if isinstance(item, TTFBMetricsData):
@@ -174,7 +179,7 @@ class _View:
             return
         self.errors += 1
         self._newline()
-        message = frame.error
+        message = printable(frame.error)
         if self.image_pending and self.local and frame.category is ErrorCategory.SERVER:
             message = (
                 "the local model server cannot read images (it answered HTTP 500 to the image). "
@@ -344,7 +349,7 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
                 view.finish_answer()
                 return 1 if failed or view.errors > errors_before else 0
             out.print(
-                f"[dim]trouper chat · {escape(model)} on {escape(label)} · "
+                f"[dim]trouper chat · {escape(printable(model))} on {escape(printable(label))} · "
                 "Ctrl-C interrupts an answer, Ctrl-D or Ctrl-C at the prompt leaves · "
                 f"{escape('/image PATH [question]')} sends an image[/]"
             )

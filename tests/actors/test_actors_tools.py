@@ -7,6 +7,7 @@ import functools
 import json
 from typing import Any
 
+import pytest
 import structlog.testing
 import trio
 import trio.testing
@@ -18,7 +19,9 @@ from actors import (
     FunctionCallResultFrame,
     FunctionCallResultProperties,
     FunctionCallsStartedFrame,
+    FunctionHandler,
     FunctionSchema,
+    OpenAILLMService,
     ToolsSchema,
 )
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
@@ -26,6 +29,7 @@ from runtime import ErrorCategory
 
 from .actors_kit import (
     SYSTEM,
+    BlockingTool,
     assert_valid,
     context_problems,
     of_type,
@@ -689,6 +693,63 @@ class TestChainsAndServerQuirks:
             follow_up = conv.request_messages(1)
             assert_valid(follow_up)
             assert [c["id"] for c in follow_up[2]["tool_calls"]] == ["call_x", "call_y"]
+
+
+class TestRegistration:
+    """``register_function`` refuses, at once, a handler that could only fail later, when the
+    model calls it."""
+
+    async def test_a_plain_def_handler_is_refused_at_registration(self) -> None:
+        llm = OpenAILLMService(model="m", api_key="k")
+
+        def get_weather(params: FunctionCallParams) -> None:
+            del params
+
+        for handler in (get_weather, lambda params: None):
+            with pytest.raises(TypeError) as raised:
+                llm.register_function("get_weather", handler)  # type: ignore[arg-type]
+            message = str(raised.value)
+            assert message.startswith(
+                "handler for 'get_weather' must be an `async def` function "
+                "(`async def handler(params: FunctionCallParams) -> None`); got '"
+            )
+            assert message.endswith(
+                "', which is not async (a plain `def` would fail when the model calls it)"
+            )
+            assert handler.__qualname__ in message
+        assert not llm.has_function("get_weather")
+
+    async def test_a_value_that_is_not_callable_is_named_by_its_type_only(self) -> None:
+        llm = OpenAILLMService(model="m", api_key="k")
+        with pytest.raises(TypeError) as raised:
+            llm.register_function(None, "sk-live-secret")  # type: ignore[arg-type]
+        assert str(raised.value).endswith("got a value of type str, which is not callable")
+        assert "sk-live" not in str(raised.value)
+
+    async def test_every_kind_of_async_callable_is_accepted(self) -> None:
+        llm = OpenAILLMService(model="m", api_key="k")
+
+        async def lookup(params: FunctionCallParams, *, source: str) -> None:
+            await params.result_callback(source)
+
+        class Service:
+            async def lookup(self, params: FunctionCallParams) -> None:
+                await params.result_callback("method")
+
+        handlers: dict[str, FunctionHandler] = {
+            "function": get_weather_handler,
+            "method": Service().lookup,
+            "callable object": BlockingTool(),
+            "callable object of a subclass": type("Sub", (BlockingTool,), {})(),
+            "partial": functools.partial(lookup, source="partial"),
+        }
+        for name, handler in handlers.items():
+            llm.register_function(name, handler)
+        assert all(llm.has_function(name) for name in handlers)
+
+
+async def get_weather_handler(params: FunctionCallParams) -> None:
+    await params.result_callback({"conditions": "sunny"})
 
 
 class TestValidityCheck:
