@@ -62,6 +62,11 @@ _LIFECYCLE = (StartFrame, EndFrame, CancelFrame, InterruptionFrame)
 
 _logger = structlog.get_logger("trouper.runtime")
 
+#: Set by the :class:`~runtime.PipelineTask` that will run an actor, until the task is ready:
+#: decides whether a push from outside the session is held for the start (``True``), goes
+#: through now (``False``), or is refused (raises).
+PushGate = Callable[["Actor[Any]", Frame, FrameDirection], bool]
+
 #: How many frames an actor handles back to back before letting other tasks run.
 _FAIRNESS_BATCH = 64
 
@@ -133,6 +138,7 @@ class Actor(Generic[T]):
         self._sys_lifecycle: Frame | None = None
         self._end_forwarded = False
         self._relaying = False
+        self._gate: PushGate | None = None
         self._watchers: list[Actor[Any]] = []
         self._background: set[trio.CancelScope] = set()
         self._restarts = 0
@@ -244,6 +250,9 @@ class Actor(Generic[T]):
         Cancellation: a frame is either queued with a neighbour or not; when several
         neighbours are linked, the ones before the cancelled wait have it.
         """
+        gate = self._gate
+        if gate is not None and gate(self, frame, direction):
+            return  # held by the task that will run this actor, delivered once it has started
         session = self._session
         if session is None:
             raise self._not_running()
