@@ -1,31 +1,49 @@
-"""No turn is lost -- at the level a user works at: ``TextTransport`` in the quick start's
-pipeline, against a scripted server on a real socket.
+"""No turn is lost, and a failed turn says so before it ends -- at the level a user works at:
+``TextTransport`` in the quick start's pipeline, against a scripted server on a real socket.
 
 - A line sent right after starting the task (from asyncio through ``AsyncioBridge``, or from
   trio) is answered: input given before the task has started is held, not dropped.
 - A line sent to a task that has finished is refused with a clear error, and
   ``wait_answer()`` does not wait for an answer that cannot come.
-- A line that reaches the user aggregator before the context store it spawned has started
-  still gets its answer.
+- Every way a turn can fail (HTTP error, retries exhausted, stream cut or in-stream error
+  after content, first-token timeout, refused image, tool errors) reports its ``ErrorFrame``
+  to the task before the frame that ends the answer reaches the output, so the user who waits
+  for the answer knows it failed as soon as it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
 
 from actors import (
+    FunctionCallParams,
+    FunctionCallResultFrame,
+    FunctionCallResultProperties,
+    FunctionSchema,
     LLMFullResponseEndFrame,
     OpenAILLMContext,
     OpenAILLMService,
     TextTransport,
+    ToolsSchema,
+    VisionImageRawFrame,
 )
+from actors.client import RetryPolicy, Timeouts
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 from runtime import (
     AsyncioBridge,
+    ErrorCategory,
+    ErrorFrame,
+    Frame,
+    FrameDirection,
     Pipeline,
     PipelineTask,
     Session,
@@ -35,6 +53,16 @@ from runtime import (
 from runtime.testing import FrameCollector
 
 from .actors_kit import API_KEY, MODEL, SYSTEM, WAIT_SECS
+
+NO_RETRY = RetryPolicy(max_retries=0)
+
+WEATHER = FunctionSchema(
+    name="get_weather",
+    description="Current weather",
+    properties={"location": {"type": "string"}},
+    required=["location"],
+)
+
 
 # ---------------------------------------------------------------------- input before the start
 
@@ -158,6 +186,243 @@ async def test_a_line_sent_to_a_finished_task_is_refused(
     with trio.fail_after(1):  # nothing is coming, so nothing to wait for
         await transport.wait_answer()
     assert server.requests == []
+
+
+# ---------------------------------------------------------------------- errors before the end
+
+
+@attrs.define
+class Chat:
+    """The quick-start pipeline with a record of what the user can see, in arrival order:
+    every frame reaching the output (``on_output``) and every error reaching the task
+    (``on_upstream``)."""
+
+    transport: TextTransport
+    llm: OpenAILLMService
+    task: PipelineTask
+    seen: list[Frame] = attrs.Factory(list)
+    changed: trio.Event = attrs.Factory(trio.Event)
+
+    def record(self, frame: Frame) -> None:
+        self.seen.append(frame)
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def on_upstream(self, frame: Frame, direction: FrameDirection) -> None:
+        if isinstance(frame, ErrorFrame):
+            self.record(frame)
+
+    async def wait_for(self, cls: type[Frame]) -> None:
+        with trio.fail_after(WAIT_SECS):
+            while not any(isinstance(f, cls) for f in self.seen):
+                await self.changed.wait()
+
+    def first(self, cls: type[Frame], where: Callable[[Any], bool] = lambda f: True) -> int:
+        """Where the first frame of ``cls`` (that ``where`` accepts) is in :attr:`seen`."""
+        for i, frame in enumerate(self.seen):
+            if isinstance(frame, cls) and where(frame):
+                return i
+        raise AssertionError(f"no {cls.__name__} in {[type(f).__name__ for f in self.seen]}")
+
+    def last(self, cls: type[Frame]) -> int:
+        """Where the last frame of ``cls`` is in :attr:`seen`."""
+        return max(i for i, frame in enumerate(self.seen) if isinstance(frame, cls))
+
+
+@asynccontextmanager
+async def open_chat(
+    server: ScriptedOpenAIServer,
+    *,
+    retry: RetryPolicy | None = None,
+    timeouts: Timeouts | None = None,
+    max_image_bytes: int = 20 * 1024 * 1024,
+    tools: ToolsSchema | None = None,
+) -> AsyncIterator[Chat]:
+    transport = TextTransport()
+    llm = OpenAILLMService(
+        model=MODEL,
+        api_key=API_KEY,
+        base_url=server.base_url,
+        retry=retry,
+        timeouts=timeouts,
+        max_image_bytes=max_image_bytes,
+    )
+    pair = llm.create_context_aggregator(OpenAILLMContext(messages=[SYSTEM], tools=tools))
+    task = PipelineTask(
+        Pipeline([transport.input(), pair.user(), llm, transport.output(), pair.assistant()])
+    )
+    chat = Chat(transport, llm, task)
+    transport.on_output = chat.record
+    task.add_listener(chat.on_upstream, FrameDirection.UPSTREAM)
+    async with task:
+        yield chat
+
+
+def _failures(chunks: ChunkFactory) -> dict[str, tuple[list[Reply], dict[str, Any]]]:
+    """Each way an inference can fail: the server's replies and the service's settings."""
+    return {
+        "http_error": ([Reply.error(500, "scripted 500")], {"retry": NO_RETRY}),
+        "retries_exhausted": (
+            [Reply.error(429, "slow down", retry_after=1) for _ in range(3)],
+            {},
+        ),
+        "stream_cut_after_content": (
+            [Reply.sse([chunks.role(), chunks.text("Half an ")], done=False, ending="disconnect")],
+            {},
+        ),
+        "in_stream_error_after_content": (
+            [Reply.sse([chunks.role(), chunks.text("Half"), chunks.error("boom")], done=False)],
+            {},
+        ),
+        "first_token_timeout": (
+            [Reply.stall(before_headers=False)],
+            {"retry": NO_RETRY, "timeouts": Timeouts(first_token=4)},
+        ),
+    }
+
+
+FAILURES = list(_failures(ChunkFactory()))
+
+
+class TestAFailedAnswerSaysSoBeforeItEnds:
+    @pytest.mark.parametrize("failure", FAILURES)
+    async def test_the_error_reaches_the_task_before_the_end_reaches_the_output(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        chunks: ChunkFactory,
+        failure: str,
+    ) -> None:
+        replies, settings = _failures(chunks)[failure]
+        server.add(*replies)
+        async with open_chat(server, **settings) as chat:
+            await chat.transport.send_text("Hello")
+            with trio.fail_after(WAIT_SECS):
+                await chat.transport.wait_answer()
+            # The moment the wait returns, the task has the error.
+            (error,) = chat.task.errors
+            assert error.source == chat.llm.name
+            end = chat.first(LLMFullResponseEndFrame)
+            assert chat.first(ErrorFrame) < end
+            assert chat.seen[end].error  # type: ignore[attr-defined]
+
+    async def test_a_refused_image_ends_its_answer_after_the_error(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+    ) -> None:
+        """An oversized image never reaches the server, but its answer still ends (with
+        ``error=True``), after the error: whoever waits for the answer is not left waiting."""
+        async with open_chat(server, max_image_bytes=1_000) as chat:
+            image = VisionImageRawFrame(
+                image=b"\x89PNG" + bytes(5_000), size=(64, 64), format="image/png"
+            )
+            await chat.task.queue_frame(image)
+            await chat.wait_for(LLMFullResponseEndFrame)
+            (error,) = chat.task.errors
+            assert error.category is ErrorCategory.INVALID_REQUEST
+            end = chat.first(LLMFullResponseEndFrame)
+            assert chat.first(ErrorFrame) < end
+            assert chat.seen[end].error  # type: ignore[attr-defined]
+        assert server.requests == []
+
+
+def _tool_call(chunks: ChunkFactory, name: str, arguments: str) -> Reply:
+    return Reply.sse(chunks.tool_call_stream([(name, arguments, "call_1")]))
+
+
+def _is_result(frame: FunctionCallResultFrame) -> bool:
+    return frame.tool_call_id == "call_1"
+
+
+class TestAFailedToolSaysSoBeforeItsResult:
+    """A tool's error reaches the task before the call's result frame reaches the output:
+    that frame may end the answer (no follow-up), and it feeds the follow-up otherwise."""
+
+    async def test_a_handler_that_raises(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        chunks: ChunkFactory,
+    ) -> None:
+        server.add(
+            _tool_call(chunks, "get_weather", json.dumps({"location": "Paris"})),
+            Reply.sse(chunks.text_stream(["No weather today."])),
+        )
+        async with open_chat(server, tools=ToolsSchema(standard_tools=[WEATHER])) as chat:
+
+            async def broken(params: FunctionCallParams) -> None:
+                raise RuntimeError("weather service down")
+
+            chat.llm.register_function("get_weather", broken)
+            await chat.transport.send_text("Weather in Paris?")
+            with trio.fail_after(WAIT_SECS):
+                assert await chat.transport.wait_answer() == "No weather today."
+            (error,) = chat.task.errors
+            assert "weather service down" in error.error
+            result = chat.first(FunctionCallResultFrame, _is_result)
+            assert chat.first(ErrorFrame) < result
+            follow_up_end = chat.last(LLMFullResponseEndFrame)
+            assert result < follow_up_end
+
+    async def test_a_handler_that_raises_after_a_final_result(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        chunks: ChunkFactory,
+    ) -> None:
+        """The result asks for no follow-up, so it ends the answer: the error comes first."""
+        server.add(_tool_call(chunks, "get_weather", json.dumps({"location": "Paris"})))
+        async with open_chat(server, tools=ToolsSchema(standard_tools=[WEATHER])) as chat:
+
+            async def half_broken(params: FunctionCallParams) -> None:
+                await params.result_callback(
+                    {"sky": "sunny"}, properties=FunctionCallResultProperties(run_llm=False)
+                )
+                raise RuntimeError("cleanup failed")
+
+            chat.llm.register_function("get_weather", half_broken)
+            await chat.transport.send_text("Weather in Paris?")
+            with trio.fail_after(WAIT_SECS):
+                await chat.transport.wait_answer()
+            (error,) = chat.task.errors
+            assert "cleanup failed" in error.error
+            assert chat.first(ErrorFrame) < chat.first(FunctionCallResultFrame, _is_result)
+        assert len(server.requests) == 1
+
+    @pytest.mark.parametrize(
+        ("name", "arguments", "message"),
+        [
+            ("get_weather", '{"location": "Par', "Invalid arguments"),
+            ("get_stock_price", "{}", "has no handler"),
+        ],
+        ids=["invalid_arguments", "unknown_function"],
+    )
+    async def test_a_call_that_cannot_run(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        chunks: ChunkFactory,
+        name: str,
+        arguments: str,
+        message: str,
+    ) -> None:
+        server.add(
+            _tool_call(chunks, name, arguments),
+            Reply.sse(chunks.text_stream(["Sorry."])),
+        )
+        async with open_chat(server, tools=ToolsSchema(standard_tools=[WEATHER])) as chat:
+
+            async def weather(params: FunctionCallParams) -> None:
+                await params.result_callback({"sky": "sunny"})
+
+            chat.llm.register_function("get_weather", weather)
+            await chat.transport.send_text("Weather in Paris?")
+            with trio.fail_after(WAIT_SECS):
+                assert await chat.transport.wait_answer() == "Sorry."
+            (error,) = chat.task.errors
+            assert message in error.error
+            assert chat.first(ErrorFrame) < chat.first(FunctionCallResultFrame, _is_result)
 
 
 # ---------------------------------------------------------------------- input before the store
