@@ -90,6 +90,13 @@ class _StoreClient(Actor[Frame]):
             self.store._upstream = self._upstream
             session.spawn(self.store)
 
+    def _store_gone(self) -> bool:
+        """Whether the store is stopping or has stopped (the session is ending): then the
+        context is written directly. A store that has not started yet (it was spawned a
+        moment ago and its ``StartFrame`` is still queued) is asked like a running one, or
+        the line would go into the context without an answer."""
+        return self.store.state.value in ("stopping", "stopped", "crashed")
+
     async def _ask(self, request: ContextStoreRequest) -> ContextSnapshot | None:
         try:
             snapshot: ContextSnapshot = await self.store.ref.ask(request, timeout=_ASK_TIMEOUT)
@@ -207,7 +214,7 @@ class LLMUserContextAggregator(_StoreClient):
         self._parts = []
         if not text:
             return
-        if self.store.state.value not in ("running", "starting"):
+        if self._store_gone():
             self.store.context.add_message({"role": "user", "content": text})
             return
         await self._after_interruption()
@@ -332,7 +339,7 @@ class LLMAssistantContextAggregator(_StoreClient):
         if not text:
             return
         message = {"role": "assistant", "content": text}
-        if self.store.state.value not in ("running", "starting"):
+        if self._store_gone():
             self.store.context.add_message(message, interrupted=interrupted)
             return
         await self._ask(AppendMessagesRequest((message,), interrupted=interrupted))

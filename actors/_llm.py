@@ -319,11 +319,15 @@ class OpenAILLMService(Actor[Frame]):
                     max_bytes=self._max_image_bytes,
                 )
             except ValueError as exc:
+                # A refused image is a failed inference: its answer still ends (after the
+                # error), so whoever waits for it learns that it failed instead of waiting on.
+                await self.push_frame(LLMFullResponseStartFrame())
                 await self.push_error(
                     f"VisionImageRawFrame rejected: {exc}",
                     exception=exc,
                     category=ErrorCategory.INVALID_REQUEST,
                 )
+                await self.push_frame(LLMFullResponseEndFrame(error=True))
                 return
             await self._infer(ContextSnapshot(messages=(message,)))
         elif isinstance(frame, LLMUpdateSettingsFrame):
@@ -390,6 +394,7 @@ class OpenAILLMService(Actor[Frame]):
             raise
         except ChatClientError as exc:
             failed = True
+            # Returns once the task has the error: the end frame below leaves after it.
             await self.push_error(
                 f"Error during completion: {exc}",
                 exception=exc,

@@ -263,14 +263,14 @@ class ToolExecutor(Actor[RunFunctionCallsRequest]):
         if turn_scope is not None and turn_scope.cancelled_caught:
             interrupted = True
         if state.has_result:
+            if failure is not None:  # the error first: the result may end the answer
+                await self._report_failure(call, failure)
             await self._push_result(
                 call,
                 state.result,
                 properties=state.properties,
                 run_llm=state.properties.run_llm if state.properties else None,
             )
-            if failure is not None:
-                await self._report_failure(call, failure)
             return
         state.settled = True
         if interrupted:
@@ -284,14 +284,16 @@ class ToolExecutor(Actor[RunFunctionCallsRequest]):
                 )
             )
         elif failure is not None:
+            await self._report_failure(call, failure)
             await self._push_result(
                 call,
                 f"The function `{call.function_name}` failed and returned no result.",
                 error=f"{type(failure).__name__}: {failure}",
             )
-            await self._report_failure(call, failure)
 
     async def _report_failure(self, call: FunctionCallFromLLM, failure: Exception) -> None:
+        # Returns once the task has the error (push_error), so it is reported before the
+        # call's result frame (which may end the answer) leaves.
         await self.push_error(
             f"Error executing function call [{call.function_name}]: "
             f"{type(failure).__name__}: {failure}",

@@ -105,20 +105,36 @@ class TextTransport:
         return self._output
 
     async def send_text(self, text: str) -> None:
-        """Enter one line of user text (a user turn)."""
+        """Enter one line of user text (a user turn).
+
+        Before the task has started, the line is held and delivered once it has (nothing to
+        wait for first).
+
+        Raises:
+            TypeError: ``text`` is not a string.
+            SessionStateError: the task running this transport has finished, or the
+                transport is in no task.
+        """
         if not isinstance(text, str):
             raise TypeError(f"send_text takes a str, got {type(text).__name__}")
         self._answer_done = trio.Event()
         self._follow_up_expected = False
         self._answering = False
         stamp = datetime.datetime.now(datetime.UTC).isoformat()
-        if self.speaking_frames:
-            await self._input.push_frame(UserStartedSpeakingFrame())
-        await self._input.push_frame(
-            TranscriptionFrame(text, user_id=self.user_id, timestamp=stamp)
-        )
-        if self.speaking_frames:
-            await self._input.push_frame(UserStoppedSpeakingFrame())
+        sent = False
+        try:
+            if self.speaking_frames:
+                await self._input.push_frame(UserStartedSpeakingFrame())
+            await self._input.push_frame(
+                TranscriptionFrame(text, user_id=self.user_id, timestamp=stamp)
+            )
+            sent = True
+            if self.speaking_frames:
+                await self._input.push_frame(UserStoppedSpeakingFrame())
+        except BaseException:
+            if not sent:  # the line did not go in: no answer is coming, nothing to wait for
+                self._answer_done.set()
+            raise
 
     async def wait_answer(self) -> str:
         """Wait until the assistant has finished answering the last line (follow-up answers

@@ -62,6 +62,11 @@ _LIFECYCLE = (StartFrame, EndFrame, CancelFrame, InterruptionFrame)
 
 _logger = structlog.get_logger("trouper.runtime")
 
+#: Set by the :class:`~runtime.PipelineTask` that will run an actor, until the task is ready:
+#: decides whether a push from outside the session is held for the start (``True``), goes
+#: through now (``False``), or is refused (raises).
+PushGate = Callable[["Actor[Any]", Frame, FrameDirection], bool]
+
 #: How many frames an actor handles back to back before letting other tasks run.
 _FAIRNESS_BATCH = 64
 
@@ -133,6 +138,7 @@ class Actor(Generic[T]):
         self._sys_lifecycle: Frame | None = None
         self._end_forwarded = False
         self._relaying = False
+        self._gate: PushGate | None = None
         self._watchers: list[Actor[Any]] = []
         self._background: set[trio.CancelScope] = set()
         self._restarts = 0
@@ -244,6 +250,9 @@ class Actor(Generic[T]):
         Cancellation: a frame is either queued with a neighbour or not; when several
         neighbours are linked, the ones before the cancelled wait have it.
         """
+        gate = self._gate
+        if gate is not None and gate(self, frame, direction):
+            return  # held by the task that will run this actor, delivered once it has started
         session = self._session
         if session is None:
             raise self._not_running()
@@ -274,19 +283,39 @@ class Actor(Generic[T]):
         category: ErrorCategory = ErrorCategory.UNKNOWN,
         fatal: bool = False,
     ) -> None:
-        """Report an error upstream as an :class:`ErrorFrame` and log it."""
+        """Report an error upstream as an :class:`ErrorFrame` and log it.
+
+        Returns once the error has been delivered: it has reached the input end of the
+        topology (a ``PipelineTask`` has it in ``task.errors`` and has called its
+        ``on_upstream`` listeners) or a stage that handles ``ErrorFrame`` has taken it. So
+        whatever the actor pushes after ``push_error`` (the end of a failed answer, say)
+        reaches the output only after the error has reached the task.
+        """
+        session = self._session
+        if session is None:
+            raise self._not_running()
         self.log.warning("error", error=error, category=category.value, fatal=fatal)
-        await self.push_frame(
-            ErrorFrame(
-                error, fatal=fatal, exception=exception, category=category, source=self._name
-            ),
-            UPSTREAM,
+        frame = ErrorFrame(
+            error, fatal=fatal, exception=exception, category=category, source=self._name
         )
+        delivery = session._track_delivery(frame)
+        try:
+            await self.push_frame(frame, UPSTREAM)
+            if delivery.count:
+                await delivery.done.wait()
+        finally:
+            session._untrack_delivery(frame)
 
     async def _deliver(self, item: Item) -> None:
         upstream = item[1] is UPSTREAM
         targets = self._upstream if upstream else self._downstream
         system = isinstance(item[0], SystemFrame)
+        # A frame whose delivery its sender awaits (push_error) counts the lanes it is queued in.
+        tracked = None
+        if system:
+            session = self._session
+            if session is not None and session._in_flight:
+                tracked = session._in_flight.get(item[0].id)
         for target in targets:
             mailbox = target._mailbox
             if mailbox is None or mailbox.closed:
@@ -304,6 +333,8 @@ class Actor(Generic[T]):
                 continue
             if system:
                 mailbox.put_system(item)
+                if tracked is not None:
+                    tracked.count += 1
             elif not mailbox.try_put_data(item):
                 try:
                     await mailbox.put_data(item)
@@ -493,32 +524,39 @@ class Actor(Generic[T]):
         """Serve the system lane until it is empty, then end: system frames are rare, so the
         task exists only while there are some (it runs beside the data loop, as before)."""
         mailbox = self._mailbox
+        session = self._session
         assert mailbox is not None
+        assert session is not None
         _current_actor.set(self)
         try:
             while mailbox._system:
                 item = mailbox.get_system_nowait()
-                frame = item[0]
-                if item[3] is not None:
-                    await self._answer(item)
-                    continue
-                cls = type(frame)
-                if cls is StartFrame:
-                    await self._start(frame)  # type: ignore[arg-type]
-                accepted = self._accepts_type(cls)
-                if accepted:
-                    token = current_turn.set(item[2])
-                    self._sys_lifecycle = frame if cls in _LIFECYCLE else None
-                    try:
-                        await self.process_frame(frame, item[1] or DOWNSTREAM)
-                    finally:
-                        self._sys_lifecycle = None
-                        current_turn.reset(token)
-                if not accepted or cls in _LIFECYCLE:
-                    await self._forward(item)
-                if cls is CancelFrame:
-                    await self._stop()
-                    return
+                try:
+                    frame = item[0]
+                    if item[3] is not None:
+                        await self._answer(item)
+                        continue
+                    cls = type(frame)
+                    if cls is StartFrame:
+                        await self._start(frame)  # type: ignore[arg-type]
+                    accepted = self._accepts_type(cls)
+                    if accepted:
+                        token = current_turn.set(item[2])
+                        self._sys_lifecycle = frame if cls in _LIFECYCLE else None
+                        try:
+                            await self.process_frame(frame, item[1] or DOWNSTREAM)
+                        finally:
+                            self._sys_lifecycle = None
+                            current_turn.reset(token)
+                    if not accepted or cls in _LIFECYCLE:
+                        await self._forward(item)
+                    if cls is CancelFrame:
+                        await self._stop()
+                        return
+                finally:
+                    if session._in_flight and item[1] is not None:
+                        # Handled here: passed on (counted again there), or taken.
+                        session._delivery_step(item[0])
         finally:
             # No checkpoint between the last emptiness check and this: a frame put after it
             # starts a new task.
@@ -645,15 +683,39 @@ class Actor(Generic[T]):
                 )
         if cs.cancelled_caught:
             _logger.warning("on_stop timed out", actor=self._name, timeout_secs=timeout)
-        self._finish(crashed=crashed)
+        upstream = self._finish(crashed=crashed, keep_upstream=True)
+        if upstream:
+            # Frames travelling upstream (errors) that were queued here when the actor stopped
+            # are passed on, as a stopped actor passes on those that arrive later: an error
+            # reported while the pipeline drains still reaches the input end.
+            with trio.move_on_after(timeout, shield=True):
+                self._relaying = True
+                try:
+                    for item in upstream:
+                        try:
+                            await self._forward(item)
+                        finally:
+                            if session is not None and session._in_flight:
+                                session._delivery_step(item[0])
+                finally:
+                    self._relaying = False
 
-    def _finish(self, *, crashed: bool) -> None:
+    def _finish(self, *, crashed: bool, keep_upstream: bool = False) -> list[Item]:
+        """Mark the actor stopped, close its mailbox, end its loops. With ``keep_upstream``,
+        the frames travelling upstream still queued are returned (to be passed on) instead
+        of dropped."""
         self._state = ActorState.CRASHED if crashed else ActorState.STOPPED
         mailbox = self._mailbox
         left = mailbox.close() if mailbox is not None else []
+        session = self._session
+        upstream: list[Item] = []
         for item in left:
             if item[3] is not None:
                 item[3].set(outcome.Error(ActorDeadError(f"actor {self._name!r} has stopped")))
+            elif keep_upstream and item[1] is UPSTREAM:
+                upstream.append(item)
+            elif session is not None and session._in_flight and item[1] is not None:
+                session._delivery_step(item[0])  # it goes no further
         if self._scope is not None:
             self._scope.cancel()
         if self._stopped is not None:
@@ -662,8 +724,12 @@ class Actor(Generic[T]):
             watcher._notify_stopped(self)
         if self._session is not None:
             self._session._log.debug(
-                "actor stopped", actor=self._name, state=self._state.value, unprocessed=len(left)
+                "actor stopped",
+                actor=self._name,
+                state=self._state.value,
+                unprocessed=len(left) - len(upstream),
             )
+        return upstream
 
     def _statistics(self) -> MailboxStatistics | None:
         return self._mailbox.statistics() if self._mailbox is not None else None

@@ -70,6 +70,16 @@ class SessionSnapshot:
         return attrs.asdict(self)
 
 
+@attrs.define(eq=False)
+class _Delivery:
+    """A frame whose sender waits until it has been delivered (``Actor.push_error``):
+    ``count`` is the number of lanes it is queued in or being handled from; ``done`` is set
+    when that falls to zero (it reached the end of its path, or a stage took it)."""
+
+    count: int = 0
+    done: trio.Event = attrs.Factory(trio.Event)
+
+
 def collapse_exception_group(group: BaseExceptionGroup[Any]) -> BaseException:
     """Return the single real error of ``group`` (ignoring ``Cancelled``), or the group."""
     errors: list[BaseException] = []
@@ -109,6 +119,8 @@ class Session:
     _turn_scopes: set[trio.CancelScope] = attrs.field(factory=set, init=False)
     _applied: deque[int] = attrs.field(factory=lambda: deque(maxlen=64), init=False)
     _closing: bool = attrs.field(default=False, init=False)
+    # Frames whose delivery their sender awaits, by frame id (empty nearly always).
+    _in_flight: dict[int, _Delivery] = attrs.field(factory=dict, init=False)
     _log: Any = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -353,6 +365,23 @@ class Session:
             self._log.error("actor crashed", actor=actor.name, error=f"{type(exc).__name__}: {exc}")
             actor._finish(crashed=True)
             raise exc
+
+    # ----------------------------------------------------------------- tracked delivery
+
+    def _track_delivery(self, frame: Frame) -> _Delivery:
+        delivery = self._in_flight[frame.id] = _Delivery()
+        return delivery
+
+    def _untrack_delivery(self, frame: Frame) -> None:
+        self._in_flight.pop(frame.id, None)
+
+    def _delivery_step(self, frame: Frame) -> None:
+        """One lane is done with a tracked frame (handled, passed on, or dropped)."""
+        delivery = self._in_flight.get(frame.id)
+        if delivery is not None:
+            delivery.count -= 1
+            if delivery.count <= 0:
+                delivery.done.set()
 
     # ----------------------------------------------------------------- turns
 

@@ -6,11 +6,13 @@ import signal
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from types import TracebackType
+from typing import Any
 
 import attrs
+import structlog
 import trio
 
-from ._actor import Actor, ActorState
+from ._actor import Actor, ActorState, _current_actor
 from ._errors import SessionStateError
 from ._frames import (
     CancelFrame,
@@ -23,12 +25,14 @@ from ._frames import (
 )
 from ._mailbox import Item, Mailbox
 from ._pipeline import ParallelPipeline, Pipeline, Stage, build
-from ._session import Session, SessionSnapshot, collapse_exception_group
+from ._session import Session, SessionSnapshot, collapse_exception_group, deliver_external
 
 __all__ = ["FrameListener", "PipelineParams", "PipelineRunner", "PipelineTask"]
 
 #: Called with every frame that reaches an end of the topology.
 FrameListener = Callable[[Frame, FrameDirection], Awaitable[None] | None]
+
+_logger = structlog.get_logger("trouper.runtime")
 
 
 @attrs.frozen
@@ -146,6 +150,13 @@ class PipelineTask:
     gracefully when the block is left (cancels it if the block raised). Errors come out as
     from ``run()``: the block's own exception or the actor's escalated crash, as itself.
 
+    Input given before the task has started is never lost: frames queued with
+    :meth:`queue_frame` and frames pushed into one of its stages from outside (a transport's
+    ``send_text``, say) are held and delivered once every stage has started, in the order
+    they were given, each from where it was given; :meth:`wait_started` waits for that
+    moment. Pushing into a stage of a task that has finished raises
+    :class:`~runtime.SessionStateError`.
+
     Args:
         pipeline: The topology (a single actor is accepted too).
         params: How to run it.
@@ -181,8 +192,11 @@ class PipelineTask:
         self._session: Session | None = None
         self._source = _Edge(self, sink=False)
         self._sink = _Edge(self, sink=True)
-        self._pending: list[tuple[Frame, FrameDirection]] = []
-        self._started = trio.Event()
+        # Input given before the task was ready: (frame, direction, stage it was pushed from,
+        # or None for queue_frame), in the order it was given.
+        self._pending: list[tuple[Frame, FrameDirection, Actor[Any] | None]] = []
+        self._started = trio.Event()  # the StartFrame reached the sink
+        self._ready = trio.Event()  # ... and the input held until then has been delivered
         self._done = trio.Event()
         self._cancel_reached = trio.Event()
         self._cancelling = False
@@ -193,6 +207,11 @@ class PipelineTask:
         # Only an idle timeout needs the clock read on every frame at the ends.
         self._idle = self.params.idle_timeout_secs is not None
         self.errors: list[ErrorFrame] = []
+        # Pushes into the stages from outside wait for the start (see _gate_push).
+        self._stages: tuple[Actor[Any], ...] = self.pipeline.segment().actors
+        for actor in self._stages:
+            if actor._session is None:
+                actor._gate = self._gate_push
 
     # ----------------------------------------------------------------- listeners
 
@@ -213,6 +232,48 @@ class PipelineTask:
         """Whether :meth:`run` has completed."""
         return self._finished
 
+    def has_started(self) -> bool:
+        """Whether the task has started (see :meth:`wait_started`)."""
+        return self._ready.is_set()
+
+    async def wait_started(self) -> None:
+        """Wait until the task has started: every stage has handled the ``StartFrame`` and
+        the input given before (:meth:`queue_frame`, frames pushed into a stage) has been
+        sent on, in order. Returns at once if it has started (even if it has finished since).
+
+        Input may be given before that (it is held, see the class docs); wait for this to
+        know that the session is up, e.g. before reading :attr:`session`.
+
+        Raises:
+            SessionStateError: the task ended before it started (cancelled first, a start
+                that timed out, a crash while starting).
+        """
+        if not self._ready.is_set() and not self._finished:
+            await _wait_any(self._ready, self._done)
+        else:
+            await trio.lowlevel.checkpoint()
+        if not self._ready.is_set():
+            reason = f" ({self._cancel_reason})" if self._cancel_reason else ""
+            raise SessionStateError(
+                f"task {self.name!r} ended before it started{reason}: it took no input; "
+                "create a new PipelineTask and run it"
+            )
+
+    def _gate_push(self, actor: Actor[Any], frame: Frame, direction: FrameDirection) -> bool:
+        """Installed on the stages until the task is ready (and again once it has finished):
+        ``True`` when a push into ``actor`` from outside the session was held for the start."""
+        if self._finished:
+            raise SessionStateError(
+                f"task {self.name!r} has finished; its stage {actor.name!r} takes no more "
+                "frames (create a new PipelineTask with new stages)"
+            )
+        if self._ready.is_set() or _current_actor.get() is actor:
+            return False  # ready, or the actor's own handler (on_start): nothing to hold
+        if not isinstance(frame, Frame):
+            raise TypeError(f"push_frame takes a Frame, got {type(frame).__name__}")
+        self._pending.append((frame, direction, actor))
+        return True
+
     def snapshot(self) -> SessionSnapshot:
         """Live actors, mailbox depths and in-flight work (see :meth:`Session.snapshot`)."""
         return self.session.snapshot()
@@ -231,8 +292,8 @@ class PipelineTask:
             raise TypeError(f"queue_frame takes a Frame, got {type(frame).__name__}")
         if self._finished:
             raise SessionStateError(f"task {self.name!r} has finished; it takes no more frames")
-        if not self._started.is_set():
-            self._pending.append((frame, direction))
+        if not self._ready.is_set():
+            self._pending.append((frame, direction, None))
             return
         await self._inject(frame, direction)
 
@@ -357,9 +418,7 @@ class PipelineTask:
                         await _wait_any(self._started, self._done)
                 if not self._cancelling:
                     self._last_activity = trio.current_time()
-                    pending, self._pending = self._pending, []
-                    for frame, direction in pending:
-                        await self._inject(frame, direction)
+                    await self._deliver_pending(session)
                     async with trio.open_nursery() as watchers:
                         if p.idle_timeout_secs is not None:
                             watchers.start_soon(self._idle_monitor, p.idle_timeout_secs)
@@ -376,6 +435,33 @@ class PipelineTask:
         finally:
             self._finished = True
             self._done.set()
+            for actor in self._stages:
+                if actor._gate is None:
+                    actor._gate = self._gate_push  # refuses pushes from now on
+            if self._pending:
+                # Never silently: the input given before a start that did not happen.
+                _logger.warning(
+                    "input dropped: the task ended before it started",
+                    session=self.name,
+                    frames=len(self._pending),
+                    kinds=sorted({type(f).__name__ for f, _, _ in self._pending}),
+                )
+                self._pending.clear()
+
+    async def _deliver_pending(self, session: Session) -> None:
+        """Deliver the input held until the start, in order; input given meanwhile joins the
+        queue. Then the task is ready: the stages stop holding pushes."""
+        pending = self._pending
+        while pending:
+            frame, direction, actor = pending.pop(0)
+            if actor is None:
+                await self._inject(frame, direction)
+            else:  # pushed into a stage from outside: sent on from it, as push_frame would
+                await actor._deliver(deliver_external(actor, frame, direction, session))
+        self._ready.set()
+        for stage in self._stages:
+            if stage._gate == self._gate_push:
+                stage._gate = None
 
     async def _idle_monitor(self, idle_secs: float) -> None:
         while True:
@@ -395,7 +481,7 @@ class PipelineTask:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.run)
-                await _wait_any(self._started, self._done)
+                await _wait_any(self._ready, self._done)
                 try:
                     yield self
                 except BaseException:

@@ -228,10 +228,15 @@ class TestVision:
             assert "5,004" in error.error
             assert not error.fatal
             assert server.requests == []
-            assert conv.starts() == []
+            # The refused image still gets an answer that ends, with the error, after it.
+            await conv.wait_ends(1)
+            assert len(conv.starts()) == 1
+            (end,) = conv.ends()
+            assert end.error
+            assert not end.interrupted
             # The session goes on.
             await conv.say("Hello?")
-            await conv.wait_ends(1)
+            await conv.wait_ends(2)
             assert conv.texts() == ["Still here."]
 
     async def test_pixels_that_do_not_match_the_size_are_refused(
