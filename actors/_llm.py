@@ -60,6 +60,7 @@ from ._tools import (
     check_handler,
 )
 from .client import (
+    DEFAULT_MAX_EVENT_BYTES,
     ChatClientError,
     ChatCompletionsClient,
     ChatRequest,
@@ -123,6 +124,9 @@ class OpenAILLMService(Actor[Frame]):
         retry: Retry policy (connection errors, 408/409/429/5xx; never after content).
         function_call_timeout_secs: Default timeout of function calls (``None``: none).
         max_image_bytes: Largest encoded image accepted from a ``VisionImageRawFrame``.
+        max_event_bytes: Most bytes one server-sent event of the answer may hold (default
+            8 MiB); past it the turn fails with ``EventTooLargeError`` instead of the stream
+            holding an endless line in memory.
         http_client: An ``httpx.AsyncClient`` to share (not closed by the service).
         name: Actor name.
     """
@@ -147,6 +151,7 @@ class OpenAILLMService(Actor[Frame]):
         retry: RetryPolicy | None = None,
         function_call_timeout_secs: float | None = None,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         http_client: httpx.AsyncClient | None = None,
         name: str | None = None,
     ) -> None:
@@ -173,6 +178,7 @@ class OpenAILLMService(Actor[Frame]):
             timeouts=timeouts,
             retry=retry,
             http_client=http_client if http_client is not None else self._own_http,
+            max_event_bytes=max_event_bytes,
         )
         self._max_image_bytes = max_image_bytes
         self._registrations: dict[str | None, FunctionRegistration] = {}

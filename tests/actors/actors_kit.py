@@ -245,6 +245,7 @@ async def open_conversation(
     timeouts: Timeouts | None = None,
     function_call_timeout_secs: float | None = None,
     max_image_bytes: int | None = None,
+    max_event_bytes: int | None = None,
     llm_params: GenerationParams | None = None,
     context: OpenAILLMContext | None = None,
     storage: SQLiteContextStorage | None = None,
@@ -260,6 +261,8 @@ async def open_conversation(
     extra: dict[str, Any] = {}
     if max_image_bytes is not None:
         extra["max_image_bytes"] = max_image_bytes
+    if max_event_bytes is not None:
+        extra["max_event_bytes"] = max_event_bytes
     llm = OpenAILLMService(
         model=model,
         api_key=API_KEY,

@@ -232,3 +232,22 @@ class TestLoggingStream:
                 structlog.configure(**saved)
             else:
                 structlog.reset_defaults()
+
+
+async def test_an_oversized_event_fails_the_turn_with_the_services_cap(
+    autojump_clock: trio.testing.MockClock, server: ScriptedOpenAIServer, chunks: ChunkFactory
+) -> None:
+    """``OpenAILLMService(max_event_bytes=...)`` reaches its client: an event past the cap ends
+    the turn with an ErrorFrame naming the cap, after the text before it."""
+    server.add(
+        Reply.sse([*chunks.text_stream(["Hi"])[:-1], chunks.text("z" * 20_000)]),
+        Reply.sse(chunks.text_stream(["Fine."])),
+    )
+    async with open_conversation(server, max_event_bytes=10_000) as conv:
+        await conv.say("First")
+        await conv.wait_ends(1)
+        (error,) = conv.errors
+        assert "10000 bytes" in error.error
+        assert "max_event_bytes" in error.error
+        await conv.say("Second")
+        await conv.wait_ends(2)
