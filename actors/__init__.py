@@ -58,6 +58,7 @@ from ._tools import FunctionRegistration as FunctionRegistration
 from ._tools import RunFunctionCallsRequest as RunFunctionCallsRequest
 from ._tools import ToolExecutor as ToolExecutor
 from ._transport import OutputCallback as OutputCallback
+from ._transport import OutputTransport as OutputTransport
 from ._transport import TextInputTransport as TextInputTransport
 from ._transport import TextOutputTransport as TextOutputTransport
 from ._transport import TextTransport as TextTransport
@@ -101,6 +102,7 @@ __all__ = [
     "OpenAILLMContextFrame",
     "OpenAILLMService",
     "OutputCallback",
+    "OutputTransport",
     "RecordToolCallsRequest",
     "RecordToolSettlementRequest",
     "ReplaceMessagesRequest",

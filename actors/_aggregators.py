@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import attrs
+import trio
 
 from runtime import (
     Actor,
-    ActorDeadError,
     ActorError,
     CancelFrame,
     EndFrame,
@@ -18,6 +18,7 @@ from runtime import (
     Frame,
     FrameDirection,
     InterruptionFrame,
+    InterruptionMarkerFrame,
     SystemFrame,
     TextFrame,
     TranscriptionFrame,
@@ -64,9 +65,12 @@ _ASK_TIMEOUT = 30.0
 
 
 @attrs.frozen(slots=True)
-class _CommitInterruptedAnswer(SystemFrame):
-    """Asked of the assistant aggregator by the user aggregator before the first user message
-    after an interruption: commit the interrupted answer's delivered text now."""
+class _InterruptionCommitted(SystemFrame):
+    """Told to the user aggregator by the assistant aggregator once it has committed what was
+    delivered before the interruption that started turn ``through`` (and every earlier one).
+    """
+
+    through: int
 
 
 def concatenate_text(parts: list[str]) -> str:
@@ -150,6 +154,7 @@ class LLMUserContextAggregator(_StoreClient):
         LLMRunFrame,
         EndFrame,
         CancelFrame,
+        _InterruptionCommitted,
     )
 
     def __init__(
@@ -166,9 +171,18 @@ class LLMUserContextAggregator(_StoreClient):
         #: The assistant aggregator of the same conversation (set by the pair).
         self._assistant: LLMAssistantContextAggregator | None = None
         self._turn = 0
+        # Up to which turn the assistant aggregator has committed the interrupted answers.
+        self._committed_through = 0
+        self._committed = trio.Event()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Aggregate user text and turn it into inferences (see the class docs)."""
+        if isinstance(frame, _InterruptionCommitted):  # system lane: while the data task waits
+            if frame.through > self._committed_through:
+                self._committed_through = frame.through
+                self._committed.set()
+                self._committed = trio.Event()
+            return
         if isinstance(frame, LLMTextFrame) or (
             isinstance(frame, TextFrame) and direction is FrameDirection.UPSTREAM
         ):
@@ -223,41 +237,46 @@ class LLMUserContextAggregator(_StoreClient):
             await self.push_frame(OpenAILLMContextFrame(snapshot))
 
     async def _after_interruption(self) -> None:
-        """After an interruption, have the assistant aggregator commit the interrupted answer
-        before anything of the new turn goes into the context.
+        """After an interruption, wait until the assistant aggregator has committed the
+        interrupted answer, before anything of the new turn goes into the context.
 
-        The ``InterruptionFrame`` that makes it commit travels the whole pipeline, while the
-        user's next message is one ask away: without this, that message (and the inference
-        it starts) would come before the interrupted answer, or without it.
+        It commits when the interruption's marker reaches it, behind the frames the output
+        delivered before the interruption, and then tells this aggregator so
+        (``_InterruptionCommitted``). The user's next message is only one request away from
+        the store: without the wait, it (and the inference it starts) could come before the
+        interrupted answer.
         """
         turn = self.session.turn
         if turn == self._turn:
             return
         self._turn = turn
         assistant = self._assistant
-        if assistant is not None and assistant.ref.is_alive():
-            try:
-                await assistant.ref.ask(_CommitInterruptedAnswer(), timeout=_ASK_TIMEOUT)
-            except ActorDeadError:
-                pass  # it stopped meanwhile (the session ends): nothing left to commit
-            except ActorError as exc:
-                await self.push_error(
-                    f"{self.name}: the assistant aggregator did not commit the interrupted "
-                    f"answer: {exc}",
-                    exception=exc,
-                    category=ErrorCategory.APPLICATION,
-                )
+        with trio.move_on_after(_ASK_TIMEOUT) as waited:
+            while self._committed_through < turn:
+                if assistant is None or not assistant.ref.is_alive():
+                    return  # not running (the session ends): nothing left to commit
+                await self._committed.wait()
+        if waited.cancelled_caught:
+            await self.push_error(
+                f"{self.name}: the assistant aggregator did not commit the interrupted answer "
+                f"within {_ASK_TIMEOUT:g} s (every stage between the output and the assistant "
+                "aggregator must pass InterruptionMarkerFrame on)",
+                category=ErrorCategory.APPLICATION,
+            )
 
 
 class LLMAssistantContextAggregator(_StoreClient):
     """Records what the assistant said and did, through the context store.
 
     ``LLMTextFrame``s between ``LLMFullResponseStartFrame`` and ``LLMFullResponseEndFrame``
-    become one assistant message. On an interruption the text that reached this stage is
-    committed at once, marked as interrupted. Tool calls become one assistant ``tool_calls``
+    become one assistant message. On an interruption, the text of the open answer that reached
+    this stage before the interruption is committed, marked as interrupted: with an
+    :class:`~actors.OutputTransport` before it, exactly the text the output delivered (see
+    ``docs/context.md``). Tool calls become one assistant ``tool_calls``
     message per batch (with the answer's text, if any) and a ``tool`` message per call: a
     placeholder while it runs, then the JSON result, ``"CANCELLED"`` or an error text, so the
-    conversation is always valid for the next request. Every frame is passed on.
+    conversation is always valid for the next request. Every frame is passed on, except the
+    runtime's ``InterruptionMarkerFrame``.
     """
 
     accepts = (
@@ -267,10 +286,9 @@ class LLMAssistantContextAggregator(_StoreClient):
         FunctionCallsStartedFrame,
         FunctionCallResultFrame,
         FunctionCallCancelFrame,
-        InterruptionFrame,
+        InterruptionMarkerFrame,
         EndFrame,
         CancelFrame,
-        _CommitInterruptedAnswer,
     )
 
     def __init__(self, store: ContextStore, *, name: str | None = None) -> None:
@@ -278,6 +296,8 @@ class LLMAssistantContextAggregator(_StoreClient):
         self._open = False
         self._open_turn = 0
         self._parts: list[str] = []
+        #: The user aggregator of the same conversation (set by the pair).
+        self._user: LLMUserContextAggregator | None = None
 
     def _take(self) -> str:
         text = "".join(self._parts).strip()
@@ -286,9 +306,21 @@ class LLMAssistantContextAggregator(_StoreClient):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Record the assistant's turn (see the class docs), then pass the frame on."""
-        if isinstance(frame, InterruptionFrame | EndFrame | CancelFrame):
+        if isinstance(frame, InterruptionMarkerFrame):
+            # Where the interruption fell in what the output delivered: the text before the
+            # marker is all that was shown of the interrupted answer (the output passed it on
+            # before showing it, uninterruptible), and none comes after it.
+            turn = frame.turn if frame.turn is not None else self.session.turn
+            if self._open and self._open_turn < turn:
+                await self._commit(interrupted=True)
+                self._open = False
+            user = self._user
+            if user is not None and user.ref.is_alive():
+                user.ref.tell(_InterruptionCommitted(turn))
+            return  # the runtime's own frame: not passed on
+        if isinstance(frame, EndFrame | CancelFrame):
             # Lifecycle frames are forwarded by the runtime.
-            await self._commit(interrupted=not isinstance(frame, EndFrame))
+            await self._commit(interrupted=isinstance(frame, CancelFrame))
             self._open = False
             return
         if isinstance(frame, LLMFullResponseStartFrame):
@@ -320,19 +352,6 @@ class LLMAssistantContextAggregator(_StoreClient):
                 RecordToolSettlementRequest(frame.tool_call_id, content, run_llm=frame.run_llm)
             )
         await self.push_frame(frame, direction)
-
-    async def on_ask(self, frame: Frame) -> object:
-        """Commit the interrupted answer now (see ``LLMUserContextAggregator``).
-
-        Only an answer that started in an earlier turn was interrupted; one that started
-        since (the follow-up of a call that survived the interruption) goes on.
-        """
-        if not isinstance(frame, _CommitInterruptedAnswer):
-            return await super().on_ask(frame)
-        if self._open and self._open_turn < self.session.turn:
-            await self._commit(interrupted=True)
-            self._open = False
-        return None
 
     async def _commit(self, *, interrupted: bool) -> None:
         text = self._take()
@@ -382,6 +401,7 @@ class OpenAIContextAggregatorPair:
 
     def __attrs_post_init__(self) -> None:
         self._user._assistant = self._assistant
+        self._assistant._user = self._user
 
     def user(self) -> LLMUserContextAggregator:
         """The user-side aggregator (before the LLM)."""

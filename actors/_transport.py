@@ -1,6 +1,8 @@
-"""A text transport: typed user lines in, streamed assistant text out.
+"""Output stages, and a text transport: typed user lines in, streamed assistant text out.
 
-It stands in for a voice transport + STT/TTS: ``transport.input()`` turns lines of text into
+:class:`OutputTransport` is the base of every stage that shows frames to the user: it keeps
+the conversation true to what was shown (see its docs). :class:`TextTransport` stands in for a
+voice transport + STT/TTS: ``transport.input()`` turns lines of text into
 ``TranscriptionFrame``s, ``transport.output()`` hands every frame that leaves the LLM to a
 callback (text deltas, tool-call progress, response boundaries) and keeps track of when the
 assistant has finished answering (tool calls and their follow-up answer included).
@@ -11,12 +13,14 @@ from __future__ import annotations
 import datetime
 from collections.abc import Awaitable, Callable
 
+import attrs
 import trio
 
 from runtime import (
     Actor,
     Frame,
     FrameDirection,
+    SystemFrame,
     TranscriptionFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
@@ -31,7 +35,13 @@ from ._frames import (
     LLMTextFrame,
 )
 
-__all__ = ["OutputCallback", "TextInputTransport", "TextOutputTransport", "TextTransport"]
+__all__ = [
+    "OutputCallback",
+    "OutputTransport",
+    "TextInputTransport",
+    "TextOutputTransport",
+    "TextTransport",
+]
 
 #: Receives every frame that reaches the output (sync or async).
 OutputCallback = Callable[[Frame], Awaitable[None] | None]
@@ -43,23 +53,57 @@ class TextInputTransport(Actor[Frame]):
     accepts = ()
 
 
-class TextOutputTransport(Actor[Frame]):
-    """The output end: calls the transport's callback with each frame, then passes it on."""
+class OutputTransport(Actor[Frame]):
+    """Base class of output stages: whatever it delivers to the user reaches the context.
+
+    Subclass it and override :meth:`deliver`. Put the stage where the output goes (after the
+    LLM, before the assistant aggregator). For each downstream frame it first passes the frame
+    on, made uninterruptible, and only then delivers it, with nothing awaited in between. So
+    an interruption either comes before both (the frame is neither shown nor recorded) or
+    after both (the frame was shown, and no interruption can drop it on its way to the
+    assistant aggregator, which records it). It marks its output at every interruption
+    (``marks_interruptions``): the assistant aggregator commits the interrupted answer when
+    the marker reaches it, behind everything this stage delivered before the interruption.
+    Upstream frames are passed on untouched.
+    """
+
+    marks_interruptions = True
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Pass a downstream frame on as delivered, then :meth:`deliver` it."""
+        if direction is not FrameDirection.DOWNSTREAM:
+            await self.push_frame(frame, direction)
+            return
+        if frame.interruptible and not isinstance(frame, SystemFrame):
+            await self.push_frame(attrs.evolve(frame, interruptible=False), direction)
+        else:
+            await self.push_frame(frame, direction)
+        await self.deliver(frame)
+
+    async def deliver(self, frame: Frame) -> None:
+        """Show ``frame`` to the user (every downstream frame comes here). Does nothing here.
+
+        Runs in the stage's handler, so an interruption cancels it. A frame this method was
+        called with counts as delivered: its text is recorded, even if the interruption
+        cancels this method before it has finished showing the frame.
+        """
+
+
+class TextOutputTransport(OutputTransport):
+    """The output end: hands each frame to the transport's callback (see OutputTransport)."""
 
     def __init__(self, transport: TextTransport, *, name: str | None = None) -> None:
         super().__init__(name=name)
         self._transport = transport
 
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        """Show the frame (callback), track the answer's progress, pass the frame on."""
-        if direction is FrameDirection.DOWNSTREAM:
-            self._transport._observe(frame)
-            callback = self._transport.on_output
-            if callback is not None:
-                result = callback(frame)
-                if result is not None:
-                    await result
-        await self.push_frame(frame, direction)
+    async def deliver(self, frame: Frame) -> None:
+        """Track the answer's progress, then show the frame (the ``on_output`` callback)."""
+        self._transport._observe(frame)
+        callback = self._transport.on_output
+        if callback is not None:
+            result = callback(frame)
+            if result is not None:
+                await result
 
 
 class TextTransport:

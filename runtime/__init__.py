@@ -30,6 +30,7 @@ from ._frames import ErrorFrame as ErrorFrame
 from ._frames import Frame as Frame
 from ._frames import FrameDirection as FrameDirection
 from ._frames import InterruptionFrame as InterruptionFrame
+from ._frames import InterruptionMarkerFrame as InterruptionMarkerFrame
 from ._frames import MetricsData as MetricsData
 from ._frames import MetricsFrame as MetricsFrame
 from ._frames import ProcessingMetricsData as ProcessingMetricsData
@@ -75,6 +76,7 @@ __all__ = [
     "FrameListener",
     "FrameTypeError",
     "InterruptionFrame",
+    "InterruptionMarkerFrame",
     "MailboxStatistics",
     "MetricsData",
     "MetricsFrame",

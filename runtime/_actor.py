@@ -36,6 +36,7 @@ from ._frames import (
     Frame,
     FrameDirection,
     InterruptionFrame,
+    InterruptionMarkerFrame,
     StartFrame,
     SystemFrame,
     current_turn,
@@ -107,7 +108,13 @@ class Actor(Generic[T]):
     """
 
     #: Frame types delivered to :meth:`process_frame`; anything else passes through.
+    #: (An :class:`~runtime.InterruptionMarkerFrame` only reaches actors that name it.)
     accepts: ClassVar[tuple[type[Frame], ...]] = (Frame,)
+
+    #: Mark this actor's output at interruptions: each interruption queues an
+    #: :class:`~runtime.InterruptionMarkerFrame` to its downstream neighbours, behind what it
+    #: pushed before, ahead of what it pushes after (an output stage sets it).
+    marks_interruptions: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -220,6 +227,9 @@ class Actor(Generic[T]):
             return self._accept_cache[cls]
         except KeyError:
             ok = issubclass(cls, self.accepts)
+            if ok and issubclass(cls, InterruptionMarkerFrame):
+                # The runtime's own bookkeeping: only for actors that ask for it by name.
+                ok = any(issubclass(a, InterruptionMarkerFrame) for a in self.accepts)
             self._accept_cache[cls] = ok
             return ok
 

@@ -39,6 +39,7 @@ __all__ = [
     "Frame",
     "FrameDirection",
     "InterruptionFrame",
+    "InterruptionMarkerFrame",
     "MetricsData",
     "MetricsFrame",
     "ProcessingMetricsData",
@@ -163,6 +164,28 @@ class InterruptionFrame(SystemFrame):
 
 #: Pipecat's older name for :class:`InterruptionFrame`.
 StartInterruptionFrame = InterruptionFrame
+
+
+@attrs.frozen(slots=True)
+class InterruptionMarkerFrame(ControlFrame):
+    """Where an interruption fell in a stream of ordered data.
+
+    At every interruption, once the stale frames are purged, the runtime queues one marker
+    (data lane, uninterruptible; its ``turn`` is the turn the interruption started):
+
+    * to the downstream neighbours of every actor with ``marks_interruptions = True``, behind
+      what that actor pushed downstream before the interruption and ahead of what it pushes
+      after. From there it travels downstream in order, like any data frame;
+    * directly to an actor that names this class in its ``accepts`` and has a path upstream
+      without a marking actor, behind what is queued for it.
+
+    So an actor that names it knows, in the order of its data, which frames left the marking
+    stage before the interruption and which after. It reaches ``process_frame`` only in
+    actors that name it (not in those that take every frame): the others pass it on, and the
+    task's sink drops it.
+    """
+
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
 
 
 @attrs.frozen(slots=True)

@@ -12,6 +12,7 @@ stamped with when it entered the session, ``reply`` is an :class:`_Reply` for as
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -153,7 +154,8 @@ class Mailbox:
     async def put_data(self, item: Item) -> None:
         """Queue on the data lane, waiting while it is full (backpressure).
 
-        Cancellation leaves the mailbox unchanged (the frame is not queued).
+        Cancellation leaves the mailbox unchanged (the frame is not queued), also when the
+        sender was woken for room but cancelled before it ran.
         """
         if self.try_put_data(item):
             return
@@ -168,6 +170,12 @@ class Mailbox:
             if self.closed:
                 raise ActorDeadError(f"actor {self.owner!r} has stopped")
             data = self._data
+            if trio.current_effective_deadline() == -math.inf:
+                # Woken, but cancelled (an interruption, say) before it could run: a cancelled
+                # sender never queues, even when room came up first. The room goes to the next.
+                if self._send_waiting and len(data) < self.capacity:
+                    self._wake_sender()
+                await trio.lowlevel.checkpoint_if_cancelled()
             if len(data) < self.capacity:
                 data.append(item)
                 n = len(data)

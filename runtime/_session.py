@@ -19,7 +19,7 @@ import trio
 
 from ._actor import Actor, ActorRef, ActorState, _current_actor
 from ._errors import RestartIntensityExceeded, SessionStateError
-from ._frames import Frame, InterruptionFrame, StartFrame
+from ._frames import Frame, FrameDirection, InterruptionFrame, InterruptionMarkerFrame, StartFrame
 from ._mailbox import Item, MailboxStatistics
 
 __all__ = ["ActorSnapshot", "Session", "SessionSnapshot", "collapse_exception_group"]
@@ -436,6 +436,7 @@ class Session:
         for actor in actors:
             if actor._mailbox is not None:
                 dropped += len(actor._mailbox.purge(stale))
+        self._mark_interruption(actors, new)
         self._log.info(
             "interruption",
             turn=new,
@@ -444,6 +445,25 @@ class Session:
             dropped_frames=dropped,
             reason=reason,
         )
+
+    def _mark_interruption(self, actors: list[Actor[Any]], turn: int) -> None:
+        """Queue the interruption's marker where it belongs (see InterruptionMarkerFrame):
+        behind what each marking actor pushed downstream so far, and for an actor that asks
+        for markers with no marking actor upstream, behind what it has queued."""
+        marker: InterruptionMarkerFrame | None = None
+        for actor in actors:
+            if actor.marks_interruptions:
+                targets = actor._downstream
+            elif actor._accepts_type(InterruptionMarkerFrame) and not _marked_upstream(actor):
+                targets = [actor]
+            else:
+                continue
+            if marker is None:
+                marker = InterruptionMarkerFrame(turn=turn)
+            for target in targets:
+                mailbox = target._mailbox
+                if mailbox is not None and not mailbox.closed:
+                    mailbox.put_data_unbounded((marker, FrameDirection.DOWNSTREAM, turn, None))
 
     # ----------------------------------------------------------------- introspection
 
@@ -476,6 +496,23 @@ class Session:
         snap = self.snapshot()
         self._log.info("session snapshot", snapshot=snap.as_dict())
         return snap
+
+
+def _marked_upstream(actor: Actor[Any]) -> bool:
+    """Whether every path upstream of ``actor`` passes an actor that marks interruptions."""
+    stack = list(actor._upstream)
+    if not stack:
+        return False
+    seen: set[int] = set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen or current.marks_interruptions:
+            continue
+        seen.add(id(current))
+        if not current._upstream:
+            return False
+        stack.extend(current._upstream)
+    return True
 
 
 def _unref(x: Actor[Any] | ActorRef[Any]) -> Actor[Any]:

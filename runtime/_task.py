@@ -21,6 +21,7 @@ from ._frames import (
     Frame,
     FrameDirection,
     InterruptionFrame,
+    InterruptionMarkerFrame,
     StartFrame,
 )
 from ._mailbox import Item, Mailbox
@@ -345,9 +346,11 @@ class PipelineTask:
     # ----------------------------------------------------------------- ends
 
     async def _reached_end(self, frame: Frame, direction: FrameDirection) -> None:
+        cls = type(frame)
+        if cls is InterruptionMarkerFrame:
+            return  # the runtime's bookkeeping, not the application's
         if self._idle:
             self._last_activity = trio.current_time()
-        cls = type(frame)
         if direction is FrameDirection.DOWNSTREAM:
             if cls is StartFrame:
                 self._started.set()

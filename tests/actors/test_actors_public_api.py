@@ -64,6 +64,7 @@ PUBLIC = {
     "OpenAILLMContextFrame",
     "OpenAILLMService",
     "OutputCallback",
+    "OutputTransport",
     "RecordToolCallsRequest",
     "RecordToolSettlementRequest",
     "SQLiteContextStorage",
