@@ -338,6 +338,10 @@ class PipelineTask:
         ``InterruptionFrame`` through the topology so stages can react."""
         session = self.session
         frame = session.interrupt(reason)
+        if self._pending:
+            # Input held for the start belongs to the interrupted turn, like input queued in a
+            # mailbox: the interruption drops what is interruptible of it.
+            self._pending[:] = [item for item in self._pending if not item[0].interruptible]
         mailbox = self._source._mailbox
         if mailbox is not None and not mailbox.closed:
             mailbox.put_system((frame, FrameDirection.DOWNSTREAM, session.turn, None))

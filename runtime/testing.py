@@ -30,6 +30,7 @@ runtime's structlog events as dicts) and :func:`running_tasks` (to check nothing
 
 from __future__ import annotations
 
+import contextlib
 import logging as _stdlib_logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, MutableMapping, Sequence
@@ -42,6 +43,7 @@ import trio
 import trio.testing
 
 from ._actor import Actor
+from ._errors import SessionStateError
 from ._frames import (
     CancelFrame,
     EndFrame,
@@ -504,6 +506,14 @@ async def open_test_task(
             if not (harness._started.is_set() or harness._finished.is_set()):
                 harness.cancel("start timed out")
                 raise TimeoutError(harness._stuck("the StartFrame to cross the topology", None))
+            if not harness._finished.is_set():
+                # The input held for the start is sent on before the block begins, so what the
+                # test pushes next is not held behind it.
+                with (
+                    trio.move_on_after(harness._timeout(None)),
+                    contextlib.suppress(SessionStateError),
+                ):
+                    await harness.task.wait_started()
             try:
                 yield harness
             except BaseException:
