@@ -41,6 +41,7 @@ from ._frames import (
     current_turn,
 )
 from ._mailbox import Item, Mailbox, MailboxStatistics, _Reply
+from .redaction import redact, redact_exception
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -274,7 +275,14 @@ class Actor(Generic[T]):
         category: ErrorCategory = ErrorCategory.UNKNOWN,
         fatal: bool = False,
     ) -> None:
-        """Report an error upstream as an :class:`ErrorFrame` and log it."""
+        """Report an error upstream as an :class:`ErrorFrame` and log it.
+
+        The text and the exception are redacted first (:mod:`runtime.redaction`): no secret
+        registered in the process, and nothing shaped like a credential, travels in the frame.
+        """
+        error = redact(error)
+        if exception is not None:
+            exception = redact_exception(exception)
         self.log.warning("error", error=error, category=category.value, fatal=fatal)
         await self.push_frame(
             ErrorFrame(
