@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import orjson
 
+from runtime.redaction import Redactor
+
 from ._accumulate import StreamAccumulator, StreamResult
 from ._chunks import parse_chunk
 from ._errors import ChatClientError, IncompleteStreamError, MalformedChunkError, stream_error
-from ._redact import Redactor
 from ._sse import SSEDecoder
 
 if TYPE_CHECKING:
