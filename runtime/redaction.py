@@ -19,7 +19,8 @@ Code that holds secrets registers them (:meth:`Redactor.register`) for as long a
 installs :func:`redact_event` and :class:`RedactingRenderer`, so every log line is redacted
 whatever put the secret in it, and ``Actor.push_error`` redacts every ``ErrorFrame``'s text.
 
-Applications that configure structlog themselves add the two the same way::
+Applications that configure structlog themselves add the two the same way (and
+:class:`RedactingFilter` to standard-library loggers or handlers)::
 
     structlog.configure(processors=[..., redaction.redact_event,
                                     redaction.RedactingRenderer(structlog.processors.JSONRenderer())])
@@ -30,6 +31,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import itertools
+import logging
 import re
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -41,6 +43,7 @@ import attrs
 __all__ = [
     "MIN_SECRET_LENGTH",
     "REDACTED",
+    "RedactingFilter",
     "RedactingRenderer",
     "Redactor",
     "header_secrets",
@@ -382,6 +385,22 @@ class RedactingRenderer:
                 "utf-8", "surrogateescape"
             )
         return rendered
+
+
+class RedactingFilter(logging.Filter):
+    """A standard-library logging filter that redacts (:func:`redact`) the message of every
+    record it sees. Add it to a logger or handler whose lines may carry secrets; the chat
+    client adds it to httpx's logger, whose ``HTTP Request: POST <url>`` lines name the URL with
+    its credentials.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact the record's message in place; never drops the record."""
+        message = record.getMessage()
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
 
 
 # --------------------------------------------------------------------------- URLs and headers

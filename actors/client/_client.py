@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import logging
 import math
 import os
 import random
@@ -27,7 +28,13 @@ import orjson
 import structlog
 import trio
 
-from runtime.redaction import Redactor, header_secrets, safe_url, url_secrets
+from runtime.redaction import (
+    RedactingFilter,
+    Redactor,
+    header_secrets,
+    safe_url,
+    url_secrets,
+)
 
 from ._errors import (
     APIConnectionError,
@@ -68,6 +75,12 @@ _CLOSE_GRACE = 2.0
 _MAX_FINISH_PULLS = 1024
 _ERROR_BODY_TIMEOUT = 10.0
 _NO_SCOPE = contextlib.nullcontext()
+
+# httpx logs every request's URL (``HTTP Request: POST <url> ...``, level INFO), credentials and
+# all: its lines go through the redaction too, for applications that show INFO logs.
+_httpx_logger = logging.getLogger("httpx")
+if not any(isinstance(f, RedactingFilter) for f in _httpx_logger.filters):
+    _httpx_logger.addFilter(RedactingFilter())
 
 
 class _State(enum.Enum):

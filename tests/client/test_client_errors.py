@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import httpx
@@ -322,6 +323,21 @@ class TestRedaction:
         for text in texts:
             assert password not in text
             assert key not in text
+
+    async def test_httpx_request_log_hides_url_credentials(
+        self, server: ScriptedOpenAIServer, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """httpx logs ``HTTP Request: POST <url>`` at INFO, URL credentials and all; an
+        application showing INFO logs sees them masked."""
+        password, key = "pass-word-0123456789", "query-key-0123456789"
+        url = server.base_url.replace("://", f"://bob:{password}@") + f"?key={key}"
+        server.add(Reply.sse(F.text_stream(["ok"])))
+        with caplog.at_level(logging.INFO, logger="httpx"):
+            async with ChatCompletionsClient(base_url=url) as client:
+                await client.complete(make_request())
+        assert "HTTP Request: POST http://[REDACTED]@127.0.0.1" in caplog.text
+        assert password not in caplog.text
+        assert key not in caplog.text
 
     def test_redactor_patterns(self) -> None:
         """Bearer credentials and key-shaped strings are masked even if not configured."""

@@ -8,6 +8,7 @@ import base64
 import gc
 import io
 import json
+import logging
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from runtime import Actor, ErrorFrame, Frame, FrameDirection, TextFrame
 from runtime import logging as rlog
 from runtime.redaction import (
     REDACTED,
+    RedactingFilter,
     RedactingRenderer,
     Redactor,
     header_secrets,
@@ -271,6 +273,21 @@ class TestProcessRedaction:
         renderer = RedactingRenderer(lambda _l, _m, e: f"{e!r}")
         assert renderer(None, "info", {"x": KEY}) == f"{{'x': '{REDACTED}'}}"
         del owner
+
+    def test_the_standard_library_filter_redacts_formatted_records(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        owner = Redactor((KEY,)).register()
+        logger = logging.getLogger("tests.redaction")
+        redacting = RedactingFilter()
+        logger.addFilter(redacting)
+        try:
+            with caplog.at_level(logging.INFO, logger="tests.redaction"):
+                logger.info("request to %s with %s", "https://bob:pw@host/v1", KEY)
+        finally:
+            logger.removeFilter(redacting)
+        del owner
+        assert caplog.messages == [f"request to https://{REDACTED}@host/v1 with {REDACTED}"]
 
     async def test_push_error_redacts_the_frame_and_its_exception(self) -> None:
         owner = Redactor((KEY,)).register()

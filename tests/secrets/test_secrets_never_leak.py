@@ -476,12 +476,23 @@ async def drive_service(shape: Shape, path: Path_, url: str, leaks: Leaks) -> No
 @contextmanager
 def logs_rendered() -> Iterator[dict[str, io.StringIO]]:
     """Every log line of the block, rendered twice: by the processors that
-    ``runtime.logging.configure`` installs for the console, and by those it installs for JSON.
-    The previous structlog configuration is restored afterwards."""
+    ``runtime.logging.configure`` installs for the console, and by those it installs for JSON;
+    and httpx's own standard-library log lines (``HTTP Request: POST <url>``, level INFO), as an
+    application that shows INFO logs would see them. The previous configurations are restored
+    afterwards."""
     was_configured, saved = structlog.is_configured(), structlog.get_config()
-    outputs = {"console": io.StringIO(), "JSON": io.StringIO()}
+    outputs = {"console": io.StringIO(), "JSON": io.StringIO(), "httpx": io.StringIO()}
+    httpx_logger, httpx_handler = (
+        logging.getLogger("httpx"),
+        logging.StreamHandler(outputs["httpx"]),
+    )
+    httpx_level = httpx_logger.level
+    httpx_logger.setLevel(logging.INFO)
+    httpx_logger.addHandler(httpx_handler)
     chains = []
     for renderer, out in outputs.items():
+        if renderer == "httpx":
+            continue
         rlog.configure(json=renderer == "JSON", level="debug", file=out, colors=False)
         config = structlog.get_config()
         chains.append((list(config["processors"]), config["logger_factory"]()))
@@ -502,6 +513,8 @@ def logs_rendered() -> Iterator[dict[str, io.StringIO]]:
     try:
         yield outputs
     finally:
+        httpx_logger.removeHandler(httpx_handler)
+        httpx_logger.setLevel(httpx_level)
         if was_configured:
             structlog.configure(**saved)
         else:
@@ -641,8 +654,11 @@ async def test_no_secret_leaks_from_any_error_path(
             for renderer, out in logged.items():
                 lines = out.getvalue()
                 leaks.check(f"{renderer} log lines", lines)
-                assert MASK in lines
-                assert "Traceback" in lines or '"exc_type"' in lines
+                if renderer == "httpx":
+                    assert "HTTP Request: POST" in lines
+                else:
+                    assert MASK in lines
+                    assert "Traceback" in lines or '"exc_type"' in lines
     finally:
         filler.close()
         listener.close()
