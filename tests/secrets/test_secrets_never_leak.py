@@ -202,10 +202,13 @@ def echo_of(request: RecordedRequest) -> Echo:
 Builder = Callable[[Echo], Reply]
 
 
-def status(code: int, **extra: Any) -> Builder:
-    """An OpenAI-style error that names what it received, as some servers and proxies do."""
+def status(code: int, *, echo_request_id: bool = False, **extra: Any) -> Builder:
+    """An OpenAI-style error that names what it received, as some servers and proxies do
+    (in ``x-request-id`` too with ``echo_request_id``)."""
 
     def build(echo: Echo) -> Reply:
+        if echo_request_id:
+            extra["request_id"] = echo.token
         return Reply.error(
             code,
             f"Incorrect API key provided: {echo.everything}",
@@ -293,7 +296,7 @@ ONE_RETRY = RetryPolicy(max_retries=1, initial_delay=0.5)
 
 
 @attrs.frozen
-class Path_:
+class ErrorPath:
     """One error path: where the client connects, what the server answers, what must come
     out."""
 
@@ -307,23 +310,23 @@ class Path_:
 
 
 PATHS = [
-    Path_("401", AuthenticationError, (status(401),)),
-    Path_("403", PermissionDeniedError, (status(403),)),
-    Path_("404", NotFoundError, (status(404, request_id="req-" + "0" * 8),)),
-    Path_("401 cut mid-key", AuthenticationError, (long_status,)),
-    Path_("429 retried", RateLimitError, (status(429, retry_after_ms=5),)),
-    Path_("500 retried", InternalServerError, (status(500), status(503))),
-    Path_("503 retried then answered", None, (status(503, retry_after_ms=5), answer)),
-    Path_("error mid-stream", StreamError, (mid_stream,)),
-    Path_("event: error", StreamError, (error_event,)),
-    Path_("malformed chunk", MalformedChunkError, (malformed,)),
-    Path_("cut mid-stream", ServerDisconnectedError, (cut,), echoed=False),
-    Path_("dropped connection", APIConnectionError, (dropped,), echoed=False),
-    Path_("connection refused", APIConnectionError, target="refused", echoed=False),
-    Path_("connect timeout", ConnectTimeoutError, target="backlog", echoed=False),
-    Path_("first-token timeout", FirstTokenTimeoutError, (no_first_token,), echoed=False),
-    Path_("idle timeout", StreamIdleTimeoutError, (goes_idle,), echoed=False),
-    Path_(
+    ErrorPath("401", AuthenticationError, (status(401),)),
+    ErrorPath("403", PermissionDeniedError, (status(403),)),
+    ErrorPath("404", NotFoundError, (status(404, echo_request_id=True),)),
+    ErrorPath("401 cut mid-key", AuthenticationError, (long_status,)),
+    ErrorPath("429 retried", RateLimitError, (status(429, retry_after_ms=5),)),
+    ErrorPath("500 retried", InternalServerError, (status(500), status(503))),
+    ErrorPath("503 retried then answered", None, (status(503, retry_after_ms=5), answer)),
+    ErrorPath("error mid-stream", StreamError, (mid_stream,)),
+    ErrorPath("event: error", StreamError, (error_event,)),
+    ErrorPath("malformed chunk", MalformedChunkError, (malformed,)),
+    ErrorPath("cut mid-stream", ServerDisconnectedError, (cut,), echoed=False),
+    ErrorPath("dropped connection", APIConnectionError, (dropped,), echoed=False),
+    ErrorPath("connection refused", APIConnectionError, target="refused", echoed=False),
+    ErrorPath("connect timeout", ConnectTimeoutError, target="backlog", echoed=False),
+    ErrorPath("first-token timeout", FirstTokenTimeoutError, (no_first_token,), echoed=False),
+    ErrorPath("idle timeout", StreamIdleTimeoutError, (goes_idle,), echoed=False),
+    ErrorPath(
         "total timeout",
         TotalTimeoutError,
         (slow,),
@@ -394,7 +397,7 @@ class Targets:
     refused_port: int
     backlog_port: int
 
-    def root(self, path: Path_) -> str:
+    def root(self, path: ErrorPath) -> str:
         if path.target == "refused":
             return f"http://127.0.0.1:{self.refused_port}/v1"
         if path.target == "backlog":
@@ -418,7 +421,7 @@ async def failure_of(client: ChatCompletionsClient) -> ChatClientError | None:
     return None
 
 
-async def drive_client(shape: Shape, path: Path_, url: str, leaks: Leaks) -> None:
+async def drive_client(shape: Shape, path: ErrorPath, url: str, leaks: Leaks) -> None:
     where = f"[{path.name}] client"
     async with (
         httpx.AsyncClient(verify=TLS) as http,  # a pool of its own, without loading the CAs
@@ -448,7 +451,7 @@ async def drive_client(shape: Shape, path: Path_, url: str, leaks: Leaks) -> Non
     structlog.get_logger("app").error("chat completion failed", exc_info=error)
 
 
-async def drive_service(shape: Shape, path: Path_, url: str, leaks: Leaks) -> None:
+async def drive_service(shape: Shape, path: ErrorPath, url: str, leaks: Leaks) -> None:
     where = f"[{path.name}] service"
     llm = OpenAILLMService(
         model="m",
