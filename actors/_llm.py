@@ -204,7 +204,7 @@ class OpenAILLMService(Actor[Frame]):
 
     @property
     def base_url(self) -> str:
-        """The API root requests go to."""
+        """The API root requests go to, fit to show: credentials in it are masked."""
         return self._client.base_url
 
     def register_function(

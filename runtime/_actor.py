@@ -42,6 +42,7 @@ from ._frames import (
     current_turn,
 )
 from ._mailbox import Item, Mailbox, MailboxStatistics, _Reply
+from .redaction import redact, redact_exception
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -300,10 +301,16 @@ class Actor(Generic[T]):
         ``on_upstream`` listeners) or a stage that handles ``ErrorFrame`` has taken it. So
         whatever the actor pushes after ``push_error`` (the end of a failed answer, say)
         reaches the output only after the error has reached the task.
+
+        The text and the exception are redacted first (:mod:`runtime.redaction`): no secret
+        registered in the process, and nothing shaped like a credential, travels in the frame.
         """
         session = self._session
         if session is None:
             raise self._not_running()
+        error = redact(error)
+        if exception is not None:
+            exception = redact_exception(exception)
         self.log.warning("error", error=error, category=category.value, fatal=fatal)
         frame = ErrorFrame(
             error, fatal=fatal, exception=exception, category=category, source=self._name

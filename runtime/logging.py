@@ -5,6 +5,10 @@ lifecycle (started, stopped, restarting, crashed), interruptions (with how many 
 dropped and tasks cancelled) and session snapshots. Only structlog's synchronous methods are
 used: its ``a*`` methods need asyncio.
 
+No line carries a secret: :func:`configure` redacts every event and every rendered line with
+:mod:`runtime.redaction` (the secrets registered in the process and secret shapes), and renders
+tracebacks without local variables (they hold credentials).
+
 Example::
 
     from runtime import logging as rlog
@@ -19,6 +23,9 @@ import sys
 from typing import TextIO
 
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
+
+from .redaction import RedactingRenderer, redact_event
 
 __all__ = ["configure", "get_logger"]
 
@@ -46,6 +53,9 @@ def configure(
         file: Where lines go (default ``sys.stderr``).
         colors: Colour console output (default: when ``file`` is a terminal).
 
+    Every event and every rendered line is redacted (:mod:`runtime.redaction`): no secret
+    registered in the process, and nothing shaped like a credential, is written.
+
     Raises:
         ValueError: unknown level name.
     """
@@ -64,14 +74,21 @@ def configure(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    renderer: structlog.typing.Processor
     if json:
-        processors += [
-            structlog.processors.dict_tracebacks,
-            structlog.processors.JSONRenderer(default=repr),
-        ]
+        # Tracebacks as data, without the frames' local variables: they hold credentials
+        # (request headers, URLs) that no redaction could find once cut at 80 characters.
+        processors.append(
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
+        )
+        renderer = structlog.processors.JSONRenderer(default=repr)
     else:
         use_colors = out.isatty() if colors is None else colors
-        processors.append(structlog.dev.ConsoleRenderer(colors=use_colors))
+        # Plain tracebacks: no locals, and no wrapping that could split a secret in two.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=use_colors, exception_formatter=structlog.dev.plain_traceback
+        )
+    processors += [redact_event, RedactingRenderer(renderer)]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

@@ -21,6 +21,7 @@ from ._model_cmd import (
     model_pull,
     model_serve,
 )
+from ._output import redacted_output
 
 __all__ = ["build_parser", "main"]
 
@@ -156,7 +157,16 @@ def _configure_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``trouper`` command; returns the exit code."""
+    """Entry point of the ``trouper`` command; returns the exit code.
+
+    Everything written to stdout and stderr meanwhile is redacted
+    (:func:`runtime.redaction.redact`): no secret the process knows is shown.
+    """
+    with redacted_output():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "chat":
         return _chat(args)

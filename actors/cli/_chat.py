@@ -52,6 +52,7 @@ from .._llm import OpenAILLMService
 from .._schemas import ToolsSchema
 from .._storage import SQLiteContextStorage
 from .._transport import TextTransport
+from ..client._client import endpoint_url
 from ._terminal import printable
 from ._tools import BUILTIN_TOOLS
 
@@ -246,7 +247,7 @@ async def _server_model(base_url: str | None, api_key: str | None) -> str | None
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         async with httpx.AsyncClient(timeout=3.0, follow_redirects=False) as client:
-            response = await client.get(f"{base_url.rstrip('/')}/models", headers=headers)
+            response = await client.get(endpoint_url(base_url, "models"), headers=headers)
         data = response.json()["data"] if response.status_code == 200 else []
         ids = [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
@@ -330,7 +331,8 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
         pair = llm.create_context_aggregator(
             context, storage=storage, conversation_id=options.conversation
         )
-        view = _View(out, err, local=not remote, endpoint=base_url or llm.base_url)
+        # llm.base_url: the API root with any credentials in it masked.
+        view = _View(out, err, local=not remote, endpoint=llm.base_url)
         transport = TextTransport(on_output=view.on_frame)
         task = PipelineTask(
             Pipeline([transport.input(), pair.user(), llm, transport.output(), pair.assistant()]),
@@ -338,7 +340,7 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
             name="chat",
             on_upstream=view.on_upstream,
         )
-        label = "local model" if not remote else base_url or "OpenAI"
+        label = "local model" if not remote else llm.base_url if base_url else "OpenAI"
         async with task:
             if options.prompt is not None:
                 errors_before = view.errors

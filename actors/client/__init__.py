@@ -1,6 +1,7 @@
 """OpenAI-compatible streaming chat-completions client on trio and httpx.
 
-Independent of the actor layer: it only needs trio, httpx, attrs, cattrs and structlog.
+Independent of the actor layer: it only needs trio, httpx, attrs, cattrs, structlog and the
+domain-free ``runtime.redaction`` (its :class:`Redactor`, re-exported here).
 
 Usage::
 
@@ -21,6 +22,8 @@ See ``docs/client.md`` for errors, retries and timeouts.
 """
 
 from __future__ import annotations
+
+from runtime.redaction import Redactor as Redactor
 
 from ._accumulate import StreamAccumulator as StreamAccumulator
 from ._accumulate import StreamResult as StreamResult
@@ -68,7 +71,6 @@ from ._errors import UnprocessableEntityError as UnprocessableEntityError
 from ._params import ChatRequest as ChatRequest
 from ._params import GenerationParams as GenerationParams
 from ._parser import ChunkStreamParser as ChunkStreamParser
-from ._redact import Redactor as Redactor
 from ._retry import RetryDecision as RetryDecision
 from ._retry import RetryPolicy as RetryPolicy
 from ._retry import parse_retry_after as parse_retry_after

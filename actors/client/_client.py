@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import logging
 import math
 import os
 import random
@@ -27,6 +28,14 @@ import orjson
 import structlog
 import trio
 
+from runtime.redaction import (
+    RedactingFilter,
+    Redactor,
+    header_secrets,
+    safe_url,
+    url_secrets,
+)
+
 from ._errors import (
     APIConnectionError,
     APITimeoutError,
@@ -41,7 +50,6 @@ from ._errors import (
     status_error,
 )
 from ._parser import ChunkStreamParser
-from ._redact import Redactor
 from ._retry import RetryDecision, RetryPolicy, parse_retry_after
 from ._sse import DEFAULT_MAX_EVENT_BYTES
 from ._timeouts import Timeouts
@@ -69,7 +77,12 @@ _CLOSE_GRACE = 2.0
 _MAX_FINISH_PULLS = 1024
 _ERROR_BODY_TIMEOUT = 10.0
 _NO_SCOPE = contextlib.nullcontext()
-_SECRET_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization"})
+
+# httpx logs every request's URL (``HTTP Request: POST <url> ...``, level INFO), credentials and
+# all: its lines go through the redaction too, for applications that show INFO logs.
+_httpx_logger = logging.getLogger("httpx")
+if not any(isinstance(f, RedactingFilter) for f in _httpx_logger.filters):
+    _httpx_logger.addFilter(RedactingFilter())
 
 
 class _State(enum.Enum):
@@ -168,6 +181,24 @@ class _OnePiece:
         return piece
 
 
+def endpoint_url(base_url: str, path: str) -> str:
+    """``path`` under the API root ``base_url``, keeping the root's query (``?key=...``,
+    ``?api-version=...``) where it belongs: after the path."""
+    cut = min((i for i in (base_url.find("?"), base_url.find("#")) if i >= 0), default=None)
+    root, tail = (base_url, "") if cut is None else (base_url[:cut], base_url[cut:])
+    return f"{root.rstrip('/')}/{path}{tail}"
+
+
+def _detached(error: httpx.HTTPError, redactor: Redactor) -> BaseException:
+    """A copy of a transport error to chain as ``__cause__``: same type, redacted message, no
+    request (its URL and headers hold the credentials), no traceback (its frames' locals do)."""
+    message = redactor.text(str(error))
+    try:
+        return type(error)(message)
+    except Exception:  # a subclass with another signature
+        return RuntimeError(f"{type(error).__name__}: {message}")
+
+
 def _body_iterator(response: httpx.Response) -> AsyncIterator[bytes]:
     """The body pieces. Without a content encoding (we ask for ``identity``) the transport's
     stream is read directly, skipping two generator layers of httpx per piece."""
@@ -190,9 +221,13 @@ class ChatCompletionsClient:
             ``Authorization`` header is sent (local servers need none). Never shown in reprs,
             messages or logs.
         base_url: API root; defaults to ``OPENAI_BASE_URL``, then ``https://api.openai.com/v1``.
+            It may carry credentials (``https://user:pass@host/v1``, ``...?key=K``): they are
+            used, and never shown (the :attr:`base_url` attribute masks them).
         organization: ``OpenAI-Organization`` header; defaults to ``OPENAI_ORG_ID``.
         project: ``OpenAI-Project`` header; defaults to ``OPENAI_PROJECT_ID``.
         default_headers: Extra headers sent with every request (they win over the defaults).
+            The values of headers named like a secret (``api-key``, ``Authorization``...) are
+            never shown.
         timeouts: The call's deadlines.
         retry: The retry policy.
         http_client: An ``httpx.AsyncClient`` to use instead of creating one; it is not closed
@@ -211,6 +246,10 @@ class ChatCompletionsClient:
         ...         async for chunk in stream:
         ...             print(chunk.content, end="")
         ...     print(stream.result().usage)
+
+    Attributes:
+        base_url: The API root, fit to show: credentials in it are masked
+            (``http://[REDACTED]@host/v1``).
     """
 
     base_url: str
@@ -220,6 +259,7 @@ class ChatCompletionsClient:
     retry: RetryPolicy
     max_event_bytes: int
     _api_key: str | None = attrs.field(repr=False)
+    _endpoint: str = attrs.field(repr=False)
     _default_headers: Mapping[str, str] = attrs.field(repr=False)
     _http: httpx.AsyncClient | None = attrs.field(repr=False)
     _owns_http: bool = attrs.field(repr=False)
@@ -241,11 +281,10 @@ class ChatCompletionsClient:
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         headers = dict(default_headers or {})
-        secrets = [key or ""] + [v for k, v in headers.items() if k.lower() in _SECRET_HEADERS]
+        root = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        secrets = (key or "", *header_secrets(headers), *url_secrets(root))
         self.__attrs_init__(
-            base_url=(base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip(
-                "/"
-            ),
+            base_url=safe_url(root),
             organization=organization
             if organization is not None
             else os.environ.get("OPENAI_ORG_ID"),
@@ -254,21 +293,24 @@ class ChatCompletionsClient:
             retry=retry or RetryPolicy(),
             max_event_bytes=_checked_max_event_bytes(max_event_bytes),
             api_key=key or None,
+            endpoint=endpoint_url(root, "chat/completions"),
             default_headers=headers,
             http=http_client,
             owns_http=http_client is None,
-            redactor=Redactor(tuple(secrets)),
+            # Registered: the logs and ErrorFrames of the process hide them too.
+            redactor=Redactor(secrets).register(),
             closed=False,
         )
 
     @property
     def url(self) -> str:
-        """The endpoint requests are sent to."""
-        return f"{self.base_url}/chat/completions"
+        """The endpoint requests are sent to, fit to show (credentials masked)."""
+        return endpoint_url(self.base_url, "chat/completions")
 
     @property
     def redactor(self) -> Redactor:
-        """The redactor that hides this client's credentials (use it for your own logs)."""
+        """The redactor that hides this client's credentials (use it for your own texts; the
+        logs configured by ``runtime.logging.configure`` already use it)."""
         return self._redactor
 
     def _http_client(self) -> httpx.AsyncClient:
@@ -314,7 +356,8 @@ class ChatCompletionsClient:
         """
         return ChatStream(
             http=self._http_client(),
-            url=self.url,
+            url=self._endpoint,
+            shown_url=self.url,
             headers=self._headers(),
             body=_encode_body(request.to_body()),
             timeouts=self.timeouts,
@@ -399,8 +442,9 @@ class ChatStream:
         response_headers: Headers of the current response.
     """
 
-    _http: httpx.AsyncClient
-    _url: str
+    _http: httpx.AsyncClient = attrs.field(repr=False)
+    _url: str = attrs.field(repr=False)
+    _shown_url: str
     _headers: Mapping[str, str] = attrs.field(repr=False)
     _body: bytes = attrs.field(repr=False)
     _timeouts: Timeouts
@@ -630,23 +674,21 @@ class ChatStream:
                 response = await self._http.send(request, stream=True)
             except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteTimeout) as exc:
                 failure = ConnectTimeoutError(
-                    f"connecting to {self._url} timed out after {timeouts.connect:g} s"
+                    f"connecting to {self._shown_url} timed out after {timeouts.connect:g} s"
                 )
-                failure.__cause__ = exc
+                failure.__cause__ = _detached(exc, self._redactor)
             except httpx.ReadTimeout as exc:  # only with first_token disabled: idle applies
                 failure = StreamIdleTimeoutError(
                     f"no response for {timeouts.idle:g} s"
                     if timeouts.idle is not None
                     else "the read timed out"
                 )
-                failure.__cause__ = exc
+                failure.__cause__ = _detached(exc, self._redactor)
             except httpx.TransportError as exc:
                 failure = APIConnectionError(
-                    self._redactor.text(
-                        f"connection to {self._url} failed: {type(exc).__name__}: {exc}"
-                    )
+                    f"connection to {self._shown_url} failed: {type(exc).__name__}: {exc}"
                 )
-                failure.__cause__ = exc
+                failure.__cause__ = _detached(exc, self._redactor)
         if scope.cancelled_caught:
             failure = self._deadline_failure(scope_deadline=deadline, kind=kind)
         if failure is not None:
@@ -705,6 +747,7 @@ class ChatStream:
         )
 
     async def _backoff_or_raise(self, failure: ChatClientError, decision: RetryDecision) -> None:
+        self._redactor.exception(failure)  # before it is logged or raised: nothing leaves unseen
         failure.attempts = self.attempts
         remaining = self._deadline - trio.current_time()
         if not decision.retry or decision.delay >= remaining:
@@ -835,7 +878,7 @@ class ChatStream:
                         if idle is not None
                         else "the read timed out while streaming"
                     )
-                    self._failure.__cause__ = exc
+                    self._failure.__cause__ = _detached(exc, self._redactor)
                     break
                 except httpx.TransportError as exc:
                     self._on_transport_error(exc)
@@ -870,6 +913,7 @@ class ChatStream:
                 await self._backoff_or_raise(failure, decision)
                 await self._connect()
             else:
+                self._redactor.exception(failure)  # it is raised by __anext__
                 failure.attempts = self.attempts
                 failure.partial_result = parser.result()
         elif parser.finished:
@@ -886,10 +930,10 @@ class ChatStream:
             )
             return
         failure = ServerDisconnectedError(
-            self._redactor.text(f"the connection was lost mid-stream: {type(exc).__name__}: {exc}"),
+            f"the connection was lost mid-stream: {type(exc).__name__}: {exc}",
             request_id=self.request_id,
         )
-        failure.__cause__ = exc
+        failure.__cause__ = _detached(exc, self._redactor)
         self._failure = failure
 
     async def _drain_and_close(self) -> None:

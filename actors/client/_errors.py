@@ -36,8 +36,13 @@ Other statuses raise a plain :class:`APIStatusError`: 408 is ``timeout``, other 
 Every instance carries ``status``, ``error_type``, ``code`` (int or str, as the server sent it),
 ``param``, ``request_id`` (``x-request-id``), ``retry_after`` (seconds, from the response headers),
 ``body`` (the decoded error object), ``attempts`` (requests made) and, for errors raised while a
-stream was being read, ``partial_result`` (what had been received). Messages, bodies and reprs
-never contain the API key: the client redacts them before building the exception.
+stream was being read, ``partial_result`` (what had been received).
+
+No secret is ever in an exception the client raises: every text taken from a response is
+redacted (:class:`runtime.redaction.Redactor`) before it is cut to length, and before raising,
+the client redacts the exception whole -- ``args``, every attribute, the chain. A transport error
+is chained as a copy of itself (same type, redacted message) without the request, whose URL
+and headers hold the credentials, and without its traceback.
 """
 
 from __future__ import annotations
@@ -48,8 +53,9 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
+    from runtime.redaction import Redactor
+
     from ._accumulate import StreamResult
-    from ._redact import Redactor
 
 __all__ = [
     "APIConnectionError",
@@ -420,7 +426,7 @@ def status_error(
     error = body.get("error", body) if isinstance(body, Mapping) else body
     message, error_type, code, param = _fields(error)
     if message is not None:
-        message = _truncate(message)
+        message = _truncate(redactor.text(message))  # redacted first: a cut secret is unknown
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
@@ -437,8 +443,8 @@ def status_error(
         status=status,
         error_type=redactor.text(error_type) if error_type else None,
         code=redactor.text(code) if isinstance(code, str) else code,
-        param=param,
-        request_id=request_id,
+        param=redactor.text(param) if param else None,
+        request_id=redactor.text(request_id) if request_id else None,
         retry_after=retry_after,
         body=redactor.value(error),
         category=category_for_status(status),
@@ -461,7 +467,7 @@ def stream_error(error: object, *, redactor: Redactor, request_id: str | None) -
     if error is not None and not isinstance(error, (str, Mapping)):
         message = json.dumps(error)
     if message is not None:
-        message = _truncate(message)
+        message = _truncate(redactor.text(message))  # redacted first: a cut secret is unknown
     category: Category = "server"
     if isinstance(code, int) and 400 <= code < 600:
         category = category_for_status(code)
@@ -474,8 +480,8 @@ def stream_error(error: object, *, redactor: Redactor, request_id: str | None) -
         redactor.text(f"error in stream: {message or 'the server reported an error'}"),
         error_type=redactor.text(error_type) if error_type else None,
         code=redactor.text(code) if isinstance(code, str) else code,
-        param=param,
-        request_id=request_id,
+        param=redactor.text(param) if param else None,
+        request_id=redactor.text(request_id) if request_id else None,
         body=redactor.value(error),
         category=category,
     )

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import orjson
 
+from runtime.redaction import Redactor
+
 from ._accumulate import StreamAccumulator, StreamResult
 from ._chunks import parse_chunk
 from ._errors import (
@@ -24,7 +26,6 @@ from ._errors import (
     MalformedChunkError,
     stream_error,
 )
-from ._redact import Redactor
 from ._sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder, SSEEvent
 
 if TYPE_CHECKING:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import trio.testing
 from structlog.testing import capture_logs
 
 from actors.client import (
+    APIConnectionError,
     APIStatusError,
     AuthenticationError,
     BadRequestError,
@@ -265,6 +268,76 @@ class TestRedaction:
         assert_secret_free(repr(client), repr(stream), str(client))
         assert "azure-secret-value" not in repr(client) + repr(stream)
         assert client.redactor.text("x azure-secret-value y") == "x [REDACTED] y"
+
+    async def test_param_and_request_id_echoing_the_key(
+        self, server: ScriptedOpenAIServer, client: ChatCompletionsClient
+    ) -> None:
+        """A server that names the key in ``param`` (and in ``x-request-id``): both redacted,
+        in the attributes and in ``str(error)``."""
+        server.add(Reply.error(401, "Incorrect API key", param=API_KEY, request_id=API_KEY))
+        with pytest.raises(AuthenticationError) as caught:
+            await client.complete(make_request())
+        error = caught.value
+        assert (error.param, error.request_id) == ("[REDACTED]", "[REDACTED]")
+        assert_secret_free(str(error), repr(error), error.args)
+
+    async def test_a_key_cut_by_the_message_limit_is_still_hidden(
+        self, server: ScriptedOpenAIServer
+    ) -> None:
+        """The message is redacted before it is cut to length: a key cut in two is no longer
+        the key, and a key of no known shape (an Azure key) would show its first half."""
+        key = "9f3c7e1a5b2d4f6081a3c5e7d9b1f2a4"
+        server.add(Reply.error(401, "x" * (299 - 24) + key))  # the limit falls 24 chars in
+        async with ChatCompletionsClient(base_url=server.base_url, api_key=key) as client:
+            with pytest.raises(AuthenticationError) as caught:
+                await client.complete(make_request())
+        assert key[: len(key) // 2] not in str(caught.value)
+        assert str(caught.value).endswith("[REDACTED] (status 401, type authentication_error)")
+
+    async def test_credentials_in_the_base_url_are_never_shown(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``http://user:pass@host/v1?key=K``: not in the client's ``base_url``, ``url`` or repr,
+        nor in the connection error (whose ``__cause__`` is a copy of httpx's error without the
+        request that holds the URL), nor in the retry log."""
+        sock = trio.socket.socket()
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        password, key = "pass-word-0123456789", "query-key-0123456789"
+        url = f"http://bob:{password}@127.0.0.1:{port}/v1?key={key}"
+        async with ChatCompletionsClient(base_url=url, retry=RetryPolicy(max_retries=1)) as client:
+            assert client.base_url == f"http://[REDACTED]@127.0.0.1:{port}/v1?key=[REDACTED]"
+            shown = [client.base_url, client.url, repr(client), repr(client.stream(make_request()))]
+            with capture_logs() as logs, pytest.raises(APIConnectionError) as caught:
+                await client.complete(make_request())
+        error = caught.value
+        assert f"connection to http://[REDACTED]@127.0.0.1:{port}/v1/chat/completions" in str(error)
+        cause = error.__cause__
+        assert isinstance(cause, httpx.ConnectError)
+        assert cause.__traceback__ is None
+        with pytest.raises(RuntimeError):
+            cause.request  # noqa: B018 -- the copy has no request
+        texts = [*shown, str(error), repr(error), repr(cause), repr(logs)]
+        assert logs, "the retry was logged"
+        for text in texts:
+            assert password not in text
+            assert key not in text
+
+    async def test_httpx_request_log_hides_url_credentials(
+        self, server: ScriptedOpenAIServer, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """httpx logs ``HTTP Request: POST <url>`` at INFO, URL credentials and all; an
+        application showing INFO logs sees them masked."""
+        password, key = "pass-word-0123456789", "query-key-0123456789"
+        url = server.base_url.replace("://", f"://bob:{password}@") + f"?key={key}"
+        server.add(Reply.sse(F.text_stream(["ok"])))
+        with caplog.at_level(logging.INFO, logger="httpx"):
+            async with ChatCompletionsClient(base_url=url) as client:
+                await client.complete(make_request())
+        assert "HTTP Request: POST http://[REDACTED]@127.0.0.1" in caplog.text
+        assert password not in caplog.text
+        assert key not in caplog.text
 
     def test_redactor_patterns(self) -> None:
         """Bearer credentials and key-shaped strings are masked even if not configured."""

@@ -659,6 +659,23 @@ class TestRequests:
             await client.complete(make_request())
         assert "authorization" not in server.requests[0].headers
 
+    async def test_a_query_in_the_base_url_stays_after_the_path(
+        self, server: ScriptedOpenAIServer
+    ) -> None:
+        """``base_url=".../v1?key=K"`` (a key in the query, an ``api-version``): the request
+        goes to ``/v1/chat/completions?key=K``, not to ``/v1?key=K/chat/completions``."""
+        server.add(Reply.sse(HELLO))
+        async with ChatCompletionsClient(
+            base_url=f"{server.base_url}?key=query-key-0123456789&api-version=2024-06-01"
+        ) as client:
+            await client.complete(make_request())
+            assert client.url == (
+                f"{server.base_url}/chat/completions?key=[REDACTED]&api-version=2024-06-01"
+            )
+        assert server.requests[0].path == (
+            "/v1/chat/completions?key=query-key-0123456789&api-version=2024-06-01"
+        )
+
     async def test_default_base_url(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Without configuration the client targets api.openai.com (nothing is sent here)."""
         monkeypatch.delenv("OPENAI_BASE_URL", raising=False)

@@ -9,6 +9,7 @@ import pytest
 
 import runtime
 import runtime.logging
+import runtime.redaction
 import runtime.serialization
 import runtime.testing
 
@@ -33,7 +34,7 @@ class TestExports:
 
     @pytest.mark.parametrize(
         "module",
-        [runtime.serialization, runtime.testing, runtime.logging],
+        [runtime.serialization, runtime.testing, runtime.logging, runtime.redaction],
         ids=lambda m: m.__name__,
     )
     def test_public_modules_list_what_they_define(self, module: types.ModuleType) -> None:
@@ -52,7 +53,7 @@ class TestExports:
 
     @pytest.mark.parametrize(
         "module",
-        [runtime, runtime.serialization, runtime.testing, runtime.logging],
+        [runtime, runtime.serialization, runtime.testing, runtime.logging, runtime.redaction],
         ids=lambda m: m.__name__,
     )
     def test_every_public_class_and_function_is_documented(self, module: types.ModuleType) -> None:
