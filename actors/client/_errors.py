@@ -397,6 +397,17 @@ def _fields(error: object) -> tuple[str | None, str | None, str | int | None, st
     )
 
 
+def _decode_body(raw_body: bytes) -> Any:
+    """The body as JSON when it is JSON, else as text (``None`` when blank)."""
+    text = raw_body.decode("utf-8", "replace")
+    body: Any
+    try:
+        body = json.loads(text) if text.strip() else None
+    except ValueError:
+        body = text
+    return body
+
+
 def status_error(
     status: int,
     raw_body: bytes,
@@ -417,12 +428,7 @@ def status_error(
     Returns:
         The exception of the status's class, with the server's message, type, code and param.
     """
-    text = raw_body.decode("utf-8", "replace")
-    body: Any
-    try:
-        body = json.loads(text) if text.strip() else None
-    except ValueError:
-        body = text
+    body = _decode_body(raw_body)
     error = body.get("error", body) if isinstance(body, Mapping) else body
     message, error_type, code, param = _fields(error)
     if message is not None:
@@ -517,12 +523,7 @@ def not_event_stream_error(
     media_type = _truncate(
         redactor.text(content_type.split(";", 1)[0].strip() or content_type), 100
     )
-    text = raw_body.decode("utf-8", "replace")
-    body: Any
-    try:
-        body = json.loads(text) if text.strip() else None
-    except ValueError:
-        body = text
+    body = _decode_body(raw_body)
     quoted: str | None = None  # what the server said, shown as a quoted excerpt
     message = f"the server did not return an event stream (content-type {media_type})"
     if isinstance(body, Mapping):
