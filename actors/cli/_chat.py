@@ -52,7 +52,8 @@ from .._llm import OpenAILLMService
 from .._schemas import ToolsSchema
 from .._storage import SQLiteContextStorage
 from .._transport import TextTransport
-from ..client._client import endpoint_url
+from ..client import InvalidParameterError
+from ..client._client import check_api_key, endpoint_url
 from ._terminal import printable
 from ._tools import BUILTIN_TOOLS
 
@@ -272,6 +273,12 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
     base_url = options.base_url or os.environ.get("OPENAI_BASE_URL")
     api_key = options.api_key or os.environ.get("OPENAI_API_KEY")
     remote = bool(options.base_url or options.api_key or base_url or api_key)
+    if api_key:
+        try:
+            check_api_key(api_key, "--api-key" if options.api_key else "$OPENAI_API_KEY")
+        except InvalidParameterError as exc:
+            err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            return 2
     async with AsyncExitStack() as stack:
         if remote:
             model = (

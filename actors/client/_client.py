@@ -137,6 +137,26 @@ def _checked_max_event_bytes(value: object) -> int:
     return value
 
 
+def check_api_key(key: str, source: str) -> None:
+    """Refuse a key that cannot be sent as it is, before anything is sent (the key itself is
+    never shown). The usual case: a key read from a file with its trailing newline, which
+    httpx would refuse on every request, as if the connection had failed."""
+    problem = None
+    if any(ch in key for ch in "\r\n"):
+        problem = "contains a line break (often the newline at the end of a file it was read from)"
+    elif any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        problem = "contains a control character"
+    elif key != key.strip():
+        problem = "starts or ends with whitespace"
+    elif not key.isascii():
+        problem = "contains a non-ASCII character (was it copied whole?)"
+    if problem is not None:
+        raise InvalidParameterError(
+            f"{source} {problem}: API keys are a single line of printable ASCII. Strip it "
+            "(e.g. key.strip()) and try again."
+        )
+
+
 def _is_event_stream(content_type: str | None) -> bool:
     """Whether a response may be read as an event stream: declared ``text/event-stream``
     (parameters and case ignored), or not declared at all (the benefit of the doubt)."""
@@ -280,6 +300,8 @@ class ChatCompletionsClient:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        if key:
+            check_api_key(key, "api_key" if api_key is not None else "$OPENAI_API_KEY")
         headers = dict(default_headers or {})
         root = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         secrets = (key or "", *header_secrets(headers), *url_secrets(root))

@@ -438,3 +438,17 @@ def test_ctrl_c_at_the_prompt_leaves_and_stops_the_server(
     assert child.signalstatus is None
     assert child.exitstatus == 0
     assert_gone(servers)
+
+
+def test_an_api_key_with_a_trailing_newline_is_one_clear_error() -> None:
+    """A key read from a file keeps its newline: refused at once with one line, the key not
+    shown (before: every request retried, then 'cannot reach the server')."""
+    key = "sk-test-abcdefghijklmnop"
+    result = run(
+        "chat", "--base-url", "http://127.0.0.1:9/v1", "--api-key", key + "\n", "--prompt", "hi"
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("error:") == 1
+    assert "--api-key contains a line break" in result.stderr
+    assert key not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr

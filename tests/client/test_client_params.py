@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from actors.client import ChatRequest, GenerationParams, InvalidParameterError, Timeouts
+from actors.client import (
+    ChatCompletionsClient,
+    ChatRequest,
+    GenerationParams,
+    InvalidParameterError,
+    Timeouts,
+)
 
 from .client_helpers import make_request
 
@@ -226,3 +232,35 @@ class TestBody:
         with pytest.raises(InvalidParameterError, match="JSON"):
             client.stream(request)
         await client.aclose()
+
+
+class TestApiKey:
+    """A key that cannot be sent as it is (a trailing newline from a file, spaces, control or
+    non-ASCII characters) is refused when the client is made, naming the problem and the
+    source but never the key; before, every request failed as a "connection error"."""
+
+    @pytest.mark.parametrize(
+        ("key", "problem"),
+        [
+            ("sk-proj-abcdefghijklmnop\n", "line break"),
+            ("sk-proj-abcdefghijklmnop\r\n", "line break"),
+            (" sk-proj-abcdefghijklmnop", "whitespace"),
+            ("sk-proj-abc\x00defghijklmnop", "control character"),
+            ("sk-proj-abcdéfghijklmnop", "non-ASCII"),
+        ],
+    )
+    def test_a_key_that_cannot_be_sent_is_refused_up_front(self, key: str, problem: str) -> None:
+        with pytest.raises(InvalidParameterError, match=problem) as caught:
+            ChatCompletionsClient(key, base_url="http://127.0.0.1:9/v1")
+        assert "api_key" in str(caught.value)
+        assert "abcdefghijklmnop" not in str(caught.value)
+        assert "abcdefghijklmnop" not in repr(caught.value)
+
+    def test_the_environment_variable_is_named(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-abcdefghijklmnop\n")
+        with pytest.raises(InvalidParameterError, match=r"\$OPENAI_API_KEY contains a line"):
+            ChatCompletionsClient(base_url="http://127.0.0.1:9/v1")
+
+    def test_an_ordinary_key_is_taken(self) -> None:
+        client = ChatCompletionsClient("sk-proj-abc_DEF-123", base_url="http://127.0.0.1:9/v1")
+        assert "sk-proj-abc_DEF-123" not in repr(client)
