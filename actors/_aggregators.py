@@ -340,7 +340,9 @@ class LLMAssistantContextAggregator(_StoreClient):
             self._open = False
         elif isinstance(frame, FunctionCallsStartedFrame):
             content = self._take() or None
-            await self._ask(RecordToolCallsRequest(frame.function_calls, content))
+            await self._ask(
+                RecordToolCallsRequest(frame.function_calls, content, batch_turn=frame.turn)
+            )
         elif isinstance(frame, FunctionCallResultFrame):
             await self._ask(_settlement(frame))
         elif isinstance(frame, FunctionCallCancelFrame):
@@ -349,7 +351,12 @@ class LLMAssistantContextAggregator(_StoreClient):
             else:
                 content = "CANCELLED"
             await self._ask(
-                RecordToolSettlementRequest(frame.tool_call_id, content, run_llm=frame.run_llm)
+                RecordToolSettlementRequest(
+                    frame.tool_call_id,
+                    content,
+                    run_llm=frame.run_llm,
+                    survives_interruption=not frame.cancel_on_interruption,
+                )
             )
         await self.push_frame(frame, direction)
 
@@ -384,6 +391,7 @@ def _settlement(frame: FunctionCallResultFrame) -> RecordToolSettlementRequest:
         content,
         run_llm=run_llm,
         on_context_updated=props.on_context_updated if props is not None else None,
+        survives_interruption=not frame.cancel_on_interruption,
     )
 
 

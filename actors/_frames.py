@@ -266,6 +266,8 @@ class FunctionCallResultFrame(DataFrame):
         properties: The properties given to ``result_callback``.
         error: Set when the call failed (the handler raised, bad arguments, unknown function);
             ``result`` then holds the text the LLM sees.
+        cancel_on_interruption: How the call was registered; ``False``: it survives an
+            interruption of its turn, and so may still ask for the follow-up after one.
     """
 
     function_name: str
@@ -275,6 +277,7 @@ class FunctionCallResultFrame(DataFrame):
     run_llm: bool | None = None
     properties: FunctionCallResultProperties | None = attrs.field(default=None, eq=False)
     error: str | None = None
+    cancel_on_interruption: bool = True
     interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
 
 
@@ -287,12 +290,15 @@ class FunctionCallCancelFrame(ControlFrame):
         tool_call_id: The call's id.
         reason: ``"interruption"``, ``"timeout"`` or ``"shutdown"``.
         run_llm: Whether this settlement asks for the follow-up inference (timeouts do).
+        cancel_on_interruption: How the call was registered (see
+            :class:`FunctionCallResultFrame`).
     """
 
     function_name: str
     tool_call_id: str
     reason: str = "interruption"
     run_llm: bool = False
+    cancel_on_interruption: bool = True
     interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
 
 

@@ -3,7 +3,8 @@
 The aggregators and the LLM never touch the ``OpenAILLMContext`` themselves: they ask the
 store, which applies the change and answers with an immutable :class:`ContextSnapshot`. The
 store also decides when a batch of tool calls is complete and triggers the follow-up
-inference (once per batch, after its last call settled).
+inference (once per batch, after its last call settled, and only while the turn of the calls
+is still on: see :meth:`ContextStore._follow_up_turn`).
 """
 
 from __future__ import annotations
@@ -83,10 +84,14 @@ class SetToolChoiceRequest(ContextStoreRequest):
 @attrs.frozen(slots=True)
 class RecordToolCallsRequest(ContextStoreRequest):
     """Record a batch of tool calls: one assistant message (with the answer's text, if any)
-    and an ``IN_PROGRESS`` tool message per call."""
+    and an ``IN_PROGRESS`` tool message per call.
+
+    ``batch_turn`` is the turn of the response that asked for the calls (default: the
+    session's turn when the request is handled); their follow-up belongs to it."""
 
     calls: tuple[FunctionCallFromLLM, ...] = attrs.field(converter=_to_tuple)
     content: str | None = None
+    batch_turn: int | None = None
 
 
 @attrs.frozen(slots=True)
@@ -98,6 +103,8 @@ class RecordToolSettlementRequest(ContextStoreRequest):
         content: What the LLM will read as the call's result.
         run_llm: Whether this settlement asks for the follow-up inference.
         on_context_updated: Awaited once the result is in the context.
+        survives_interruption: The call was registered with ``cancel_on_interruption=False``:
+            its ``run_llm`` still counts once the turn of its batch has been interrupted.
     """
 
     tool_call_id: str
@@ -106,12 +113,17 @@ class RecordToolSettlementRequest(ContextStoreRequest):
     on_context_updated: Callable[[], Awaitable[None]] | None = attrs.field(
         default=None, eq=False, metadata=NOT_SERIALIZED
     )
+    survives_interruption: bool = False
 
 
 @attrs.define
 class _Batch:
     pending: set[str]
+    #: The turn of the response that asked for the calls.
+    turn: int
     run_llm: bool = False
+    #: Asked for by a call that survives an interruption (``cancel_on_interruption=False``).
+    run_llm_surviving: bool = False
     callbacks: list[Callable[[], Awaitable[None]]] = attrs.Factory(list)
 
 
@@ -122,7 +134,9 @@ class ContextStore(Actor[ContextStoreRequest]):
     :class:`ContextStoreRequest`) with a :class:`ContextSnapshot`. When the last call of a
     tool batch settles it awaits the results' ``on_context_updated`` callbacks and then, if any
     settlement asked for it, sends the follow-up :class:`OpenAILLMContextFrame` to the LLM
-    without waiting (this edge closes the LLM → aggregator → store → LLM cycle).
+    without waiting (this edge closes the LLM → aggregator → store → LLM cycle). The follow-up
+    belongs to the turn of the calls: once that turn is interrupted it is not sent, unless a
+    call registered with ``cancel_on_interruption=False`` asked for it.
 
     With ``storage`` and ``conversation_id``, every change is written to the storage before
     the request that made it is answered (and when the store stops with tool calls still
@@ -193,7 +207,8 @@ class ContextStore(Actor[ContextStoreRequest]):
         elif isinstance(frame, SetToolChoiceRequest):
             ctx.set_tool_choice(frame.tool_choice)
         elif isinstance(frame, RecordToolCallsRequest):
-            self._record_calls(frame.calls, frame.content)
+            turn = frame.batch_turn if frame.batch_turn is not None else self.session.turn
+            self._record_calls(frame.calls, frame.content, turn)
         elif isinstance(frame, RecordToolSettlementRequest):
             self._settle(frame)
         else:  # pragma: no cover - the mailbox only takes the types above
@@ -223,12 +238,14 @@ class ContextStore(Actor[ContextStoreRequest]):
         except (ValueError, TypeError) as exc:
             await self.push_error(f"context store: {exc}", exception=exc)
 
-    def _record_calls(self, calls: Sequence[FunctionCallFromLLM], content: str | None) -> None:
+    def _record_calls(
+        self, calls: Sequence[FunctionCallFromLLM], content: str | None, turn: int
+    ) -> None:
         ids = [c.tool_call_id for c in calls]
         self.context.add_tool_calls(
             [(c.tool_call_id, c.function_name, c.arguments_json) for c in calls], content=content
         )
-        batch = _Batch(pending=set(ids))
+        batch = _Batch(pending=set(ids), turn=turn)
         key = ids[0] if ids else ""
         self._batches[key] = batch
         for cid in ids:
@@ -245,6 +262,8 @@ class ContextStore(Actor[ContextStoreRequest]):
         self.context.set_tool_result(frame.tool_call_id, frame.content)
         batch.pending.discard(frame.tool_call_id)
         batch.run_llm = batch.run_llm or frame.run_llm
+        if frame.run_llm and frame.survives_interruption:
+            batch.run_llm_surviving = True
         if frame.on_context_updated is not None:
             batch.callbacks.append(frame.on_context_updated)
         if batch.pending:
@@ -267,7 +286,30 @@ class ContextStore(Actor[ContextStoreRequest]):
         if batch.run_llm and self.llm is not None:
             if not self.llm.ref.is_alive():
                 return
-            self.llm.ref.tell(OpenAILLMContextFrame(self.context.snapshot()))
+            # Decided here, after the callbacks, with no checkpoint before the tell: an
+            # interruption after it drops the queued frame or cancels its inference.
+            turn = self._follow_up_turn(batch)
+            if turn is None:
+                self.log.info(
+                    "follow-up inference not started: its turn was interrupted",
+                    batch_turn=batch.turn,
+                )
+                return
+            self.llm.ref.tell(OpenAILLMContextFrame(self.context.snapshot(), turn=turn))
+
+    def _follow_up_turn(self, batch: _Batch) -> int | None:
+        """The turn the follow-up of ``batch`` runs in, or ``None`` if none may start.
+
+        It belongs to the turn of the calls it answers. Once that turn is interrupted, the
+        results stay in the context (the next request carries them) but no answer to them
+        starts, however close to the interruption they settled; only a call registered with
+        ``cancel_on_interruption=False`` (made to outlive the interruption) still asks for
+        one, which then runs in the current turn.
+        """
+        current = self.session.turn
+        if batch.turn >= current:
+            return batch.turn
+        return current if batch.run_llm_surviving else None
 
     async def on_stop(self) -> None:
         """Calls still open when the session ends settle as ``"CANCELLED"``, so the

@@ -205,6 +205,7 @@ class ToolExecutor(Actor[RunFunctionCallsRequest]):
                 f"Invalid arguments for `{call.function_name}`: {call.arguments_error}. "
                 "Arguments must be a JSON object matching the function's parameters.",
                 error=call.arguments_error,
+                cancel_on_interruption=cancel_on_interruption,
             )
             return
         if registration is None:
@@ -220,6 +221,7 @@ class ToolExecutor(Actor[RunFunctionCallsRequest]):
                 call,
                 f"The function `{call.function_name}` is not currently available.",
                 error="function not available",
+                cancel_on_interruption=cancel_on_interruption,
             )
             return
 
@@ -270,6 +272,7 @@ class ToolExecutor(Actor[RunFunctionCallsRequest]):
                 state.result,
                 properties=state.properties,
                 run_llm=state.properties.run_llm if state.properties else None,
+                cancel_on_interruption=cancel_on_interruption,
             )
             return
         state.settled = True
@@ -280,7 +283,11 @@ class ToolExecutor(Actor[RunFunctionCallsRequest]):
             log.warning("function call timed out", timeout_secs=timeout)
             await self.push_frame(
                 FunctionCallCancelFrame(
-                    call.function_name, call.tool_call_id, reason="timeout", run_llm=True
+                    call.function_name,
+                    call.tool_call_id,
+                    reason="timeout",
+                    run_llm=True,
+                    cancel_on_interruption=cancel_on_interruption,
                 )
             )
         elif failure is not None:
@@ -289,6 +296,7 @@ class ToolExecutor(Actor[RunFunctionCallsRequest]):
                 call,
                 f"The function `{call.function_name}` failed and returned no result.",
                 error=f"{type(failure).__name__}: {failure}",
+                cancel_on_interruption=cancel_on_interruption,
             )
 
     async def _report_failure(self, call: FunctionCallFromLLM, failure: Exception) -> None:
@@ -309,6 +317,7 @@ class ToolExecutor(Actor[RunFunctionCallsRequest]):
         error: str | None = None,
         properties: FunctionCallResultProperties | None = None,
         run_llm: bool | None = None,
+        cancel_on_interruption: bool = True,
     ) -> None:
         await self.push_frame(
             FunctionCallResultFrame(
@@ -319,6 +328,7 @@ class ToolExecutor(Actor[RunFunctionCallsRequest]):
                 run_llm=run_llm,
                 properties=properties,
                 error=error,
+                cancel_on_interruption=cancel_on_interruption,
             )
         )
 

@@ -16,6 +16,7 @@ from actors import (
     FunctionCallCancelFrame,
     FunctionCallParams,
     FunctionCallResultFrame,
+    FunctionCallResultProperties,
     FunctionCallsStartedFrame,
     FunctionSchema,
     LLMTextFrame,
@@ -28,6 +29,7 @@ from actors.client import ChatStream
 from actors.testing import ChunkFactory, RecordedRequest, Reply, ScriptedOpenAIServer
 from runtime import (
     Frame,
+    FrameDirection,
     InterruptionFrame,
     Pipeline,
     PipelineParams,
@@ -418,6 +420,98 @@ class TestInterruptMidTool:
             assert [text for _, text in answers] == ["".join(follow_up).strip(), "ok"]
             assert not any(conv.context.is_interrupted(i) for i, _ in answers)
             assert_valid(conv.request_messages(2))
+
+
+class TestFollowUpBelongsToItsTurn:
+    """A follow-up inference answers the tool calls of one turn: once that turn is
+    interrupted, none of it starts, however close to the interruption the last result
+    settled. The result is still recorded, and the user's next line is answered with it."""
+
+    @pytest.mark.parametrize("order", ["result-then-interruption", "interruption-then-result"])
+    async def test_no_follow_up_after_the_interruption(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        chunks: ChunkFactory,
+        order: str,
+    ) -> None:
+        server.add(
+            Reply.sse(chunks.tool_call_stream([("lookup", '{"q": "x"}', "call_1")])),
+            Reply.sse(chunks.text_stream(["New topic."])),
+        )
+        async with open_conversation(server, tools=LOOKUP) as conv:
+
+            async def lookup(params: FunctionCallParams) -> None:
+                await params.result_callback({"found": params.arguments["q"]})
+
+            conv.llm.register_function("lookup", lookup)
+            executor = conv.llm.executor
+            push = executor.push_frame
+
+            async def push_then_interrupt(
+                frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM
+            ) -> None:
+                # The interruption lands with no checkpoint between it and the result's push.
+                is_result = isinstance(frame, FunctionCallResultFrame)
+                if is_result and order == "interruption-then-result":
+                    conv.running.interrupt()
+                await push(frame, direction)
+                if is_result and order == "result-then-interruption":
+                    conv.running.interrupt()
+
+            executor.push_frame = push_then_interrupt  # type: ignore[method-assign]
+            await conv.say("Look it up")
+            await conv.wait_for(lambda: bool(of_type(conv.sink, FunctionCallResultFrame)))
+            await trio.sleep(10)
+            await trio.testing.wait_all_tasks_blocked()
+
+            assert len(server.requests) == 1  # no follow-up inference
+            assert len(conv.starts()) == 1
+            assert json.loads(tool_answer(conv.messages(), "call_1")) == {"found": "x"}
+            assert_valid(conv.messages())
+
+            await conv.say("Never mind")
+            await conv.wait_ends(2)
+            await trio.sleep(10)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(server.requests) == 2
+            second = conv.request_messages(1)
+            assert_valid(second)
+            assert json.loads(tool_answer(second, "call_1")) == {"found": "x"}
+            assert second[-1] == {"role": "user", "content": "Never mind"}
+            assert conv.texts()[-1] == "New topic."
+
+    async def test_no_follow_up_when_the_interruption_lands_in_on_context_updated(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        chunks: ChunkFactory,
+    ) -> None:
+        server.add(
+            Reply.sse(chunks.tool_call_stream([("lookup", '{"q": "x"}', "call_1")])),
+            Reply.sse(chunks.text_stream(["New topic."])),
+        )
+        async with open_conversation(server, tools=LOOKUP) as conv:
+
+            async def interrupt() -> None:  # the result is in; the follow-up is not sent yet
+                conv.running.interrupt()
+
+            async def lookup(params: FunctionCallParams) -> None:
+                await params.result_callback(
+                    "found", properties=FunctionCallResultProperties(on_context_updated=interrupt)
+                )
+
+            conv.llm.register_function("lookup", lookup)
+            await conv.say("Look it up")
+            await conv.wait_for(lambda: bool(of_type(conv.sink, FunctionCallResultFrame)))
+            await trio.sleep(10)
+            await trio.testing.wait_all_tasks_blocked()
+
+            assert len(server.requests) == 1
+            assert tool_answer(conv.messages(), "call_1") == '"found"'
+            await conv.say("Never mind")
+            await conv.wait_ends(2)
+            assert conv.request_messages(1)[-1] == {"role": "user", "content": "Never mind"}
 
 
 class TestSessionEnd:
