@@ -19,6 +19,7 @@ import trio
 
 from runtime import (
     Actor,
+    ActorState,
     ErrorCategory,
     Frame,
     FrameDirection,
@@ -294,9 +295,9 @@ class OpenAILLMService(Actor[Frame]):
         # The executor's frames leave through this service's own links.
         self.executor._downstream = self._downstream
         self.executor._upstream = self._upstream
-        if self.executor.state.value == "created":
+        if self.executor.state is ActorState.CREATED:
             session.spawn(self.executor)
-        if self.metrics.state.value == "created":
+        if self.metrics.state is ActorState.CREATED:
             session.spawn(self.metrics)
 
     async def on_stop(self) -> None:

@@ -15,6 +15,7 @@ import trio
 
 from runtime import (
     Actor,
+    ActorDeadError,
     DataFrame,
     Frame,
     FrameDirection,
@@ -115,7 +116,7 @@ class MetricsCollector(Actor[MetricsReport]):
             return True
         try:
             self.ref.send_nowait(MetricsReport(tuple(data)))
-        except (trio.WouldBlock, Exception):
+        except (trio.WouldBlock, ActorDeadError):  # full, or not running: counted as dropped
             self.dropped += 1
             return False
         return True
