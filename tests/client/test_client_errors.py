@@ -31,12 +31,9 @@ from actors.client import (
     StreamError,
     UnprocessableEntityError,
 )
-from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer, sse_body
+from actors.testing import Reply, ScriptedOpenAIServer, sse_body
 
-from .client_helpers import API_KEY, client_for, make_request
-
-F = ChunkFactory()
-NO_RETRY = RetryPolicy(max_retries=0)
+from .client_helpers import API_KEY, NO_RETRY, F, client_for, make_request
 
 
 def parse_body(body: bytes) -> ChatClientError | None:

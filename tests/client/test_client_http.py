@@ -31,13 +31,9 @@ from actors.client import (
     Timeouts,
     TotalTimeoutError,
 )
-from actors.testing import ChunkFactory, Piece, RecordedRequest, Reply, ScriptedOpenAIServer
+from actors.testing import Piece, RecordedRequest, Reply, ScriptedOpenAIServer
 
-from .client_helpers import API_KEY, client_for, make_request
-
-F = ChunkFactory()
-HELLO = F.text_stream(["Hel", "lo", "!"], usage=(12, 3))
-NO_RETRY = RetryPolicy(max_retries=0)
+from .client_helpers import API_KEY, HELLO, NO_RETRY, F, client_for, make_request
 
 
 def gaps(server: ScriptedOpenAIServer) -> list[float]:

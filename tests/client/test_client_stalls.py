@@ -24,19 +24,15 @@ from actors.client import (
     EventTooLargeError,
     InvalidParameterError,
     NotEventStreamError,
-    RetryPolicy,
     SSEDecoder,
     SSEEvent,
     StreamIdleTimeoutError,
     Timeouts,
 )
-from actors.testing import ChunkFactory, Piece, Reply, ScriptedOpenAIServer, sse_event
+from actors.testing import Piece, Reply, ScriptedOpenAIServer, sse_event
 
-from .client_helpers import API_KEY, client_for, make_request
+from .client_helpers import API_KEY, HELLO, NO_RETRY, F, client_for, make_request
 
-F = ChunkFactory()
-HELLO = F.text_stream(["Hel", "lo", "!"], usage=(12, 3))
-NO_RETRY = RetryPolicy(max_retries=0)
 #: Idle applies from the start of every attempt: no first-token deadline.
 IDLE_ONLY = Timeouts(first_token=None, idle=4.0)
 TEXT_EVENT = b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n'
