@@ -2,12 +2,17 @@
 
 The OpenAI LLM service (the LLM streamer actor) with its tool executor and metrics collector,
 the conversation (``OpenAILLMContext``) owned by the context store actor with its user and
-assistant aggregators, tool schemas, the LLM frames and a text transport. The
-OpenAI-compatible streaming client is in :mod:`actors.client`, the embedded local model in
-:mod:`actors.local`, test helpers in :mod:`actors.testing`.
+assistant aggregators, tool schemas, the conversation frames (text, transcriptions, the user's
+turns, the LLM's frames and metrics), the error categories and a text transport. The
+OpenAI-compatible streaming client is in :mod:`actors.client`, the redaction of secrets in
+:mod:`actors.client.redaction` (importing :mod:`actors` installs it into the runtime's
+scrubbers), the embedded local model in :mod:`actors.local`, test helpers in
+:mod:`actors.testing`.
 """
 
 from __future__ import annotations
+
+import runtime as _runtime
 
 from ._aggregators import LLMAssistantContextAggregator as LLMAssistantContextAggregator
 from ._aggregators import LLMUserAggregatorParams as LLMUserAggregatorParams
@@ -26,6 +31,7 @@ from ._frames import LLMFullResponseStartFrame as LLMFullResponseStartFrame
 from ._frames import LLMMessagesAppendFrame as LLMMessagesAppendFrame
 from ._frames import LLMMessagesFrame as LLMMessagesFrame
 from ._frames import LLMMessagesUpdateFrame as LLMMessagesUpdateFrame
+from ._frames import LLMMetricsData as LLMMetricsData
 from ._frames import LLMRunFrame as LLMRunFrame
 from ._frames import LLMSetToolChoiceFrame as LLMSetToolChoiceFrame
 from ._frames import LLMSetToolsFrame as LLMSetToolsFrame
@@ -34,6 +40,13 @@ from ._frames import LLMTokenUsage as LLMTokenUsage
 from ._frames import LLMUpdateSettingsFrame as LLMUpdateSettingsFrame
 from ._frames import LLMUsageMetricsData as LLMUsageMetricsData
 from ._frames import OpenAILLMContextFrame as OpenAILLMContextFrame
+from ._frames import ProcessingMetricsData as ProcessingMetricsData
+from ._frames import StartInterruptionFrame as StartInterruptionFrame
+from ._frames import TextFrame as TextFrame
+from ._frames import TranscriptionFrame as TranscriptionFrame
+from ._frames import TTFBMetricsData as TTFBMetricsData
+from ._frames import UserStartedSpeakingFrame as UserStartedSpeakingFrame
+from ._frames import UserStoppedSpeakingFrame as UserStoppedSpeakingFrame
 from ._frames import VisionImageRawFrame as VisionImageRawFrame
 from ._llm import OpenAILLMService as OpenAILLMService
 from ._metrics import MetricsCollector as MetricsCollector
@@ -62,12 +75,15 @@ from ._transport import OutputTransport as OutputTransport
 from ._transport import TextInputTransport as TextInputTransport
 from ._transport import TextOutputTransport as TextOutputTransport
 from ._transport import TextTransport as TextTransport
+from .client import ErrorCategory as ErrorCategory
+from .client.redaction import PROCESS_REDACTOR as _PROCESS_REDACTOR
 
 __all__ = [
     "AppendMessagesRequest",
     "ContextSnapshot",
     "ContextStore",
     "ContextStoreRequest",
+    "ErrorCategory",
     "FunctionCallCancelFrame",
     "FunctionCallFromLLM",
     "FunctionCallInProgressFrame",
@@ -85,6 +101,7 @@ __all__ = [
     "LLMMessagesAppendFrame",
     "LLMMessagesFrame",
     "LLMMessagesUpdateFrame",
+    "LLMMetricsData",
     "LLMRunFrame",
     "LLMSetToolChoiceFrame",
     "LLMSetToolsFrame",
@@ -103,6 +120,7 @@ __all__ = [
     "OpenAILLMService",
     "OutputCallback",
     "OutputTransport",
+    "ProcessingMetricsData",
     "RecordToolCallsRequest",
     "RecordToolSettlementRequest",
     "ReplaceMessagesRequest",
@@ -110,11 +128,21 @@ __all__ = [
     "SQLiteContextStorage",
     "SetToolChoiceRequest",
     "SetToolsRequest",
+    "StartInterruptionFrame",
+    "TTFBMetricsData",
+    "TextFrame",
     "TextInputTransport",
     "TextOutputTransport",
     "TextTransport",
     "TimingStats",
     "ToolExecutor",
     "ToolsSchema",
+    "TranscriptionFrame",
+    "UserStartedSpeakingFrame",
+    "UserStoppedSpeakingFrame",
     "VisionImageRawFrame",
 ]
+
+# Nothing the runtime reports or logs carries a secret once the stages are imported: the
+# client's redaction becomes the runtime's scrubber (the client itself knows no runtime).
+_runtime.add_scrubber(_PROCESS_REDACTOR)

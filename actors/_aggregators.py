@@ -14,16 +14,11 @@ from runtime import (
     ActorError,
     CancelFrame,
     EndFrame,
-    ErrorCategory,
     Frame,
     FrameDirection,
     InterruptionFrame,
     InterruptionMarkerFrame,
     SystemFrame,
-    TextFrame,
-    TranscriptionFrame,
-    UserStartedSpeakingFrame,
-    UserStoppedSpeakingFrame,
 )
 
 from ._context import ContextSnapshot, OpenAILLMContext
@@ -40,6 +35,10 @@ from ._frames import (
     LLMSetToolsFrame,
     LLMTextFrame,
     OpenAILLMContextFrame,
+    TextFrame,
+    TranscriptionFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
 )
 from ._store import (
     AppendMessagesRequest,
@@ -52,6 +51,7 @@ from ._store import (
     SetToolChoiceRequest,
     SetToolsRequest,
 )
+from .client import ErrorCategory
 
 __all__ = [
     "LLMAssistantContextAggregator",

@@ -1,4 +1,6 @@
-"""The LLM frames: what goes into the OpenAI LLM service and what comes out of it.
+"""The conversation frames: text and the user's turns, what goes into the OpenAI LLM service
+and what comes out of it, and the LLM's measurements. The runtime's generic frames
+(``Frame``, ``InterruptionFrame``, ``ErrorFrame``, ``MetricsFrame``...) are in :mod:`runtime`.
 
 Ordering decisions that differ from Pipecat, on purpose (see docs/frames.md):
 
@@ -18,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from runtime import ControlFrame, DataFrame, MetricsData, TextFrame
+from runtime import ControlFrame, DataFrame, InterruptionFrame, MetricsData
 from runtime.serialization import NOT_SERIALIZED
 
 from ._context import ContextSnapshot
@@ -36,6 +38,7 @@ __all__ = [
     "LLMMessagesAppendFrame",
     "LLMMessagesFrame",
     "LLMMessagesUpdateFrame",
+    "LLMMetricsData",
     "LLMRunFrame",
     "LLMSetToolChoiceFrame",
     "LLMSetToolsFrame",
@@ -44,6 +47,13 @@ __all__ = [
     "LLMUpdateSettingsFrame",
     "LLMUsageMetricsData",
     "OpenAILLMContextFrame",
+    "ProcessingMetricsData",
+    "StartInterruptionFrame",
+    "TTFBMetricsData",
+    "TextFrame",
+    "TranscriptionFrame",
+    "UserStartedSpeakingFrame",
+    "UserStoppedSpeakingFrame",
     "VisionImageRawFrame",
 ]
 
@@ -73,6 +83,63 @@ def _messages(value: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], ...]:
     from ._context import validate_messages
 
     return tuple(validate_messages(value))
+
+
+# --------------------------------------------------------------------------- text and turns
+
+
+@attrs.frozen(slots=True)
+class TextFrame(DataFrame):
+    """A chunk of text.
+
+    Args:
+        text: The text.
+        append_to_context: Whether an assistant aggregator should record it.
+    """
+
+    text: str
+    append_to_context: bool = attrs.field(default=True, kw_only=True)
+
+
+@attrs.frozen(slots=True)
+class TranscriptionFrame(TextFrame):
+    """Text the user said (or typed): the input of a user turn.
+
+    Args:
+        user_id: Who said it.
+        timestamp: When (ISO 8601), as reported by the transcriber.
+
+    User input is never dropped by an interruption (``interruptible=False``): an interruption
+    cancels the assistant's work, not what the user said.
+    """
+
+    user_id: str = ""
+    timestamp: str = ""
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
+
+
+@attrs.frozen(slots=True)
+class UserStartedSpeakingFrame(ControlFrame):
+    """The user started a turn (voice activity or typing began).
+
+    Ordered with the user's text (data lane) and never dropped, unlike Pipecat's system frame:
+    a turn's boundaries must not overtake its transcriptions. The interruption it may cause
+    is a separate :class:`~runtime.InterruptionFrame`, which does overtake everything.
+    """
+
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
+
+
+@attrs.frozen(slots=True)
+class UserStoppedSpeakingFrame(ControlFrame):
+    """The user finished a turn (ordered with the user's text, never dropped)."""
+
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
+
+
+#: Pipecat's older name for :class:`runtime.InterruptionFrame` (the user interrupted the
+#: assistant).
+StartInterruptionFrame = InterruptionFrame
 
 
 # --------------------------------------------------------------------------- inputs
@@ -317,7 +384,33 @@ class LLMTokenUsage:
 
 
 @attrs.frozen(slots=True)
-class LLMUsageMetricsData(MetricsData):
+class LLMMetricsData(MetricsData):
+    """A measurement of the LLM's requests (the base of the LLM service's metrics).
+
+    Args:
+        processor: Name of the actor that measured it.
+        model: The model the measurement is about, if any.
+    """
+
+    model: str | None = None
+
+
+@attrs.frozen(slots=True)
+class TTFBMetricsData(LLMMetricsData):
+    """Time to first byte (first content or tool-call chunk), in seconds."""
+
+    value: float = 0.0
+
+
+@attrs.frozen(slots=True)
+class ProcessingMetricsData(LLMMetricsData):
+    """Processing time of one request, in seconds."""
+
+    value: float = 0.0
+
+
+@attrs.frozen(slots=True)
+class LLMUsageMetricsData(LLMMetricsData):
     """Token usage of one completion, reported once, also when it was interrupted."""
 
     value: LLMTokenUsage = attrs.field(factory=LLMTokenUsage)

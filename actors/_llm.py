@@ -17,17 +17,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import trio
 
-from runtime import (
-    Actor,
-    ActorState,
-    ErrorCategory,
-    Frame,
-    FrameDirection,
-    MetricsData,
-    MetricsFrame,
-    ProcessingMetricsData,
-    TTFBMetricsData,
-)
+from runtime import Actor, ActorState, Frame, FrameDirection, MetricsData, MetricsFrame
 from runtime._frames import current_turn
 
 from ._aggregators import (
@@ -48,6 +38,8 @@ from ._frames import (
     LLMUpdateSettingsFrame,
     LLMUsageMetricsData,
     OpenAILLMContextFrame,
+    ProcessingMetricsData,
+    TTFBMetricsData,
     VisionImageRawFrame,
 )
 from ._metrics import MetricsCollector
@@ -65,6 +57,7 @@ from .client import (
     ChatClientError,
     ChatCompletionsClient,
     ChatRequest,
+    ErrorCategory,
     GenerationParams,
     RetryPolicy,
     Timeouts,
@@ -74,15 +67,6 @@ if TYPE_CHECKING:
     from .client import ChatStream, StreamResult, Usage
 
 __all__ = ["OpenAILLMService"]
-
-_CATEGORIES = {
-    "auth": ErrorCategory.AUTHENTICATION,
-    "rate_limit": ErrorCategory.RATE_LIMIT,
-    "server": ErrorCategory.SERVER,
-    "invalid_request": ErrorCategory.INVALID_REQUEST,
-    "connectivity": ErrorCategory.CONNECTIVITY,
-    "timeout": ErrorCategory.TIMEOUT,
-}
 
 #: How long the closing frames of an interrupted inference may wait for room downstream.
 _CLOSING_PUSH_SECS = 2.0
@@ -405,7 +389,7 @@ class OpenAILLMService(Actor[Frame]):
             await self.push_error(
                 f"Error during completion: {exc}",
                 exception=exc,
-                category=_CATEGORIES.get(exc.category, ErrorCategory.UNKNOWN),
+                category=exc.category,
             )
         finally:
             try:

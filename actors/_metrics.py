@@ -13,18 +13,15 @@ from typing import Any
 import attrs
 import trio
 
-from runtime import (
-    Actor,
-    ActorDeadError,
-    DataFrame,
-    Frame,
-    FrameDirection,
-    MetricsData,
+from runtime import Actor, ActorDeadError, DataFrame, Frame, FrameDirection, MetricsData
+
+from ._frames import (
+    LLMMetricsData,
+    LLMTokenUsage,
+    LLMUsageMetricsData,
     ProcessingMetricsData,
     TTFBMetricsData,
 )
-
-from ._frames import LLMTokenUsage, LLMUsageMetricsData
 
 __all__ = ["MetricsCollector", "MetricsReport", "ModelMetrics", "TimingStats"]
 
@@ -130,7 +127,7 @@ class MetricsCollector(Actor[MetricsReport]):
 
     def record(self, item: MetricsData) -> None:
         """Fold one measurement into the totals (also usable directly)."""
-        model = item.model or "unknown"
+        model = (item.model if isinstance(item, LLMMetricsData) else None) or "unknown"
         current = self._models.get(model) or ModelMetrics(model)
         if isinstance(item, TTFBMetricsData):
             current = attrs.evolve(current, ttfb=current.ttfb.add(item.value))

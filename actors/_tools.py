@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import trio
 
-from runtime import Actor, DataFrame, ErrorCategory, Frame, FrameDirection
+from runtime import Actor, DataFrame, Frame, FrameDirection
 from runtime.serialization import NOT_SERIALIZED
 
 from ._context import ContextSnapshot
@@ -31,6 +31,7 @@ from ._frames import (
     FunctionCallResultFrame,
     FunctionCallResultProperties,
 )
+from .client import ErrorCategory
 
 __all__ = [
     "FunctionCallParams",

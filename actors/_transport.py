@@ -16,15 +16,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
-from runtime import (
-    Actor,
-    Frame,
-    FrameDirection,
-    SystemFrame,
-    TranscriptionFrame,
-    UserStartedSpeakingFrame,
-    UserStoppedSpeakingFrame,
-)
+from runtime import Actor, Frame, FrameDirection, SystemFrame
 
 from ._frames import (
     FunctionCallCancelFrame,
@@ -33,6 +25,9 @@ from ._frames import (
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
+    TranscriptionFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
 )
 
 __all__ = [

@@ -42,7 +42,8 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from runtime import Actor, DataFrame, Frame, FrameDirection, Pipeline, PipelineTask, TextFrame
+from actors import TextFrame
+from runtime import Actor, DataFrame, Frame, FrameDirection, Pipeline, PipelineTask
 from runtime import logging as rlog
 
 from . import _pipecat

@@ -3,8 +3,11 @@
 Frames, typed two-lane mailboxes, actors and references, topologies (``Pipeline``,
 ``ParallelPipeline``, a run-time graph API on :class:`Session`), the task that runs a
 topology, turns and interruption, supervision, embedding in asyncio applications
-(:class:`AsyncioBridge`), logging, serialization and a testing kit (:mod:`runtime.testing`).
-It imports nothing from ``actors``.
+(:class:`AsyncioBridge`), logging, a hook that hides sensitive text (:func:`add_scrubber`),
+serialization and a testing kit (:mod:`runtime.testing`).
+
+It knows no application domain and imports nothing from ``actors``: a layer built on it
+subclasses its frames and actors (``actors`` is such a layer).
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from ._frames import CancelFrame as CancelFrame
 from ._frames import ControlFrame as ControlFrame
 from ._frames import DataFrame as DataFrame
 from ._frames import EndFrame as EndFrame
-from ._frames import ErrorCategory as ErrorCategory
 from ._frames import ErrorFrame as ErrorFrame
 from ._frames import Frame as Frame
 from ._frames import FrameDirection as FrameDirection
@@ -33,19 +35,17 @@ from ._frames import InterruptionFrame as InterruptionFrame
 from ._frames import InterruptionMarkerFrame as InterruptionMarkerFrame
 from ._frames import MetricsData as MetricsData
 from ._frames import MetricsFrame as MetricsFrame
-from ._frames import ProcessingMetricsData as ProcessingMetricsData
 from ._frames import StartFrame as StartFrame
-from ._frames import StartInterruptionFrame as StartInterruptionFrame
 from ._frames import SystemFrame as SystemFrame
-from ._frames import TextFrame as TextFrame
-from ._frames import TranscriptionFrame as TranscriptionFrame
-from ._frames import TTFBMetricsData as TTFBMetricsData
-from ._frames import UserStartedSpeakingFrame as UserStartedSpeakingFrame
-from ._frames import UserStoppedSpeakingFrame as UserStoppedSpeakingFrame
 from ._mailbox import MailboxStatistics as MailboxStatistics
 from ._pipeline import ParallelPipeline as ParallelPipeline
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import Stage as Stage
+from ._scrub import Scrubber as Scrubber
+from ._scrub import add_scrubber as add_scrubber
+from ._scrub import remove_scrubber as remove_scrubber
+from ._scrub import scrub as scrub
+from ._scrub import scrub_exception as scrub_exception
 from ._session import ActorSnapshot as ActorSnapshot
 from ._session import Session as Session
 from ._session import SessionSnapshot as SessionSnapshot
@@ -69,7 +69,6 @@ __all__ = [
     "ControlFrame",
     "DataFrame",
     "EndFrame",
-    "ErrorCategory",
     "ErrorFrame",
     "Frame",
     "FrameDirection",
@@ -85,20 +84,18 @@ __all__ = [
     "PipelineParams",
     "PipelineRunner",
     "PipelineTask",
-    "ProcessingMetricsData",
     "RestartIntensityExceeded",
     "RestartPolicy",
+    "Scrubber",
     "SelfAskError",
     "Session",
     "SessionSnapshot",
     "SessionStateError",
     "Stage",
     "StartFrame",
-    "StartInterruptionFrame",
     "SystemFrame",
-    "TTFBMetricsData",
-    "TextFrame",
-    "TranscriptionFrame",
-    "UserStartedSpeakingFrame",
-    "UserStoppedSpeakingFrame",
+    "add_scrubber",
+    "remove_scrubber",
+    "scrub",
+    "scrub_exception",
 ]

@@ -31,7 +31,6 @@ from ._frames import (
     ActorStoppedFrame,
     CancelFrame,
     EndFrame,
-    ErrorCategory,
     ErrorFrame,
     Frame,
     FrameDirection,
@@ -42,7 +41,7 @@ from ._frames import (
     current_turn,
 )
 from ._mailbox import Item, Mailbox, MailboxStatistics, _Reply
-from .redaction import redact, redact_exception
+from ._scrub import scrub, scrub_exception
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -291,7 +290,7 @@ class Actor(Generic[T]):
         error: str,
         *,
         exception: BaseException | None = None,
-        category: ErrorCategory = ErrorCategory.UNKNOWN,
+        category: str = "unknown",
         fatal: bool = False,
     ) -> None:
         """Report an error upstream as an :class:`ErrorFrame` and log it.
@@ -302,16 +301,18 @@ class Actor(Generic[T]):
         whatever the actor pushes after ``push_error`` (the end of a failed answer, say)
         reaches the output only after the error has reached the task.
 
-        The text and the exception are redacted first (:mod:`runtime.redaction`): no secret
-        registered in the process, and nothing shaped like a credential, travels in the frame.
+        ``category`` is an open tag (see :class:`ErrorFrame`). The text and the exception pass
+        through the registered scrubbers first (:func:`runtime.add_scrubber`; with ``actors``
+        imported, no secret registered in the process, and nothing shaped like a credential,
+        travels in the frame).
         """
         session = self._session
         if session is None:
             raise self._not_running()
-        error = redact(error)
+        error = scrub(error)
         if exception is not None:
-            exception = redact_exception(exception)
-        self.log.warning("error", error=error, category=category.value, fatal=fatal)
+            exception = scrub_exception(exception)
+        self.log.warning("error", error=error, category=str(category), fatal=fatal)
         frame = ErrorFrame(
             error, fatal=fatal, exception=exception, category=category, source=self._name
         )
@@ -558,13 +559,13 @@ class Actor(Generic[T]):
                         await self._start(frame)  # type: ignore[arg-type]
                     accepted = self._accepts_type(cls)
                     if accepted:
-                        token = current_turn.set(item[2])
+                        reset_token = current_turn.set(item[2])
                         self._sys_lifecycle = frame if cls in _LIFECYCLE else None
                         try:
                             await self.process_frame(frame, item[1] or DOWNSTREAM)
                         finally:
                             self._sys_lifecycle = None
-                            current_turn.reset(token)
+                            current_turn.reset(reset_token)
                     if not accepted or cls in _LIFECYCLE:
                         await self._forward(item)
                     if cls is CancelFrame:
@@ -627,7 +628,7 @@ class Actor(Generic[T]):
                     else:
                         turn = item[2] if frame.interruptible else session.turn
                         if turn != last_turn:
-                            # This task's own context: no need to reset between frames.
+                            # This task's own context variables: no reset between frames.
                             current_turn.set(turn)
                             last_turn = turn
                         self._busy = frame
@@ -651,7 +652,7 @@ class Actor(Generic[T]):
     async def _answer(self, item: Item) -> None:
         reply = item[3]
         assert reply is not None
-        token = current_turn.set(item[2])
+        reset_token = current_turn.set(item[2])
         try:
             value = await self.on_ask(item[0])
         except Exception as exc:
@@ -670,7 +671,7 @@ class Actor(Generic[T]):
         else:
             reply.set(outcome.Value(value))
         finally:
-            current_turn.reset(token)
+            current_turn.reset(reset_token)
 
     async def _start(self, frame: StartFrame) -> None:
         if self._started.is_set():

@@ -36,17 +36,17 @@ class AsyncioBridge:
     calls (``task.interrupt()``, ``task.cancel()``)::
 
         async def main() -> None:  # an asyncio application
-            replies: asyncio.Queue[str] = asyncio.Queue()
+            results: asyncio.Queue[Frame] = asyncio.Queue()
 
             def on_frame(frame: Frame, direction: FrameDirection) -> None:  # runs in trio
-                if isinstance(frame, TextFrame):
-                    replies.put_nowait(frame.text)
+                if isinstance(frame, Resized):  # a DataFrame subclass of the application
+                    results.put_nowait(frame)
 
             async with AsyncioBridge() as trio_side:
                 task = PipelineTask(Pipeline([...]), on_downstream=on_frame)
                 running = asyncio.create_task(trio_side.run(task.run))
-                await trio_side.run(task.queue_frame, TranscriptionFrame("hello"))
-                print(await replies.get())
+                await trio_side.run(task.queue_frame, ResizeRequest("photo.png"))
+                print(await results.get())
                 await trio_side.run(task.end)
                 await running
 
@@ -61,7 +61,7 @@ class AsyncioBridge:
     """
 
     _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None, init=False)
-    _token: trio.lowlevel.TrioToken | None = attrs.field(default=None, init=False)
+    _trio_token: trio.lowlevel.TrioToken | None = attrs.field(default=None, init=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
     _done: asyncio.Future[outcome.Outcome[None]] | None = attrs.field(default=None, init=False)
     _closing: bool = attrs.field(default=False, init=False)
@@ -78,7 +78,7 @@ class AsyncioBridge:
         async def guest_main() -> None:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self._token = trio.lowlevel.current_trio_token()
+                self._trio_token = trio.lowlevel.current_trio_token()
                 ready.set_result(None)
                 if not self._closing:  # the entering task may have been cancelled meanwhile
                     await trio.sleep_forever()
@@ -125,9 +125,9 @@ class AsyncioBridge:
         done = self._done
         assert done is not None
         self._closing = True
-        token, nursery = self._token, self._nursery
-        if not done.done() and token is not None and nursery is not None:
-            token.run_sync_soon(nursery.cancel_scope.cancel)
+        trio_token, nursery = self._trio_token, self._nursery
+        if not done.done() and trio_token is not None and nursery is not None:
+            trio_token.run_sync_soon(nursery.cancel_scope.cancel)
         # The guest must finish before the loop may go on without it: wait even when the
         # caller was cancelled.
         return await asyncio.shield(done)
@@ -140,7 +140,7 @@ class AsyncioBridge:
         Raises:
             SessionStateError: The bridge is not open, or it closed while the call ran.
         """
-        loop, token, nursery = self._open()
+        loop, trio_token, nursery = self._open()
         result: asyncio.Future[T] = loop.create_future()
         scope = trio.CancelScope()
 
@@ -168,12 +168,12 @@ class AsyncioBridge:
                 if not result.done():
                     result.set_exception(self._closed_error(async_fn))
 
-        token.run_sync_soon(spawn)
+        trio_token.run_sync_soon(spawn)
         try:
             return await result
         except asyncio.CancelledError:
             with contextlib.suppress(trio.RunFinishedError):  # nothing left to cancel
-                token.run_sync_soon(scope.cancel)
+                trio_token.run_sync_soon(scope.cancel)
             raise
 
     async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
@@ -183,7 +183,7 @@ class AsyncioBridge:
         Raises:
             SessionStateError: The bridge is not open.
         """
-        loop, token, _ = self._open()
+        loop, trio_token, _ = self._open()
         result: asyncio.Future[T] = loop.create_future()
 
         def call() -> None:  # runs in trio's run loop: must not raise
@@ -196,21 +196,21 @@ class AsyncioBridge:
             else:
                 result.set_result(value)
 
-        token.run_sync_soon(call)
+        trio_token.run_sync_soon(call)
         return await result
 
     # ----------------------------------------------------------------- helpers
 
     def _open(self) -> tuple[asyncio.AbstractEventLoop, trio.lowlevel.TrioToken, trio.Nursery]:
-        loop, token, nursery = self._loop, self._token, self._nursery
-        if loop is None or token is None or nursery is None or self._closing:
+        loop, trio_token, nursery = self._loop, self._trio_token, self._nursery
+        if loop is None or trio_token is None or nursery is None or self._closing:
             raise SessionStateError(
                 "the AsyncioBridge is not open: call run() inside "
                 "`async with AsyncioBridge() as bridge:`"
             )
         if self._done is not None and self._done.done():
             raise SessionStateError("the AsyncioBridge's trio guest run has ended")
-        return loop, token, nursery
+        return loop, trio_token, nursery
 
     @staticmethod
     def _closed_error(async_fn: Callable[..., object]) -> SessionStateError:

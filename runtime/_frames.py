@@ -1,8 +1,8 @@
 """Frames: the immutable messages actors exchange.
 
 Every frame is a frozen, slotted attrs class. A frame carries a unique ``id``, the wall-clock
-time it was created (``created_at``), the conversation ``turn`` it belongs to and whether an
-interruption may drop it (``interruptible``).
+time it was created (``created_at``), the ``turn`` it belongs to and whether an interruption
+may drop it (``interruptible``).
 
 The ``turn`` is filled in automatically: a frame created while an actor handles a frame of turn
 *N* belongs to turn *N*; a frame created outside any actor (by the application) gets ``None``
@@ -14,6 +14,10 @@ Three families decide how the runtime transports a frame:
   before queued data and is never dropped by an interruption.
 * :class:`DataFrame` and :class:`ControlFrame` travel on the ordered, bounded **data lane**.
   When interruptible, they are dropped once their turn has been interrupted.
+
+The runtime knows no application domain: a layer built on it defines its own frames by
+subclassing these (``DataFrame`` for content, ``ControlFrame`` for ordered signals,
+``SystemFrame`` for urgent ones), and :mod:`runtime.serialization` handles them like its own.
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ __all__ = [
     "ControlFrame",
     "DataFrame",
     "EndFrame",
-    "ErrorCategory",
     "ErrorFrame",
     "Frame",
     "FrameDirection",
@@ -42,15 +45,8 @@ __all__ = [
     "InterruptionMarkerFrame",
     "MetricsData",
     "MetricsFrame",
-    "ProcessingMetricsData",
     "StartFrame",
-    "StartInterruptionFrame",
     "SystemFrame",
-    "TTFBMetricsData",
-    "TextFrame",
-    "TranscriptionFrame",
-    "UserStartedSpeakingFrame",
-    "UserStoppedSpeakingFrame",
 ]
 
 _ids = itertools.count(1)
@@ -73,7 +69,7 @@ class FrameDirection(enum.IntEnum):
     DOWNSTREAM = 1
     """From the input end towards the output end (the default)."""
     UPSTREAM = 2
-    """Back towards the input end (errors, context updates)."""
+    """Back towards the input end (errors, feedback for earlier stages)."""
 
 
 @attrs.frozen(slots=True)
@@ -83,7 +79,7 @@ class Frame:
     Args:
         id: Unique, increasing identifier (assigned automatically).
         created_at: Wall-clock creation time in seconds since the epoch (automatic).
-        turn: The conversation turn the frame belongs to (automatic, see the module docs).
+        turn: The turn the frame belongs to (automatic, see the module docs).
         interruptible: Whether an interruption of its turn drops the frame while it is queued.
             Subclasses change the default; an instance may override it.
     """
@@ -154,16 +150,12 @@ class CancelFrame(SystemFrame):
 
 @attrs.frozen(slots=True)
 class InterruptionFrame(SystemFrame):
-    """The user interrupted: the current turn's work is cancelled and its queued frames dropped.
+    """An interruption: the current turn's work is cancelled and its queued frames dropped.
 
     The runtime does the cancelling itself the moment the frame enters the session (or
     :meth:`~runtime.PipelineTask.interrupt` is called); the frame then still travels the
-    topology so stages can react (commit partial text, cancel tool calls, ...).
+    topology so stages can react (keep partial results, cancel pending work, ...).
     """
-
-
-#: Pipecat's older name for :class:`InterruptionFrame`.
-StartInterruptionFrame = InterruptionFrame
 
 
 @attrs.frozen(slots=True)
@@ -189,25 +181,6 @@ class InterruptionMarkerFrame(ControlFrame):
 
 
 @attrs.frozen(slots=True)
-class UserStartedSpeakingFrame(ControlFrame):
-    """The user started a turn (voice activity or typing began).
-
-    Ordered with the user's text (data lane) and never dropped, unlike Pipecat's system frame:
-    a turn's boundaries must not overtake its transcriptions. The interruption it may cause
-    is a separate :class:`InterruptionFrame`, which does overtake everything.
-    """
-
-    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
-
-
-@attrs.frozen(slots=True)
-class UserStoppedSpeakingFrame(ControlFrame):
-    """The user finished a turn (ordered with the user's text, never dropped)."""
-
-    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
-
-
-@attrs.frozen(slots=True)
 class ActorStoppedFrame(SystemFrame):
     """Tells a watcher that an actor it watches has stopped.
 
@@ -225,19 +198,6 @@ class ActorStoppedFrame(SystemFrame):
 # --------------------------------------------------------------------------- errors
 
 
-class ErrorCategory(enum.Enum):
-    """What kind of failure an :class:`ErrorFrame` reports."""
-
-    AUTHENTICATION = "auth"
-    RATE_LIMIT = "rate_limit"
-    SERVER = "server"
-    INVALID_REQUEST = "invalid_request"
-    CONNECTIVITY = "connectivity"
-    TIMEOUT = "timeout"
-    APPLICATION = "application"
-    UNKNOWN = "unknown"
-
-
 @attrs.frozen(slots=True)
 class ErrorFrame(SystemFrame):
     """A recoverable (or, with ``fatal=True``, session-ending) error, pushed upstream.
@@ -247,7 +207,10 @@ class ErrorFrame(SystemFrame):
         fatal: When true the session is cancelled once the frame reaches the input end.
         exception: The exception behind it, if any. Not serialized: a deserialized
             ``ErrorFrame`` has ``exception=None``; ``error`` keeps the text.
-        category: What kind of failure it was.
+        category: What kind of failure it was: an open tag (``"unknown"`` by default) whose
+            values the reporting layer defines. A ``str`` enum member is accepted and kept
+            (``frame.category is Kind.X`` holds); a deserialized frame has the plain string,
+            equal to the member.
         source: Name of the actor that reported it.
     """
 
@@ -256,7 +219,7 @@ class ErrorFrame(SystemFrame):
     exception: BaseException | None = attrs.field(
         default=None, eq=False, repr=False, metadata=_NOT_SERIALIZED
     )
-    category: ErrorCategory = ErrorCategory.UNKNOWN
+    category: str = "unknown"
     source: str | None = None
 
 
@@ -265,29 +228,16 @@ class ErrorFrame(SystemFrame):
 
 @attrs.frozen(slots=True)
 class MetricsData:
-    """One measurement.
+    """One measurement: the base of the values a :class:`MetricsFrame` carries.
+
+    Subclass it (an attrs class) for each kind of measurement; the subclasses are serialized
+    with their type (:func:`runtime.serialization.register_tagged_base`).
 
     Args:
         processor: Name of the actor that measured it.
-        model: The model the measurement is about, if any.
     """
 
     processor: str
-    model: str | None = None
-
-
-@attrs.frozen(slots=True)
-class TTFBMetricsData(MetricsData):
-    """Time to first byte (first content or tool-call chunk), in seconds."""
-
-    value: float = 0.0
-
-
-@attrs.frozen(slots=True)
-class ProcessingMetricsData(MetricsData):
-    """Processing time of one request, in seconds."""
-
-    value: float = 0.0
 
 
 @attrs.frozen(slots=True)
@@ -295,36 +245,3 @@ class MetricsFrame(SystemFrame):
     """Carries measurements (see :class:`MetricsData` subclasses)."""
 
     data: Sequence[MetricsData] = attrs.field(factory=tuple, converter=_to_tuple)
-
-
-# --------------------------------------------------------------------------- text
-
-
-@attrs.frozen(slots=True)
-class TextFrame(DataFrame):
-    """A chunk of text.
-
-    Args:
-        text: The text.
-        append_to_context: Whether an assistant aggregator should record it.
-    """
-
-    text: str
-    append_to_context: bool = attrs.field(default=True, kw_only=True)
-
-
-@attrs.frozen(slots=True)
-class TranscriptionFrame(TextFrame):
-    """Text the user said (or typed): the input of a user turn.
-
-    Args:
-        user_id: Who said it.
-        timestamp: When (ISO 8601), as reported by the transcriber.
-
-    User input is never dropped by an interruption (``interruptible=False``): an interruption
-    cancels the assistant's work, not what the user said.
-    """
-
-    user_id: str = ""
-    timestamp: str = ""
-    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)

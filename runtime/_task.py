@@ -367,7 +367,7 @@ class PipelineTask:
             self.session._log.warning(
                 "pipeline error",
                 error=frame.error,
-                category=frame.category.value,
+                category=str(frame.category),
                 fatal=frame.fatal,
                 source=frame.source,
             )

@@ -5,9 +5,16 @@ lifecycle (started, stopped, restarting, crashed), interruptions (with how many 
 dropped and tasks cancelled) and session snapshots. Only structlog's synchronous methods are
 used: its ``a*`` methods need asyncio.
 
-No line carries a secret: :func:`configure` redacts every event and every rendered line with
-:mod:`runtime.redaction` (the secrets registered in the process and secret shapes), and renders
-tracebacks without local variables (they hold credentials).
+No line carries what must not be shown: :func:`configure` passes every event and every rendered
+line through the registered scrubbers (:func:`runtime.add_scrubber`; ``import actors`` installs
+the redaction of credentials), and renders tracebacks without local variables (they may hold
+secrets that no scrubber could recognise once cut short).
+
+Applications that configure structlog themselves add :func:`scrub_event` and
+:class:`ScrubbingRenderer` the same way::
+
+    structlog.configure(processors=[..., rlog.scrub_event,
+                                    rlog.ScrubbingRenderer(structlog.processors.JSONRenderer())])
 
 Example::
 
@@ -20,14 +27,16 @@ from __future__ import annotations
 
 import logging as _stdlib_logging
 import sys
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
+import attrs
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
-from .redaction import RedactingRenderer, redact_event
+from ._scrub import scrub
 
-__all__ = ["configure", "get_logger"]
+__all__ = ["ScrubbingRenderer", "configure", "get_logger", "scrub_event"]
 
 _LEVELS = {
     "debug": _stdlib_logging.DEBUG,
@@ -53,8 +62,8 @@ def configure(
         file: Where lines go (default ``sys.stderr``).
         colors: Colour console output (default: when ``file`` is a terminal).
 
-    Every event and every rendered line is redacted (:mod:`runtime.redaction`): no secret
-    registered in the process, and nothing shaped like a credential, is written.
+    Every event and every rendered line passes through the registered scrubbers
+    (:func:`runtime.add_scrubber`).
 
     Raises:
         ValueError: unknown level name.
@@ -76,8 +85,8 @@ def configure(
     ]
     renderer: structlog.typing.Processor
     if json:
-        # Tracebacks as data, without the frames' local variables: they hold credentials
-        # (request headers, URLs) that no redaction could find once cut at 80 characters.
+        # Tracebacks as data, without the frames' local variables: they may hold secrets that
+        # no scrubber could find once cut at 80 characters.
         processors.append(
             structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
         )
@@ -88,7 +97,7 @@ def configure(
         renderer = structlog.dev.ConsoleRenderer(
             colors=use_colors, exception_formatter=structlog.dev.plain_traceback
         )
-    processors += [redact_event, RedactingRenderer(renderer)]
+    processors += [scrub_event, ScrubbingRenderer(renderer)]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -108,3 +117,37 @@ def get_logger(name: str = "trouper") -> structlog.typing.FilteringBoundLogger:
     """A structlog logger (use its sync methods only)."""
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
     return logger
+
+
+def scrub_event(logger: Any, method_name: str, event_dict: Any) -> Any:
+    """A structlog processor: pass every value of the event dict through the registered
+    scrubbers (:func:`runtime.scrub`).
+
+    Place it after the processors that turn tracebacks into data and before the renderer.
+    """
+    del logger, method_name
+    return scrub(event_dict)
+
+
+@attrs.frozen
+class ScrubbingRenderer:
+    """Wraps a structlog renderer: the line it renders passes through the registered scrubbers
+    (:func:`runtime.scrub`) before it is written, whatever was in the event (an object whose
+    ``repr`` holds a secret, a traceback's text).
+
+    Args:
+        renderer: The renderer (last processor) to wrap, e.g. ``JSONRenderer()``.
+    """
+
+    renderer: Callable[[Any, str, Any], Any]
+
+    def __call__(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        """Render, then scrub the rendered line."""
+        rendered = self.renderer(logger, method_name, event_dict)
+        if isinstance(rendered, str):
+            return scrub(rendered)
+        if isinstance(rendered, (bytes, bytearray)):
+            return scrub(bytes(rendered).decode("utf-8", "surrogateescape")).encode(
+                "utf-8", "surrogateescape"
+            )
+        return rendered

@@ -4,9 +4,9 @@ Every frame class, from any module, converts to a plain ``dict`` and back::
 
     from runtime.serialization import dumps, frame_from_dict, frame_to_dict, loads
 
-    data = frame_to_dict(TextFrame("hi"))   # {"_type": "TextFrame", "text": "hi", "id": ..., ...}
-    frame = frame_from_dict(data)           # TextFrame("hi"), same id, turn and created_at
-    frame = loads(dumps(TextFrame("hi")))   # through JSON text
+    data = frame_to_dict(EndFrame("done"))   # {"_type": "EndFrame", "reason": "done", "id": ...}
+    frame = frame_from_dict(data)            # EndFrame("done"), same id, turn and created_at
+    frame = loads(dumps(EndFrame("done")))   # through JSON text
 
 Rules:
 
@@ -21,8 +21,8 @@ Rules:
   nested attrs classes dicts (and the attrs field types turn them back on the way in).
 * Polymorphic nested values keep their concrete type: an attrs class whose base is registered
   with :func:`register_tagged_base` is written with its own ``"_type"`` tag. ``MetricsData``
-  is registered, so the items of ``MetricsFrame.data`` come back as ``TTFBMetricsData``,
-  ``ProcessingMetricsData``... (frames nested inside frames are tagged too).
+  is registered, so the items of ``MetricsFrame.data`` come back as the subclasses they were
+  (frames nested inside frames are tagged too).
 * Fields annotated ``Any`` (or ``object``) must hold JSON data (``None``, ``bool``, ``int``,
   ``float``, ``str``, lists and ``str``-keyed dicts of those; tuples are accepted and come
   back as lists); anything else raises :class:`SerializationError` naming the frame and

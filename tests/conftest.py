@@ -1,6 +1,6 @@
 """Fixtures shared by the whole suite: ``local_llm_server`` -- the real llama-server on the real
 local model, started once per test session for every end-to-end test (``tests/local``,
-``tests/e2e``, ``tests/cli``)."""
+``tests/e2e``, ``tests/cli``) -- and ``structlog_restored``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import attrs
 import httpx
 import pytest
+import structlog
 
 from actors.local import (
     DEFAULT_MODEL,
@@ -70,6 +71,17 @@ def _unavailable(reason: str) -> None:
     if _ci():
         pytest.fail(f"{reason} (CI is set: the local model and llama-server are required)")
     pytest.skip(reason)
+
+
+@pytest.fixture
+def structlog_restored() -> Iterator[None]:
+    """Lets a test configure structlog: its configuration is put back after the test."""
+    was_configured, saved = structlog.is_configured(), structlog.get_config()
+    yield
+    if was_configured:
+        structlog.configure(**saved)
+    else:
+        structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``trouper`` command; returns the exit code.
 
     Everything written to stdout and stderr meanwhile is redacted
-    (:func:`runtime.redaction.redact`): no secret the process knows is shown.
+    (:func:`actors.client.redaction.redact`): no secret the process knows is shown.
     """
     with redacted_output():
         return _main(argv)

@@ -25,7 +25,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from runtime import (
-    ErrorCategory,
     ErrorFrame,
     Frame,
     FrameDirection,
@@ -33,7 +32,6 @@ from runtime import (
     Pipeline,
     PipelineParams,
     PipelineTask,
-    TTFBMetricsData,
 )
 from runtime import logging as rlog
 
@@ -46,13 +44,14 @@ from .._frames import (
     LLMFullResponseStartFrame,
     LLMTextFrame,
     LLMUsageMetricsData,
+    TTFBMetricsData,
     VisionImageRawFrame,
 )
 from .._llm import OpenAILLMService
 from .._schemas import ToolsSchema
 from .._storage import SQLiteContextStorage
 from .._transport import TextTransport
-from ..client import InvalidParameterError
+from ..client import ErrorCategory, InvalidParameterError
 from ..client._client import check_api_key, endpoint_url
 from ._terminal import printable
 from ._tools import BUILTIN_TOOLS

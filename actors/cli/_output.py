@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from runtime.redaction import redact
+from ..client.redaction import redact
 
 __all__ = ["RedactedStream", "redacted_output"]
 
 
 class RedactedStream:
-    """A text stream that redacts (:func:`runtime.redaction.redact`) what it is given, then
+    """A text stream that redacts (:func:`actors.client.redaction.redact`) what it is given, then
     writes it to the stream it wraps; everything else (``isatty``, ``fileno``, ``flush``,
     ``encoding``...) is the wrapped stream's.
 

@@ -1,7 +1,10 @@
 """OpenAI-compatible streaming chat-completions client on trio and httpx.
 
-Independent of the actor layer: it only needs trio, httpx, attrs, cattrs, structlog and the
-domain-free ``runtime.redaction`` (its :class:`Redactor`, re-exported here).
+Independent of the runtime and of the actor layer: it only needs trio, httpx, attrs, cattrs,
+orjson and structlog. It hides the credentials it holds with its own redaction (its
+:class:`Redactor`, re-exported here; the whole public module is
+:mod:`actors.client.redaction`), and its
+errors carry an :class:`ErrorCategory`, the one the stages put in their ``ErrorFrame``s.
 
 Usage::
 
@@ -22,8 +25,6 @@ See ``docs/client.md`` for errors, retries and timeouts.
 """
 
 from __future__ import annotations
-
-from runtime.redaction import Redactor as Redactor
 
 from ._accumulate import StreamAccumulator as StreamAccumulator
 from ._accumulate import StreamResult as StreamResult
@@ -49,10 +50,10 @@ from ._errors import APIStatusError as APIStatusError
 from ._errors import APITimeoutError as APITimeoutError
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import BadRequestError as BadRequestError
-from ._errors import Category as Category
 from ._errors import ChatClientError as ChatClientError
 from ._errors import ConflictError as ConflictError
 from ._errors import ConnectTimeoutError as ConnectTimeoutError
+from ._errors import ErrorCategory as ErrorCategory
 from ._errors import EventTooLargeError as EventTooLargeError
 from ._errors import FirstTokenTimeoutError as FirstTokenTimeoutError
 from ._errors import IncompleteStreamError as IncompleteStreamError
@@ -78,6 +79,7 @@ from ._sse import DEFAULT_MAX_EVENT_BYTES as DEFAULT_MAX_EVENT_BYTES
 from ._sse import SSEDecoder as SSEDecoder
 from ._sse import SSEEvent as SSEEvent
 from ._timeouts import Timeouts as Timeouts
+from .redaction import Redactor as Redactor
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -87,7 +89,6 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
-    "Category",
     "ChatClientError",
     "ChatCompletionChunk",
     "ChatCompletionsClient",
@@ -100,6 +101,7 @@ __all__ = [
     "CompletionTokensDetails",
     "ConflictError",
     "ConnectTimeoutError",
+    "ErrorCategory",
     "EventTooLargeError",
     "FirstTokenTimeoutError",
     "FunctionCallDelta",

@@ -28,14 +28,6 @@ import orjson
 import structlog
 import trio
 
-from runtime.redaction import (
-    RedactingFilter,
-    Redactor,
-    header_secrets,
-    safe_url,
-    url_secrets,
-)
-
 from ._errors import (
     APIConnectionError,
     APITimeoutError,
@@ -53,6 +45,13 @@ from ._parser import ChunkStreamParser
 from ._retry import RetryDecision, RetryPolicy, parse_retry_after
 from ._sse import DEFAULT_MAX_EVENT_BYTES
 from ._timeouts import Timeouts
+from .redaction import (
+    RedactingFilter,
+    Redactor,
+    header_secrets,
+    safe_url,
+    url_secrets,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType

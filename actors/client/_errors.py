@@ -1,7 +1,8 @@
 """The client's exceptions.
 
 Every exception raised by the client derives from :class:`ChatClientError` and has a
-:attr:`~ChatClientError.category` that a service can act on without knowing the class tree::
+:attr:`~ChatClientError.category` (an :class:`ErrorCategory`, shown below by its value) that a
+service can act on without knowing the class tree::
 
     ChatClientError                   (base; never raised itself)
     ├── InvalidParameterError         invalid_request  also a ValueError; raised before sending
@@ -39,7 +40,7 @@ Every instance carries ``status``, ``error_type``, ``code`` (int or str, as the 
 stream was being read, ``partial_result`` (what had been received).
 
 No secret is ever in an exception the client raises: every text taken from a response is
-redacted (:class:`runtime.redaction.Redactor`) before it is cut to length, and before raising,
+redacted (:class:`~actors.client.Redactor`) before it is cut to length, and before raising,
 the client redacts the exception whole -- ``args``, every attribute, the chain. A transport error
 is chained as a copy of itself (same type, redacted message) without the request, whose URL
 and headers hold the credentials, and without its traceback.
@@ -47,15 +48,15 @@ and headers hold the credentials, and without its traceback.
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from runtime.redaction import Redactor
-
     from ._accumulate import StreamResult
+    from .redaction import Redactor
 
 __all__ = [
     "APIConnectionError",
@@ -63,10 +64,10 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
-    "Category",
     "ChatClientError",
     "ConflictError",
     "ConnectTimeoutError",
+    "ErrorCategory",
     "EventTooLargeError",
     "FirstTokenTimeoutError",
     "IncompleteStreamError",
@@ -88,8 +89,32 @@ __all__ = [
     "stream_error",
 ]
 
-Category = Literal["auth", "rate_limit", "server", "invalid_request", "connectivity", "timeout"]
-"""What kind of failure an exception is, for services that decide what to tell the user."""
+
+class ErrorCategory(enum.StrEnum):
+    """What kind of failure an error is, for services that decide what to tell the user.
+
+    The client's exceptions carry one (:attr:`ChatClientError.category`); the stages report
+    the same value in their ``ErrorFrame``s (``actors.ErrorCategory`` is this class). Each
+    member is its string value (``ErrorCategory.RATE_LIMIT == "rate_limit"``).
+    """
+
+    AUTHENTICATION = "auth"
+    """The credentials are missing, wrong, or not allowed (HTTP 401, 403)."""
+    RATE_LIMIT = "rate_limit"
+    """Rate limit or quota exceeded (HTTP 429)."""
+    SERVER = "server"
+    """The server failed or answered something unusable (5xx, malformed stream)."""
+    INVALID_REQUEST = "invalid_request"
+    """The request was rejected as invalid (other 4xx, invalid parameters or messages)."""
+    CONNECTIVITY = "connectivity"
+    """The connection could not be made or was lost."""
+    TIMEOUT = "timeout"
+    """A deadline passed."""
+    APPLICATION = "application"
+    """The application's own code failed (a tool handler, a stage); never a client error."""
+    UNKNOWN = "unknown"
+    """Anything else."""
+
 
 _MAX_TEXT = 300
 
@@ -109,7 +134,7 @@ class ChatClientError(Exception):
         category: Overrides the class's default :attr:`category`.
     """
 
-    default_category: ClassVar[Category] = "server"
+    default_category: ClassVar[ErrorCategory] = ErrorCategory.SERVER
 
     def __init__(
         self,
@@ -122,7 +147,7 @@ class ChatClientError(Exception):
         request_id: str | None = None,
         retry_after: float | None = None,
         body: Any = None,
-        category: Category | None = None,
+        category: ErrorCategory | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -133,12 +158,12 @@ class ChatClientError(Exception):
         self.request_id = request_id
         self.retry_after = retry_after
         self.body = body
-        self._category: Category = category or self.default_category
+        self._category: ErrorCategory = category or self.default_category
         self.attempts = 1
         self.partial_result: StreamResult | None = None
 
     @property
-    def category(self) -> Category:
+    def category(self) -> ErrorCategory:
         """``auth``, ``rate_limit``, ``server``, ``invalid_request``, ``connectivity`` or
         ``timeout``."""
         return self._category
@@ -166,13 +191,13 @@ class ChatClientError(Exception):
 class InvalidParameterError(ChatClientError, ValueError):
     """A request or generation parameter is invalid; raised before anything is sent."""
 
-    default_category: ClassVar[Category] = "invalid_request"
+    default_category: ClassVar[ErrorCategory] = ErrorCategory.INVALID_REQUEST
 
 
 class APIConnectionError(ChatClientError):
     """The connection could not be made or was lost."""
 
-    default_category: ClassVar[Category] = "connectivity"
+    default_category: ClassVar[ErrorCategory] = ErrorCategory.CONNECTIVITY
 
 
 class ServerDisconnectedError(APIConnectionError):
@@ -187,7 +212,7 @@ class IncompleteStreamError(APIConnectionError):
 class APITimeoutError(ChatClientError):
     """A deadline of :class:`~actors.client.Timeouts` passed."""
 
-    default_category: ClassVar[Category] = "timeout"
+    default_category: ClassVar[ErrorCategory] = ErrorCategory.TIMEOUT
 
 
 class ConnectTimeoutError(APITimeoutError):
@@ -210,67 +235,67 @@ class TotalTimeoutError(APITimeoutError):
 class APIStatusError(ChatClientError):
     """The server answered with an HTTP error status instead of a stream."""
 
-    default_category: ClassVar[Category] = "server"
+    default_category: ClassVar[ErrorCategory] = ErrorCategory.SERVER
 
 
 class BadRequestError(APIStatusError):
     """HTTP 400: the request was malformed or used an unsupported parameter."""
 
-    default_category: ClassVar[Category] = "invalid_request"
+    default_category: ClassVar[ErrorCategory] = ErrorCategory.INVALID_REQUEST
 
 
 class AuthenticationError(APIStatusError):
     """HTTP 401: the API key is missing, wrong or revoked."""
 
-    default_category: ClassVar[Category] = "auth"
+    default_category: ClassVar[ErrorCategory] = ErrorCategory.AUTHENTICATION
 
 
 class PermissionDeniedError(APIStatusError):
     """HTTP 403: the key may not use this resource (or region)."""
 
-    default_category: ClassVar[Category] = "auth"
+    default_category: ClassVar[ErrorCategory] = ErrorCategory.AUTHENTICATION
 
 
 class NotFoundError(APIStatusError):
     """HTTP 404: unknown model or endpoint."""
 
-    default_category: ClassVar[Category] = "invalid_request"
+    default_category: ClassVar[ErrorCategory] = ErrorCategory.INVALID_REQUEST
 
 
 class ConflictError(APIStatusError):
     """HTTP 409: conflict (retried by default)."""
 
-    default_category: ClassVar[Category] = "invalid_request"
+    default_category: ClassVar[ErrorCategory] = ErrorCategory.INVALID_REQUEST
 
 
 class UnprocessableEntityError(APIStatusError):
     """HTTP 422: the request was understood but cannot be processed."""
 
-    default_category: ClassVar[Category] = "invalid_request"
+    default_category: ClassVar[ErrorCategory] = ErrorCategory.INVALID_REQUEST
 
 
 class RateLimitError(APIStatusError):
     """HTTP 429: rate limit or quota exceeded (retried by default)."""
 
-    default_category: ClassVar[Category] = "rate_limit"
+    default_category: ClassVar[ErrorCategory] = ErrorCategory.RATE_LIMIT
 
 
 class InternalServerError(APIStatusError):
     """HTTP 5xx: the server failed (retried by default)."""
 
-    default_category: ClassVar[Category] = "server"
+    default_category: ClassVar[ErrorCategory] = ErrorCategory.SERVER
 
 
 class StreamError(ChatClientError):
     """The server reported an error inside a stream that had started with HTTP 200."""
 
-    default_category: ClassVar[Category] = "server"
+    default_category: ClassVar[ErrorCategory] = ErrorCategory.SERVER
 
 
 class MalformedChunkError(ChatClientError):
     """A ``data:`` line of the stream is not a JSON object."""
 
-    default_category: ClassVar[Category] = "server"
+    default_category: ClassVar[ErrorCategory] = ErrorCategory.SERVER
 
 
 def _size(count: int) -> str:
@@ -295,7 +320,7 @@ class EventTooLargeError(ChatClientError):
         max_event_bytes: The cap that was exceeded.
     """
 
-    default_category: ClassVar[Category] = "server"
+    default_category: ClassVar[ErrorCategory] = ErrorCategory.SERVER
 
     def __init__(self, max_event_bytes: int, *, request_id: str | None = None) -> None:
         super().__init__(
@@ -314,7 +339,7 @@ class NotEventStreamError(ChatClientError):
     to an OpenAI-compatible API, a proxy's page, or a server ignoring ``stream: true``. Never
     retried: the same request would get the same answer."""
 
-    default_category: ClassVar[Category] = "server"
+    default_category: ClassVar[ErrorCategory] = ErrorCategory.SERVER
 
 
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
@@ -327,22 +352,22 @@ _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
     429: RateLimitError,
 }
 
-_TYPE_CATEGORIES: dict[str, Category] = {
-    "invalid_request_error": "invalid_request",
-    "badrequesterror": "invalid_request",
-    "not_found_error": "invalid_request",
-    "notfounderror": "invalid_request",
-    "authentication_error": "auth",
-    "permission_error": "auth",
-    "permission_denied_error": "auth",
-    "rate_limit_error": "rate_limit",
-    "rate_limit_exceeded": "rate_limit",
-    "insufficient_quota": "rate_limit",
-    "timeout": "timeout",
+_TYPE_CATEGORIES: dict[str, ErrorCategory] = {
+    "invalid_request_error": ErrorCategory.INVALID_REQUEST,
+    "badrequesterror": ErrorCategory.INVALID_REQUEST,
+    "not_found_error": ErrorCategory.INVALID_REQUEST,
+    "notfounderror": ErrorCategory.INVALID_REQUEST,
+    "authentication_error": ErrorCategory.AUTHENTICATION,
+    "permission_error": ErrorCategory.AUTHENTICATION,
+    "permission_denied_error": ErrorCategory.AUTHENTICATION,
+    "rate_limit_error": ErrorCategory.RATE_LIMIT,
+    "rate_limit_exceeded": ErrorCategory.RATE_LIMIT,
+    "insufficient_quota": ErrorCategory.RATE_LIMIT,
+    "timeout": ErrorCategory.TIMEOUT,
 }
 
 
-def category_for_status(status: int) -> Category:
+def category_for_status(status: int) -> ErrorCategory:
     """The category of an HTTP error status.
 
     Args:
@@ -353,14 +378,14 @@ def category_for_status(status: int) -> Category:
         anything unexpected, ``invalid_request`` for other 4xx.
     """
     if status in (401, 403):
-        return "auth"
+        return ErrorCategory.AUTHENTICATION
     if status == 429:
-        return "rate_limit"
+        return ErrorCategory.RATE_LIMIT
     if status == 408:
-        return "timeout"
+        return ErrorCategory.TIMEOUT
     if 400 <= status < 500:
-        return "invalid_request"
-    return "server"
+        return ErrorCategory.INVALID_REQUEST
+    return ErrorCategory.SERVER
 
 
 def _truncate(text: str, limit: int = _MAX_TEXT) -> str:
@@ -474,7 +499,7 @@ def stream_error(error: object, *, redactor: Redactor, request_id: str | None) -
         message = json.dumps(error)
     if message is not None:
         message = _truncate(redactor.text(message))  # redacted first: a cut secret is unknown
-    category: Category = "server"
+    category = ErrorCategory.SERVER
     if isinstance(code, int) and 400 <= code < 600:
         category = category_for_status(code)
     else:

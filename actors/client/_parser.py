@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import orjson
 
-from runtime.redaction import Redactor
-
 from ._accumulate import StreamAccumulator, StreamResult
 from ._chunks import parse_chunk
 from ._errors import (
@@ -27,6 +25,7 @@ from ._errors import (
     stream_error,
 )
 from ._sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder, SSEEvent
+from .redaction import Redactor
 
 if TYPE_CHECKING:
     from collections import deque

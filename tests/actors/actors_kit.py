@@ -28,6 +28,7 @@ from actors import (
     OpenAILLMService,
     SQLiteContextStorage,
     ToolsSchema,
+    TranscriptionFrame,
 )
 from actors.client import GenerationParams, RetryPolicy, Timeouts
 from actors.testing import ScriptedOpenAIServer
@@ -45,7 +46,6 @@ from runtime import (
     PipelineParams,
     PipelineTask,
     StartFrame,
-    TranscriptionFrame,
 )
 from runtime.testing import running_tasks
 

@@ -16,9 +16,10 @@ from actors import (
     LLMTextFrame,
     OpenAILLMContext,
     OpenAILLMService,
+    TranscriptionFrame,
 )
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
-from runtime import AsyncioBridge, Frame, FrameDirection, Pipeline, PipelineTask, TranscriptionFrame
+from runtime import AsyncioBridge, Frame, FrameDirection, Pipeline, PipelineTask
 
 from .actors_kit import API_KEY, MODEL, SYSTEM
 

@@ -28,9 +28,10 @@ from actors import (
     OpenAILLMService,
     OutputTransport,
     TextTransport,
+    TranscriptionFrame,
 )
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer, sse_body
-from runtime import Actor, Frame, FrameDirection, Pipeline, PipelineTask, TranscriptionFrame
+from runtime import Actor, Frame, FrameDirection, Pipeline, PipelineTask
 
 from .actors_kit import API_KEY, MODEL, SYSTEM, WAIT_SECS, Notifier
 from .delivery_kit import DeliveryHarness, plan_round

@@ -13,10 +13,10 @@ import structlog
 import trio
 import trio.testing
 
-from actors import LLMTextFrame, OpenAILLMContextFrame
+from actors import ErrorCategory, LLMTextFrame, OpenAILLMContextFrame, TextFrame
 from actors.client import RetryPolicy, Timeouts
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
-from runtime import ErrorCategory, FrameTypeError, TextFrame
+from runtime import FrameTypeError
 
 from .actors_kit import API_KEY, SYSTEM, assert_valid, open_conversation
 

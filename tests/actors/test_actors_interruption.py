@@ -24,6 +24,8 @@ from actors import (
     OpenAILLMService,
     TextTransport,
     ToolsSchema,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
 )
 from actors.client import ChatStream
 from actors.testing import ChunkFactory, RecordedRequest, Reply, ScriptedOpenAIServer
@@ -34,8 +36,6 @@ from runtime import (
     Pipeline,
     PipelineParams,
     PipelineTask,
-    UserStartedSpeakingFrame,
-    UserStoppedSpeakingFrame,
 )
 
 from .actors_kit import (

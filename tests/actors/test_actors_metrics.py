@@ -16,10 +16,12 @@ from actors import (
     LLMTokenUsage,
     LLMUpdateSettingsFrame,
     LLMUsageMetricsData,
+    ProcessingMetricsData,
     ToolsSchema,
+    TTFBMetricsData,
 )
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
-from runtime import MetricsFrame, PipelineParams, ProcessingMetricsData, TTFBMetricsData
+from runtime import MetricsFrame, PipelineParams
 
 from .actors_kit import MODEL, metrics_of, open_conversation
 

@@ -30,6 +30,7 @@ PUBLIC = {
     "ContextSnapshot",
     "ContextStore",
     "ContextStoreRequest",
+    "ErrorCategory",
     "FunctionCallCancelFrame",
     "FunctionCallFromLLM",
     "FunctionCallInProgressFrame",
@@ -47,6 +48,7 @@ PUBLIC = {
     "LLMMessagesAppendFrame",
     "LLMMessagesFrame",
     "LLMMessagesUpdateFrame",
+    "LLMMetricsData",
     "LLMRunFrame",
     "LLMSetToolChoiceFrame",
     "LLMSetToolsFrame",
@@ -65,19 +67,26 @@ PUBLIC = {
     "OpenAILLMService",
     "OutputCallback",
     "OutputTransport",
+    "ProcessingMetricsData",
     "RecordToolCallsRequest",
     "RecordToolSettlementRequest",
-    "SQLiteContextStorage",
     "ReplaceMessagesRequest",
     "RunFunctionCallsRequest",
+    "SQLiteContextStorage",
     "SetToolChoiceRequest",
     "SetToolsRequest",
+    "StartInterruptionFrame",
+    "TTFBMetricsData",
+    "TextFrame",
     "TextInputTransport",
     "TextOutputTransport",
     "TextTransport",
     "TimingStats",
     "ToolExecutor",
     "ToolsSchema",
+    "TranscriptionFrame",
+    "UserStartedSpeakingFrame",
+    "UserStoppedSpeakingFrame",
     "VisionImageRawFrame",
 }
 
@@ -148,7 +157,7 @@ class TestExports:
     def test_every_name_of_the_design_brief_is_importable(self) -> None:
         missing = [n for n in DESIGN_NAMES if n not in actors.__all__ and n not in runtime.__all__]
         assert missing == []
-        assert runtime.StartInterruptionFrame is runtime.InterruptionFrame
+        assert actors.StartInterruptionFrame is runtime.InterruptionFrame
         assert actors.OpenAILLMService.InputParams is not None
 
 

@@ -30,13 +30,20 @@ from actors import (
     MetricsReport,
     OpenAILLMContext,
     OpenAILLMContextFrame,
+    ProcessingMetricsData,
     RecordToolCallsRequest,
     RecordToolSettlementRequest,
     ReplaceMessagesRequest,
     RunFunctionCallsRequest,
     SetToolChoiceRequest,
     SetToolsRequest,
+    StartInterruptionFrame,
+    TextFrame,
     ToolsSchema,
+    TranscriptionFrame,
+    TTFBMetricsData,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
     VisionImageRawFrame,
 )
 from runtime import Frame, MetricsFrame
@@ -56,6 +63,11 @@ _CALL = FunctionCallFromLLM("get_weather", "call_1", {"city": "Paris"}, '{"city"
 _MESSAGES = [{"role": "user", "content": "again"}]
 
 EXAMPLES: list[Frame] = [
+    TextFrame("Hello", append_to_context=False),
+    TranscriptionFrame("Bonjour", user_id="u1", timestamp="2024-01-01T00:00:00Z"),
+    UserStartedSpeakingFrame(),
+    UserStoppedSpeakingFrame(),
+    StartInterruptionFrame(),
     OpenAILLMContextFrame(_CONTEXT),
     LLMMessagesFrame(_MESSAGES),
     VisionImageRawFrame(b"\x00\x01\x02" * 4, (2, 2), "RGB", "What is it?"),
@@ -79,6 +91,7 @@ EXAMPLES: list[Frame] = [
     ),
     FunctionCallCancelFrame("get_weather", "call_1", reason="timeout", run_llm=True),
     MetricsFrame([LLMUsageMetricsData("llm", "m", value=LLMTokenUsage(1, 2, 3, 0, None))]),
+    MetricsFrame([TTFBMetricsData("llm", "m", value=0.25), ProcessingMetricsData("llm", None)]),
     MetricsReport([LLMUsageMetricsData("llm", "m", value=LLMTokenUsage(4, 5, 9))]),
     GetContextRequest(),
     AppendMessagesRequest(_MESSAGES, interrupted=True),

@@ -12,6 +12,7 @@ import trio.testing
 from PIL import Image
 
 from actors import (
+    ErrorCategory,
     FunctionSchema,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
@@ -28,7 +29,6 @@ from actors import (
     VisionImageRawFrame,
 )
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
-from runtime import ErrorCategory
 
 from .actors_kit import (
     MODEL,

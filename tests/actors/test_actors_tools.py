@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from actors import (
+    ErrorCategory,
     FunctionCallFromLLM,
     FunctionCallInProgressFrame,
     FunctionCallParams,
@@ -25,7 +26,6 @@ from actors import (
     ToolsSchema,
 )
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
-from runtime import ErrorCategory
 
 from .actors_kit import (
     SYSTEM,

@@ -25,6 +25,7 @@ import trio
 import trio.testing
 
 from actors import (
+    ErrorCategory,
     FunctionCallParams,
     FunctionCallResultFrame,
     FunctionCallResultProperties,
@@ -34,13 +35,13 @@ from actors import (
     OpenAILLMService,
     TextTransport,
     ToolsSchema,
+    TranscriptionFrame,
     VisionImageRawFrame,
 )
 from actors.client import RetryPolicy, Timeouts
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 from runtime import (
     AsyncioBridge,
-    ErrorCategory,
     ErrorFrame,
     Frame,
     FrameDirection,
@@ -48,7 +49,6 @@ from runtime import (
     PipelineTask,
     Session,
     SessionStateError,
-    TranscriptionFrame,
 )
 from runtime.testing import FrameCollector
 

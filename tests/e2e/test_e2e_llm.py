@@ -20,6 +20,7 @@ import trio
 from PIL import Image
 
 from actors import (
+    ErrorCategory,
     FunctionCallInProgressFrame,
     FunctionCallParams,
     FunctionCallResultFrame,
@@ -28,11 +29,13 @@ from actors import (
     LLMMessagesUpdateFrame,
     LLMTextFrame,
     LLMUsageMetricsData,
+    ProcessingMetricsData,
     ToolsSchema,
+    TTFBMetricsData,
     VisionImageRawFrame,
 )
 from actors.client import BadRequestError, InternalServerError
-from runtime import ErrorCategory, MetricsFrame, ProcessingMetricsData, TTFBMetricsData
+from runtime import MetricsFrame
 
 from ..conftest import LocalLLM
 from .e2e_kit import STEP_TIMEOUT, open_conversation, server_get, sockets_to, wait_until

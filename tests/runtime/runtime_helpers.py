@@ -1,11 +1,69 @@
-"""Frames and small actors shared by the runtime tests."""
+"""Frames and small actors shared by the runtime tests.
+
+The runtime has no domain frames (text, speech...): these test-only frames stand in for the
+ones a layer built on it defines.
+"""
 
 from __future__ import annotations
+
+import enum
 
 import attrs
 import trio
 
-from runtime import Actor, DataFrame, Frame, FrameDirection, SystemFrame, TextFrame
+from runtime import (
+    Actor,
+    ControlFrame,
+    DataFrame,
+    Frame,
+    FrameDirection,
+    MetricsData,
+    SystemFrame,
+)
+
+
+@attrs.frozen
+class Text(DataFrame):
+    """A chunk of text (interruptible, like any data frame)."""
+
+    text: str
+
+
+@attrs.frozen
+class Said(Text):
+    """Text that an interruption never drops (its default ``interruptible`` is False)."""
+
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
+
+
+@attrs.frozen
+class TurnBegins(ControlFrame):
+    """An ordered signal that opens a turn; never dropped."""
+
+    interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
+
+
+@attrs.frozen
+class Latency(MetricsData):
+    """A measured delay, in seconds."""
+
+    value: float = 0.0
+    label: str | None = None
+
+
+@attrs.frozen
+class Count(MetricsData):
+    """A counted quantity."""
+
+    value: int = 0
+
+
+class Kind(enum.StrEnum):
+    """Error categories of a test layer (``ErrorFrame.category`` takes any string)."""
+
+    APPLICATION = "application"
+    CONNECTIVITY = "connectivity"
+    TIMEOUT = "timeout"
 
 
 @attrs.frozen
@@ -22,14 +80,14 @@ class Note(SystemFrame):
     text: str = ""
 
 
-class Upper(Actor[TextFrame]):
+class Upper(Actor[Text]):
     """Upper-cases text; everything else passes through."""
 
-    accepts = (TextFrame,)
+    accepts = (Text,)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        assert isinstance(frame, TextFrame)
-        await self.push_frame(TextFrame(frame.text.upper()), direction)
+        assert isinstance(frame, Text)
+        await self.push_frame(Text(frame.text.upper()), direction)
 
 
 class Incr(Actor[Ping]):

@@ -21,20 +21,16 @@ from runtime import (
     PipelineParams,
     StartFrame,
     SystemFrame,
-    TextFrame,
-    TranscriptionFrame,
-    TTFBMetricsData,
-    UserStartedSpeakingFrame,
 )
 from runtime.testing import FrameCollector, open_test_task, run_frames, wait_idle
 
-from .runtime_helpers import Ping, numbers
+from .runtime_helpers import Latency, Ping, Said, Text, TurnBegins, numbers
 
 
 class TestFrames:
     def test_frames_are_frozen_and_slotted(self) -> None:
         """A frame cannot be changed after creation; ``attrs.evolve`` makes a new one."""
-        frame = TextFrame("hi")
+        frame = Text("hi")
         with pytest.raises(attrs.exceptions.FrozenInstanceError):
             frame.text = "changed"  # type: ignore[misc]
         assert not hasattr(frame, "__dict__")
@@ -57,15 +53,15 @@ class TestFrames:
         assert isinstance(MetricsFrame(), SystemFrame)
         assert isinstance(EndFrame(), ControlFrame)
         assert not EndFrame().interruptible
-        assert isinstance(TextFrame("x"), DataFrame)
-        assert TextFrame("x").interruptible
-        assert not TranscriptionFrame("x").interruptible
-        assert TextFrame("x", interruptible=False).interruptible is False
+        assert isinstance(Text("x"), DataFrame)
+        assert Text("x").interruptible
+        assert not Said("x").interruptible
+        assert Text("x", interruptible=False).interruptible is False
 
     def test_metrics_frames_hold_a_tuple(self) -> None:
         """``MetricsFrame.data`` is stored as a tuple whatever sequence it was given."""
-        frame = MetricsFrame(data=[TTFBMetricsData("llm", value=0.1)])
-        assert frame.data == (TTFBMetricsData("llm", value=0.1),)
+        frame = MetricsFrame(data=[Latency("llm", value=0.1)])
+        assert frame.data == (Latency("llm", value=0.1),)
 
     def test_a_frame_made_outside_an_actor_has_no_turn_yet(self) -> None:
         """The application's frames get their turn when they enter a session."""
@@ -78,20 +74,20 @@ class TestTurnStamping:
     ) -> None:
         """A frame created while an actor handles a frame of turn N belongs to turn N."""
 
-        class Maker(Actor[UserStartedSpeakingFrame | Ping]):
-            accepts = (UserStartedSpeakingFrame, Ping)
+        class Maker(Actor[TurnBegins | Ping]):
+            accepts = (TurnBegins, Ping)
 
             async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-                await self.push_frame(TextFrame(f"made in turn {self.session.turn}"), direction)
+                await self.push_frame(Text(f"made in turn {self.session.turn}"), direction)
 
         collector = FrameCollector()
         async with open_test_task([Maker(), collector]) as t:
             await t.push(Ping(1))
             await wait_idle()
             t.interrupt()
-            await t.push(UserStartedSpeakingFrame())
+            await t.push(TurnBegins())
             await wait_idle()
-        made = collector.of_type(TextFrame)
+        made = collector.of_type(Text)
         assert [(f.text, f.turn) for f in made] == [("made in turn 0", 0), ("made in turn 1", 1)]
 
 

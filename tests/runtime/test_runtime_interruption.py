@@ -11,13 +11,10 @@ from runtime import (
     FrameDirection,
     InterruptionFrame,
     Session,
-    StartInterruptionFrame,
-    TextFrame,
-    UserStartedSpeakingFrame,
 )
 from runtime.testing import FrameCollector, open_test_task, wait_idle
 
-from .runtime_helpers import Gate, Note, Ping, numbers
+from .runtime_helpers import Gate, Note, Ping, Text, TurnBegins, numbers
 
 
 class TestInterruptionDropsOnlyTheInterruptedTurn:
@@ -146,7 +143,6 @@ class TestInterruptionDropsOnlyTheInterruptedTurn:
             frame = t.interrupt()
             out = await t.drain()
         assert isinstance(frame, InterruptionFrame)
-        assert StartInterruptionFrame is InterruptionFrame
         for collector in collectors:
             assert collector.of_type(InterruptionFrame) == [frame]
         assert out == [frame]
@@ -175,8 +171,8 @@ class TestInterruptionDropsOnlyTheInterruptedTurn:
         """A stage that originates an interruption (say, on voice activity) starts a new
         turn; what later stages push while handling it is not dropped as stale."""
 
-        class Vad(Actor[UserStartedSpeakingFrame]):
-            accepts = (UserStartedSpeakingFrame,)
+        class Vad(Actor[TurnBegins]):
+            accepts = (TurnBegins,)
 
             async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
                 await self.push_frame(frame, direction)
@@ -186,19 +182,19 @@ class TestInterruptionDropsOnlyTheInterruptedTurn:
             accepts = (InterruptionFrame,)
 
             async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-                await self.push_frame(TextFrame("[interrupted]"), direction)
+                await self.push_frame(Text("[interrupted]"), direction)
 
         async with open_test_task([Vad(), Reacts()]) as t:
-            await t.push(UserStartedSpeakingFrame())
+            await t.push(TurnBegins())
             out = await t.drain()
             assert t.session.turn == 1
         # The speaking frame (data lane) and the interruption (system lane) are not ordered.
         assert sorted(type(f).__name__ for f in out) == [
             "InterruptionFrame",
-            "TextFrame",
-            "UserStartedSpeakingFrame",
+            "Text",
+            "TurnBegins",
         ]
-        assert [f.text for f in out if isinstance(f, TextFrame)] == ["[interrupted]"]
+        assert [f.text for f in out if isinstance(f, Text)] == ["[interrupted]"]
 
     async def test_session_interrupt_drops_queued_frames_without_a_task(
         self, autojump_clock: object

@@ -13,7 +13,6 @@ from runtime import (
     ActorState,
     CancelFrame,
     EndFrame,
-    ErrorCategory,
     ErrorFrame,
     Frame,
     FrameDirection,
@@ -34,7 +33,7 @@ from runtime.testing import (
     wait_idle,
 )
 
-from .runtime_helpers import Gate, Ping, Sleeper, numbers
+from .runtime_helpers import Gate, Kind, Ping, Sleeper, numbers
 
 
 class Journal(Actor[Frame]):
@@ -227,7 +226,7 @@ class TestEndAndCancel:
             async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
                 assert isinstance(frame, Ping)
                 await self.push_error(
-                    f"bad {frame.n}", fatal=frame.n == 2, category=ErrorCategory.APPLICATION
+                    f"bad {frame.n}", fatal=frame.n == 2, category=Kind.APPLICATION
                 )
 
         task = PipelineTask(Failing(name="failing"))
@@ -528,7 +527,7 @@ class TestErrorFrames:
             accepts = (Ping,)
 
             async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-                await self.push_error("upstream service down", category=ErrorCategory.CONNECTIVITY)
+                await self.push_error("upstream service down", category=Kind.CONNECTIVITY)
 
         result = await run_frames([FrameCollector(), Reports(name="svc")], [Ping(1)])
         [error] = result.errors
@@ -536,6 +535,6 @@ class TestErrorFrames:
         assert (error.error, error.source, error.category, error.fatal) == (
             "upstream service down",
             "svc",
-            ErrorCategory.CONNECTIVITY,
+            Kind.CONNECTIVITY,
             False,
         )

@@ -15,11 +15,10 @@ from runtime import (
     PipelineParams,
     Session,
     Stage,
-    TextFrame,
 )
 from runtime.testing import FrameCollector, open_test_task, run_frames, wait_idle
 
-from .runtime_helpers import Gate, Incr, Note, Ping, Upper, numbers
+from .runtime_helpers import Gate, Incr, Note, Ping, Said, Text, Upper, numbers
 
 
 class TestTypedMailbox:
@@ -45,16 +44,14 @@ class TestTypedMailbox:
     async def test_accepted_types_include_subclasses(self) -> None:
         """An actor accepting a frame class also accepts its subclasses."""
         actor = Upper()
-        from runtime import TranscriptionFrame
-
-        assert actor.accepts_frame(TranscriptionFrame("hi"))
+        assert actor.accepts_frame(Said("hi"))
         assert not actor.accepts_frame(Ping())
 
     async def test_frames_not_accepted_pass_through_in_order(self, autojump_clock: object) -> None:
         """Frames an actor does not accept pass through it, in order with what it emits."""
-        frames: list[Frame] = [TextFrame("a"), Ping(1), TextFrame("b"), Ping(2), Ping(3)]
+        frames: list[Frame] = [Text("a"), Ping(1), Text("b"), Ping(2), Ping(3)]
         result = await run_frames([Upper()], frames)
-        assert result.downstream == [TextFrame("A"), Ping(1), TextFrame("B"), Ping(2), Ping(3)]
+        assert result.downstream == [Text("A"), Ping(1), Text("B"), Ping(2), Ping(3)]
 
     async def test_default_actor_accepts_everything_and_forwards_nothing_itself(
         self, autojump_clock: object
@@ -183,7 +180,7 @@ class TestOrdering:
         for n in range(count):
             frames.append(Ping(n))
             if n % 100 == 0:
-                frames.append(TextFrame(str(n)))
+                frames.append(Text(str(n)))
         stages: list[Stage] = [
             Incr(),
             Upper(),
@@ -193,11 +190,11 @@ class TestOrdering:
         ]
         result = await run_frames(stages, frames, params=PipelineParams(mailbox_size=4))
         assert numbers(result.downstream) == [n + 2 for n in range(count)]
-        texts = [f.text for f in result.of_type(TextFrame)]
+        texts = [f.text for f in result.of_type(Text)]
         assert texts == [str(n) for n in range(0, count, 100)]
         # Each text frame is still right behind the ping it followed.
         positions = {id(f): i for i, f in enumerate(result.downstream)}
-        for text in result.of_type(TextFrame):
+        for text in result.of_type(Text):
             before = result.downstream[positions[id(text)] - 1]
             assert isinstance(before, Ping)
             assert before.n == int(text.text) + 2

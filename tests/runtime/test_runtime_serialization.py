@@ -16,17 +16,13 @@ from hypothesis import strategies as st
 
 from runtime import (
     DataFrame,
-    ErrorCategory,
     ErrorFrame,
     Frame,
     FrameDirection,
     MetricsData,
     MetricsFrame,
     PipelineTask,
-    ProcessingMetricsData,
     SystemFrame,
-    TextFrame,
-    TTFBMetricsData,
 )
 from runtime.serialization import (
     NOT_SERIALIZED,
@@ -44,7 +40,7 @@ from runtime.serialization import (
 )
 from runtime.testing import capture_logs, run_frames
 
-from .runtime_helpers import Incr, Ping, numbers
+from .runtime_helpers import Count, Incr, Kind, Latency, Ping, Text, numbers
 
 # --------------------------------------------------------------------------- test frames
 
@@ -189,7 +185,7 @@ json_values = st.recursive(
     max_leaves=8,
 )
 
-leaf_frames = st.builds(TextFrame, st.text(), turn=st.none() | st.integers(0, 5))
+leaf_frames = st.builds(Text, st.text(), turn=st.none() | st.integers(0, 5))
 
 
 def concrete_subclasses(base: type[Any]) -> list[type[Any]]:
@@ -323,7 +319,7 @@ class TestRoundTrip:
             direction=FrameDirection.UPSTREAM,
             attachment=Attachment("a.png", b"png"),
             shapes=(Circle("c", 2.0), Square("s", 3)),
-            inner=TextFrame("hi"),
+            inner=Text("hi"),
             extra={"k": [1, "two", None]},
             turn=4,
             interruptible=False,
@@ -340,7 +336,7 @@ class TestRoundTrip:
             {"_type": "Circle", "label": "c", "radius": 2.0},
             {"_type": "Square", "label": "s", "side": 3},
         ]
-        assert data["inner"]["_type"] == "TextFrame"
+        assert data["inner"]["_type"] == "Text"
         assert data["inner"]["text"] == "hi"
         assert (data["id"], data["turn"], data["interruptible"]) == (frame.id, 4, False)
         assert "callback" not in data
@@ -350,12 +346,10 @@ class TestRoundTrip:
 
     def test_metrics_data_keep_their_concrete_type(self) -> None:
         """The items of ``MetricsFrame.data`` come back as the subclasses they were."""
-        frame = MetricsFrame(
-            data=[TTFBMetricsData("llm", model="m", value=0.25), ProcessingMetricsData("llm")]
-        )
+        frame = MetricsFrame(data=[Latency("llm", value=0.25, label="m"), Count("llm")])
         back = loads(dumps(frame))
         assert isinstance(back, MetricsFrame)
-        assert [type(d) for d in back.data] == [TTFBMetricsData, ProcessingMetricsData]
+        assert [type(d) for d in back.data] == [Latency, Count]
         assert back == frame
         assert isinstance(back.data, tuple)
         assert converter.structure(converter.unstructure(back.data[0], MetricsData), MetricsData)
@@ -369,7 +363,7 @@ class TestWhatIsNotSerialized:
             "boom: timeout",
             fatal=True,
             exception=TimeoutError("boom"),
-            category=ErrorCategory.TIMEOUT,
+            category=Kind.TIMEOUT,
             source="llm",
         )
         data = frame_to_dict(frame)
@@ -380,7 +374,7 @@ class TestWhatIsNotSerialized:
         assert (back.error, back.fatal, back.category, back.source) == (
             "boom: timeout",
             True,
-            ErrorCategory.TIMEOUT,
+            Kind.TIMEOUT,
             "llm",
         )
 
@@ -417,16 +411,16 @@ class TestWhatIsNotSerialized:
             frame_from_dict({"_type": "NoSuchFrame"})
         with pytest.raises(SerializationError, match="needs a string '_type' key"):
             frame_from_dict({"text": "hi"})
-        with pytest.raises(SerializationError, match="cannot read a TextFrame"):
-            frame_from_dict({"_type": "TextFrame"})
+        with pytest.raises(SerializationError, match="cannot read a Text"):
+            frame_from_dict({"_type": "Text"})
         with pytest.raises(SerializationError, match="invalid base64"):
             frame_from_dict({"_type": "RichFrame", "payload": "***"})
         with pytest.raises(SerializationError, match="not JSON"):
             loads("{nope")
         with pytest.raises(SerializationError, match="a JSON object"):
             loads("[1, 2]")
-        with pytest.raises(SerializationError, match="expected a TextFrame, got 'Ping'"):
-            converter.structure(frame_to_dict(Ping(1)), TextFrame)
+        with pytest.raises(SerializationError, match="expected a Text, got 'Ping'"):
+            converter.structure(frame_to_dict(Ping(1)), Text)
         with pytest.raises(TypeError, match="takes a Frame"):
             frame_to_dict("text")  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="takes an attrs class"):
@@ -436,7 +430,7 @@ class TestWhatIsNotSerialized:
 class TestRegistry:
     def test_frames_defined_later_are_found_without_registration(self) -> None:
         """A frame class defined after the first (de)serialization works at once."""
-        assert loads(dumps(TextFrame("warm up"))) == TextFrame("warm up")
+        assert loads(dumps(Text("warm up"))) == Text("warm up")
 
         @attrs.frozen
         class LateFrame(DataFrame):
@@ -475,7 +469,7 @@ class TestRecording:
         """``FrameRecorder`` writes what reaches both ends as JSON lines; ``read_recording``
         yields the same frames, and feeding them to a new task replays the session."""
         path = tmp_path / "session.jsonl"
-        frames: list[Frame] = [Ping(1), TextFrame("t"), Ping(2)]
+        frames: list[Frame] = [Ping(1), Text("t"), Ping(2)]
         task = PipelineTask(Incr())
         with FrameRecorder(path) as recorder:
             recorder.attach(task)
@@ -491,7 +485,7 @@ class TestRecording:
         assert [type(f).__name__ for f in recorded] == [
             "StartFrame",
             "Ping",
-            "TextFrame",
+            "Text",
             "Ping",
             "EndFrame",
         ]

@@ -16,7 +16,6 @@ from runtime import (
     InterruptionFrame,
     PipelineParams,
     StartFrame,
-    TextFrame,
 )
 from runtime.testing import (
     LIFECYCLE_FRAMES,
@@ -30,7 +29,7 @@ from runtime.testing import (
     wait_idle,
 )
 
-from .runtime_helpers import Gate, Incr, Note, Ping, Sleeper, Upper, numbers
+from .runtime_helpers import Gate, Incr, Note, Ping, Sleeper, Text, Upper, numbers
 
 
 class NeverEnds(Actor[EndFrame]):
@@ -55,14 +54,14 @@ class TestRunFrames:
                 await self.push_error("no pings")
                 await self.push_frame(frame, direction)
 
-        result = await run_frames([Complains()], [Ping(1), TextFrame("x")])
+        result = await run_frames([Complains()], [Ping(1), Text("x")])
         assert isinstance(result, FramesResult)
-        assert result.downstream == [Ping(1), TextFrame("x")]
+        assert result.downstream == [Ping(1), Text("x")]
         assert [e.error for e in result.errors] == ["no pings"]
         assert result.of_type(ErrorFrame, FrameDirection.UPSTREAM) == result.errors
-        assert result.of_type(TextFrame) == [TextFrame("x")]
-        full = await run_frames([Upper()], [TextFrame("x")], include_lifecycle=True)
-        assert [type(f) for f in full.downstream] == [StartFrame, TextFrame, EndFrame]
+        assert result.of_type(Text) == [Text("x")]
+        full = await run_frames([Upper()], [Text("x")], include_lifecycle=True)
+        assert [type(f) for f in full.downstream] == [StartFrame, Text, EndFrame]
         assert (StartFrame, EndFrame, CancelFrame) == LIFECYCLE_FRAMES
 
     async def test_upstream_input_enters_at_the_output_end(self, autojump_clock: object) -> None:

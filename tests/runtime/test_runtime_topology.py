@@ -18,17 +18,16 @@ from runtime import (
     Session,
     SessionStateError,
     StartFrame,
-    TextFrame,
 )
 from runtime.testing import FrameCollector, open_test_task, run_frames, wait_idle
 
-from .runtime_helpers import Gate, Incr, Ping, Sleeper, Upper, numbers
+from .runtime_helpers import Gate, Incr, Ping, Sleeper, Text, Upper, numbers
 
 
-class Suffix(Actor[TextFrame]):
+class Suffix(Actor[Text]):
     """Appends a suffix to text, after ``delay`` trio seconds."""
 
-    accepts = (TextFrame,)
+    accepts = (Text,)
 
     def __init__(self, suffix: str, delay: float = 0.0) -> None:
         super().__init__()
@@ -36,9 +35,9 @@ class Suffix(Actor[TextFrame]):
         self.delay = delay
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        assert isinstance(frame, TextFrame)
+        assert isinstance(frame, Text)
         await trio.sleep(self.delay)
-        await self.push_frame(TextFrame(frame.text + self.suffix), direction)
+        await self.push_frame(Text(frame.text + self.suffix), direction)
 
 
 class TestNestedPipeline:
@@ -85,8 +84,8 @@ class TestParallelPipeline:
         """Each branch gets every frame; a frame several branches let through leaves once,
         what each branch makes leaves too."""
         branches = ParallelPipeline([Upper()], [Suffix("!")], [FrameCollector()])
-        result = await run_frames([branches, FrameCollector()], [TextFrame("a"), Ping(1), Ping(2)])
-        texts = sorted(f.text for f in result.of_type(TextFrame))
+        result = await run_frames([branches, FrameCollector()], [Text("a"), Ping(1), Ping(2)])
+        texts = sorted(f.text for f in result.of_type(Text))
         assert texts == ["A", "a", "a!"]
         assert numbers(result.downstream) == [1, 2]
 
@@ -97,15 +96,13 @@ class TestParallelPipeline:
         after the slowest branch has drained."""
         slow = Suffix(" (slow)", delay=5.0)
         parallel = ParallelPipeline([Suffix(" (fast)")], [slow])
-        result = await run_frames(
-            parallel, [TextFrame("x"), TextFrame("y")], include_lifecycle=True
-        )
+        result = await run_frames(parallel, [Text("x"), Text("y")], include_lifecycle=True)
         kinds = [type(f).__name__ for f in result.downstream]
         assert kinds.count("StartFrame") == 1
         assert kinds.count("EndFrame") == 1
         assert kinds[0] == "StartFrame"
         assert kinds[-1] == "EndFrame"
-        texts = [f.text for f in result.of_type(TextFrame)]
+        texts = [f.text for f in result.of_type(Text)]
         assert sorted(texts) == ["x (fast)", "x (slow)", "y (fast)", "y (slow)"]
         assert texts[-1] == "y (slow)"
         assert trio.current_time() == pytest.approx(10)

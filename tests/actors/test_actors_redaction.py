@@ -1,6 +1,7 @@
-"""``runtime.redaction``: secrets are hidden in every form, secret shapes are hidden unknown,
-ordinary text is left alone, and the process-wide redaction (logs, ``ErrorFrame``s) knows
-every registered secret for as long as its owner lives."""
+"""``actors.client.redaction``: secrets are hidden in every form, secret shapes are hidden unknown,
+ordinary text is left alone, and the process-wide redaction (installed into the runtime's
+scrubbers: logs, ``ErrorFrame``s) knows every registered secret for as long as its owner
+lives."""
 
 from __future__ import annotations
 
@@ -10,41 +11,25 @@ import io
 import json
 import logging
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
-import structlog
 
-from runtime import Actor, ErrorFrame, Frame, FrameDirection, TextFrame
-from runtime import logging as rlog
-from runtime.redaction import (
+from actors import TextFrame
+from actors.client.redaction import (
     REDACTED,
     RedactingFilter,
-    RedactingRenderer,
     Redactor,
     header_secrets,
     is_secret_name,
     redact,
-    redact_event,
     safe_url,
     url_secrets,
 )
+from runtime import Actor, ErrorFrame, Frame, FrameDirection
+from runtime import logging as rlog
 from runtime.testing import run_frames
 
 KEY = "azure-9f3c7e1a5b2d4f6081a3c5e7"
-
-
-@contextmanager
-def structlog_restored() -> Iterator[None]:
-    was_configured, saved = structlog.is_configured(), structlog.get_config()
-    try:
-        yield
-    finally:
-        if was_configured:
-            structlog.configure(**saved)
-        else:
-            structlog.reset_defaults()
 
 
 class TestRedactor:
@@ -235,7 +220,7 @@ class TestProcessRedaction:
 
     @pytest.mark.parametrize("json_lines", [False, True], ids=["console", "JSON"])
     def test_configured_logs_hide_secrets_in_fields_reprs_and_tracebacks(
-        self, json_lines: bool
+        self, json_lines: bool, structlog_restored: None
     ) -> None:
         """Whatever carries the secret (a field, an object whose repr holds it, an
         exception), the line written has none, and tracebacks show no local variables."""
@@ -246,15 +231,14 @@ class TestProcessRedaction:
 
         owner = Redactor((KEY,)).register()
         out = io.StringIO()
-        with structlog_restored():
-            rlog.configure(json=json_lines, level="debug", file=out, colors=False)
-            log = rlog.get_logger("test")
-            log.info("with a field", detail=f"key {KEY}", holder=Holder())
-            try:
-                local_value = f"local {KEY}"  # noqa: F841 -- must not be rendered
-                raise RuntimeError(f"failed with {KEY}")
-            except RuntimeError:
-                log.exception("with a traceback")
+        rlog.configure(json=json_lines, level="debug", file=out, colors=False)
+        log = rlog.get_logger("test")
+        log.info("with a field", detail=f"key {KEY}", holder=Holder())
+        try:
+            local_value = f"local {KEY}"  # noqa: F841 -- must not be rendered
+            raise RuntimeError(f"failed with {KEY}")
+        except RuntimeError:
+            log.exception("with a traceback")
         del owner
         written = out.getvalue()
         assert KEY not in written
@@ -268,9 +252,9 @@ class TestProcessRedaction:
 
     def test_the_processor_and_the_renderer_wrapper_can_be_installed_by_hand(self) -> None:
         owner = Redactor((KEY,)).register()
-        event = redact_event(None, "info", {"event": "e", "detail": KEY, "exc_info": (1, 2)})
+        event = rlog.scrub_event(None, "info", {"event": "e", "detail": KEY, "exc_info": (1, 2)})
         assert event == {"event": "e", "detail": REDACTED, "exc_info": (1, 2)}
-        renderer = RedactingRenderer(lambda _l, _m, e: f"{e!r}")
+        renderer = rlog.ScrubbingRenderer(lambda _l, _m, e: f"{e!r}")
         assert renderer(None, "info", {"x": KEY}) == f"{{'x': '{REDACTED}'}}"
         del owner
 

@@ -15,26 +15,27 @@ A :class:`Redactor` replaces with :data:`REDACTED`:
   ``authorization``, ``password``, ``token``...).
 
 Code that holds secrets registers them (:meth:`Redactor.register`) for as long as it lives.
-:func:`redact` then hides every secret registered in the process: ``runtime.logging.configure``
-installs :func:`redact_event` and :class:`RedactingRenderer`, so every log line is redacted
-whatever put the secret in it, and ``Actor.push_error`` redacts every ``ErrorFrame``'s text.
+:func:`redact` then hides every secret registered in the process. The client depends on nothing
+of the runtime: ``import actors`` hands this process-wide redaction (:data:`PROCESS_REDACTOR`)
+to the runtime as a scrubber (``runtime.add_scrubber``), so every line
+``runtime.logging.configure`` writes is redacted whatever put the secret in it, and
+``Actor.push_error`` redacts every ``ErrorFrame``'s text and exception.
 
-Applications that configure structlog themselves add the two the same way (and
-:class:`RedactingFilter` to standard-library loggers or handlers)::
-
-    structlog.configure(processors=[..., redaction.redact_event,
-                                    redaction.RedactingRenderer(structlog.processors.JSONRenderer())])
+Applications that configure structlog themselves add the runtime's ``scrub_event`` and
+``ScrubbingRenderer`` (:mod:`runtime.logging`), which apply it; standard-library loggers or
+handlers take a :class:`RedactingFilter`.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import enum
 import itertools
 import logging
 import re
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -42,14 +43,14 @@ import attrs
 
 __all__ = [
     "MIN_SECRET_LENGTH",
+    "PROCESS_REDACTOR",
     "REDACTED",
+    "ProcessRedactor",
     "RedactingFilter",
-    "RedactingRenderer",
     "Redactor",
     "header_secrets",
     "is_secret_name",
     "redact",
-    "redact_event",
     "redact_exception",
     "safe_url",
     "url_secrets",
@@ -193,7 +194,8 @@ class Redactor:
     def value(self, value: T) -> T:
         """Redact every string inside a value: mappings, lists and tuples are copied (of the
         same kind), strings under a key named like a secret (:func:`is_secret_name`) are
-        replaced whole, and anything else is returned as it is.
+        replaced whole, and anything else is returned as it is (enum members too, ``str``
+        enums included: they are constants of the code, such as an error's category).
 
         Args:
             value: A JSON-like value, a log event dict...
@@ -202,7 +204,9 @@ class Redactor:
             The same structure with every string redacted.
         """
         result: Any
-        if isinstance(value, str):
+        if isinstance(value, enum.Enum):
+            result = value
+        elif isinstance(value, str):
             result = self.text(value)
         elif isinstance(value, Mapping):
             result = {
@@ -354,37 +358,26 @@ def redact_exception(error: E) -> E:
     return _process_redactor().exception(error)
 
 
-def redact_event(logger: Any, method_name: str, event_dict: Any) -> Any:
-    """A structlog processor: redact every value of the event dict (:func:`redact`).
-
-    Place it after the processors that turn tracebacks into data and before the renderer.
-    """
-    del logger, method_name
-    return _process_redactor().value(event_dict)
-
-
 @attrs.frozen
-class RedactingRenderer:
-    """Wraps a structlog renderer: the line it renders is redacted (:func:`redact`) before
-    it is written, whatever was in the event (an object whose ``repr`` holds a secret, a
-    traceback's text).
+class ProcessRedactor:
+    """The process-wide redaction as one object: :meth:`value` is :func:`redact` and
+    :meth:`exception` is :func:`redact_exception`, with the secrets registered at each call.
 
-    Args:
-        renderer: The renderer (last processor) to wrap, e.g. ``JSONRenderer()``.
+    It has the shape of the runtime's ``Scrubber``; ``import actors`` registers
+    :data:`PROCESS_REDACTOR` with ``runtime.add_scrubber``.
     """
 
-    renderer: Callable[[Any, str, Any], Any]
+    def value(self, value: T) -> T:
+        """Redact a string or every string of a structure (:func:`redact`)."""
+        return redact(value)
 
-    def __call__(self, logger: Any, method_name: str, event_dict: Any) -> Any:
-        """Render, then redact the rendered line."""
-        rendered = self.renderer(logger, method_name, event_dict)
-        if isinstance(rendered, str):
-            return redact(rendered)
-        if isinstance(rendered, (bytes, bytearray)):
-            return redact(bytes(rendered).decode("utf-8", "surrogateescape")).encode(
-                "utf-8", "surrogateescape"
-            )
-        return rendered
+    def exception(self, error: E) -> E:
+        """Redact an exception and its chain in place (:func:`redact_exception`)."""
+        return redact_exception(error)
+
+
+PROCESS_REDACTOR = ProcessRedactor()
+"""The process-wide redaction that ``import actors`` gives the runtime as its scrubber."""
 
 
 class RedactingFilter(logging.Filter):
