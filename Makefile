@@ -28,9 +28,11 @@ local: setup
 chat: local
 	$(BIN)/trouper chat
 
+## lint: ruff, and the import contracts of pyproject.toml ([tool.importlinter])
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: setup
 	$(BIN)/mypy
@@ -48,4 +50,4 @@ bench: local
 	$(BIN)/python -m benchmarks all
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
