@@ -48,8 +48,8 @@ from .._frames import (
     LLMUsageMetricsData,
     VisionImageRawFrame,
 )
-from .._llm import OpenAILLMService
 from .._schemas import ToolsSchema
+from .._service import OpenAILLMService
 from .._storage import SQLiteContextStorage
 from .._transport import TextTransport
 from ..client import InvalidParameterError

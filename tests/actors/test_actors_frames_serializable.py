@@ -73,7 +73,12 @@ class Recorder:
         """Record at the runtime's sending primitives, for every actor of the process."""
         recorded = self.sent
         push_frame = Actor.push_frame
-        send, send_nowait, tell, ask = ActorRef.send, ActorRef.send_nowait, ActorRef.tell, ActorRef.ask
+        send, send_nowait, tell, ask = (
+            ActorRef.send,
+            ActorRef.send_nowait,
+            ActorRef.tell,
+            ActorRef.ask,
+        )
 
         async def recording_push(
             actor: Actor[Any], frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM
@@ -138,7 +143,8 @@ def differences(original: Any, copy: Any, where: str) -> list[str]:
         if len(original) != len(copy):
             return [f"{where}: {len(original)} items came back as {len(copy)}"]
         return [
-            e for i, (a, b) in enumerate(zip(original, copy, strict=True))
+            e
+            for i, (a, b) in enumerate(zip(original, copy, strict=True))
             for e in differences(a, b, f"{where}[{i}]")
         ]
     if original != copy:
@@ -246,7 +252,8 @@ async def test_every_frame_of_the_seed_example_round_trips(
     assert context_updated == ["call_paris"]
     messages = context.get_messages()
     story = [i for i, m in enumerate(messages) if str(m.get("content", "")).startswith("Once")]
-    assert len(story) == 1 and context.is_interrupted(story[0])
+    assert len(story) == 1
+    assert context.is_interrupted(story[0])
     assert [e.error for e in task.errors if "scripted bad request" in e.error]
     # The recording saw the traffic between the stages, not only what left the pipeline.
     kinds = recorder.types()
