@@ -24,6 +24,7 @@ import trio
 import trio.testing
 
 from actors import (
+    ContextStore,
     FunctionCallParams,
     FunctionCallResultFrame,
     FunctionCallResultProperties,
@@ -41,6 +42,7 @@ from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 from runtime import (
     Actor,
     ActorRef,
+    ErrorCategory,
     ErrorFrame,
     Frame,
     FrameDirection,
@@ -49,6 +51,8 @@ from runtime import (
     PipelineTask,
 )
 from runtime.serialization import dumps, loads
+
+from .actors_kit import open_conversation, tool_answer
 
 #: The one field a frame may keep to itself, by the runtime's documented design: an
 #: ``ErrorFrame``'s exception object stays where it was raised (its text travels in ``error``).
@@ -278,3 +282,41 @@ async def test_every_frame_of_the_seed_example_round_trips(
     assert not problems, "frames that do not survive serialization:\n" + "\n".join(
         dict.fromkeys(problems)
     )
+
+
+# ---------------------------------------------------------------------- what stays home
+# What used to travel in frames stays with the actor it belongs to: the store knows the
+# other actors by name, and a callback runs where it was given.
+
+
+def test_the_store_takes_names_not_actors() -> None:
+    llm = OpenAILLMService(api_key="sk-test-serializable-1a2b3c4d")
+    with pytest.raises(TypeError, match="llm= takes the actor's name"):
+        ContextStore(OpenAILLMContext(), llm)  # type: ignore[arg-type]
+    pair = llm.create_context_aggregator(OpenAILLMContext())
+    assert (pair.store.llm, pair.store.tools) == (llm.name, llm.executor.name)
+
+
+async def test_a_failing_on_context_updated_is_reported_by_the_executor(
+    autojump_clock: trio.testing.MockClock, server: ScriptedOpenAIServer, chunks: ChunkFactory
+) -> None:
+    call = ("get_weather", json.dumps({"location": "Oslo"}), "c1")
+    server.add(Reply.sse(chunks.tool_call_stream([call])), Reply.sse(chunks.text_stream(["Snow."])))
+
+    async def broken() -> None:
+        raise RuntimeError("callback boom")
+
+    async def get_weather(params: FunctionCallParams) -> None:
+        await params.result_callback(
+            "snow", properties=FunctionCallResultProperties(on_context_updated=broken)
+        )
+
+    async with open_conversation(server, tools=ToolsSchema(standard_tools=[WEATHER])) as conv:
+        conv.llm.register_function("get_weather", get_weather)
+        await conv.say("Weather?")
+        await conv.wait_ends(2)  # the follow-up still ran
+        [error] = conv.errors
+        assert error.error == "on_context_updated raised RuntimeError: callback boom"
+        assert error.source == conv.llm.executor.name
+        assert error.category is ErrorCategory.UNKNOWN
+        assert tool_answer(conv.request_messages(1), "c1") == '"snow"'
