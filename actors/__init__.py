@@ -48,13 +48,13 @@ from ._frames import TTFBMetricsData as TTFBMetricsData
 from ._frames import UserStartedSpeakingFrame as UserStartedSpeakingFrame
 from ._frames import UserStoppedSpeakingFrame as UserStoppedSpeakingFrame
 from ._frames import VisionImageRawFrame as VisionImageRawFrame
-from ._llm import OpenAILLMService as OpenAILLMService
 from ._metrics import MetricsCollector as MetricsCollector
 from ._metrics import MetricsReport as MetricsReport
 from ._metrics import ModelMetrics as ModelMetrics
 from ._metrics import TimingStats as TimingStats
 from ._schemas import FunctionSchema as FunctionSchema
 from ._schemas import ToolsSchema as ToolsSchema
+from ._service import OpenAILLMService as OpenAILLMService
 from ._storage import SQLiteContextStorage as SQLiteContextStorage
 from ._store import AppendMessagesRequest as AppendMessagesRequest
 from ._store import ContextStore as ContextStore
@@ -65,6 +65,7 @@ from ._store import RecordToolSettlementRequest as RecordToolSettlementRequest
 from ._store import ReplaceMessagesRequest as ReplaceMessagesRequest
 from ._store import SetToolChoiceRequest as SetToolChoiceRequest
 from ._store import SetToolsRequest as SetToolsRequest
+from ._tools import ContextUpdatedRequest as ContextUpdatedRequest
 from ._tools import FunctionCallParams as FunctionCallParams
 from ._tools import FunctionHandler as FunctionHandler
 from ._tools import FunctionRegistration as FunctionRegistration
@@ -83,6 +84,7 @@ __all__ = [
     "ContextSnapshot",
     "ContextStore",
     "ContextStoreRequest",
+    "ContextUpdatedRequest",
     "ErrorCategory",
     "FunctionCallCancelFrame",
     "FunctionCallFromLLM",

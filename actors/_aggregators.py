@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,10 +45,10 @@ from ._store import (
     ContextStoreRequest,
     GetContextRequest,
     RecordToolCallsRequest,
-    RecordToolSettlementRequest,
     ReplaceMessagesRequest,
     SetToolChoiceRequest,
     SetToolsRequest,
+    settlement_request,
 )
 from .client import ErrorCategory
 
@@ -272,11 +271,12 @@ class LLMAssistantContextAggregator(_StoreClient):
     become one assistant message. On an interruption, the text of the open answer that reached
     this stage before the interruption is committed, marked as interrupted: with an
     :class:`~actors.OutputTransport` before it, exactly the text the output delivered (see
-    ``docs/context.md``). Tool calls become one assistant ``tool_calls``
-    message per batch (with the answer's text, if any) and a ``tool`` message per call: a
-    placeholder while it runs, then the JSON result, ``"CANCELLED"`` or an error text, so the
-    conversation is always valid for the next request. Every frame is passed on, except the
-    runtime's ``InterruptionMarkerFrame``.
+    ``docs/context.md``). Tool-call frames are handed to the store as they come, which
+    decides what they write (see :func:`~actors._store.settlement_request`): one assistant
+    ``tool_calls`` message per batch (with the answer's text, if any) and a ``tool`` message
+    per call, a placeholder while it runs, then the JSON result, ``"CANCELLED"`` or an error
+    text, so the conversation is always valid for the next request. Every frame is passed
+    on, except the runtime's ``InterruptionMarkerFrame``.
     """
 
     accepts = (
@@ -343,21 +343,8 @@ class LLMAssistantContextAggregator(_StoreClient):
             await self._ask(
                 RecordToolCallsRequest(frame.function_calls, content, batch_turn=frame.turn)
             )
-        elif isinstance(frame, FunctionCallResultFrame):
-            await self._ask(_settlement(frame))
-        elif isinstance(frame, FunctionCallCancelFrame):
-            if frame.reason == "timeout":
-                content = f"The function `{frame.function_name}` timed out and returned no result."
-            else:
-                content = "CANCELLED"
-            await self._ask(
-                RecordToolSettlementRequest(
-                    frame.tool_call_id,
-                    content,
-                    run_llm=frame.run_llm,
-                    survives_interruption=not frame.cancel_on_interruption,
-                )
-            )
+        elif isinstance(frame, FunctionCallResultFrame | FunctionCallCancelFrame):
+            await self._ask(settlement_request(frame))
         await self.push_frame(frame, direction)
 
     async def _commit(self, *, interrupted: bool) -> None:
@@ -369,30 +356,6 @@ class LLMAssistantContextAggregator(_StoreClient):
             self.store.context.add_message(message, interrupted=interrupted)
             return
         await self._ask(AppendMessagesRequest((message,), interrupted=interrupted))
-
-
-def _settlement(frame: FunctionCallResultFrame) -> RecordToolSettlementRequest:
-    props = frame.properties
-    if props is not None and props.run_llm is not None:
-        run_llm = props.run_llm
-    elif frame.run_llm is not None:
-        run_llm = frame.run_llm
-    else:
-        run_llm = True
-    result = frame.result
-    if isinstance(result, str) and frame.error is not None:
-        content = result
-    elif result is None:
-        content = "COMPLETED"
-    else:
-        content = json.dumps(result, ensure_ascii=False, default=str)
-    return RecordToolSettlementRequest(
-        frame.tool_call_id,
-        content,
-        run_llm=run_llm,
-        on_context_updated=props.on_context_updated if props is not None else None,
-        survives_interruption=not frame.cancel_on_interruption,
-    )
 
 
 @attrs.frozen

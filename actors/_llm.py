@@ -1,32 +1,29 @@
-"""``OpenAILLMService``: the LLM streamer actor.
+"""``OpenAILLMStreamer``: the LLM streamer actor, over one chat-completions client.
 
 It turns each :class:`OpenAILLMContextFrame` (or ``LLMMessagesFrame``/``VisionImageRawFrame``)
 into one streamed chat completion: exactly one ``LLMFullResponseStartFrame``/
 ``LLMFullResponseEndFrame`` pair, an ``LLMTextFrame`` per content delta, and, when the model
-asks for tools, one ``FunctionCallsStartedFrame`` followed by the calls running concurrently
-in its tool executor. The stream runs inside the turn: an interruption cancels it at once,
-closes its socket, and still emits the end frame and the usage seen so far.
+asks for tools, one ``FunctionCallsStartedFrame``, after which the calls are handed over to
+be run. The stream runs inside the turn: an interruption cancels it at once, closes its
+socket, and still emits the end frame and the usage seen so far.
+
+This module depends on the client and the frames only. Who runs the calls and who collects
+the measurements is left to a subclass: :class:`~actors.OpenAILLMService` (``_service.py``)
+adds its tool executor and metrics collector.
 """
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import Mapping
+import abc
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import trio
 
-from runtime import Actor, ActorState, Frame, FrameDirection, MetricsData, MetricsFrame
+from runtime import Actor, Frame, FrameDirection, MetricsData, MetricsFrame
 from runtime._frames import current_turn
 
-from ._aggregators import (
-    LLMAssistantContextAggregator,
-    LLMUserAggregatorParams,
-    LLMUserContextAggregator,
-    OpenAIContextAggregatorPair,
-)
-from ._context import DEFAULT_MAX_IMAGE_BYTES, ContextSnapshot, OpenAILLMContext, image_message
+from ._context import DEFAULT_MAX_IMAGE_BYTES, ContextSnapshot, image_message
 from ._frames import (
     FunctionCallFromLLM,
     FunctionCallsStartedFrame,
@@ -42,138 +39,97 @@ from ._frames import (
     TTFBMetricsData,
     VisionImageRawFrame,
 )
-from ._metrics import MetricsCollector
-from ._storage import SQLiteContextStorage
-from ._store import ContextStore
-from ._tools import (
-    FunctionHandler,
-    FunctionRegistration,
-    RunFunctionCallsRequest,
-    ToolExecutor,
-    check_handler,
-)
 from .client import (
-    DEFAULT_MAX_EVENT_BYTES,
     ChatClientError,
     ChatCompletionsClient,
     ChatRequest,
     ErrorCategory,
     GenerationParams,
-    RetryPolicy,
-    Timeouts,
 )
 
 if TYPE_CHECKING:
     from .client import ChatStream, StreamResult, Usage
 
-__all__ = ["OpenAILLMService"]
+__all__ = ["OpenAILLMStreamer", "check_model", "check_params"]
 
 #: How long the closing frames of an interrupted inference may wait for room downstream.
 _CLOSING_PUSH_SECS = 2.0
 
-_shared_tls: ssl.SSLContext | None = None
 
+def check_model(model: object) -> str:
+    """``model`` if it names a model.
 
-def _default_http_client() -> httpx.AsyncClient:
-    """The pool of a service that was given no ``http_client``: the chat client's own default
-    (same limits, no redirects), but with one TLS context shared by the whole process.
-
-    httpx builds a fresh TLS context per client, loading the CA bundle each time: ~30-60 ms
-    of CPU and ~1 MB of RSS per service, which dominated the cost of many concurrent
-    sessions. The context is built like httpx's default (``verify=True``, honouring
-    ``SSL_CERT_FILE``/``SSL_CERT_DIR``), once, when the first service is made.
+    Raises:
+        ValueError: it is not a non-empty string.
     """
-    global _shared_tls
-    if _shared_tls is None:
-        _shared_tls = httpx.create_ssl_context()
-    return httpx.AsyncClient(
-        verify=_shared_tls,
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-        follow_redirects=False,
-    )
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"model must be a non-empty string, e.g. 'gpt-4o-mini', got {model!r}")
+    return model
 
 
-class OpenAILLMService(Actor[Frame]):
-    """Streams chat completions from OpenAI or any OpenAI-compatible server.
+def check_params(params: object) -> GenerationParams:
+    """``params``, or the defaults for ``None``.
+
+    Raises:
+        TypeError: ``params`` is not a ``GenerationParams``.
+    """
+    if params is None:
+        return GenerationParams()
+    if not isinstance(params, GenerationParams):
+        raise TypeError(f"params must be OpenAILLMService.InputParams, got {type(params).__name__}")
+    return params
+
+
+class OpenAILLMStreamer(Actor[Frame], abc.ABC):
+    """Streams chat completions through one :class:`~actors.client.ChatCompletionsClient`.
+
+    A subclass decides where the tool calls the model asks for run
+    (:meth:`_run_function_calls`) and where the measurements of each inference go
+    (:meth:`_collect_metrics`); :class:`~actors.OpenAILLMService` is the one trouper
+    provides. The streamer closes the client when it stops.
 
     Args:
-        model: Model name (default ``gpt-4.1``).
-        api_key: API key (default: ``OPENAI_API_KEY``; none for local servers).
-        base_url: API root (default: ``OPENAI_BASE_URL``, else ``https://api.openai.com/v1``).
-        organization: ``OpenAI-Organization`` header.
-        project: ``OpenAI-Project`` header.
-        default_headers: Extra headers for every request.
-        service_tier: OpenAI service tier (also settable in ``params``).
-        params: Generation parameters (``OpenAILLMService.InputParams``), validated.
-        timeouts: Connect, first-token, stream-idle and total timeouts.
-        retry: Retry policy (connection errors, 408/409/429/5xx; never after content).
-        function_call_timeout_secs: Default timeout of function calls (``None``: none).
+        client: The client requests go through.
+        model: Model name.
+        params: Generation parameters.
         max_image_bytes: Largest encoded image accepted from a ``VisionImageRawFrame``.
-        max_event_bytes: Most bytes one server-sent event of the answer may hold (default
-            8 MiB); past it the turn fails with ``EventTooLargeError`` instead of the stream
-            holding an endless line in memory.
-        http_client: An ``httpx.AsyncClient`` to share (not closed by the service).
         name: Actor name.
-    """
 
-    #: The generation parameters, validated against their documented ranges.
-    InputParams = GenerationParams
+    Raises:
+        ValueError: an empty model name.
+        TypeError: ``params`` is not a ``GenerationParams``.
+    """
 
     accepts = (OpenAILLMContextFrame, LLMMessagesFrame, VisionImageRawFrame, LLMUpdateSettingsFrame)
 
     def __init__(
         self,
+        client: ChatCompletionsClient,
         *,
-        model: str = "gpt-4.1",
-        api_key: str | None = None,
-        base_url: str | None = None,
-        organization: str | None = None,
-        project: str | None = None,
-        default_headers: Mapping[str, str] | None = None,
-        service_tier: str | None = None,
+        model: str,
         params: GenerationParams | None = None,
-        timeouts: Timeouts | None = None,
-        retry: RetryPolicy | None = None,
-        function_call_timeout_secs: float | None = None,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-        http_client: httpx.AsyncClient | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        if not isinstance(model, str) or not model.strip():
-            raise ValueError("model must be a non-empty string, e.g. 'gpt-4o-mini'")
-        if params is not None and not isinstance(params, GenerationParams):
-            raise TypeError(
-                f"params must be OpenAILLMService.InputParams, got {type(params).__name__}"
-            )
-        params = params or GenerationParams()
-        if service_tier is not None:
-            params = params.with_updates({"service_tier": service_tier})
-        self._model = model
-        self._params = params
-        #: The pool this service made for itself (closed in ``on_stop``), if none was given.
-        self._own_http = _default_http_client() if http_client is None else None
-        self._client = ChatCompletionsClient(
-            api_key,
-            base_url=base_url,
-            organization=organization,
-            project=project,
-            default_headers=default_headers,
-            timeouts=timeouts,
-            retry=retry,
-            http_client=http_client if http_client is not None else self._own_http,
-            max_event_bytes=max_event_bytes,
-        )
+        self._model = check_model(model)
+        self._params = check_params(params)
+        self._client = client
         self._max_image_bytes = max_image_bytes
-        self._registrations: dict[str | None, FunctionRegistration] = {}
-        self.executor = ToolExecutor(
-            self._registrations,
-            default_timeout_secs=function_call_timeout_secs,
-            name=f"{self.name}:tools",
-        )
-        self.metrics = MetricsCollector(name=f"{self.name}:metrics")
         self._ttfb_reported = False
+
+    @abc.abstractmethod
+    def _run_function_calls(
+        self, calls: Sequence[FunctionCallFromLLM], context: ContextSnapshot, turn: int
+    ) -> None:
+        """Hand the calls of one response over to be run, without waiting: it is called as
+        the inference closes, also when it was interrupted (the calls then settle as
+        cancelled at once). ``turn`` is the turn of the response."""
+
+    @abc.abstractmethod
+    def _collect_metrics(self, data: Sequence[MetricsData]) -> None:
+        """Hand the measurements of an inference over, without waiting (whatever the
+        pipeline's metrics settings; these decide only what also goes downstream)."""
 
     # ----------------------------------------------------------------- configuration
 
@@ -192,105 +148,11 @@ class OpenAILLMService(Actor[Frame]):
         """The API root requests go to, fit to show: credentials in it are masked."""
         return self._client.base_url
 
-    def register_function(
-        self,
-        function_name: str | None,
-        handler: FunctionHandler,
-        *,
-        cancel_on_interruption: bool = True,
-        timeout_secs: float | None = None,
-    ) -> None:
-        """Register ``handler`` for calls of ``function_name`` (``None``: every function
-        without a handler of its own). Registering again replaces the handler.
-
-        Args:
-            function_name: The function's name, or ``None`` for the catch-all.
-            handler: ``async def handler(params: FunctionCallParams) -> None`` that calls
-                ``await params.result_callback(result)``.
-            cancel_on_interruption: Cancel running calls when the user interrupts (default).
-                ``False``: the call keeps running and its result lands in the context later.
-            timeout_secs: Cancel the call after this long (its result then says it timed out
-                and the LLM runs again).
-
-        Raises:
-            TypeError: ``handler`` is not an ``async def`` function (or an object whose
-                ``__call__`` is one, or a ``functools.partial`` of one).
-            ValueError: a bad name or timeout.
-        """
-        check_handler(function_name, handler)
-        if function_name is not None and (not isinstance(function_name, str) or not function_name):
-            raise ValueError("function_name must be a non-empty string or None (catch-all)")
-        if timeout_secs is not None and not timeout_secs > 0:
-            raise ValueError(f"timeout_secs must be positive, got {timeout_secs!r}")
-        self._registrations[function_name] = FunctionRegistration(
-            function_name, handler, cancel_on_interruption, timeout_secs
-        )
-
-    def unregister_function(self, function_name: str | None) -> None:
-        """Remove a handler (no error if there is none)."""
-        self._registrations.pop(function_name, None)
-
-    def has_function(self, function_name: str) -> bool:
-        """Whether calls of ``function_name`` have a handler (its own or the catch-all)."""
-        return function_name in self._registrations or None in self._registrations
-
-    def create_context_aggregator(
-        self,
-        context: OpenAILLMContext,
-        *,
-        user_params: LLMUserAggregatorParams | None = None,
-        storage: SQLiteContextStorage | None = None,
-        conversation_id: str | None = None,
-    ) -> OpenAIContextAggregatorPair:
-        """The user/assistant aggregator pair for ``context``, sharing one context store.
-
-        The store owns ``context`` while the session runs and sends follow-up inferences
-        (after tool calls) to this service. With ``storage`` and ``conversation_id`` it also
-        writes the conversation to ``storage`` after every change (resume it later with
-        ``storage.load(conversation_id)``).
-
-        Raises:
-            TypeError: ``context`` is not an ``OpenAILLMContext``.
-            ValueError: ``storage`` without ``conversation_id``, or the reverse.
-        """
-        if not isinstance(context, OpenAILLMContext):
-            raise TypeError(
-                f"create_context_aggregator needs an OpenAILLMContext, got {type(context).__name__}"
-            )
-        store = ContextStore(
-            context,
-            self,
-            name=f"{self.name}:context",
-            storage=storage,
-            conversation_id=conversation_id,
-        )
-        suffix = self.name.rsplit("#", 1)[-1] if "#" in self.name else self.name
-        return OpenAIContextAggregatorPair(
-            LLMUserContextAggregator(store, user_params, name=f"UserAggregator#{suffix}"),
-            LLMAssistantContextAggregator(store, name=f"AssistantAggregator#{suffix}"),
-            store,
-        )
-
     # ----------------------------------------------------------------- lifecycle
 
-    async def on_start(self) -> None:
-        """Start the tool executor and the metrics collector beside the service."""
-        session = self.session
-        # The executor's frames leave through this service's own links.
-        self.executor._downstream = self._downstream
-        self.executor._upstream = self._upstream
-        if self.executor.state is ActorState.CREATED:
-            session.spawn(self.executor)
-        if self.metrics.state is ActorState.CREATED:
-            session.spawn(self.metrics)
-
     async def on_stop(self) -> None:
-        """Close the HTTP connection pool (unless it was given to the service)."""
+        """Close the client (and the pool it made itself, if it made one)."""
         await self._client.aclose()
-        own, self._own_http = self._own_http, None
-        if own is not None:
-            with trio.CancelScope(shield=True):
-                await own.aclose()
 
     # ----------------------------------------------------------------- frames
 
@@ -329,8 +191,7 @@ class OpenAILLMService(Actor[Frame]):
         values = dict(settings)
         model = values.pop("model", self._model)
         try:
-            if not isinstance(model, str) or not model.strip():
-                raise ValueError(f"model must be a non-empty string, got {model!r}")
+            check_model(model)
             params = self._params.with_updates(values) if values else self._params
         except (ValueError, TypeError) as exc:
             await self.push_error(
@@ -410,11 +271,7 @@ class OpenAILLMService(Actor[Frame]):
                 if announced:
                     # The calls are in the conversation now: each must settle (run, or be
                     # cancelled at once by the turn scope if the turn is already over).
-                    self.executor.ref.tell(
-                        RunFunctionCallsRequest(
-                            calls, context, self, batch_turn=turn if turn is not None else 0
-                        )
-                    )
+                    self._run_function_calls(calls, context, turn if turn is not None else 0)
 
     def _ttfb(self, stream: ChatStream | None) -> list[MetricsData]:
         """The TTFB of ``stream`` as metrics data, if it has one to report."""
@@ -447,7 +304,7 @@ class OpenAILLMService(Actor[Frame]):
         await self.push_frame(LLMFullResponseEndFrame(interrupted=interrupted, error=failed))
 
     async def _emit(self, data: list[MetricsData]) -> None:
-        self.metrics.offer(data)
+        self._collect_metrics(data)
         timing = [d for d in data if not isinstance(d, LLMUsageMetricsData)]
         usage = [d for d in data if isinstance(d, LLMUsageMetricsData)]
         out = (timing if self.metrics_enabled else []) + (

@@ -1,27 +1,38 @@
-"""The context store: the one owner of the conversation while a session runs.
+"""The context store: the one owner of the conversation while a session runs, and the one
+place that decides what lands in it.
 
 The aggregators and the LLM never touch the ``OpenAILLMContext`` themselves: they ask the
-store, which applies the change and answers with an immutable :class:`ContextSnapshot`. The
-store also decides when a batch of tool calls is complete and triggers the follow-up
-inference (once per batch, after its last call settled, and only while the turn of the calls
-is still on: see :meth:`ContextStore._follow_up_turn`).
+store, which applies the change and answers with an immutable :class:`ContextSnapshot`.
+What a tool call's settlement writes into its ``tool`` message, and whether it asks for the
+follow-up inference, is decided here too (:func:`settlement_request`). The store also decides
+when a batch of tool calls is complete and triggers the follow-up inference (once per batch,
+after its last call settled and the tool executor ran the batch's ``on_context_updated``
+callbacks, and only while the turn of the calls is still on: see
+:meth:`ContextStore._follow_up_turn`). It addresses the LLM service and the tool executor by
+name, through the session, and talks to them with frames only.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from runtime import Actor, DataFrame, Frame
-from runtime.serialization import NOT_SERIALIZED
+from runtime import Actor, ActorError, DataFrame, Frame
 
 from ._context import ContextSnapshot, OpenAILLMContext
-from ._frames import FunctionCallFromLLM, OpenAILLMContextFrame
+from ._frames import (
+    FunctionCallCancelFrame,
+    FunctionCallFromLLM,
+    FunctionCallResultFrame,
+    OpenAILLMContextFrame,
+)
 from ._storage import SQLiteContextStorage
+from ._tools import ContextUpdatedRequest
 
 __all__ = [
     "AppendMessagesRequest",
@@ -33,6 +44,7 @@ __all__ = [
     "ReplaceMessagesRequest",
     "SetToolChoiceRequest",
     "SetToolsRequest",
+    "settlement_request",
 ]
 
 
@@ -96,13 +108,13 @@ class RecordToolCallsRequest(ContextStoreRequest):
 
 @attrs.frozen(slots=True)
 class RecordToolSettlementRequest(ContextStoreRequest):
-    """A call settled: write ``content`` into its tool message.
+    """A call settled: write ``content`` into its tool message (see :func:`settlement_request`,
+    which makes this request from the executor's frame).
 
     Args:
         tool_call_id: The call.
         content: What the LLM will read as the call's result.
         run_llm: Whether this settlement asks for the follow-up inference.
-        on_context_updated: Awaited once the result is in the context.
         survives_interruption: The call was registered with ``cancel_on_interruption=False``:
             its ``run_llm`` still counts once the turn of its batch has been interrupted.
     """
@@ -110,10 +122,50 @@ class RecordToolSettlementRequest(ContextStoreRequest):
     tool_call_id: str
     content: str
     run_llm: bool = True
-    on_context_updated: Callable[[], Awaitable[None]] | None = attrs.field(
-        default=None, eq=False, metadata=NOT_SERIALIZED
-    )
     survives_interruption: bool = False
+
+
+def settlement_request(
+    frame: FunctionCallResultFrame | FunctionCallCancelFrame,
+) -> RecordToolSettlementRequest:
+    """What a settled call writes into the context, from the executor's frame.
+
+    A result is written as JSON (``"COMPLETED"`` for ``None``; an error result's text as it
+    is) and asks for the follow-up unless its properties (or the frame) say ``run_llm=False``.
+    A timeout writes that the function timed out and asks for the follow-up; a cancellation
+    writes ``"CANCELLED"`` and does not.
+    """
+    if isinstance(frame, FunctionCallCancelFrame):
+        if frame.reason == "timeout":
+            content = f"The function `{frame.function_name}` timed out and returned no result."
+        else:
+            content = "CANCELLED"
+        return RecordToolSettlementRequest(
+            frame.tool_call_id,
+            content,
+            run_llm=frame.run_llm,
+            survives_interruption=not frame.cancel_on_interruption,
+        )
+    props = frame.properties
+    if props is not None and props.run_llm is not None:
+        run_llm = props.run_llm
+    elif frame.run_llm is not None:
+        run_llm = frame.run_llm
+    else:
+        run_llm = True
+    result = frame.result
+    if isinstance(result, str) and frame.error is not None:
+        content = result
+    elif result is None:
+        content = "COMPLETED"
+    else:
+        content = json.dumps(result, ensure_ascii=False, default=str)
+    return RecordToolSettlementRequest(
+        frame.tool_call_id,
+        content,
+        run_llm=run_llm,
+        survives_interruption=not frame.cancel_on_interruption,
+    )
 
 
 @attrs.define
@@ -121,10 +173,11 @@ class _Batch:
     pending: set[str]
     #: The turn of the response that asked for the calls.
     turn: int
+    #: The calls settled so far, in order.
+    settled: list[str] = attrs.Factory(list)
     run_llm: bool = False
     #: Asked for by a call that survives an interruption (``cancel_on_interruption=False``).
     run_llm_surviving: bool = False
-    callbacks: list[Callable[[], Awaitable[None]]] = attrs.Factory(list)
 
 
 class ContextStore(Actor[ContextStoreRequest]):
@@ -132,11 +185,12 @@ class ContextStore(Actor[ContextStoreRequest]):
 
     Answers :meth:`runtime.ActorRef.ask` requests (subclasses of
     :class:`ContextStoreRequest`) with a :class:`ContextSnapshot`. When the last call of a
-    tool batch settles it awaits the results' ``on_context_updated`` callbacks and then, if any
-    settlement asked for it, sends the follow-up :class:`OpenAILLMContextFrame` to the LLM
-    without waiting (this edge closes the LLM → aggregator → store → LLM cycle). The follow-up
-    belongs to the turn of the calls: once that turn is interrupted it is not sent, unless a
-    call registered with ``cancel_on_interruption=False`` asked for it.
+    tool batch settles it asks the tool executor to run the batch's ``on_context_updated``
+    callbacks (:class:`ContextUpdatedRequest`) and then, if any settlement asked for it, sends
+    the follow-up :class:`OpenAILLMContextFrame` to the LLM without waiting (this edge closes
+    the LLM → aggregator → store → LLM cycle). The follow-up belongs to the turn of the calls:
+    once that turn is interrupted it is not sent, unless a call registered with
+    ``cancel_on_interruption=False`` asked for it.
 
     With ``storage`` and ``conversation_id``, every change is written to the storage before
     the request that made it is answered (and when the store stops with tool calls still
@@ -146,12 +200,15 @@ class ContextStore(Actor[ContextStoreRequest]):
     Args:
         context: The conversation; the store changes this object in place, so after the
             session it holds the whole conversation.
-        llm: Where follow-up inferences go (the LLM service).
+        llm: The name of the actor follow-up inferences go to (the LLM service), looked up
+            in the session when one is sent; ``None``: none is sent.
+        tools: The name of the tool executor whose ``on_context_updated`` callbacks run once
+            a batch is in the context; ``None``: there are none.
         storage: Where to persist the conversation (see :class:`SQLiteContextStorage`).
         conversation_id: Its id in ``storage`` (required with ``storage``).
 
     Raises:
-        TypeError: ``context`` is not an ``OpenAILLMContext``.
+        TypeError: ``context`` is not an ``OpenAILLMContext``, or ``llm``/``tools`` not a name.
         ValueError: ``storage`` without a ``conversation_id`` (or the reverse).
     """
 
@@ -160,8 +217,9 @@ class ContextStore(Actor[ContextStoreRequest]):
     def __init__(
         self,
         context: OpenAILLMContext,
-        llm: Actor[Any] | None = None,
+        llm: str | None = None,
         *,
+        tools: str | None = None,
         name: str | None = None,
         storage: SQLiteContextStorage | None = None,
         conversation_id: str | None = None,
@@ -169,6 +227,11 @@ class ContextStore(Actor[ContextStoreRequest]):
         super().__init__(name=name)
         if not isinstance(context, OpenAILLMContext):
             raise TypeError(f"ContextStore needs an OpenAILLMContext, got {type(context).__name__}")
+        for role, address in (("llm", llm), ("tools", tools)):
+            if address is not None and not isinstance(address, str):
+                raise TypeError(
+                    f"ContextStore {role}= takes the actor's name, got {type(address).__name__}"
+                )
         if (storage is None) != (conversation_id is None):
             raise ValueError(
                 "give both storage= and conversation_id= to persist a conversation, or neither"
@@ -179,6 +242,7 @@ class ContextStore(Actor[ContextStoreRequest]):
             raise ValueError(f"conversation_id must be a non-empty string, got {conversation_id!r}")
         self.context = context
         self.llm = llm
+        self.tools = tools
         self.storage = storage
         self.conversation_id = conversation_id
         self._batches: dict[str, _Batch] = {}
@@ -261,41 +325,46 @@ class ContextStore(Actor[ContextStoreRequest]):
             return
         self.context.set_tool_result(frame.tool_call_id, frame.content)
         batch.pending.discard(frame.tool_call_id)
+        batch.settled.append(frame.tool_call_id)
         batch.run_llm = batch.run_llm or frame.run_llm
         if frame.run_llm and frame.survives_interruption:
             batch.run_llm_surviving = True
-        if frame.on_context_updated is not None:
-            batch.callbacks.append(frame.on_context_updated)
         if batch.pending:
             return
         for key, value in list(self._batches.items()):
             if value is batch:
                 del self._batches[key]
-        if batch.callbacks or batch.run_llm:
+        if self.tools is not None or (batch.run_llm and self.llm is not None):
             self.create_task(self._after_batch, batch, name=f"{self.name}:after-batch")
 
     async def _after_batch(self, batch: _Batch) -> None:
-        for callback in batch.callbacks:
+        if self.tools is not None:
             try:
-                await callback()
-            except Exception as exc:
-                self.log.warning("on_context_updated raised", error=f"{type(exc).__name__}: {exc}")
-                await self.push_error(
-                    f"on_context_updated raised {type(exc).__name__}: {exc}", exception=exc
+                # Returns once the executor has run the batch's on_context_updated callbacks.
+                await self.session.get(self.tools).ask(
+                    ContextUpdatedRequest(batch.settled), timeout=None
                 )
-        if batch.run_llm and self.llm is not None:
-            if not self.llm.ref.is_alive():
-                return
-            # Decided here, after the callbacks, with no checkpoint before the tell: an
-            # interruption after it drops the queued frame or cancels its inference.
-            turn = self._follow_up_turn(batch)
-            if turn is None:
-                self.log.info(
-                    "follow-up inference not started: its turn was interrupted",
-                    batch_turn=batch.turn,
-                )
-                return
-            self.llm.ref.tell(OpenAILLMContextFrame(self.context.snapshot(), turn=turn))
+            except (KeyError, ActorError) as exc:  # the executor is gone: the session ends
+                self.log.info("on_context_updated callbacks not run", reason=str(exc))
+        if not batch.run_llm or self.llm is None:
+            return
+        try:
+            llm = self.session.get(self.llm)
+        except KeyError:
+            self.log.warning("follow-up inference not started: no such actor", llm=self.llm)
+            return
+        if not llm.is_alive():
+            return
+        # Decided here, after the callbacks, with no checkpoint before the tell: an
+        # interruption after it drops the queued frame or cancels its inference.
+        turn = self._follow_up_turn(batch)
+        if turn is None:
+            self.log.info(
+                "follow-up inference not started: its turn was interrupted",
+                batch_turn=batch.turn,
+            )
+            return
+        llm.tell(OpenAILLMContextFrame(self.context.snapshot(), turn=turn))
 
     def _follow_up_turn(self, batch: _Batch) -> int | None:
         """The turn the follow-up of ``batch`` runs in, or ``None`` if none may start.

@@ -1,4 +1,5 @@
-"""The tool executor: runs the tool calls of one LLM response concurrently.
+"""The tool executor: owns the function registry and runs the tool calls of one LLM response
+concurrently.
 
 Each call settles exactly once: with the handler's result, an error result (the handler
 raised, unknown function, unparseable arguments), a timeout or a cancellation. A
@@ -7,6 +8,12 @@ registered with ``cancel_on_interruption=True`` (the default) run in a scope tie
 of the response that asked for them, so an interruption cancels them at once (the handler
 sees ``trio.Cancelled``); the others keep running and their result lands in the conversation
 later.
+
+Everything the executor exchanges with the other stages is a serializable frame: the calls
+come in a :class:`RunFunctionCallsRequest`, their progress and settlement leave as
+``FunctionCall*Frame``s, and an ``on_context_updated`` callback stays here, keyed by its call:
+the context store asks for it to run with a :class:`ContextUpdatedRequest` once the call's
+batch is in the context.
 """
 
 from __future__ import annotations
@@ -20,8 +27,7 @@ from typing import Any
 import attrs
 import trio
 
-from runtime import Actor, DataFrame, Frame, FrameDirection
-from runtime.serialization import NOT_SERIALIZED
+from runtime import Actor, DataFrame, Frame, FrameDirection, SystemFrame
 
 from ._context import ContextSnapshot
 from ._frames import (
@@ -34,6 +40,7 @@ from ._frames import (
 from .client import ErrorCategory
 
 __all__ = [
+    "ContextUpdatedRequest",
     "FunctionCallParams",
     "FunctionHandler",
     "FunctionRegistration",
@@ -97,12 +104,30 @@ def check_handler(function_name: str | None, handler: object) -> None:
 
 @attrs.frozen
 class FunctionRegistration:
-    """A registered handler and how its calls run."""
+    """A registered handler and how its calls run, checked when it is made.
+
+    Args:
+        name: The function's name, or ``None`` for the catch-all.
+        handler: ``async def handler(params: FunctionCallParams) -> None``.
+        cancel_on_interruption: Cancel running calls when the user interrupts.
+        timeout_secs: Cancel a call after this long (``None``: the executor's default).
+
+    Raises:
+        TypeError: ``handler`` is not an ``async def`` function (see :func:`check_handler`).
+        ValueError: a bad name or timeout.
+    """
 
     name: str | None
     handler: FunctionHandler
     cancel_on_interruption: bool = True
     timeout_secs: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        check_handler(self.name, self.handler)
+        if self.name is not None and (not isinstance(self.name, str) or not self.name):
+            raise ValueError("function_name must be a non-empty string or None (catch-all)")
+        if self.timeout_secs is not None and not self.timeout_secs > 0:
+            raise ValueError(f"timeout_secs must be positive, got {self.timeout_secs!r}")
 
 
 @attrs.frozen(slots=True)
@@ -112,15 +137,29 @@ class RunFunctionCallsRequest(DataFrame):
     Args:
         calls: The calls of one response.
         context: The conversation snapshot the calls see.
-        llm: The LLM service (``params.llm``).
         batch_turn: The turn of the response; interruptible calls belong to it.
     """
 
     calls: tuple[FunctionCallFromLLM, ...] = attrs.field(converter=_to_tuple)
     context: ContextSnapshot
-    llm: Any = attrs.field(default=None, eq=False, repr=False, metadata=NOT_SERIALIZED)
     batch_turn: int = 0
     interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
+
+
+@attrs.frozen(slots=True)
+class ContextUpdatedRequest(SystemFrame):
+    """The results of these calls are in the context: run their ``on_context_updated``
+    callbacks, in this order, and answer once they have run (asked by the context store when
+    the last call of a batch has settled, before it starts the follow-up inference).
+
+    A system frame: the callbacks run in the executor's system task, so a slow one never
+    holds up the next batch of calls.
+
+    Args:
+        tool_call_ids: The calls of the batch, in the order they settled.
+    """
+
+    tool_call_ids: tuple[str, ...] = attrs.field(converter=_to_tuple)
 
 
 @attrs.define(eq=False)
@@ -133,45 +172,92 @@ class _Call:
     done: trio.Event = attrs.Factory(trio.Event)
 
 
-class ToolExecutor(Actor[RunFunctionCallsRequest]):
-    """Runs function calls concurrently under its own nursery (see the module docs).
+class ToolExecutor(Actor[RunFunctionCallsRequest | ContextUpdatedRequest]):
+    """Owns the function registry and runs function calls concurrently under its own nursery
+    (see the module docs).
 
     Its frames (``FunctionCallInProgressFrame``, ``FunctionCallResultFrame``,
     ``FunctionCallCancelFrame``) go out as if the LLM service had pushed them: the LLM links
-    the executor to its own neighbours when it starts.
+    the executor to its own neighbours when it starts. A result's ``on_context_updated``
+    callback does not travel with it: the executor keeps it until the context store's
+    :class:`ContextUpdatedRequest` for the call's batch.
 
     Args:
-        registrations: The live registry (name → registration, ``None`` = catch-all), shared
-            with the LLM service so later registrations count.
+        llm: The LLM service the calls come from (what handlers see as ``params.llm``).
         default_timeout_secs: Timeout for calls whose registration has none.
     """
 
-    accepts = (RunFunctionCallsRequest,)
+    accepts = (RunFunctionCallsRequest, ContextUpdatedRequest)
 
     def __init__(
         self,
-        registrations: dict[str | None, FunctionRegistration],
+        llm: Actor[Any] | None = None,
         *,
         default_timeout_secs: float | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        self.registrations = registrations
+        self.llm = llm
         self.default_timeout_secs = default_timeout_secs
+        self._registrations: dict[str | None, FunctionRegistration] = {}
         self._running: dict[str, _Call] = {}
+        #: ``on_context_updated`` callbacks of settled calls, until the store asks for them.
+        self._context_updated: dict[str, Callable[[], Awaitable[None]]] = {}
+
+    # ----------------------------------------------------------------- registry
+
+    def register(self, registration: FunctionRegistration) -> None:
+        """Add a handler (replacing the one registered under the same name)."""
+        self._registrations[registration.name] = registration
+
+    def unregister(self, function_name: str | None) -> None:
+        """Remove a handler (no error if there is none)."""
+        self._registrations.pop(function_name, None)
+
+    def has_function(self, function_name: str) -> bool:
+        """Whether calls of ``function_name`` have a handler (its own or the catch-all)."""
+        return function_name in self._registrations or None in self._registrations
 
     def running_calls(self) -> list[str]:
         """Ids of calls that have not settled yet."""
         return list(self._running)
 
+    # ----------------------------------------------------------------- frames
+
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        """Start every call of the batch at once."""
+        """Start every call of a batch at once; run the callbacks of a settled batch."""
+        if isinstance(frame, ContextUpdatedRequest):
+            await self.on_ask(frame)
+            return
         assert isinstance(frame, RunFunctionCallsRequest)
         for call in frame.calls:
             self.create_task(self._run, call, frame, name=f"tool:{call.function_name}")
 
+    async def on_ask(self, frame: Frame) -> object:
+        """Answer a :class:`ContextUpdatedRequest` once the batch's ``on_context_updated``
+        callbacks have run, one after another. One that raises is reported as an
+        ``ErrorFrame``; the others still run."""
+        if not isinstance(frame, ContextUpdatedRequest):
+            raise TypeError(f"{self.name} answers ContextUpdatedRequest, not {frame.name}")
+        for tool_call_id in frame.tool_call_ids:
+            callback = self._context_updated.pop(tool_call_id, None)
+            if callback is None:
+                continue
+            try:
+                await callback()
+            except Exception as exc:
+                self.log.warning(
+                    "on_context_updated raised",
+                    tool_call_id=tool_call_id,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                await self.push_error(
+                    f"on_context_updated raised {type(exc).__name__}: {exc}", exception=exc
+                )
+        return None
+
     def _resolve(self, name: str) -> FunctionRegistration | None:
-        return self.registrations.get(name) or self.registrations.get(None)
+        return self._registrations.get(name) or self._registrations.get(None)
 
     async def _run(self, call: FunctionCallFromLLM, request: RunFunctionCallsRequest) -> None:
         state = _Call(call)
@@ -211,7 +297,7 @@ class ToolExecutor(Actor[RunFunctionCallsRequest]):
             return
         if registration is None:
             state.settled = True
-            available = sorted(k for k in self.registrations if k)
+            available = sorted(k for k in self._registrations if k)
             log.warning("function not registered", available=available)
             await self.push_error(
                 f"The LLM called function [{call.function_name}], which has no handler "
@@ -242,7 +328,7 @@ class ToolExecutor(Actor[RunFunctionCallsRequest]):
             function_name=call.function_name,
             tool_call_id=call.tool_call_id,
             arguments=call.arguments,
-            llm=request.llm,
+            llm=self.llm,
             context=request.context,
             result_callback=result_callback,
         )
@@ -268,11 +354,17 @@ class ToolExecutor(Actor[RunFunctionCallsRequest]):
         if state.has_result:
             if failure is not None:  # the error first: the result may end the answer
                 await self._report_failure(call, failure)
+            properties = state.properties
+            if properties is not None and properties.on_context_updated is not None:
+                # The callback stays here, the frame carries data only: the store asks for it
+                # (ContextUpdatedRequest) once the call's batch is in the context.
+                self._context_updated[call.tool_call_id] = properties.on_context_updated
+                properties = attrs.evolve(properties, on_context_updated=None)
             await self._push_result(
                 call,
                 state.result,
-                properties=state.properties,
-                run_llm=state.properties.run_llm if state.properties else None,
+                properties=properties,
+                run_llm=properties.run_llm if properties else None,
                 cancel_on_interruption=cancel_on_interruption,
             )
             return
@@ -335,7 +427,9 @@ class ToolExecutor(Actor[RunFunctionCallsRequest]):
 
     async def on_stop(self) -> None:
         """Calls still running when the session ends are settled (late results rejected); the
-        context store writes ``"CANCELLED"`` into their tool messages when it stops."""
+        context store writes ``"CANCELLED"`` into their tool messages when it stops. The
+        ``on_context_updated`` callbacks still waiting for their batch are dropped."""
+        self._context_updated.clear()
         for state in list(self._running.values()):
             if not state.settled:
                 state.settled = True

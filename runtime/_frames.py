@@ -63,6 +63,13 @@ def _to_tuple(value: Iterable[Any]) -> tuple[Any, ...]:
     return tuple(value)
 
 
+def _tag(value: object) -> str:
+    """An open category tag as a plain string (an enum member gives its value)."""
+    if isinstance(value, enum.Enum):
+        value = value.value
+    return value if type(value) is str else str(value)
+
+
 class FrameDirection(enum.IntEnum):
     """Which way a frame travels through a topology."""
 
@@ -208,9 +215,9 @@ class ErrorFrame(SystemFrame):
         exception: The exception behind it, if any. Not serialized: a deserialized
             ``ErrorFrame`` has ``exception=None``; ``error`` keeps the text.
         category: What kind of failure it was: an open tag (``"unknown"`` by default) whose
-            values the reporting layer defines. A ``str`` enum member is accepted and kept
-            (``frame.category is Kind.X`` holds); a deserialized frame has the plain string,
-            equal to the member.
+            values the reporting layer defines. An enum member is stored as its value, a
+            plain string, so a frame reads the same before and after serialization and
+            still compares equal to a ``str`` enum member (``frame.category == Kind.X``).
         source: Name of the actor that reported it.
     """
 
@@ -219,7 +226,7 @@ class ErrorFrame(SystemFrame):
     exception: BaseException | None = attrs.field(
         default=None, eq=False, repr=False, metadata=_NOT_SERIALIZED
     )
-    category: str = "unknown"
+    category: str = attrs.field(default="unknown", converter=_tag)
     source: str | None = None
 
 

@@ -47,8 +47,8 @@ from .._frames import (
     TTFBMetricsData,
     VisionImageRawFrame,
 )
-from .._llm import OpenAILLMService
 from .._schemas import ToolsSchema
+from .._service import OpenAILLMService
 from .._storage import SQLiteContextStorage
 from .._transport import TextTransport
 from ..client import ErrorCategory, InvalidParameterError
@@ -181,12 +181,12 @@ class _View:
         self.errors += 1
         self._newline()
         message = printable(frame.error)
-        if self.image_pending and self.local and frame.category is ErrorCategory.SERVER:
+        if self.image_pending and self.local and frame.category == ErrorCategory.SERVER:
             message = (
                 "the local model server cannot read images (it answered HTTP 500 to the image). "
                 "Use a vision model instead: trouper chat --base-url URL --model MODEL."
             )
-        elif frame.category is ErrorCategory.CONNECTIVITY and not self.local:
+        elif frame.category == ErrorCategory.CONNECTIVITY and not self.local:
             message = (
                 f"cannot reach the model server at {self.endpoint}: is it running, and is "
                 f"--base-url right? ({message})"

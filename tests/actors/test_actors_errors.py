@@ -53,7 +53,7 @@ class TestHTTPErrors:
             await conv.wait_ends(1)
 
             (error,) = conv.errors
-            assert error.category is category
+            assert error.category == category
             assert f"scripted {status}" in error.error
             assert API_KEY not in error.error
             assert not error.fatal
@@ -95,7 +95,7 @@ class TestHTTPErrors:
                 pytest.approx(2),
             ]
             (error,) = conv.errors
-            assert error.category is ErrorCategory.RATE_LIMIT
+            assert error.category == ErrorCategory.RATE_LIMIT
             (end,) = conv.ends()
             assert end.error
 
@@ -131,7 +131,7 @@ class TestHTTPErrors:
             await conv.wait_ends(1)
             assert len(server.requests) == 1
             (error,) = conv.errors
-            assert error.category is ErrorCategory.CONNECTIVITY
+            assert error.category == ErrorCategory.CONNECTIVITY
             (end,) = conv.ends()
             assert end.error
             assert_valid(conv.messages())
@@ -153,7 +153,7 @@ class TestHTTPErrors:
             await conv.say("Hello")
             await conv.wait_ends(1)
             (error,) = conv.errors
-            assert error.category is ErrorCategory.TIMEOUT
+            assert error.category == ErrorCategory.TIMEOUT
             assert trio.current_time() == pytest.approx(4, abs=0.1)
             with trio.fail_after(1):
                 await server.wait_disconnected()

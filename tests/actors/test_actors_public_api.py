@@ -30,6 +30,7 @@ PUBLIC = {
     "ContextSnapshot",
     "ContextStore",
     "ContextStoreRequest",
+    "ContextUpdatedRequest",
     "ErrorCategory",
     "FunctionCallCancelFrame",
     "FunctionCallFromLLM",

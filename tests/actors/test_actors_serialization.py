@@ -7,6 +7,7 @@ import pytest
 import actors
 from actors import (
     AppendMessagesRequest,
+    ContextUpdatedRequest,
     FunctionCallCancelFrame,
     FunctionCallFromLLM,
     FunctionCallInProgressFrame,
@@ -100,7 +101,8 @@ EXAMPLES: list[Frame] = [
     SetToolChoiceRequest("none"),
     RecordToolCallsRequest([_CALL], "Let me check."),
     RecordToolSettlementRequest("call_1", '{"temp_c": 18}', run_llm=True),
-    RunFunctionCallsRequest([_CALL], _CONTEXT.snapshot(), None, batch_turn=3),
+    RunFunctionCallsRequest([_CALL], _CONTEXT.snapshot(), batch_turn=3),
+    ContextUpdatedRequest(["call_1", "call_2"]),
 ]
 
 

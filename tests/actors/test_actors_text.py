@@ -222,7 +222,7 @@ class TestVision:
             )
             await conv.wait_errors(1)
             (error,) = conv.errors
-            assert error.category is ErrorCategory.INVALID_REQUEST
+            assert error.category == ErrorCategory.INVALID_REQUEST
             assert "VisionImageRawFrame" in error.error
             assert "1,000" in error.error
             assert "5,004" in error.error
@@ -248,7 +248,7 @@ class TestVision:
             await conv.queue(VisionImageRawFrame(image=bytes(10), size=(32, 24), format="RGB"))
             await conv.wait_errors(1)
             (error,) = conv.errors
-            assert error.category is ErrorCategory.INVALID_REQUEST
+            assert error.category == ErrorCategory.INVALID_REQUEST
             assert "(32, 24)" in error.error
             assert "10 bytes" in error.error
             assert server.requests == []
@@ -296,7 +296,7 @@ class TestUpdateSettings:
             await conv.wait_errors(2)
             bad_value, bad_key = conv.errors
             for error in (bad_value, bad_key):
-                assert error.category is ErrorCategory.INVALID_REQUEST
+                assert error.category == ErrorCategory.INVALID_REQUEST
                 assert "LLMUpdateSettingsFrame" in error.error
                 assert "nothing changed" in error.error
             assert "temperature" in bad_value.error
@@ -365,7 +365,7 @@ class TestContextFrames:
             await conv.queue(LLMSetToolChoiceFrame("sometimes"))
             await conv.wait_errors(1)
             (error,) = conv.errors
-            assert error.category is ErrorCategory.INVALID_REQUEST
+            assert error.category == ErrorCategory.INVALID_REQUEST
             assert "sometimes" in error.error
             assert conv.context.tool_choice is None
             assert server.requests == []

@@ -356,7 +356,7 @@ class TestCallSettlement:
             assert answer == "The function `get_weather` failed and returned no result."
             assert "hunter2" not in json.dumps(conv.messages())
             (error,) = conv.errors
-            assert error.category is ErrorCategory.APPLICATION
+            assert error.category == ErrorCategory.APPLICATION
             assert "get_weather" in error.error
             assert "RuntimeError" in error.error
             assert isinstance(error.exception, RuntimeError)

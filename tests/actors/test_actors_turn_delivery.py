@@ -320,7 +320,7 @@ class TestAFailedAnswerSaysSoBeforeItEnds:
             await chat.task.queue_frame(image)
             await chat.wait_for(LLMFullResponseEndFrame)
             (error,) = chat.task.errors
-            assert error.category is ErrorCategory.INVALID_REQUEST
+            assert error.category == ErrorCategory.INVALID_REQUEST
             end = chat.first(LLMFullResponseEndFrame)
             assert chat.first(ErrorFrame) < end
             assert chat.seen[end].error  # type: ignore[attr-defined]

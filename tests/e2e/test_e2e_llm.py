@@ -239,7 +239,7 @@ async def test_prompt_over_the_context_size_is_a_clear_invalid_request(
         await chat.task.queue_frame(LLMMessagesUpdateFrame(short, run_llm=True))
         await chat.wait_for(lambda: len(chat.ends()) == 2, "the answer after the error")
 
-    assert error.category is ErrorCategory.INVALID_REQUEST
+    assert error.category == ErrorCategory.INVALID_REQUEST
     assert not error.fatal
     assert error.source == chat.llm.name
     assert isinstance(error.exception, BadRequestError)
@@ -273,7 +273,7 @@ async def test_image_is_refused_with_a_clear_error(local_llm_server: LocalLLM) -
     (end,) = chat.ends()
     assert end.error
     assert chat.of_type(LLMTextFrame) == []
-    assert error.category is ErrorCategory.SERVER
+    assert error.category == ErrorCategory.SERVER
     assert not error.fatal
     assert isinstance(error.exception, InternalServerError)
     assert error.exception.status == 500
