@@ -69,7 +69,7 @@ _Item = TypeVar("_Item")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 """Used when neither ``base_url`` nor ``OPENAI_BASE_URL`` is given."""
 
-_LOGGER_NAME = "actors.client"
+_LOGGER_NAME = "trouper.actors.client"  # see docs/architecture.md, "Logging"
 
 _USER_AGENT = "trouper-chat-client/0.1"
 _MAX_ERROR_BODY = 64 * 1024
