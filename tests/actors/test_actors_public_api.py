@@ -19,7 +19,7 @@ import actors
 import runtime
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 
-from .actors_kit import assert_valid, tool_answer
+from ..conversation_kit import assert_valid, tool_answer
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "examples" / "function_calling.py"

@@ -27,9 +27,8 @@ from actors import (
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 from runtime import ErrorCategory
 
-from .actors_kit import (
+from ..conversation_kit import (
     SYSTEM,
-    BlockingTool,
     assert_valid,
     context_problems,
     of_type,
@@ -37,6 +36,7 @@ from .actors_kit import (
     position,
     tool_answer,
 )
+from .actors_kit import BlockingTool
 
 WEATHER = FunctionSchema(
     name="get_weather",
@@ -123,7 +123,7 @@ class TestSingleToolCall:
                 {"role": "assistant", "content": "Sunny in Paris."},
             ]
 
-            frames = conv.probe.frames
+            frames = conv.output
             (started,) = of_type(frames, FunctionCallsStartedFrame)
             assert started.function_calls == (
                 FunctionCallFromLLM(
@@ -361,7 +361,7 @@ class TestCallSettlement:
             assert "RuntimeError" in error.error
             assert isinstance(error.exception, RuntimeError)
             assert not error.fatal
-            (result,) = of_type(conv.probe.frames, FunctionCallResultFrame)
+            (result,) = of_type(conv.output, FunctionCallResultFrame)
             assert result.error is not None
             assert "RuntimeError" in result.error
 
@@ -463,7 +463,7 @@ class TestCallSettlement:
             answer = tool_answer(follow_up, "call_1")
             assert answer.startswith("Invalid arguments for `get_weather`")
             assert "JSON object" in answer
-            (result,) = of_type(conv.probe.frames, FunctionCallResultFrame)
+            (result,) = of_type(conv.output, FunctionCallResultFrame)
             assert result.error is not None
 
     async def test_catch_all_handler(
@@ -581,7 +581,7 @@ class TestCallSettlement:
                 assert tool_answer(follow_up, "call_1") == '"first"'
                 assert "timed out" in tool_answer(follow_up, "call_2")
                 assert tool_answer(conv.messages(), "call_2") == tool_answer(follow_up, "call_2")
-                assert len(of_type(conv.probe.frames, FunctionCallResultFrame)) == 1
+                assert len(of_type(conv.output, FunctionCallResultFrame)) == 1
                 assert len(server.requests) == 2
         rejected = [e for e in logs if "late function result rejected" in e["event"]]
         assert [(e["log_level"], e["tool_call_id"]) for e in rejected] == [
