@@ -352,7 +352,7 @@ async def open_conversation(
     messages: Sequence[Mapping[str, Any]] | None = None,
     tools: ToolsSchema | None = None,
     context: OpenAILLMContext | None = None,
-    functions: Mapping[str, FunctionHandler] | None = None,
+    functions: Mapping[str | None, FunctionHandler] | None = None,
     params: PipelineParams | None = None,
     name: str | None = None,
     probe_delay: float = 0.0,
@@ -376,7 +376,7 @@ async def open_conversation(
         messages: The first messages of the context (default: :data:`SYSTEM`).
         tools: The context's tools.
         context: The context itself (``messages`` and ``tools`` are then ignored).
-        functions: Tool handlers to register, by name.
+        functions: Tool handlers to register, by name (``None``: the catch-all).
         params: Task parameters.
         name: The session's name.
         probe_delay: Seconds the probe spends on each text frame (a slow output stage).

@@ -42,7 +42,7 @@ async def open_conversation(
     server: LocalLLM,
     *,
     tools: ToolsSchema | None = None,
-    functions: Mapping[str, FunctionHandler] | None = None,
+    functions: Mapping[str | None, FunctionHandler] | None = None,
     system: str = SYSTEM,
 ) -> AsyncIterator[Conversation]:
     """Run the seed pipeline (input, user aggregator, LLM, output, assistant aggregator) on the
