@@ -14,6 +14,8 @@ import actors.client
 import actors.local
 import actors.testing
 
+from ..api_kit import public_names
+
 PACKAGES = [actors.client, actors.testing, actors.local]
 
 #: Internals that used to be exported: where each lives now.
@@ -35,22 +37,11 @@ PRIVATE = {
 }
 
 
-def _bound(module: types.ModuleType) -> set[str]:
-    """Public names bound in ``module``: not private, not submodules, not ``__future__``."""
-    return {
-        name
-        for name, value in vars(module).items()
-        if not name.startswith("_")
-        and not isinstance(value, types.ModuleType)
-        and name != "annotations"
-    }
-
-
 @pytest.mark.parametrize("package", PACKAGES, ids=lambda m: m.__name__)
 def test_all_is_exactly_what_the_package_binds(package: types.ModuleType) -> None:
     """``__all__`` lists every public name the package binds, once, and only those."""
     assert len(package.__all__) == len(set(package.__all__))
-    assert set(package.__all__) == _bound(package)
+    assert set(package.__all__) == public_names(package)
 
 
 @pytest.mark.parametrize("package", PACKAGES, ids=lambda m: m.__name__)
