@@ -7,7 +7,6 @@ report is dropped and counted instead.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -21,13 +20,10 @@ from ._frames import (
     LLMUsageMetricsData,
     ProcessingMetricsData,
     TTFBMetricsData,
+    _to_tuple,
 )
 
 __all__ = ["MetricsCollector", "MetricsReport", "ModelMetrics", "TimingStats"]
-
-
-def _to_tuple(value: Iterable[Any]) -> tuple[Any, ...]:
-    return tuple(value)
 
 
 @attrs.frozen(slots=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -30,6 +30,7 @@ from ._frames import (
     FunctionCallFromLLM,
     FunctionCallResultFrame,
     OpenAILLMContextFrame,
+    _to_tuple,
 )
 from ._storage import SQLiteContextStorage
 from ._tools import ContextUpdatedRequest
@@ -46,10 +47,6 @@ __all__ = [
     "SetToolsRequest",
     "settlement_request",
 ]
-
-
-def _to_tuple(value: Iterable[Any]) -> tuple[Any, ...]:
-    return tuple(value)
 
 
 @attrs.frozen(slots=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import nullcontext
 from typing import Any
 
@@ -36,6 +36,7 @@ from ._frames import (
     FunctionCallInProgressFrame,
     FunctionCallResultFrame,
     FunctionCallResultProperties,
+    _to_tuple,
 )
 from .client import ErrorCategory
 
@@ -48,10 +49,6 @@ __all__ = [
     "ToolExecutor",
     "check_handler",
 ]
-
-
-def _to_tuple(value: Iterable[Any]) -> tuple[Any, ...]:
-    return tuple(value)
 
 
 @attrs.frozen

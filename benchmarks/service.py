@@ -9,11 +9,9 @@ event loop. Rounds alternate between the two frameworks so that drift on the mac
 alike; each round builds a fresh pipeline, warms it up, then times several turns on it (one
 pooled connection, as in a conversation). Medians are reported.
 
-Where a frame is timed:
-
-* trouper: the ``PipelineTask``'s ``on_downstream`` listener, called by the task's sink edge (an
-  actor of its own, so one more mailbox hop than the stages listed);
-* Pipecat: a direct-mode probe processor right after the LLM (inline: no queue, no task).
+Each scenario is written once, against a :class:`~benchmarks._sides.Side` (what differs
+between the frameworks, including where a frame is timed: trouper's task sink, an actor of its
+own, so one more mailbox hop than the stages listed; Pipecat's direct-mode probe, inline).
 
 Scenarios (one registry entry each):
 
@@ -43,7 +41,6 @@ Scenarios (one registry entry each):
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 import time
@@ -53,28 +50,14 @@ from typing import Any, ClassVar, Self
 
 import attrs
 import httpx
-import trio
 
 from runtime import logging as rlog
 
 from . import _pipecat
 from ._registry import TIMES, Options, Report, Row, Target
-from ._rigs import (
-    MESSAGES,
-    PIPECAT_MESSAGES,
-    Recorder,
-    floor_body,
-    floor_first_token,
-    floor_stream,
-    median,
-    pipecat_llm,
-    pipecat_pair,
-    pipecat_pipeline,
-    pipecat_probe,
-    trouper_llm,
-    trouper_pipeline,
-)
+from ._rigs import MESSAGES, Recorder, floor_body, floor_first_token, floor_stream, median
 from ._server import fetch_stats, model_spec, reset_stats, server_process
+from ._sides import Samples, Side, alternate
 
 __all__ = [
     "run_first_token",
@@ -86,24 +69,6 @@ __all__ = [
 _MS = 1000.0
 
 
-@attrs.define
-class _Samples:
-    """Raw samples of one framework (seconds unless stated), accumulated over rounds."""
-
-    service: list[float] = attrs.Factory(list)
-    floor: list[float] = attrs.Factory(list)
-    cpu: list[float] = attrs.Factory(list)
-    extra: dict[str, list[float]] = attrs.Factory(dict)
-
-    def add(self, key: str, value: float) -> None:
-        """Append ``value`` to the extra series ``key``."""
-        self.extra.setdefault(key, []).append(value)
-
-    def series(self, key: str) -> list[float]:
-        """The extra series ``key`` (empty if never added)."""
-        return self.extra.get(key, [])
-
-
 def _setup() -> None:
     rlog.configure(level="warning")
     _pipecat.quiet_logs()
@@ -111,19 +76,6 @@ def _setup() -> None:
 
 def _ms(values: Sequence[float]) -> float:
     return median(values) * _MS
-
-
-def _alternate(
-    rounds: int,
-    trouper_round: Callable[[], Any],
-    pipecat_round: Callable[[], Any],
-) -> None:
-    """Run ``rounds`` rounds, each a trouper round (``trio.run``) then a Pipecat one."""
-    has_pipecat = _pipecat.available()
-    for _ in range(rounds):
-        trio.run(trouper_round)
-        if has_pipecat:
-            _pipecat.run(pipecat_round)
 
 
 @attrs.frozen
@@ -145,6 +97,59 @@ class _Rounds:
         rounds, per_round, warmup = cls.QUICK
         return cls(rounds=rounds, per_round=per_round, warmup=warmup)
 
+    def turns(self) -> Iterator[bool]:
+        """One item per turn of a round: whether that turn is timed (after the warm-up)."""
+        for i in range(self.warmup + self.per_round):
+            yield i >= self.warmup
+
+
+@attrs.frozen
+class _Both:
+    """Both frameworks' samples of one scenario, and the rows comparing them.
+
+    Attributes:
+        ours: trouper's samples.
+        theirs: Pipecat's samples.
+        pipecat_ran: Whether Pipecat's figures exist (else its column shows nothing).
+    """
+
+    ours: Samples
+    theirs: Samples
+    pipecat_ran: bool
+
+    def row(
+        self,
+        scenario: str,
+        metric: str,
+        unit: str,
+        figure: Callable[[Samples], float],
+        target: Target | None = None,
+        note: str = "",
+    ) -> Row:
+        """A row of ``figure`` (lower is better) computed on each framework's samples."""
+        pipecat = figure(self.theirs) if self.pipecat_ran else None
+        return Row(scenario, metric, unit, figure(self.ours), pipecat, "lower", target, note)
+
+    def details(self) -> dict[str, Any]:
+        """The raw samples, for the JSON output."""
+        return {"trouper": attrs.asdict(self.ours), "pipecat": attrs.asdict(self.theirs)}
+
+
+def _service(samples: Samples) -> float:
+    return _ms(samples.service)
+
+
+def _floor(samples: Samples) -> float:
+    return _ms(samples.floor)
+
+
+def _series(key: str) -> Callable[[Samples], float]:
+    """The median of the extra series ``key``, in ms."""
+    return lambda samples: _ms(samples.series(key))
+
+
+_FLOOR_NOTE = "trouper column: under trio; Pipecat column: under asyncio"
+
 
 # =========================================================================== service_stream
 
@@ -154,94 +159,74 @@ class _StreamSettings(_Rounds):
     tokens: int = 2000
 
 
+async def _context_turns(
+    side: Side, url: str, model: str, s: _StreamSettings, samples: Samples, *, first_token: bool
+) -> None:
+    """One round of context-frame turns on a fresh pipeline (the LLM alone), each followed by
+    its httpx floor from the same state (a collected heap). Timed: to the end frame, or to the
+    first ``LLMTextFrame`` with ``first_token`` (the CPU time is recorded for the former)."""
+    chat_url = f"{url}/chat/completions"
+    body = floor_body(model)
+    floor = floor_first_token if first_token else floor_stream
+    rec = side.recorder()
+    context = side.context()
+    llm = side.llm(url, model)
+    async with (
+        httpx.AsyncClient(timeout=60.0) as http,
+        side.pipeline([llm], rec) as running,
+    ):
+        for timed in s.turns():
+            frame = side.context_frame(context)
+            event = rec.arm(side.end_frame, keep=first_token)
+            gc.collect()
+            c0, t0 = time.process_time(), time.monotonic()
+            await running.queue_frame(frame)
+            await event.wait()
+            cpu = time.process_time() - c0
+            if first_token:
+                service = rec.times_of(side.text_frame)[0] - t0
+            else:
+                _check_count(rec, s.tokens, side.name)
+                service = rec.done_at - t0
+            gc.collect()  # the floor starts from the same state as the service
+            floor_secs = await floor(http, chat_url, body)
+            if timed:
+                samples.service.append(service)
+                samples.floor.append(floor_secs)
+                if not first_token:
+                    samples.cpu.append(cpu)
+
+
 def run_service_stream(options: Options) -> Report:
     """2,000-token stream through the LLM service in a pipeline, against the httpx floor."""
     _setup()
     s = _StreamSettings.for_options(options)
     model = model_spec(tokens=s.tokens)
-    ours, theirs = _Samples(), _Samples()
 
     with server_process() as url:
-        chat_url = f"{url}/chat/completions"
-        body = floor_body(model)
 
-        async def trouper_round() -> None:
-            from actors import LLMFullResponseEndFrame, OpenAILLMContext, OpenAILLMContextFrame
+        async def one_round(side: Side, samples: Samples) -> None:
+            await _context_turns(side, url, model, s, samples, first_token=False)
 
-            rec = Recorder(trio.Event)
-            context = OpenAILLMContext(messages=list(MESSAGES))
-            async with (
-                httpx.AsyncClient(timeout=60.0) as http,
-                trouper_pipeline([trouper_llm(url, model)], rec) as task,
-            ):
-                for i in range(s.warmup + s.per_round):
-                    frame = OpenAILLMContextFrame(context)
-                    event = rec.arm(LLMFullResponseEndFrame, keep=False)
-                    gc.collect()
-                    c0, t0 = time.process_time(), time.monotonic()
-                    await task.queue_frame(frame)
-                    await event.wait()
-                    cpu = time.process_time() - c0
-                    _check_count(rec, s.tokens, "trouper")
-                    gc.collect()  # the floor starts from the same state as the service
-                    floor = await floor_stream(http, chat_url, body)
-                    if i >= s.warmup:
-                        ours.service.append(rec.done_at - t0)
-                        ours.cpu.append(cpu)
-                        ours.floor.append(floor)
-
-        async def pipecat_round() -> None:
-            from pipecat.frames.frames import LLMContextFrame, LLMFullResponseEndFrame
-            from pipecat.processors.aggregators.llm_context import LLMContext
-
-            rec = Recorder(asyncio.Event)
-            context = LLMContext(messages=list(PIPECAT_MESSAGES))  # type: ignore[arg-type]
-            llm = pipecat_llm(url, model)
-            async with (
-                httpx.AsyncClient(timeout=60.0) as http,
-                pipecat_pipeline([llm, pipecat_probe(rec)]) as worker,
-            ):
-                for i in range(s.warmup + s.per_round):
-                    frame = LLMContextFrame(context=context)
-                    event = rec.arm(LLMFullResponseEndFrame, keep=False)
-                    gc.collect()
-                    c0, t0 = time.process_time(), time.monotonic()
-                    await worker.queue_frame(frame)
-                    await event.wait()
-                    cpu = time.process_time() - c0
-                    _check_count(rec, s.tokens, "Pipecat")
-                    gc.collect()  # the floor starts from the same state as the service
-                    floor = await floor_stream(http, chat_url, body)
-                    if i >= s.warmup:
-                        theirs.service.append(rec.done_at - t0)
-                        theirs.cpu.append(cpu)
-                        theirs.floor.append(floor)
-
-        _alternate(s.rounds, trouper_round, pipecat_round)
+        ours, theirs = alternate(s.rounds, one_round)
         late = fetch_stats(url)["late_max_ms"]
 
-    pc = bool(theirs.service)
-    ratio_t = median(ours.service) / median(ours.floor)
-    ratio_p = median(theirs.service) / median(theirs.floor) if pc else None
+    both = _Both(ours, theirs, bool(theirs.service))
     scenario = f"{s.tokens:,} tokens, 0 ms"
     rows = (
-        Row(scenario, "context frame → end frame", "ms", _ms(ours.service),
-            _ms(theirs.service) if pc else None, "lower"),
-        Row(scenario, "÷ httpx floor (same loop)", f"{TIMES} floor", ratio_t, ratio_p, "lower",
-            Target("max", 1.5), note="floor: trio for trouper, asyncio for Pipecat"),
-        Row(scenario, "CPU per stream", "ms", _ms(ours.cpu),
-            _ms(theirs.cpu) if pc else None, "lower"),
-        Row("httpx floor", "whole stream", "ms", _ms(ours.floor),
-            _ms(theirs.floor) if pc else None, "lower",
-            note="trouper column: under trio; Pipecat column: under asyncio"),
+        both.row(scenario, "context frame → end frame", "ms", _service),
+        both.row(scenario, "÷ httpx floor (same loop)", f"{TIMES} floor",
+                 lambda x: median(x.service) / median(x.floor), Target("max", 1.5),
+                 note="floor: trio for trouper, asyncio for Pipecat"),
+        both.row(scenario, "CPU per stream", "ms", lambda x: _ms(x.cpu)),
+        both.row("httpx floor", "whole stream", "ms", _floor, note=_FLOOR_NOTE),
     )  # fmt: skip
     notes = (
         f"{s.rounds} round(s) x {s.per_round} streams per framework after {s.warmup} warm-up; "
         "floor = httpx aiter_lines + json.loads per data line, interleaved with the service",
         f"server's worst chunk lateness {late:.2f} ms",
     )
-    details = {"settings": attrs.asdict(s), "trouper": attrs.asdict(ours),
-               "pipecat": attrs.asdict(theirs)}  # fmt: skip
+    details = {"settings": attrs.asdict(s), **both.details()}
     return Report("service_stream", rows, details=details, notes=notes)
 
 
@@ -255,7 +240,7 @@ def _check_count(rec: Recorder, tokens: int, who: str) -> None:
 
 
 @attrs.frozen
-class _FirstSettings(_Rounds):
+class _FirstSettings(_StreamSettings):
     tokens: int = 10
     spacing_ms: float = 2.0
     rounds: int = 3
@@ -269,79 +254,23 @@ def run_first_token(options: Options) -> Report:
     _setup()
     s = _FirstSettings.for_options(options)
     model = model_spec(tokens=s.tokens, spacing_ms=s.spacing_ms)
-    ours, theirs = _Samples(), _Samples()
 
     with server_process() as url:
-        chat_url = f"{url}/chat/completions"
-        body = floor_body(model)
 
-        async def trouper_round() -> None:
-            from actors import (
-                LLMFullResponseEndFrame,
-                LLMTextFrame,
-                OpenAILLMContext,
-                OpenAILLMContextFrame,
-            )
+        async def one_round(side: Side, samples: Samples) -> None:
+            await _context_turns(side, url, model, s, samples, first_token=True)
 
-            rec = Recorder(trio.Event)
-            context = OpenAILLMContext(messages=list(MESSAGES))
-            async with (
-                httpx.AsyncClient(timeout=60.0) as http,
-                trouper_pipeline([trouper_llm(url, model)], rec) as task,
-            ):
-                for i in range(s.warmup + s.per_round):
-                    frame = OpenAILLMContextFrame(context)
-                    event = rec.arm(LLMFullResponseEndFrame)
-                    gc.collect()
-                    t0 = time.monotonic()
-                    await task.queue_frame(frame)
-                    await event.wait()
-                    first = rec.times_of(LLMTextFrame)[0] - t0
-                    gc.collect()  # the floor starts from the same state as the service
-                    floor = await floor_first_token(http, chat_url, body)
-                    if i >= s.warmup:
-                        ours.service.append(first)
-                        ours.floor.append(floor)
+        ours, theirs = alternate(s.rounds, one_round)
 
-        async def pipecat_round() -> None:
-            from pipecat.frames.frames import LLMContextFrame, LLMFullResponseEndFrame, LLMTextFrame
-            from pipecat.processors.aggregators.llm_context import LLMContext
-
-            rec = Recorder(asyncio.Event)
-            context = LLMContext(messages=list(PIPECAT_MESSAGES))  # type: ignore[arg-type]
-            llm = pipecat_llm(url, model)
-            async with (
-                httpx.AsyncClient(timeout=60.0) as http,
-                pipecat_pipeline([llm, pipecat_probe(rec)]) as worker,
-            ):
-                for i in range(s.warmup + s.per_round):
-                    frame = LLMContextFrame(context=context)
-                    event = rec.arm(LLMFullResponseEndFrame)
-                    gc.collect()
-                    t0 = time.monotonic()
-                    await worker.queue_frame(frame)
-                    await event.wait()
-                    first = rec.times_of(LLMTextFrame)[0] - t0
-                    gc.collect()  # the floor starts from the same state as the service
-                    floor = await floor_first_token(http, chat_url, body)
-                    if i >= s.warmup:
-                        theirs.service.append(first)
-                        theirs.floor.append(floor)
-
-        _alternate(s.rounds, trouper_round, pipecat_round)
-
-    pc = bool(theirs.service)
-    over_t = _ms(ours.service) - _ms(ours.floor)
-    over_p = _ms(theirs.service) - _ms(theirs.floor) if pc else None
+    both = _Both(ours, theirs, bool(theirs.service))
     scenario = "first token"
     rows = (
-        Row(scenario, "context frame → first LLMTextFrame", "ms", _ms(ours.service),
-            _ms(theirs.service) if pc else None, "lower"),
-        Row(scenario, "overhead over httpx floor", "ms", over_t, over_p, "lower",
-            Target("max", 0.3), note="median(service) - median(floor), same loop"),
-        Row("httpx floor", "request → first content chunk", "ms", _ms(ours.floor),
-            _ms(theirs.floor) if pc else None, "lower",
-            note="trouper column: under trio; Pipecat column: under asyncio"),
+        both.row(scenario, "context frame → first LLMTextFrame", "ms", _service),
+        both.row(scenario, "overhead over httpx floor", "ms",
+                 lambda x: _service(x) - _floor(x), Target("max", 0.3),
+                 note="median(service) - median(floor), same loop"),
+        both.row("httpx floor", "request → first content chunk", "ms", _floor,
+                 note=_FLOOR_NOTE),
     )  # fmt: skip
     notes = (
         f"{s.rounds} round(s) x {s.per_round} requests per framework after {s.warmup} warm-up; "
@@ -349,10 +278,13 @@ def run_first_token(options: Options) -> Report:
         f"then one every {s.spacing_ms:g} ms",
         "p10 overhead: trouper "
         f"{_p(ours.service, 10) - _p(ours.floor, 10):.3f} ms"
-        + (f", Pipecat {_p(theirs.service, 10) - _p(theirs.floor, 10):.3f} ms" if pc else ""),
+        + (
+            f", Pipecat {_p(theirs.service, 10) - _p(theirs.floor, 10):.3f} ms"
+            if both.pipecat_ran
+            else ""
+        ),
     )
-    details = {"settings": attrs.asdict(s), "trouper": attrs.asdict(ours),
-               "pipecat": attrs.asdict(theirs)}  # fmt: skip
+    details = {"settings": attrs.asdict(s), **both.details()}
     return Report("first_token", rows, details=details, notes=notes)
 
 
@@ -382,7 +314,6 @@ def run_parallel_tools(options: Options) -> Report:
     _setup()
     s = _ToolSettings.for_options(options)
     model = model_spec(tokens=s.answer_tokens, tools=s.calls)
-    ours, theirs = _Samples(), _Samples()
 
     with server_process() as url:
         chat_url = f"{url}/chat/completions"
@@ -393,127 +324,68 @@ def run_parallel_tools(options: Options) -> Report:
             {"role": "tool", "tool_call_id": "call_bench0000", "content": "{}"},
         ]
 
-        async def floors(
-            http: httpx.AsyncClient, samples: _Samples, sleep: Callable[[float], Any]
-        ) -> None:
+        async def floors(http: httpx.AsyncClient, side: Side, samples: Samples) -> None:
             # The two requests of a turn, read with bare httpx on the same loop, from the same
             # state as the service's: a collected heap, and the handlers' idle time between
             # them (a process idle for 200 ms wakes up with cold caches; timed apart).
             gc.collect()
             first = await floor_stream(http, chat_url, tool_body)
-            await sleep(s.handler_secs)
+            await side.sleep(s.handler_secs)
             samples.floor.append(first + await floor_stream(http, chat_url, answer_body))
 
-        async def trouper_round() -> None:
-            from actors import (
-                FunctionCallParams,
-                FunctionSchema,
-                LLMFullResponseEndFrame,
-                LLMMessagesUpdateFrame,
-                OpenAILLMContext,
-                ToolsSchema,
-            )
-
+        async def one_round(side: Side, samples: Samples) -> None:
             spans: list[tuple[float, float]] = []
 
-            async def lookup(params: FunctionCallParams) -> None:
+            async def lookup(params: Any) -> None:
                 start = time.monotonic()
-                await trio.sleep(s.handler_secs)
+                await side.sleep(s.handler_secs)
                 spans.append((start, time.monotonic()))
                 await params.result_callback({"key": params.arguments.get("key"), "value": 42})
 
-            tools = ToolsSchema(standard_tools=[_trouper_schema(FunctionSchema)])
-            llm = trouper_llm(url, model)
+            llm = side.llm(url, model)
             llm.register_function("lookup", lookup)
-            pair = llm.create_context_aggregator(
-                OpenAILLMContext(messages=list(MESSAGES), tools=tools)
-            )
-            rec = Recorder(trio.Event)
+            pair = side.aggregators(llm, side.context(tools=side.tools()))
+            rec = side.recorder()
+            # Pipecat's probe goes before its assistant aggregator, which does not forward the
+            # end frame; trouper's task sink sees it after the assistant aggregator committed.
+            stages = [pair.user(), llm, pair.assistant()]
             async with (
                 httpx.AsyncClient(timeout=60.0) as http,
-                trouper_pipeline([pair.user(), llm, pair.assistant()], rec) as task,
+                side.pipeline(stages, rec, probe_at=2) as running,
             ):
-                for i in range(s.warmup + s.per_round):
-                    frame = LLMMessagesUpdateFrame(messages=list(MESSAGES), run_llm=True)
-                    event = rec.arm(LLMFullResponseEndFrame, count=2)
+                for timed in s.turns():
+                    frame = side.update_frame()
+                    event = rec.arm(side.end_frame, count=2)
                     spans.clear()
                     gc.collect()
                     t0 = time.monotonic()
-                    await task.queue_frame(frame)
+                    await running.queue_frame(frame)
                     await event.wait()
                     if len(spans) != s.calls:
-                        raise RuntimeError(f"trouper ran {len(spans)} of {s.calls} handlers")
-                    if i >= s.warmup:
-                        _record_tools(ours, rec.done_at - t0, spans, t0)
-                        await floors(http, ours, trio.sleep)
+                        raise RuntimeError(f"{side.name} ran {len(spans)} of {s.calls} handlers")
+                    if timed:
+                        _record_tools(samples, rec.done_at - t0, spans, t0)
+                        await floors(http, side, samples)
 
-        async def pipecat_round() -> None:
-            from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
-            from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
-            from pipecat.frames.frames import LLMFullResponseEndFrame, LLMMessagesUpdateFrame
-            from pipecat.processors.aggregators.llm_context import LLMContext
-            from pipecat.services.llm_service import FunctionCallParams
+        ours, theirs = alternate(s.rounds, one_round)
 
-            spans: list[tuple[float, float]] = []
-
-            async def lookup(params: FunctionCallParams) -> None:
-                start = time.monotonic()
-                await asyncio.sleep(s.handler_secs)
-                spans.append((start, time.monotonic()))
-                await params.result_callback({"key": params.arguments.get("key"), "value": 42})
-
-            tools = ToolsSchema(standard_tools=[_pipecat_schema(FunctionSchema)])
-            llm = pipecat_llm(url, model)
-            llm.register_function("lookup", lookup)
-            context = LLMContext(messages=list(PIPECAT_MESSAGES), tools=tools)  # type: ignore[arg-type]
-            pair = pipecat_pair(context)
-            rec = Recorder(asyncio.Event)
-            stages = [pair.user(), llm, pipecat_probe(rec), pair.assistant()]
-            async with (
-                httpx.AsyncClient(timeout=60.0) as http,
-                pipecat_pipeline(stages) as worker,
-            ):
-                for i in range(s.warmup + s.per_round):
-                    frame = LLMMessagesUpdateFrame(messages=list(PIPECAT_MESSAGES), run_llm=True)  # type: ignore[arg-type]
-                    event = rec.arm(LLMFullResponseEndFrame, count=2)
-                    spans.clear()
-                    gc.collect()
-                    t0 = time.monotonic()
-                    await worker.queue_frame(frame)
-                    await event.wait()
-                    if len(spans) != s.calls:
-                        raise RuntimeError(f"Pipecat ran {len(spans)} of {s.calls} handlers")
-                    if i >= s.warmup:
-                        _record_tools(theirs, rec.done_at - t0, spans, t0)
-                        await floors(http, theirs, asyncio.sleep)
-
-        _alternate(s.rounds, trouper_round, pipecat_round)
-
-    pc = bool(theirs.service)
+    both = _Both(ours, theirs, bool(theirs.service))
     handler_ms = s.handler_secs * _MS
     scenario = f"{s.calls} x {handler_ms:g} ms tools"
     rows = (
-        Row(scenario, "push → follow-up end", "ms", _ms(ours.service),
-            _ms(theirs.service) if pc else None, "lower"),
-        Row(scenario, f"outside the handlers (- {handler_ms:g} ms)", "ms",
-            _ms(ours.service) - handler_ms,
-            _ms(theirs.service) - handler_ms if pc else None, "lower",
-            note="includes the 2 HTTP requests (their bare-httpx floor is the row below)"),
-        Row(scenario, "outside the handlers' real span", "ms", _ms(ours.series("outside")),
-            _ms(theirs.series("outside")) if pc else None, "lower",
-            note="total - (last handler end - first handler start): removes sleep overshoot"),
-        Row(scenario, "framework's own time outside the handlers", "ms",
-            _ms(ours.series("outside")) - _ms(ours.floor),
-            _ms(theirs.series("outside")) - _ms(theirs.floor) if pc else None, "lower",
-            Target("max", 3.0),
-            note="real span minus the 2 requests' bare-httpx floor (same conditions)"),
-        Row("httpx floor", "tool request + follow-up request", "ms", _ms(ours.floor),
-            _ms(theirs.floor) if pc else None, "lower",
-            note="trouper column: under trio; Pipecat column: under asyncio"),
-        Row(scenario, "before the first handler starts", "ms", _ms(ours.series("to_first")),
-            _ms(theirs.series("to_first")) if pc else None, "lower"),
-        Row(scenario, "last handler end → follow-up end", "ms", _ms(ours.series("after_last")),
-            _ms(theirs.series("after_last")) if pc else None, "lower"),
+        both.row(scenario, "push → follow-up end", "ms", _service),
+        both.row(scenario, f"outside the handlers (- {handler_ms:g} ms)", "ms",
+                 lambda x: _service(x) - handler_ms,
+                 note="includes the 2 HTTP requests (their bare-httpx floor is the row below)"),
+        both.row(scenario, "outside the handlers' real span", "ms", _series("outside"),
+                 note="total - (last handler end - first handler start): removes sleep overshoot"),
+        both.row(scenario, "framework's own time outside the handlers", "ms",
+                 lambda x: _series("outside")(x) - _floor(x), Target("max", 3.0),
+                 note="real span minus the 2 requests' bare-httpx floor (same conditions)"),
+        both.row("httpx floor", "tool request + follow-up request", "ms", _floor,
+                 note=_FLOOR_NOTE),
+        both.row(scenario, "before the first handler starts", "ms", _series("to_first")),
+        both.row(scenario, "last handler end → follow-up end", "ms", _series("after_last")),
     )  # fmt: skip
     notes = (
         f"{s.rounds} round(s) x {s.per_round} turns per framework after {s.warmup} warm-up; "
@@ -523,25 +395,12 @@ def run_parallel_tools(options: Options) -> Report:
         "assistant aggregator has committed); Pipecat: (user agg, llm, probe, assistant agg), "
         "its assistant aggregator does not forward the end frame",
     )
-    details = {"settings": attrs.asdict(s), "trouper": attrs.asdict(ours),
-               "pipecat": attrs.asdict(theirs)}  # fmt: skip
+    details = {"settings": attrs.asdict(s), **both.details()}
     return Report("parallel_tools", rows, details=details, notes=notes)
 
 
-def _trouper_schema(cls: Any) -> Any:
-    return cls(
-        name="lookup",
-        description="Look an item up",
-        properties={"key": {"type": "string"}},
-        required=["key"],
-    )
-
-
-_pipecat_schema = _trouper_schema
-
-
 def _record_tools(
-    samples: _Samples, total: float, spans: Sequence[tuple[float, float]], t0: float
+    samples: Samples, total: float, spans: Sequence[tuple[float, float]], t0: float
 ) -> None:
     first_start = min(a for a, _ in spans)
     last_end = max(b for _, b in spans)
@@ -600,64 +459,42 @@ def run_interruption(options: Options) -> Report:
             mailbox_size=512,
         ),
     ]
-    results: dict[str, tuple[_Samples, _Samples]] = {
-        c.name: (_Samples(), _Samples()) for c in cases
-    }
+    results: dict[str, tuple[Samples, Samples]] = {}
 
     with _separate_cpus() as server_cpu, server_process(cpu=server_cpu) as url:
         for case in cases:
-            ours, theirs = results[case.name]
 
-            async def trouper_round(case: _Case = case, ours: _Samples = ours) -> None:
-                await _trouper_interrupt_round(url, case, s, ours)
+            async def one_round(side: Side, samples: Samples, case: _Case = case) -> None:
+                await _interrupt_round(side, url, case, s, samples)
 
-            async def pipecat_round(case: _Case = case, theirs: _Samples = theirs) -> None:
-                await _pipecat_interrupt_round(url, case, s, theirs)
-
-            _alternate(s.rounds, trouper_round, pipecat_round)
+            results[case.name] = alternate(s.rounds, one_round)
 
     rows: list[Row] = []
     for case in cases:
         ours, theirs = results[case.name]
-        pc = bool(theirs.series("close"))
-
-        def worst(samples: _Samples, key: str) -> float:
-            return max(samples.series(key))
-
-        def med(samples: _Samples, key: str) -> float:
-            return _ms(samples.series(key))
-
+        both = _Both(ours, theirs, bool(theirs.series("close")))
         rows += [
-            Row(case.name, "LLMTextFrames at the end after interrupt (worst)", "frames",
-                worst(ours, "stale"), worst(theirs, "stale") if pc else None, "lower",
-                Target("max", 0)),
-            Row(case.name, "time to the last stale frame", "ms", med(ours, "last_stale"),
-                med(theirs, "last_stale") if pc else None, "lower",
-                note="0 when none arrived"),
-            Row(case.name, "server sees the socket closed", "ms", med(ours, "close"),
-                med(theirs, "close") if pc else None, "lower", Target("max", 0.5),
-                note="server's time.monotonic() - client's, same machine"),
+            both.row(case.name, "LLMTextFrames at the end after interrupt (worst)", "frames",
+                     lambda x: max(x.series("stale")), Target("max", 0)),
+            both.row(case.name, "time to the last stale frame", "ms", _series("last_stale"),
+                     note="0 when none arrived"),
+            both.row(case.name, "server sees the socket closed", "ms", _series("close"),
+                     Target("max", 0.5), note="server's time.monotonic() - client's, same machine"),
         ]  # fmt: skip
         if ours.series("end"):
             missing = len(theirs.series("end_missing"))
+            with_end = _Both(ours, theirs, bool(theirs.series("end")))
             rows.append(
-                Row(case.name, "interrupted response's end frame at the end", "ms",
-                    med(ours, "end"), med(theirs, "end") if theirs.series("end") else None,
-                    "lower", note=f"Pipecat: missing after {missing} interruption(s)"
-                    if missing else "")
+                with_end.row(case.name, "interrupted response's end frame at the end", "ms",
+                             _series("end"), note=f"Pipecat: missing after {missing} "
+                             "interruption(s)" if missing else "")
             )  # fmt: skip
         if case.slow_stage:
             rows.append(
-                Row(
-                    case.name,
-                    "backlog at the interruption",
-                    "frames",
-                    median(ours.series("backlog")),
-                    median(theirs.series("backlog")) if pc else None,
-                    "lower",
-                    note="frames past the LLM not yet out of the slow stage",
-                )
-            )
+                both.row(case.name, "backlog at the interruption", "frames",
+                         lambda x: median(x.series("backlog")),
+                         note="frames past the LLM not yet out of the slow stage")
+            )  # fmt: skip
     notes = (
         f"{s.rounds} round(s) x {s.per_round} interruptions per framework and case, after "
         f"{s.warmup} warm-up; trouper: task.interrupt(); Pipecat: "
@@ -704,11 +541,45 @@ def _separate_cpus() -> Iterator[int | None]:
         os.sched_setaffinity(0, before)
 
 
-def _record_interrupt(
-    samples: _Samples, rec: Recorder, t_int: float, stats: dict[str, Any], text: type, end: type
+async def _interrupt_round(
+    side: Side, url: str, case: _Case, s: _InterruptSettings, samples: Samples
 ) -> None:
-    stale = rec.times_of(text, after=t_int)
-    ends = rec.times_of(end, after=t_int)
+    """One round of interrupted turns on a fresh pipeline: the LLM, then (for the backlog case)
+    the slow output stage."""
+    rec = side.recorder()
+    stages: list[Any] = [side.llm(url, case.model)]
+    slow = side.slow_output(s.stage_secs, rec) if case.slow_stage else None
+    if slow is not None:
+        stages += slow.stages
+    context = side.context()
+    async with side.pipeline(stages, rec, mailbox_size=case.mailbox_size) as running:
+        for timed in s.turns():
+            reset_stats(url)
+            frame = side.context_frame(context)
+            event = rec.arm(side.text_frame, count=case.after)
+            if slow is not None:
+                slow.arm()
+            gc.collect()
+            await running.queue_frame(frame)
+            await event.wait()
+            backlog = slow.backlog(running, rec) if slow is not None else 0
+            t_int = time.monotonic()
+            interrupting = side.interrupt(running)
+            if interrupting is not None:
+                await interrupting
+            await side.sleep(case.settle)
+            stats = fetch_stats(url)
+            if timed:
+                _record_interrupt(samples, rec, t_int, stats, side)
+                if slow is not None:
+                    samples.add("backlog", float(backlog))
+
+
+def _record_interrupt(
+    samples: Samples, rec: Recorder, t_int: float, stats: dict[str, Any], side: Side
+) -> None:
+    stale = rec.times_of(side.text_frame, after=t_int)
+    ends = rec.times_of(side.end_frame, after=t_int)
     disconnects = stats["disconnects"]
     if not disconnects:
         raise RuntimeError("the server never saw the interrupted stream's socket close")
@@ -719,100 +590,3 @@ def _record_interrupt(
     else:
         samples.add("end_missing", 1.0)
     samples.add("close", disconnects[0] - t_int)
-
-
-async def _trouper_interrupt_round(
-    url: str, case: _Case, s: _InterruptSettings, samples: _Samples
-) -> None:
-    from actors import (
-        LLMFullResponseEndFrame,
-        LLMTextFrame,
-        OpenAILLMContext,
-        OpenAILLMContextFrame,
-    )
-    from runtime import Actor, Frame, FrameDirection
-
-    class SlowStage(Actor[Frame]):
-        """An output stage taking ``stage_secs`` per text frame (a TTS, say)."""
-
-        accepts = (LLMTextFrame,)
-
-        async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-            await trio.sleep(s.stage_secs)
-            await self.push_frame(frame, direction)
-
-    rec = Recorder(trio.Event)
-    llm = trouper_llm(url, case.model)
-    stages: list[Any] = [llm, SlowStage(name="SlowStage")] if case.slow_stage else [llm]
-    context = OpenAILLMContext(messages=list(MESSAGES))
-    async with trouper_pipeline(stages, rec, mailbox_size=case.mailbox_size) as task:
-        for i in range(s.warmup + s.per_round):
-            reset_stats(url)
-            frame = OpenAILLMContextFrame(context)
-            event = rec.arm(LLMTextFrame, count=case.after)
-            gc.collect()
-            await task.queue_frame(frame)
-            await event.wait()
-            backlog = 0
-            if case.slow_stage:
-                for actor in task.snapshot().actors:
-                    if actor.name == "SlowStage" and actor.mailbox is not None:
-                        backlog = actor.mailbox.data_depth + (1 if actor.busy_with else 0)
-            t_int = time.monotonic()
-            task.interrupt()
-            await trio.sleep(case.settle)
-            stats = fetch_stats(url)
-            if i >= s.warmup:
-                _record_interrupt(samples, rec, t_int, stats, LLMTextFrame, LLMFullResponseEndFrame)
-                if case.slow_stage:
-                    samples.add("backlog", float(backlog))
-
-
-async def _pipecat_interrupt_round(
-    url: str, case: _Case, s: _InterruptSettings, samples: _Samples
-) -> None:
-    from pipecat.frames.frames import (
-        Frame,
-        InterruptionFrame,
-        LLMContextFrame,
-        LLMFullResponseEndFrame,
-        LLMTextFrame,
-    )
-    from pipecat.processors.aggregators.llm_context import LLMContext
-    from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-
-    class SlowStage(FrameProcessor):
-        """An output stage taking ``stage_secs`` per text frame (a TTS, say)."""
-
-        async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-            await super().process_frame(frame, direction)
-            if isinstance(frame, LLMTextFrame):
-                await asyncio.sleep(s.stage_secs)
-            await self.push_frame(frame, direction)
-
-    rec = Recorder(asyncio.Event)
-    entering = Recorder(asyncio.Event)  # what the LLM pushed (inline, before the slow stage)
-    llm = pipecat_llm(url, case.model)
-    stages: list[Any] = [llm]
-    if case.slow_stage:
-        stages += [pipecat_probe(entering), SlowStage(name="SlowStage")]
-    stages.append(pipecat_probe(rec))
-    context = LLMContext(messages=list(PIPECAT_MESSAGES))  # type: ignore[arg-type]
-    async with pipecat_pipeline(stages) as worker:
-        for i in range(s.warmup + s.per_round):
-            reset_stats(url)
-            frame = LLMContextFrame(context=context)
-            event = rec.arm(LLMTextFrame, count=case.after)
-            entering.arm(LLMTextFrame, count=10**9)
-            gc.collect()
-            await worker.queue_frame(frame)
-            await event.wait()
-            backlog = len(entering.times_of(LLMTextFrame)) - len(rec.times_of(LLMTextFrame))
-            t_int = time.monotonic()
-            await worker.queue_frame(InterruptionFrame())
-            await asyncio.sleep(case.settle)
-            stats = fetch_stats(url)
-            if i >= s.warmup:
-                _record_interrupt(samples, rec, t_int, stats, LLMTextFrame, LLMFullResponseEndFrame)
-                if case.slow_stage:
-                    samples.add("backlog", float(backlog))

@@ -23,13 +23,12 @@ from actors.local import (
     cached_model,
     check_build,
     find_llama_server,
-    free_port,
     model_path,
     models_dir,
-    read_log_tail,
     server_exit_error,
     verify_model,
 )
+from actors.local._server import free_port, read_log_tail
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -22,11 +22,14 @@ Usage::
         result = stream.result()                            # text, tool_calls, usage...
 
 See ``docs/client.md`` for errors, retries and timeouts.
+
+The package exports what a caller uses: the client and its stream, requests, results and chunk
+types, errors, timeouts and the retry policy. The machinery behind the stream (the SSE decoder,
+the chunk parser and accumulator) stays in its private modules.
 """
 
 from __future__ import annotations
 
-from ._accumulate import StreamAccumulator as StreamAccumulator
 from ._accumulate import StreamResult as StreamResult
 from ._accumulate import ToolCall as ToolCall
 from ._chunks import ChatCompletionChunk as ChatCompletionChunk
@@ -40,8 +43,6 @@ from ._chunks import TokenLogprob as TokenLogprob
 from ._chunks import ToolCallDelta as ToolCallDelta
 from ._chunks import TopLogprob as TopLogprob
 from ._chunks import Usage as Usage
-from ._chunks import converter as converter
-from ._chunks import parse_chunk as parse_chunk
 from ._client import DEFAULT_BASE_URL as DEFAULT_BASE_URL
 from ._client import ChatCompletionsClient as ChatCompletionsClient
 from ._client import ChatStream as ChatStream
@@ -71,13 +72,9 @@ from ._errors import TotalTimeoutError as TotalTimeoutError
 from ._errors import UnprocessableEntityError as UnprocessableEntityError
 from ._params import ChatRequest as ChatRequest
 from ._params import GenerationParams as GenerationParams
-from ._parser import ChunkStreamParser as ChunkStreamParser
 from ._retry import RetryDecision as RetryDecision
 from ._retry import RetryPolicy as RetryPolicy
-from ._retry import parse_retry_after as parse_retry_after
 from ._sse import DEFAULT_MAX_EVENT_BYTES as DEFAULT_MAX_EVENT_BYTES
-from ._sse import SSEDecoder as SSEDecoder
-from ._sse import SSEEvent as SSEEvent
 from ._timeouts import Timeouts as Timeouts
 from .redaction import Redactor as Redactor
 
@@ -97,7 +94,6 @@ __all__ = [
     "ChoiceDelta",
     "ChoiceLogprobs",
     "ChunkChoice",
-    "ChunkStreamParser",
     "CompletionTokensDetails",
     "ConflictError",
     "ConnectTimeoutError",
@@ -118,10 +114,7 @@ __all__ = [
     "Redactor",
     "RetryDecision",
     "RetryPolicy",
-    "SSEDecoder",
-    "SSEEvent",
     "ServerDisconnectedError",
-    "StreamAccumulator",
     "StreamError",
     "StreamIdleTimeoutError",
     "StreamResult",
@@ -133,7 +126,4 @@ __all__ = [
     "TotalTimeoutError",
     "UnprocessableEntityError",
     "Usage",
-    "converter",
-    "parse_chunk",
-    "parse_retry_after",
 ]

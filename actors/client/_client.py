@@ -20,7 +20,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import httpx
@@ -63,10 +63,12 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_BASE_URL", "ChatCompletionsClient", "ChatStream"]
 
+_Item = TypeVar("_Item")
+
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 """Used when neither ``base_url`` nor ``OPENAI_BASE_URL`` is given."""
 
-_LOGGER_NAME = "actors.client"
+_LOGGER_NAME = "trouper.actors.client"  # see docs/architecture.md, "Logging"
 
 _USER_AGENT = "trouper-chat-client/0.1"
 _MAX_ERROR_BODY = 64 * 1024
@@ -482,7 +484,10 @@ class ChatStream:
     _response: httpx.Response | None = attrs.field(default=None, init=False, repr=False)
     _bytes: AsyncIterator[bytes] | None = attrs.field(default=None, init=False, repr=False)
     _parser: ChunkStreamParser = attrs.field(factory=ChunkStreamParser, init=False, repr=False)
-    _pending: deque[Any] = attrs.field(factory=deque, init=False, repr=False)
+    #: What the parser completed and the iterator has not handed out yet: chunks, or the
+    #: content texts when the stream is read with `text_deltas` (the other queue stays empty).
+    _chunks: deque[ChatCompletionChunk] = attrs.field(factory=deque, init=False, repr=False)
+    _texts: deque[str] = attrs.field(factory=deque, init=False, repr=False)
     _failure: ChatClientError | None = attrs.field(default=None, init=False, repr=False)
     _retries: int = attrs.field(default=0, init=False, repr=False)
     _deadline: float = attrs.field(default=math.inf, init=False, repr=False)
@@ -559,7 +564,8 @@ class ChatStream:
         quickly, when the block is left because of a cancellation.
         """
         self._state = _State.CLOSED
-        self._pending.clear()
+        self._chunks.clear()
+        self._texts.clear()
         await self._close_response()
 
     def __aiter__(self) -> ChatStream:
@@ -622,7 +628,7 @@ class ChatStream:
         self._parser.text_only = True
         return _TextDeltas(self)
 
-    async def __anext__(self) -> ChatCompletionChunk:
+    def __anext__(self) -> Awaitable[ChatCompletionChunk]:
         """The next chunk.
 
         Raises:
@@ -631,11 +637,17 @@ class ChatStream:
 
         Cancellation: safe at any point; the enclosing ``async with`` then closes the response.
         """
+        return self._next(self._chunks)
+
+    async def _next(self, pending: deque[_Item]) -> _Item:
+        """The next item of ``pending`` (:attr:`_chunks` or :attr:`_texts`), reading as needed.
+
+        ``__anext__`` returns this coroutine itself (rather than awaiting it in a coroutine of its
+        own), so an item costs one coroutine, chunks and texts alike.
+        """
         while True:
-            if self._pending:
-                # A chunk; a string in text mode (`text_deltas` hands this method out as is).
-                item: ChatCompletionChunk = self._pending.popleft()
-                return item
+            if pending:
+                return pending.popleft()
             if self._failure is not None:
                 failure, self._failure = self._failure, None
                 self._state = _State.FINISHED
@@ -665,6 +677,8 @@ class ChatStream:
             redactor=self._redactor,
             text_only=bool(self._text_only),
             max_event_bytes=self._max_event_bytes,
+            chunks=self._chunks,
+            texts=self._texts,
         )
         self.first_token_at = None
         timeouts = self._timeouts
@@ -868,7 +882,7 @@ class ChatStream:
             self._state = _State.FINISHED
             return
         parser = self._parser
-        pending = self._pending
+        chunks, texts = self._chunks, self._texts
         accumulator = parser.accumulator
         idle = self._timeouts.idle
         if self._fast_reads and accumulator.has_output:
@@ -883,7 +897,8 @@ class ChatStream:
         chunks_before = accumulator.chunk_count
         with scope if scope is not None else _NO_SCOPE:
             while (
-                not pending
+                not chunks
+                and not texts
                 and not parser.finished
                 and self._failure is None
                 and accumulator.chunk_count == chunks_before
@@ -905,7 +920,7 @@ class ChatStream:
                     self._on_transport_error(exc)
                     break
                 had_output = accumulator.has_output
-                parser.feed(piece, pending)
+                parser.feed(piece)
                 if accumulator.chunk_count != chunks_before:
                     if not had_output and accumulator.has_output:
                         self.first_token_at = trio.current_time()
@@ -930,7 +945,8 @@ class ChatStream:
             decision = self._failure_decision(failure)
             if decision.retry:
                 self._failure = None
-                pending.clear()
+                chunks.clear()
+                texts.clear()
                 await self._backoff_or_raise(failure, decision)
                 await self._connect()
             else:
@@ -987,8 +1003,8 @@ class ChatStream:
 
 
 class _TextDeltas:
-    """:meth:`ChatStream.text_deltas`: the stream's own ``__anext__``, whose pending items are
-    strings in text mode (no extra coroutine per delta)."""
+    """:meth:`ChatStream.text_deltas`: the stream's own reading loop over its text queue (no
+    extra coroutine per delta)."""
 
     __slots__ = ("_stream",)
 
@@ -999,7 +1015,7 @@ class _TextDeltas:
         return self
 
     def __anext__(self) -> Awaitable[str]:
-        return cast("Awaitable[str]", self._stream.__anext__())
+        return self._stream._next(self._stream._texts)
 
 
 async def _finish_iterator(stream: AsyncIterator[bytes]) -> None:

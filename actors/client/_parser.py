@@ -5,18 +5,24 @@ the ``[DONE]`` sentinel, in-stream errors (``data: {"error": ...}``, ``event: er
 llama.cpp ``error:`` field), malformed lines, and the end-of-body rule (no ``[DONE]`` and no
 ``finish_reason`` means the answer is incomplete). The client feeds it the pieces it reads; tests
 feed it fixture bytes split anywhere.
+
+It has two typed outputs, :attr:`ChunkStreamParser.chunks` (each chunk, as built by
+:func:`~actors.client._chunks.parse_chunk`) and :attr:`ChunkStreamParser.texts` (only the content
+text, with ``text_only``: chunks of the commonest shape are then folded into the accumulator
+without building chunk objects); whatever the output, every chunk is accumulated.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from typing import Any
 
 import attrs
 import orjson
 
 from ._accumulate import StreamAccumulator, StreamResult
-from ._chunks import parse_chunk
+from ._chunks import ChatCompletionChunk, parse_chunk
 from ._errors import (
     ChatClientError,
     EventTooLargeError,
@@ -26,9 +32,6 @@ from ._errors import (
 )
 from ._sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder, SSEEvent
 from .redaction import Redactor
-
-if TYPE_CHECKING:
-    from collections import deque
 
 __all__ = ["ChunkStreamParser"]
 
@@ -43,19 +46,22 @@ def _truncate(text: str, limit: int = _SHOWN) -> str:
 class ChunkStreamParser:
     """Turns the bytes of a chat-completions SSE body into chunks and a result.
 
-    After each :meth:`feed`, check :attr:`failure` (an error the stream reported or caused; reading
-    must stop) and :attr:`finished` (``[DONE]`` was received). Call :meth:`end_of_body` when the
-    body ends.
+    After each :meth:`feed`, take what it completed from :attr:`chunks` (or :attr:`texts`), then
+    check :attr:`failure` (an error the stream reported or caused; reading must stop) and
+    :attr:`finished` (``[DONE]`` was received). Call :meth:`end_of_body` when the body ends.
 
     Args:
         redactor: Hides secrets in error messages built from the stream.
         request_id: Put on the errors (the response's ``x-request-id``).
-        text_only: Append the non-empty content deltas of choice 0 (``str``) to ``out``
-            instead of chunks (everything is still accumulated). Chunks of the commonest
-            shape are then folded in without building chunk objects.
+        text_only: Append the non-empty content deltas of choice 0 to :attr:`texts` instead of
+            the chunks to :attr:`chunks` (everything is still accumulated). Chunks of the
+            commonest shape are then folded in without building chunk objects.
         max_event_bytes: The cap on one server-sent event (see
-            :class:`~actors.client.SSEDecoder`); passing it fails the stream with
+            :class:`~actors.client._sse.SSEDecoder`); passing it fails the stream with
             :class:`~actors.client.EventTooLargeError`. ``None``: no cap.
+        chunks: Where completed chunks are appended (a new deque by default; the client passes
+            the queue its iterator takes from).
+        texts: Where content texts are appended with ``text_only`` (likewise).
 
     Attributes:
         failure: The error that ended the stream, if any.
@@ -66,6 +72,8 @@ class ChunkStreamParser:
     request_id: str | None = None
     text_only: bool = False
     max_event_bytes: int | None = DEFAULT_MAX_EVENT_BYTES
+    chunks: deque[ChatCompletionChunk] = attrs.field(factory=deque, repr=False)
+    texts: deque[str] = attrs.field(factory=deque, repr=False)
     failure: ChatClientError | None = attrs.field(default=None, init=False)
     finished: bool = attrs.field(default=False, init=False)
     _decoder: SSEDecoder = attrs.field(
@@ -86,21 +94,20 @@ class ChunkStreamParser:
         """The result accumulated so far."""
         return self._acc.result()
 
-    def feed(self, piece: bytes, out: deque[Any] | list[Any]) -> None:
-        """Decode one piece of the body; append the chunks it completes to ``out`` (their
-        content strings with :attr:`text_only`).
+    def feed(self, piece: bytes) -> None:
+        """Decode one piece of the body; append the chunks it completes to :attr:`chunks` (their
+        non-empty content texts to :attr:`texts` with ``text_only``), in order.
 
         Nothing is appended after the stream finished or failed.
 
         Args:
             piece: The next bytes of the body, split anywhere.
-            out: Where to append the chunks, in order.
         """
         if self.finished:
             return
         data = self._decoder.single_data(piece)
         if data is not None:
-            self._data(data, out)
+            self._data(data)
             return
         events: list[SSEEvent] = []
         too_large: EventTooLargeError | None = None
@@ -116,13 +123,13 @@ class ChunkStreamParser:
                     return
                 if event.event == "ping":
                     continue
-            self._data(event.data, out)
+            self._data(event.data)
             if self.finished:
                 return
         if too_large is not None:
             self._fail(too_large)
 
-    def _data(self, data: str, out: deque[Any] | list[Any]) -> None:
+    def _data(self, data: str) -> None:
         """Handle the data of one message event."""
         if data[:1] != "{":
             stripped = data.strip()
@@ -156,11 +163,11 @@ class ChunkStreamParser:
                 self._acc.add(chunk)
                 text = chunk.content
             if text:
-                out.append(text)
+                self.texts.append(text)
             return
         chunk = parse_chunk(payload)
         self._acc.add(chunk)
-        out.append(chunk)
+        self.chunks.append(chunk)
 
     def end_of_body(self) -> None:
         """The body ended (cleanly). Sets :attr:`failure` to an

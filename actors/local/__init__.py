@@ -57,12 +57,8 @@ from ._server import LocalModelServer as LocalModelServer
 from ._server import ServerCommand as ServerCommand
 from ._server import build_server_argv as build_server_argv
 from ._server import default_chat_template as default_chat_template
-from ._server import default_threads as default_threads
 from ._server import find_llama_server as find_llama_server
-from ._server import free_port as free_port
 from ._server import open_local_server as open_local_server
-from ._server import parse_system_info as parse_system_info
-from ._server import read_log_tail as read_log_tail
 from ._spec import DEFAULT_MODEL as DEFAULT_MODEL
 from ._spec import ModelSpec as ModelSpec
 
@@ -102,19 +98,15 @@ __all__ = [
     "choose_baseline",
     "cpu_info",
     "default_chat_template",
-    "default_threads",
     "diagnose",
     "disk_space_needed",
     "ensure_model",
     "find_llama_server",
-    "free_port",
     "logs_dir",
     "model_path",
     "models_dir",
     "open_local_server",
-    "parse_system_info",
     "pull_model",
-    "read_log_tail",
     "read_record",
     "self_check",
     "server_exit_error",

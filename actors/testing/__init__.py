@@ -2,24 +2,25 @@
 
 * :class:`ScriptedOpenAIServer` — a real HTTP/1.1 OpenAI-compatible server on ``127.0.0.1``, run
   inside the test's trio run and scripted reply by reply (SSE streams, errors, stalls,
-  disconnects), recording requests and client disconnects.
-* :class:`Reply`, :class:`Piece` — the script's replies.
+  disconnects), recording requests and client disconnects (:class:`RecordedRequest`,
+  :class:`Exchange`).
+* :class:`Reply`, :class:`Piece`, :func:`sse_event`, :func:`sse_body` — the script's replies.
 * :class:`ChunkFactory` — realistic ``chat.completion.chunk`` dicts.
 """
 
 from __future__ import annotations
 
-from ._openai_server import ChunkFactory as ChunkFactory
-from ._openai_server import Ending as Ending
-from ._openai_server import Exchange as Exchange
-from ._openai_server import Framing as Framing
-from ._openai_server import Piece as Piece
-from ._openai_server import RecordedRequest as RecordedRequest
-from ._openai_server import Reply as Reply
-from ._openai_server import Responder as Responder
-from ._openai_server import ScriptedOpenAIServer as ScriptedOpenAIServer
-from ._openai_server import sse_body as sse_body
-from ._openai_server import sse_event as sse_event
+from ._chunk_factory import ChunkFactory as ChunkFactory
+from ._script import Ending as Ending
+from ._script import Framing as Framing
+from ._script import Piece as Piece
+from ._script import Reply as Reply
+from ._script import sse_body as sse_body
+from ._script import sse_event as sse_event
+from ._server import Exchange as Exchange
+from ._server import RecordedRequest as RecordedRequest
+from ._server import Responder as Responder
+from ._server import ScriptedOpenAIServer as ScriptedOpenAIServer
 
 __all__ = [
     "ChunkFactory",

@@ -32,14 +32,13 @@ from actors import (
     LLMFullResponseStartFrame,
     LLMTextFrame,
     OpenAILLMContext,
-    OpenAILLMService,
     TextTransport,
     ToolsSchema,
 )
 from actors.testing import ChunkFactory, Piece, RecordedRequest, Reply, ScriptedOpenAIServer
-from runtime import Frame, Pipeline, PipelineTask
+from runtime import Frame, PipelineTask
 
-from .actors_kit import API_KEY, MODEL, SYSTEM, context_problems
+from ..conversation_kit import context_problems, open_conversation
 
 LOOKUP = ToolsSchema(
     standard_tools=[
@@ -282,15 +281,17 @@ class DeliveryHarness:
         self.plans = {p.index: p for p in plans}
         self.server.responder = self.respond
         self._requests_before = len(self.server.requests)
-        self.transport = TextTransport(on_output=self.on_output)
-        llm = OpenAILLMService(model=MODEL, api_key=API_KEY, base_url=self.server.base_url)
-        llm.register_function("lookup", self.lookup)
-        self.context = OpenAILLMContext(messages=[SYSTEM], tools=LOOKUP)
-        pair = llm.create_context_aggregator(self.context)
-        t = self.transport
-        stages = [t.input(), pair.user(), llm, t.output(), pair.assistant()]
-        self.task = PipelineTask(Pipeline(stages))
-        async with self.task:
+        async with open_conversation(
+            self.server,
+            quick_start=True,
+            on_output=self.on_output,
+            tools=LOOKUP,
+            functions={"lookup": self.lookup},
+            # problems() checks the conversation; the soak runs many at once.
+            check_on_exit=False,
+        ) as conversation:
+            self.task, self.transport = conversation.task, conversation.transport
+            self.context = conversation.context
             for plan in plans:
                 await self._round(plan)
 

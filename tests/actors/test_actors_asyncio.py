@@ -21,7 +21,7 @@ from actors import (
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 from runtime import AsyncioBridge, Frame, FrameDirection, Pipeline, PipelineTask
 
-from .actors_kit import API_KEY, MODEL, SYSTEM
+from ..conversation_kit import API_KEY, MODEL, SYSTEM
 
 
 async def _serve(server: ScriptedOpenAIServer, url: asyncio.Future[str]) -> None:

@@ -33,7 +33,7 @@ from actors import (
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer, sse_body
 from runtime import Actor, Frame, FrameDirection, Pipeline, PipelineTask
 
-from .actors_kit import API_KEY, MODEL, SYSTEM, WAIT_SECS, Notifier
+from ..conversation_kit import API_KEY, MODEL, SYSTEM, WAIT_SECS, Notifier, open_conversation
 from .delivery_kit import DeliveryHarness, plan_round
 
 TOKENS = [f"t{i};" for i in range(30)]
@@ -53,13 +53,8 @@ async def readme_pipeline(
     server: ScriptedOpenAIServer, on_output: Callable[[Frame], None]
 ) -> AsyncIterator[tuple[PipelineTask, TextTransport, OpenAILLMContext]]:
     """The README's pipeline against ``server``, showing frames with ``on_output``."""
-    transport = TextTransport(on_output=on_output)
-    llm = OpenAILLMService(model=MODEL, api_key=API_KEY, base_url=server.base_url)
-    context = OpenAILLMContext(messages=[SYSTEM])
-    pair = llm.create_context_aggregator(context)
-    pipeline = Pipeline([transport.input(), pair.user(), llm, transport.output(), pair.assistant()])
-    async with PipelineTask(pipeline) as task:
-        yield task, transport, context
+    async with open_conversation(server, quick_start=True, on_output=on_output) as conv:
+        yield conv.task, conv.transport, conv.context
 
 
 class TestTheReviewCases:

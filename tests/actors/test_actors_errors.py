@@ -18,7 +18,7 @@ from actors.client import RetryPolicy, Timeouts
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 from runtime import FrameTypeError
 
-from .actors_kit import API_KEY, SYSTEM, assert_valid, open_conversation
+from ..conversation_kit import API_KEY, SYSTEM, assert_valid, open_conversation
 
 NO_RETRY = RetryPolicy(max_retries=0)
 

@@ -52,7 +52,7 @@ from runtime import (
 )
 from runtime.serialization import dumps, loads
 
-from .actors_kit import open_conversation, tool_answer
+from ..conversation_kit import open_conversation, tool_answer
 
 #: The one field a frame may keep to itself, by the runtime's documented design: an
 #: ``ErrorFrame``'s exception object stays where it was raised (its text travels in ``error``).

@@ -20,9 +20,6 @@ from actors import (
     FunctionCallsStartedFrame,
     FunctionSchema,
     LLMTextFrame,
-    OpenAILLMContext,
-    OpenAILLMService,
-    TextTransport,
     ToolsSchema,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
@@ -33,24 +30,19 @@ from runtime import (
     Frame,
     FrameDirection,
     InterruptionFrame,
-    Pipeline,
     PipelineParams,
-    PipelineTask,
 )
 
-from .actors_kit import (
-    API_KEY,
-    MODEL,
+from ..conversation_kit import (
     SYSTEM,
     WAIT_SECS,
-    BlockingTool,
     Conversation,
-    Notifier,
     assert_valid,
     of_type,
     open_conversation,
     tool_answer,
 )
+from .actors_kit import BlockingTool
 
 WORDS = [f"w{i} " for i in range(40)]
 LOOKUP = ToolsSchema(
@@ -85,9 +77,9 @@ class TestInterruptMidText:
         async with open_conversation(server) as conv:
             await conv.say("Tell me a long story")
             await conv.wait_for(lambda: len(conv.texts(conv.sink)) >= 3)
-            at_probe, at_sink = len(conv.probe.frames), len(conv.sink)
+            at_probe, at_sink = len(conv.output), len(conv.sink)
             interrupted_at = trio.current_time()
-            conv.running.interrupt()
+            conv.task.interrupt()
 
             with trio.fail_after(1):
                 await server.wait_disconnected()
@@ -96,13 +88,13 @@ class TestInterruptMidText:
             await conv.wait_ends(1)
 
             # Nothing of the interrupted turn reaches the stages after the LLM any more.
-            assert _stale_text(conv.probe.frames[at_probe:], 0) == []
+            assert _stale_text(conv.output[at_probe:], 0) == []
             assert _stale_text(conv.sink[at_sink:], 0) == []
             (end,) = conv.ends()
             assert end.interrupted
             assert not end.error
             assert len(conv.starts()) == 1
-            assert len(of_type(conv.probe.frames, InterruptionFrame)) == 1
+            assert len(of_type(conv.output, InterruptionFrame)) == 1
 
             delivered = "".join(conv.texts(conv.sink)).strip()
             whole = "".join(WORDS).strip()
@@ -147,7 +139,7 @@ class TestInterruptMidText:
         async with open_conversation(server) as conv:
             await conv.say("Tell me a long story")
             await conv.wait_for(lambda: len(conv.texts(conv.sink)) >= 2)
-            conv.running.interrupt()
+            conv.task.interrupt()
             assert aborted == [0]  # already done when interrupt() returns, before the end frame
             with trio.fail_after(1):
                 await server.wait_disconnected()
@@ -171,7 +163,7 @@ class TestInterruptMidText:
         async with open_conversation(server) as conv:
             await conv.say("Tell me a long story")
             await conv.wait_for(lambda: len(conv.texts(conv.sink)) >= 3)
-            conv.running.interrupt()
+            conv.task.interrupt()
             await conv.say("Stop, something else")  # no waiting in between
             await conv.wait_ends(2)
 
@@ -234,7 +226,7 @@ class TestInterruptMidText:
             with trio.fail_after(5):
                 await server.wait_requests(1)
             await trio.testing.wait_all_tasks_blocked()
-            conv.running.interrupt()
+            conv.task.interrupt()
             with trio.fail_after(1):
                 await server.wait_disconnected()
             await conv.wait_ends(1)
@@ -273,7 +265,7 @@ class TestSlowOutputStage:
             queued = conv.probe.ref.statistics().data_depth
             assert queued >= 150
             at_sink = len(conv.sink)
-            conv.running.interrupt()
+            conv.task.interrupt()
             with trio.fail_after(1):
                 await server.wait_disconnected()
             await conv.wait_ends(1)
@@ -319,7 +311,7 @@ class TestInterruptMidTool:
             conv.llm.register_function("lookup", lookup)
             await conv.say("Look it up")
             await lookup.wait_running()
-            conv.running.interrupt()
+            conv.task.interrupt()
             await conv.wait_for(lambda: bool(of_type(conv.sink, FunctionCallCancelFrame)))
             await trio.sleep(10)
             await trio.testing.wait_all_tasks_blocked()
@@ -366,7 +358,7 @@ class TestInterruptMidTool:
             await conv.say("Look it up")
             with trio.fail_after(5):
                 await running.wait()
-            conv.running.interrupt()
+            conv.task.interrupt()
             await conv.say("Hi in the meantime")
             await conv.wait_ends(2)
 
@@ -407,7 +399,7 @@ class TestInterruptMidTool:
             await conv.say("Look it up")
             with trio.fail_after(5):
                 await running.wait()
-            conv.running.interrupt()  # nothing is said after it: the call's answer follows
+            conv.task.interrupt()  # nothing is said after it: the call's answer follows
             await conv.wait_for(lambda: len(conv.texts(conv.sink)) >= 3)
             await conv.say("by the way")  # typed while that answer streams, no interruption
             await conv.wait_ends(3)
@@ -454,10 +446,10 @@ class TestFollowUpBelongsToItsTurn:
                 # The interruption lands with no checkpoint between it and the result's push.
                 is_result = isinstance(frame, FunctionCallResultFrame)
                 if is_result and order == "interruption-then-result":
-                    conv.running.interrupt()
+                    conv.task.interrupt()
                 await push(frame, direction)
                 if is_result and order == "result-then-interruption":
-                    conv.running.interrupt()
+                    conv.task.interrupt()
 
             executor.push_frame = push_then_interrupt  # type: ignore[method-assign]
             await conv.say("Look it up")
@@ -494,7 +486,7 @@ class TestFollowUpBelongsToItsTurn:
         async with open_conversation(server, tools=LOOKUP) as conv:
 
             async def interrupt() -> None:  # the result is in; the follow-up is not sent yet
-                conv.running.interrupt()
+                conv.task.interrupt()
 
             async def lookup(params: FunctionCallParams) -> None:
                 await params.result_callback(
@@ -548,28 +540,14 @@ class TestTextTransportAfterInterruption:
             Reply.sse(chunks.text_stream(WORDS), delay=0.5),
             Reply.sse(chunks.text_stream(["The ", "new answer."]), first_delay=1),
         )
-        shown = Notifier()
-        texts: list[str] = []
-
-        def show(frame: Frame) -> None:
-            if isinstance(frame, LLMTextFrame):
-                texts.append(frame.text)
-                shown.notify()
-
-        transport = TextTransport(on_output=show)
-        llm = OpenAILLMService(model=MODEL, api_key=API_KEY, base_url=server.base_url)
-        pair = llm.create_context_aggregator(OpenAILLMContext([SYSTEM]))
-        pipeline = Pipeline(
-            [transport.input(), pair.user(), llm, transport.output(), pair.assistant()]
-        )
-        async with PipelineTask(pipeline) as task:
-            await transport.send_text("Tell me a long story")
-            await shown.wait_for(lambda: len(texts) >= 2)
-            task.interrupt()
-            transport.interrupted()
-            await transport.send_text("Something else")
+        async with open_conversation(server, quick_start=True) as conv:
+            await conv.say("Tell me a long story")
+            await conv.wait_for(lambda: len(conv.texts()) >= 2)
+            conv.task.interrupt()
+            conv.transport.interrupted()
+            await conv.say("Something else")
             with trio.fail_after(WAIT_SECS):
-                answer = await transport.wait_answer()
+                answer = await conv.transport.wait_answer()
             assert answer == "The new answer."
             assert len(server.requests) == 2
 
@@ -637,7 +615,7 @@ class TestInterruptMidToolDeltas:
             await conv.say("Look")
             await conv.wait_for(lambda: len(conv.texts(conv.sink)) >= 2)
             await trio.sleep(1.6)  # into the argument fragments
-            conv.running.interrupt()
+            conv.task.interrupt()
             await conv.wait_ends(1)
             await trio.sleep(5)
             await trio.testing.wait_all_tasks_blocked()
@@ -665,10 +643,10 @@ class TestCancel:
         async with open_conversation(server) as conv:
             await conv.say("Tell me a long story")
             await conv.wait_for(lambda: len(conv.texts(conv.sink)) >= 3)
-            conv.running.cancel("test")
+            conv.task.cancel("test")
             with trio.fail_after(1):
                 await server.wait_disconnected()
-        assert conv.running.has_finished()
+        assert conv.task.has_finished()
         assert_valid(conv.messages())
         assert conv.messages()[-1]["role"] == "assistant"
         assert conv.context.is_interrupted(len(conv.messages()) - 1)
@@ -685,7 +663,7 @@ class TestCancel:
             conv.llm.register_function("lookup", lookup)
             await conv.say("Look it up")
             await lookup.wait_running()
-            conv.running.cancel("test")
+            conv.task.cancel("test")
         assert lookup.cancelled == ["call_1"]
         assert_valid(conv.messages())
         assert tool_answer(conv.messages(), "call_1") == "CANCELLED"
@@ -724,7 +702,7 @@ class TestInterruptWhileTheEndWaits:
             # 2.5 s the texts and the calls' announcement are through, the end frame waits.
             await trio.sleep(2.5)
             assert conv.ends() == []
-            conv.running.interrupt()
+            conv.task.interrupt()
             await conv.wait_ends(1)
             await trio.sleep(5)
             await trio.testing.wait_all_tasks_blocked()

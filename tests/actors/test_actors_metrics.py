@@ -23,7 +23,7 @@ from actors import (
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 from runtime import MetricsFrame, PipelineParams
 
-from .actors_kit import MODEL, metrics_of, open_conversation
+from ..conversation_kit import MODEL, metrics_of, open_conversation
 
 ALL_METRICS = PipelineParams(enable_metrics=True, enable_usage_metrics=True)
 
@@ -174,7 +174,7 @@ class TestUsage:
         async with open_conversation(server, params=ALL_METRICS) as conv:
             await conv.say("Long answer please")
             await conv.wait_for(lambda: len(conv.texts()) >= 3)
-            conv.running.interrupt()
+            conv.task.interrupt()
             await conv.wait_ends(1)
             assert conv.ends()[0].interrupted
             assert conv.usage() == []
@@ -192,7 +192,7 @@ class TestUsage:
         async with open_conversation(server, params=ALL_METRICS) as conv:
             await conv.say("Long answer please")
             await conv.wait_for(lambda: len(conv.texts()) >= 3)
-            conv.running.interrupt()
+            conv.task.interrupt()
             await conv.wait_ends(1)
             (usage,) = conv.usage()
             seen = len(conv.texts())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import importlib
 import json
-import types
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import cast
@@ -19,7 +18,8 @@ import actors
 import runtime
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 
-from .actors_kit import assert_valid, tool_answer
+from ..api_kit import public_names
+from ..conversation_kit import assert_valid, tool_answer
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "examples" / "function_calling.py"
@@ -132,16 +132,6 @@ DESIGN_NAMES = [
 ]
 
 
-def _public_namespace(module: types.ModuleType) -> set[str]:
-    return {
-        name
-        for name, value in vars(module).items()
-        if not name.startswith("_")
-        and not isinstance(value, types.ModuleType)
-        and name != "annotations"
-    }
-
-
 class TestExports:
     """``actors.__all__`` is exactly the public set, sorted, and matches the namespace."""
 
@@ -151,7 +141,7 @@ class TestExports:
         assert len(actors.__all__) == len(set(actors.__all__))
 
     def test_namespace_holds_what_all_says(self) -> None:
-        assert _public_namespace(actors) == set(actors.__all__)
+        assert public_names(actors) == set(actors.__all__)
         for name in actors.__all__:
             assert getattr(actors, name) is not None
 

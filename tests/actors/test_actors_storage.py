@@ -23,7 +23,8 @@ from actors import (
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 from runtime import ErrorFrame
 
-from .actors_kit import API_KEY, MODEL, SYSTEM, BlockingTool, assert_valid, open_conversation
+from ..conversation_kit import API_KEY, MODEL, SYSTEM, assert_valid, open_conversation
+from .actors_kit import BlockingTool
 
 WEATHER = FunctionSchema(
     name="get_weather",

@@ -30,13 +30,7 @@ from actors import (
 )
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 
-from .actors_kit import (
-    MODEL,
-    SYSTEM,
-    assert_valid,
-    of_type,
-    open_conversation,
-)
+from ..conversation_kit import MODEL, SYSTEM, assert_valid, of_type, open_conversation
 
 
 class TestTextTurn:
@@ -63,7 +57,7 @@ class TestTextTurn:
 
             after_llm = [
                 f
-                for f in conv.probe.frames
+                for f in conv.output
                 if isinstance(f, LLMFullResponseStartFrame | LLMTextFrame | LLMFullResponseEndFrame)
             ]
             assert [type(f) for f in after_llm] == (
@@ -280,7 +274,7 @@ class TestUpdateSettings:
             assert conv.llm.model == "gpt-other"
             assert conv.errors == []
             # The frame travels on for the stages after the LLM.
-            assert len(of_type(conv.probe.frames, LLMUpdateSettingsFrame)) == 1
+            assert len(of_type(conv.output, LLMUpdateSettingsFrame)) == 1
 
     async def test_invalid_value_changes_nothing(
         self,

@@ -27,9 +27,9 @@ from actors import (
 )
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 
-from .actors_kit import (
+from ..conversation_kit import (
     SYSTEM,
-    BlockingTool,
+    Conversation,
     assert_valid,
     context_problems,
     of_type,
@@ -37,6 +37,7 @@ from .actors_kit import (
     position,
     tool_answer,
 )
+from .actors_kit import BlockingTool
 
 WEATHER = FunctionSchema(
     name="get_weather",
@@ -54,6 +55,36 @@ def _call(name: str, arguments: dict[str, Any], call_id: str) -> tuple[str, str,
     return (name, json.dumps(arguments), call_id)
 
 
+#: One call of ``get_weather`` (``call_1``).
+WEATHER_CALL = [_call("get_weather", {"location": "x"}, "call_1")]
+
+
+def _script(
+    server: ScriptedOpenAIServer, chunks: ChunkFactory, *answers: list[tuple[str, str, str]] | str
+) -> None:
+    """Queue one response per answer: a list of tool calls, or a text."""
+    server.add(
+        *(
+            Reply.sse(
+                chunks.text_stream([answer])
+                if isinstance(answer, str)
+                else chunks.tool_call_stream(answer)
+            )
+            for answer in answers
+        )
+    )
+
+
+async def _follow_up(conv: Conversation, line: str, *, answers: int = 2) -> list[dict[str, Any]]:
+    """Say ``line``, wait for ``answers`` answers, and return the messages of the last request
+    (the follow-up), checked valid for the API."""
+    await conv.say(line)
+    await conv.wait_ends(answers)
+    follow_up = conv.request_messages(answers - 1)
+    assert_valid(follow_up)
+    return follow_up
+
+
 class TestSingleToolCall:
     """A tool call runs its handler and the follow-up inference sees the call and its result."""
 
@@ -63,24 +94,21 @@ class TestSingleToolCall:
         server: ScriptedOpenAIServer,
         chunks: ChunkFactory,
     ) -> None:
-        server.add(
-            Reply.sse(
-                chunks.tool_call_stream([_call("get_weather", {"location": "Paris"}, "call_1")])
-            ),
-            Reply.sse(chunks.text_stream(["Sunny in Paris."])),
+        _script(
+            server,
+            chunks,
+            [_call("get_weather", {"location": "Paris"}, "call_1")],
+            "Sunny in Paris.",
         )
         seen: list[FunctionCallParams] = []
-        async with open_conversation(server, tools=TOOLS) as conv:
 
-            async def get_weather(params: FunctionCallParams) -> None:
-                seen.append(params)
-                await params.result_callback(
-                    {"location": params.arguments["location"], "sky": "sunny"}
-                )
+        async def get_weather(params: FunctionCallParams) -> None:
+            seen.append(params)
+            await params.result_callback({"location": params.arguments["location"], "sky": "sunny"})
 
-            conv.llm.register_function("get_weather", get_weather)
-            await conv.say("Weather in Paris?")
-            await conv.wait_ends(2)
+        functions: dict[str | None, FunctionHandler] = {"get_weather": get_weather}
+        async with open_conversation(server, tools=TOOLS, functions=functions) as conv:
+            follow_up = await _follow_up(conv, "Weather in Paris?")
 
             (params,) = seen
             assert params.function_name == "get_weather"
@@ -93,7 +121,6 @@ class TestSingleToolCall:
             }
 
             assert conv.request(0)["tools"] == TOOLS.to_openai()
-            follow_up = conv.request_messages(1)
             assert follow_up == [
                 SYSTEM,
                 {"role": "user", "content": "Weather in Paris?"},
@@ -117,13 +144,12 @@ class TestSingleToolCall:
                     "content": '{"location": "Paris", "sky": "sunny"}',
                 },
             ]
-            assert_valid(follow_up)
             assert conv.messages() == [
                 *follow_up,
                 {"role": "assistant", "content": "Sunny in Paris."},
             ]
 
-            frames = conv.probe.frames
+            frames = conv.output
             (started,) = of_type(frames, FunctionCallsStartedFrame)
             assert started.function_calls == (
                 FunctionCallFromLLM(
@@ -151,27 +177,18 @@ class TestSingleToolCall:
         server: ScriptedOpenAIServer,
         chunks: ChunkFactory,
     ) -> None:
-        server.add(
-            Reply.sse(
-                chunks.tool_call_stream(
-                    [_call("get_time", {"timezone": "UTC"}, "call_t")], text=["Let me ", "check."]
-                )
-            ),
-            Reply.sse(chunks.text_stream(["Noon."])),
-        )
-        async with open_conversation(server, tools=TOOLS) as conv:
+        call = [_call("get_time", {"timezone": "UTC"}, "call_t")]
+        first = chunks.tool_call_stream(call, text=["Let me ", "check."])
+        server.add(Reply.sse(first), Reply.sse(chunks.text_stream(["Noon."])))
 
-            async def get_time(params: FunctionCallParams) -> None:
-                await params.result_callback("12:00")
+        async def get_time(params: FunctionCallParams) -> None:
+            await params.result_callback("12:00")
 
-            conv.llm.register_function("get_time", get_time)
-            await conv.say("Time?")
-            await conv.wait_ends(2)
-            follow_up = conv.request_messages(1)
+        async with open_conversation(server, tools=TOOLS, functions={"get_time": get_time}) as conv:
+            follow_up = await _follow_up(conv, "Time?")
             assert follow_up[2]["content"] == "Let me check."
             assert [c["id"] for c in follow_up[2]["tool_calls"]] == ["call_t"]
             assert tool_answer(follow_up, "call_t") == '"12:00"'
-            assert_valid(follow_up)
             # The text went into the tool-call message, not into a message of its own.
             assert [m["role"] for m in conv.messages()] == [
                 "system",
@@ -193,21 +210,18 @@ class TestParallelCalls:
         chunks: ChunkFactory,
     ) -> None:
         calls = [_call("get_weather", {"location": f"city{i}"}, f"call_{i}") for i in range(5)]
-        server.add(
-            Reply.sse(chunks.tool_call_stream(calls)), Reply.sse(chunks.text_stream(["Done."]))
-        )
+        _script(server, chunks, calls, "Done.")
         spans: dict[str, tuple[float, float]] = {}
-        async with open_conversation(server, tools=TOOLS) as conv:
 
-            async def slow_weather(params: FunctionCallParams) -> None:
-                start = trio.current_time()
-                await trio.sleep(0.2)
-                spans[params.tool_call_id] = (start, trio.current_time())
-                await params.result_callback({"city": params.arguments["location"]})
+        async def slow_weather(params: FunctionCallParams) -> None:
+            start = trio.current_time()
+            await trio.sleep(0.2)
+            spans[params.tool_call_id] = (start, trio.current_time())
+            await params.result_callback({"city": params.arguments["location"]})
 
-            conv.llm.register_function("get_weather", slow_weather)
-            await conv.say("Weather in five cities?")
-            await conv.wait_ends(2)
+        functions: dict[str | None, FunctionHandler] = {"get_weather": slow_weather}
+        async with open_conversation(server, tools=TOOLS, functions=functions) as conv:
+            follow_up = await _follow_up(conv, "Weather in five cities?")
 
             assert len(spans) == 5
             first_start = min(s for s, _ in spans.values())
@@ -215,8 +229,6 @@ class TestParallelCalls:
             assert last_end - first_start < 0.21  # sequential would take 1.0 s
             assert len(server.requests) == 2
             assert server.requests[1].received_at >= last_end
-            follow_up = conv.request_messages(1)
-            assert_valid(follow_up)
             for i in range(5):
                 assert json.loads(tool_answer(follow_up, f"call_{i}")) == {"city": f"city{i}"}
 
@@ -227,21 +239,18 @@ class TestParallelCalls:
         chunks: ChunkFactory,
     ) -> None:
         calls = [_call("get_weather", {"location": "a"}, "call_a"), _call("get_time", {}, "call_b")]
-        server.add(Reply.sse(chunks.tool_call_stream(calls)), Reply.sse(chunks.text_stream(["ok"])))
+        _script(server, chunks, calls, "ok")
         arrived: dict[str, trio.Event] = {"get_weather": trio.Event(), "get_time": trio.Event()}
-        async with open_conversation(server, tools=TOOLS) as conv:
 
-            async def rendezvous(params: FunctionCallParams) -> None:
-                arrived[params.function_name].set()
-                other = "get_time" if params.function_name == "get_weather" else "get_weather"
-                with trio.fail_after(5):  # run one after the other, this would time out
-                    await arrived[other].wait()
-                await params.result_callback("met")
+        async def rendezvous(params: FunctionCallParams) -> None:
+            arrived[params.function_name].set()
+            other = "get_time" if params.function_name == "get_weather" else "get_weather"
+            with trio.fail_after(5):  # run one after the other, this would time out
+                await arrived[other].wait()
+            await params.result_callback("met")
 
-            conv.llm.register_function(None, rendezvous)
-            await conv.say("Both?")
-            await conv.wait_ends(2)
-            follow_up = conv.request_messages(1)
+        async with open_conversation(server, tools=TOOLS, functions={None: rendezvous}) as conv:
+            follow_up = await _follow_up(conv, "Both?")
             assert tool_answer(follow_up, "call_a") == tool_answer(follow_up, "call_b") == '"met"'
             assert conv.errors == []
 
@@ -272,17 +281,14 @@ class TestParallelCalls:
         ]
         server.add(Reply.sse(stream), Reply.sse(chunks.text_stream(["Rome: sunny, 10:00."])))
         got: dict[str, dict[str, Any]] = {}
-        async with open_conversation(server, tools=TOOLS) as conv:
 
-            async def record(params: FunctionCallParams) -> None:
-                got[params.function_name] = dict(params.arguments)
-                await params.result_callback("ok")
+        async def record(params: FunctionCallParams) -> None:
+            got[params.function_name] = dict(params.arguments)
+            await params.result_callback("ok")
 
-            conv.llm.register_function(None, record)
-            await conv.say("Weather and time in Rome?")
-            await conv.wait_ends(2)
+        async with open_conversation(server, tools=TOOLS, functions={None: record}) as conv:
+            follow_up = await _follow_up(conv, "Weather and time in Rome?")
             assert got == {"get_weather": {"location": "Rome"}, "get_time": {"timezone": "CET"}}
-            follow_up = conv.request_messages(1)
             assert [
                 (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
                 for c in follow_up[2]["tool_calls"]
@@ -290,7 +296,6 @@ class TestParallelCalls:
                 ("call_w", "get_weather", {"location": "Rome"}),
                 ("call_t", "get_time", {"timezone": "CET"}),
             ]
-            assert_valid(follow_up)
 
     async def test_follow_up_runs_once_after_the_last_call_settles(
         self,
@@ -300,27 +305,21 @@ class TestParallelCalls:
     ) -> None:
         durations = {"call_fast": 0.1, "call_slow": 0.9, "call_mid": 0.4}
         calls = [_call("get_weather", {"location": cid}, cid) for cid in durations]
-        server.add(
-            Reply.sse(chunks.tool_call_stream(calls)), Reply.sse(chunks.text_stream(["All."]))
-        )
+        _script(server, chunks, calls, "All.")
         settled: dict[str, float] = {}
-        async with open_conversation(server, tools=TOOLS) as conv:
 
-            async def timed(params: FunctionCallParams) -> None:
-                await trio.sleep(durations[params.tool_call_id])
-                settled[params.tool_call_id] = trio.current_time()
-                await params.result_callback(params.tool_call_id)
+        async def timed(params: FunctionCallParams) -> None:
+            await trio.sleep(durations[params.tool_call_id])
+            settled[params.tool_call_id] = trio.current_time()
+            await params.result_callback(params.tool_call_id)
 
-            conv.llm.register_function("get_weather", timed)
-            await conv.say("Three cities")
-            await conv.wait_ends(2)
+        async with open_conversation(server, tools=TOOLS, functions={"get_weather": timed}) as conv:
+            follow_up = await _follow_up(conv, "Three cities")
             await trio.sleep(10)  # plenty of time for a stray second follow-up
             await trio.testing.wait_all_tasks_blocked()
 
             assert len(server.requests) == 2
             assert server.requests[1].received_at >= max(settled.values())
-            follow_up = conv.request_messages(1)
-            assert_valid(follow_up)
             for cid in durations:
                 assert tool_answer(follow_up, cid) == json.dumps(cid)
             assert len(conv.starts()) == 2
@@ -337,22 +336,15 @@ class TestCallSettlement:
         server: ScriptedOpenAIServer,
         chunks: ChunkFactory,
     ) -> None:
-        server.add(
-            Reply.sse(chunks.tool_call_stream([_call("get_weather", {"location": "x"}, "call_1")])),
-            Reply.sse(chunks.text_stream(["Sorry, the weather service failed."])),
-        )
-        async with open_conversation(server, tools=TOOLS) as conv:
+        _script(server, chunks, WEATHER_CALL, "Sorry, the weather service failed.")
 
-            async def broken(params: FunctionCallParams) -> None:
-                raise RuntimeError("db password is hunter2")
+        async def broken(params: FunctionCallParams) -> None:
+            raise RuntimeError("db password is hunter2")
 
-            conv.llm.register_function("get_weather", broken)
-            await conv.say("Weather?")
-            await conv.wait_ends(2)
-
-            follow_up = conv.request_messages(1)
-            assert_valid(follow_up)
-            answer = tool_answer(follow_up, "call_1")
+        async with open_conversation(
+            server, tools=TOOLS, functions={"get_weather": broken}
+        ) as conv:
+            answer = tool_answer(await _follow_up(conv, "Weather?"), "call_1")
             assert answer == "The function `get_weather` failed and returned no result."
             assert "hunter2" not in json.dumps(conv.messages())
             (error,) = conv.errors
@@ -361,7 +353,7 @@ class TestCallSettlement:
             assert "RuntimeError" in error.error
             assert isinstance(error.exception, RuntimeError)
             assert not error.fatal
-            (result,) = of_type(conv.probe.frames, FunctionCallResultFrame)
+            (result,) = of_type(conv.output, FunctionCallResultFrame)
             assert result.error is not None
             assert "RuntimeError" in result.error
 
@@ -371,10 +363,7 @@ class TestCallSettlement:
         server: ScriptedOpenAIServer,
         chunks: ChunkFactory,
     ) -> None:
-        server.add(
-            Reply.sse(chunks.tool_call_stream([_call("get_weather", {"location": "x"}, "call_1")])),
-            Reply.sse(chunks.text_stream(["It took too long."])),
-        )
+        _script(server, chunks, WEATHER_CALL, "It took too long.")
         cancelled = trio.Event()
         async with open_conversation(server, tools=TOOLS) as conv:
 
@@ -385,12 +374,9 @@ class TestCallSettlement:
                     cancelled.set()
 
             conv.llm.register_function("get_weather", hangs, timeout_secs=1.5)
-            await conv.say("Weather?")
-            await conv.wait_ends(2)
+            follow_up = await _follow_up(conv, "Weather?")
 
             assert cancelled.is_set()
-            follow_up = conv.request_messages(1)
-            assert_valid(follow_up)
             assert "timed out" in tool_answer(follow_up, "call_1")
             started = server.requests[0].received_at
             assert 1.5 <= server.requests[1].received_at - started < 1.6
@@ -402,19 +388,15 @@ class TestCallSettlement:
         server: ScriptedOpenAIServer,
         chunks: ChunkFactory,
     ) -> None:
-        server.add(
-            Reply.sse(chunks.tool_call_stream([_call("get_weather", {"location": "x"}, "call_1")])),
-            Reply.sse(chunks.text_stream(["Too slow."])),
-        )
-        async with open_conversation(server, tools=TOOLS, function_call_timeout_secs=3) as conv:
+        _script(server, chunks, WEATHER_CALL, "Too slow.")
 
-            async def hangs(params: FunctionCallParams) -> None:
-                await trio.sleep_forever()
+        async def hangs(params: FunctionCallParams) -> None:
+            await trio.sleep_forever()
 
-            conv.llm.register_function("get_weather", hangs)
-            await conv.say("Weather?")
-            await conv.wait_ends(2)
-            assert "timed out" in tool_answer(conv.request_messages(1), "call_1")
+        async with open_conversation(
+            server, tools=TOOLS, functions={"get_weather": hangs}, function_call_timeout_secs=3
+        ) as conv:
+            assert "timed out" in tool_answer(await _follow_up(conv, "Weather?"), "call_1")
             assert 3 <= server.requests[1].received_at - server.requests[0].received_at < 3.1
 
     async def test_unknown_function(
@@ -423,15 +405,9 @@ class TestCallSettlement:
         server: ScriptedOpenAIServer,
         chunks: ChunkFactory,
     ) -> None:
-        server.add(
-            Reply.sse(chunks.tool_call_stream([_call("launch_rocket", {}, "call_1")])),
-            Reply.sse(chunks.text_stream(["I cannot do that."])),
-        )
+        _script(server, chunks, [_call("launch_rocket", {}, "call_1")], "I cannot do that.")
         async with open_conversation(server, tools=TOOLS) as conv:
-            await conv.say("Launch!")
-            await conv.wait_ends(2)
-            follow_up = conv.request_messages(1)
-            assert_valid(follow_up)
+            follow_up = await _follow_up(conv, "Launch!")
             assert (
                 tool_answer(follow_up, "call_1")
                 == "The function `launch_rocket` is not currently available."
@@ -443,27 +419,21 @@ class TestCallSettlement:
         server: ScriptedOpenAIServer,
         chunks: ChunkFactory,
     ) -> None:
-        server.add(
-            Reply.sse(chunks.tool_call_stream([("get_weather", '{"location": "Par', "call_1")])),
-            Reply.sse(chunks.text_stream(["Let me retry."])),
-        )
+        _script(server, chunks, [("get_weather", '{"location": "Par', "call_1")], "Let me retry.")
         called: list[FunctionCallParams] = []
-        async with open_conversation(server, tools=TOOLS) as conv:
 
-            async def get_weather(params: FunctionCallParams) -> None:
-                called.append(params)
-                await params.result_callback("never")
+        async def get_weather(params: FunctionCallParams) -> None:
+            called.append(params)
+            await params.result_callback("never")
 
-            conv.llm.register_function("get_weather", get_weather)
-            await conv.say("Weather?")
-            await conv.wait_ends(2)
+        functions: dict[str | None, FunctionHandler] = {"get_weather": get_weather}
+        async with open_conversation(server, tools=TOOLS, functions=functions) as conv:
+            follow_up = await _follow_up(conv, "Weather?")
             assert called == []
-            follow_up = conv.request_messages(1)
-            assert_valid(follow_up)
             answer = tool_answer(follow_up, "call_1")
             assert answer.startswith("Invalid arguments for `get_weather`")
             assert "JSON object" in answer
-            (result,) = of_type(conv.probe.frames, FunctionCallResultFrame)
+            (result,) = of_type(conv.output, FunctionCallResultFrame)
             assert result.error is not None
 
     async def test_catch_all_handler(
@@ -472,36 +442,23 @@ class TestCallSettlement:
         server: ScriptedOpenAIServer,
         chunks: ChunkFactory,
     ) -> None:
-        server.add(
-            Reply.sse(
-                chunks.tool_call_stream(
-                    [
-                        _call("get_time", {"timezone": "UTC"}, "call_1"),
-                        _call("anything", {}, "call_2"),
-                    ]
-                )
-            ),
-            Reply.sse(chunks.text_stream(["Handled."])),
-        )
+        calls = [_call("get_time", {"timezone": "UTC"}, "call_1"), _call("anything", {}, "call_2")]
+        _script(server, chunks, calls, "Handled.")
         handled: list[str] = []
-        async with open_conversation(server, tools=TOOLS) as conv:
 
-            async def get_time(params: FunctionCallParams) -> None:
-                handled.append("own:" + params.function_name)
-                await params.result_callback("12:00")
+        async def get_time(params: FunctionCallParams) -> None:
+            handled.append("own:" + params.function_name)
+            await params.result_callback("12:00")
 
-            async def fallback(params: FunctionCallParams) -> None:
-                handled.append("catch-all:" + params.function_name)
-                await params.result_callback({"handled_by": "catch-all"})
+        async def fallback(params: FunctionCallParams) -> None:
+            handled.append("catch-all:" + params.function_name)
+            await params.result_callback({"handled_by": "catch-all"})
 
-            conv.llm.register_function("get_time", get_time)
-            conv.llm.register_function(None, fallback)
+        functions: dict[str | None, FunctionHandler] = {"get_time": get_time, None: fallback}
+        async with open_conversation(server, tools=TOOLS, functions=functions) as conv:
             assert conv.llm.has_function("no_such_function")
-            await conv.say("Go")
-            await conv.wait_ends(2)
+            follow_up = await _follow_up(conv, "Go")
             assert sorted(handled) == ["catch-all:anything", "own:get_time"]
-            follow_up = conv.request_messages(1)
-            assert_valid(follow_up)
             assert json.loads(tool_answer(follow_up, "call_2")) == {"handled_by": "catch-all"}
 
     async def test_run_llm_false_suppresses_the_follow_up(
@@ -510,18 +467,14 @@ class TestCallSettlement:
         server: ScriptedOpenAIServer,
         chunks: ChunkFactory,
     ) -> None:
-        server.add(
-            Reply.sse(chunks.tool_call_stream([_call("get_weather", {"location": "x"}, "call_1")])),
-            Reply.sse(chunks.text_stream(["Next turn."])),
-        )
-        async with open_conversation(server, tools=TOOLS) as conv:
+        _script(server, chunks, WEATHER_CALL, "Next turn.")
 
-            async def quiet(params: FunctionCallParams) -> None:
-                await params.result_callback(
-                    {"stored": True}, properties=FunctionCallResultProperties(run_llm=False)
-                )
+        async def quiet(params: FunctionCallParams) -> None:
+            await params.result_callback(
+                {"stored": True}, properties=FunctionCallResultProperties(run_llm=False)
+            )
 
-            conv.llm.register_function("get_weather", quiet)
+        async with open_conversation(server, tools=TOOLS, functions={"get_weather": quiet}) as conv:
             await conv.say("Store it")
             await conv.wait_ends(1)
             await conv.wait_for(lambda: bool(of_type(conv.sink, FunctionCallResultFrame)))
@@ -533,10 +486,7 @@ class TestCallSettlement:
             assert json.loads(tool_answer(conv.messages(), "call_1")) == {"stored": True}
 
             # The result is part of the next turn's request.
-            await conv.say("And now?")
-            await conv.wait_ends(2)
-            second = conv.request_messages(1)
-            assert_valid(second)
+            second = await _follow_up(conv, "And now?")
             assert second[-1] == {"role": "user", "content": "And now?"}
             assert json.loads(tool_answer(second, "call_1")) == {"stored": True}
 
@@ -546,17 +496,7 @@ class TestCallSettlement:
         server: ScriptedOpenAIServer,
         chunks: ChunkFactory,
     ) -> None:
-        server.add(
-            Reply.sse(
-                chunks.tool_call_stream(
-                    [
-                        _call("get_weather", {"location": "x"}, "call_1"),
-                        _call("get_time", {}, "call_2"),
-                    ]
-                )
-            ),
-            Reply.sse(chunks.text_stream(["ok"])),
-        )
+        _script(server, chunks, [*WEATHER_CALL, _call("get_time", {}, "call_2")], "ok")
         stash: list[FunctionCallParams] = []
         with structlog.testing.capture_logs() as logs:
             async with open_conversation(server, tools=TOOLS) as conv:
@@ -571,17 +511,15 @@ class TestCallSettlement:
 
                 conv.llm.register_function("get_weather", twice)
                 conv.llm.register_function("get_time", too_slow, timeout_secs=1)
-                await conv.say("Go")
-                await conv.wait_ends(2)
+                follow_up = await _follow_up(conv, "Go")
                 (late,) = stash
                 await late.result_callback("after the timeout")
                 await trio.testing.wait_all_tasks_blocked()
 
-                follow_up = conv.request_messages(1)
                 assert tool_answer(follow_up, "call_1") == '"first"'
                 assert "timed out" in tool_answer(follow_up, "call_2")
                 assert tool_answer(conv.messages(), "call_2") == tool_answer(follow_up, "call_2")
-                assert len(of_type(conv.probe.frames, FunctionCallResultFrame)) == 1
+                assert len(of_type(conv.output, FunctionCallResultFrame)) == 1
                 assert len(server.requests) == 2
         rejected = [e for e in logs if "late function result rejected" in e["event"]]
         assert [(e["log_level"], e["tool_call_id"]) for e in rejected] == [
@@ -595,10 +533,7 @@ class TestCallSettlement:
         server: ScriptedOpenAIServer,
         chunks: ChunkFactory,
     ) -> None:
-        server.add(
-            Reply.sse(chunks.tool_call_stream([_call("get_weather", {"location": "x"}, "call_1")])),
-            Reply.sse(chunks.text_stream(["ok"])),
-        )
+        _script(server, chunks, WEATHER_CALL, "ok")
         observed: dict[str, Any] = {}
         async with open_conversation(server, tools=TOOLS) as conv:
 
@@ -615,12 +550,11 @@ class TestCallSettlement:
                 )
 
             conv.llm.register_function("get_weather", get_weather)
-            await conv.say("Weather?")
-            await conv.wait_ends(2)
+            follow_up = await _follow_up(conv, "Weather?")
             assert observed["answer"] == '"rainy"'
             assert observed["requests_before"] == observed["requests_after"] == 1
             assert server.requests[1].received_at >= observed["done_at"]
-            assert tool_answer(conv.request_messages(1), "call_1") == '"rainy"'
+            assert tool_answer(follow_up, "call_1") == '"rainy"'
 
 
 class TestChainsAndServerQuirks:
@@ -633,24 +567,16 @@ class TestChainsAndServerQuirks:
         server: ScriptedOpenAIServer,
         chunks: ChunkFactory,
     ) -> None:
-        server.add(
-            Reply.sse(chunks.tool_call_stream([_call("get_time", {"timezone": "UTC"}, "call_a")])),
-            Reply.sse(
-                chunks.tool_call_stream([_call("get_weather", {"location": "Oslo"}, "call_b")])
-            ),
-            Reply.sse(chunks.text_stream(["Noon and snowing."])),
-        )
-        async with open_conversation(server, tools=TOOLS) as conv:
+        time_call = _call("get_time", {"timezone": "UTC"}, "call_a")
+        weather_call = _call("get_weather", {"location": "Oslo"}, "call_b")
+        _script(server, chunks, [time_call], [weather_call], "Noon and snowing.")
 
-            async def answer(params: FunctionCallParams) -> None:
-                await params.result_callback(params.function_name + " done")
+        async def answer(params: FunctionCallParams) -> None:
+            await params.result_callback(params.function_name + " done")
 
-            conv.llm.register_function(None, answer)
-            await conv.say("Time, then weather")
-            await conv.wait_ends(3)
+        async with open_conversation(server, tools=TOOLS, functions={None: answer}) as conv:
+            last = await _follow_up(conv, "Time, then weather", answers=3)
             assert len(server.requests) == 3
-            last = conv.request_messages(2)
-            assert_valid(last)
             assert [m["role"] for m in last] == [
                 "system",
                 "user",
@@ -677,21 +603,17 @@ class TestChainsAndServerQuirks:
         ]
         server.add(Reply.sse(stream), Reply.sse(chunks.text_stream(["Both."])))
         seen: list[tuple[str, dict[str, Any]]] = []
-        async with open_conversation(server, tools=TOOLS) as conv:
 
-            async def record(params: FunctionCallParams) -> None:
-                seen.append((params.tool_call_id, dict(params.arguments)))
-                await params.result_callback("ok")
+        async def record(params: FunctionCallParams) -> None:
+            seen.append((params.tool_call_id, dict(params.arguments)))
+            await params.result_callback("ok")
 
-            conv.llm.register_function(None, record)
-            await conv.say("Both")
-            await conv.wait_ends(2)
+        async with open_conversation(server, tools=TOOLS, functions={None: record}) as conv:
+            follow_up = await _follow_up(conv, "Both")
             assert sorted(seen) == [
                 ("call_x", {"timezone": "UTC"}),
                 ("call_y", {"location": "Rome"}),
             ]
-            follow_up = conv.request_messages(1)
-            assert_valid(follow_up)
             assert [c["id"] for c in follow_up[2]["tool_calls"]] == ["call_x", "call_y"]
 
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import attrs
 import pytest
 import trio
 import trio.testing
@@ -44,7 +43,6 @@ from runtime import (
     AsyncioBridge,
     ErrorFrame,
     Frame,
-    FrameDirection,
     Pipeline,
     PipelineTask,
     Session,
@@ -52,7 +50,7 @@ from runtime import (
 )
 from runtime.testing import FrameCollector
 
-from .actors_kit import API_KEY, MODEL, SYSTEM, WAIT_SECS
+from ..conversation_kit import API_KEY, MODEL, SYSTEM, WAIT_SECS, Conversation, open_conversation
 
 NO_RETRY = RetryPolicy(max_retries=0)
 
@@ -191,71 +189,27 @@ async def test_a_line_sent_to_a_finished_task_is_refused(
 # ---------------------------------------------------------------------- errors before the end
 
 
-@attrs.define
-class Chat:
-    """The quick-start pipeline with a record of what the user can see, in arrival order:
-    every frame reaching the output (``on_output``) and every error reaching the task
-    (``on_upstream``)."""
-
-    transport: TextTransport
-    llm: OpenAILLMService
-    task: PipelineTask
-    seen: list[Frame] = attrs.Factory(list)
-    changed: trio.Event = attrs.Factory(trio.Event)
-
-    def record(self, frame: Frame) -> None:
-        self.seen.append(frame)
-        self.changed.set()
-        self.changed = trio.Event()
-
-    def on_upstream(self, frame: Frame, direction: FrameDirection) -> None:
-        if isinstance(frame, ErrorFrame):
-            self.record(frame)
-
-    async def wait_for(self, cls: type[Frame]) -> None:
-        with trio.fail_after(WAIT_SECS):
-            while not any(isinstance(f, cls) for f in self.seen):
-                await self.changed.wait()
-
-    def first(self, cls: type[Frame], where: Callable[[Any], bool] = lambda f: True) -> int:
-        """Where the first frame of ``cls`` (that ``where`` accepts) is in :attr:`seen`."""
-        for i, frame in enumerate(self.seen):
-            if isinstance(frame, cls) and where(frame):
-                return i
-        raise AssertionError(f"no {cls.__name__} in {[type(f).__name__ for f in self.seen]}")
-
-    def last(self, cls: type[Frame]) -> int:
-        """Where the last frame of ``cls`` is in :attr:`seen`."""
-        return max(i for i, frame in enumerate(self.seen) if isinstance(frame, cls))
+def first(
+    seen: list[Frame], cls: type[Frame], where: Callable[[Any], bool] = lambda f: True
+) -> int:
+    """Where the first frame of ``cls`` (that ``where`` accepts) is in ``seen``."""
+    for i, frame in enumerate(seen):
+        if isinstance(frame, cls) and where(frame):
+            return i
+    raise AssertionError(f"no {cls.__name__} in {[type(f).__name__ for f in seen]}")
 
 
-@asynccontextmanager
-async def open_chat(
-    server: ScriptedOpenAIServer,
-    *,
-    retry: RetryPolicy | None = None,
-    timeouts: Timeouts | None = None,
-    max_image_bytes: int = 20 * 1024 * 1024,
-    tools: ToolsSchema | None = None,
-) -> AsyncIterator[Chat]:
-    transport = TextTransport()
-    llm = OpenAILLMService(
-        model=MODEL,
-        api_key=API_KEY,
-        base_url=server.base_url,
-        retry=retry,
-        timeouts=timeouts,
-        max_image_bytes=max_image_bytes,
-    )
-    pair = llm.create_context_aggregator(OpenAILLMContext(messages=[SYSTEM], tools=tools))
-    task = PipelineTask(
-        Pipeline([transport.input(), pair.user(), llm, transport.output(), pair.assistant()])
-    )
-    chat = Chat(transport, llm, task)
-    transport.on_output = chat.record
-    task.add_listener(chat.on_upstream, FrameDirection.UPSTREAM)
-    async with task:
-        yield chat
+def last(seen: list[Frame], cls: type[Frame]) -> int:
+    """Where the last frame of ``cls`` is in ``seen``."""
+    return max(i for i, frame in enumerate(seen) if isinstance(frame, cls))
+
+
+def open_chat(
+    server: ScriptedOpenAIServer, **options: Any
+) -> AbstractAsyncContextManager[Conversation]:
+    """The quick-start pipeline; its ``seen`` is what the user can see, in arrival order: every
+    frame reaching the output (``on_output``) and every error reaching the task."""
+    return open_conversation(server, quick_start=True, **options)
 
 
 def _failures(chunks: ChunkFactory) -> dict[str, tuple[list[Reply], dict[str, Any]]]:
@@ -302,8 +256,8 @@ class TestAFailedAnswerSaysSoBeforeItEnds:
             # The moment the wait returns, the task has the error.
             (error,) = chat.task.errors
             assert error.source == chat.llm.name
-            end = chat.first(LLMFullResponseEndFrame)
-            assert chat.first(ErrorFrame) < end
+            end = first(chat.seen, LLMFullResponseEndFrame)
+            assert first(chat.seen, ErrorFrame) < end
             assert chat.seen[end].error  # type: ignore[attr-defined]
 
     async def test_a_refused_image_ends_its_answer_after_the_error(
@@ -318,11 +272,11 @@ class TestAFailedAnswerSaysSoBeforeItEnds:
                 image=b"\x89PNG" + bytes(5_000), size=(64, 64), format="image/png"
             )
             await chat.task.queue_frame(image)
-            await chat.wait_for(LLMFullResponseEndFrame)
+            await chat.wait_for(lambda: bool(chat.ends()))
             (error,) = chat.task.errors
             assert error.category == ErrorCategory.INVALID_REQUEST
-            end = chat.first(LLMFullResponseEndFrame)
-            assert chat.first(ErrorFrame) < end
+            end = first(chat.seen, LLMFullResponseEndFrame)
+            assert first(chat.seen, ErrorFrame) < end
             assert chat.seen[end].error  # type: ignore[attr-defined]
         assert server.requests == []
 
@@ -360,9 +314,9 @@ class TestAFailedToolSaysSoBeforeItsResult:
                 assert await chat.transport.wait_answer() == "No weather today."
             (error,) = chat.task.errors
             assert "weather service down" in error.error
-            result = chat.first(FunctionCallResultFrame, _is_result)
-            assert chat.first(ErrorFrame) < result
-            follow_up_end = chat.last(LLMFullResponseEndFrame)
+            result = first(chat.seen, FunctionCallResultFrame, _is_result)
+            assert first(chat.seen, ErrorFrame) < result
+            follow_up_end = last(chat.seen, LLMFullResponseEndFrame)
             assert result < follow_up_end
 
     async def test_a_handler_that_raises_after_a_final_result(
@@ -387,7 +341,9 @@ class TestAFailedToolSaysSoBeforeItsResult:
                 await chat.transport.wait_answer()
             (error,) = chat.task.errors
             assert "cleanup failed" in error.error
-            assert chat.first(ErrorFrame) < chat.first(FunctionCallResultFrame, _is_result)
+            assert first(chat.seen, ErrorFrame) < first(
+                chat.seen, FunctionCallResultFrame, _is_result
+            )
         assert len(server.requests) == 1
 
     @pytest.mark.parametrize(
@@ -422,7 +378,9 @@ class TestAFailedToolSaysSoBeforeItsResult:
                 assert await chat.transport.wait_answer() == "Sorry."
             (error,) = chat.task.errors
             assert message in error.error
-            assert chat.first(ErrorFrame) < chat.first(FunctionCallResultFrame, _is_result)
+            assert first(chat.seen, ErrorFrame) < first(
+                chat.seen, FunctionCallResultFrame, _is_result
+            )
 
 
 # ---------------------------------------------------------------------- input before the store

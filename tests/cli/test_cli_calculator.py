@@ -10,7 +10,6 @@ import json
 import re
 import sys
 import time
-from collections.abc import Iterator
 from types import FrameType
 
 import pexpect
@@ -20,7 +19,7 @@ import trio
 from actors.cli._calculator import CalculatorLimits, calculate, calculate_in_thread
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 
-from .test_cli_chat import QUICK_TIMEOUT, cli_env, start_chat, trouper
+from .cli_kit import QUICK_TIMEOUT, assert_exited_cleanly, cli_env, start_chat, trouper
 
 #: The outside review's expression: unbounded, it runs for minutes on one big-integer operation.
 HUGE = "((9**999)**999)**999"
@@ -148,17 +147,8 @@ async def test_a_cancellation_stops_a_long_calculation_at_once() -> None:
 # ---------------------------------------------------------------- the terminal
 
 
-@pytest.fixture
-def children() -> Iterator[list[pexpect.spawn]]:
-    spawned: list[pexpect.spawn] = []
-    yield spawned
-    for child in spawned:
-        if child.isalive():
-            child.close(force=True)
-
-
 async def test_ctrl_c_interrupts_an_answer_after_a_huge_calculation(
-    children: list[pexpect.spawn],
+    spawn: list[pexpect.spawn],
 ) -> None:
     """An interactive chat on a terminal: the model asks for the huge calculation, the refusal
     is shown at once, the follow-up answer streams, Ctrl-C interrupts it, and the chat goes
@@ -177,7 +167,7 @@ async def test_ctrl_c_interrupts_an_answer_after_a_huge_calculation(
         )
         child = await trio.to_thread.run_sync(
             lambda: start_chat(
-                children, "--base-url", server.base_url, "--api-key", "k", "--model", "m"
+                spawn, "--base-url", server.base_url, "--api-key", "k", "--model", "m"
             )
         )
         await expect(child, "> ")
@@ -196,6 +186,4 @@ async def test_ctrl_c_interrupts_an_answer_after_a_huge_calculation(
         await expect(child, "> ")
         child.sendeof()
         await trio.to_thread.run_sync(lambda: child.expect(pexpect.EOF, timeout=QUICK_TIMEOUT))
-        child.close()
-    assert "Traceback" not in (child.before or "")
-    assert child.exitstatus == 0
+        assert_exited_cleanly(child)

@@ -14,7 +14,7 @@ import trio
 from actors.cli._terminal import printable
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 
-from .test_cli_chat import QUICK_TIMEOUT, cli_env, trouper
+from .cli_kit import QUICK_TIMEOUT, cli_env, trouper
 
 #: Every character a terminal may act on, but newline and tab.
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")

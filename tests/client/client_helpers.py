@@ -13,13 +13,13 @@ from actors.testing import ChunkFactory, ScriptedOpenAIServer
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "openai"
 
 API_KEY = "sk-test-Zq8wX1vB7nM4kL2pR9tY6uI3oP5aS0dF"
+"""A key-shaped secret: the redaction tests check it never shows up."""
 F = ChunkFactory()
 """The chunk factory the client tests script their streams with."""
 HELLO = F.text_stream(["Hel", "lo", "!"], usage=(12, 3))
 """A short text answer: "Hello!", with usage."""
 NO_RETRY = RetryPolicy(max_retries=0)
 """A policy that never retries."""
-"""A key-shaped secret: the redaction tests check it never shows up."""
 
 
 def fixture_bytes(name: str) -> bytes:

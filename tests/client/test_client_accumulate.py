@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.client import StreamAccumulator, StreamResult, converter, parse_chunk
+import cattrs
+
+from actors.client import StreamResult
+from actors.client._accumulate import StreamAccumulator
+from actors.client._chunks import parse_chunk
 from actors.testing import ChunkFactory
 
 F = ChunkFactory()
@@ -175,6 +179,6 @@ class TestUsageAndMetadata:
     def test_result_unstructures_with_cattrs(self) -> None:
         """A result converts to plain data (for logs or snapshots) with the cattrs converter."""
         result = fold(F.tool_call(0, id="c", name="f", arguments='{"a": 1}'), F.usage(3, 1))
-        data = converter.unstructure(result)
+        data = cattrs.unstructure(result)
         assert data["tool_calls"][0]["arguments"] == {"a": 1}
         assert data["usage"]["total_tokens"] == 4

@@ -20,7 +20,6 @@ from actors.client import (
     ChatClientError,
     ChatCompletionsClient,
     ChatStream,
-    ChunkStreamParser,
     InternalServerError,
     MalformedChunkError,
     NotFoundError,
@@ -31,6 +30,7 @@ from actors.client import (
     StreamError,
     UnprocessableEntityError,
 )
+from actors.client._parser import ChunkStreamParser
 from actors.testing import Reply, ScriptedOpenAIServer, sse_body
 
 from .client_helpers import API_KEY, NO_RETRY, F, client_for, make_request
@@ -38,7 +38,7 @@ from .client_helpers import API_KEY, NO_RETRY, F, client_for, make_request
 
 def parse_body(body: bytes) -> ChatClientError | None:
     parser = ChunkStreamParser(redactor=Redactor((API_KEY,)))
-    parser.feed(body, [])
+    parser.feed(body)
     parser.end_of_body()
     return parser.failure
 

@@ -7,6 +7,7 @@ the same trio run.
 from __future__ import annotations
 
 import itertools
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ import trio.testing
 
 from actors.client import (
     APIConnectionError,
+    APITimeoutError,
     BadRequestError,
     ChatCompletionChunk,
     ChatCompletionsClient,
@@ -35,6 +37,8 @@ from actors.testing import Piece, RecordedRequest, Reply, ScriptedOpenAIServer
 
 from .client_helpers import API_KEY, HELLO, NO_RETRY, F, client_for, make_request
 
+E = TypeVar("E", bound=Exception)
+
 
 def gaps(server: ScriptedOpenAIServer) -> list[float]:
     times = [r.received_at for r in server.requests]
@@ -44,6 +48,59 @@ def gaps(server: ScriptedOpenAIServer) -> list[float]:
 async def collect(stream: ChatStream, into: list[str]) -> None:
     async for chunk in stream:
         into.append(chunk.content)
+
+
+async def failing_call(client: ChatCompletionsClient, error: type[E]) -> tuple[E, float]:
+    """Run a completion that must fail with ``error``; return the error, and how long (trio
+    seconds) the call took."""
+    start = trio.current_time()
+    with pytest.raises(error) as caught:
+        await client.complete(make_request())
+    return caught.value, trio.current_time() - start
+
+
+def since_first_token(stream: ChatStream) -> float:
+    """Trio seconds since the stream's first output arrived (it must have)."""
+    assert stream.first_token_at is not None
+    return trio.current_time() - stream.first_token_at
+
+
+def cut_after(*events: dict[str, object]) -> Reply:
+    """A stream of ``events`` whose connection is then closed (no ``[DONE]``, no end)."""
+    return Reply.sse(events, done=False, ending="disconnect")
+
+
+def one_chunk_then_keep_alives() -> Reply:
+    """A content chunk, then a keep-alive comment every 2 s (ten of them), then nothing."""
+    pieces = [Piece(b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n')]
+    pieces += [Piece(b": keep-alive\n\n", delay=2.0) for _ in range(10)]
+    return Reply(headers={"content-type": "text/event-stream"}, pieces=pieces)
+
+
+_STALL, _STALL_AFTER_HEADERS = Reply.stall(), Reply.stall(before_headers=False)
+_ROLE_ONLY = Reply.sse([F.role()], done=False, ending="stall", delay=1)
+_SLOW_TEXT = Reply.sse(F.text_stream(["a"] * 20), delay=1.0)
+_IDLE_ONLY = Timeouts(first_token=None, idle=4.0)
+_FIRST, _TOTAL, _IDLE = FirstTokenTimeoutError, TotalTimeoutError, StreamIdleTimeoutError
+
+#: A reply, the client's timeouts (``None``: the tests' defaults, first token 10 s, idle 5 s),
+#: the error, after how many seconds, and the text received by then.
+DEADLINES: dict[str, tuple[Reply, Timeouts | None, type[APITimeoutError], float, str]] = {
+    "stall": (_STALL, None, _FIRST, 10.0, ""),
+    "stall_after_headers": (_STALL_AFTER_HEADERS, None, _FIRST, 10.0, ""),
+    # A role-only chunk does not stop the first-token clock.
+    "role_chunk_only": (_ROLE_ONLY, None, _FIRST, 10.0, ""),
+    # A stream still running at the total deadline.
+    "total": (_SLOW_TEXT, Timeouts(total=6.5), _TOTAL, 6.5, "aaaaa"),
+    # With first_token <= idle (reads bounded by httpx's per-read timeout), a near total deadline
+    # is still exact.
+    "total_network_idle_path": (
+        _SLOW_TEXT, Timeouts(first_token=5.0, idle=5.0, total=7.5), _TOTAL, 7.5, "aaaaaa"
+    ),
+    # With first_token disabled, a stall before any output is an idle timeout.
+    "idle_from_the_start": (_STALL, _IDLE_ONLY, _IDLE, 4.0, ""),
+    "idle_after_headers": (_STALL_AFTER_HEADERS, _IDLE_ONLY, _IDLE, 4.0, ""),
+}  # fmt: skip
 
 
 class TestRetries:
@@ -88,9 +145,7 @@ class TestRetries:
     ) -> None:
         """Persistent 500s: 3 requests with exponential backoff, then InternalServerError."""
         server.add(*(Reply.error(500, "boom", request_id=f"req_{i}") for i in range(3)))
-        with pytest.raises(InternalServerError) as caught:
-            await client.complete(make_request())
-        error = caught.value
+        error, _ = await failing_call(client, InternalServerError)
         assert len(server.requests) == 3
         assert error.attempts == 3
         assert (error.status, error.category, error.request_id) == (500, "server", "req_2")
@@ -107,12 +162,10 @@ class TestRetries:
         async with ChatCompletionsClient(
             api_key=API_KEY, base_url=f"http://127.0.0.1:{port}/v1"
         ) as client:
-            start = trio.current_time()
-            with pytest.raises(APIConnectionError) as caught:
-                await client.complete(make_request())
-        assert caught.value.category == "connectivity"
-        assert caught.value.attempts == 3
-        assert 1.125 <= trio.current_time() - start <= 1.5
+            error, took = await failing_call(client, APIConnectionError)
+        assert error.category == "connectivity"
+        assert error.attempts == 3
+        assert 1.125 <= took <= 1.5
 
     @pytest.mark.parametrize(("should_retry", "requests"), [(True, 2), (False, 1)])
     async def test_x_should_retry_overrides(
@@ -129,8 +182,7 @@ class TestRetries:
         if should_retry:
             assert (await client.complete(make_request())).text == "Hello!"
         else:
-            with pytest.raises(InternalServerError):
-                await client.complete(make_request())
+            await failing_call(client, InternalServerError)
         assert len(server.requests) == requests
 
     async def test_400_is_not_retried(
@@ -146,9 +198,7 @@ class TestRetries:
                 request_id="req_abc",
             )
         )
-        with pytest.raises(BadRequestError) as caught:
-            await client.complete(make_request())
-        error = caught.value
+        error, _ = await failing_call(client, BadRequestError)
         assert len(server.requests) == 1
         assert (error.error_type, error.code, error.param) == (
             "invalid_request_error",
@@ -164,11 +214,10 @@ class TestRetries:
     ) -> None:
         """A 429 asking for 300 s is final, and carries the hint."""
         server.add(Reply.error(429, retry_after=300))
-        with pytest.raises(RateLimitError) as caught:
-            await client.complete(make_request())
+        error, _ = await failing_call(client, RateLimitError)
         assert len(server.requests) == 1
-        assert caught.value.retry_after == 300
-        assert caught.value.category == "rate_limit"
+        assert error.retry_after == 300
+        assert error.category == "rate_limit"
 
     async def test_409_is_retried(
         self,
@@ -189,8 +238,7 @@ class TestRetries:
         """Without retries left, the 409 surfaces as ConflictError."""
         server.add(Reply.error(409))
         async with client_for(server, retry=NO_RETRY) as client:
-            with pytest.raises(ConflictError):
-                await client.complete(make_request())
+            await failing_call(client, ConflictError)
 
     async def test_dropped_connection_before_response_is_retried(
         self,
@@ -210,7 +258,7 @@ class TestRetries:
         client: ChatCompletionsClient,
     ) -> None:
         """Only the role chunk arrived before the cut: nothing was delivered, so retry."""
-        server.add(Reply.sse([F.role()], done=False, ending="disconnect"), Reply.sse(HELLO))
+        server.add(cut_after(F.role()), Reply.sse(HELLO))
         result = await client.complete(make_request())
         assert result.text == "Hello!"
         assert result.chunk_count == len(HELLO)
@@ -223,13 +271,7 @@ class TestRetries:
         client: ChatCompletionsClient,
     ) -> None:
         """A cut after content: ServerDisconnectedError, one request, partial result kept."""
-        server.add(
-            Reply.sse(
-                [F.role(), F.text("Half "), F.text("an answer")],
-                done=False,
-                ending="disconnect",
-            )
-        )
+        server.add(cut_after(F.role(), F.text("Half "), F.text("an answer")))
         seen: list[str] = []
         async with client.stream(make_request()) as stream:
             with pytest.raises(ServerDisconnectedError) as caught:
@@ -244,8 +286,7 @@ class TestRetries:
         """A 200 whose body ends with no event at all is an incomplete answer."""
         server.add(Reply.sse([], done=False, framing="close"))
         async with client_for(server, retry=NO_RETRY) as client:
-            with pytest.raises(IncompleteStreamError):
-                await client.complete(make_request())
+            await failing_call(client, IncompleteStreamError)
 
     async def test_total_timeout_prevents_long_backoff(
         self,
@@ -255,44 +296,37 @@ class TestRetries:
         """A retry whose wait would overrun the total deadline is not attempted."""
         server.add(Reply.error(503, retry_after=5))
         async with client_for(server, timeouts=Timeouts(total=3)) as client:
-            with pytest.raises(InternalServerError):
-                await client.complete(make_request())
+            await failing_call(client, InternalServerError)
         assert len(server.requests) == 1
 
 
 class TestTimeouts:
     """Each deadline raises its own exception, measured in trio time."""
 
-    @pytest.mark.parametrize("before_headers", [True, False])
-    async def test_first_token_timeout_on_stall(
+    @pytest.mark.parametrize(
+        ("reply", "timeouts", "error", "seconds", "partial"), DEADLINES.values(), ids=DEADLINES
+    )
+    async def test_a_deadline_fails_the_call_on_time_and_closes_the_socket(
         self,
         autojump_clock: trio.testing.MockClock,
         server: ScriptedOpenAIServer,
-        before_headers: bool,
+        reply: Reply,
+        timeouts: Timeouts | None,
+        error: type[APITimeoutError],
+        seconds: float,
+        partial: str,
     ) -> None:
-        """No output within first_token: FirstTokenTimeoutError, and the socket is closed."""
-        server.add(Reply.stall(before_headers=before_headers))
-        async with client_for(server, retry=NO_RETRY) as client:
-            start = trio.current_time()
-            with pytest.raises(FirstTokenTimeoutError) as caught:
-                await client.complete(make_request())
-        assert trio.current_time() - start == pytest.approx(10.0)
-        assert caught.value.category == "timeout"
+        """Each deadline raises its own error exactly when it passes, with what had arrived,
+        and the socket is closed."""
+        server.add(reply)
+        async with client_for(server, retry=NO_RETRY, timeouts=timeouts) as client:
+            failure, took = await failing_call(client, error)
+        assert took == pytest.approx(seconds)
+        assert failure.category == "timeout"
+        assert failure.partial_result is not None
+        assert failure.partial_result.text == partial
         with trio.fail_after(1):
             await server.wait_client_disconnects(1)
-
-    async def test_role_chunk_is_not_a_first_token(
-        self,
-        autojump_clock: trio.testing.MockClock,
-        server: ScriptedOpenAIServer,
-    ) -> None:
-        """A role-only chunk does not stop the first-token clock."""
-        server.add(Reply.sse([F.role()], done=False, ending="stall", delay=1))
-        async with client_for(server, retry=NO_RETRY) as client:
-            start = trio.current_time()
-            with pytest.raises(FirstTokenTimeoutError):
-                await client.complete(make_request())
-        assert trio.current_time() - start == pytest.approx(10.0)
 
     async def test_first_token_timeout_is_retried(
         self,
@@ -317,10 +351,8 @@ class TestTimeouts:
         server.add(Reply.sse([F.role(), F.text("So far")], done=False, ending="stall"))
         async with client.stream(make_request()) as stream:
             with pytest.raises(StreamIdleTimeoutError) as caught:
-                async for _ in stream:
-                    pass
-            assert stream.first_token_at is not None
-            assert trio.current_time() - stream.first_token_at == pytest.approx(5.0)
+                await collect(stream, [])
+            assert since_first_token(stream) == pytest.approx(5.0)
         assert caught.value.partial_result is not None
         assert caught.value.partial_result.text == "So far"
         assert len(server.requests) == 1
@@ -334,15 +366,11 @@ class TestTimeouts:
         client: ChatCompletionsClient,
     ) -> None:
         """Comments every 2 s do not count as chunks: idle fires 5 s after the last chunk."""
-        pieces = [Piece(b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n')]
-        pieces += [Piece(b": keep-alive\n\n", delay=2.0) for _ in range(10)]
-        server.add(Reply(headers={"content-type": "text/event-stream"}, pieces=pieces))
+        server.add(one_chunk_then_keep_alives())
         async with client.stream(make_request()) as stream:
             with pytest.raises(StreamIdleTimeoutError):
-                async for _ in stream:
-                    pass
-            assert stream.first_token_at is not None
-            assert trio.current_time() - stream.first_token_at == pytest.approx(5.0)
+                await collect(stream, [])
+            assert since_first_token(stream) == pytest.approx(5.0)
 
     async def test_network_idle_path_stall(
         self,
@@ -358,8 +386,7 @@ class TestTimeouts:
         ):
             with pytest.raises(StreamIdleTimeoutError):
                 await collect(stream, [])
-            assert stream.first_token_at is not None
-            assert trio.current_time() - stream.first_token_at == pytest.approx(5.0)
+            assert since_first_token(stream) == pytest.approx(5.0)
         assert len(server.requests) == 1
 
     async def test_network_idle_path_keep_alives(
@@ -368,9 +395,7 @@ class TestTimeouts:
         server: ScriptedOpenAIServer,
     ) -> None:
         """On that path keep-alives still cannot extend idle: the first one after it fails."""
-        pieces = [Piece(b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n')]
-        pieces += [Piece(b": keep-alive\n\n", delay=2.0) for _ in range(10)]
-        server.add(Reply(headers={"content-type": "text/event-stream"}, pieces=pieces))
+        server.add(one_chunk_then_keep_alives())
         timeouts = Timeouts(first_token=5.0, idle=5.0)
         async with (
             client_for(server, timeouts=timeouts) as client,
@@ -378,37 +403,7 @@ class TestTimeouts:
         ):
             with pytest.raises(StreamIdleTimeoutError, match="keep-alives"):
                 await collect(stream, [])
-            assert stream.first_token_at is not None
-            assert trio.current_time() - stream.first_token_at == pytest.approx(6.0)
-
-    async def test_network_idle_path_total(
-        self,
-        autojump_clock: trio.testing.MockClock,
-        server: ScriptedOpenAIServer,
-    ) -> None:
-        """On that path a near total deadline is still exact."""
-        server.add(Reply.sse(F.text_stream(["a"] * 20), delay=1.0))
-        timeouts = Timeouts(first_token=5.0, idle=5.0, total=7.5)
-        async with client_for(server, timeouts=timeouts) as client:
-            start = trio.current_time()
-            with pytest.raises(TotalTimeoutError):
-                await client.complete(make_request())
-        assert trio.current_time() - start == pytest.approx(7.5)
-
-    async def test_idle_applies_from_start_without_first_token(
-        self,
-        autojump_clock: trio.testing.MockClock,
-        server: ScriptedOpenAIServer,
-    ) -> None:
-        """With first_token disabled, a stall before any output is an idle timeout."""
-        server.add(Reply.stall(), Reply.stall(before_headers=False))
-        timeouts = Timeouts(first_token=None, idle=4.0)
-        async with client_for(server, timeouts=timeouts, retry=NO_RETRY) as client:
-            for _ in range(2):
-                start = trio.current_time()
-                with pytest.raises(StreamIdleTimeoutError):
-                    await client.complete(make_request())
-                assert trio.current_time() - start == pytest.approx(4.0)
+            assert since_first_token(stream) == pytest.approx(6.0)
 
     async def test_slow_steady_stream_is_fine(
         self,
@@ -420,21 +415,6 @@ class TestTimeouts:
         server.add(Reply.sse(F.text_stream(["a"] * 12), delay=4.0))
         result = await client.complete(make_request())
         assert result.text == "a" * 12
-
-    async def test_total_timeout(
-        self,
-        autojump_clock: trio.testing.MockClock,
-        server: ScriptedOpenAIServer,
-    ) -> None:
-        """A stream still running at the total deadline raises TotalTimeoutError."""
-        server.add(Reply.sse(F.text_stream(["a"] * 20), delay=1.0))
-        async with client_for(server, timeouts=Timeouts(total=6.5)) as client:
-            start = trio.current_time()
-            with pytest.raises(TotalTimeoutError) as caught:
-                await client.complete(make_request())
-        assert trio.current_time() - start == pytest.approx(6.5)
-        assert caught.value.partial_result is not None
-        assert caught.value.partial_result.text == "aaaaa"
 
     async def test_connect_timeout(self, autojump_clock: trio.testing.MockClock) -> None:
         """A listener whose accept queue is full never completes the TCP handshake:
@@ -452,12 +432,10 @@ class TestTimeouts:
                 timeouts=Timeouts(connect=2.0),
                 retry=RetryPolicy(max_retries=1),
             ) as client:
-                start = trio.current_time()
-                with pytest.raises(ConnectTimeoutError) as caught:
-                    await client.complete(make_request())
-            assert caught.value.attempts == 2
-            assert caught.value.category == "timeout"
-            assert 4.375 <= trio.current_time() - start <= 4.5
+                error, took = await failing_call(client, ConnectTimeoutError)
+            assert error.attempts == 2
+            assert error.category == "timeout"
+            assert 4.375 <= took <= 4.5
         finally:
             filler.close()
             listener.close()
@@ -477,10 +455,8 @@ class TestTimeouts:
             client.stream(make_request()) as holding,
         ):
             assert holding.attempts == 1
-            start = trio.current_time()
-            with pytest.raises(ConnectTimeoutError):
-                await client.complete(make_request())
-            assert trio.current_time() - start == pytest.approx(2.0)
+            _, took = await failing_call(client, ConnectTimeoutError)
+            assert took == pytest.approx(2.0)
 
 
 class TestCancellation:
@@ -730,8 +706,7 @@ class TestRequests:
             )
         )
         async with client.stream(make_request()) as stream:
-            async for _ in stream:
-                pass
+            await collect(stream, [])
         assert stream.request_started_at is not None
         assert stream.first_token_at is not None
         assert stream.first_token_at - stream.request_started_at == pytest.approx(2.5)
@@ -743,20 +718,12 @@ class TestRequests:
         client: ChatCompletionsClient,
     ) -> None:
         """With running usage, the last snapshot is available after a cut."""
-        server.add(
-            Reply.sse(
-                [
-                    F.chunk({"content": "a"}, usage={"prompt_tokens": 9, "completion_tokens": 1}),
-                    F.chunk({"content": "b"}, usage={"prompt_tokens": 9, "completion_tokens": 2}),
-                ],
-                done=False,
-                ending="disconnect",
-            )
-        )
+        a = F.chunk({"content": "a"}, usage={"prompt_tokens": 9, "completion_tokens": 1})
+        b = F.chunk({"content": "b"}, usage={"prompt_tokens": 9, "completion_tokens": 2})
+        server.add(cut_after(a, b))
         async with client.stream(make_request()) as stream:
             with pytest.raises(ServerDisconnectedError):
-                async for _ in stream:
-                    pass
+                await collect(stream, [])
         assert stream.usage is not None
         assert stream.usage.completion_tokens == 2
         assert stream.result().usage == stream.usage

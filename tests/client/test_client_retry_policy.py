@@ -6,7 +6,8 @@ import email.utils
 
 import pytest
 
-from actors.client import RetryPolicy, parse_retry_after
+from actors.client import RetryPolicy
+from actors.client._retry import parse_retry_after
 
 NOW = 1_760_000_000.0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.client import SSEDecoder, SSEEvent
+from actors.client._sse import SSEDecoder, SSEEvent
 
 
 def decode(*pieces: bytes) -> tuple[list[SSEEvent], bool]:

@@ -24,11 +24,10 @@ from actors.client import (
     EventTooLargeError,
     InvalidParameterError,
     NotEventStreamError,
-    SSEDecoder,
-    SSEEvent,
     StreamIdleTimeoutError,
     Timeouts,
 )
+from actors.client._sse import SSEDecoder, SSEEvent
 from actors.testing import Piece, Reply, ScriptedOpenAIServer, sse_event
 
 from .client_helpers import API_KEY, HELLO, NO_RETRY, F, client_for, make_request

@@ -9,7 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from actors.client import StreamAccumulator, parse_chunk
+from actors.client._accumulate import StreamAccumulator
+from actors.client._chunks import parse_chunk
 from actors.testing import (
     ChunkFactory,
     Piece,

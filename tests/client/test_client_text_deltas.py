@@ -15,9 +15,9 @@ from actors.client import (
     ChatCompletionsClient,
     StreamIdleTimeoutError,
     StreamResult,
-    parse_chunk,
 )
 from actors.client._accumulate import StreamAccumulator
+from actors.client._chunks import parse_chunk
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 
 from .client_helpers import EXPECTED, fixture_bytes, make_request

@@ -1,33 +1,25 @@
-"""The conversation pipeline of the end-to-end tests, pointed at the session's real llama-server,
-with every frame that reaches its ends recorded, plus a few probes of the server and of this
-process's sockets."""
+"""The conversation pipeline of the end-to-end tests, pointed at the session's real llama-server
+(the shared harness of :mod:`tests.conversation_kit`, quick-start shape), plus a few probes of
+the server and of this process's sockets."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
-import attrs
 import httpx
 import pytest
 import trio
 
-from actors import (
-    FunctionHandler,
-    LLMFullResponseEndFrame,
-    LLMFullResponseStartFrame,
-    LLMTextFrame,
-    OpenAILLMContext,
-    OpenAILLMService,
-    TextTransport,
-    ToolsSchema,
-)
+from actors import FunctionHandler, OpenAILLMService, ToolsSchema
 from actors.client import Timeouts
-from runtime import ErrorFrame, Frame, FrameDirection, Pipeline, PipelineParams, PipelineTask
+from runtime import PipelineParams
 
+from .. import conversation_kit
 from ..conftest import LocalLLM
+from ..conversation_kit import Conversation
 
 __all__ = [
     "STEP_TIMEOUT",
@@ -38,8 +30,6 @@ __all__ = [
     "wait_until",
 ]
 
-F = TypeVar("F", bound=Frame)
-
 #: Bound on any one step against the real server (an answer, a probe). Generous: the tests run
 #: on 2 busy cores, where a short answer can take 20 s; they normally take a few seconds.
 STEP_TIMEOUT = 180.0
@@ -47,99 +37,32 @@ STEP_TIMEOUT = 180.0
 SYSTEM = "You are a helpful assistant."
 
 
-@attrs.define
-class Conversation:
-    """A running conversation: the task, its stages, and what reached its ends."""
-
-    task: PipelineTask
-    transport: TextTransport
-    llm: OpenAILLMService
-    context: OpenAILLMContext
-    frames: list[Frame] = attrs.Factory(list)
-    """Every downstream frame that reached the output transport, in order."""
-    errors: list[ErrorFrame] = attrs.Factory(list)
-    """Every ``ErrorFrame`` that reached the input end."""
-    _changed: trio.Event = attrs.Factory(trio.Event)
-
-    def _record(self, frame: Frame) -> None:
-        self.frames.append(frame)
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def _record_upstream(self, frame: Frame, direction: FrameDirection) -> None:
-        if isinstance(frame, ErrorFrame):
-            self.errors.append(frame)
-            self._changed.set()
-            self._changed = trio.Event()
-
-    def of_type(self, cls: type[F]) -> list[F]:
-        """The recorded downstream frames of type ``cls``."""
-        return [f for f in self.frames if isinstance(f, cls)]
-
-    def position(self, frame: Frame) -> int:
-        """Where ``frame`` (this very object: frames compare by value) is in :attr:`frames`."""
-        return next(i for i, recorded in enumerate(self.frames) if recorded is frame)
-
-    def text(self) -> str:
-        """All the recorded ``LLMTextFrame`` text."""
-        return "".join(f.text for f in self.of_type(LLMTextFrame))
-
-    def ends(self) -> list[LLMFullResponseEndFrame]:
-        """The recorded ``LLMFullResponseEndFrame``s."""
-        return self.of_type(LLMFullResponseEndFrame)
-
-    def starts(self) -> list[LLMFullResponseStartFrame]:
-        """The recorded ``LLMFullResponseStartFrame``s."""
-        return self.of_type(LLMFullResponseStartFrame)
-
-    async def wait_for(
-        self, predicate: Callable[[], bool], what: str, bound: float = STEP_TIMEOUT
-    ) -> None:
-        """Wait until ``predicate()`` holds (checked after each recorded frame); fail after
-        ``bound`` seconds with ``what`` and what was recorded."""
-        with trio.move_on_after(bound):
-            while not predicate():
-                await self._changed.wait()
-            return
-        kinds = [type(f).__name__ for f in self.frames if not isinstance(f, LLMTextFrame)]
-        pytest.fail(
-            f"{what}: not seen within {bound:g} s. Frames (text left out): {kinds}; "
-            f"errors: {[e.error for e in self.errors]}"
-        )
-
-
 @asynccontextmanager
 async def open_conversation(
     server: LocalLLM,
     *,
     tools: ToolsSchema | None = None,
-    functions: dict[str, FunctionHandler] | None = None,
+    functions: Mapping[str | None, FunctionHandler] | None = None,
     system: str = SYSTEM,
 ) -> AsyncIterator[Conversation]:
     """Run the seed pipeline (input, user aggregator, LLM, output, assistant aggregator) on the
-    real server at temperature 0, with metrics on, for the duration of the block."""
-    llm = OpenAILLMService(
-        model=server.model,
-        base_url=server.base_url,
-        api_key="no-key",
-        params=OpenAILLMService.InputParams(temperature=0),
-        timeouts=Timeouts(connect=10.0, first_token=STEP_TIMEOUT, idle=60.0),
-    )
-    for name, handler in (functions or {}).items():
-        llm.register_function(name, handler)
-    context = OpenAILLMContext(messages=[{"role": "system", "content": system}], tools=tools)
-    pair = llm.create_context_aggregator(context)
-    transport = TextTransport()
-    task = PipelineTask(
-        Pipeline([transport.input(), pair.user(), llm, transport.output(), pair.assistant()]),
-        PipelineParams(enable_metrics=True, enable_usage_metrics=True),
-        name="e2e",
-    )
-    conversation = Conversation(task, transport, llm, context)
-    transport.on_output = conversation._record
-    task.add_listener(conversation._record_upstream, FrameDirection.UPSTREAM)
+    real server at temperature 0, with metrics on, for the duration of the block; every wait is
+    bounded by :data:`STEP_TIMEOUT` (real seconds)."""
     with trio.fail_after(STEP_TIMEOUT * 3):
-        async with task:
+        async with conversation_kit.open_conversation(
+            server,
+            model=server.model,
+            api_key="no-key",
+            quick_start=True,
+            messages=[{"role": "system", "content": system}],
+            tools=tools,
+            functions=functions,
+            params=PipelineParams(enable_metrics=True, enable_usage_metrics=True),
+            name="e2e",
+            llm_params=OpenAILLMService.InputParams(temperature=0),
+            timeouts=Timeouts(connect=10.0, first_token=STEP_TIMEOUT, idle=60.0),
+            within=STEP_TIMEOUT,
+        ) as conversation:
             yield conversation
 
 

@@ -204,7 +204,7 @@ async def test_interruption_closes_the_stream_and_the_next_turn_works(
     # No text of the interrupted answer arrived after its end frame: every later text frame
     # belongs to the next answer.
     order = chat.position
-    late = [f for f in chat.frames[order(ends[0]) :] if isinstance(f, LLMTextFrame)]
+    late = [f for f in chat.output[order(ends[0]) :] if isinstance(f, LLMTextFrame)]
     assert late
     assert all(order(f) > order(chat.starts()[1]) for f in late)
     assert answer.strip()

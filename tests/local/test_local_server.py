@@ -27,10 +27,10 @@ from actors.local import (
     build_server_argv,
     default_chat_template,
     find_llama_server,
-    free_port,
     logs_dir,
     open_local_server,
 )
+from actors.local._server import free_port
 
 from .conftest import process_alive, read_pids, wait_until
 
