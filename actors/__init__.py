@@ -1,6 +1,7 @@
 """trouper's conversation stages, built on :mod:`runtime`.
 
 The OpenAI LLM service (the LLM streamer actor) with its tool executor and metrics collector,
+the ``PipelineParams`` carrying their metrics switches,
 the conversation (``OpenAILLMContext``) owned by the context store actor with its user and
 assistant aggregators, tool schemas, the LLM frames and a text transport. The
 OpenAI-compatible streaming client is in :mod:`actors.client`, the embedded local model in
@@ -40,6 +41,7 @@ from ._metrics import MetricsCollector as MetricsCollector
 from ._metrics import MetricsReport as MetricsReport
 from ._metrics import ModelMetrics as ModelMetrics
 from ._metrics import TimingStats as TimingStats
+from ._params import PipelineParams as PipelineParams
 from ._schemas import FunctionSchema as FunctionSchema
 from ._schemas import ToolsSchema as ToolsSchema
 from ._storage import SQLiteContextStorage as SQLiteContextStorage
@@ -103,6 +105,7 @@ __all__ = [
     "OpenAILLMService",
     "OutputCallback",
     "OutputTransport",
+    "PipelineParams",
     "RecordToolCallsRequest",
     "RecordToolSettlementRequest",
     "ReplaceMessagesRequest",

@@ -90,9 +90,9 @@ class _StoreClient(Actor[Frame]):
         # "created" until its own StartFrame is handled, so it cannot tell.)
         session = self.session
         if all(ref.actor is not self.store for ref in session.actors()):
-            # Errors the store reports (a failing on_context_updated) leave upstream from here.
-            self.store._upstream = self._upstream
-            session.spawn(self.store)
+            # Errors the store reports (a failing on_context_updated) leave upstream from here;
+            # it runs until the session closes (the other aggregator still needs it).
+            self.add_companion(self.store, stop_with_owner=False)
 
     def _store_gone(self) -> bool:
         """Whether the store is stopping or has stopped (the session is ending): then the

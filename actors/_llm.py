@@ -19,7 +19,6 @@ import trio
 
 from runtime import (
     Actor,
-    ActorState,
     ErrorCategory,
     Frame,
     FrameDirection,
@@ -27,8 +26,8 @@ from runtime import (
     MetricsFrame,
     ProcessingMetricsData,
     TTFBMetricsData,
+    current_turn,
 )
-from runtime._frames import current_turn
 
 from ._aggregators import (
     LLMAssistantContextAggregator,
@@ -51,6 +50,7 @@ from ._frames import (
     VisionImageRawFrame,
 )
 from ._metrics import MetricsCollector
+from ._params import metrics_settings
 from ._storage import SQLiteContextStorage
 from ._store import ContextStore
 from ._tools import (
@@ -189,6 +189,10 @@ class OpenAILLMService(Actor[Frame]):
             name=f"{self.name}:tools",
         )
         self.metrics = MetricsCollector(name=f"{self.name}:metrics")
+        # Both run beside the service, started and stopped with it; the executor's frames
+        # leave through the service's own links.
+        self.add_companion(self.executor)
+        self.add_companion(self.metrics)
         self._ttfb_reported = False
 
     # ----------------------------------------------------------------- configuration
@@ -289,17 +293,6 @@ class OpenAILLMService(Actor[Frame]):
 
     # ----------------------------------------------------------------- lifecycle
 
-    async def on_start(self) -> None:
-        """Start the tool executor and the metrics collector beside the service."""
-        session = self.session
-        # The executor's frames leave through this service's own links.
-        self.executor._downstream = self._downstream
-        self.executor._upstream = self._upstream
-        if self.executor.state is ActorState.CREATED:
-            session.spawn(self.executor)
-        if self.metrics.state is ActorState.CREATED:
-            session.spawn(self.metrics)
-
     async def on_stop(self) -> None:
         """Close the HTTP connection pool (unless it was given to the service)."""
         await self._client.aclose()
@@ -361,7 +354,7 @@ class OpenAILLMService(Actor[Frame]):
     # ----------------------------------------------------------------- inference
 
     async def _infer(self, context: ContextSnapshot) -> None:
-        turn = current_turn.get()
+        turn = current_turn()
         started = trio.current_time()
         stream: ChatStream | None = None
         calls: list[FunctionCallFromLLM] = []
@@ -436,7 +429,7 @@ class OpenAILLMService(Actor[Frame]):
         """The TTFB of ``stream`` as metrics data, if it has one to report."""
         if stream is None or stream.first_token_at is None or stream.request_started_at is None:
             return []
-        if self.report_only_initial_ttfb and self._ttfb_reported:
+        if metrics_settings(self).report_only_initial_ttfb and self._ttfb_reported:
             return []
         self._ttfb_reported = True
         value = stream.first_token_at - stream.request_started_at
@@ -466,8 +459,9 @@ class OpenAILLMService(Actor[Frame]):
         self.metrics.offer(data)
         timing = [d for d in data if not isinstance(d, LLMUsageMetricsData)]
         usage = [d for d in data if isinstance(d, LLMUsageMetricsData)]
-        out = (timing if self.metrics_enabled else []) + (
-            usage if self.usage_metrics_enabled else []
+        settings = metrics_settings(self)
+        out = (timing if settings.enable_metrics else []) + (
+            usage if settings.enable_usage_metrics else []
         )
         if out:
             await self.push_frame(MetricsFrame(out))

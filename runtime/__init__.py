@@ -2,8 +2,9 @@
 
 Frames, typed two-lane mailboxes, actors and references, topologies (``Pipeline``,
 ``ParallelPipeline``, a run-time graph API on :class:`Session`), the task that runs a
-topology, turns and interruption, supervision, embedding in asyncio applications
-(:class:`AsyncioBridge`), logging, serialization and a testing kit (:mod:`runtime.testing`).
+topology, turns and interruption (:func:`current_turn`), supervision, embedding in asyncio
+applications (:class:`AsyncioBridge`), logging, serialization and a testing kit
+(:mod:`runtime.testing`).
 It imports nothing from ``actors``.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 from ._actor import Actor as Actor
 from ._actor import ActorRef as ActorRef
-from ._actor import ActorState as ActorState
 from ._asyncio import AsyncioBridge as AsyncioBridge
 from ._errors import ActorDeadError as ActorDeadError
 from ._errors import ActorError as ActorError
@@ -42,18 +42,20 @@ from ._frames import TranscriptionFrame as TranscriptionFrame
 from ._frames import TTFBMetricsData as TTFBMetricsData
 from ._frames import UserStartedSpeakingFrame as UserStartedSpeakingFrame
 from ._frames import UserStoppedSpeakingFrame as UserStoppedSpeakingFrame
+from ._lifecycle import ActorState as ActorState
 from ._mailbox import MailboxStatistics as MailboxStatistics
+from ._params import PipelineParams as PipelineParams
 from ._pipeline import ParallelPipeline as ParallelPipeline
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import Stage as Stage
-from ._session import ActorSnapshot as ActorSnapshot
 from ._session import Session as Session
-from ._session import SessionSnapshot as SessionSnapshot
+from ._snapshot import ActorSnapshot as ActorSnapshot
+from ._snapshot import SessionSnapshot as SessionSnapshot
 from ._supervision import RestartPolicy as RestartPolicy
 from ._task import FrameListener as FrameListener
-from ._task import PipelineParams as PipelineParams
 from ._task import PipelineRunner as PipelineRunner
 from ._task import PipelineTask as PipelineTask
+from ._turn import current_turn as current_turn
 
 __all__ = [
     "Actor",
@@ -101,4 +103,5 @@ __all__ = [
     "TranscriptionFrame",
     "UserStartedSpeakingFrame",
     "UserStoppedSpeakingFrame",
+    "current_turn",
 ]

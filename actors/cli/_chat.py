@@ -31,7 +31,6 @@ from runtime import (
     FrameDirection,
     MetricsFrame,
     Pipeline,
-    PipelineParams,
     PipelineTask,
     TTFBMetricsData,
 )
@@ -49,6 +48,7 @@ from .._frames import (
     VisionImageRawFrame,
 )
 from .._llm import OpenAILLMService
+from .._params import PipelineParams
 from .._schemas import ToolsSchema
 from .._storage import SQLiteContextStorage
 from .._transport import TextTransport

@@ -16,10 +16,11 @@ from actors import (
     LLMTokenUsage,
     LLMUpdateSettingsFrame,
     LLMUsageMetricsData,
+    PipelineParams,
     ToolsSchema,
 )
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
-from runtime import MetricsFrame, PipelineParams, ProcessingMetricsData, TTFBMetricsData
+from runtime import MetricsFrame, ProcessingMetricsData, TTFBMetricsData
 
 from .actors_kit import MODEL, metrics_of, open_conversation
 

@@ -65,6 +65,7 @@ PUBLIC = {
     "OpenAILLMService",
     "OutputCallback",
     "OutputTransport",
+    "PipelineParams",
     "RecordToolCallsRequest",
     "RecordToolSettlementRequest",
     "SQLiteContextStorage",

@@ -21,11 +21,12 @@ from actors import (
     LLMTextFrame,
     OpenAILLMContext,
     OpenAILLMService,
+    PipelineParams,
     TextTransport,
     ToolsSchema,
 )
 from actors.client import Timeouts
-from runtime import ErrorFrame, Frame, FrameDirection, Pipeline, PipelineParams, PipelineTask
+from runtime import ErrorFrame, Frame, FrameDirection, Pipeline, PipelineTask
 
 from ..conftest import LocalLLM
 
