@@ -1,12 +1,14 @@
 """An actor's life as one state machine: :class:`ActorState` and the moves between states.
 
 Every state change of an actor goes through :meth:`Lifecycle.to`, which refuses a move the
-table below does not list (a bug in the runtime, reported as :class:`LifecycleError`)::
+table below does not list (a bug in the runtime, reported as :class:`LifecycleError`). The
+usual path, and what a crash adds::
 
     CREATED ──► STARTING ──► RUNNING ──► STOPPING ──► STOPPED
-       │  ▲        │            │           │
-       │  └────────┼────────────┼───────────┼──── RESTARTING ◄── (crash, policy allows)
-       └───────────┴────────────┴───────────┴──► CRASHED        (crash, no restart)
+                   ▲
+                   └── RESTARTING ◄── crash, the restart policy allows one more restart
+                                      (from CREATED, STARTING or RUNNING)
+    crash, no restart left: any live state ──► CRASHED
 
 =============  ==============================================================================
 from           to
@@ -15,14 +17,14 @@ CREATED        STARTING (its ``StartFrame`` arrives), STOPPING (stopped before i
                RESTARTING, CRASHED
 STARTING       RUNNING (``on_start`` returned), STOPPING, RESTARTING, CRASHED
 RUNNING        STOPPING (end, cancel, removal, session close), RESTARTING, CRASHED
-RESTARTING     STARTING (the ``StartFrame`` it started with arrives again), STOPPING, CRASHED
+RESTARTING     STARTING (after the backoff, the ``StartFrame`` it started with arrives again),
+               STOPPING (removed or closed meanwhile), CRASHED
 STOPPING       STOPPED (``on_stop`` done, mailbox closed), CRASHED
 STOPPED        (final)
 CRASHED        (final)
 =============  ==============================================================================
 
-A crash moves a live actor to RESTARTING when its restart policy allows one more restart,
-else to CRASHED. A restarted actor keeps its mailbox and goes through STARTING again.
+A restarted actor keeps its mailbox and the frames queued in it.
 """
 
 from __future__ import annotations

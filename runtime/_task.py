@@ -194,6 +194,8 @@ class PipelineTask:
         self.pipeline = pipeline if not isinstance(pipeline, Actor) else Pipeline([pipeline])
         self.params = params or PipelineParams()
         self.name = name or f"task-{id(self):x}"
+        # Bound like its session's logger (the session has the task's name).
+        self._log = _logger.bind(session=self.name)
         self._listeners: dict[FrameDirection, list[FrameListener]] = {
             FrameDirection.DOWNSTREAM: [on_downstream] if on_downstream else [],
             FrameDirection.UPSTREAM: [on_upstream] if on_upstream else [],
@@ -370,7 +372,7 @@ class PipelineTask:
                 self._cancel_reached.set()
         elif isinstance(frame, ErrorFrame):
             self.errors.append(frame)
-            self.session._log.warning(
+            self._log.warning(
                 "pipeline error",
                 error=frame.error,
                 category=frame.category.value,
@@ -423,7 +425,7 @@ class PipelineTask:
                     session.link(tail, self._sink)
                 source = self._source.running_cell()
                 source.mailbox.put_system(Envelope(StartFrame(params=p), DOWNSTREAM, 0))
-                session._log.info("pipeline started", actors=len(seg.actors))
+                self._log.info("pipeline started", actors=len(seg.actors))
                 with trio.fail_after(p.start_timeout_secs):
                     while not self._started.is_set() and not self._done.is_set():
                         await _wait_any(self._started, self._done)
@@ -441,7 +443,7 @@ class PipelineTask:
                         source.mailbox.put_system(Envelope(frame, DOWNSTREAM, session.turn))
                     with trio.move_on_after(p.cancel_timeout_secs):
                         await self._cancel_reached.wait()
-                session._log.info("pipeline finished", cancelled=self._cancelling)
+                self._log.info("pipeline finished", cancelled=self._cancelling)
         finally:
             self._finished = True
             self._done.set()
@@ -483,7 +485,7 @@ class PipelineTask:
             deadline = self._last_activity + idle_secs
             now = trio.current_time()
             if now >= deadline:
-                self.session._log.info("idle timeout", idle_timeout_secs=idle_secs)
+                self._log.info("idle timeout", idle_timeout_secs=idle_secs)
                 self.cancel("idle timeout")
                 return
             await trio.sleep(deadline - now)
