@@ -101,10 +101,6 @@ class Lifecycle:
         # Made by the first waiter and set (then dropped) by the next move.
         self._changed: trio.Event | None = None
 
-    def can(self, new: ActorState) -> bool:
-        """Whether the state machine allows the move to ``new`` now."""
-        return new in _MOVES[self.state]
-
     def to(self, new: ActorState) -> None:
         """Move to ``new`` and wake the waiters.
 
