@@ -15,7 +15,6 @@ import attrs
 
 from ._actor import Actor
 from ._cell import Cell, register_cell_class
-from ._core import SessionCore
 from ._frames import EndFrame, FrameDirection, StartFrame
 from ._mailbox import Envelope
 from ._session import Session
@@ -146,16 +145,9 @@ class _MergeCell(Cell):
 
     _CAP = 16384
 
-    def __init__(
-        self,
-        actor: Actor[Any],
-        core: SessionCore,
-        capacity: int,
-        *,
-        owner: Cell | None = None,
-        stop_with_owner: bool = True,
-    ) -> None:
-        super().__init__(actor, core, capacity, owner=owner, stop_with_owner=stop_with_owner)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        actor = self.actor
         assert isinstance(actor, _Merge)
         self.merge = actor.merge
         self.branches = actor.branches

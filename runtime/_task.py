@@ -14,7 +14,6 @@ import trio
 
 from ._actor import CURRENT_ACTOR, Actor, port_of, push_gate_of, set_push_gate
 from ._cell import Cell, register_cell_class
-from ._core import SessionCore
 from ._errors import SessionStateError
 from ._frames import (
     CancelFrame,
@@ -114,20 +113,19 @@ class _SinkMailbox(Mailbox):
 class _EdgeCell(Cell):
     """Runs an :class:`_Edge`: frames reaching the end of the topology go to the task."""
 
-    def __init__(
-        self,
-        actor: Actor[Any],
-        core: SessionCore,
-        capacity: int,
-        *,
-        owner: Cell | None = None,
-        stop_with_owner: bool = True,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        actor = self.actor
         assert isinstance(actor, _Edge)
-        self.sink = actor.sink
         self.reached_end = actor.reached_end
-        super().__init__(actor, core, capacity, owner=owner, stop_with_owner=stop_with_owner)
         actor.cell = self
+
+    @property
+    def sink(self) -> bool:
+        """Whether this is the task's output end."""
+        actor = self.actor
+        assert isinstance(actor, _Edge)
+        return actor.sink
 
     def make_mailbox(self, capacity: int) -> Mailbox:
         if not self.sink:
