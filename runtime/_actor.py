@@ -262,8 +262,9 @@ class Actor(Generic[T]):
         self._cell: ActorPort | None = None
         self._gate: PushGate | None = None
         self._accept_cache: dict[type[Frame], bool] = {}
-        # Companions added before the actor was spawned: (actor, stop_with_owner).
+        # Its companions, (actor, stop_with_owner), in the order given; the one it belongs to.
         self._companions: list[tuple[Actor[Any], bool]] = []
+        self._owner: Actor[Any] | None = None
         self._watchers: list[Actor[Any]] = []
 
     # ------------------------------------------------------------------ identity
@@ -521,19 +522,24 @@ class Actor(Generic[T]):
         """
         if actor is self:
             raise ValueError(f"actor {self._name!r} cannot be its own companion")
+        if actor._owner is self:
+            return
+        if actor._owner is not None:
+            raise ValueError(
+                f"actor {actor.name!r} is a companion of {actor._owner.name!r} already"
+            )
         if actor._cell is not None or actor._life.state is not ActorState.CREATED:
             raise SessionStateError(
                 f"actor {actor.name!r} was already spawned; a companion is spawned by its owner"
             )
-        if any(a is actor for a, _ in self._companions):
-            return
-        self._companions.append((actor, stop_with_owner))
         cell = self._cell
+        if cell is not None and self._life.state in TERMINAL:
+            raise SessionStateError(
+                f"actor {self._name!r} has stopped; it takes no companion {actor.name!r}"
+            )
+        actor._owner = self
+        self._companions.append((actor, stop_with_owner))
         if cell is not None:
-            if self._life.state in TERMINAL:
-                raise SessionStateError(
-                    f"actor {self._name!r} has stopped; it takes no companion {actor.name!r}"
-                )
             cell.add_companion(actor, stop_with_owner)
 
 

@@ -216,10 +216,15 @@ class TestLifecycle:
             assert helper.cancelled == 1
 
     def test_bad_companions_are_refused(self) -> None:
-        """An actor cannot be its own companion."""
-        owner = Owner([])
+        """An actor cannot be its own companion, nor the companion of two owners; adding
+        the same companion twice changes nothing."""
+        helper = Helper([])
+        owner = Owner([], helper)
         with pytest.raises(ValueError, match="its own companion"):
             owner.add_companion(owner)
+        owner.add_companion(helper)
+        with pytest.raises(ValueError, match="'helper' is a companion of 'owner' already"):
+            Owner([], helper)
 
     async def test_a_spawned_actor_cannot_become_a_companion(self, autojump_clock: object) -> None:
         """A companion is spawned by its owner, not before."""
