@@ -351,17 +351,76 @@ class Cell:
     # ------------------------------------------------------------------ loops
 
     async def run(self) -> None:
-        """Run the actor's loops until it stops (or a handler raises)."""
+        """Run the actor until it stops (or a handler raises). The data loop runs here, in
+        the cell's nursery, once the actor has started; system frames get a task of their
+        own in that nursery when they arrive (it ends when the lane is empty). One function,
+        not two: every wake-up of the data loop resumes each coroutine frame of its stack.
+        """
         CURRENT_ACTOR.set(self.actor)
         mailbox = self.mailbox
+        core = self.core
         try:
             async with trio.open_nursery() as nursery:
                 self.scope = nursery.cancel_scope
                 self.nursery = nursery
-                # System frames get a task of their own when they arrive (it ends when the
-                # lane is empty); the data loop runs in this task.
                 mailbox.serve_system_with(self._serve_system_soon)
-                await self._data_loop()
+                await self.lifecycle.wait_serving()
+                accept_cache = self.accept_cache
+                take = mailbox.take_data
+                process = self.actor.process_frame
+                batch = 0
+                last_turn: int | None = None
+                while True:
+                    with trio.CancelScope() as scope:
+                        self.work_scope = scope
+                        self.work_cancelled = False
+                        while True:
+                            if self.work_cancelled:
+                                # An interruption landed after the last handler's last
+                                # checkpoint: serve the next frame in a fresh scope, or its
+                                # handler would be cancelled in its place.
+                                break
+                            if batch >= _FAIRNESS_BATCH:
+                                batch = 0
+                                await trio.lowlevel.checkpoint()
+                            envelope = take()
+                            if envelope is None:
+                                envelope = await mailbox.get_data()
+                                batch = 0
+                            else:
+                                batch += 1
+                            if envelope.reply is not None:
+                                await self._answer(envelope)
+                                continue
+                            frame = envelope.frame
+                            if frame.interruptible and envelope.turn < core.turn:
+                                mailbox.count_stale()
+                                continue
+                            cls = type(frame)
+                            ok = accept_cache.get(cls)
+                            if ok is None:
+                                ok = self.accepts_type(cls)
+                            if not ok:
+                                ended = await self.forward(envelope)
+                            else:
+                                turn = envelope.turn if frame.interruptible else core.turn
+                                if turn != last_turn:
+                                    # This task's own context: no reset between frames.
+                                    CURRENT_TURN.set(turn)
+                                    last_turn = turn
+                                self.busy = envelope
+                                try:
+                                    await process(frame, envelope.direction or DOWNSTREAM)
+                                finally:
+                                    self.busy = None
+                                ended = cls is EndFrame and await self.forward(envelope)
+                            if ended:
+                                CURRENT_TURN.set(None)
+                                await self.stop()
+                                return
+                    if scope.cancelled_caught:
+                        # Interrupted mid-handler: the frame is abandoned; serve the next.
+                        self.work_scope = None
         finally:
             mailbox.serve_system_with(None)
             self.nursery = None
@@ -416,67 +475,6 @@ class Cell:
                         core.delivery_step(frame)
         finally:
             mailbox.end_system_service()
-
-    async def _data_loop(self) -> None:
-        mailbox = self.mailbox
-        core = self.core
-        await self.lifecycle.wait_serving()
-        accept_cache = self.accept_cache
-        take = mailbox.take_data
-        process = self.actor.process_frame
-        batch = 0
-        last_turn: int | None = None
-        while True:
-            with trio.CancelScope() as scope:
-                self.work_scope = scope
-                self.work_cancelled = False
-                while True:
-                    if self.work_cancelled:
-                        # An interruption landed after the last handler's last checkpoint:
-                        # serve the next frame in a fresh scope, or its handler would be
-                        # cancelled in its place.
-                        break
-                    if batch >= _FAIRNESS_BATCH:
-                        batch = 0
-                        await trio.lowlevel.checkpoint()
-                    envelope = take()
-                    if envelope is None:
-                        envelope = await mailbox.get_data()
-                        batch = 0
-                    else:
-                        batch += 1
-                    if envelope.reply is not None:
-                        await self._answer(envelope)
-                        continue
-                    frame = envelope.frame
-                    if frame.interruptible and envelope.turn < core.turn:
-                        mailbox.count_stale()
-                        continue
-                    cls = type(frame)
-                    ok = accept_cache.get(cls)
-                    if ok is None:
-                        ok = self.accepts_type(cls)
-                    if not ok:
-                        ended = await self.forward(envelope)
-                    else:
-                        turn = envelope.turn if frame.interruptible else core.turn
-                        if turn != last_turn:
-                            # This task's own context: no need to reset between frames.
-                            CURRENT_TURN.set(turn)
-                            last_turn = turn
-                        self.busy = envelope
-                        try:
-                            await process(frame, envelope.direction or DOWNSTREAM)
-                        finally:
-                            self.busy = None
-                        ended = cls is EndFrame and await self.forward(envelope)
-                    if ended:
-                        CURRENT_TURN.set(None)
-                        await self.stop()
-                        return
-            if scope.cancelled_caught:
-                # Interrupted mid-handler: the frame is abandoned, serve the next one.
-                self.work_scope = None
 
     async def _answer(self, envelope: Envelope) -> None:
         reply = envelope.reply

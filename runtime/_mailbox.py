@@ -265,13 +265,15 @@ class Mailbox:
         Closing the mailbox wakes the consumer, which waits again (it is cancelled when its
         actor stops).
         """
-        while not self._data:
+        data = self._data
+        while not data:
             assert self._data_task is None, "a mailbox lane has one consumer"
             self._data_task = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(self._abort_data)
-        envelope = self.take_data()
-        assert envelope is not None
-        return envelope
+        self._delivered += 1
+        if self._send_waiting:
+            self._wake_sender()
+        return data.popleft()
 
     @property
     def data_depth(self) -> int:

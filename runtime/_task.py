@@ -318,8 +318,8 @@ class PipelineTask:
     async def _inject(self, frame: Frame, direction: FrameDirection) -> None:
         if self._idle:
             self._last_activity = trio.current_time()
-        edge = self._source if direction is FrameDirection.DOWNSTREAM else self._sink
-        cell = edge.running_cell()
+        cell = (self._source if direction is FrameDirection.DOWNSTREAM else self._sink).cell
+        assert cell is not None
         envelope = cell.try_push(frame, direction)  # stamps the turn; applies an interruption
         if envelope is not None:
             await cell.deliver(envelope)
