@@ -1,6 +1,7 @@
 """trouper's conversation stages, built on :mod:`runtime`.
 
 The OpenAI LLM service (the LLM streamer actor) with its tool executor and metrics collector,
+the ``PipelineParams`` carrying their metrics switches,
 the conversation (``OpenAILLMContext``) owned by the context store actor with its user and
 assistant aggregators, tool schemas, the conversation frames (text, transcriptions, the user's
 turns, the LLM's frames and metrics), the error categories and a text transport. The
@@ -52,6 +53,7 @@ from ._metrics import MetricsCollector as MetricsCollector
 from ._metrics import MetricsReport as MetricsReport
 from ._metrics import ModelMetrics as ModelMetrics
 from ._metrics import TimingStats as TimingStats
+from ._params import PipelineParams as PipelineParams
 from ._schemas import FunctionSchema as FunctionSchema
 from ._schemas import ToolsSchema as ToolsSchema
 from ._service import OpenAILLMService as OpenAILLMService
@@ -122,6 +124,7 @@ __all__ = [
     "OpenAILLMService",
     "OutputCallback",
     "OutputTransport",
+    "PipelineParams",
     "ProcessingMetricsData",
     "RecordToolCallsRequest",
     "RecordToolSettlementRequest",

@@ -11,6 +11,7 @@ import trio
 from runtime import (
     Actor,
     ActorError,
+    ActorState,
     CancelFrame,
     EndFrame,
     Frame,
@@ -62,6 +63,9 @@ __all__ = [
 
 _ASK_TIMEOUT = 30.0
 
+#: States of a store that takes no more requests.
+_GONE = frozenset({ActorState.STOPPING, ActorState.STOPPED, ActorState.CRASHED})
+
 
 @attrs.frozen(slots=True)
 class _InterruptionCommitted(SystemFrame):
@@ -89,16 +93,16 @@ class _StoreClient(Actor[Frame]):
         # "created" until its own StartFrame is handled, so it cannot tell.)
         session = self.session
         if all(ref.actor is not self.store for ref in session.actors()):
-            # Errors the store reports (a failing on_context_updated) leave upstream from here.
-            self.store._upstream = self._upstream
-            session.spawn(self.store)
+            # Errors the store reports (a failing on_context_updated) leave upstream from here;
+            # it runs until the session closes (the other aggregator still needs it).
+            self.add_companion(self.store, stop_with_owner=False)
 
     def _store_gone(self) -> bool:
         """Whether the store is stopping or has stopped (the session is ending): then the
         context is written directly. A store that has not started yet (it was spawned a
         moment ago and its ``StartFrame`` is still queued) is asked like a running one, or
         the line would go into the context without an answer."""
-        return self.store.state.value in ("stopping", "stopped", "crashed")
+        return self.store.state in _GONE
 
     async def _ask(self, request: ContextStoreRequest) -> ContextSnapshot | None:
         try:

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from runtime import Actor, Frame, FrameDirection, MetricsData, MetricsFrame
-from runtime._frames import current_turn
+from runtime import Actor, Frame, FrameDirection, MetricsData, MetricsFrame, current_turn
 
 from ._context import DEFAULT_MAX_IMAGE_BYTES, ContextSnapshot, image_message
 from ._frames import (
@@ -39,6 +38,7 @@ from ._frames import (
     TTFBMetricsData,
     VisionImageRawFrame,
 )
+from ._params import metrics_settings
 from .client import (
     ChatClientError,
     ChatCompletionsClient,
@@ -206,7 +206,7 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
     # ----------------------------------------------------------------- inference
 
     async def _infer(self, context: ContextSnapshot) -> None:
-        turn = current_turn.get()
+        turn = current_turn()
         started = trio.current_time()
         stream: ChatStream | None = None
         calls: list[FunctionCallFromLLM] = []
@@ -277,7 +277,7 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
         """The TTFB of ``stream`` as metrics data, if it has one to report."""
         if stream is None or stream.first_token_at is None or stream.request_started_at is None:
             return []
-        if self.report_only_initial_ttfb and self._ttfb_reported:
+        if metrics_settings(self).report_only_initial_ttfb and self._ttfb_reported:
             return []
         self._ttfb_reported = True
         value = stream.first_token_at - stream.request_started_at
@@ -307,8 +307,9 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
         self._collect_metrics(data)
         timing = [d for d in data if not isinstance(d, LLMUsageMetricsData)]
         usage = [d for d in data if isinstance(d, LLMUsageMetricsData)]
-        out = (timing if self.metrics_enabled else []) + (
-            usage if self.usage_metrics_enabled else []
+        settings = metrics_settings(self)
+        out = (timing if settings.enable_metrics else []) + (
+            usage if settings.enable_usage_metrics else []
         )
         if out:
             await self.push_frame(MetricsFrame(out))

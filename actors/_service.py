@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import httpx
 import trio
 
-from runtime import ActorState, MetricsData
+from runtime import MetricsData
 
 from ._aggregators import (
     LLMAssistantContextAggregator,
@@ -142,6 +142,10 @@ class OpenAILLMService(OpenAILLMStreamer):
             self, default_timeout_secs=function_call_timeout_secs, name=f"{self.name}:tools"
         )
         self.metrics = MetricsCollector(name=f"{self.name}:metrics")
+        # Both run beside the service, started and stopped with it; the executor's frames
+        # leave through the service's own links.
+        self.add_companion(self.executor)
+        self.add_companion(self.metrics)
 
     # ----------------------------------------------------------------- configuration
 
@@ -232,17 +236,6 @@ class OpenAILLMService(OpenAILLMStreamer):
         self.metrics.offer(list(data))
 
     # ----------------------------------------------------------------- lifecycle
-
-    async def on_start(self) -> None:
-        """Start the tool executor and the metrics collector beside the service."""
-        session = self.session
-        # The executor's frames leave through this service's own links.
-        self.executor._downstream = self._downstream
-        self.executor._upstream = self._upstream
-        if self.executor.state is ActorState.CREATED:
-            session.spawn(self.executor)
-        if self.metrics.state is ActorState.CREATED:
-            session.spawn(self.metrics)
 
     async def on_stop(self) -> None:
         """Close the client, then the HTTP connection pool (unless it was given)."""

@@ -2,9 +2,9 @@
 
 Frames, typed two-lane mailboxes, actors and references, topologies (``Pipeline``,
 ``ParallelPipeline``, a run-time graph API on :class:`Session`), the task that runs a
-topology, turns and interruption, supervision, embedding in asyncio applications
-(:class:`AsyncioBridge`), logging, a hook that hides sensitive text (:func:`add_scrubber`),
-serialization and a testing kit (:mod:`runtime.testing`).
+topology, turns and interruption (:func:`current_turn`), supervision, embedding in asyncio
+applications (:class:`AsyncioBridge`), logging, a hook that hides sensitive text
+(:func:`add_scrubber`), serialization and a testing kit (:mod:`runtime.testing`).
 
 It knows no application domain and imports nothing from ``actors``: a layer built on it
 subclasses its frames and actors (``actors`` is such a layer).
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from ._actor import Actor as Actor
 from ._actor import ActorRef as ActorRef
-from ._actor import ActorState as ActorState
 from ._asyncio import AsyncioBridge as AsyncioBridge
 from ._errors import ActorDeadError as ActorDeadError
 from ._errors import ActorError as ActorError
@@ -37,7 +36,9 @@ from ._frames import MetricsData as MetricsData
 from ._frames import MetricsFrame as MetricsFrame
 from ._frames import StartFrame as StartFrame
 from ._frames import SystemFrame as SystemFrame
+from ._lifecycle import ActorState as ActorState
 from ._mailbox import MailboxStatistics as MailboxStatistics
+from ._params import PipelineParams as PipelineParams
 from ._pipeline import ParallelPipeline as ParallelPipeline
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import Stage as Stage
@@ -46,14 +47,14 @@ from ._scrub import add_scrubber as add_scrubber
 from ._scrub import remove_scrubber as remove_scrubber
 from ._scrub import scrub as scrub
 from ._scrub import scrub_exception as scrub_exception
-from ._session import ActorSnapshot as ActorSnapshot
 from ._session import Session as Session
-from ._session import SessionSnapshot as SessionSnapshot
+from ._snapshot import ActorSnapshot as ActorSnapshot
+from ._snapshot import SessionSnapshot as SessionSnapshot
 from ._supervision import RestartPolicy as RestartPolicy
 from ._task import FrameListener as FrameListener
-from ._task import PipelineParams as PipelineParams
 from ._task import PipelineRunner as PipelineRunner
 from ._task import PipelineTask as PipelineTask
+from ._turn import current_turn as current_turn
 
 __all__ = [
     "Actor",
@@ -95,6 +96,7 @@ __all__ = [
     "StartFrame",
     "SystemFrame",
     "add_scrubber",
+    "current_turn",
     "remove_scrubber",
     "scrub",
     "scrub_exception",

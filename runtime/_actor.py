@@ -1,10 +1,11 @@
-"""Actors and references to them.
+"""The user-facing actor API: :class:`Actor` (what a stage subclasses) and :class:`ActorRef`.
 
-An :class:`Actor` is a stage: it owns its state, receives frames through a typed two-lane
-mailbox and sends frames to its neighbours with :meth:`Actor.push_frame`. Its supervisor task
-(in the session's nursery, see :mod:`runtime._session`) runs the data loop inside a nursery of
-the actor's own; system frames are served by a task started in that nursery when they arrive,
-which ends when the system lane is empty.
+An ``Actor`` holds the stage's own state and code: what it accepts, its handlers and hooks,
+and the calls it makes (push, create tasks, watch, companions). The machinery that runs it
+lives in the *cell* the session makes when the actor is spawned (:mod:`runtime._cell`): its
+mailbox, links, loops, cancel scopes and restart state. The actor reaches its cell only
+through :class:`ActorPort` and its session only through :class:`SessionView`, two protocols
+defined here, so this module imports neither (dependencies run session → cell → actor).
 
 ``Actor`` is deliberately a plain class rather than an attrs class: applications subclass it
 the way Pipecat users subclass ``FrameProcessor`` (``__init__`` calling ``super().__init__()``).
@@ -12,25 +13,27 @@ the way Pipecat users subclass ``FrameProcessor`` (``__init__`` calling ``super(
 
 from __future__ import annotations
 
-import enum
 import itertools
 import math
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, final
+from typing import Any, ClassVar, Generic, Protocol, final
 
 import attrs
-import outcome
 import structlog
 import trio
 from typing_extensions import TypeVar
 
-from ._errors import ActorDeadError, AskTimeoutError, FrameTypeError, SelfAskError
+from ._errors import (
+    ActorDeadError,
+    AskTimeoutError,
+    FrameTypeError,
+    SelfAskError,
+    SessionStateError,
+)
 from ._frames import (
     ActorStoppedFrame,
-    CancelFrame,
-    EndFrame,
     ErrorFrame,
     Frame,
     FrameDirection,
@@ -38,49 +41,176 @@ from ._frames import (
     InterruptionMarkerFrame,
     StartFrame,
     SystemFrame,
-    current_turn,
 )
-from ._mailbox import Item, Mailbox, MailboxStatistics, _Reply
+from ._lifecycle import TERMINAL, ActorState, Lifecycle
+from ._mailbox import Envelope, Mailbox, MailboxStatistics, Reply
+from ._params import PipelineParams
 from ._scrub import scrub, scrub_exception
+from ._snapshot import SessionSnapshot
+from ._supervision import RestartPolicy
+from ._turn import CURRENT_TURN
 
-if TYPE_CHECKING:
-    from ._session import Session
-    from ._supervision import RestartPolicy
-
-__all__ = ["Actor", "ActorRef", "ActorState"]
+__all__ = [
+    "CURRENT_ACTOR",
+    "Actor",
+    "ActorPort",
+    "ActorRef",
+    "PushGate",
+    "SessionView",
+    "accepts_type",
+    "bind",
+    "companions_of",
+    "notify_watchers",
+    "port_of",
+    "push_gate_of",
+    "set_push_gate",
+]
 
 T = TypeVar("T", bound=Frame, default=Frame)
-R = TypeVar("R")
 
 DOWNSTREAM = FrameDirection.DOWNSTREAM
 UPSTREAM = FrameDirection.UPSTREAM
 
 _names = itertools.count(1)
-_current_actor: ContextVar[Actor[Any] | None] = ContextVar("trouper_current_actor", default=None)
 
-#: Frames whose forwarding the runtime guarantees (they pass every actor exactly once).
-_LIFECYCLE = (StartFrame, EndFrame, CancelFrame, InterruptionFrame)
+#: The actor whose loop the running task serves (``None`` in its background tasks and outside
+#: any actor). Set by the cell; read to refuse self-asks and by the task's push gate.
+CURRENT_ACTOR: ContextVar[Actor[Any] | None] = ContextVar("trouper_current_actor", default=None)
 
 _logger = structlog.get_logger("trouper.runtime")
 
-#: Set by the :class:`~runtime.PipelineTask` that will run an actor, until the task is ready:
-#: decides whether a push from outside the session is held for the start (``True``), goes
-#: through now (``False``), or is refused (raises).
+#: Installed by the :class:`~runtime.PipelineTask` that will run an actor, until the task is
+#: ready: decides whether a push from outside the session is held for the start (``True``),
+#: goes through now (``False``), or is refused (raises).
 PushGate = Callable[["Actor[Any]", Frame, FrameDirection], bool]
 
-#: How many frames an actor handles back to back before letting other tasks run.
-_FAIRNESS_BATCH = 64
+
+class SessionView(Protocol):
+    """The session as its actors see it: what :class:`runtime.Session` offers them.
+
+    :attr:`Actor.session` is typed with this protocol (the session module depends on this
+    one, not the reverse); the object is the running :class:`runtime.Session`.
+    """
+
+    @property
+    def name(self) -> str:
+        """The session's name."""
+
+    @property
+    def turn(self) -> int:
+        """The current turn (raised by every interruption)."""
+
+    @property
+    def running(self) -> bool:
+        """Whether the session can still spawn actors."""
+
+    @property
+    def params(self) -> PipelineParams:
+        """The settings its ``StartFrame`` carries."""
+
+    @property
+    def mailbox_size(self) -> int:
+        """Default data-lane capacity of its actors."""
+
+    @property
+    def stop_timeout_secs(self) -> float:
+        """Bound on each actor's ``on_stop``."""
+
+    def spawn(self, actor: Actor[Any], *, start: bool = True) -> ActorRef[Any]:
+        """Start ``actor`` in the session."""
+
+    def link(
+        self, upstream: Actor[Any] | ActorRef[Any], downstream: Actor[Any] | ActorRef[Any]
+    ) -> None:
+        """Link two actors."""
+
+    def unlink(
+        self, upstream: Actor[Any] | ActorRef[Any], downstream: Actor[Any] | ActorRef[Any]
+    ) -> None:
+        """Remove a link."""
+
+    def insert_between(
+        self,
+        actor: Actor[Any],
+        upstream: Actor[Any] | ActorRef[Any],
+        downstream: Actor[Any] | ActorRef[Any],
+    ) -> ActorRef[Any]:
+        """Spawn ``actor`` into a link."""
+
+    async def remove(self, actor: Actor[Any] | ActorRef[Any]) -> None:
+        """Splice an actor out and stop it."""
+
+    def actors(self) -> list[ActorRef[Any]]:
+        """Every actor of the session."""
+
+    def get(self, name: str) -> ActorRef[Any]:
+        """The actor called ``name``."""
+
+    def interrupt(self, reason: str | None = None) -> InterruptionFrame:
+        """Start a new turn."""
+
+    def snapshot(self) -> SessionSnapshot:
+        """What the session is doing."""
+
+    def log_snapshot(self) -> SessionSnapshot:
+        """Take a snapshot and log it."""
 
 
-class ActorState(enum.Enum):
-    """Where an actor is in its life."""
+class ActorPort(Protocol):
+    """What an actor needs from the cell that runs it (implemented by ``runtime._cell.Cell``)."""
 
-    CREATED = "created"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    CRASHED = "crashed"
+    @property
+    def session(self) -> SessionView:
+        """The session the cell belongs to."""
+
+    @property
+    def mailbox(self) -> Mailbox:
+        """The actor's mailbox."""
+
+    @property
+    def start_frame(self) -> StartFrame | None:
+        """The ``StartFrame`` the actor started with."""
+
+    @property
+    def crash(self) -> BaseException | None:
+        """The actor's last crash, if any."""
+
+    def try_push(self, frame: Frame, direction: FrameDirection) -> Envelope | None:
+        """Send without waiting if possible; else the envelope to :meth:`deliver`."""
+
+    async def deliver(self, envelope: Envelope) -> None:
+        """Send ``envelope`` to the neighbours in its direction (may wait for room)."""
+
+    def envelope(self, frame: Frame, reply: Reply | None) -> Envelope:
+        """An envelope for a frame sent straight to the actor (stamped with the turn)."""
+
+    def tracking(self, frame: Frame) -> AbstractAsyncContextManager[None]:
+        """Within the block, count where ``frame`` is queued; leaving it normally waits
+        until it has been delivered."""
+
+    def create_task(
+        self,
+        fn: Callable[..., Awaitable[object]],
+        args: tuple[object, ...],
+        name: str,
+        interruptible: bool,
+    ) -> trio.CancelScope | None:
+        """Start a background task of the actor (``None`` if its loops do not run)."""
+
+    def add_interrupt_hook(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` when an interruption cancels the running handler."""
+
+    def discard_interrupt_hook(self, callback: Callable[[], object]) -> None:
+        """Forget a callback given to :meth:`add_interrupt_hook`."""
+
+    def turn_scope(self, turn: int | None) -> AbstractContextManager[trio.CancelScope]:
+        """A cancel scope that the interruption of ``turn`` cancels."""
+
+    def notify(self, frame: ActorStoppedFrame) -> None:
+        """Queue a notice on the actor's system lane (dropped if it has stopped)."""
+
+    def add_companion(self, actor: Actor[Any], stop_with_owner: bool) -> None:
+        """Spawn ``actor`` now as a companion of this one."""
 
 
 class Actor(Generic[T]):
@@ -126,34 +256,15 @@ class Actor(Generic[T]):
         self._name = name or f"{type(self).__name__}#{next(_names)}"
         self._mailbox_size = mailbox_size
         self.restart_policy = restart_policy
-        self._mailbox: Mailbox | None = None
-        self._session: Session | None = None
-        self._downstream: list[Actor[Any]] = []
-        self._upstream: list[Actor[Any]] = []
-        self._state = ActorState.CREATED
-        self._accept_cache: dict[type[Frame], bool] = {}
-        self._started = trio.Event()
-        # Made by the first wait_stopped() (few actors are waited for); set by _finish().
-        self._stopped: trio.Event | None = None
-        self._scope: trio.CancelScope | None = None
-        self._nursery: trio.Nursery | None = None
-        self._work_scope: trio.CancelScope | None = None
-        self._work_cancelled = False
-        self._busy: Frame | None = None
-        self._interrupt_hooks: list[Callable[[], object]] = []
-        self._lifecycle: Frame | None = None
-        self._sys_lifecycle: Frame | None = None
-        self._end_forwarded = False
-        self._relaying = False
+        self._life = Lifecycle(self._name)
+        # The cell running the actor, once it is spawned (see bind()).
+        self._cell: ActorPort | None = None
         self._gate: PushGate | None = None
+        self._accept_cache: dict[type[Frame], bool] = {}
+        # Its companions, (actor, stop_with_owner), in the order given; the one it belongs to.
+        self._companions: list[tuple[Actor[Any], bool]] = []
+        self._owner: Actor[Any] | None = None
         self._watchers: list[Actor[Any]] = []
-        self._background: set[trio.CancelScope] = set()
-        self._restarts = 0
-        self._dead_letters = 0
-        self._crash: BaseException | None = None
-        self.metrics_enabled = False
-        self.usage_metrics_enabled = False
-        self.report_only_initial_ttfb = False
 
     # ------------------------------------------------------------------ identity
 
@@ -165,7 +276,7 @@ class Actor(Generic[T]):
     @property
     def state(self) -> ActorState:
         """The actor's lifecycle state."""
-        return self._state
+        return self._life.state
 
     @property
     def ref(self) -> ActorRef[T]:
@@ -173,29 +284,50 @@ class Actor(Generic[T]):
         return ActorRef(self)
 
     @property
-    def session(self) -> Session:
-        """The session running this actor.
+    def mailbox_size(self) -> int | None:
+        """The data-lane capacity asked for at construction (``None``: the session's)."""
+        return self._mailbox_size
+
+    @property
+    def session(self) -> SessionView:
+        """The session running this actor (a :class:`runtime.Session`).
 
         Raises:
             SessionStateError: the actor has not been added to a running session.
         """
-        if self._session is None:
-            from ._errors import SessionStateError
+        return self._port().session
 
-            raise SessionStateError(
-                f"actor {self._name!r} is not running in a session: put it in a Pipeline run "
-                "by a PipelineTask, or spawn it with Session.spawn()"
-            )
-        return self._session
+    @property
+    def start_frame(self) -> StartFrame | None:
+        """The ``StartFrame`` the actor started with (``None`` until it has started).
+
+        Its ``params`` are the session's settings (the task's :class:`~runtime.PipelineParams`,
+        possibly a subclass). A restarted actor receives this same frame again.
+        """
+        cell = self._cell
+        return cell.start_frame if cell is not None else None
 
     @property
     def log(self) -> Any:
         """A structlog logger bound to this actor's session, name and current turn."""
-        session = self._session.name if self._session is not None else None
-        return _logger.bind(session=session, actor=self._name, turn=current_turn.get())
+        cell = self._cell
+        session = cell.session.name if cell is not None else None
+        return _logger.bind(session=session, actor=self._name, turn=CURRENT_TURN.get())
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._name!r} {self._state.value}>"
+        return f"<{type(self).__name__} {self._name!r} {self._life.state.value}>"
+
+    def _port(self) -> ActorPort:
+        cell = self._cell
+        if cell is None:
+            raise self._not_running()
+        return cell
+
+    def _not_running(self) -> SessionStateError:
+        return SessionStateError(
+            f"actor {self._name!r} is not running in a session: put it in a Pipeline run by a "
+            "PipelineTask, or spawn it with Session.spawn()"
+        )
 
     # ------------------------------------------------------------------ hooks
 
@@ -220,17 +352,11 @@ class Actor(Generic[T]):
 
     def accepts_frame(self, frame: Frame) -> bool:
         """Whether ``frame`` reaches :meth:`process_frame` (its type is in :attr:`accepts`)."""
-        return self._accepts_type(type(frame))
-
-    def _accepts_type(self, cls: type[Frame]) -> bool:
+        cls = type(frame)
         try:
             return self._accept_cache[cls]
         except KeyError:
-            ok = issubclass(cls, self.accepts)
-            if ok and issubclass(cls, InterruptionMarkerFrame):
-                # The runtime's own bookkeeping: only for actors that ask for it by name.
-                ok = any(issubclass(a, InterruptionMarkerFrame) for a in self.accepts)
-            self._accept_cache[cls] = ok
+            ok = self._accept_cache[cls] = accepts_type(self.accepts, cls)
             return ok
 
     def _check_accepts(self, frame: Frame) -> None:
@@ -238,7 +364,7 @@ class Actor(Generic[T]):
             raise FrameTypeError(
                 f"actor {self._name!r} only takes frames; got {type(frame).__name__}"
             )
-        if not self._accepts_type(type(frame)):
+        if not self.accepts_frame(frame):
             wanted = ", ".join(c.__name__ for c in self.accepts)
             raise FrameTypeError(
                 f"actor {self._name!r} ({type(self).__name__}) does not accept "
@@ -263,27 +389,12 @@ class Actor(Generic[T]):
         gate = self._gate
         if gate is not None and gate(self, frame, direction):
             return  # held by the task that will run this actor, delivered once it has started
-        session = self._session
-        if session is None:
+        cell = self._cell
+        if cell is None:
             raise self._not_running()
-        if frame is self._lifecycle or frame is self._sys_lifecycle:
-            # A Pipecat habit: forwarding the lifecycle frame being handled. The runtime
-            # forwards it itself, so this push would duplicate it.
-            return
-        turn = frame.turn
-        if type(frame) is InterruptionFrame:
-            session._apply_interruption(frame)
-            # The interruption opens the new turn: stages handle it (and push) in that turn.
-            turn = session.turn
-        elif turn is None:
-            turn = session.turn
-        item = (frame, direction, turn, None)
-        targets = self._upstream if direction is UPSTREAM else self._downstream
-        if len(targets) == 1 and not isinstance(frame, SystemFrame):
-            mailbox = targets[0]._mailbox
-            if mailbox is not None and not mailbox.closed and mailbox.try_put_data(item):
-                return
-        await self._deliver(item)
+        envelope = cell.try_push(frame, direction)
+        if envelope is not None:
+            await cell.deliver(envelope)
 
     async def push_error(
         self,
@@ -306,80 +417,16 @@ class Actor(Generic[T]):
         imported, no secret registered in the process, and nothing shaped like a credential,
         travels in the frame).
         """
-        session = self._session
-        if session is None:
-            raise self._not_running()
+        cell = self._port()
         error = scrub(error)
         if exception is not None:
             exception = scrub_exception(exception)
-        self.log.warning("error", error=error, category=str(category), fatal=fatal)
         frame = ErrorFrame(
             error, fatal=fatal, exception=exception, category=category, source=self._name
         )
-        delivery = session._track_delivery(frame)
-        try:
+        self.log.warning("error", error=error, category=frame.category, fatal=fatal)
+        async with cell.tracking(frame):
             await self.push_frame(frame, UPSTREAM)
-            if delivery.count:
-                await delivery.done.wait()
-        finally:
-            session._untrack_delivery(frame)
-
-    async def _deliver(self, item: Item) -> None:
-        upstream = item[1] is UPSTREAM
-        targets = self._upstream if upstream else self._downstream
-        system = isinstance(item[0], SystemFrame)
-        # A frame whose delivery its sender awaits (push_error) counts the lanes it is queued in.
-        tracked = None
-        if system:
-            session = self._session
-            if session is not None and session._in_flight:
-                tracked = session._in_flight.get(item[0].id)
-        for target in targets:
-            mailbox = target._mailbox
-            if mailbox is None or mailbox.closed:
-                if upstream and target._state is ActorState.STOPPED and not target._relaying:
-                    # A stage that has ended passes frames still travelling upstream on as
-                    # if they went through it: an error reported while the pipeline drains
-                    # after an EndFrame must still reach the input end.
-                    target._relaying = True
-                    try:
-                        await target._forward(item)
-                    finally:
-                        target._relaying = False
-                else:
-                    self._dead_letters += 1
-                continue
-            if system:
-                mailbox.put_system(item)
-                if tracked is not None:
-                    tracked.count += 1
-            elif not mailbox.try_put_data(item):
-                try:
-                    await mailbox.put_data(item)
-                except ActorDeadError:
-                    self._dead_letters += 1
-
-    async def _forward(self, item: Item) -> None:
-        """Pass an item on unchanged (pass-through and lifecycle frames)."""
-        if type(item[0]) is EndFrame:
-            self._end_forwarded = True
-        direction = item[1]
-        if direction is None:
-            return
-        targets = self._upstream if direction is UPSTREAM else self._downstream
-        if len(targets) == 1 and not isinstance(item[0], SystemFrame):
-            mailbox = targets[0]._mailbox
-            if mailbox is not None and not mailbox.closed and mailbox.try_put_data(item):
-                return
-        await self._deliver(item)
-
-    def _not_running(self) -> Exception:
-        from ._errors import SessionStateError
-
-        return SessionStateError(
-            f"actor {self._name!r} is not running in a session: put it in a Pipeline run by a "
-            "PipelineTask, or spawn it with Session.spawn()"
-        )
 
     # ------------------------------------------------------------------ background work
 
@@ -397,26 +444,10 @@ class Actor(Generic[T]):
         when the actor stops. An exception from ``fn`` is handled like one from a handler
         (restart policy or escalation).
         """
-        if self._nursery is None:
+        task_name = name or f"{self._name}:{getattr(fn, '__name__', 'task')}"
+        scope = self._port().create_task(fn, args, task_name, interruptible)
+        if scope is None:
             raise self._not_running()
-        scope = trio.CancelScope()
-        session = self.session
-        self._background.add(scope)
-        if interruptible:
-            session._turn_scopes.add(scope)
-
-        async def runner() -> None:
-            _current_actor.set(None)
-            try:
-                with scope:
-                    await fn(*args)
-            finally:
-                self._background.discard(scope)
-                session._turn_scopes.discard(scope)
-
-        self._nursery.start_soon(
-            runner, name=name or f"{self._name}:{getattr(fn, '__name__', 'task')}"
-        )
         return scope
 
     @contextmanager
@@ -435,29 +466,15 @@ class Actor(Generic[T]):
         Outside a handler of an interruptible frame the callback is never called (nothing
         there is cancelled by an interruption).
         """
-        hooks = self._interrupt_hooks
-        hooks.append(callback)
+        cell = self._port()
+        cell.add_interrupt_hook(callback)
         try:
             yield
         finally:
-            # The interruption may have run it (and replaced the list) already.
-            if callback in self._interrupt_hooks:
-                self._interrupt_hooks.remove(callback)
+            # The interruption may have run it (and forgotten it) already.
+            cell.discard_interrupt_hook(callback)
 
-    def _run_interrupt_hooks(self) -> None:
-        hooks, self._interrupt_hooks = self._interrupt_hooks, []
-        for hook in hooks:
-            try:
-                hook()
-            except Exception as exc:
-                _logger.warning(
-                    "on_interruption callback raised",
-                    actor=self._name,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
-
-    @contextmanager
-    def turn_scope(self, turn: int | None = None) -> Iterator[trio.CancelScope]:
+    def turn_scope(self, turn: int | None = None) -> AbstractContextManager[trio.CancelScope]:
         """A cancel scope tied to a turn: the next interruption of that turn cancels it.
 
         Use it for work that belongs to a turn but does not run inside a handler (a tool call,
@@ -469,21 +486,7 @@ class Actor(Generic[T]):
                 handled, else the session's current turn). If that turn was already
                 interrupted, the scope is cancelled at once.
         """
-        session = self.session
-        if turn is None:
-            turn = current_turn.get()
-            if turn is None:
-                turn = session.turn
-        scope = trio.CancelScope()
-        if turn < session.turn:
-            scope.cancel()
-        else:
-            session._turn_scopes.add(scope)
-        try:
-            with scope:
-                yield scope
-        finally:
-            session._turn_scopes.discard(scope)
+        return self._port().turn_scope(turn)
 
     # ------------------------------------------------------------------ watching
 
@@ -493,264 +496,124 @@ class Actor(Generic[T]):
         Idempotent; if ``other`` has already stopped the frame is delivered at once. Accept
         ``ActorStoppedFrame`` in :attr:`accepts` to see it.
         """
-        target = other._actor if isinstance(other, ActorRef) else other
-        if target._state in (ActorState.STOPPED, ActorState.CRASHED):
-            self._notify_stopped(target)
+        target = other.actor if isinstance(other, ActorRef) else other
+        if target._life.state in TERMINAL:
+            cell = self._cell
+            if cell is not None:
+                cell.notify(_stopped_frame(target))
         elif self not in target._watchers:
             target._watchers.append(self)
 
-    def _notify_stopped(self, dead: Actor[Any]) -> None:
-        mailbox = self._mailbox
-        if mailbox is None or mailbox.closed:
+    # ------------------------------------------------------------------ companions
+
+    def add_companion(self, actor: Actor[Any], *, stop_with_owner: bool = True) -> None:
+        """Make ``actor`` a companion of this one: a helper that runs beside it.
+
+        A companion is spawned in this actor's session when this actor is spawned (or at once
+        if it already runs), starts with this actor's ``StartFrame``, and has no links of its
+        own: what it pushes goes to this actor's neighbours of the moment (downstream to its
+        downstream neighbours, upstream to its upstream ones, following any relinking). It
+        stops when this actor stops, after it (with ``stop_with_owner=False``: when the
+        session closes). Interruptions treat it like any actor; snapshots list it with
+        ``companion_of``. Call it in ``__init__`` (usual) or later.
+
+        Raises:
+            ValueError: ``actor`` is this actor, or already belongs to another one.
+            SessionStateError: ``actor`` was already spawned, or this actor has stopped.
+        """
+        if actor is self:
+            raise ValueError(f"actor {self._name!r} cannot be its own companion")
+        if actor._owner is self:
             return
-        crashed = dead._state is ActorState.CRASHED
-        error = dead._crash
-        frame = ActorStoppedFrame(
-            dead._name,
-            "crashed" if crashed else "stopped",
-            f"{type(error).__name__}: {error}" if error is not None else None,
-        )
-        mailbox.put_system((frame, None, frame.turn or 0, None))
-
-    # ------------------------------------------------------------------ loops (runtime)
-
-    def _attach(self, session: Session) -> None:
-        if self._session is not None and self._session is not session:
+        if actor._owner is not None:
             raise ValueError(
-                f"actor {self._name!r} already belongs to session {self._session.name!r}"
+                f"actor {actor.name!r} is a companion of {actor._owner.name!r} already"
             )
-        self._session = session
-        if self._mailbox is None:
-            self._mailbox = self._make_mailbox(self._mailbox_size or session.mailbox_size)
-
-    def _make_mailbox(self, capacity: int) -> Mailbox:
-        return Mailbox(capacity, self._name)
-
-    def _serve_system_soon(self) -> bool:
-        """Start the task that serves the system lane; ``False`` if the actor's nursery does
-        not take tasks now (the frame then waits for the next one)."""
-        nursery = self._nursery
-        if nursery is None:
-            return False
-        try:
-            nursery.start_soon(self._serve_system, name=f"{self._name}:system")
-        except RuntimeError:  # the nursery is closing
-            return False
-        return True
-
-    async def _serve_system(self) -> None:
-        """Serve the system lane until it is empty, then end: system frames are rare, so the
-        task exists only while there are some (it runs beside the data loop, as before)."""
-        mailbox = self._mailbox
-        session = self._session
-        assert mailbox is not None
-        assert session is not None
-        _current_actor.set(self)
-        try:
-            while mailbox._system:
-                item = mailbox.get_system_nowait()
-                try:
-                    frame = item[0]
-                    if item[3] is not None:
-                        await self._answer(item)
-                        continue
-                    cls = type(frame)
-                    if cls is StartFrame:
-                        await self._start(frame)  # type: ignore[arg-type]
-                    accepted = self._accepts_type(cls)
-                    if accepted:
-                        reset_token = current_turn.set(item[2])
-                        self._sys_lifecycle = frame if cls in _LIFECYCLE else None
-                        try:
-                            await self.process_frame(frame, item[1] or DOWNSTREAM)
-                        finally:
-                            self._sys_lifecycle = None
-                            current_turn.reset(reset_token)
-                    if not accepted or cls in _LIFECYCLE:
-                        await self._forward(item)
-                    if cls is CancelFrame:
-                        await self._stop()
-                        return
-                finally:
-                    if session._in_flight and item[1] is not None:
-                        # Handled here: passed on (counted again there), or taken.
-                        session._delivery_step(item[0])
-        finally:
-            # No checkpoint between the last emptiness check and this: a frame put after it
-            # starts a new task.
-            mailbox._system_serving = False
-
-    async def _data_loop(self) -> None:
-        mailbox = self._mailbox
-        session = self._session
-        assert mailbox is not None
-        assert session is not None
-        await self._started.wait()
-        accept_cache = self._accept_cache
-        data = mailbox._data
-        batch = 0
-        last_turn: int | None = None
-        while True:
-            with trio.CancelScope() as scope:
-                self._work_scope = scope
-                self._work_cancelled = False
-                while True:
-                    if self._work_cancelled:
-                        # An interruption landed after the last handler's last checkpoint:
-                        # serve the next frame in a fresh scope, or its handler would be
-                        # cancelled in its place.
-                        break
-                    if batch >= _FAIRNESS_BATCH:
-                        batch = 0
-                        await trio.lowlevel.checkpoint()
-                    if data:
-                        item = data.popleft()
-                        mailbox.delivered += 1
-                        if mailbox._send_waiting:
-                            mailbox._wake_sender()
-                        batch += 1
-                    else:
-                        item = await mailbox.get_data()
-                        batch = 0
-                    frame = item[0]
-                    if item[3] is not None:
-                        await self._answer(item)
-                        continue
-                    if frame.interruptible and item[2] < session.turn:
-                        mailbox.count_stale()
-                        continue
-                    cls = type(frame)
-                    ok = accept_cache.get(cls)
-                    if ok is None:
-                        ok = self._accepts_type(cls)
-                    if not ok:
-                        await self._forward(item)
-                    else:
-                        turn = item[2] if frame.interruptible else session.turn
-                        if turn != last_turn:
-                            # This task's own context variables: no reset between frames.
-                            current_turn.set(turn)
-                            last_turn = turn
-                        self._busy = frame
-                        if cls is EndFrame:
-                            self._lifecycle = frame
-                        try:
-                            await self.process_frame(frame, item[1] or DOWNSTREAM)
-                        finally:
-                            self._busy = None
-                            self._lifecycle = None
-                        if cls is EndFrame:
-                            await self._forward(item)
-                    if cls is EndFrame and self._end_forwarded:
-                        current_turn.set(None)
-                        await self._stop()
-                        return
-            if scope.cancelled_caught:
-                # Interrupted mid-handler: the frame is abandoned, serve the next one.
-                self._work_scope = None
-
-    async def _answer(self, item: Item) -> None:
-        reply = item[3]
-        assert reply is not None
-        reset_token = current_turn.set(item[2])
-        try:
-            value = await self.on_ask(item[0])
-        except Exception as exc:
-            reply.set(outcome.Error(exc))
-        except BaseException:
-            # Cancelled: the actor stops (or crashed) before it could answer. Tell the asker
-            # now rather than let it wait for a reply that cannot come.
-            reply.set(
-                outcome.Error(
-                    ActorDeadError(
-                        f"actor {self._name!r} stopped before it answered {type(item[0]).__name__}"
-                    )
-                )
+        if actor._cell is not None or actor._life.state is not ActorState.CREATED:
+            raise SessionStateError(
+                f"actor {actor.name!r} was already spawned; a companion is spawned by its owner"
             )
-            raise
-        else:
-            reply.set(outcome.Value(value))
-        finally:
-            current_turn.reset(reset_token)
-
-    async def _start(self, frame: StartFrame) -> None:
-        if self._started.is_set():
-            return
-        self.metrics_enabled = frame.enable_metrics
-        self.usage_metrics_enabled = frame.enable_usage_metrics
-        self.report_only_initial_ttfb = frame.report_only_initial_ttfb
-        self._state = ActorState.STARTING
-        await self.on_start()
-        self._state = ActorState.RUNNING
-        self._started.set()
-        self.session._log.debug("actor started", actor=self._name)
-
-    async def _stop(self, *, crashed: bool = False) -> None:
-        """Stop for good: ``on_stop`` (shielded, time-boxed), close the mailbox, end the loops."""
-        if self._state in (ActorState.STOPPING, ActorState.STOPPED, ActorState.CRASHED):
-            return
-        self._state = ActorState.STOPPING
-        session = self._session
-        timeout = session.stop_timeout_secs if session is not None else 5.0
-        with trio.move_on_after(timeout, shield=True) as cs:
-            try:
-                await self.on_stop()
-            except Exception as exc:
-                _logger.warning(
-                    "on_stop raised", actor=self._name, error=f"{type(exc).__name__}: {exc}"
-                )
-        if cs.cancelled_caught:
-            _logger.warning("on_stop timed out", actor=self._name, timeout_secs=timeout)
-        upstream = self._finish(crashed=crashed, keep_upstream=True)
-        if upstream:
-            # Frames travelling upstream (errors) that were queued here when the actor stopped
-            # are passed on, as a stopped actor passes on those that arrive later: an error
-            # reported while the pipeline drains still reaches the input end.
-            with trio.move_on_after(timeout, shield=True):
-                self._relaying = True
-                try:
-                    for item in upstream:
-                        try:
-                            await self._forward(item)
-                        finally:
-                            if session is not None and session._in_flight:
-                                session._delivery_step(item[0])
-                finally:
-                    self._relaying = False
-
-    def _finish(self, *, crashed: bool, keep_upstream: bool = False) -> list[Item]:
-        """Mark the actor stopped, close its mailbox, end its loops. With ``keep_upstream``,
-        the frames travelling upstream still queued are returned (to be passed on) instead
-        of dropped."""
-        self._state = ActorState.CRASHED if crashed else ActorState.STOPPED
-        mailbox = self._mailbox
-        left = mailbox.close() if mailbox is not None else []
-        session = self._session
-        upstream: list[Item] = []
-        for item in left:
-            if item[3] is not None:
-                item[3].set(outcome.Error(ActorDeadError(f"actor {self._name!r} has stopped")))
-            elif keep_upstream and item[1] is UPSTREAM:
-                upstream.append(item)
-            elif session is not None and session._in_flight and item[1] is not None:
-                session._delivery_step(item[0])  # it goes no further
-        if self._scope is not None:
-            self._scope.cancel()
-        if self._stopped is not None:
-            self._stopped.set()
-        for watcher in self._watchers:
-            watcher._notify_stopped(self)
-        if self._session is not None:
-            self._session._log.debug(
-                "actor stopped",
-                actor=self._name,
-                state=self._state.value,
-                unprocessed=len(left) - len(upstream),
+        cell = self._cell
+        if cell is not None and self._life.state in TERMINAL:
+            raise SessionStateError(
+                f"actor {self._name!r} has stopped; it takes no companion {actor.name!r}"
             )
-        return upstream
+        actor._owner = self
+        self._companions.append((actor, stop_with_owner))
+        if cell is not None:
+            cell.add_companion(actor, stop_with_owner)
 
-    def _statistics(self) -> MailboxStatistics | None:
-        return self._mailbox.statistics() if self._mailbox is not None else None
+
+def _stopped_frame(dead: Actor[Any]) -> ActorStoppedFrame:
+    crashed = dead._life.state is ActorState.CRASHED
+    error = dead._cell.crash if dead._cell is not None else None
+    return ActorStoppedFrame(
+        dead._name,
+        "crashed" if crashed else "stopped",
+        f"{type(error).__name__}: {error}" if error is not None else None,
+    )
+
+
+def accepts_type(accepts: tuple[type[Frame], ...], cls: type[Frame]) -> bool:
+    """Whether a frame of type ``cls`` reaches a handler that lists ``accepts``.
+
+    An :class:`~runtime.InterruptionMarkerFrame` (the runtime's own bookkeeping) only reaches
+    handlers that name it (or a subclass) explicitly.
+    """
+    ok = issubclass(cls, accepts)
+    if ok and issubclass(cls, InterruptionMarkerFrame):
+        ok = any(issubclass(a, InterruptionMarkerFrame) for a in accepts)
+    return ok
+
+
+# ---------------------------------------------------------------------- the runtime's way in
+#
+# The cell, the session and the task reach an actor only through these functions (and the
+# actor's public API): they are the one place that knows the actor's runtime attributes.
+
+
+def bind(actor: Actor[Any], port: ActorPort) -> Lifecycle:
+    """Attach ``actor`` to the cell that runs it; returns the actor's lifecycle for the cell
+    to drive.
+
+    Raises:
+        SessionStateError: the actor was spawned before (an actor runs in one session, once).
+    """
+    if actor._cell is not None or actor._life.state is not ActorState.CREATED:
+        raise SessionStateError(f"actor {actor.name!r} was already started once")
+    actor._cell = port
+    return actor._life
+
+
+def port_of(actor: Actor[Any]) -> ActorPort | None:
+    """The cell running ``actor``, if it was spawned."""
+    return actor._cell
+
+
+def set_push_gate(actor: Actor[Any], gate: PushGate | None) -> None:
+    """Install (or remove) the gate :meth:`Actor.push_frame` consults first."""
+    actor._gate = gate
+
+
+def push_gate_of(actor: Actor[Any]) -> PushGate | None:
+    """The gate installed on ``actor``, if any."""
+    return actor._gate
+
+
+def companions_of(actor: Actor[Any]) -> list[tuple[Actor[Any], bool]]:
+    """The companions given to ``actor`` with :meth:`Actor.add_companion`, with their
+    ``stop_with_owner``."""
+    return list(actor._companions)
+
+
+def notify_watchers(actor: Actor[Any]) -> None:
+    """Tell the actors watching ``actor`` (which has just stopped or crashed for good) with
+    an :class:`ActorStoppedFrame`."""
+    frame = _stopped_frame(actor)
+    for watcher in actor._watchers:
+        cell = watcher._cell
+        if cell is not None:
+            cell.notify(frame)
 
 
 @final
@@ -776,21 +639,19 @@ class ActorRef(Generic[T]):
 
     def is_alive(self) -> bool:
         """Whether the actor still takes frames."""
-        mailbox = self._actor._mailbox
-        return mailbox is not None and not mailbox.closed and self._actor._session is not None
+        cell = port_of(self._actor)
+        return cell is not None and not cell.mailbox.closed
 
     def __repr__(self) -> str:
         return f"ActorRef({self._actor.name!r})"
 
-    def _item(self, frame: Frame, reply: _Reply | None) -> tuple[Mailbox, Item]:
+    def _envelope(self, frame: Frame, reply: Reply | None) -> tuple[Mailbox, Envelope]:
         actor = self._actor
         actor._check_accepts(frame)
-        mailbox = actor._mailbox
-        session = actor._session
-        if mailbox is None or session is None or mailbox.closed:
+        cell = port_of(actor)
+        if cell is None or cell.mailbox.closed:
             raise ActorDeadError(f"actor {actor.name!r} is not running")
-        turn = frame.turn if frame.turn is not None else session.turn
-        return mailbox, (frame, None, turn, reply)
+        return cell.mailbox, cell.envelope(frame, reply)
 
     async def send(self, frame: T) -> None:
         """Send ``frame`` straight to the actor (not through its links).
@@ -801,11 +662,11 @@ class ActorRef(Generic[T]):
             FrameTypeError: the actor does not accept this frame type.
             ActorDeadError: the actor has stopped.
         """
-        mailbox, item = self._item(frame, None)
+        mailbox, envelope = self._envelope(frame, None)
         if isinstance(frame, SystemFrame):
-            mailbox.put_system(item)
-        elif not mailbox.try_put_data(item):
-            await mailbox.put_data(item)
+            mailbox.put_system(envelope)
+        elif not mailbox.try_put_data(envelope):
+            await mailbox.put_data(envelope)
         await trio.lowlevel.checkpoint()
 
     def send_nowait(self, frame: T) -> None:
@@ -816,10 +677,10 @@ class ActorRef(Generic[T]):
             FrameTypeError: the actor does not accept this frame type.
             ActorDeadError: the actor has stopped.
         """
-        mailbox, item = self._item(frame, None)
+        mailbox, envelope = self._envelope(frame, None)
         if isinstance(frame, SystemFrame):
-            mailbox.put_system(item)
-        elif not mailbox.try_put_data(item):
+            mailbox.put_system(envelope)
+        elif not mailbox.try_put_data(envelope):
             raise trio.WouldBlock
 
     def tell(self, frame: T) -> None:
@@ -832,11 +693,11 @@ class ActorRef(Generic[T]):
             FrameTypeError: the actor does not accept this frame type.
             ActorDeadError: the actor has stopped.
         """
-        mailbox, item = self._item(frame, None)
+        mailbox, envelope = self._envelope(frame, None)
         if isinstance(frame, SystemFrame):
-            mailbox.put_system(item)
+            mailbox.put_system(envelope)
         else:
-            mailbox.put_data_unbounded(item)
+            mailbox.put_data_unbounded(envelope)
 
     async def ask(self, frame: T, *, timeout: float | None = 5.0) -> Any:  # noqa: ASYNC109
         """Send ``frame`` and wait for the actor's :meth:`Actor.on_ask` reply.
@@ -856,20 +717,20 @@ class ActorRef(Generic[T]):
             FrameTypeError: the actor does not accept this frame type.
             Exception: whatever ``on_ask`` raised.
         """
-        if _current_actor.get() is self._actor:
+        if CURRENT_ACTOR.get() is self._actor:
             raise SelfAskError(
                 f"actor {self._actor.name!r} asked itself; it would wait on its own mailbox "
                 "forever (call the method directly, or use create_task)"
             )
-        reply = _Reply()
-        mailbox, item = self._item(frame, reply)
+        reply = Reply()
+        mailbox, envelope = self._envelope(frame, reply)
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         with trio.move_on_at(deadline):
             # The deadline also bounds the wait for room in a full data lane.
             if isinstance(frame, SystemFrame):
-                mailbox.put_system(item)
-            elif not mailbox.try_put_data(item):
-                await mailbox.put_data(item)
+                mailbox.put_system(envelope)
+            elif not mailbox.try_put_data(envelope):
+                await mailbox.put_data(envelope)
             await reply.event.wait()
         if reply.result is None:
             raise AskTimeoutError(
@@ -880,25 +741,11 @@ class ActorRef(Generic[T]):
 
     def statistics(self) -> MailboxStatistics:
         """The actor's mailbox statistics."""
-        stats = self._actor._statistics()
-        if stats is None:
+        cell = port_of(self._actor)
+        if cell is None:
             raise ActorDeadError(f"actor {self._actor.name!r} has no mailbox yet")
-        return stats
+        return cell.mailbox.statistics()
 
     async def wait_stopped(self) -> None:
         """Wait until the actor has stopped (or crashed for good)."""
-        actor = self._actor
-        if actor._state in (ActorState.STOPPED, ActorState.CRASHED):
-            await trio.lowlevel.checkpoint()
-            return
-        if actor._stopped is None:
-            actor._stopped = trio.Event()
-        await actor._stopped.wait()
-
-
-def iter_actors(actors: Iterable[Actor[Any]]) -> list[Actor[Any]]:
-    """Deduplicated list, order kept."""
-    seen: dict[int, Actor[Any]] = {}
-    for actor in actors:
-        seen.setdefault(id(actor), actor)
-    return list(seen.values())
+        await self._actor._life.wait_for(TERMINAL)

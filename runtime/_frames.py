@@ -26,11 +26,13 @@ import enum
 import itertools
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any
 
 import attrs
+
+from ._params import PipelineParams
+from ._turn import CURRENT_TURN
 
 __all__ = [
     "ActorStoppedFrame",
@@ -50,9 +52,6 @@ __all__ = [
 ]
 
 _ids = itertools.count(1)
-
-#: The turn of the frame the current task is handling (set by the actor loops).
-current_turn: ContextVar[int | None] = ContextVar("trouper_current_turn", default=None)
 
 #: attrs field metadata marking a field that :mod:`runtime.serialization` leaves out (public
 #: there as ``NOT_SERIALIZED``); a deserialized frame gets the field's default instead.
@@ -93,7 +92,7 @@ class Frame:
 
     id: int = attrs.field(factory=_ids.__next__, kw_only=True, eq=False)
     created_at: float = attrs.field(factory=time.time, kw_only=True, eq=False, repr=False)
-    turn: int | None = attrs.field(factory=current_turn.get, kw_only=True, eq=False)
+    turn: int | None = attrs.field(factory=CURRENT_TURN.get, kw_only=True, eq=False)
     interruptible: bool = attrs.field(default=True, kw_only=True, eq=False, repr=False)
 
     @property
@@ -124,15 +123,16 @@ class ControlFrame(Frame):
 class StartFrame(SystemFrame):
     """First frame through every actor: the runtime calls ``on_start`` when it arrives.
 
+    An actor keeps the ``StartFrame`` it started with (:attr:`~runtime.Actor.start_frame`);
+    a restarted actor receives that same frame again.
+
     Args:
-        enable_metrics: Whether stages should emit timing metrics (TTFB, processing time).
-        enable_usage_metrics: Whether stages should emit usage metrics (tokens).
-        report_only_initial_ttfb: Only the first TTFB of the session is reported.
+        params: The settings of the session, opaque to the runtime: the task's
+            :class:`~runtime.PipelineParams` (or a subclass of it carrying settings of the
+            stages).
     """
 
-    enable_metrics: bool = False
-    enable_usage_metrics: bool = False
-    report_only_initial_ttfb: bool = False
+    params: PipelineParams = attrs.field(factory=PipelineParams)
 
 
 @attrs.frozen(slots=True)

@@ -1,4 +1,4 @@
-"""Typed two-lane mailboxes.
+"""Typed two-lane mailboxes and the :class:`Envelope` a frame travels in.
 
 A mailbox has a **system lane** (unbounded, never blocks the sender, served first by its own
 task) and an ordered **data lane** (bounded: a downstream sender waits while it is full, which
@@ -6,8 +6,12 @@ is how a slow consumer slows its producer). Upstream data is never made to wait,
 downstream/upstream pair of edges between two actors can never deadlock (every cycle in a
 topology has a non-blocking edge).
 
-Items are ``(frame, direction, turn, reply)`` tuples; the turn is the one the frame was
-stamped with when it entered the session, ``reply`` is an :class:`_Reply` for asks.
+Each lane has one consumer. The data lane's consumer takes envelopes with :meth:`take_data`
+and, when it is empty, waits in :meth:`get_data`. The system lane is served by a task that
+exists only while there are system frames: the mailbox calls the ``starter`` given to
+:meth:`serve_system_with` when a frame arrives and no task is serving, and the task takes
+frames with :meth:`take_system` until that returns ``None`` (which ends the service: the next
+frame starts a new task).
 """
 
 from __future__ import annotations
@@ -15,40 +19,51 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import attrs
 import outcome
 import trio
 
 from ._errors import ActorDeadError
-from ._frames import FrameDirection
+from ._frames import Frame, FrameDirection
 
-if TYPE_CHECKING:
-    from ._frames import Frame
+__all__ = ["Envelope", "Mailbox", "MailboxStatistics", "Reply"]
 
-__all__ = ["Mailbox", "MailboxStatistics"]
-
-Item = tuple["Frame", "FrameDirection | None", int, "_Reply | None"]
-
-
-class _SystemServer(Protocol):
-    """What a mailbox needs of its actor: start a task serving the system lane."""
-
-    def _serve_system_soon(self) -> bool: ...
+_UPSTREAM = FrameDirection.UPSTREAM
 
 
 @attrs.define(eq=False)
-class _Reply:
+class Reply:
     """The reply slot of one ask: set once, read by the asker."""
 
     event: trio.Event = attrs.Factory(trio.Event)
     result: outcome.Outcome[Any] | None = None
 
     def set(self, result: outcome.Outcome[Any]) -> None:
+        """Store the answer (the first one wins) and wake the asker."""
         if self.result is None:
             self.result = result
             self.event.set()
+
+
+@attrs.define(eq=False, weakref_slot=False)
+class Envelope:
+    """A frame on its way through a mailbox. Never changed once made (so it can be passed on
+    as it is: a stage that forwards the frame it handles re-sends its envelope).
+
+    Args:
+        frame: The frame.
+        direction: Which way it travels; ``None`` for a frame sent straight to the actor
+            (``ActorRef.send``, a ``StartFrame`` given to one actor): handled, not passed on.
+        turn: The turn it was stamped with when it entered the session (or was pushed).
+        reply: The reply slot of an ask, else ``None``.
+    """
+
+    frame: Frame
+    direction: FrameDirection | None
+    turn: int
+    reply: Reply | None = None
 
 
 @attrs.frozen
@@ -78,61 +93,99 @@ class MailboxStatistics:
 
 @attrs.define(eq=False)
 class Mailbox:
-    """Two-lane mailbox of one actor (see the module docs)."""
+    """Two-lane mailbox of one actor (see the module docs).
+
+    Args:
+        capacity: Bound of the data lane for downstream senders.
+        owner: Name of the actor (for error messages).
+    """
 
     capacity: int
     owner: str
-    _system: deque[Item] = attrs.field(factory=deque, init=False)
-    _data: deque[Item] = attrs.field(factory=deque, init=False)
-    # The system lane is served by a task started when a frame arrives and none is serving:
-    # ``server`` is the running actor (its ``_serve_system_soon()`` says whether it started
-    # one). A reference, not a bound method: one object less per actor.
-    server: _SystemServer | None = attrs.field(default=None, init=False)
+    _system: deque[Envelope] = attrs.field(factory=deque, init=False)
+    _data: deque[Envelope] = attrs.field(factory=deque, init=False)
+    # Starts a task serving the system lane; returns whether it did (``None``: not running).
+    _starter: Callable[[], bool] | None = attrs.field(default=None, init=False)
     _system_serving: bool = attrs.field(default=False, init=False)
-    # The data lane has one consumer (the actor's data loop): the task waiting on it, woken
-    # directly (no parking lot: a wake-up per frame is the common case).
+    # The data lane has one consumer: the task waiting on it, woken directly (no parking lot:
+    # a wake-up per frame is the common case).
     _data_task: trio.lowlevel.Task | None = attrs.field(default=None, init=False)
     # Senders waiting for room; made when the first one has to wait (most lanes never fill).
     _send_lot: trio.lowlevel.ParkingLot | None = attrs.field(default=None, init=False)
     # Waiting senders, counted by hand: cheaper than asking the parking lot on every frame.
     _send_waiting: int = attrs.field(default=0, init=False)
     _peak: int = attrs.field(default=0, init=False)
-    delivered: int = attrs.field(default=0, init=False)
-    dropped_stale: int = attrs.field(default=0, init=False)
+    _delivered: int = attrs.field(default=0, init=False)
+    _dropped_stale: int = attrs.field(default=0, init=False)
+    #: Whether the mailbox refuses new frames (read it; change it with close/reopen).
     closed: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.capacity < 1:
             raise ValueError(f"mailbox capacity must be at least 1, got {self.capacity}")
 
-    # ----------------------------------------------------------------- senders
+    def _dead(self) -> ActorDeadError:
+        return ActorDeadError(f"actor {self.owner!r} has stopped")
 
-    def put_system(self, item: Item) -> None:
-        """Queue on the system lane (never blocks)."""
+    # ----------------------------------------------------------------- system lane
+
+    def put_system(self, envelope: Envelope) -> None:
+        """Queue on the system lane (never blocks); starts its service if none is running.
+
+        Raises:
+            ActorDeadError: the mailbox is closed.
+        """
         if self.closed:
-            raise ActorDeadError(f"actor {self.owner!r} has stopped")
-        self._system.append(item)
-        if not self._system_serving:
-            self.start_system_service()
+            raise self._dead()
+        self._system.append(envelope)
+        if not self._system_serving and self._starter is not None:
+            self._system_serving = self._starter()
 
-    def start_system_service(self) -> None:
-        """Start a task to serve the queued system frames, unless one is serving them or the
-        actor is not running (then it starts one when it runs)."""
-        server = self.server
-        if server is not None and self._system and not self._system_serving:
-            self._system_serving = server._serve_system_soon()
+    def serve_system_with(self, starter: Callable[[], bool] | None) -> None:
+        """Install (or, with ``None``, remove) what starts a task serving the system lane.
 
-    def try_put_data(self, item: Item) -> bool:
-        """Queue on the data lane if there is room (or the frame goes upstream)."""
+        ``starter()`` starts the task and returns ``True``, or returns ``False`` if it cannot
+        now (the frames then wait for the next call). Installing it starts a task at once if
+        system frames are waiting.
+        """
+        self._starter = starter
+        self._system_serving = False
+        if starter is not None and self._system:
+            self._system_serving = starter()
+
+    def take_system(self) -> Envelope | None:
+        """The next system frame, or ``None`` when the lane is empty, which also ends the
+        service: the caller's task must then end without waiting on anything else first, as
+        the next frame starts a new one."""
+        system = self._system
+        if system:
+            self._delivered += 1
+            return system.popleft()
+        self._system_serving = False
+        return None
+
+    def end_system_service(self) -> None:
+        """The serving task ends early (it failed or was cancelled): the next system frame
+        starts a new one."""
+        self._system_serving = False
+
+    # ----------------------------------------------------------------- data lane: senders
+
+    def try_put_data(self, envelope: Envelope) -> bool:
+        """Queue on the data lane if there is room (upstream frames always have room).
+
+        Raises:
+            ActorDeadError: the mailbox is closed.
+        """
         if self.closed:
-            raise ActorDeadError(f"actor {self.owner!r} has stopped")
+            raise self._dead()
         data = self._data
-        if len(data) >= self.capacity and item[1] is not FrameDirection.UPSTREAM:
+        if (len(data) >= self.capacity or self._send_waiting) and (
+            envelope.direction is not _UPSTREAM
+        ):
+            # Full, or others are already waiting: keep their place in line.
             return False
-        if self._send_waiting and item[1] is not FrameDirection.UPSTREAM:
-            # Others are already waiting: keep their place in line.
-            return False
-        data.append(item)
+        data.append(envelope)
         n = len(data)
         if n > self._peak:
             self._peak = n
@@ -140,24 +193,31 @@ class Mailbox:
             self._wake_data()
         return True
 
-    def put_data_unbounded(self, item: Item) -> None:
-        """Queue on the data lane without waiting, even past the bound (cycle-closing edges)."""
+    def put_data_unbounded(self, envelope: Envelope) -> None:
+        """Queue on the data lane without waiting, even past the bound (cycle-closing edges).
+
+        Raises:
+            ActorDeadError: the mailbox is closed.
+        """
         if self.closed:
-            raise ActorDeadError(f"actor {self.owner!r} has stopped")
+            raise self._dead()
         data = self._data
-        data.append(item)
+        data.append(envelope)
         if len(data) > self._peak:
             self._peak = len(data)
         if self._data_task is not None:
             self._wake_data()
 
-    async def put_data(self, item: Item) -> None:
+    async def put_data(self, envelope: Envelope) -> None:
         """Queue on the data lane, waiting while it is full (backpressure).
 
         Cancellation leaves the mailbox unchanged (the frame is not queued), also when the
         sender was woken for room but cancelled before it ran.
+
+        Raises:
+            ActorDeadError: the mailbox is (or gets) closed.
         """
-        if self.try_put_data(item):
+        if self.try_put_data(envelope):
             return
         while True:
             self._send_waiting += 1
@@ -168,7 +228,7 @@ class Mailbox:
             finally:
                 self._send_waiting -= 1
             if self.closed:
-                raise ActorDeadError(f"actor {self.owner!r} has stopped")
+                raise self._dead()
             data = self._data
             if trio.current_effective_deadline() == -math.inf:
                 # Woken, but cancelled (an interruption, say) before it could run: a cancelled
@@ -177,7 +237,7 @@ class Mailbox:
                     self._wake_sender()
                 await trio.lowlevel.checkpoint_if_cancelled()
             if len(data) < self.capacity:
-                data.append(item)
+                data.append(envelope)
                 n = len(data)
                 if n > self._peak:
                     self._peak = n
@@ -187,35 +247,38 @@ class Mailbox:
                     self._wake_sender()
                 return
 
-    # ----------------------------------------------------------------- receivers
+    # ----------------------------------------------------------------- data lane: consumer
 
-    def get_system_nowait(self) -> Item:
-        """Take the next system frame or raise :class:`trio.WouldBlock`."""
-        try:
-            item = self._system.popleft()
-        except IndexError:
-            raise trio.WouldBlock from None
-        self.delivered += 1
-        return item
-
-    def get_data_nowait(self) -> Item:
-        """Take the next data frame or raise :class:`trio.WouldBlock`."""
-        try:
-            item = self._data.popleft()
-        except IndexError:
-            raise trio.WouldBlock from None
-        self.delivered += 1
+    def take_data(self) -> Envelope | None:
+        """The next data frame, or ``None`` when the lane is empty (never waits)."""
+        data = self._data
+        if not data:
+            return None
+        self._delivered += 1
         if self._send_waiting:
             self._wake_sender()
-        return item
+        return data.popleft()
 
-    async def get_data(self) -> Item:
-        """Wait for and take the next data frame (only the actor's own loop waits here)."""
-        while not self._data:
+    async def get_data(self) -> Envelope:
+        """Wait for and take the next data frame (the lane has one consumer).
+
+        Closing the mailbox wakes the consumer, which waits again (it is cancelled when its
+        actor stops).
+        """
+        data = self._data
+        while not data:
             assert self._data_task is None, "a mailbox lane has one consumer"
             self._data_task = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(self._abort_data)
-        return self.get_data_nowait()
+        self._delivered += 1
+        if self._send_waiting:
+            self._wake_sender()
+        return data.popleft()
+
+    @property
+    def data_depth(self) -> int:
+        """Frames waiting on the data lane."""
+        return len(self._data)
 
     def _wake_sender(self) -> None:
         """Let one waiting sender retry (only called while ``_send_waiting``)."""
@@ -233,17 +296,18 @@ class Mailbox:
 
     # ----------------------------------------------------------------- maintenance
 
-    def purge(self, is_stale: Callable[[Item], bool]) -> list[Item]:
-        """Remove the data-lane items for which ``is_stale`` is true; returns them."""
-        kept: deque[Item] = deque()
-        dropped: list[Item] = []
-        for item in self._data:
-            (dropped if is_stale(item) else kept).append(item)
+    def purge(self, is_stale: Callable[[Envelope], bool]) -> list[Envelope]:
+        """Remove the data-lane envelopes for which ``is_stale`` is true (counted as dropped
+        stale); wakes as many waiting senders as there is room now. Returns them."""
+        kept: deque[Envelope] = deque()
+        dropped: list[Envelope] = []
+        for envelope in self._data:
+            (dropped if is_stale(envelope) else kept).append(envelope)
         if dropped:
-            # In place: the data loop holds on to this deque.
+            # In place: keep the one deque.
             self._data.clear()
             self._data.extend(kept)
-            self.dropped_stale += len(dropped)
+            self._dropped_stale += len(dropped)
             free = self.capacity - len(kept)
             lot = self._send_lot
             for _ in range(min(free, len(lot) if lot is not None else 0)):
@@ -251,10 +315,14 @@ class Mailbox:
         return dropped
 
     def count_stale(self, n: int = 1) -> None:
-        """Account frames dropped by the receiver because their turn was interrupted."""
-        self.dropped_stale += n
+        """Account frames dropped by the consumer because their turn was interrupted."""
+        self._dropped_stale += n
 
-    def close(self) -> list[Item]:
+    def count_delivered(self, n: int = 1) -> None:
+        """Account frames handed over without passing through the lanes (an inline sink)."""
+        self._delivered += n
+
+    def close(self) -> list[Envelope]:
         """Refuse further frames, wake every waiter and return what was still queued."""
         self.closed = True
         left = [*self._system, *self._data]
@@ -267,7 +335,7 @@ class Mailbox:
         return left
 
     def reopen(self) -> None:
-        """Accept frames again (used when an actor restarts)."""
+        """Accept frames again."""
         self.closed = False
 
     def statistics(self) -> MailboxStatistics:
@@ -278,7 +346,7 @@ class Mailbox:
             data_capacity=self.capacity,
             peak_data_depth=self._peak,
             waiting_senders=len(self._send_lot) if self._send_lot is not None else 0,
-            delivered=self.delivered,
-            dropped_stale=self.dropped_stale,
+            delivered=self._delivered,
+            dropped_stale=self._dropped_stale,
             closed=self.closed,
         )

@@ -6,6 +6,7 @@ A topology is a description: it holds actor instances and says how they link. A
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Union
@@ -13,8 +14,9 @@ from typing import Any, Union
 import attrs
 
 from ._actor import Actor
+from ._cell import Cell, register_cell_class
 from ._frames import EndFrame, FrameDirection, StartFrame
-from ._mailbox import Item
+from ._mailbox import Envelope
 from ._session import Session
 
 __all__ = ["ParallelPipeline", "Pipeline", "Segment", "Stage", "build"]
@@ -122,27 +124,42 @@ class ParallelPipeline:
         return Segment(tuple(actors), tuple(links), (self._fan_out,), (self._fan_in,))
 
 
+_merge_ids = itertools.count(1)
+
+
 class _Merge(Actor[Any]):
-    """Fan-out/fan-in point: forwards frames travelling in ``merge`` direction once."""
+    """Fan-out/fan-in point: forwards frames travelling in ``merge`` direction once (its cell,
+    :class:`_MergeCell`, does the work)."""
 
     accepts = ()
-    _CAP = 16384
 
     def __init__(self, merge: FrameDirection, branches: int, *, name: str) -> None:
-        super().__init__(name=None)
-        self._name = f"{name}#{self._name.split('#')[-1]}"
-        self._merge = merge
-        self._branches = branches
-        self._seen: OrderedDict[int, int] = OrderedDict()
+        super().__init__(name=f"{name}#{next(_merge_ids)}")
+        self.merge = merge
+        self.branches = branches
 
-    async def _forward(self, item: Item) -> None:
-        frame, direction = item[0], item[1]
-        if direction is not self._merge or self._branches == 1:
-            await super()._forward(item)
-            return
-        seen = self._seen
+
+class _MergeCell(Cell):
+    """Passes a frame travelling in the merge direction on once, however many branches let
+    it through; ``StartFrame`` and ``EndFrame`` only once every branch has."""
+
+    _CAP = 16384
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        actor = self.actor
+        assert isinstance(actor, _Merge)
+        self.merge = actor.merge
+        self.branches = actor.branches
+        self.seen: OrderedDict[int, int] = OrderedDict()
+
+    async def forward(self, envelope: Envelope) -> bool:
+        frame = envelope.frame
+        if envelope.direction is not self.merge or self.branches == 1:
+            return await super().forward(envelope)
+        seen = self.seen
         count = seen.get(frame.id, 0) + 1
-        if count >= self._branches:
+        if count >= self.branches:
             seen.pop(frame.id, None)
         else:
             seen[frame.id] = count
@@ -150,10 +167,14 @@ class _Merge(Actor[Any]):
                 seen.popitem(last=False)
         cls = type(frame)
         if cls is StartFrame or cls is EndFrame:
-            if count == self._branches:
-                await super()._forward(item)
+            if count == self.branches:
+                return await super().forward(envelope)
         elif count == 1:
-            await super()._forward(item)
+            return await super().forward(envelope)
+        return False
+
+
+register_cell_class(_Merge, _MergeCell)
 
 
 def build(session: Session, topology: Stage, *, start: bool = True) -> Segment:

@@ -2,7 +2,8 @@
 
 A session is the unit of structured lifetime: every actor task lives in the session's
 nursery, so when the session's ``async with`` block (or :meth:`PipelineTask.run`) is left,
-nothing of it is still running.
+nothing of it is still running. It runs each actor in a cell (:mod:`runtime._cell`) and
+supervises it (:mod:`runtime._supervisor`).
 """
 
 from __future__ import annotations
@@ -17,84 +18,22 @@ import attrs
 import structlog
 import trio
 
-from ._actor import Actor, ActorRef, ActorState, _current_actor
-from ._errors import RestartIntensityExceeded, SessionStateError
+from ._actor import Actor, ActorRef, companions_of, port_of
+from ._cell import Cell, cell_class_for
+from ._core import SessionCore
+from ._errors import SessionStateError
 from ._frames import Frame, FrameDirection, InterruptionFrame, InterruptionMarkerFrame, StartFrame
-from ._mailbox import Item, MailboxStatistics
+from ._lifecycle import LIVE, ActorState
+from ._mailbox import Envelope
+from ._params import PipelineParams
+from ._snapshot import SessionSnapshot
+from ._supervision import collapse_exception_group
+from ._supervisor import supervise
 
-__all__ = ["ActorSnapshot", "Session", "SessionSnapshot", "collapse_exception_group"]
+__all__ = ["Session"]
 
 _session_ids = itertools.count(1)
 _logger = structlog.get_logger("trouper.runtime")
-
-
-@attrs.frozen
-class ActorSnapshot:
-    """One actor in a :class:`SessionSnapshot`.
-
-    Args:
-        name: The actor's name.
-        kind: Its class name.
-        state: Lifecycle state.
-        mailbox: Mailbox statistics.
-        busy_with: Name of the frame its data handler is working on, if any.
-        background_tasks: Tasks it started with ``create_task`` that are still running.
-        restarts: How often its restart policy restarted it.
-        dead_letters: Frames it pushed to neighbours that had stopped.
-        downstream: Names of its downstream neighbours.
-    """
-
-    name: str
-    kind: str
-    state: str
-    mailbox: MailboxStatistics | None
-    busy_with: str | None
-    background_tasks: int
-    restarts: int
-    dead_letters: int
-    downstream: tuple[str, ...]
-
-
-@attrs.frozen
-class SessionSnapshot:
-    """What a session is doing right now (see :meth:`Session.snapshot`)."""
-
-    name: str
-    turn: int
-    running: bool
-    actors: tuple[ActorSnapshot, ...]
-    turn_tasks: int
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain data, ready for a log line or JSON."""
-        return attrs.asdict(self)
-
-
-@attrs.define(eq=False)
-class _Delivery:
-    """A frame whose sender waits until it has been delivered (``Actor.push_error``):
-    ``count`` is the number of lanes it is queued in or being handled from; ``done`` is set
-    when that falls to zero (it reached the end of its path, or a stage took it)."""
-
-    count: int = 0
-    done: trio.Event = attrs.Factory(trio.Event)
-
-
-def collapse_exception_group(group: BaseExceptionGroup[Any]) -> BaseException:
-    """Return the single real error of ``group`` (ignoring ``Cancelled``), or the group."""
-    errors: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        elif not isinstance(exc, trio.Cancelled):
-            errors.append(exc)
-
-    walk(group)
-    if len(errors) == 1:
-        return errors[0]
-    return group
 
 
 @attrs.define(eq=False)
@@ -108,32 +47,49 @@ class Session:
         name: Used in every log line of the session's actors.
         mailbox_size: Default data-lane capacity of its actors.
         stop_timeout_secs: Bound on each actor's ``on_stop``.
+        params: The settings the ``StartFrame`` of an actor spawned with ``start=True``
+            carries (a ``PipelineTask`` passes its own).
     """
 
     name: str = attrs.field(factory=lambda: f"session-{next(_session_ids)}")
     mailbox_size: int = 64
     stop_timeout_secs: float = 5.0
-    turn: int = attrs.field(default=0, init=False)
+    params: PipelineParams = attrs.field(factory=PipelineParams)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
-    _actors: dict[str, Actor[Any]] = attrs.field(factory=dict, init=False)
-    _turn_scopes: set[trio.CancelScope] = attrs.field(factory=set, init=False)
+    _cells: dict[str, Cell] = attrs.field(factory=dict, init=False)
     _applied: deque[int] = attrs.field(factory=lambda: deque(maxlen=64), init=False)
     _closing: bool = attrs.field(default=False, init=False)
-    # Frames whose delivery their sender awaits, by frame id (empty nearly always).
-    _in_flight: dict[int, _Delivery] = attrs.field(factory=dict, init=False)
     _log: Any = attrs.field(init=False)
+    _core: SessionCore = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.mailbox_size < 1:
             raise ValueError(f"mailbox_size must be at least 1, got {self.mailbox_size}")
         self._log = _logger.bind(session=self.name)
+        self._core = SessionCore(
+            session=self,
+            log=self._log,
+            stop_timeout_secs=self.stop_timeout_secs,
+            interrupt=self._apply_interruption,
+            spawn_companion=self._spawn_companion_of,
+        )
+
+    @property
+    def turn(self) -> int:
+        """The current turn: 0 at the start, one more at every interruption."""
+        return self._core.turn
 
     # ----------------------------------------------------------------- lifetime
 
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, name: str | None = None, *, mailbox_size: int = 64, stop_timeout_secs: float = 5.0
+        cls,
+        name: str | None = None,
+        *,
+        mailbox_size: int = 64,
+        stop_timeout_secs: float = 5.0,
+        params: PipelineParams | None = None,
     ) -> AsyncIterator[Session]:
         """Open a session; leaving the block stops every actor it still runs.
 
@@ -153,6 +109,8 @@ class Session:
         }
         if name is not None:
             kwargs["name"] = name
+        if params is not None:
+            kwargs["params"] = params
         session = cls(**kwargs)
         error: BaseException | None = None
         try:
@@ -179,9 +137,12 @@ class Session:
 
     async def _stop_all(self) -> None:
         with trio.CancelScope(shield=True):
-            for actor in reversed(list(self._actors.values())):
-                if actor._state in (ActorState.RUNNING, ActorState.STARTING, ActorState.CREATED):
-                    await actor._stop()
+            for cell in reversed(list(self._cells.values())):
+                owner = cell.owner
+                if owner is not None and cell.stop_with_owner and owner.state in LIVE:
+                    continue  # its owner stops it, after itself
+                if cell.state in LIVE:
+                    await cell.stop()
 
     @property
     def running(self) -> bool:
@@ -193,27 +154,67 @@ class Session:
     def spawn(self, actor: Actor[Any], *, start: bool = True) -> ActorRef[Any]:
         """Start ``actor`` in this session and return its reference.
 
+        Its companions (:meth:`Actor.add_companion`) are spawned with it.
+
         Args:
             actor: A new actor (an actor runs in one session only).
-            start: Deliver a ``StartFrame`` straight to it (not forwarded to neighbours). A
-                ``PipelineTask`` passes ``False`` and sends one ``StartFrame`` through the
-                whole topology instead.
+            start: Deliver a ``StartFrame`` (with this session's :attr:`params`) straight to
+                it (not forwarded to neighbours). A ``PipelineTask`` passes ``False`` and sends
+                one ``StartFrame`` through the whole topology instead.
         """
-        if self._nursery is None or self._closing:
-            raise SessionStateError(f"session {self.name!r} is not running; cannot spawn")
-        if actor._state is not ActorState.CREATED or actor._session is not None:
-            # (_session is set at the first spawn, before the actor has even started.)
-            raise SessionStateError(f"actor {actor.name!r} was already started once")
-        if actor.name in self._actors and self._actors[actor.name] is not actor:
-            raise ValueError(f"session {self.name!r} already has an actor named {actor.name!r}")
-        actor._attach(self)
-        self._actors[actor.name] = actor
-        self._nursery.start_soon(self._supervise, actor, name=f"actor:{actor.name}")
+        cell = self._spawn(actor, None, stop_with_owner=True)
         if start:
-            frame = StartFrame()
-            assert actor._mailbox is not None
-            actor._mailbox.put_system((frame, None, self.turn, None))
+            frame = StartFrame(params=self.params)
+            cell.mailbox.put_system(Envelope(frame, None, self._core.turn))
         return actor.ref
+
+    def _spawn(self, actor: Actor[Any], owner: Cell | None, *, stop_with_owner: bool) -> Cell:
+        nursery = self._nursery
+        if nursery is None or self._closing:
+            raise SessionStateError(f"session {self.name!r} is not running; cannot spawn")
+        if port_of(actor) is not None or actor.state is not ActorState.CREATED:
+            raise SessionStateError(f"actor {actor.name!r} was already started once")
+        if actor.name in self._cells:
+            raise ValueError(f"session {self.name!r} already has an actor named {actor.name!r}")
+        cell = cell_class_for(type(actor))(
+            actor,
+            self._core,
+            actor.mailbox_size or self.mailbox_size,
+            owner=owner,
+            stop_with_owner=stop_with_owner,
+        )
+        self._cells[actor.name] = cell
+        nursery.start_soon(supervise, cell, name=f"actor:{actor.name}")
+        for companion, stop in companions_of(actor):
+            self._spawn_companion(cell, companion, stop)
+        return cell
+
+    def _spawn_companion(self, owner: Cell, actor: Actor[Any], stop_with_owner: bool) -> None:
+        cell = self._spawn(actor, owner, stop_with_owner=stop_with_owner)
+        owner.companions.append(cell)
+        if owner.start_frame is not None:
+            cell.offer_start(owner.start_frame)  # the owner runs already
+
+    def _spawn_companion_of(self, owner: str, actor: Actor[Any], stop_with_owner: bool) -> None:
+        self._spawn_companion(self._cells[owner], actor, stop_with_owner)
+
+    def _cell(self, x: Actor[Any] | ActorRef[Any]) -> Cell:
+        actor = x.actor if isinstance(x, ActorRef) else x
+        cell = self._cells.get(actor.name)
+        if cell is None or cell.actor is not actor:
+            raise SessionStateError(
+                f"actor {actor.name!r} is not in session {self.name!r}; spawn it first"
+            )
+        return cell
+
+    def _linkable(self, x: Actor[Any] | ActorRef[Any]) -> Cell:
+        cell = self._cell(x)
+        if cell.owner is not None:
+            raise ValueError(
+                f"actor {cell.name!r} is a companion of {cell.owner.name!r}: it pushes through "
+                "its owner's links and has none of its own"
+            )
+        return cell
 
     def link(
         self, upstream: Actor[Any] | ActorRef[Any], downstream: Actor[Any] | ActorRef[Any]
@@ -222,22 +223,26 @@ class Session:
 
         Allowed while the session runs; several links out of one actor fan frames out to all
         of them. Mind cycles: only upstream edges are non-blocking.
+
+        Raises:
+            SessionStateError: an actor is not in this session.
+            ValueError: an actor is a companion (it has no links of its own).
         """
-        a, b = _unref(upstream), _unref(downstream)
-        if b not in a._downstream:
-            a._downstream.append(b)
-        if a not in b._upstream:
-            b._upstream.append(a)
+        a, b = self._linkable(upstream), self._linkable(downstream)
+        if b not in a.downstream:
+            a.downstream.append(b)
+        if a not in b.upstream:
+            b.upstream.append(a)
 
     def unlink(
         self, upstream: Actor[Any] | ActorRef[Any], downstream: Actor[Any] | ActorRef[Any]
     ) -> None:
         """Remove a link made by :meth:`link` (no error if there is none)."""
-        a, b = _unref(upstream), _unref(downstream)
-        if b in a._downstream:
-            a._downstream.remove(b)
-        if a in b._upstream:
-            b._upstream.remove(a)
+        a, b = self._linkable(upstream), self._linkable(downstream)
+        if b in a.downstream:
+            a.downstream.remove(b)
+        if a in b.upstream:
+            b.upstream.remove(a)
 
     def insert_between(
         self,
@@ -254,21 +259,23 @@ class Session:
 
     async def remove(self, actor: Actor[Any] | ActorRef[Any]) -> None:
         """Splice an actor out of its topology (its neighbours are linked to each other), then
-        stop it gracefully. Frames still queued in it are dropped."""
-        target = _unref(actor)
-        ups, downs = list(target._upstream), list(target._downstream)
-        for up in ups:
-            self.unlink(up, target)
-        for down in downs:
-            self.unlink(target, down)
-        for up in ups:
+        stop it gracefully (and its companions after it). Frames still queued in it are
+        dropped. A companion is just stopped."""
+        target = self._cell(actor)
+        if target.owner is None:
+            ups, downs = list(target.upstream), list(target.downstream)
+            for up in ups:
+                self.unlink(up.actor, target.actor)
             for down in downs:
-                self.link(up, down)
-        await target._stop()
+                self.unlink(target.actor, down.actor)
+            for up in ups:
+                for down in downs:
+                    self.link(up.actor, down.actor)
+        await target.stop()
 
     def actors(self) -> list[ActorRef[Any]]:
         """References to every actor of the session, in spawn order."""
-        return [a.ref for a in self._actors.values()]
+        return [cell.actor.ref for cell in self._cells.values()]
 
     def get(self, name: str) -> ActorRef[Any]:
         """The actor called ``name``.
@@ -277,111 +284,11 @@ class Session:
             KeyError: no such actor (the message lists the names there are).
         """
         try:
-            return self._actors[name].ref
+            return self._cells[name].actor.ref
         except KeyError:
             raise KeyError(
-                f"no actor {name!r} in session {self.name!r}; have: {sorted(self._actors)}"
+                f"no actor {name!r} in session {self.name!r}; have: {sorted(self._cells)}"
             ) from None
-
-    # ----------------------------------------------------------------- supervision
-
-    async def _supervise(self, actor: Actor[Any]) -> None:
-        policy = actor.restart_policy
-        recent: deque[float] = deque()
-        while True:
-            try:
-                _current_actor.set(actor)
-                mailbox = actor._mailbox
-                assert mailbox is not None
-                try:
-                    async with trio.open_nursery() as nursery:
-                        actor._scope = nursery.cancel_scope
-                        actor._nursery = nursery
-                        # System frames get a task of their own when they arrive (it ends
-                        # when the lane is empty); the data loop runs in this task.
-                        mailbox.server = actor
-                        mailbox.start_system_service()
-                        await actor._data_loop()
-                finally:
-                    mailbox.server = None
-                    mailbox._system_serving = False
-                    actor._nursery = None
-                if actor._state not in (ActorState.STOPPED, ActorState.CRASHED):
-                    actor._finish(crashed=False)
-                return
-            except BaseExceptionGroup as group:
-                exc = collapse_exception_group(group)
-            except Exception as single:  # pragma: no cover - nursery always groups
-                exc = single
-            if not isinstance(exc, Exception):
-                raise exc
-            actor._crash = exc
-            now = trio.current_time()
-            if policy is not None:
-                while recent and now - recent[0] > policy.within_secs:
-                    recent.popleft()
-                if len(recent) < policy.max_restarts:
-                    delay = policy.backoff(len(recent))
-                    recent.append(now)
-                    actor._restarts += 1
-                    self._log.warning(
-                        "actor restarting",
-                        actor=actor.name,
-                        error=f"{type(exc).__name__}: {exc}",
-                        restart=actor._restarts,
-                        backoff_secs=delay,
-                    )
-                    await trio.sleep(delay)
-                    if actor._state in (ActorState.STOPPED, ActorState.CRASHED):
-                        return  # stopped (removed) while waiting to restart
-                    actor._busy = None
-                    actor._started = trio.Event()
-                    actor._state = ActorState.CREATED
-                    if actor._mailbox is not None:
-                        actor._mailbox.put_system(
-                            (
-                                StartFrame(
-                                    enable_metrics=actor.metrics_enabled,
-                                    enable_usage_metrics=actor.usage_metrics_enabled,
-                                    report_only_initial_ttfb=actor.report_only_initial_ttfb,
-                                ),
-                                None,
-                                self.turn,
-                                None,
-                            )
-                        )
-                    continue
-                self._log.error(
-                    "actor restart intensity exceeded",
-                    actor=actor.name,
-                    max_restarts=policy.max_restarts,
-                    within_secs=policy.within_secs,
-                )
-                actor._finish(crashed=True)
-                raise RestartIntensityExceeded(
-                    f"actor {actor.name!r} crashed more than {policy.max_restarts} times within "
-                    f"{policy.within_secs} s; last error: {type(exc).__name__}: {exc}"
-                ) from exc
-            self._log.error("actor crashed", actor=actor.name, error=f"{type(exc).__name__}: {exc}")
-            actor._finish(crashed=True)
-            raise exc
-
-    # ----------------------------------------------------------------- tracked delivery
-
-    def _track_delivery(self, frame: Frame) -> _Delivery:
-        delivery = self._in_flight[frame.id] = _Delivery()
-        return delivery
-
-    def _untrack_delivery(self, frame: Frame) -> None:
-        self._in_flight.pop(frame.id, None)
-
-    def _delivery_step(self, frame: Frame) -> None:
-        """One lane is done with a tracked frame (handled, passed on, or dropped)."""
-        delivery = self._in_flight.get(frame.id)
-        if delivery is not None:
-            delivery.count -= 1
-            if delivery.count <= 0:
-                delivery.done.set()
 
     # ----------------------------------------------------------------- turns
 
@@ -399,44 +306,30 @@ class Session:
         if frame.id in self._applied:
             return
         self._applied.append(frame.id)
-        old = self.turn
-        self.turn = new = old + 1
-        actors = list(self._actors.values())
+        core = self._core
+        old = core.turn
+        core.turn = new = old + 1
+        cells = list(self._cells.values())
         # The handlers this interruption cancels: those busy with an interruptible frame.
-        busy = [
-            actor
-            for actor in actors
-            if actor._busy is not None
-            and actor._busy.interruptible
-            and actor._work_scope is not None
-        ]
+        busy = [cell for cell in cells if cell.has_interruptible_work()]
         # First their hooks (closing a stream's socket, say): they run before anything else
         # and, as nothing can run between them and the cancellation below, the handlers
         # never see their effect, only the cancellation.
-        for actor in busy:
-            if actor._interrupt_hooks:
-                actor._run_interrupt_hooks()
+        for cell in busy:
+            if cell.interrupt_hooks:
+                cell.run_interrupt_hooks()
         cancelled = 0
-        for scope in list(self._turn_scopes):
+        for scope in list(core.turn_scopes):
             scope.cancel()
             cancelled += 1
-        self._turn_scopes.clear()
-        dropped = 0
-
-        def stale(item: Item) -> bool:
-            return item[0].interruptible and item[2] < new and item[3] is None
-
-        for actor in busy:
-            assert actor._work_scope is not None
-            actor._work_scope.cancel()
-            actor._work_cancelled = True
+        core.turn_scopes.clear()
+        for cell in busy:
+            cell.cancel_work()
             cancelled += 1
         # Only once every handler is cancelled (and its hooks have released what it held):
         # dropping a long backlog must not delay closing an in-flight stream's socket.
-        for actor in actors:
-            if actor._mailbox is not None:
-                dropped += len(actor._mailbox.purge(stale))
-        self._mark_interruption(actors, new)
+        dropped = sum(cell.purge_stale(new) for cell in cells)
+        self._mark_interruption(cells, new)
         self._log.info(
             "interruption",
             turn=new,
@@ -446,49 +339,35 @@ class Session:
             reason=reason,
         )
 
-    def _mark_interruption(self, actors: list[Actor[Any]], turn: int) -> None:
+    def _mark_interruption(self, cells: list[Cell], turn: int) -> None:
         """Queue the interruption's marker where it belongs (see InterruptionMarkerFrame):
         behind what each marking actor pushed downstream so far, and for an actor that asks
         for markers with no marking actor upstream, behind what it has queued."""
         marker: InterruptionMarkerFrame | None = None
-        for actor in actors:
-            if actor.marks_interruptions:
-                targets = actor._downstream
-            elif actor._accepts_type(InterruptionMarkerFrame) and not _marked_upstream(actor):
-                targets = [actor]
+        for cell in cells:
+            if cell.actor.marks_interruptions:
+                targets = cell.downstream
+            elif cell.accepts_type(InterruptionMarkerFrame) and not _marked_upstream(cell):
+                targets = [cell]
             else:
                 continue
             if marker is None:
                 marker = InterruptionMarkerFrame(turn=turn)
             for target in targets:
-                mailbox = target._mailbox
-                if mailbox is not None and not mailbox.closed:
-                    mailbox.put_data_unbounded((marker, FrameDirection.DOWNSTREAM, turn, None))
+                mailbox = target.mailbox
+                if not mailbox.closed:
+                    mailbox.put_data_unbounded(Envelope(marker, FrameDirection.DOWNSTREAM, turn))
 
     # ----------------------------------------------------------------- introspection
 
     def snapshot(self) -> SessionSnapshot:
         """Every actor with its state, mailbox statistics and in-flight work."""
-        actors = tuple(
-            ActorSnapshot(
-                name=a.name,
-                kind=type(a).__name__,
-                state=a._state.value,
-                mailbox=a._statistics(),
-                busy_with=a._busy.name if a._busy is not None else None,
-                background_tasks=len(a._background),
-                restarts=a._restarts,
-                dead_letters=a._dead_letters,
-                downstream=tuple(d.name for d in a._downstream),
-            )
-            for a in self._actors.values()
-        )
         return SessionSnapshot(
             name=self.name,
-            turn=self.turn,
+            turn=self._core.turn,
             running=self.running,
-            actors=actors,
-            turn_tasks=len(self._turn_scopes),
+            actors=tuple(cell.snapshot() for cell in self._cells.values()),
+            turn_tasks=len(self._core.turn_scopes),
         )
 
     def log_snapshot(self) -> SessionSnapshot:
@@ -498,31 +377,18 @@ class Session:
         return snap
 
 
-def _marked_upstream(actor: Actor[Any]) -> bool:
-    """Whether every path upstream of ``actor`` passes an actor that marks interruptions."""
-    stack = list(actor._upstream)
+def _marked_upstream(cell: Cell) -> bool:
+    """Whether every path upstream of ``cell`` passes an actor that marks interruptions."""
+    stack = list(cell.upstream)
     if not stack:
         return False
     seen: set[int] = set()
     while stack:
         current = stack.pop()
-        if id(current) in seen or current.marks_interruptions:
+        if id(current) in seen or current.actor.marks_interruptions:
             continue
         seen.add(id(current))
-        if not current._upstream:
+        if not current.upstream:
             return False
-        stack.extend(current._upstream)
+        stack.extend(current.upstream)
     return True
-
-
-def _unref(x: Actor[Any] | ActorRef[Any]) -> Actor[Any]:
-    return x.actor if isinstance(x, ActorRef) else x
-
-
-def deliver_external(actor: Actor[Any], frame: Frame, direction: Any, session: Session) -> Item:
-    """Build the mailbox item for a frame entering the session from outside."""
-    turn = frame.turn if frame.turn is not None else session.turn
-    if type(frame) is InterruptionFrame:
-        session._apply_interruption(frame)
-        turn = session.turn  # the interruption opens the new turn
-    return (frame, direction, turn, None)

@@ -1,12 +1,17 @@
-"""Restart policies: what happens when an actor's handler raises."""
+"""Restart policies (what happens when an actor's handler raises) and crash collapsing.
+
+The supervisor that applies a policy to a running actor is :func:`runtime._supervisor.supervise`.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import attrs
+import trio
 
-__all__ = ["RestartPolicy"]
+__all__ = ["RestartPolicy", "collapse_exception_group"]
 
 
 def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -22,8 +27,9 @@ class RestartPolicy:
     actor's own exception. With one, the actor's loops are restarted (its mailbox and the
     frames queued in it are kept; the frame that crashed it is dropped and logged) after a
     backoff of ``backoff_secs * 2**k`` (capped at ``max_backoff_secs``) for the k-th restart
-    in the window. One restart too many escalates with
-    :class:`~runtime.RestartIntensityExceeded` whose ``__cause__`` is the last crash.
+    in the window, and it receives the ``StartFrame`` it started with again. One restart too
+    many escalates with :class:`~runtime.RestartIntensityExceeded` whose ``__cause__`` is the
+    last crash.
 
     Args:
         max_restarts: Restarts allowed inside the sliding window.
@@ -46,3 +52,20 @@ class RestartPolicy:
     def backoff(self, recent_restarts: int) -> float:
         """The wait before the next restart, given how many restarts the window holds."""
         return float(min(self.backoff_secs * 2.0 ** max(recent_restarts, 0), self.max_backoff_secs))
+
+
+def collapse_exception_group(group: BaseExceptionGroup[Any]) -> BaseException:
+    """Return the single real error of ``group`` (ignoring ``Cancelled``), or the group."""
+    errors: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        elif not isinstance(exc, trio.Cancelled):
+            errors.append(exc)
+
+    walk(group)
+    if len(errors) == 1:
+        return errors[0]
+    return group

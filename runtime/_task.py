@@ -12,7 +12,8 @@ import attrs
 import structlog
 import trio
 
-from ._actor import Actor, ActorState, _current_actor
+from ._actor import CURRENT_ACTOR, Actor, port_of, push_gate_of, set_push_gate
+from ._cell import Cell, register_cell_class
 from ._errors import SessionStateError
 from ._frames import (
     CancelFrame,
@@ -24,47 +25,47 @@ from ._frames import (
     InterruptionMarkerFrame,
     StartFrame,
 )
-from ._mailbox import Item, Mailbox
+from ._lifecycle import RUNNING
+from ._mailbox import Envelope, Mailbox
+from ._params import PipelineParams
 from ._pipeline import ParallelPipeline, Pipeline, Stage, build
-from ._session import Session, SessionSnapshot, collapse_exception_group, deliver_external
+from ._session import Session
+from ._snapshot import SessionSnapshot
+from ._supervision import collapse_exception_group
 
-__all__ = ["FrameListener", "PipelineParams", "PipelineRunner", "PipelineTask"]
+__all__ = ["FrameListener", "PipelineRunner", "PipelineTask"]
 
 #: Called with every frame that reaches an end of the topology.
 FrameListener = Callable[[Frame, FrameDirection], Awaitable[None] | None]
 
 _logger = structlog.get_logger("trouper.runtime")
 
+DOWNSTREAM = FrameDirection.DOWNSTREAM
 
-@attrs.frozen
-class PipelineParams:
-    """How a :class:`PipelineTask` runs its topology.
 
-    Args:
-        enable_metrics: Stages emit timing metrics (TTFB, processing time).
-        enable_usage_metrics: Stages emit token usage metrics.
-        report_only_initial_ttfb: Only the first TTFB of the session is reported.
-        mailbox_size: Default data-lane capacity of every actor (backpressure bound).
-        idle_timeout_secs: Cancel the session when no frame reached either end (and none was
-            queued) for this long. ``None`` (default): never.
-        start_timeout_secs: How long the ``StartFrame`` may take to cross the topology.
-        cancel_timeout_secs: How long a ``CancelFrame`` may take before the rest is torn down.
-        stop_timeout_secs: Bound on each actor's ``on_stop``.
-    """
+class _Edge(Actor[Frame]):
+    """The task's own first (source) and last (sink) actors; their cell is an
+    :class:`_EdgeCell`."""
 
-    enable_metrics: bool = False
-    enable_usage_metrics: bool = False
-    report_only_initial_ttfb: bool = False
-    mailbox_size: int = attrs.field(default=64)
-    idle_timeout_secs: float | None = None
-    start_timeout_secs: float = 20.0
-    cancel_timeout_secs: float = 5.0
-    stop_timeout_secs: float = 5.0
+    accepts = ()
 
-    @mailbox_size.validator
-    def _check_mailbox(self, _: object, value: int) -> None:
-        if value < 1:
-            raise ValueError(f"PipelineParams.mailbox_size must be at least 1, got {value}")
+    def __init__(
+        self,
+        name: str,
+        reached_end: Callable[[Frame, FrameDirection], Awaitable[None]],
+        *,
+        sink: bool,
+    ) -> None:
+        super().__init__(name=f"{name}:{'sink' if sink else 'source'}")
+        self.reached_end = reached_end
+        self.sink = sink
+        #: The cell running the edge, once spawned.
+        self.cell: _EdgeCell | None = None
+
+    def running_cell(self) -> _EdgeCell:
+        """The edge's cell (the task is running)."""
+        assert self.cell is not None
+        return self.cell
 
 
 @attrs.define(eq=False)
@@ -78,68 +79,73 @@ class _SinkMailbox(Mailbox):
     while it stops (and, so that order is kept, while such a frame is still queued).
     """
 
-    edge: _Edge | None = None
+    cell: _EdgeCell | None = None
 
-    def _inline(self, item: Item) -> bool:
-        edge = self.edge
+    def _inline(self, envelope: Envelope) -> bool:
+        cell = self.cell
         return (
-            edge is not None
-            and item[1] is FrameDirection.DOWNSTREAM
-            and type(item[0]) is not EndFrame
-            and edge._state is ActorState.RUNNING
+            cell is not None
+            and envelope.direction is DOWNSTREAM
+            and type(envelope.frame) is not EndFrame
+            and cell.lifecycle.state is RUNNING
             and not self.closed
-            and not self._data  # never overtake a frame still queued from before the start
+            and not self.data_depth  # never overtake a frame still queued from before the start
         )
 
-    def try_put_data(self, item: Item) -> bool:
-        if self._inline(item):
+    def try_put_data(self, envelope: Envelope) -> bool:
+        if self._inline(envelope):
             return False  # the sender then awaits put_data, which delivers it inline
-        return super().try_put_data(item)
+        return super().try_put_data(envelope)
 
-    async def put_data(self, item: Item) -> None:
-        edge = self.edge
-        if edge is not None and self._inline(item):
-            frame = item[0]
-            if frame.interruptible and item[2] < edge.session.turn:
+    async def put_data(self, envelope: Envelope) -> None:
+        cell = self.cell
+        if cell is not None and self._inline(envelope):
+            frame = envelope.frame
+            if frame.interruptible and envelope.turn < cell.core.turn:
                 self.count_stale()  # pushed by a stage the interruption has not reached yet
                 return
-            self.delivered += 1
-            await edge._task._reached_end(frame, FrameDirection.DOWNSTREAM)
+            self.count_delivered()
+            await cell.reached_end(frame, DOWNSTREAM)
             return
-        await super().put_data(item)
+        await super().put_data(envelope)
 
 
-class _Edge(Actor[Frame]):
-    """The task's own first (source) and last (sink) actors."""
+class _EdgeCell(Cell):
+    """Runs an :class:`_Edge`: frames reaching the end of the topology go to the task."""
 
-    accepts = ()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        actor = self.actor
+        assert isinstance(actor, _Edge)
+        self.reached_end = actor.reached_end
+        actor.cell = self
 
-    def __init__(self, task: PipelineTask, *, sink: bool) -> None:
-        super().__init__(name=f"{task.name}:{'sink' if sink else 'source'}")
-        self._task = task
-        self._sink = sink
+    @property
+    def sink(self) -> bool:
+        """Whether this is the task's output end."""
+        actor = self.actor
+        assert isinstance(actor, _Edge)
+        return actor.sink
 
-    def _make_mailbox(self, capacity: int) -> Mailbox:
-        if not self._sink:
-            return super()._make_mailbox(capacity)
-        mailbox = _SinkMailbox(capacity, self.name)
-        mailbox.edge = self
-        return mailbox
+    def make_mailbox(self, capacity: int) -> Mailbox:
+        if not self.sink:
+            return super().make_mailbox(capacity)
+        return _SinkMailbox(capacity, self.name, cell=self)
 
-    async def _forward(self, item: Item) -> None:
-        frame, direction = item[0], item[1]
-        reached_end = (direction is FrameDirection.DOWNSTREAM) == self._sink
-        if direction is not None and reached_end:
-            await self._task._reached_end(frame, direction)
-            if type(frame) is EndFrame:
-                self._end_forwarded = True
-            return
-        await super()._forward(item)
-        if not self._sink:
-            # The source stays up after passing the EndFrame on, until the session closes:
-            # frames still travelling upstream while the pipeline drains (errors) must
-            # reach the task.
-            self._end_forwarded = False
+    async def forward(self, envelope: Envelope) -> bool:
+        direction = envelope.direction
+        if direction is not None and (direction is DOWNSTREAM) == self.sink:
+            frame = envelope.frame
+            await self.reached_end(frame, direction)
+            return type(frame) is EndFrame
+        ended = await super().forward(envelope)
+        # The source stays up after passing the EndFrame on, until the session closes:
+        # frames still travelling upstream while the pipeline drains (errors) must reach the
+        # task.
+        return ended and self.sink
+
+
+register_cell_class(_Edge, _EdgeCell)
 
 
 class PipelineTask:
@@ -186,13 +192,15 @@ class PipelineTask:
         self.pipeline = pipeline if not isinstance(pipeline, Actor) else Pipeline([pipeline])
         self.params = params or PipelineParams()
         self.name = name or f"task-{id(self):x}"
+        # Bound like its session's logger (the session has the task's name).
+        self._log = _logger.bind(session=self.name)
         self._listeners: dict[FrameDirection, list[FrameListener]] = {
             FrameDirection.DOWNSTREAM: [on_downstream] if on_downstream else [],
             FrameDirection.UPSTREAM: [on_upstream] if on_upstream else [],
         }
         self._session: Session | None = None
-        self._source = _Edge(self, sink=False)
-        self._sink = _Edge(self, sink=True)
+        self._source = _Edge(self.name, self._reached_end, sink=False)
+        self._sink = _Edge(self.name, self._reached_end, sink=True)
         # Input given before the task was ready: (frame, direction, stage it was pushed from,
         # or None for queue_frame), in the order it was given.
         self._pending: list[tuple[Frame, FrameDirection, Actor[Any] | None]] = []
@@ -211,8 +219,8 @@ class PipelineTask:
         # Pushes into the stages from outside wait for the start (see _gate_push).
         self._stages: tuple[Actor[Any], ...] = self.pipeline.segment().actors
         for actor in self._stages:
-            if actor._session is None:
-                actor._gate = self._gate_push
+            if port_of(actor) is None:
+                set_push_gate(actor, self._gate_push)
 
     # ----------------------------------------------------------------- listeners
 
@@ -268,7 +276,7 @@ class PipelineTask:
                 f"task {self.name!r} has finished; its stage {actor.name!r} takes no more "
                 "frames (create a new PipelineTask with new stages)"
             )
-        if self._ready.is_set() or _current_actor.get() is actor:
+        if self._ready.is_set() or CURRENT_ACTOR.get() is actor:
             return False  # ready, or the actor's own handler (on_start): nothing to hold
         if not isinstance(frame, Frame):
             raise TypeError(f"push_frame takes a Frame, got {type(frame).__name__}")
@@ -308,15 +316,13 @@ class PipelineTask:
                 await self.queue_frame(frame)
 
     async def _inject(self, frame: Frame, direction: FrameDirection) -> None:
-        session = self.session
         if self._idle:
             self._last_activity = trio.current_time()
-        turn = frame.turn if frame.turn is not None else session.turn
-        if type(frame) is InterruptionFrame:
-            session._apply_interruption(frame)
-            turn = session.turn  # the interruption opens the new turn
-        edge = self._source if direction is FrameDirection.DOWNSTREAM else self._sink
-        await edge._deliver((frame, direction, turn, None))
+        cell = (self._source if direction is FrameDirection.DOWNSTREAM else self._sink).cell
+        assert cell is not None
+        envelope = cell.try_push(frame, direction)  # stamps the turn; applies an interruption
+        if envelope is not None:
+            await cell.deliver(envelope)
 
     async def end(self, reason: str | None = None) -> None:
         """Finish gracefully: an ``EndFrame`` follows the queued frames, then everything stops."""
@@ -342,9 +348,9 @@ class PipelineTask:
             # Input held for the start belongs to the interrupted turn, like input queued in a
             # mailbox: the interruption drops what is interruptible of it.
             self._pending[:] = [item for item in self._pending if not item[0].interruptible]
-        mailbox = self._source._mailbox
-        if mailbox is not None and not mailbox.closed:
-            mailbox.put_system((frame, FrameDirection.DOWNSTREAM, session.turn, None))
+        cell = self._source.cell
+        if cell is not None and not cell.mailbox.closed:
+            cell.mailbox.put_system(Envelope(frame, FrameDirection.DOWNSTREAM, session.turn))
         return frame
 
     # ----------------------------------------------------------------- ends
@@ -364,7 +370,7 @@ class PipelineTask:
                 self._cancel_reached.set()
         elif isinstance(frame, ErrorFrame):
             self.errors.append(frame)
-            self.session._log.warning(
+            self._log.warning(
                 "pipeline error",
                 error=frame.error,
                 category=str(frame.category),
@@ -400,7 +406,10 @@ class PipelineTask:
         p = self.params
         try:
             async with Session.open(
-                self.name, mailbox_size=p.mailbox_size, stop_timeout_secs=p.stop_timeout_secs
+                self.name,
+                mailbox_size=p.mailbox_size,
+                stop_timeout_secs=p.stop_timeout_secs,
+                params=p,
             ) as session:
                 self._session = session
                 seg = self.pipeline.segment() if not isinstance(self.pipeline, Actor) else None
@@ -412,14 +421,9 @@ class PipelineTask:
                     session.link(self._source, head)
                 for tail in seg.tails:
                     session.link(tail, self._sink)
-                start = StartFrame(
-                    enable_metrics=p.enable_metrics,
-                    enable_usage_metrics=p.enable_usage_metrics,
-                    report_only_initial_ttfb=p.report_only_initial_ttfb,
-                )
-                assert self._source._mailbox is not None
-                self._source._mailbox.put_system((start, FrameDirection.DOWNSTREAM, 0, None))
-                session._log.info("pipeline started", actors=len(seg.actors))
+                source = self._source.running_cell()
+                source.mailbox.put_system(Envelope(StartFrame(params=p), DOWNSTREAM, 0))
+                self._log.info("pipeline started", actors=len(seg.actors))
                 with trio.fail_after(p.start_timeout_secs):
                     while not self._started.is_set() and not self._done.is_set():
                         await _wait_any(self._started, self._done)
@@ -432,19 +436,18 @@ class PipelineTask:
                         await self._done.wait()
                         watchers.cancel_scope.cancel()
                 if self._cancelling:
-                    mailbox = self._source._mailbox
-                    if not mailbox.closed:
+                    if not source.mailbox.closed:
                         frame = CancelFrame(self._cancel_reason)
-                        mailbox.put_system((frame, FrameDirection.DOWNSTREAM, session.turn, None))
+                        source.mailbox.put_system(Envelope(frame, DOWNSTREAM, session.turn))
                     with trio.move_on_after(p.cancel_timeout_secs):
                         await self._cancel_reached.wait()
-                session._log.info("pipeline finished", cancelled=self._cancelling)
+                self._log.info("pipeline finished", cancelled=self._cancelling)
         finally:
             self._finished = True
             self._done.set()
             for actor in self._stages:
-                if actor._gate is None:
-                    actor._gate = self._gate_push  # refuses pushes from now on
+                if push_gate_of(actor) is None:
+                    set_push_gate(actor, self._gate_push)  # refuses pushes from now on
             if self._pending:
                 # Never silently: the input given before a start that did not happen.
                 _logger.warning(
@@ -463,19 +466,24 @@ class PipelineTask:
             frame, direction, actor = pending.pop(0)
             if actor is None:
                 await self._inject(frame, direction)
-            else:  # pushed into a stage from outside: sent on from it, as push_frame would
-                await actor._deliver(deliver_external(actor, frame, direction, session))
+                continue
+            # Pushed into a stage from outside: sent on from it, as push_frame would.
+            cell = port_of(actor)
+            assert cell is not None
+            envelope = cell.try_push(frame, direction)
+            if envelope is not None:
+                await cell.deliver(envelope)
         self._ready.set()
         for stage in self._stages:
-            if stage._gate == self._gate_push:
-                stage._gate = None
+            if push_gate_of(stage) == self._gate_push:
+                set_push_gate(stage, None)
 
     async def _idle_monitor(self, idle_secs: float) -> None:
         while True:
             deadline = self._last_activity + idle_secs
             now = trio.current_time()
             if now >= deadline:
-                self.session._log.info("idle timeout", idle_timeout_secs=idle_secs)
+                self._log.info("idle timeout", idle_timeout_secs=idle_secs)
                 self.cancel("idle timeout")
                 return
             await trio.sleep(deadline - now)

@@ -22,7 +22,9 @@ Rules:
 * Polymorphic nested values keep their concrete type: an attrs class whose base is registered
   with :func:`register_tagged_base` is written with its own ``"_type"`` tag. ``MetricsData``
   is registered, so the items of ``MetricsFrame.data`` come back as the subclasses they were
-  (frames nested inside frames are tagged too).
+  (frames nested inside frames are tagged too). So is
+  :class:`~runtime.PipelineParams`: a ``StartFrame``'s ``params`` come back as the subclass
+  the task was given.
 * Fields annotated ``Any`` (or ``object``) must hold JSON data (``None``, ``bool``, ``int``,
   ``float``, ``str``, lists and ``str``-keyed dicts of those; tuples are accepted and come
   back as lists); anything else raises :class:`SerializationError` naming the frame and
@@ -58,6 +60,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 from cattrs.preconf.json import make_converter
 
 from ._frames import _NOT_SERIALIZED, Frame, FrameDirection, MetricsData
+from ._params import PipelineParams
 
 if TYPE_CHECKING:
     from ._task import PipelineTask
@@ -213,8 +216,9 @@ def register_tagged_base(base: type[Any]) -> None:
     """Serialize every attrs subclass of ``base`` with a ``"_type"`` tag.
 
     Use it for polymorphic values held by frame fields (a field annotated with the base class,
-    holding subclasses), so each value comes back with its concrete type. ``Frame`` and
-    ``MetricsData`` are registered already; registering a base twice does nothing.
+    holding subclasses), so each value comes back with its concrete type. ``Frame``,
+    ``MetricsData`` and ``PipelineParams`` are registered already; registering a base twice
+    does nothing.
 
     Args:
         base: An attrs class.
@@ -409,6 +413,8 @@ converter: cattrs.Converter = _make_converter()
 
 register_tagged_base(Frame)
 register_tagged_base(MetricsData)
+# A StartFrame's settings keep their class (a stage package's PipelineParams subclass).
+register_tagged_base(PipelineParams)
 
 
 # --------------------------------------------------------------------------- public API

@@ -53,9 +53,12 @@ from ._frames import (
     InterruptionFrame,
     StartFrame,
 )
+from ._params import PipelineParams
 from ._pipeline import ParallelPipeline, Pipeline, Stage
-from ._session import Session, SessionSnapshot, collapse_exception_group
-from ._task import PipelineParams, PipelineTask
+from ._session import Session
+from ._snapshot import SessionSnapshot
+from ._supervision import collapse_exception_group
+from ._task import PipelineTask
 
 __all__ = [
     "LIFECYCLE_FRAMES",

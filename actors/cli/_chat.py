@@ -30,7 +30,6 @@ from runtime import (
     FrameDirection,
     MetricsFrame,
     Pipeline,
-    PipelineParams,
     PipelineTask,
 )
 from runtime import logging as rlog
@@ -47,6 +46,7 @@ from .._frames import (
     TTFBMetricsData,
     VisionImageRawFrame,
 )
+from .._params import PipelineParams
 from .._schemas import ToolsSchema
 from .._service import OpenAILLMService
 from .._storage import SQLiteContextStorage

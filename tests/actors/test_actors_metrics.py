@@ -16,12 +16,13 @@ from actors import (
     LLMTokenUsage,
     LLMUpdateSettingsFrame,
     LLMUsageMetricsData,
+    PipelineParams,
     ProcessingMetricsData,
     ToolsSchema,
     TTFBMetricsData,
 )
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
-from runtime import MetricsFrame, PipelineParams
+from runtime import MetricsFrame
 
 from ..conversation_kit import MODEL, metrics_of, open_conversation
 

@@ -68,6 +68,7 @@ PUBLIC = {
     "OpenAILLMService",
     "OutputCallback",
     "OutputTransport",
+    "PipelineParams",
     "ProcessingMetricsData",
     "RecordToolCallsRequest",
     "RecordToolSettlementRequest",

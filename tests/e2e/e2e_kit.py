@@ -13,9 +13,8 @@ import httpx
 import pytest
 import trio
 
-from actors import FunctionHandler, OpenAILLMService, ToolsSchema
+from actors import FunctionHandler, OpenAILLMService, PipelineParams, ToolsSchema
 from actors.client import Timeouts
-from runtime import PipelineParams
 
 from .. import conversation_kit
 from ..conftest import LocalLLM

@@ -94,17 +94,17 @@ class TestStart:
             assert [type(f) for f, _ in collector.frames] == [StartFrame, Ping]
             assert collector.state.name == "RUNNING"
 
-    async def test_start_frame_carries_the_metrics_settings(self, autojump_clock: object) -> None:
-        """``PipelineParams`` metrics switches reach every actor through the ``StartFrame``."""
+    async def test_start_frame_carries_the_task_params(self, autojump_clock: object) -> None:
+        """The task's ``PipelineParams`` reach every actor through the ``StartFrame``, which
+        each actor keeps (``start_frame``)."""
         actor = FrameCollector()
-        params = PipelineParams(enable_metrics=True, report_only_initial_ttfb=True)
+        params = PipelineParams(mailbox_size=8, stop_timeout_secs=2.0)
+        assert actor.start_frame is None
         result = await run_frames([actor], [], params=params, include_lifecycle=True)
         start = result.downstream[0]
         assert isinstance(start, StartFrame)
-        assert start.enable_metrics
-        assert actor.metrics_enabled
-        assert actor.report_only_initial_ttfb
-        assert not actor.usage_metrics_enabled
+        assert start.params is params
+        assert actor.start_frame is start
 
     async def test_a_start_frame_that_never_crosses_times_out(self, autojump_clock: object) -> None:
         """A stage that never lets the ``StartFrame`` through fails ``run()`` after

@@ -21,6 +21,7 @@ from runtime import (
     FrameDirection,
     MetricsData,
     MetricsFrame,
+    PipelineParams,
     PipelineTask,
     SystemFrame,
 )
@@ -221,6 +222,12 @@ def strategy_for(t: Any) -> st.SearchStrategy[Any]:
         return st.builds(t, st.text())
     if isinstance(t, type) and issubclass(t, Frame):
         return leaf_frames
+    if isinstance(t, type) and issubclass(t, PipelineParams):
+        # The session settings a StartFrame carries (subclasses included): a mailbox holds
+        # at least one frame.
+        return st.one_of(
+            [builds(c, mailbox_size=st.integers(1, 10_000)) for c in concrete_subclasses(t)]
+        )
     if isinstance(t, type) and attrs.has(t):
         return st.one_of([builds(c) for c in concrete_subclasses(t)])
     if origin is typing.Union or origin is __import__("types").UnionType:
@@ -242,11 +249,14 @@ def strategy_for(t: Any) -> st.SearchStrategy[Any]:
     raise NotImplementedError(f"no strategy for {t!r}")
 
 
-def builds(cls: type[Any]) -> st.SearchStrategy[Any]:
-    """Instances of the attrs class ``cls`` with every init field generated from its type."""
+def builds(cls: type[Any], **given: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Instances of the attrs class ``cls`` with every init field generated from its type
+    (or by the strategy ``given`` for it)."""
     hints = typing.get_type_hints(cls)
     kwargs = {
-        field.alias: strategy_for(hints[field.name]) for field in attrs.fields(cls) if field.init
+        field.alias: given[field.alias] if field.alias in given else strategy_for(hints[field.name])
+        for field in attrs.fields(cls)
+        if field.init
     }
     return st.builds(cls, **kwargs)
 

@@ -66,21 +66,11 @@ ALLOWED_TERMS = re.compile(
     r"(?<![a-z])(?:"
     r"__context__|(?:__)?suppress_context(?:__)?|copy_context|contextvars\.context|contextvars?"
     r"|contextlib"
-    r"|(?:async)?[ _-]?context[ _-]?managers?|context[ _-]?variables?"
+    r"|(?:abstract)?(?:async)?[ _-]?context[ _-]?managers?|context[ _-]?variables?"
     r"|(?:current_)?trio[ _]?tokens?|reset[ _]tokens?"
     r")(?![a-z])",
     re.IGNORECASE,
 )
-
-#: Words that another change of issue #14 removes (``StartFrame``'s metrics flags become an
-#: opaque ``params`` field): tolerated only where they are today, and the test fails once one
-#: is gone, so that this list is emptied as soon as that change is merged.
-PENDING: dict[str, frozenset[str]] = {
-    "_frames.py": frozenset({"usage", "ttfb", "tokens"}),
-    "_actor.py": frozenset({"usage", "ttfb"}),
-    "_session.py": frozenset({"usage", "ttfb"}),
-    "_task.py": frozenset({"usage", "ttfb", "token"}),
-}
 
 _WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 
@@ -199,9 +189,5 @@ class TestRuntimeVocabulary:
 
     @pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
     def test_no_conversation_vocabulary(self, path: Path) -> None:
-        pending = PENDING.get(path.name, frozenset())
-        found = findings(path)
         rel = path.relative_to(RUNTIME.parent)
-        assert [f"{rel}:{line}: {word}" for line, word in found if word not in pending] == []
-        stale = pending - {word for _, word in found}
-        assert not stale, f"{rel}: {sorted(stale)} no longer found: remove them from PENDING"
+        assert [f"{rel}:{line}: {word}" for line, word in findings(path)] == []

@@ -1,0 +1,646 @@
+"""The cell: what runs one actor inside a session.
+
+A session makes a :class:`Cell` for every actor it spawns. The cell owns what the actor's
+user code never touches: its mailbox, its links to the neighbouring cells, the loops that
+serve the two lanes, its cancel scopes and nursery, its state machine
+(:class:`~runtime._lifecycle.Lifecycle`) and its restart bookkeeping; it calls the actor's
+hooks (``on_start``, ``process_frame``, ``on_ask``, ``on_stop``). The actor reaches it through
+:class:`~runtime._actor.ActorPort`; the session and the supervisor call its public methods.
+
+Loops: the data loop runs in the supervisor's task, inside a nursery of the cell's own; system
+frames are served by a task started in that nursery when they arrive, which ends when the
+system lane is empty.
+
+Companions (:meth:`~runtime.Actor.add_companion`) are cells with an ``owner``: they share the
+owner's link lists (so their pushes follow any relinking of the owner) and have no links of
+their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
+from typing import Any
+
+import outcome
+import structlog
+import trio
+
+from ._actor import CURRENT_ACTOR, Actor, SessionView, accepts_type, bind, notify_watchers
+from ._core import SessionCore
+from ._errors import ActorDeadError
+from ._frames import (
+    ActorStoppedFrame,
+    CancelFrame,
+    EndFrame,
+    Frame,
+    FrameDirection,
+    InterruptionFrame,
+    StartFrame,
+    SystemFrame,
+)
+from ._lifecycle import (
+    CRASHED,
+    CREATED,
+    LIVE,
+    RESTARTING,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    STOPPING,
+    TERMINAL,
+    ActorState,
+)
+from ._mailbox import Envelope, Mailbox, Reply
+from ._snapshot import ActorSnapshot
+from ._turn import CURRENT_TURN
+
+__all__ = ["Cell", "cell_class_for", "register_cell_class"]
+
+DOWNSTREAM = FrameDirection.DOWNSTREAM
+UPSTREAM = FrameDirection.UPSTREAM
+
+#: Frames whose forwarding the runtime guarantees (they pass every actor exactly once).
+_LIFECYCLE = (StartFrame, EndFrame, CancelFrame, InterruptionFrame)
+
+#: How many frames an actor handles back to back before letting other tasks run.
+_FAIRNESS_BATCH = 64
+
+_logger = structlog.get_logger("trouper.runtime")
+
+
+class Cell:
+    """Runs one actor in a session (see the module docs).
+
+    Args:
+        actor: The actor (bound to this cell for good).
+        core: What the session's cells share.
+        capacity: Capacity of the data lane.
+        owner: For a companion, the cell of the actor it belongs to.
+        stop_with_owner: For a companion, whether its owner's stop stops it.
+    """
+
+    def __init__(
+        self,
+        actor: Actor[Any],
+        core: SessionCore,
+        capacity: int,
+        *,
+        owner: Cell | None = None,
+        stop_with_owner: bool = True,
+    ) -> None:
+        self.actor = actor
+        self.name = actor.name
+        self.core = core
+        self.mailbox = self.make_mailbox(capacity)
+        self.lifecycle = bind(actor, self)
+        #: For a companion, its owner; its link lists are the owner's (the same objects).
+        self.owner = owner
+        self.stop_with_owner = stop_with_owner
+        self.downstream: list[Cell] = owner.downstream if owner is not None else []
+        self.upstream: list[Cell] = owner.upstream if owner is not None else []
+        self.companions: list[Cell] = []
+        #: The StartFrame the actor first started with (sent again at each restart).
+        self.start_frame: StartFrame | None = None
+        #: The data-lane envelope whose handler runs (interruptions cancel that handler).
+        self.busy: Envelope | None = None
+        #: The lifecycle frame a system-lane handler is handling (the runtime forwards it).
+        self.system_busy: Envelope | None = None
+        self.work_scope: trio.CancelScope | None = None
+        self.work_cancelled = False
+        self.scope: trio.CancelScope | None = None
+        self.nursery: trio.Nursery | None = None
+        self.interrupt_hooks: list[Callable[[], object]] = []
+        self.background: set[trio.CancelScope] = set()
+        self.restarts = 0
+        self.dead_letters = 0
+        self.crash: BaseException | None = None
+        self.relaying = False
+        self.accept_cache: dict[type[Frame], bool] = {}
+
+    def make_mailbox(self, capacity: int) -> Mailbox:
+        """The actor's mailbox (a subclass may give it another kind)."""
+        return Mailbox(capacity, self.name)
+
+    @property
+    def session(self) -> SessionView:
+        """The session the cell belongs to."""
+        return self.core.session
+
+    @property
+    def state(self) -> ActorState:
+        """The actor's state."""
+        return self.lifecycle.state
+
+    def accepts_type(self, cls: type[Frame]) -> bool:
+        """Whether frames of type ``cls`` reach the actor's handler (cached)."""
+        ok = self.accept_cache.get(cls)
+        if ok is None:
+            ok = self.accept_cache[cls] = accepts_type(self.actor.accepts, cls)
+        return ok
+
+    def __repr__(self) -> str:
+        return f"<Cell {self.name!r} {self.lifecycle.state.value}>"
+
+    # ------------------------------------------------------------------ sending
+
+    def try_push(self, frame: Frame, direction: FrameDirection) -> Envelope | None:
+        """The start of :meth:`Actor.push_frame`: queue ``frame`` with a single neighbour if
+        that needs no waiting; else return the envelope for :meth:`deliver`. ``None`` when
+        nothing is left to do (queued, or a lifecycle frame the runtime forwards itself)."""
+        busy = self.busy
+        reuse = None
+        if busy is not None and busy.frame is frame:
+            if type(frame) is EndFrame:
+                # A Pipecat habit: forwarding the lifecycle frame being handled. The runtime
+                # forwards it itself, so this push would duplicate it.
+                return None
+            reuse = busy
+        else:
+            held = self.system_busy
+            if held is not None and held.frame is frame:
+                return None  # the same habit, on the system lane
+        turn = frame.turn
+        if type(frame) is InterruptionFrame:
+            self.core.interrupt(frame)
+            # The interruption opens the new turn: stages handle it (and push) in that turn.
+            turn = self.core.turn
+        elif turn is None:
+            turn = self.core.turn
+        if reuse is not None and reuse.direction is direction and reuse.turn == turn:
+            envelope = reuse  # the frame being handled, passed on as it came
+        else:
+            envelope = Envelope(frame, direction, turn)
+        targets = self.upstream if direction is UPSTREAM else self.downstream
+        if len(targets) == 1 and not isinstance(frame, SystemFrame):
+            mailbox = targets[0].mailbox
+            if not mailbox.closed and mailbox.try_put_data(envelope):
+                return None
+        return envelope
+
+    async def deliver(self, envelope: Envelope) -> None:
+        """Queue ``envelope`` with every neighbour in its direction (waiting for room)."""
+        upstream = envelope.direction is UPSTREAM
+        targets = self.upstream if upstream else self.downstream
+        frame = envelope.frame
+        system = isinstance(frame, SystemFrame)
+        core = self.core
+        # A frame whose delivery its sender awaits (push_error) counts the lanes it is queued in.
+        tracked = system and bool(core.in_flight) and frame.id in core.in_flight
+        for target in targets:
+            mailbox = target.mailbox
+            if mailbox.closed:
+                if upstream and target.lifecycle.state is STOPPED and not target.relaying:
+                    # A stage that has ended passes frames still travelling upstream on as
+                    # if they went through it: an error reported while the pipeline drains
+                    # after an EndFrame must still reach the input end.
+                    target.relaying = True
+                    try:
+                        await target.forward(envelope)
+                    finally:
+                        target.relaying = False
+                else:
+                    self.dead_letters += 1
+                continue
+            if system:
+                mailbox.put_system(envelope)
+                if tracked:
+                    core.queued(frame)
+            elif not mailbox.try_put_data(envelope):
+                try:
+                    await mailbox.put_data(envelope)
+                except ActorDeadError:
+                    self.dead_letters += 1
+
+    async def forward(self, envelope: Envelope) -> bool:
+        """Pass an envelope on unchanged (pass-through and lifecycle frames). Returns whether
+        the actor is done: an ``EndFrame`` has passed it."""
+        frame = envelope.frame
+        ended = type(frame) is EndFrame
+        direction = envelope.direction
+        if direction is None:
+            return ended
+        targets = self.upstream if direction is UPSTREAM else self.downstream
+        if len(targets) == 1 and not isinstance(frame, SystemFrame):
+            mailbox = targets[0].mailbox
+            if not mailbox.closed and mailbox.try_put_data(envelope):
+                return ended
+        await self.deliver(envelope)
+        return ended
+
+    def envelope(self, frame: Frame, reply: Reply | None) -> Envelope:
+        """An envelope for a frame sent straight to the actor, stamped with the turn."""
+        turn = frame.turn
+        return Envelope(frame, None, self.core.turn if turn is None else turn, reply)
+
+    def tracking(self, frame: Frame) -> AbstractAsyncContextManager[None]:
+        """See :meth:`SessionCore.tracking`."""
+        return self.core.tracking(frame)
+
+    def notify(self, frame: ActorStoppedFrame) -> None:
+        """Queue a notice on the system lane (dropped if the actor has stopped)."""
+        mailbox = self.mailbox
+        if not mailbox.closed:
+            mailbox.put_system(Envelope(frame, None, frame.turn or 0))
+
+    # ------------------------------------------------------------------ work of the actor
+
+    def create_task(
+        self,
+        fn: Callable[..., Awaitable[object]],
+        args: tuple[object, ...],
+        name: str,
+        interruptible: bool,
+    ) -> trio.CancelScope | None:
+        """Run ``fn(*args)`` in the cell's nursery (``None`` if the loops do not run)."""
+        nursery = self.nursery
+        if nursery is None:
+            return None
+        scope = trio.CancelScope()
+        background = self.background
+        turn_scopes = self.core.turn_scopes
+        background.add(scope)
+        if interruptible:
+            turn_scopes.add(scope)
+
+        async def runner() -> None:
+            CURRENT_ACTOR.set(None)
+            try:
+                with scope:
+                    await fn(*args)
+            finally:
+                background.discard(scope)
+                turn_scopes.discard(scope)
+
+        nursery.start_soon(runner, name=name)
+        return scope
+
+    def add_interrupt_hook(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` when an interruption cancels the running handler."""
+        self.interrupt_hooks.append(callback)
+
+    def discard_interrupt_hook(self, callback: Callable[[], object]) -> None:
+        """Forget ``callback`` (no error if it ran already)."""
+        if callback in self.interrupt_hooks:
+            self.interrupt_hooks.remove(callback)
+
+    @contextmanager
+    def turn_scope(self, turn: int | None) -> Iterator[trio.CancelScope]:
+        """A cancel scope that the interruption of ``turn`` (default: the handled frame's,
+        else the current one) cancels; cancelled at once if that turn is over."""
+        core = self.core
+        if turn is None:
+            turn = CURRENT_TURN.get()
+            if turn is None:
+                turn = core.turn
+        scope = trio.CancelScope()
+        if turn < core.turn:
+            scope.cancel()
+        else:
+            core.turn_scopes.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            core.turn_scopes.discard(scope)
+
+    def add_companion(self, actor: Actor[Any], stop_with_owner: bool) -> None:
+        """Spawn ``actor`` now as a companion of this cell's actor."""
+        self.core.spawn_companion(self.name, actor, stop_with_owner)
+
+    def offer_start(self, frame: StartFrame) -> None:
+        """Give a companion its owner's ``StartFrame`` (if it has not started)."""
+        if self.lifecycle.state is CREATED and not self.mailbox.closed:
+            self.mailbox.put_system(Envelope(frame, None, self.core.turn))
+
+    # ------------------------------------------------------------------ interruptions
+
+    def has_interruptible_work(self) -> bool:
+        """Whether a handler runs that an interruption cancels (an interruptible frame's)."""
+        busy = self.busy
+        return busy is not None and busy.frame.interruptible and self.work_scope is not None
+
+    def run_interrupt_hooks(self) -> None:
+        """Run (and forget) the callbacks given with ``Actor.on_interruption``."""
+        hooks, self.interrupt_hooks = self.interrupt_hooks, []
+        for hook in hooks:
+            try:
+                hook()
+            except Exception as exc:
+                _logger.warning(
+                    "on_interruption callback raised",
+                    actor=self.name,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+
+    def cancel_work(self) -> None:
+        """Cancel the running handler; the data loop goes on with the next frame."""
+        scope = self.work_scope
+        assert scope is not None
+        scope.cancel()
+        self.work_cancelled = True
+
+    def purge_stale(self, turn: int) -> int:
+        """Drop the queued interruptible data older than ``turn``; returns how many."""
+
+        def stale(envelope: Envelope) -> bool:
+            return envelope.frame.interruptible and envelope.turn < turn and envelope.reply is None
+
+        return len(self.mailbox.purge(stale))
+
+    # ------------------------------------------------------------------ loops
+
+    async def run(self) -> None:
+        """Run the actor until it stops (or a handler raises). The data loop runs here, in
+        the cell's nursery, once the actor has started; system frames get a task of their
+        own in that nursery when they arrive (it ends when the lane is empty). One function,
+        not two: every wake-up of the data loop resumes each coroutine frame of its stack.
+        """
+        CURRENT_ACTOR.set(self.actor)
+        mailbox = self.mailbox
+        core = self.core
+        try:
+            async with trio.open_nursery() as nursery:
+                self.scope = nursery.cancel_scope
+                self.nursery = nursery
+                mailbox.serve_system_with(self._serve_system_soon)
+                await self.lifecycle.wait_serving()
+                accept_cache = self.accept_cache
+                take = mailbox.take_data
+                process = self.actor.process_frame
+                batch = 0
+                last_turn: int | None = None
+                while True:
+                    with trio.CancelScope() as scope:
+                        self.work_scope = scope
+                        self.work_cancelled = False
+                        while True:
+                            if self.work_cancelled:
+                                # An interruption landed after the last handler's last
+                                # checkpoint: serve the next frame in a fresh scope, or its
+                                # handler would be cancelled in its place.
+                                break
+                            if batch >= _FAIRNESS_BATCH:
+                                batch = 0
+                                await trio.lowlevel.checkpoint()
+                            envelope = take()
+                            if envelope is None:
+                                envelope = await mailbox.get_data()
+                                batch = 0
+                            else:
+                                batch += 1
+                            if envelope.reply is not None:
+                                await self._answer(envelope)
+                                continue
+                            frame = envelope.frame
+                            if frame.interruptible and envelope.turn < core.turn:
+                                mailbox.count_stale()
+                                continue
+                            cls = type(frame)
+                            ok = accept_cache.get(cls)
+                            if ok is None:
+                                ok = self.accepts_type(cls)
+                            if not ok:
+                                ended = await self.forward(envelope)
+                            else:
+                                turn = envelope.turn if frame.interruptible else core.turn
+                                if turn != last_turn:
+                                    # This task's own context variables: no reset between frames.
+                                    CURRENT_TURN.set(turn)
+                                    last_turn = turn
+                                self.busy = envelope
+                                try:
+                                    await process(frame, envelope.direction or DOWNSTREAM)
+                                finally:
+                                    self.busy = None
+                                ended = cls is EndFrame and await self.forward(envelope)
+                            if ended:
+                                CURRENT_TURN.set(None)
+                                await self.stop()
+                                return
+                    if scope.cancelled_caught:
+                        # Interrupted mid-handler: the frame is abandoned; serve the next.
+                        self.work_scope = None
+        finally:
+            mailbox.serve_system_with(None)
+            self.nursery = None
+
+    def _serve_system_soon(self) -> bool:
+        """Start the task that serves the system lane; ``False`` if the nursery does not
+        take tasks now (the frame then waits for the next one)."""
+        nursery = self.nursery
+        if nursery is None:
+            return False
+        try:
+            nursery.start_soon(self._serve_system, name=f"{self.name}:system")
+        except RuntimeError:  # the nursery is closing
+            return False
+        return True
+
+    async def _serve_system(self) -> None:
+        """Serve the system lane until it is empty, then end: system frames are rare, so the
+        task exists only while there are some (it runs beside the data loop)."""
+        mailbox = self.mailbox
+        core = self.core
+        actor = self.actor
+        CURRENT_ACTOR.set(actor)
+        try:
+            while (envelope := mailbox.take_system()) is not None:
+                frame = envelope.frame
+                try:
+                    if envelope.reply is not None:
+                        await self._answer(envelope)
+                        continue
+                    cls = type(frame)
+                    if cls is StartFrame:
+                        assert isinstance(frame, StartFrame)
+                        await self._start(frame)
+                    accepted = self.accepts_type(cls)
+                    if accepted:
+                        reset_token = CURRENT_TURN.set(envelope.turn)
+                        self.system_busy = envelope if cls in _LIFECYCLE else None
+                        try:
+                            await actor.process_frame(frame, envelope.direction or DOWNSTREAM)
+                        finally:
+                            self.system_busy = None
+                            CURRENT_TURN.reset(reset_token)
+                    if not accepted or cls in _LIFECYCLE:
+                        await self.forward(envelope)
+                    if cls is CancelFrame:
+                        await self.stop()
+                        return
+                finally:
+                    if core.in_flight and envelope.direction is not None:
+                        # Handled here: passed on (counted again there), or taken.
+                        core.delivery_step(frame)
+        finally:
+            mailbox.end_system_service()
+
+    async def _answer(self, envelope: Envelope) -> None:
+        reply = envelope.reply
+        assert reply is not None
+        reset_token = CURRENT_TURN.set(envelope.turn)
+        try:
+            value = await self.actor.on_ask(envelope.frame)
+        except Exception as exc:
+            reply.set(outcome.Error(exc))
+        except BaseException:
+            # Cancelled: the actor stops (or crashed) before it could answer. Tell the asker
+            # now rather than let it wait for a reply that cannot come.
+            reply.set(
+                outcome.Error(
+                    ActorDeadError(
+                        f"actor {self.name!r} stopped before it answered "
+                        f"{type(envelope.frame).__name__}"
+                    )
+                )
+            )
+            raise
+        else:
+            reply.set(outcome.Value(value))
+        finally:
+            CURRENT_TURN.reset(reset_token)
+
+    # ------------------------------------------------------------------ life
+
+    async def _start(self, frame: StartFrame) -> None:
+        life = self.lifecycle
+        if life.state is not CREATED and life.state is not RESTARTING:
+            return  # started already: a StartFrame more is only passed on
+        first = self.start_frame is None
+        if first:
+            self.start_frame = frame
+        life.to(STARTING)
+        if first:
+            for companion in self.companions:
+                companion.offer_start(frame)
+        await self.actor.on_start()
+        if life.state is STARTING:  # (not stopped meanwhile)
+            life.to(RUNNING)
+            self.core.log.debug("actor started", actor=self.name)
+
+    def restart(self) -> None:
+        """After a crash and its backoff: forget the abandoned handler and queue the
+        ``StartFrame`` the actor started with (its mailbox and queued frames are kept)."""
+        self.busy = None
+        self.system_busy = None
+        if self.start_frame is not None and not self.mailbox.closed:
+            self.mailbox.put_system(Envelope(self.start_frame, None, self.core.turn))
+
+    async def stop(self) -> None:
+        """Stop for good: ``on_stop`` (shielded, time-boxed), close the mailbox, end the
+        loops, then stop the companions that stop with it. Nothing if it is stopping or has
+        stopped."""
+        life = self.lifecycle
+        if life.state not in LIVE:
+            return
+        life.to(STOPPING)
+        timeout = self.core.stop_timeout_secs
+        with trio.move_on_after(timeout, shield=True) as cs:
+            try:
+                await self.actor.on_stop()
+            except Exception as exc:
+                _logger.warning(
+                    "on_stop raised", actor=self.name, error=f"{type(exc).__name__}: {exc}"
+                )
+        if cs.cancelled_caught:
+            _logger.warning("on_stop timed out", actor=self.name, timeout_secs=timeout)
+        upstream = self.finish(crashed=False, keep_upstream=True)
+        if upstream:
+            # Frames travelling upstream (errors) that were queued here when the actor stopped
+            # are passed on, as a stopped actor passes on those that arrive later: an error
+            # reported while the pipeline drains still reaches the input end.
+            core = self.core
+            with trio.move_on_after(timeout, shield=True):
+                self.relaying = True
+                try:
+                    for envelope in upstream:
+                        try:
+                            await self.forward(envelope)
+                        finally:
+                            if core.in_flight:
+                                core.delivery_step(envelope.frame)
+                finally:
+                    self.relaying = False
+        for companion in self.companions:
+            if companion.stop_with_owner:
+                with trio.CancelScope(shield=True):
+                    await companion.stop()
+
+    def finish(self, *, crashed: bool, keep_upstream: bool = False) -> list[Envelope]:
+        """Mark the actor stopped (or crashed), close its mailbox, end its loops and tell its
+        watchers. With ``keep_upstream``, the frames travelling upstream still queued are
+        returned (to be passed on) instead of dropped. Nothing if it has stopped already."""
+        life = self.lifecycle
+        if life.state in TERMINAL:
+            return []
+        if crashed:
+            life.to(CRASHED)
+        else:
+            if life.state is not STOPPING:
+                life.to(STOPPING)
+            life.to(STOPPED)
+        left = self.mailbox.close()
+        core = self.core
+        upstream: list[Envelope] = []
+        for envelope in left:
+            if envelope.reply is not None:
+                envelope.reply.set(
+                    outcome.Error(ActorDeadError(f"actor {self.name!r} has stopped"))
+                )
+            elif keep_upstream and envelope.direction is UPSTREAM:
+                upstream.append(envelope)
+            elif core.in_flight and envelope.direction is not None:
+                core.delivery_step(envelope.frame)  # it goes no further
+        if self.scope is not None:
+            self.scope.cancel()
+        notify_watchers(self.actor)
+        core.log.debug(
+            "actor stopped",
+            actor=self.name,
+            state=life.state.value,
+            unprocessed=len(left) - len(upstream),
+        )
+        return upstream
+
+    def begin_restart(self) -> None:
+        """A crash the restart policy answers with a restart (after its backoff)."""
+        self.lifecycle.to(RESTARTING)
+        self.restarts += 1
+
+    # ------------------------------------------------------------------ introspection
+
+    def snapshot(self) -> ActorSnapshot:
+        """The actor's state, mailbox and work in progress."""
+        busy = self.busy
+        return ActorSnapshot(
+            name=self.name,
+            kind=type(self.actor).__name__,
+            state=self.lifecycle.state.value,
+            mailbox=self.mailbox.statistics(),
+            busy_with=busy.frame.name if busy is not None else None,
+            background_tasks=len(self.background),
+            restarts=self.restarts,
+            dead_letters=self.dead_letters,
+            downstream=tuple(c.name for c in self.downstream),
+            companion_of=self.owner.name if self.owner is not None else None,
+        )
+
+
+_CELL_CLASSES: dict[type[Actor[Any]], type[Cell]] = {}
+
+
+def register_cell_class(actor_class: type[Actor[Any]], cell_class: type[Cell]) -> None:
+    """Run actors of ``actor_class`` (and its subclasses) in cells of ``cell_class``: the
+    runtime's own special stages (a task's ends, a parallel section's merge points) forward
+    frames their own way."""
+    _CELL_CLASSES[actor_class] = cell_class
+
+
+def cell_class_for(actor_class: type[Actor[Any]]) -> type[Cell]:
+    """The cell class that runs actors of ``actor_class``."""
+    for klass in actor_class.__mro__:
+        found = _CELL_CLASSES.get(klass)
+        if found is not None:
+            return found
+    return Cell
