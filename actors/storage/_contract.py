@@ -13,11 +13,13 @@ from ._changes import Change
 from ._errors import check_id
 
 __all__ = [
+    "CompactionPolicy",
     "ConversationInfo",
     "ConversationStorage",
     "Lease",
     "StoredConversation",
     "check_lease",
+    "check_positive",
     "check_version",
 ]
 
@@ -230,3 +232,29 @@ def check_lease(conversation_id: str | None, lease: object) -> str:
             f"the lease is for conversation {lease.conversation_id!r}, not {conversation_id!r}"
         )
     return check_id(lease.conversation_id)
+
+
+def check_positive(**values: float) -> None:
+    """Each named value is a positive number.
+
+    Raises:
+        ValueError: One is not (the message names it).
+    """
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+@attrs.frozen(slots=True)
+class CompactionPolicy:
+    """When a log is folded into its snapshot: past ``after_entries`` entries, or once it
+    holds more bytes than the snapshot and at least ``min_bytes`` (so a compaction's cost,
+    the conversation's size, is paid at most once per conversation's worth of appends)."""
+
+    after_entries: int
+    min_bytes: int
+
+    def due(self, entries: int, log_bytes: int, snapshot_bytes: int) -> bool:
+        """Whether a log of ``entries`` entries and ``log_bytes`` bytes, after a snapshot of
+        ``snapshot_bytes`` bytes, is due for compaction."""
+        return entries >= self.after_entries or log_bytes > max(snapshot_bytes, self.min_bytes)

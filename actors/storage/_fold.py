@@ -27,6 +27,8 @@ from ._changes import (
     SetTools,
     change_from_json,
     change_to_json,
+    check_changes,
+    message_count_effect,
 )
 from ._errors import ConversationCorruptError
 
@@ -39,6 +41,7 @@ __all__ = [
     "encode_snapshot",
     "fold",
     "fold_entries",
+    "prepare_append",
 ]
 
 #: The conversation before its first change.
@@ -275,3 +278,15 @@ def fold(
     """
     entry = Entry(version=0, changes=tuple(changes))
     return fold_entries(conversation_id, EMPTY if base is None else base, [entry])
+
+
+def prepare_append(changes: object) -> tuple[bytes, bool, int]:
+    """What a backend stores for an append: ``(entry, reset, count)`` -- the encoded entry,
+    and the effect on the message count (see :func:`message_count_effect`).
+
+    Raises:
+        ValueError: No change, an invalid change, or content that is not JSON.
+    """
+    batch = check_changes(changes)
+    reset, count = message_count_effect(batch)
+    return encode_entry(batch), reset, count

@@ -24,8 +24,16 @@ import trio
 
 from .._context import ContextSnapshot
 from . import _redis_scripts as scripts
-from ._changes import Change, check_changes, message_count_effect
-from ._contract import ConversationInfo, Lease, StoredConversation, check_lease, check_version
+from ._changes import Change
+from ._contract import (
+    CompactionPolicy,
+    ConversationInfo,
+    Lease,
+    StoredConversation,
+    check_lease,
+    check_positive,
+    check_version,
+)
 from ._errors import (
     ConversationConflictError,
     ConversationCorruptError,
@@ -37,7 +45,7 @@ from ._errors import (
     check_owner,
     check_ttl,
 )
-from ._fold import EMPTY, decode_entry, decode_snapshot, encode_entry, encode_snapshot
+from ._fold import EMPTY, decode_entry, decode_snapshot, encode_snapshot, prepare_append
 from ._fold import fold_entries as _fold_entries
 
 __all__ = ["RedisConversationStorage", "mask_url"]
@@ -182,21 +190,18 @@ class RedisConversationStorage:
             )
         if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix must be a string without braces, got {prefix!r}")
-        for name, value in (
-            ("connect_timeout", connect_timeout),
-            ("timeout", timeout),
-            ("compact_after_entries", compact_after_entries),
-            ("compact_min_bytes", compact_min_bytes),
-            ("max_connections", max_connections),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        check_positive(
+            connect_timeout=connect_timeout,
+            timeout=timeout,
+            compact_after_entries=compact_after_entries,
+            compact_min_bytes=compact_min_bytes,
+            max_connections=max_connections,
+        )
         self.url = url
         self.prefix = prefix
         self.connect_timeout = float(connect_timeout)
         self.timeout = float(timeout)
-        self.compact_after_entries = int(compact_after_entries)
-        self.compact_min_bytes = int(compact_min_bytes)
+        self.compaction = CompactionPolicy(int(compact_after_entries), int(compact_min_bytes))
         self.max_connections = int(max_connections)
         self._client: coredis.Redis[bytes] | None = None
         self._stack: AsyncExitStack | None = None
@@ -490,12 +495,7 @@ class RedisConversationStorage:
         check_lease(cid, lease)
         heavy = _heavier_than(changes, OFF_LOOP_BYTES)
 
-        def prepare() -> tuple[bytes, bool, int]:
-            batch = check_changes(changes)
-            reset, count = message_count_effect(batch)
-            return encode_entry(batch), reset, count
-
-        record, reset, count = await _maybe_off_loop(heavy, prepare)
+        record, reset, count = await _maybe_off_loop(heavy, lambda: prepare_append(changes))
         meta, log_key, snapshot_key, lease_key, _ = self._keys(cid)
         reply = await self._script(
             cid,
@@ -510,9 +510,7 @@ class RedisConversationStorage:
         if status != "ok":
             raise StorageError(f"unexpected answer from Redis for conversation {cid!r}: {status}")
         version, entries, log_bytes, snapshot_bytes = (int(v) for v in values[:4])
-        if entries >= self.compact_after_entries or log_bytes > max(
-            snapshot_bytes, self.compact_min_bytes
-        ):
+        if self.compaction.due(entries, log_bytes, snapshot_bytes):
             self._compact_soon(cid)
         return version
 

@@ -22,8 +22,16 @@ from typing import Any, Self, TypeVar
 import structlog
 
 from .._context import ContextSnapshot
-from ._changes import Change, check_changes, message_count_effect
-from ._contract import ConversationInfo, Lease, StoredConversation, check_lease, check_version
+from ._changes import Change
+from ._contract import (
+    CompactionPolicy,
+    ConversationInfo,
+    Lease,
+    StoredConversation,
+    check_lease,
+    check_positive,
+    check_version,
+)
 from ._errors import (
     ConversationConflictError,
     ConversationCorruptError,
@@ -39,9 +47,9 @@ from ._fold import (
     EMPTY,
     decode_entry,
     decode_snapshot,
-    encode_entry,
     encode_snapshot,
     fold_entries,
+    prepare_append,
 )
 from ._worker import WorkerClosedError, WorkerThread
 
@@ -198,19 +206,16 @@ class SQLiteConversationStorage:
         compact_min_bytes: int = 1 << 20,
         import_legacy: bool = True,
     ) -> None:
-        for name, value in (
-            ("lock_timeout", lock_timeout),
-            ("busy_timeout", busy_timeout),
-            ("compact_after_entries", compact_after_entries),
-            ("compact_min_bytes", compact_min_bytes),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        check_positive(
+            lock_timeout=lock_timeout,
+            busy_timeout=busy_timeout,
+            compact_after_entries=compact_after_entries,
+            compact_min_bytes=compact_min_bytes,
+        )
         self.path = str(path)
         self.lock_timeout = float(lock_timeout)
         self.busy_timeout = float(busy_timeout)
-        self.compact_after_entries = int(compact_after_entries)
-        self.compact_min_bytes = int(compact_min_bytes)
+        self.compaction = CompactionPolicy(int(compact_after_entries), int(compact_min_bytes))
         self.import_legacy = import_legacy
         self._worker: WorkerThread[sqlite3.Connection] = WorkerThread(
             f"trouper-sqlite:{Path(self.path).name}", self._connect, self._disconnect
@@ -582,13 +587,9 @@ class SQLiteConversationStorage:
         cid = check_id(conversation_id)
         checked_version = check_version(expected_version)
         check_lease(cid, lease)
-        if isinstance(changes, Sequence) and not changes:
-            raise ValueError("an append needs at least one change")
 
         def append(conn: sqlite3.Connection) -> tuple[int, bool]:
-            batch = check_changes(changes)
-            record = encode_entry(batch)
-            reset, count = message_count_effect(batch)
+            record, reset, count = prepare_append(changes)
             return self._retrying(
                 conn,
                 lambda c: self._append(c, cid, checked_version, lease, record, reset, count),
@@ -639,10 +640,7 @@ class SQLiteConversationStorage:
                     "log_entries = ?, log_bytes = ? WHERE id = ?",
                     (version, now, messages, entries, log_bytes, cid),
                 )
-            due = entries >= self.compact_after_entries or log_bytes > max(
-                snapshot_bytes, self.compact_min_bytes
-            )
-            return version, due
+            return version, self.compaction.due(entries, log_bytes, snapshot_bytes)
 
         return _transaction(conn, write, write=True)
 
