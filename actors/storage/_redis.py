@@ -208,6 +208,7 @@ class RedisConversationStorage:
         self._nursery: trio.Nursery | None = None
         self._state = "new"
         self._compacting: set[str] = set()
+        self._compact_again: set[str] = set()
         self._scripts: dict[str, Any] = {}
 
     def __repr__(self) -> str:
@@ -530,18 +531,30 @@ class RedisConversationStorage:
     # ----------------------------------------------------------------- compaction
 
     def _compact_soon(self, cid: str) -> None:
-        if self._nursery is None or cid in self._compacting:
+        """Start a background compaction of ``cid``; if one runs already, have it run once
+        more when it ends (it may have read the log before the append that asked)."""
+        if self._nursery is None:
+            return
+        if cid in self._compacting:
+            self._compact_again.add(cid)
             return
         self._compacting.add(cid)
         self._nursery.start_soon(self._compact_quietly, cid)
 
     async def _compact_quietly(self, cid: str) -> None:
         try:
-            await self.compact(cid)
-        except StorageError as exc:
-            log.warning("compaction failed", conversation_id=cid, error=str(exc))
+            while True:
+                self._compact_again.discard(cid)
+                try:
+                    await self.compact(cid)
+                except StorageError as exc:
+                    log.warning("compaction failed", conversation_id=cid, error=str(exc))
+                    return
+                if cid not in self._compact_again:
+                    return
         finally:
             self._compacting.discard(cid)
+            self._compact_again.discard(cid)
 
     async def compact(self, conversation_id: str) -> bool:
         """Fold the log into the snapshot now; whether there was anything to fold (``False``

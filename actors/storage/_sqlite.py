@@ -221,6 +221,7 @@ class SQLiteConversationStorage:
             f"trouper-sqlite:{Path(self.path).name}", self._connect, self._disconnect
         )
         self._state = "new"
+        self._compaction_queued: set[str] = set()
 
     def __repr__(self) -> str:
         return f"SQLiteConversationStorage({self.path!r})"
@@ -597,7 +598,8 @@ class SQLiteConversationStorage:
             )
 
         version, due = await self._run(cid, append, retry=False)
-        if due:
+        if due and cid not in self._compaction_queued:
+            self._compaction_queued.add(cid)
             self._worker.post(lambda conn: self._compact_quietly(conn, cid))
         return version
 
@@ -670,6 +672,9 @@ class SQLiteConversationStorage:
         return await self._run(cid, lambda conn: self._compact(conn, cid))
 
     def _compact_quietly(self, conn: sqlite3.Connection, cid: str) -> None:
+        # The thread runs every job of this storage in order: the compaction sees every
+        # append queued before it, and an append queued after it may queue another one.
+        self._compaction_queued.discard(cid)
         try:
             self._retrying(conn, lambda c: self._compact(c, cid), cid)
         except StorageError as exc:

