@@ -220,8 +220,8 @@ class RedisConversationStorage:
         """Connect and check that the server answers.
 
         Raises:
-            StorageUnavailableError: The server cannot be reached, refuses the credentials,
-                or is older than 6.2.
+            StorageUnavailableError: The server cannot be reached or refuses the
+                credentials.
         """
         if self._state != "new":
             raise StorageUnavailableError(f"{self!r} was opened already (open it once)")
