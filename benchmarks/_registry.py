@@ -367,3 +367,8 @@ register(
     "50/200/500(/2,000) concurrent one-turn sessions: wall time, CPU, memory per session",
     optional=True,
 )
+register(
+    "storage",
+    "benchmarks.storage:run",
+    "conversation storage (SQLite, Redis): append p50/p99, longest loop step with 500 sessions",
+)

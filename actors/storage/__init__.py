@@ -1,0 +1,85 @@
+"""Conversation storage: versioned, append-only, leased; on SQLite (embedded) or Redis
+(shared by many processes and hosts).
+
+- :class:`ConversationStorage` is the contract; :class:`SQLiteConversationStorage` and
+  :class:`RedisConversationStorage` implement it (:func:`conversation_storage` picks one
+  from a path or URL).
+- The change records (:class:`AppendMessages`, :class:`ReplaceMessages`, :class:`SetTools`,
+  :class:`SetToolChoice`, :class:`RecordToolCalls`, :class:`SettleToolCall`,
+  :class:`MarkInterrupted`) are what the context store appends; :func:`fold` applies them
+  to a :class:`~actors.ContextSnapshot`.
+- :func:`open_conversation` takes a conversation over: lease, load, and settle the tool
+  calls a dead owner left ``IN_PROGRESS``; :func:`keep_lease` renews the lease.
+- Every error is a :class:`StorageError`.
+
+See ``docs/storage.md``.
+"""
+
+from ._changes import (
+    AppendMessages,
+    Change,
+    MarkInterrupted,
+    RecordToolCalls,
+    ReplaceMessages,
+    SettleToolCall,
+    SetToolChoice,
+    SetTools,
+    change_from_json,
+    change_to_json,
+    changes_from_snapshot,
+)
+from ._contract import ConversationInfo, ConversationStorage, Lease, StoredConversation
+from ._errors import (
+    ConversationConflictError,
+    ConversationCorruptError,
+    LeaseHeldError,
+    LeaseLostError,
+    StorageError,
+    StorageUnavailableError,
+)
+from ._fold import fold
+from ._open import conversation_storage
+from ._recovery import (
+    INTERRUPTED_TOOL_RESULT,
+    OpenedConversation,
+    keep_lease,
+    open_conversation,
+    open_tool_calls,
+    recovery_changes,
+)
+from ._redis import RedisConversationStorage
+from ._sqlite import SQLiteConversationStorage
+
+__all__ = [
+    "INTERRUPTED_TOOL_RESULT",
+    "AppendMessages",
+    "Change",
+    "ConversationConflictError",
+    "ConversationCorruptError",
+    "ConversationInfo",
+    "ConversationStorage",
+    "Lease",
+    "LeaseHeldError",
+    "LeaseLostError",
+    "MarkInterrupted",
+    "OpenedConversation",
+    "RecordToolCalls",
+    "RedisConversationStorage",
+    "ReplaceMessages",
+    "SQLiteConversationStorage",
+    "SetToolChoice",
+    "SetTools",
+    "SettleToolCall",
+    "StorageError",
+    "StorageUnavailableError",
+    "StoredConversation",
+    "change_from_json",
+    "change_to_json",
+    "changes_from_snapshot",
+    "conversation_storage",
+    "fold",
+    "keep_lease",
+    "open_conversation",
+    "open_tool_calls",
+    "recovery_changes",
+]

