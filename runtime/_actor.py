@@ -227,14 +227,18 @@ class Actor(Generic[T]):
         mailbox_size: Capacity of the data lane (default: the session's).
         restart_policy: Restart instead of escalating when a handler raises.
 
-    Example::
+    Example (a frame of your own, and an actor that changes it)::
 
-        class Upper(Actor[TextFrame]):
-            accepts = (TextFrame,)
+        @attrs.frozen(slots=True)
+        class Word(DataFrame):
+            text: str
+
+        class Upper(Actor[Word]):
+            accepts = (Word,)
 
             async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-                assert isinstance(frame, TextFrame)
-                await self.push_frame(TextFrame(frame.text.upper()), direction)
+                assert isinstance(frame, Word)
+                await self.push_frame(Word(frame.text.upper()), direction)
     """
 
     #: Frame types delivered to :meth:`process_frame`; anything else passes through.

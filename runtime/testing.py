@@ -4,13 +4,14 @@ Everything here waits through trio, so tests run on pytest-trio's ``autojump_clo
 ``trio.testing.MockClock``): timeouts, backoffs and slow stages take no real time, and a stuck
 topology fails fast with a :class:`TimeoutError` whose message holds a session snapshot.
 
-One shot, all frames in, everything out::
+With ``Upper`` and ``Word`` from :class:`~runtime.Actor`'s example. One shot, all frames in,
+everything out::
 
     from runtime.testing import run_frames
 
     async def test_upper(autojump_clock):
-        result = await run_frames([Upper()], [TextFrame("hi")])
-        assert [f.text for f in result.of_type(TextFrame)] == ["HI"]
+        result = await run_frames([Upper()], [Word("hi")])
+        assert [f.text for f in result.of_type(Word)] == ["HI"]
 
 Step by step, with the task running in the background::
 
@@ -18,7 +19,7 @@ Step by step, with the task running in the background::
 
     async def test_steps(autojump_clock):
         async with open_test_task([Upper()]) as t:
-            await t.push(TextFrame("a"))
+            await t.push(Word("a"))
             [frame] = await t.next_frames(1)
             t.interrupt()
             assert await t.drain() == [...]
