@@ -55,7 +55,8 @@ def validate_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, A
 
 
 def _check_tool_choice(choice: object) -> Any:
-    if choice is None or choice in _TOOL_CHOICES:
+    # A dict is unhashable: test membership on strings only.
+    if choice is None or (isinstance(choice, str) and choice in _TOOL_CHOICES):
         return choice
     if isinstance(choice, Mapping) and choice.get("type") in (
         "function",
