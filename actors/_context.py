@@ -218,6 +218,15 @@ class OpenAILLMContext:
             context._interrupted[index] = True
         return context
 
+    def _restore(self, snapshot: ContextSnapshot) -> None:
+        """Make this context equal to ``snapshot`` in place (validated before anything
+        changes): how the context store resumes a stored conversation into the context it
+        was given."""
+        loaded = OpenAILLMContext.from_snapshot(snapshot)
+        self._messages, self._interrupted = loaded._messages, loaded._interrupted
+        self._tools_source, self._tools = loaded._tools_source, loaded._tools
+        self._tool_choice = loaded._tool_choice
+
     # ----------------------------------------------------------------- reading
 
     @property

@@ -21,7 +21,7 @@ def test_every_documented_tool_choice_is_accepted(choice: Any) -> None:
 
 
 def test_a_dict_tool_choice_is_copied() -> None:
-    choice = {"type": "function", "function": {"name": "f"}}
+    choice: dict[str, Any] = {"type": "function", "function": {"name": "f"}}
     context = OpenAILLMContext()
     context.set_tool_choice(choice)
     choice["function"]["name"] = "changed"
