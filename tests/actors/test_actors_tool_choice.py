@@ -30,5 +30,5 @@ def test_a_dict_tool_choice_is_copied() -> None:
 
 @pytest.mark.parametrize("choice", ["always", {"type": "tool"}, {"function": {}}, ["auto"], 3])
 def test_an_invalid_tool_choice_is_a_value_error(choice: Any) -> None:
-    with pytest.raises(ValueError, match="tool_choice .* is invalid"):
+    with pytest.raises(ValueError, match=r"tool_choice .* is invalid"):
         OpenAILLMContext(tool_choice=choice)
