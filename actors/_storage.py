@@ -133,7 +133,7 @@ class ConversationWriter:
                 self.storage, self.conversation_id, owner=self.owner, ttl=self.lease_ttl
             )
         except StorageError as exc:
-            self.stopped = f"{type(exc).__name__}: {exc}"
+            self._stop(exc)
             return exc
         self.lease, self.version = opened.lease, opened.version
         current = context.snapshot()
@@ -173,24 +173,29 @@ class ConversationWriter:
                 self.conversation_id, changes, expected_version=self.version, lease=self.lease
             )
         except _FINAL as exc:
-            self.stopped = f"{type(exc).__name__}: {exc}"
-            return exc
+            return exc if self._stop(exc) else None
         except (StorageError, ValueError) as exc:
             self._dirty = True
             return exc
         self._dirty = False
         return None
 
-    async def keep_lease(self) -> LeaseLostError:
-        """Renew the lease until it is lost (returned; writing is then stopped) or the
-        caller is cancelled."""
+    async def keep_lease(self) -> LeaseLostError | None:
+        """Renew the lease until it is lost or the caller is cancelled. Writing then stops;
+        returns the error unless a write found it first (it is reported once)."""
         assert self.lease is not None
         try:
             await keep_lease(self.storage, self.lease)
         except LeaseLostError as exc:
             lost = exc
-        self.stopped = f"{type(lost).__name__}: {lost}"
-        return lost
+        return lost if self._stop(lost) else None
+
+    def _stop(self, error: StorageError) -> bool:
+        """Stop writing for good because of ``error``; whether this is the first stop."""
+        if self.stopped is not None:
+            return False
+        self.stopped = f"{type(error).__name__}: {error}"
+        return True
 
     async def close(
         self, changes: Sequence[Change], context: OpenAILLMContext | None = None

@@ -327,7 +327,8 @@ class ContextStore(Actor[ContextStoreRequest]):
     async def _keep_lease(self) -> None:
         assert self.writer is not None
         lost = await self.writer.keep_lease()
-        await self._report(lost, "is no longer written by this session")
+        if lost is not None:
+            await self._report(lost, "is no longer written by this session")
 
     async def on_ask(self, frame: Frame) -> object:
         """Apply one request, write its change to the storage (if any), and answer with a

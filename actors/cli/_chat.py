@@ -341,6 +341,7 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
             on_upstream=view.on_upstream,
         )
         label = "local model" if not remote else llm.base_url if base_url else "OpenAI"
+        prompt_failed: bool | None = None
         async with task:
             await pair.store.wait_opened()
             writer = pair.store.writer
@@ -352,19 +353,24 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
                     f"({len(context)} messages) from {escape(store_label(spec))}[/]"
                 )
             if options.prompt is not None:
-                errors_before = view.errors
                 await transport.send_text(options.prompt)
                 await transport.wait_answer()
                 failed = view.failed
                 await view.settle()
                 view.finish_answer()
-                return 1 if failed or view.errors > errors_before else 0
-            out.print(
-                f"[dim]trouper chat · {escape(printable(model))} on {escape(printable(label))} · "
-                "Ctrl-C interrupts an answer, Ctrl-D or Ctrl-C at the prompt leaves · "
-                f"{escape('/image PATH [question]')} sends an image[/]"
-            )
-            await _repl(out, transport, task, view)
+                prompt_failed = failed
+            else:
+                out.print(
+                    f"[dim]trouper chat · {escape(printable(model))} on "
+                    f"{escape(printable(label))} · Ctrl-C interrupts an answer, Ctrl-D or "
+                    "Ctrl-C at the prompt leaves · "
+                    f"{escape('/image PATH [question]')} sends an image[/]"
+                )
+                await _repl(out, transport, task, view)
+        # After the task ended: an error reported while it drained (the answer's write to
+        # the conversation store, say) counts too.
+        if prompt_failed is not None:
+            return 1 if prompt_failed or view.errors > 0 else 0
     return 0
 
 

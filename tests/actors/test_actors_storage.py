@@ -285,6 +285,7 @@ async def test_a_write_that_failed_once_is_made_good_by_the_next(
     async with SQLiteConversationStorage(tmp_path / "c.db") as storage:
         async with open_conversation(server, storage=storage, conversation_id="c") as conv:
             store = conv.pair.store
+            await store.wait_opened()
             assert store.writer is not None
             error = await store.writer.write(
                 [AppendMessages([{"role": "user", "content": "x", "bad": {1, 2}}])]
