@@ -304,7 +304,9 @@ class ContextStore(Actor[ContextStoreRequest]):
                 return  # nothing to persist, or a restart: the lease is still held
             error = await writer.open(self.context)
             if error is not None:
-                await self._report(error, "was not opened; the conversation is not persisted")
+                await self._report(
+                    error, "was not opened; this session does not persist it", final=False
+                )
             elif writer.writing:
                 if writer.resumed:
                     self.log.info(
@@ -380,9 +382,11 @@ class ContextStore(Actor[ContextStoreRequest]):
         if error is not None:
             await self._report(error, "was not saved")
 
-    async def _report(self, error: StorageError | ValueError, what: str) -> None:
+    async def _report(
+        self, error: StorageError | ValueError, what: str, *, final: bool = True
+    ) -> None:
         assert self.writer is not None
-        stop = " (this session stops writing it)" if self.writer.stopped else ""
+        stop = " (this session stops writing it)" if final and self.writer.stopped else ""
         await self.push_error(
             f"context store: conversation {self.writer.conversation_id!r} {what}{stop}: "
             f"{type(error).__name__}: {error}",

@@ -267,6 +267,7 @@ async def test_a_failed_write_is_an_error_frame_and_the_session_goes_on(
         storage,
         open_conversation(server, storage=storage, conversation_id="c") as conv,
     ):
+        await conv.pair.store.wait_opened()
         await storage.aclose()  # every write now fails
         await conv.say("Hello?")
         await conv.wait_ends(1)

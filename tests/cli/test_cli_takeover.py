@@ -88,7 +88,9 @@ async def until(
 ) -> None:
     """Wait until ``condition()`` holds (``what`` names it in the failure)."""
     with trio.fail_after(within):
-        while not await condition():
+        while True:
+            if await condition():
+                return
             await trio.sleep(0.02)
 
 
