@@ -108,7 +108,7 @@ async def reap(process: trio.Process) -> tuple[str, str]:
 
             async def read(stream: trio.abc.ReceiveStream, into: list[bytes]) -> None:
                 async for chunk in stream:
-                    into.append(chunk)
+                    into.append(bytes(chunk))
 
             outs: list[bytes] = []
             errs: list[bytes] = []
