@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import uuid
 from collections.abc import Awaitable, Callable
@@ -36,7 +35,7 @@ from actors.storage import (
     conversation_storage,
     open_conversation,
 )
-from actors.storage.testing import RedisServer
+from actors.storage.testing import RedisServer, sqlite_write_lock_free
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 
 from ..conversation_kit import assert_valid
@@ -236,22 +235,10 @@ async def _stop_between_writes(process: trio.Process, store: str) -> None:
     freeze every other writer of the file too)."""
     while True:
         os.kill(process.pid, signal.SIGSTOP)
-        if not store.endswith(".db") or _write_lock_free(Path(store)):
+        if not store.endswith(".db") or sqlite_write_lock_free(Path(store)):
             return
         os.kill(process.pid, signal.SIGCONT)
         await trio.sleep(0.01)
-
-
-def _write_lock_free(path: Path) -> bool:
-    conn = sqlite3.connect(path, timeout=0, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("ROLLBACK")
-        return True
-    except sqlite3.OperationalError:
-        return False
-    finally:
-        conn.close()
 
 
 async def _take_over(storage: ConversationStorage, cid: str) -> OpenedConversation:
