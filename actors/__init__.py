@@ -7,11 +7,13 @@ assistant aggregators, tool schemas, the conversation frames (text, transcriptio
 turns, the LLM's frames and metrics), the error categories and a text transport. The
 OpenAI-compatible streaming client is in :mod:`actors.client`, the redaction of secrets in
 :mod:`actors.client.redaction` (importing :mod:`actors` installs it into the runtime's
-scrubbers), the embedded local model in :mod:`actors.local`, test helpers in
-:mod:`actors.testing`.
+scrubbers), the embedded local model in :mod:`actors.local`, conversation storage in
+:mod:`actors.storage`, test helpers in :mod:`actors.testing`.
 """
 
 from __future__ import annotations
+
+import typing as _typing
 
 import runtime as _runtime
 
@@ -57,7 +59,6 @@ from ._params import PipelineParams as PipelineParams
 from ._schemas import FunctionSchema as FunctionSchema
 from ._schemas import ToolsSchema as ToolsSchema
 from ._service import OpenAILLMService as OpenAILLMService
-from ._storage import SQLiteContextStorage as SQLiteContextStorage
 from ._store import AppendMessagesRequest as AppendMessagesRequest
 from ._store import ContextStore as ContextStore
 from ._store import ContextStoreRequest as ContextStoreRequest
@@ -130,7 +131,6 @@ __all__ = [
     "RecordToolSettlementRequest",
     "ReplaceMessagesRequest",
     "RunFunctionCallsRequest",
-    "SQLiteContextStorage",
     "SetToolChoiceRequest",
     "SetToolsRequest",
     "StartInterruptionFrame",
@@ -151,3 +151,18 @@ __all__ = [
 # Nothing the runtime reports or logs carries a secret once the stages are imported: the
 # client's redaction becomes the runtime's scrubber (the client itself knows no runtime).
 _runtime.add_scrubber(_PROCESS_REDACTOR)
+
+if not _typing.TYPE_CHECKING:  # (hidden from type checkers: they report the name as missing)
+
+    def __getattr__(name: str) -> object:
+        """Names that were removed, with what to use instead."""
+        if name == "SQLiteContextStorage":
+            raise ImportError(
+                "actors.SQLiteContextStorage was removed: conversations are kept by "
+                "actors.storage (SQLiteConversationStorage(path) on the same file imports "
+                "what SQLiteContextStorage wrote; RedisConversationStorage for several "
+                "processes or hosts). Open one with 'async with' and pass it to "
+                "create_context_aggregator(context, storage=..., conversation_id=...); "
+                "see docs/context.md."
+            )
+        raise AttributeError(f"module 'actors' has no attribute {name!r}")

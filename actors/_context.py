@@ -55,7 +55,8 @@ def validate_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, A
 
 
 def _check_tool_choice(choice: object) -> Any:
-    if choice is None or choice in _TOOL_CHOICES:
+    # A dict is unhashable: test membership on strings only.
+    if choice is None or (isinstance(choice, str) and choice in _TOOL_CHOICES):
         return choice
     if isinstance(choice, Mapping) and choice.get("type") in (
         "function",
@@ -216,6 +217,15 @@ class OpenAILLMContext:
                 )
             context._interrupted[index] = True
         return context
+
+    def _restore(self, snapshot: ContextSnapshot) -> None:
+        """Make this context equal to ``snapshot`` in place (validated before anything
+        changes): how the context store resumes a stored conversation into the context it
+        was given."""
+        loaded = OpenAILLMContext.from_snapshot(snapshot)
+        self._messages, self._interrupted = loaded._messages, loaded._interrupted
+        self._tools_source, self._tools = loaded._tools_source, loaded._tools
+        self._tool_choice = loaded._tool_choice
 
     # ----------------------------------------------------------------- reading
 

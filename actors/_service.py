@@ -33,7 +33,7 @@ from ._context import DEFAULT_MAX_IMAGE_BYTES, ContextSnapshot, OpenAILLMContext
 from ._frames import FunctionCallFromLLM
 from ._llm import OpenAILLMStreamer, check_model, check_params
 from ._metrics import MetricsCollector
-from ._storage import SQLiteContextStorage
+from ._storage import DEFAULT_LEASE_TTL
 from ._store import ContextStore
 from ._tools import FunctionHandler, FunctionRegistration, RunFunctionCallsRequest, ToolExecutor
 from .client import (
@@ -43,6 +43,7 @@ from .client import (
     RetryPolicy,
     Timeouts,
 )
+from .storage import ConversationStorage
 
 __all__ = ["OpenAILLMService"]
 
@@ -192,18 +193,39 @@ class OpenAILLMService(OpenAILLMStreamer):
         context: OpenAILLMContext,
         *,
         user_params: LLMUserAggregatorParams | None = None,
-        storage: SQLiteContextStorage | None = None,
+        storage: ConversationStorage | None = None,
         conversation_id: str | None = None,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
     ) -> OpenAIContextAggregatorPair:
         """The user/assistant aggregator pair for ``context``, sharing one context store.
 
         The store owns ``context`` while the session runs and sends follow-up inferences
-        (after tool calls) to this service. With ``storage`` and ``conversation_id`` it also
-        writes the conversation to ``storage`` after every change (resume it later with
-        ``storage.load(conversation_id)``).
+        (after tool calls) to this service.
+
+        With ``storage`` (an open :class:`~actors.storage.ConversationStorage`) and
+        ``conversation_id`` the conversation is persisted: when the session starts, the
+        store leases the conversation and, if it is stored, resumes it (its messages
+        replace those of ``context``; the tools and tool choice of ``context`` are kept);
+        else it stores ``context`` as its beginning. Every change is then written before
+        the store answers for it. See ``docs/context.md``::
+
+            async with conversation_storage("conversations.db") as storage:
+                context = OpenAILLMContext(messages=[system], tools=tools)
+                pair = llm.create_context_aggregator(
+                    context, storage=storage, conversation_id="user-42"
+                )
+
+        Args:
+            context: The conversation (for a new one: its beginning).
+            user_params: The user aggregator's parameters.
+            storage: Where to persist the conversation.
+            conversation_id: Its id in ``storage``.
+            lease_ttl: Seconds the session's lease on the conversation lives unless renewed
+                (how long a crashed process keeps others from taking it over).
 
         Raises:
-            TypeError: ``context`` is not an ``OpenAILLMContext``.
+            TypeError: ``context`` is not an ``OpenAILLMContext``, or ``storage`` is not a
+                ``ConversationStorage`` (the removed ``SQLiteContextStorage`` included).
             ValueError: ``storage`` without ``conversation_id``, or the reverse.
         """
         if not isinstance(context, OpenAILLMContext):
@@ -217,6 +239,7 @@ class OpenAILLMService(OpenAILLMStreamer):
             name=f"{self.name}:context",
             storage=storage,
             conversation_id=conversation_id,
+            lease_ttl=lease_ttl,
         )
         suffix = self.name.rsplit("#", 1)[-1] if "#" in self.name else self.name
         return OpenAIContextAggregatorPair(

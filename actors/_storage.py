@@ -1,203 +1,214 @@
-"""Persisting conversations: :class:`SQLiteContextStorage` keeps the latest state of each
-conversation in an embedded SQLite file, written by the context store after every change,
-so a conversation can be resumed after the session (or the process) ended.
+"""Persisting a conversation while a session runs: the context store's link to a
+:class:`~actors.storage.ConversationStorage`.
+
+:class:`ConversationWriter` holds what the store needs to write one conversation: the
+storage, the lease (taken at start with :func:`~actors.storage.open_conversation`, renewed
+by :meth:`ConversationWriter.keep_lease`, released at the end) and the version the next
+append is based on. It never raises a storage error: it returns it, and the store reports
+it as an ``ErrorFrame``. After an error that means someone else owns the conversation now
+(conflict, lost or held lease) it stops writing for good; after any other failure the next
+write stores the whole conversation again, so the log never misses a change.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
-import time
-from pathlib import Path
-from types import TracebackType
+import socket
+import uuid
+from collections.abc import Sequence
+
+import attrs
+import trio
 
 from ._context import ContextSnapshot, OpenAILLMContext
-
-__all__ = ["SQLiteContextStorage"]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS trouper_conversations (
-    id          TEXT PRIMARY KEY,
-    messages    TEXT NOT NULL,
-    tools       TEXT,
-    tool_choice TEXT,
-    interrupted TEXT NOT NULL,
-    revision    INTEGER NOT NULL,
-    updated_at  REAL NOT NULL
+from .storage import (
+    Change,
+    ConversationConflictError,
+    ConversationStorage,
+    Lease,
+    LeaseHeldError,
+    LeaseLostError,
+    MarkInterrupted,
+    ReplaceMessages,
+    SetToolChoice,
+    SetTools,
+    StorageError,
+    changes_from_snapshot,
+    keep_lease,
+    open_conversation,
 )
-"""
 
-_UPSERT = """
-INSERT INTO trouper_conversations
-    (id, messages, tools, tool_choice, interrupted, revision, updated_at)
-VALUES (?, ?, ?, ?, ?, 1, ?)
-ON CONFLICT(id) DO UPDATE SET
-    messages = excluded.messages,
-    tools = excluded.tools,
-    tool_choice = excluded.tool_choice,
-    interrupted = excluded.interrupted,
-    revision = trouper_conversations.revision + 1,
-    updated_at = excluded.updated_at
-"""
+__all__ = [
+    "DEFAULT_LEASE_TTL",
+    "ConversationWriter",
+    "check_storage",
+    "session_owner",
+]
 
+#: Seconds a session's lease on its conversation lives unless renewed (it is renewed every
+#: third of that): how long a crashed process keeps its conversation from being taken over.
+DEFAULT_LEASE_TTL = 30.0
 
-def _check_id(conversation_id: object) -> str:
-    if not isinstance(conversation_id, str) or not conversation_id.strip():
-        raise ValueError(f"a conversation id must be a non-empty string, got {conversation_id!r}")
-    return conversation_id
+#: Errors after which a session must not write its conversation any more.
+_FINAL = (ConversationConflictError, LeaseLostError, LeaseHeldError)
 
 
-class SQLiteContextStorage:
-    """Conversations in an embedded SQLite database file, one row per conversation.
+def session_owner(name: str) -> str:
+    """A lease owner unique to one session: host, process, ``name`` and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{name}:{uuid.uuid4().hex[:12]}"
 
-    Give it to :meth:`OpenAILLMService.create_context_aggregator` with a conversation id: the
-    context store then writes the conversation (messages, tools, tool choice, which answers
-    were interrupted) after every change, before it answers the change's request, so what
-    the store has committed is on disk. Resume with :meth:`load`::
 
-        storage = SQLiteContextStorage("conversations.db")
-        context = storage.load("user-42") or OpenAILLMContext(messages=[system])
-        pair = llm.create_context_aggregator(
-            context, storage=storage, conversation_id="user-42"
-        )
-
-    Each write replaces the conversation's row in one transaction (the database is in WAL
-    mode with ``synchronous=NORMAL``: a write survives the process crashing, and only the
-    last moments before a power loss can be lost). Writes run in the store's task: a
-    one-row upsert on a local file takes tens of microseconds, keeps the order of the
-    changes and needs no thread. One storage may serve many sessions of one process.
-
-    Args:
-        path: The database file (created with its table if missing; its directory must
-            exist), or ``":memory:"``.
+def check_storage(storage: object) -> ConversationStorage:
+    """``storage`` if it is a :class:`~actors.storage.ConversationStorage`.
 
     Raises:
-        ValueError: The directory of ``path`` does not exist, or the file is not a usable
-            SQLite database.
+        TypeError: Anything else; the removed ``SQLiteContextStorage`` gets its migration.
+    """
+    if isinstance(storage, ConversationStorage):
+        return storage
+    kind = type(storage).__name__
+    hint = ""
+    if kind == "SQLiteContextStorage":
+        hint = (
+            " SQLiteContextStorage was removed: open actors.storage.SQLiteConversationStorage"
+            "(path) on the same file instead (it imports the conversations the old class"
+            " wrote); see docs/context.md."
+        )
+    raise TypeError(
+        f"storage= takes a ConversationStorage (actors.storage.SQLiteConversationStorage, "
+        f"RedisConversationStorage or conversation_storage(path_or_url)), got {kind}.{hint}"
+    )
+
+
+def _full(snapshot: ContextSnapshot) -> tuple[Change, ...]:
+    """Changes that make any stored conversation equal to ``snapshot``."""
+    return (
+        ReplaceMessages(snapshot.messages),
+        SetTools(snapshot.tools),
+        SetToolChoice(snapshot.tool_choice),
+        *(MarkInterrupted(i) for i in sorted(snapshot.interrupted)),
+    )
+
+
+@attrs.define(eq=False)
+class ConversationWriter:
+    """Writes one conversation for one session (see the module documentation).
+
+    Attributes:
+        storage: The (open) storage.
+        conversation_id: The conversation.
+        owner: The session's lease owner (unique per session).
+        lease_ttl: Seconds the lease lives unless renewed.
+        lease: The lease held (``None``: not opened, or released).
+        version: The version the next append is based on.
+        stopped: Why writing stopped for good (``None``: it goes on).
+        resumed: Whether :meth:`open` found the conversation stored (else it created it).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = str(path)
-        if self.path != ":memory:":
-            parent = Path(self.path).expanduser().resolve().parent
-            if not parent.is_dir():
-                raise ValueError(
-                    f"cannot create the conversation database {self.path!r}: the directory "
-                    f"{str(parent)!r} does not exist"
-                )
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise ValueError(
-                f"cannot use {self.path!r} as the conversation database: {exc}"
-            ) from exc
+    storage: ConversationStorage
+    conversation_id: str
+    owner: str
+    lease_ttl: float = DEFAULT_LEASE_TTL
+    lease: Lease | None = None
+    version: int = 0
+    stopped: str | None = None
+    resumed: bool = False
+    _dirty: bool = False
 
-    # ----------------------------------------------------------------- writing
+    @property
+    def writing(self) -> bool:
+        """Whether changes are being written."""
+        return self.lease is not None and self.stopped is None
 
-    def save(self, conversation_id: str, conversation: ContextSnapshot | OpenAILLMContext) -> None:
-        """Write ``conversation`` as the latest state of ``conversation_id`` (one transaction).
+    async def open(self, context: OpenAILLMContext) -> StorageError | ValueError | None:
+        """Take the conversation over (lease, load, recovery of a dead owner's tool calls)
+        and bring ``context`` and the storage together: a stored conversation's messages
+        (and interrupted marks) replace those of ``context``, whose tools and tool choice
+        are kept and stored if they differ; a new conversation is stored from ``context``.
 
-        Raises:
-            ValueError: Empty conversation id, or content that is not JSON.
-            sqlite3.Error: The database refused the write (disk full, closed, ...).
+        Returns the error that prevented it (writing is then stopped), else ``None``.
         """
-        cid = _check_id(conversation_id)
-        snapshot = (
-            conversation.snapshot() if isinstance(conversation, OpenAILLMContext) else conversation
-        )
         try:
-            row = (
-                cid,
-                json.dumps(list(snapshot.messages), ensure_ascii=False),
-                None if snapshot.tools is None else json.dumps(list(snapshot.tools)),
-                None if snapshot.tool_choice is None else json.dumps(snapshot.tool_choice),
-                json.dumps(sorted(snapshot.interrupted)),
-                time.time(),
+            opened = await open_conversation(
+                self.storage, self.conversation_id, owner=self.owner, ttl=self.lease_ttl
             )
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"conversation {cid!r} cannot be stored as JSON: {exc}") from exc
-        self._db.execute(_UPSERT, row)
-
-    def delete(self, conversation_id: str) -> bool:
-        """Forget a conversation; whether it existed."""
-        cursor = self._db.execute(
-            "DELETE FROM trouper_conversations WHERE id = ?", (_check_id(conversation_id),)
-        )
-        return cursor.rowcount > 0
-
-    # ----------------------------------------------------------------- reading
-
-    def load(self, conversation_id: str) -> OpenAILLMContext | None:
-        """The stored conversation as a new context, or ``None`` if there is none.
-
-        Raises:
-            ValueError: Empty conversation id, or a stored row that is not a valid
-                conversation (the message says what is wrong).
-        """
-        snapshot = self.load_snapshot(conversation_id)
-        return None if snapshot is None else OpenAILLMContext.from_snapshot(snapshot)
-
-    def load_snapshot(self, conversation_id: str) -> ContextSnapshot | None:
-        """The stored conversation as an immutable snapshot, or ``None``."""
-        cid = _check_id(conversation_id)
-        row = self._db.execute(
-            "SELECT messages, tools, tool_choice, interrupted FROM trouper_conversations "
-            "WHERE id = ?",
-            (cid,),
-        ).fetchone()
-        if row is None:
+        except StorageError as exc:
+            self._stop(exc)
+            return exc
+        self.lease, self.version = opened.lease, opened.version
+        current = context.snapshot()
+        if opened.snapshot is None:
+            changes: Sequence[Change] = changes_from_snapshot(current)
+        else:
+            self.resumed = True
+            stored = opened.snapshot
+            context._restore(
+                attrs.evolve(stored, tools=current.tools, tool_choice=current.tool_choice)
+            )
+            changes = []
+            if stored.tools != current.tools:
+                changes.append(SetTools(current.tools))
+            if stored.tool_choice != current.tool_choice:
+                changes.append(SetToolChoice(current.tool_choice))
+        if not changes:
             return None
+        error = await self.write(changes)
+        if error is not None and self.lease is not None:
+            await self.close(())
+        return error
+
+    async def write(
+        self, changes: Sequence[Change], context: OpenAILLMContext | None = None
+    ) -> StorageError | ValueError | None:
+        """Append ``changes`` (what was just applied to ``context``) under the lease; the
+        error if it failed (``None`` also when writing has stopped). After a failure that
+        may be passing, the next write stores all of ``context`` instead."""
+        if not self.writing or not changes:
+            return None
+        assert self.lease is not None
+        if self._dirty and context is not None:
+            changes = _full(context.snapshot())
         try:
-            messages, tools, tool_choice, interrupted = (
-                json.loads(row[0]),
-                None if row[1] is None else json.loads(row[1]),
-                None if row[2] is None else json.loads(row[2]),
-                json.loads(row[3]),
+            self.version = await self.storage.append(
+                self.conversation_id, changes, expected_version=self.version, lease=self.lease
             )
-            return ContextSnapshot(
-                messages=tuple(messages),
-                tools=None if tools is None else tuple(tools),
-                tool_choice=tool_choice,
-                interrupted=frozenset(int(i) for i in interrupted),
-            )
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"stored conversation {cid!r} is not valid: {exc}") from exc
+        except _FINAL as exc:
+            return exc if self._stop(exc) else None
+        except (StorageError, ValueError) as exc:
+            self._dirty = True
+            return exc
+        self._dirty = False
+        return None
 
-    def conversations(self) -> list[str]:
-        """Ids of the stored conversations, most recently updated first."""
-        rows = self._db.execute(
-            "SELECT id FROM trouper_conversations ORDER BY updated_at DESC, id"
-        ).fetchall()
-        return [row[0] for row in rows]
+    async def keep_lease(self) -> LeaseLostError | None:
+        """Renew the lease until it is lost or the caller is cancelled. Writing then stops;
+        returns the error unless a write found it first (it is reported once)."""
+        assert self.lease is not None
+        try:
+            await keep_lease(self.storage, self.lease)
+        except LeaseLostError as exc:
+            lost = exc
+        return lost if self._stop(lost) else None
 
-    def revision(self, conversation_id: str) -> int:
-        """How many times the conversation was written (0: never)."""
-        row = self._db.execute(
-            "SELECT revision FROM trouper_conversations WHERE id = ?",
-            (_check_id(conversation_id),),
-        ).fetchone()
-        return 0 if row is None else int(row[0])
+    def _stop(self, error: StorageError) -> bool:
+        """Stop writing for good because of ``error``; whether this is the first stop."""
+        if self.stopped is not None:
+            return False
+        self.stopped = f"{type(error).__name__}: {error}"
+        return True
 
-    # ----------------------------------------------------------------- lifetime
-
-    def close(self) -> None:
-        """Close the database (later writes raise ``sqlite3.ProgrammingError``)."""
-        self._db.close()
-
-    def __enter__(self) -> SQLiteContextStorage:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"SQLiteContextStorage({self.path!r})"
+    async def close(
+        self, changes: Sequence[Change], context: OpenAILLMContext | None = None
+    ) -> StorageError | ValueError | None:
+        """Write the last ``changes`` (if any), then release the lease (shielded: it runs
+        while the session stops). The write's error, if any."""
+        error: StorageError | ValueError | None = None
+        with trio.CancelScope(shield=True):
+            error = await self.write(changes, context)
+            lease, self.lease = self.lease, None
+            if lease is not None:
+                try:
+                    await self.storage.release_lease(lease)
+                except StorageError as exc:
+                    error = error or exc
+        return error

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import copy
 import json
-import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
+import trio
 
 from runtime import Actor, ActorError, DataFrame, Frame
 
@@ -32,8 +32,19 @@ from ._frames import (
     OpenAILLMContextFrame,
     _to_tuple,
 )
-from ._storage import SQLiteContextStorage
+from ._storage import DEFAULT_LEASE_TTL, ConversationWriter, check_storage, session_owner
 from ._tools import ContextUpdatedRequest
+from .storage import (
+    AppendMessages,
+    Change,
+    ConversationStorage,
+    RecordToolCalls,
+    ReplaceMessages,
+    SettleToolCall,
+    SetToolChoice,
+    SetTools,
+    StorageError,
+)
 
 __all__ = [
     "AppendMessagesRequest",
@@ -189,10 +200,17 @@ class ContextStore(Actor[ContextStoreRequest]):
     once that turn is interrupted it is not sent, unless a call registered with
     ``cancel_on_interruption=False`` asked for it.
 
-    With ``storage`` and ``conversation_id``, every change is written to the storage before
-    the request that made it is answered (and when the store stops with tool calls still
-    open, once they are settled as ``"CANCELLED"``); a write that fails is reported as an
-    ``ErrorFrame`` and the conversation goes on in memory.
+    With ``storage`` and ``conversation_id`` the conversation is persisted (see
+    ``docs/context.md``). At start the store takes the conversation over: it leases it (one
+    live owner across every process sharing the storage), loads it, and settles the tool
+    calls a crashed owner left open. A stored conversation's messages replace those of
+    ``context`` (its tools and tool choice are yours and are kept); a new one is stored
+    from ``context``. Then every change is appended to the storage before the request
+    that made it is answered, the lease is renewed while the session runs, calls still
+    open when the store stops are stored as ``"CANCELLED"``, and the lease is released.
+    A storage error is reported as an ``ErrorFrame`` and the conversation goes on in
+    memory; after a conflict or a lost lease (another owner took the conversation over)
+    the store stops writing, so it never overwrites the new owner's work.
 
     Args:
         context: The conversation; the store changes this object in place, so after the
@@ -201,12 +219,19 @@ class ContextStore(Actor[ContextStoreRequest]):
             in the session when one is sent; ``None``: none is sent.
         tools: The name of the tool executor whose ``on_context_updated`` callbacks run once
             a batch is in the context; ``None``: there are none.
-        storage: Where to persist the conversation (see :class:`SQLiteContextStorage`).
+        storage: Where to persist the conversation: an open
+            :class:`~actors.storage.ConversationStorage`.
         conversation_id: Its id in ``storage`` (required with ``storage``).
+        lease_ttl: Seconds the session's lease lives unless renewed (renewed every third of
+            it): how long a crashed process keeps the conversation from others.
+        owner: The lease owner (default: host, process, store name and a random part;
+            must be unique per session).
 
     Raises:
-        TypeError: ``context`` is not an ``OpenAILLMContext``, or ``llm``/``tools`` not a name.
-        ValueError: ``storage`` without a ``conversation_id`` (or the reverse).
+        TypeError: ``context`` is not an ``OpenAILLMContext``, ``llm``/``tools`` not a name,
+            or ``storage`` not a ``ConversationStorage``.
+        ValueError: ``storage`` without a ``conversation_id`` (or the reverse), or a bad
+            ``lease_ttl``.
     """
 
     accepts = (ContextStoreRequest,)
@@ -218,8 +243,10 @@ class ContextStore(Actor[ContextStoreRequest]):
         *,
         tools: str | None = None,
         name: str | None = None,
-        storage: SQLiteContextStorage | None = None,
+        storage: ConversationStorage | None = None,
         conversation_id: str | None = None,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        owner: str | None = None,
     ) -> None:
         super().__init__(name=name)
         if not isinstance(context, OpenAILLMContext):
@@ -237,11 +264,29 @@ class ContextStore(Actor[ContextStoreRequest]):
             not isinstance(conversation_id, str) or not conversation_id.strip()
         ):
             raise ValueError(f"conversation_id must be a non-empty string, got {conversation_id!r}")
+        if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, int | float):
+            raise ValueError(f"lease_ttl must be a number of seconds, got {lease_ttl!r}")
+        if not 0.001 <= lease_ttl < float("inf"):
+            raise ValueError(
+                f"lease_ttl must be a finite number of seconds >= 0.001, got {lease_ttl!r}"
+            )
         self.context = context
         self.llm = llm
         self.tools = tools
-        self.storage = storage
+        self.storage = None if storage is None else check_storage(storage)
         self.conversation_id = conversation_id
+        #: Writes the conversation (``None``: not persisted).
+        self.writer: ConversationWriter | None = None
+        if self.storage is not None:
+            assert conversation_id is not None
+            self.writer = ConversationWriter(
+                self.storage,
+                conversation_id,
+                owner or session_owner(self.name),
+                float(lease_ttl),
+            )
+        self._opened = trio.Event()
+        self._lease_scope: trio.CancelScope | None = None
         self._batches: dict[str, _Batch] = {}
         self._batch_of: dict[str, _Batch] = {}
 
@@ -249,48 +294,105 @@ class ContextStore(Actor[ContextStoreRequest]):
         """A snapshot of the conversation (safe to call from outside the session, too)."""
         return self.context.snapshot()
 
+    async def on_start(self) -> None:
+        """With a storage: take the conversation over (see the class documentation) and
+        renew the lease in the background. A failure is reported as an ``ErrorFrame``; the
+        conversation then runs in memory only."""
+        writer = self.writer
+        try:
+            if writer is None or writer.lease is not None or writer.stopped is not None:
+                return  # nothing to persist, or a restart: the lease is still held
+            error = await writer.open(self.context)
+            if error is not None:
+                await self._report(
+                    error, "was not opened; this session does not persist it", final=False
+                )
+            elif writer.writing:
+                if writer.resumed:
+                    self.log.info(
+                        "conversation resumed",
+                        conversation_id=writer.conversation_id,
+                        version=writer.version,
+                        messages=len(self.context),
+                    )
+                self._lease_scope = self.create_task(self._keep_lease, name=f"{self.name}:lease")
+        finally:
+            self._opened.set()
+
+    async def wait_opened(self) -> None:
+        """Wait until the store has taken its stored conversation over at start (loaded it
+        into the context, or stored it as new, or reported why not); returns at once
+        without a storage. Requests sent meanwhile wait for it too."""
+        if self.writer is not None:
+            await self._opened.wait()
+
+    async def _keep_lease(self) -> None:
+        assert self.writer is not None
+        lost = await self.writer.keep_lease()
+        if lost is not None:
+            await self._report(lost, "is no longer written by this session")
+
     async def on_ask(self, frame: Frame) -> object:
-        """Apply one request and answer with a snapshot."""
+        """Apply one request, write its change to the storage (if any), and answer with a
+        snapshot."""
+        if self.writer is not None and not self._opened.is_set():
+            await self._opened.wait()  # requests wait until the conversation is loaded
         ctx = self.context
+        change: Change | None = None
         if isinstance(frame, GetContextRequest):
             pass
         elif isinstance(frame, AppendMessagesRequest):
             if len(frame.messages) == 1:
                 ctx.add_message(frame.messages[0], interrupted=frame.interrupted)
+                change = AppendMessages(frame.messages, frame.interrupted)
             else:
                 ctx.add_messages(frame.messages)
+                change = AppendMessages(frame.messages)
         elif isinstance(frame, ReplaceMessagesRequest):
             ctx.set_messages(frame.messages)
             self._batches.clear()
             self._batch_of.clear()
+            change = ReplaceMessages(frame.messages)
         elif isinstance(frame, SetToolsRequest):
             ctx.set_tools(frame.tools)
+            change = SetTools(ctx.tools)
         elif isinstance(frame, SetToolChoiceRequest):
             ctx.set_tool_choice(frame.tool_choice)
+            change = SetToolChoice(ctx.tool_choice)
         elif isinstance(frame, RecordToolCallsRequest):
             turn = frame.batch_turn if frame.batch_turn is not None else self.session.turn
             self._record_calls(frame.calls, frame.content, turn)
+            change = RecordToolCalls(
+                [(c.tool_call_id, c.function_name, c.arguments_json) for c in frame.calls],
+                frame.content,
+            )
         elif isinstance(frame, RecordToolSettlementRequest):
-            self._settle(frame)
+            if self._settle(frame):
+                change = SettleToolCall(frame.tool_call_id, frame.content)
         else:  # pragma: no cover - the mailbox only takes the types above
             raise TypeError(f"ContextStore cannot handle {type(frame).__name__}")
-        snapshot = ctx.snapshot()
-        if self.storage is not None and not isinstance(frame, GetContextRequest):
-            await self._persist(snapshot)
-        return snapshot
+        if change is not None and self.writer is not None:
+            await self._persist([change])
+        return ctx.snapshot()
 
-    async def _persist(self, snapshot: ContextSnapshot) -> None:
-        """Write the conversation; a failure is reported, not raised (the session goes on)."""
-        assert self.storage is not None
-        assert self.conversation_id is not None
-        try:
-            self.storage.save(self.conversation_id, snapshot)
-        except (sqlite3.Error, ValueError) as exc:
-            await self.push_error(
-                f"context store: conversation {self.conversation_id!r} was not saved: "
-                f"{type(exc).__name__}: {exc}",
-                exception=exc,
-            )
+    async def _persist(self, changes: Sequence[Change]) -> None:
+        """Append ``changes``; a failure is reported, not raised (the session goes on)."""
+        assert self.writer is not None
+        error = await self.writer.write(changes, self.context)
+        if error is not None:
+            await self._report(error, "was not saved")
+
+    async def _report(
+        self, error: StorageError | ValueError, what: str, *, final: bool = True
+    ) -> None:
+        assert self.writer is not None
+        stop = " (this session stops writing it)" if final and self.writer.stopped else ""
+        await self.push_error(
+            f"context store: conversation {self.writer.conversation_id!r} {what}{stop}: "
+            f"{type(error).__name__}: {error}",
+            exception=error,
+            category="storage",
+        )
 
     async def process_frame(self, frame: Frame, direction: Any) -> None:
         """Requests sent without ``ask`` are applied the same way (the answer is dropped)."""
@@ -312,14 +414,15 @@ class ContextStore(Actor[ContextStoreRequest]):
         for cid in ids:
             self._batch_of[cid] = batch
 
-    def _settle(self, frame: RecordToolSettlementRequest) -> None:
+    def _settle(self, frame: RecordToolSettlementRequest) -> bool:
+        """Apply a settlement; whether it changed the context."""
         batch = self._batch_of.pop(frame.tool_call_id, None)
         if batch is None or frame.tool_call_id not in batch.pending:
             self.log.warning(
                 "settlement for an unknown or already settled tool call ignored",
                 tool_call_id=frame.tool_call_id,
             )
-            return
+            return False
         self.context.set_tool_result(frame.tool_call_id, frame.content)
         batch.pending.discard(frame.tool_call_id)
         batch.settled.append(frame.tool_call_id)
@@ -327,12 +430,13 @@ class ContextStore(Actor[ContextStoreRequest]):
         if frame.run_llm and frame.survives_interruption:
             batch.run_llm_surviving = True
         if batch.pending:
-            return
+            return True
         for key, value in list(self._batches.items()):
             if value is batch:
                 del self._batches[key]
         if self.tools is not None or (batch.run_llm and self.llm is not None):
             self.create_task(self._after_batch, batch, name=f"{self.name}:after-batch")
+        return True
 
     async def _after_batch(self, batch: _Batch) -> None:
         if self.tools is not None:
@@ -379,15 +483,23 @@ class ContextStore(Actor[ContextStoreRequest]):
 
     async def on_stop(self) -> None:
         """Calls still open when the session ends settle as ``"CANCELLED"``, so the
-        conversation the application keeps is valid for a later request."""
+        conversation the application keeps is valid for a later request; with a storage
+        they are written in one append, and the lease is released."""
         cancelled = sorted(self._batch_of)
         for tool_call_id in cancelled:
             self.context.set_tool_result(tool_call_id, "CANCELLED")
             self.log.info("tool call cancelled by shutdown", tool_call_id=tool_call_id)
         self._batch_of.clear()
         self._batches.clear()
-        if cancelled and self.storage is not None:
-            await self._persist(self.context.snapshot())
+        if self._lease_scope is not None:
+            self._lease_scope.cancel()
+        writer = self.writer
+        if writer is None or writer.lease is None:
+            return
+        changes = [SettleToolCall(cid, "CANCELLED") for cid in cancelled]
+        error = await writer.close(changes, self.context)
+        if error is not None:
+            await self._report(error, "was not saved")
 
     def pending_tool_calls(self) -> list[str]:
         """Ids of tool calls recorded but not settled yet."""

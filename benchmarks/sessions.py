@@ -46,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -100,6 +101,11 @@ class WorkerResult:
     rss_peak: int
     stop_s: float
     gc_s: float = 0.0
+    #: The conversation store the sessions wrote to ("": none).
+    store: str = ""
+    #: Longest step of any trio task during the turn, ms (and the same without a GC pass).
+    step_max_ms: float = 0.0
+    step_max_no_gc_ms: float = 0.0
 
     @property
     def kb_per_session(self) -> float:
@@ -170,18 +176,54 @@ async def _timed_turn(
 # --------------------------------------------------------------------------- trouper worker
 
 
-async def _trouper_worker(n: int, url: str, freeze: bool = False) -> WorkerResult:
-    import trio
+async def _trouper_worker(n: int, url: str, freeze: bool = False, store: str = "") -> WorkerResult:
 
     from actors import LLMFullResponseEndFrame, LLMRunFrame, OpenAILLMContext
+    from actors.storage import ConversationStorage, conversation_storage
     from runtime import Pipeline, PipelineTask
 
+    from .storage import StepTimer
+
+    run_id = uuid.uuid4().hex[:8]
+    storage: ConversationStorage | None = None
+    built = 0
+
     def build(rec: Recorder) -> PipelineTask:
+        nonlocal built
+        built += 1
         llm = trouper_llm(url, MODEL)
-        pair = llm.create_context_aggregator(OpenAILLMContext(messages=list(MESSAGES)))
+        context = OpenAILLMContext(messages=list(MESSAGES))
+        if storage is None:
+            pair = llm.create_context_aggregator(context)
+        else:
+            pair = llm.create_context_aggregator(
+                context, storage=storage, conversation_id=f"bench-{run_id}-{built}"
+            )
         return PipelineTask(
             Pipeline([pair.user(), llm, pair.assistant()]), on_downstream=rec.on_frame
         )
+
+    async with AsyncExitStack() as storage_stack:
+        if store:
+            storage = await storage_stack.enter_async_context(conversation_storage(store))
+        return await _trouper_sessions(
+            n, build, freeze, store, StepTimer, LLMFullResponseEndFrame, LLMRunFrame
+        )
+    raise AssertionError("unreachable")  # pragma: no cover (mypy: the block may swallow)
+
+
+async def _trouper_sessions(
+    n: int,
+    build: Callable[[Recorder], Any],
+    freeze: bool,
+    store: str,
+    step_timer: Any,
+    end_frame: Any,
+    run_frame: Any,
+) -> WorkerResult:
+    import trio
+
+    LLMFullResponseEndFrame, LLMRunFrame = end_frame, run_frame
 
     # Warm-up: one session, one turn (imports, lazy set-up), then the baseline.
     rec = Recorder(trio.Event)
@@ -201,12 +243,19 @@ async def _trouper_worker(n: int, url: str, freeze: bool = False) -> WorkerResul
         events = [r.arm(LLMFullResponseEndFrame, keep=False) for r in recs]
         peak = _PeakRss()
         nursery.start_soon(peak.sample, trio.sleep)
-        pushed, cpu, gc_s = await _timed_turn(tasks, events, LLMRunFrame, freeze=freeze)
+        with step_timer() as steps:
+            pushed, cpu, gc_s = await _timed_turn(tasks, events, LLMRunFrame, freeze=freeze)
         peak.running = False
         rss_after = _rss()
         t_stop = time.monotonic()
     stop_s = time.monotonic() - t_stop
-    return _result("trouper", recs, pushed, start_s, cpu, rss_base, rss_after, peak, stop_s, gc_s)
+    result = _result("trouper", recs, pushed, start_s, cpu, rss_base, rss_after, peak, stop_s, gc_s)
+    return attrs.evolve(
+        result,
+        store=store,
+        step_max_ms=steps.longest * 1000,
+        step_max_no_gc_ms=steps.longest_without_gc * 1000,
+    )
 
 
 # --------------------------------------------------------------------------- Pipecat worker
@@ -336,7 +385,9 @@ def _result(
     )
 
 
-def run_worker(framework: str, n: int, url: str, *, freeze: bool = False) -> WorkerResult:
+def run_worker(
+    framework: str, n: int, url: str, *, freeze: bool = False, store: str = ""
+) -> WorkerResult:
     """Measure ``n`` sessions of ``framework`` (``"trouper"`` or ``"pipecat"``) in this process.
 
     Args:
@@ -345,6 +396,8 @@ def run_worker(framework: str, n: int, url: str, *, freeze: bool = False) -> Wor
         url: The benchmark server's base URL.
         freeze: ``gc.freeze()`` once the sessions are built (their objects are then never
             scanned by the cyclic garbage collector during the turn).
+        store: trouper only: every session persists its conversation there (an SQLite path
+            or a ``redis://`` URL; its answer is written before the turn ends).
     """
     if framework in ("trouper", "floor"):
         import trio
@@ -356,7 +409,7 @@ def run_worker(framework: str, n: int, url: str, *, freeze: bool = False) -> Wor
         async def go() -> WorkerResult:
             if framework == "floor":
                 return await _floor_worker(n, url)
-            return await _trouper_worker(n, url, freeze)
+            return await _trouper_worker(n, url, freeze, store)
 
         return trio.run(go)
     return _pipecat.run(lambda: _pipecat_worker(n, url, freeze))
@@ -365,9 +418,12 @@ def run_worker(framework: str, n: int, url: str, *, freeze: bool = False) -> Wor
 # --------------------------------------------------------------------------- driver
 
 
-def _spawn(framework: str, n: int, url: str, *, freeze: bool = False) -> WorkerResult:
+def _spawn(
+    framework: str, n: int, url: str, *, freeze: bool = False, store: str = ""
+) -> WorkerResult:
     command = [sys.executable, "-m", "benchmarks.sessions", "--worker", framework]
     command += ["--sessions", str(n), "--url", url] + (["--gc-freeze"] if freeze else [])
+    command += ["--store", store] if store else []
     done = subprocess.run(
         command, capture_output=True, text=True, env=child_env(), timeout=1800, check=False
     )
@@ -401,6 +457,7 @@ def run(options: Options) -> Report:
             reset_stats(url)
             runs.setdefault(key, []).append(_spawn(framework, n, url, freeze=freeze))
             lateness[key] = max(lateness.get(key, 0.0), fetch_stats(url)["late_max_ms"])
+        stored = _storage_runs(url)
     for key, measured in runs.items():
         results[key] = sorted(measured, key=lambda r: r.cpu_turn_s)[len(measured) // 2]
 
@@ -408,6 +465,9 @@ def run(options: Options) -> Report:
     for n in sizes:
         rows += _rows(f"{n:,} sessions", n, results, frozen=False)
     rows += _rows(f"{FREEZE_SIZE:,} sessions, gc.freeze()", FREEZE_SIZE, results, frozen=True)
+    baseline = results[_key("trouper", STORAGE_SIZE, False)]
+    for backend, result in stored.items():
+        rows += _storage_rows(backend, result, baseline)
     spread = {
         f: [round(r.cpu_turn_s, 2) for r in runs.get(_key(f, TARGET_SIZE, False), [])]
         for f in (*frameworks, "floor")
@@ -430,13 +490,63 @@ def run(options: Options) -> Report:
         "gc.freeze(): called once the sessions are built (informational)",
         "server's worst chunk lateness (ms): "
         + ", ".join(f"{k} {v:.1f}" for k, v in lateness.items()),
+        f"writing every turn: {STORAGE_SIZE} sessions each persisting its conversation "
+        "(opened at start, untimed; the answer appended before the turn ends), against the "
+        "same run without storage; backends: "
+        + (", ".join(stored) or "none")
+        + ("" if "Redis" in stored else " (no redis-server could be started)"),
     )
     details = {
         "results": {k: attrs.asdict(r) for k, r in results.items()},
         "runs": {k: [attrs.asdict(r) for r in measured] for k, measured in runs.items()},
+        "storage": {k: attrs.asdict(r) for k, r in stored.items()},
         "server_lateness_ms": lateness,
     }
     return Report("sessions", tuple(rows), details=details, notes=notes)
+
+
+#: Sessions of the "writing every turn" rows.
+STORAGE_SIZE = 500
+
+
+def _storage_runs(url: str) -> dict[str, WorkerResult]:
+    """The trouper worker at :data:`STORAGE_SIZE` sessions persisting to SQLite (a fresh
+    file) and, when a redis-server can be started, to Redis."""
+    import tempfile
+
+    from actors.storage.testing import RedisServer, RedisServerError
+
+    out: dict[str, WorkerResult] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        reset_stats(url)
+        out["SQLite"] = _spawn("trouper", STORAGE_SIZE, url, store=f"{tmp}/sessions.db")
+    try:
+        server = RedisServer.start()
+    except RedisServerError:
+        return out
+    try:
+        reset_stats(url)
+        out["Redis"] = _spawn("trouper", STORAGE_SIZE, url, store=server.url)
+    finally:
+        server.stop()
+    return out
+
+
+def _storage_rows(backend: str, result: WorkerResult, baseline: WorkerResult) -> list[Row]:
+    scenario = f"{STORAGE_SIZE:,} sessions writing every turn ({backend})"
+    extra = (result.turn_max_s / baseline.turn_max_s - 1) * 100
+    return [
+        Row(scenario, "turn wall time, slowest session", "s", result.turn_max_s, None, "lower",
+            note=f"without storage {baseline.turn_max_s:.3f} s"),
+        Row(scenario, "turn wall time vs no storage", "%", extra, None, "lower",
+            Target("max", 10), note=f"median session {result.turn_median_s:.3f} s"),
+        Row(scenario, "longest trio task step", "ms", result.step_max_ms, None, "lower",
+            Target("max", 2),
+            note=f"without a GC pass in it {result.step_max_no_gc_ms:.2f} ms; no storage "
+            f"{baseline.step_max_ms:.2f} ms"),
+        Row(scenario, "CPU during the turn", "s", result.cpu_turn_s, None, "lower",
+            note=f"without storage {baseline.cpu_turn_s:.2f} s"),
+    ]  # fmt: skip
 
 
 def _key(framework: str, n: int, freeze: bool) -> str:
@@ -489,9 +599,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sessions", type=int, default=500)
     parser.add_argument("--url")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() before the turn")
+    parser.add_argument("--store", default="", help="trouper: persist to this path or URL")
     args = parser.parse_args(argv)
     if args.worker:
-        result = run_worker(args.worker, args.sessions, args.url, freeze=args.gc_freeze)
+        result = run_worker(
+            args.worker, args.sessions, args.url, freeze=args.gc_freeze, store=args.store
+        )
         print(json.dumps(attrs.asdict(result)), flush=True)
         return
     with server_process() as url:

@@ -29,6 +29,7 @@ from actors.local import (
     verify_model,
 )
 from actors.local._server import free_port, read_log_tail
+from actors.storage.testing import INSTALL_HINT, RedisServer, find_redis_server
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -156,3 +157,20 @@ def _wait_healthy(
         f"llama-server did not become ready within {deadline:g} s (GET {url} never answered "
         f"200); run `trouper model doctor` (log: {log_path})"
     )
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server for the whole session (no persistence), stopped by PID at the end.
+
+    Without one the Redis tests are skipped, except on CI (``CI=true``), where they fail:
+    CI installs the dev extra, which brings one."""
+    if find_redis_server() is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(INSTALL_HINT)
+        pytest.skip(INSTALL_HINT)
+    server = RedisServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -42,12 +42,12 @@ from actors import (
     OpenAIContextAggregatorPair,
     OpenAILLMContext,
     OpenAILLMService,
-    SQLiteContextStorage,
     TextTransport,
     ToolsSchema,
     TranscriptionFrame,
 )
 from actors.client import GenerationParams
+from actors.storage import ConversationStorage
 from actors.testing import ScriptedOpenAIServer
 from runtime import (
     ErrorFrame,
@@ -356,8 +356,9 @@ async def open_conversation(
     params: PipelineParams | None = None,
     name: str | None = None,
     probe_delay: float = 0.0,
-    storage: SQLiteContextStorage | None = None,
+    storage: ConversationStorage | None = None,
     conversation_id: str | None = None,
+    lease_ttl: float | None = None,
     llm_params: GenerationParams | None = None,
     within: float = WAIT_SECS,
     check_on_exit: bool = True,
@@ -382,6 +383,7 @@ async def open_conversation(
         probe_delay: Seconds the probe spends on each text frame (a slow output stage).
         storage: Context storage for the aggregators.
         conversation_id: The conversation's id in ``storage``.
+        lease_ttl: The ttl of the session's lease on it (default: the store's).
         llm_params: The LLM's generation parameters.
         within: The bound of every wait, and of the task's start and end.
         check_on_exit: Check, with a scripted server, what the session left behind (below).
@@ -400,7 +402,14 @@ async def open_conversation(
         llm.register_function(function_name, handler)
     if context is None:
         context = OpenAILLMContext(messages=[SYSTEM] if messages is None else messages, tools=tools)
-    pair = llm.create_context_aggregator(context, storage=storage, conversation_id=conversation_id)
+    if lease_ttl is None:
+        pair = llm.create_context_aggregator(
+            context, storage=storage, conversation_id=conversation_id
+        )
+    else:
+        pair = llm.create_context_aggregator(
+            context, storage=storage, conversation_id=conversation_id, lease_ttl=lease_ttl
+        )
     scripted = server if isinstance(server, ScriptedOpenAIServer) else None
     conversation = Conversation(llm, pair, server=scripted, within=within, on_output=on_output)
     stages: list[Stage]

@@ -1,4 +1,5 @@
-"""trouper's command line: ``trouper chat`` and ``trouper model ...`` (the local model)."""
+"""trouper's command line: ``trouper chat``, ``trouper conversations ...`` (the stored
+conversations) and ``trouper model ...`` (the local model)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import structlog
 import trio
 
+from actors._storage import DEFAULT_LEASE_TTL
 from actors.local import BASELINES
 
 from ._model_cmd import (
@@ -53,6 +56,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.01 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be between 0.01 and 86400 seconds, got {text}")
+    return value
+
+
+#: The ``--store`` option of every command that reaches the conversation store.
+_STORE: dict[str, Any] = {
+    "dest": "store",
+    "metavar": "PATH|URL",
+    "help": "where conversations are kept: an SQLite file (default: "
+    "$XDG_DATA_HOME/trouper/conversations.db, ~/.local/share/... without it) or a Redis "
+    "server, redis://host:port/db",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``trouper`` command."""
     parser = argparse.ArgumentParser(
@@ -84,20 +107,43 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument(
         "--conversation",
         metavar="NAME",
-        help="keep this conversation in the conversation database and continue it if it is "
+        help="keep this conversation in the conversation store and continue it if it is "
         "there (its stored system prompt wins over --system)",
     )
+    chat.add_argument("--store", "--db", **_STORE)
     chat.add_argument(
-        "--db",
-        type=Path,
-        metavar="PATH",
-        help="the conversation database for --conversation "
-        "(default: $XDG_DATA_HOME/trouper/conversations.db, ~/.local/share/... without it)",
+        "--lease-ttl",
+        type=_seconds,
+        default=DEFAULT_LEASE_TTL,
+        metavar="SECONDS",
+        help="how long the conversation stays reserved for this chat if it dies without "
+        f"releasing it (renewed while it runs; default {DEFAULT_LEASE_TTL:g})",
     )
     chat.add_argument("--no-tools", action="store_true", help="offer no tools to the model")
     chat.add_argument("--list-tools", action="store_true", help="list the built-in tools and exit")
     chat.add_argument("--log-json", type=Path, help="append every actor's structured logs to FILE")
     chat.add_argument("-v", "--verbose", action="store_true", help="show the logs on stderr")
+    conversations = commands.add_parser(
+        "conversations",
+        help="list, show or delete the conversations kept by chat --conversation",
+        description="The conversations kept by `trouper chat --conversation NAME`.",
+    )
+    actions = conversations.add_subparsers(
+        dest="conversations_command", required=True, metavar="ACTION"
+    )
+    listing = actions.add_parser(
+        "list", help="one line per conversation: id, version, updated, messages, lease"
+    )
+    listing.add_argument("--store", **_STORE)
+    show = actions.add_parser("show", help="print a conversation's messages")
+    show.add_argument("name", metavar="NAME")
+    show.add_argument("--store", **_STORE)
+    delete = actions.add_parser(
+        "delete", help="forget a conversation (refused while a chat holds it)"
+    )
+    delete.add_argument("name", metavar="NAME")
+    delete.add_argument("--store", **_STORE)
+
     model = commands.add_parser("model", help="manage and serve the embedded local model")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
 
@@ -170,6 +216,14 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "chat":
         return _chat(args)
+    if args.command == "conversations":
+        from ._conversations import ConversationsOptions, conversations_main
+
+        return conversations_main(
+            ConversationsOptions(
+                args.conversations_command, getattr(args, "name", None), args.store
+            )
+        )
     _configure_logging()
     if args.command == "model" and args.model_command == "pull":
         return model_pull(PullOptions(force=args.force, quiet=args.quiet))
@@ -207,12 +261,13 @@ def _chat(args: argparse.Namespace) -> int:
         if not prompt:
             print("trouper chat: stdin is not a terminal and holds no prompt", file=sys.stderr)
             return 2
-    if args.db is not None and args.conversation is None:
-        print("trouper chat: --db needs --conversation NAME", file=sys.stderr)
+    if args.store is not None and args.conversation is None:
+        print("trouper chat: --store needs --conversation NAME", file=sys.stderr)
         return 2
     options = ChatOptions(
         conversation=args.conversation,
-        db=args.db,
+        store=args.store,
+        lease_ttl=args.lease_ttl,
         base_url=args.base_url,
         api_key=args.api_key,
         model=args.model,

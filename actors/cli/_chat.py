@@ -49,10 +49,12 @@ from .._frames import (
 from .._params import PipelineParams
 from .._schemas import ToolsSchema
 from .._service import OpenAILLMService
-from .._storage import SQLiteContextStorage
+from .._storage import DEFAULT_LEASE_TTL
 from .._transport import TextTransport
 from ..client import ErrorCategory, InvalidParameterError
 from ..client._client import check_api_key, endpoint_url
+from ..storage import ConversationStorage, LeaseHeldError, StorageError
+from ._conversations import held_message, open_store, store_label, store_spec
 from ._terminal import printable
 from ._tools import BUILTIN_TOOLS
 
@@ -89,13 +91,8 @@ class ChatOptions:
     log_json: Path | None = None
     verbose: bool = False
     conversation: str | None = None
-    db: Path | None = None
-
-
-def default_db_path() -> Path:
-    """Where ``--conversation`` keeps conversations without ``--db``."""
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data_home) / "trouper" / "conversations.db"
+    store: str | None = None
+    lease_ttl: float = DEFAULT_LEASE_TTL
 
 
 def list_tools(console: Console | None = None) -> int:
@@ -311,31 +308,28 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
         if options.tools:
             for tool in BUILTIN_TOOLS:
                 llm.register_function(tool.schema.name, tool.handler)
-        storage = None
-        context = None
+        storage: ConversationStorage | None = None
+        spec = ""
         if options.conversation is not None:
-            db = options.db or default_db_path()
             try:
-                if options.db is None:
-                    db.parent.mkdir(parents=True, exist_ok=True)
-                storage = SQLiteContextStorage(db)
-                stack.callback(storage.close)
-                context = storage.load(options.conversation)
-            except (OSError, ValueError) as exc:
-                err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+                spec = store_spec(options.store)
+                storage = await stack.enter_async_context(open_store(spec))
+                problem = await _check_conversation(storage, options.conversation)
+            except (OSError, ValueError, StorageError) as exc:
+                problem = str(exc)
+            if problem is not None:
+                err.print(f"[red]error:[/] {escape(printable(problem))}", soft_wrap=True)
                 return 2
-            if context is not None:
-                context.set_tools(tools)
-                err.print(
-                    f"[dim]Continuing conversation {escape(options.conversation)} "
-                    f"({len(context)} messages) from {escape(str(db))}[/]"
-                )
-        if context is None:
-            context = OpenAILLMContext(
-                messages=[{"role": "system", "content": options.system}], tools=tools
-            )
+        # A stored conversation's messages replace these when the session starts (the tools
+        # stay these).
+        context = OpenAILLMContext(
+            messages=[{"role": "system", "content": options.system}], tools=tools
+        )
         pair = llm.create_context_aggregator(
-            context, storage=storage, conversation_id=options.conversation
+            context,
+            storage=storage,
+            conversation_id=options.conversation,
+            lease_ttl=options.lease_ttl,
         )
         # llm.base_url: the API root with any credentials in it masked.
         view = _View(out, err, local=not remote, endpoint=llm.base_url)
@@ -347,22 +341,52 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
             on_upstream=view.on_upstream,
         )
         label = "local model" if not remote else llm.base_url if base_url else "OpenAI"
+        prompt_failed: bool | None = None
         async with task:
+            await pair.store.wait_opened()
+            writer = pair.store.writer
+            if writer is not None and writer.stopped is not None:
+                return 2  # not opened: the store's error is on the screen already
+            if writer is not None and writer.resumed:
+                err.print(
+                    f"[dim]Continuing conversation {escape(printable(writer.conversation_id))} "
+                    f"({len(context)} messages) from {escape(store_label(spec))}[/]"
+                )
             if options.prompt is not None:
-                errors_before = view.errors
                 await transport.send_text(options.prompt)
                 await transport.wait_answer()
                 failed = view.failed
                 await view.settle()
                 view.finish_answer()
-                return 1 if failed or view.errors > errors_before else 0
-            out.print(
-                f"[dim]trouper chat · {escape(printable(model))} on {escape(printable(label))} · "
-                "Ctrl-C interrupts an answer, Ctrl-D or Ctrl-C at the prompt leaves · "
-                f"{escape('/image PATH [question]')} sends an image[/]"
-            )
-            await _repl(out, transport, task, view)
+                prompt_failed = failed
+            else:
+                out.print(
+                    f"[dim]trouper chat · {escape(printable(model))} on "
+                    f"{escape(printable(label))} · Ctrl-C interrupts an answer, Ctrl-D or "
+                    "Ctrl-C at the prompt leaves · "
+                    f"{escape('/image PATH [question]')} sends an image[/]"
+                )
+                await _repl(out, transport, task, view)
+        # After the task ended: an error reported while it drained (the answer's write to
+        # the conversation store, say) counts too.
+        if prompt_failed is not None:
+            return 1 if prompt_failed or view.errors > 0 else 0
     return 0
+
+
+async def _check_conversation(storage: ConversationStorage, conversation_id: str) -> str | None:
+    """Why ``conversation_id`` cannot be continued (another session holds it, or what is
+    stored is not readable), or ``None``."""
+    try:
+        info = await storage.info(conversation_id)
+        if info is not None and info.lease_owner is not None:
+            raise LeaseHeldError(conversation_id, info.lease_owner, info.lease_expires_in or 0.0)
+        await storage.load(conversation_id)
+    except LeaseHeldError as exc:
+        return held_message(exc.conversation_id, exc.holder, exc.expires_in)
+    except (StorageError, ValueError) as exc:
+        return str(exc)
+    return None
 
 
 async def _repl(out: Console, transport: TextTransport, task: PipelineTask, view: _View) -> None:

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -26,7 +27,14 @@ from typing import Self
 
 import attrs
 
-__all__ = ["INSTALL_HINT", "RedisServer", "RedisServerError", "find_redis_server", "free_port"]
+__all__ = [
+    "INSTALL_HINT",
+    "RedisServer",
+    "RedisServerError",
+    "find_redis_server",
+    "free_port",
+    "sqlite_write_lock_free",
+]
 
 #: What to do when no ``redis-server`` is found.
 INSTALL_HINT = (
@@ -165,3 +173,18 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def sqlite_write_lock_free(path: str | os.PathLike[str]) -> bool:
+    """Whether nobody holds the write lock of the SQLite file at ``path`` now (a test that
+    stops a writing process with SIGSTOP must not freeze it while it holds the lock: every
+    other writer of the file would wait for it)."""
+    conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.close()

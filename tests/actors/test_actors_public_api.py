@@ -74,7 +74,6 @@ PUBLIC = {
     "RecordToolSettlementRequest",
     "ReplaceMessagesRequest",
     "RunFunctionCallsRequest",
-    "SQLiteContextStorage",
     "SetToolChoiceRequest",
     "SetToolsRequest",
     "StartInterruptionFrame",

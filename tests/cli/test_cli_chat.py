@@ -19,7 +19,7 @@ import pytest
 import trio
 from PIL import Image
 
-from actors import SQLiteContextStorage
+from actors.storage import SQLiteConversationStorage
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 
 from ..conftest import LocalLLM
@@ -92,7 +92,7 @@ def test_python_dash_m_runs_the_cli() -> None:
 
 
 async def test_conversation_is_kept_in_the_database_and_continued(tmp_path: Path) -> None:
-    """``--conversation NAME --db PATH``: the first run stores the exchange, the second
+    """``--conversation NAME --store PATH``: the first run stores the exchange, the second
     continues it (its request carries the history) and says so on stderr."""
     db = tmp_path / "conversations.db"
     chunks = ChunkFactory()
@@ -106,7 +106,7 @@ async def test_conversation_is_kept_in_the_database_and_continued(tmp_path: Path
             with trio.fail_after(QUICK_TIMEOUT):
                 done = await trio.run_process(
                     [*trouper(), "chat", "--base-url", server.base_url, "--api-key", "k",
-                     "--model", "m", "--no-tools", "--conversation", "ann", "--db", str(db),
+                     "--model", "m", "--no-tools", "--conversation", "ann", "--store", str(db),
                      "--prompt", prompt],
                     capture_stdout=True, capture_stderr=True, env=cli_env(), check=False,
                 )  # fmt: skip
@@ -122,24 +122,25 @@ async def test_conversation_is_kept_in_the_database_and_continued(tmp_path: Path
     assert outputs[0][1] == ""
     assert f"Continuing conversation ann (3 messages) from {db}" in outputs[1][1]
     assert outputs[1][0].startswith("You are Ann.")
-    with SQLiteContextStorage(db) as storage:
-        stored = storage.load("ann")
+    async with SQLiteConversationStorage(db) as storage:
+        stored = await storage.load("ann")
     assert stored is not None
-    assert stored.get_messages()[-1] == {"role": "assistant", "content": "You are Ann."}
+    assert stored.snapshot.messages[-1] == {"role": "assistant", "content": "You are Ann."}
 
 
-def test_db_without_a_conversation_is_a_usage_error(tmp_path: Path) -> None:
-    result = run("chat", "--db", str(tmp_path / "c.db"), "--prompt", "hi")
-    assert result.returncode == 2
-    assert "--db needs --conversation NAME" in result.stderr
-    assert not (tmp_path / "c.db").exists()
+def test_store_without_a_conversation_is_a_usage_error(tmp_path: Path) -> None:
+    for option in ("--store", "--db"):  # --db: the option's earlier name
+        result = run("chat", option, str(tmp_path / "c.db"), "--prompt", "hi")
+        assert result.returncode == 2
+        assert "--store needs --conversation NAME" in result.stderr
+        assert not (tmp_path / "c.db").exists()
 
 
 def test_a_database_path_that_cannot_be_used_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "no" / "such" / "dir" / "c.db"
     result = run(
         "chat", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
-        "--conversation", "x", "--db", str(missing), "--prompt", "hi",
+        "--conversation", "x", "--store", str(missing), "--prompt", "hi",
     )  # fmt: skip
     assert result.returncode == 2
     assert "does not exist" in result.stderr

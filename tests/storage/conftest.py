@@ -1,13 +1,13 @@
-"""Fixtures of the storage suite: a real ``redis-server`` for the session, and one
-``backend`` fixture parametrised over SQLite and Redis that opens storages and reaches
-under them (raw rows and keys) to damage or measure what they store."""
+"""Fixtures of the storage suite: one ``backend`` fixture parametrised over SQLite and Redis
+that opens storages and reaches under them (raw rows and keys) to damage or measure what
+they store. The real ``redis-server`` is the ``redis_server`` fixture of
+``tests/conftest.py`` (the actor and CLI tests use it too)."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,24 +21,7 @@ from actors.storage import (
     RedisConversationStorage,
     SQLiteConversationStorage,
 )
-from actors.storage.testing import INSTALL_HINT, RedisServer, find_redis_server
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """A real redis-server for the whole session (no persistence), stopped by PID at the end.
-
-    Without one the Redis tests are skipped, except on CI (``CI=true``), where they fail:
-    CI installs the dev extra, which brings one."""
-    if find_redis_server() is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(INSTALL_HINT)
-        pytest.skip(INSTALL_HINT)
-    server = RedisServer.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+from actors.storage.testing import RedisServer
 
 
 @attrs.define

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from actors.storage import (
     OpenedConversation,
     open_conversation,
 )
+from actors.storage.testing import sqlite_write_lock_free
 
 from .conftest import Backend
 from .storage_kit import assert_api_valid, texts, user
@@ -96,22 +96,10 @@ async def _stop_between_writes(child: Child, backend: Backend) -> None:
     file's write lock -- which would freeze every other writer too."""
     while True:
         child.signal(signal.SIGSTOP)
-        if backend.sqlite_path is None or _write_lock_free(backend.sqlite_path):
+        if backend.sqlite_path is None or sqlite_write_lock_free(backend.sqlite_path):
             return
         child.signal(signal.SIGCONT)
         await trio.sleep(0.01)
-
-
-def _write_lock_free(path: Path) -> bool:
-    conn = sqlite3.connect(path, timeout=0, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("ROLLBACK")
-        return True
-    except sqlite3.OperationalError:
-        return False
-    finally:
-        conn.close()
 
 
 async def _take_over(storage: ConversationStorage, cid: str) -> OpenedConversation:
