@@ -157,6 +157,7 @@ class OpenAILLMService(OpenAILLMStreamer):
         *,
         cancel_on_interruption: bool = True,
         timeout_secs: float | None = None,
+        trio_native: bool = False,
     ) -> None:
         """Register ``handler`` for calls of ``function_name`` (``None``: every function
         without a handler of its own). Registering again replaces the handler. The registry
@@ -170,6 +171,9 @@ class OpenAILLMService(OpenAILLMStreamer):
                 ``False``: the call keeps running and its result lands in the context later.
             timeout_secs: Cancel the call after this long (its result then says it timed out
                 and the LLM runs again).
+            trio_native: Inside an asyncio application (``runtime.AsyncioBridge``), handlers
+                run as asyncio tasks on its loop; ``True`` runs this one in trio instead (it
+                awaits trio code). Without a bridge every handler runs in trio.
 
         Raises:
             TypeError: ``handler`` is not an ``async def`` function (or an object whose
@@ -177,7 +181,9 @@ class OpenAILLMService(OpenAILLMStreamer):
             ValueError: a bad name or timeout.
         """
         self.executor.register(
-            FunctionRegistration(function_name, handler, cancel_on_interruption, timeout_secs)
+            FunctionRegistration(
+                function_name, handler, cancel_on_interruption, timeout_secs, trio_native
+            )
         )
 
     def unregister_function(self, function_name: str | None) -> None:

@@ -22,12 +22,22 @@ import inspect
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import attrs
 import trio
 
-from runtime import Actor, DataFrame, Frame, FrameDirection, SystemFrame
+from runtime import (
+    Actor,
+    AsyncioBridge,
+    DataFrame,
+    Frame,
+    FrameDirection,
+    SystemFrame,
+    asyncio_call,
+    loop_mismatch,
+)
 
 from ._context import ContextSnapshot
 from ._frames import (
@@ -108,6 +118,8 @@ class FunctionRegistration:
         handler: ``async def handler(params: FunctionCallParams) -> None``.
         cancel_on_interruption: Cancel running calls when the user interrupts.
         timeout_secs: Cancel a call after this long (``None``: the executor's default).
+        trio_native: Run the handler in trio even when trouper runs inside an asyncio
+            application (see :meth:`ToolExecutor.invoke`).
 
     Raises:
         TypeError: ``handler`` is not an ``async def`` function (see :func:`check_handler`).
@@ -118,6 +130,7 @@ class FunctionRegistration:
     handler: FunctionHandler
     cancel_on_interruption: bool = True
     timeout_secs: float | None = None
+    trio_native: bool = False
 
     def __attrs_post_init__(self) -> None:
         check_handler(self.name, self.handler)
@@ -157,6 +170,22 @@ class ContextUpdatedRequest(SystemFrame):
     """
 
     tool_call_ids: tuple[str, ...] = attrs.field(converter=_to_tuple)
+
+
+def _from_asyncio(params: FunctionCallParams, bridge: AsyncioBridge) -> FunctionCallParams:
+    """``params`` for a handler running on asyncio: its ``result_callback`` hands the result
+    to trio, and an ``on_context_updated`` callback will run on asyncio."""
+    settle = params.result_callback
+
+    async def result_callback(
+        result: Any, *, properties: FunctionCallResultProperties | None = None
+    ) -> None:
+        if properties is not None and properties.on_context_updated is not None:
+            on_updated = partial(asyncio_call, properties.on_context_updated)
+            properties = attrs.evolve(properties, on_context_updated=on_updated)
+        await bridge.run(partial(settle, result, properties=properties))
+
+    return attrs.evolve(params, result_callback=result_callback)
 
 
 @attrs.define(eq=False)
@@ -340,7 +369,7 @@ class ToolExecutor(Actor[RunFunctionCallsRequest | ContextUpdatedRequest]):
                 try:
                     # A call of a turn that is already over never starts.
                     await trio.lowlevel.checkpoint()
-                    await registration.handler(params)
+                    await self.invoke(registration, params)
                     if not state.settled:
                         await state.done.wait()
                 except Exception as exc:
@@ -388,6 +417,37 @@ class ToolExecutor(Actor[RunFunctionCallsRequest | ContextUpdatedRequest]):
                 error=f"{type(failure).__name__}: {failure}",
                 cancel_on_interruption=cancel_on_interruption,
             )
+
+    async def invoke(self, registration: FunctionRegistration, params: FunctionCallParams) -> None:
+        """Await the handler on the application's event loop.
+
+        In a trio application (``trio.run``) it runs in trio. When trouper runs inside an
+        asyncio application (a :class:`runtime.AsyncioBridge` is open), it runs as an asyncio
+        task on that loop (:func:`runtime.asyncio_call`), so it can await asyncio libraries;
+        its ``result_callback`` and ``on_context_updated`` are awaited there too. A handler
+        registered with ``trio_native=True`` runs in trio either way. Code of the other loop
+        awaited in a handler fails with an :class:`runtime.EventLoopMismatchError` saying
+        what to do, instead of trio's or asyncio's raw error.
+        """
+        bridge = AsyncioBridge.current()
+        on_asyncio = bridge is not None and not registration.trio_native
+        try:
+            if bridge is not None and on_asyncio:
+                await asyncio_call(registration.handler, _from_asyncio(params, bridge))
+            else:
+                await registration.handler(params)
+        except Exception as exc:
+            if on_asyncio:
+                remedy = "Register it with trio_native=True to run it in trio."
+            elif bridge is not None:
+                remedy = "Or register it without trio_native=True: it then runs on asyncio."
+            else:
+                remedy = ""
+            subject = f"the handler of {params.function_name!r}"
+            mismatch = loop_mismatch(exc, subject, asyncio_host=bridge is not None, remedy=remedy)
+            if mismatch is None:
+                raise
+            raise mismatch from exc
 
     async def _report_failure(self, call: FunctionCallFromLLM, failure: Exception) -> None:
         # Returns once the task has the error (push_error), so it is reported before the

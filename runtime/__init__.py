@@ -3,8 +3,9 @@
 Frames, typed two-lane mailboxes, actors and references, topologies (``Pipeline``,
 ``ParallelPipeline``, a run-time graph API on :class:`Session`), the task that runs a
 topology, turns and interruption (:func:`current_turn`), supervision, embedding in asyncio
-applications (:class:`AsyncioBridge`), logging, a hook that hides sensitive text
-(:func:`add_scrubber`), serialization and a testing kit (:mod:`runtime.testing`).
+applications (:class:`AsyncioBridge`; :func:`asyncio_call` the other way), logging, a hook
+that hides sensitive text (:func:`add_scrubber`), serialization and a testing kit
+(:mod:`runtime.testing`).
 
 It knows no application domain and imports nothing from ``actors``: a layer built on it
 subclasses its frames and actors (``actors`` is such a layer).
@@ -15,6 +16,7 @@ from __future__ import annotations
 from ._actor import Actor as Actor
 from ._actor import ActorRef as ActorRef
 from ._asyncio import AsyncioBridge as AsyncioBridge
+from ._asyncio import asyncio_call as asyncio_call
 from ._errors import ActorDeadError as ActorDeadError
 from ._errors import ActorError as ActorError
 from ._errors import AskTimeoutError as AskTimeoutError
@@ -37,6 +39,8 @@ from ._frames import MetricsFrame as MetricsFrame
 from ._frames import StartFrame as StartFrame
 from ._frames import SystemFrame as SystemFrame
 from ._lifecycle import ActorState as ActorState
+from ._loop_mismatch import EventLoopMismatchError as EventLoopMismatchError
+from ._loop_mismatch import loop_mismatch as loop_mismatch
 from ._mailbox import MailboxStatistics as MailboxStatistics
 from ._params import PipelineParams as PipelineParams
 from ._pipeline import ParallelPipeline as ParallelPipeline
@@ -71,6 +75,7 @@ __all__ = [
     "DataFrame",
     "EndFrame",
     "ErrorFrame",
+    "EventLoopMismatchError",
     "Frame",
     "FrameDirection",
     "FrameListener",
@@ -96,7 +101,9 @@ __all__ = [
     "StartFrame",
     "SystemFrame",
     "add_scrubber",
+    "asyncio_call",
     "current_turn",
+    "loop_mismatch",
     "remove_scrubber",
     "scrub",
     "scrub_exception",

@@ -2,28 +2,43 @@
 running asyncio loop (``trio.lowlevel.start_guest_run``), in the same thread.
 
 trio code (sessions, pipeline tasks, actors) runs in the guest; asyncio code starts it and
-waits for its results with :meth:`AsyncioBridge.run`. Both sides share one thread, so a
-frame listener running in trio may hand frames to asyncio objects directly
-(``asyncio.Queue.put_nowait``, ``Future.set_result``).
+waits for its results with :meth:`AsyncioBridge.run`. The way back is :func:`asyncio_call`:
+trio code awaits an asyncio coroutine function, which runs as a task on the host loop. Both
+sides share one thread, so a frame listener running in trio may hand frames to asyncio
+objects directly (``asyncio.Queue.put_nowait``, ``Future.set_result``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import threading
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
 import attrs
 import outcome
+import structlog
 import trio
 
 from ._errors import SessionStateError
 
-__all__ = ["AsyncioBridge"]
+__all__ = ["AsyncioBridge", "asyncio_call"]
 
 T = TypeVar("T")
+
+_logger = structlog.get_logger("trouper.runtime")
+
+
+class _ThreadBridge(threading.local):
+    """The bridge open in this thread (trio runs at most once per thread, so one at most)."""
+
+    bridge: AsyncioBridge | None = None
+
+
+_open_bridge = _ThreadBridge()
 
 
 @attrs.define(eq=False)
@@ -52,8 +67,14 @@ class AsyncioBridge:
 
         asyncio.run(main())
 
+    The other way, trio code awaits asyncio code with :func:`asyncio_call`, which runs it as a
+    task on this loop.
+
     Cancelling the asyncio task that awaits :meth:`run` cancels the trio call (its handlers
-    see ``trio.Cancelled`` and unwind). Leaving the block cancels whatever trio work is still
+    see ``trio.Cancelled`` and unwind), unless it was made with ``shield=True``. A
+    :meth:`run_sync` call cannot be taken back: once made, it runs even if its caller is
+    cancelled, so ``await bridge.run_sync(task.interrupt)`` in the ``finally`` block of a
+    cancelled request still interrupts. Leaving the block cancels whatever trio work is still
     running, waits until the guest run has finished, and raises an error of the guest run
     itself (not of a :meth:`run` call, whose errors go to its caller).
 
@@ -65,6 +86,15 @@ class AsyncioBridge:
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
     _done: asyncio.Future[outcome.Outcome[None]] | None = attrs.field(default=None, init=False)
     _closing: bool = attrs.field(default=False, init=False)
+
+    @classmethod
+    def current(cls) -> AsyncioBridge | None:
+        """The bridge whose guest run is running in this thread, or ``None`` (trio runs on its
+        own with ``trio.run``, or no trio runs here). Callable from both sides."""
+        bridge = _open_bridge.bridge
+        if bridge is None or bridge._done is None or bridge._done.done():
+            return None
+        return bridge
 
     async def __aenter__(self) -> AsyncioBridge:
         if self._loop is not None:
@@ -84,6 +114,8 @@ class AsyncioBridge:
                     await trio.sleep_forever()
 
         def finished(result: outcome.Outcome[None]) -> None:
+            if _open_bridge.bridge is self:
+                _open_bridge.bridge = None
             if not done.done():
                 done.set_result(result)
 
@@ -101,6 +133,7 @@ class AsyncioBridge:
                 "cannot start trio inside this asyncio loop: trio is already running in this "
                 f"thread (one AsyncioBridge at a time per thread): {exc}"
             ) from exc
+        _open_bridge.bridge = self
         try:
             await asyncio.wait((ready, done), return_when=asyncio.FIRST_COMPLETED)
         except BaseException:  # cancelled while entering: the guest must not outlive us
@@ -132,10 +165,20 @@ class AsyncioBridge:
         # caller was cancelled.
         return await asyncio.shield(done)
 
-    # ----------------------------------------------------------------- calls
+    # ----------------------------------------------------------------- asyncio -> trio
 
-    async def run(self, async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    async def run(
+        self, async_fn: Callable[..., Awaitable[T]], *args: Any, shield: bool = False
+    ) -> T:
         """Run ``async_fn(*args)`` in trio and return its result (or raise its error) here.
+
+        Args:
+            async_fn: A trio coroutine function.
+            args: Its positional arguments.
+            shield: Run the call to its end even if the awaiting asyncio task is cancelled
+                (that task still gets its ``CancelledError`` at once). For calls that must
+                complete, such as ``task.end`` in a ``finally`` block; leaving the bridge's
+                block still cancels them.
 
         Raises:
             SessionStateError: The bridge is not open, or it closed while the call ran.
@@ -151,6 +194,12 @@ class AsyncioBridge:
                 except Exception as exc:
                     if not result.done():
                         result.set_exception(exc)
+                    elif shield:  # the caller has gone: nobody else will see the error
+                        _logger.warning(
+                            "shielded call failed after its caller was cancelled",
+                            call=_name(async_fn),
+                            error=f"{type(exc).__name__}: {exc}",
+                        )
                     return
                 except trio.Cancelled:
                     if not result.done():
@@ -172,13 +221,19 @@ class AsyncioBridge:
         try:
             return await result
         except asyncio.CancelledError:
-            with contextlib.suppress(trio.RunFinishedError):  # nothing left to cancel
-                trio_token.run_sync_soon(scope.cancel)
+            if not shield:
+                with contextlib.suppress(trio.RunFinishedError):  # nothing left to cancel
+                    trio_token.run_sync_soon(scope.cancel)
             raise
 
     async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Call the synchronous ``fn(*args)`` inside trio's run loop (between its tasks) and
         return its result here. For trio's sync calls such as ``task.interrupt()``.
+
+        The call cannot be taken back: ``fn`` runs even if the awaiting asyncio task is
+        cancelled before it has (the task gets its ``CancelledError``; an error of ``fn`` is
+        then logged). So an interruption asked for while a request is being cancelled, as
+        when its client disconnected, still happens.
 
         Raises:
             SessionStateError: The bridge is not open.
@@ -187,17 +242,60 @@ class AsyncioBridge:
         result: asyncio.Future[T] = loop.create_future()
 
         def call() -> None:  # runs in trio's run loop: must not raise
-            if result.done():  # the caller was cancelled meanwhile
-                return
             try:
                 value = fn(*args)
             except Exception as exc:
-                result.set_exception(exc)
+                if not result.done():
+                    result.set_exception(exc)
+                else:
+                    _logger.warning(
+                        "sync call failed after its caller was cancelled",
+                        call=_name(fn),
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
             else:
-                result.set_result(value)
+                if not result.done():
+                    result.set_result(value)
 
         trio_token.run_sync_soon(call)
         return await result
+
+    # ----------------------------------------------------------------- trio -> asyncio
+
+    async def _call_on_host(self, async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``async_fn(*args)`` as an asyncio task on the host loop; wait for it in trio
+        (see :func:`asyncio_call`)."""
+        loop, trio_token = self._loop, self._trio_token
+        if loop is None or trio_token is None or self._done is None or self._done.done():
+            raise SessionStateError("the AsyncioBridge is not running")
+        awaitable = async_fn(*args)
+        if not inspect.isawaitable(awaitable):
+            raise TypeError(
+                f"asyncio_call runs async functions; {_name(async_fn)} returned "
+                f"{type(awaitable).__name__}, which is not awaitable"
+            )
+        # A task of the host loop, created in the calling trio task's context variables.
+        host_task = asyncio.ensure_future(awaitable, loop=loop)
+        settled = trio.Event()
+
+        def wake(_: asyncio.Future[T]) -> None:  # an asyncio callback: trio is between ticks
+            with contextlib.suppress(trio.RunFinishedError):
+                trio_token.run_sync_soon(settled.set)
+
+        host_task.add_done_callback(wake)
+        try:
+            await settled.wait()
+        finally:
+            if not host_task.done():  # cancelled in trio: cancel the task and wait for it
+                host_task.cancel()
+                with trio.CancelScope(shield=True):
+                    await settled.wait()
+        if host_task.cancelled():
+            raise SessionStateError(
+                f"{_name(async_fn)} was cancelled on the asyncio side (is the application's "
+                "loop shutting down?)"
+            )
+        return host_task.result()
 
     # ----------------------------------------------------------------- helpers
 
@@ -214,8 +312,45 @@ class AsyncioBridge:
 
     @staticmethod
     def _closed_error(async_fn: Callable[..., object]) -> SessionStateError:
-        name = getattr(async_fn, "__qualname__", repr(async_fn))
         return SessionStateError(
-            f"the AsyncioBridge closed while {name} was still running in trio (it was "
-            "cancelled); await your calls before leaving the block"
+            f"the AsyncioBridge closed while {_name(async_fn)} was still running in trio (it "
+            "was cancelled); await your calls before leaving the block"
         )
+
+
+async def asyncio_call(async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Await the asyncio coroutine function ``async_fn(*args)`` from trio code, when trouper
+    runs inside an asyncio application (an :class:`AsyncioBridge` is open in this thread).
+
+    It runs as a task on the application's asyncio loop (seeing the context variables of
+    the calling trio task); the trio side waits. Its result is returned and its exception
+    raised here.
+    Cancelling the trio side (an interruption, a timeout, the bridge closing) cancels the
+    asyncio task and waits until it has finished. Awaited from asyncio code, it simply awaits
+    ``async_fn(*args)``, so code that uses it runs on both sides::
+
+        async def lookup(key: str) -> str | None:  # trio code
+            return await asyncio_call(redis_client.get, key)  # an asyncio library
+
+    Raises:
+        SessionStateError: Called in trio without an :class:`AsyncioBridge` (a plain
+            ``trio.run``), or the asyncio task was cancelled from the asyncio side.
+        TypeError: ``async_fn(*args)`` is not awaitable.
+    """
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:  # not in a trio task: asyncio code
+        return await async_fn(*args)
+    bridge = AsyncioBridge.current()
+    if bridge is None:
+        raise SessionStateError(
+            f"asyncio_call({_name(async_fn)}) needs an asyncio loop to run it on, and trio runs "
+            "on its own here (trio.run). Run trouper inside your asyncio application with "
+            "`async with runtime.AsyncioBridge() as bridge: await bridge.run(...)` "
+            "(docs/asyncio.md), or use a trio library instead."
+        )
+    return await bridge._call_on_host(async_fn, *args)
+
+
+def _name(fn: object) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)

@@ -1,0 +1,1 @@
+"""Example applications built on trouper (run each as its docstring says)."""

@@ -1,0 +1,1 @@
+"""The example applications (examples/), run as their users would run them."""
