@@ -296,3 +296,17 @@ async def test_an_empty_stdin_is_a_usage_error() -> None:
         )  # fmt: skip
     assert done.returncode == 2
     assert b"stdin is not a terminal and holds no prompt" in done.stderr
+
+
+async def test_ctrl_c_at_a_prompt_with_readline_leaves_cleanly(
+    spawn: list[pexpect.spawn],
+) -> None:
+    """Ctrl-C while readline reads a half-typed line still leaves the chat at once, with 0."""
+    async with ScriptedOpenAIServer() as server:
+        child = await _chat_on_a_terminal(spawn, server)
+        child.send("half a li")
+        await expect(child, "half a li")
+        child.sendintr()
+        await trio.to_thread.run_sync(lambda: child.expect(pexpect.EOF, timeout=QUICK_TIMEOUT))
+        assert_exited_cleanly(child)
+        assert server.requests == []
