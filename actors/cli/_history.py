@@ -42,7 +42,9 @@ def data_dir() -> Path:
     """Where trouper keeps its data (not created): ``$XDG_DATA_HOME/trouper``, or
     ``~/.local/share/trouper`` when ``XDG_DATA_HOME`` is unset or empty."""
     data_home = os.environ.get("XDG_DATA_HOME", "").strip()
-    return (Path(data_home) if data_home else Path.home() / ".local" / "share") / "trouper"
+    return (
+        Path(data_home).expanduser() if data_home else Path.home() / ".local" / "share"
+    ) / "trouper"
 
 
 def history_path() -> Path:
