@@ -46,8 +46,12 @@ def _attrs_options(cls: griffe.Class) -> dict[str, str] | None:
 def _is_field(member: griffe.Object | griffe.Alias) -> bool:
     if member.is_alias or not isinstance(member, griffe.Attribute) or "property" in member.labels:
         return False
+    # griffe unwraps ``ClassVar[X]`` to ``X`` and labels it a class attribute only.
     annotation = str(member.annotation or "")
-    return bool(annotation) and not annotation.startswith(("ClassVar", "typing.ClassVar"))
+    class_var = annotation.startswith(("ClassVar", "typing.ClassVar")) or (
+        "instance-attribute" not in member.labels
+    )
+    return bool(annotation) and not class_var
 
 
 def _parameter(attribute: griffe.Attribute, kw_only: bool) -> griffe.Parameter | None:
@@ -108,7 +112,9 @@ def _add_init(cls: griffe.Class) -> None:
         lineno=cls.lineno,
         endlineno=cls.lineno,
         parent=cls,
-        parameters=griffe.Parameters(griffe.Parameter("self"), *ordered),
+        parameters=griffe.Parameters(
+            griffe.Parameter("self", kind=griffe.ParameterKind.positional_or_keyword), *ordered
+        ),
         returns="None",
     )
     cls.set_member("__init__", init)

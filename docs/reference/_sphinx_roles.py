@@ -1,6 +1,8 @@
 """A griffe extension for the API reference (``mkdocs.yml``): the docstrings' Sphinx roles
 (``:class:`~runtime.Frame```, ``:meth:`send```...) become code that links to the object when
-the reference documents it, instead of showing the role's markup.
+the reference documents it, instead of showing the role's markup; a paragraph that ends with
+reStructuredText's ``::`` (an indented code block follows, which Markdown reads as code too)
+ends with one colon.
 
 The name is resolved from the docstring's object (a short name through its module's
 imports), and written as an optional cross-reference of mkdocs-autorefs: a link when the
@@ -15,6 +17,7 @@ from typing import Any
 
 import griffe
 
+_LITERAL_BLOCK = re.compile(r"(?<=\S)::\n\n")
 _ROLE = re.compile(r":(?:py:)?(?:class|func|meth|attr|data|exc|mod|obj|const):`(?P<target>[^`]+)`")
 
 
@@ -34,7 +37,8 @@ def _link(obj: griffe.Object, target: str) -> str:
 def _rewrite(obj: griffe.Object) -> None:
     docstring = obj.docstring
     if docstring is not None and ":" in docstring.value:
-        docstring.value = _ROLE.sub(lambda m: _link(obj, m.group("target")), docstring.value)
+        text = _ROLE.sub(lambda m: _link(obj, m.group("target")), docstring.value)
+        docstring.value = _LITERAL_BLOCK.sub(":\n\n", text)
 
 
 class SphinxRoles(griffe.Extension):

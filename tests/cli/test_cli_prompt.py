@@ -5,7 +5,6 @@ a subprocess, against a scripted OpenAI server."""
 from __future__ import annotations
 
 import json
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -160,14 +159,7 @@ def test_an_unwritable_history_leaves_the_chat_working(tmp_path: Path) -> None:
         history.add("still fine")
 
 
-# ---------------------------------------------------------------- --version and --help
-
-
-def test_version_prints_the_package_version_on_one_line() -> None:
-    result = run("--version")
-    assert result.returncode == 0
-    assert result.stdout == f"trouper {version('trouper')}\n"
-    assert result.stderr == ""
+# ---------------------------------------------------------------- --help
 
 
 def test_chat_help_names_the_log_file_and_the_exit_status() -> None:
