@@ -161,11 +161,11 @@ def test_the_reference_shows_the_signature_attrs_generates() -> None:
     griffe = pytest.importorskip("griffe", reason="the docs extra (make setup installs it)")
     sys.path.insert(0, str(ROOT / "docs" / "reference"))
     try:
-        from _attrs_init import AttrsInit
+        from _griffe_reference import Reference
     finally:
         sys.path.remove(str(ROOT / "docs" / "reference"))
     loader = griffe.GriffeLoader(
-        extensions=griffe.Extensions(AttrsInit()), search_paths=[str(ROOT)]
+        extensions=griffe.Extensions(Reference()), search_paths=[str(ROOT)]
     )
     for package in ("runtime", "actors"):
         loader.load(package)

@@ -1,14 +1,24 @@
-"""A griffe extension for the API reference (``mkdocs.yml``): the ``__init__`` that attrs
-generates, so that an attrs class's signature is shown and its ``Args:`` section is checked
-against its real parameters (griffe knows dataclasses, not attrs).
+"""The griffe extension of the API reference (``mkdocs.yml``): what griffe, reading the source,
+does not know about trouper's docstrings and classes.
 
-The parameters are the class's annotated attributes in attrs' order (a base's first), less
-those with ``init=False`` and the ``ClassVar``s; a private attribute's parameter has no leading
-underscore, as attrs names it; ``kw_only`` (on the class or the field) makes it keyword-only.
+- **attrs classes get the ``__init__`` attrs generates**, so their signature is shown and their
+  ``Args:`` section is checked against the real parameters (griffe knows dataclasses, not
+  attrs). The parameters are the class's annotated attributes in attrs' order (a base's
+  first), less those with ``init=False`` and the ``ClassVar``s; a private attribute's parameter
+  has no leading underscore, as attrs names it; ``kw_only`` (on the class or the field) makes
+  it keyword-only.
+- **Sphinx roles become links**: ``:class:`~runtime.Frame```, ``:meth:`send```... are written as
+  code that links to the object when the reference documents it (an optional cross-reference
+  of mkdocs-autorefs: never a warning), instead of showing the role's markup. The name is
+  resolved from the docstring's object (a short name through its module's imports). A
+  paragraph that ends with reStructuredText's ``::`` (an indented code block follows, which
+  Markdown reads as code too) ends with one colon.
 """
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 import griffe
@@ -121,11 +131,35 @@ def _add_init(cls: griffe.Class) -> None:
     init.labels.add("generated")
 
 
-class AttrsInit(griffe.Extension):
-    """Adds the generated ``__init__`` to every attrs class of a loaded package."""
+_LITERAL_BLOCK = re.compile(r"(?<=\S)::\n\n")
+_ROLE = re.compile(r":(?:py:)?(?:class|func|meth|attr|data|exc|mod|obj|const):`(?P<target>[^`]+)`")
+
+
+def _link(obj: griffe.Object, target: str) -> str:
+    short = target.startswith("~")
+    name = target.lstrip("~").lstrip(".").removesuffix("()")
+    shown = name.rsplit(".", 1)[-1] if short else name
+    head, _, rest = name.partition(".")
+    try:
+        path = obj.resolve(head) + (f".{rest}" if rest else "")
+    except (griffe.NameResolutionError, ValueError):
+        path = name
+    code = f"<code>{html.escape(shown)}</code>"
+    return f'<autoref identifier="{html.escape(path)}" optional>{code}</autoref>'
+
+
+def _rewrite(obj: griffe.Object) -> None:
+    docstring = obj.docstring
+    if docstring is not None and ":" in docstring.value:
+        text = _ROLE.sub(lambda m: _link(obj, m.group("target")), docstring.value)
+        docstring.value = _LITERAL_BLOCK.sub(":\n\n", text)
+
+
+class Reference(griffe.Extension):
+    """Adds attrs' ``__init__`` and rewrites the roles, in every object of a loaded package."""
 
     def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
-        """Visit the package's classes, recursively."""
+        """Visit the package's modules and classes, recursively."""
         _visit(pkg, set())
 
 
@@ -135,6 +169,7 @@ def _visit(obj: griffe.Object, seen: set[str]) -> None:
     seen.add(obj.path)
     if isinstance(obj, griffe.Class):
         _add_init(obj)
+    _rewrite(obj)
     for member in list(obj.members.values()):
-        if not member.is_alias and isinstance(member, (griffe.Module, griffe.Class)):
+        if not member.is_alias and isinstance(member, griffe.Object):
             _visit(member, seen)
