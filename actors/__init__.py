@@ -82,6 +82,9 @@ from ._transport import TextTransport as TextTransport
 from .client import ErrorCategory as ErrorCategory
 from .client.redaction import PROCESS_REDACTOR as _PROCESS_REDACTOR
 
+__version__ = _runtime.__version__
+"""The installed version of trouper (the same as ``runtime.__version__``)."""
+
 __all__ = [
     "AppendMessagesRequest",
     "ContextSnapshot",

@@ -59,6 +59,10 @@ from ._task import FrameListener as FrameListener
 from ._task import PipelineRunner as PipelineRunner
 from ._task import PipelineTask as PipelineTask
 from ._turn import current_turn as current_turn
+from ._version import installed_version as _installed_version
+
+__version__ = _installed_version()
+"""The installed version of trouper, from its package metadata."""
 
 __all__ = [
     "Actor",

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 import trio
 
+from actors import __version__
 from actors._storage import DEFAULT_LEASE_TTL
 from actors.local import BASELINES
 
@@ -27,6 +28,20 @@ from ._model_cmd import (
 from ._output import redacted_output
 
 __all__ = ["build_parser", "main"]
+
+_CHAT_EXIT_CODES = """\
+exit status (with --prompt or a prompt on stdin):
+  0    the answer was printed, also when a tool call failed on the way (an
+       unknown function, a handler that raised: the model is told, and answers)
+  1    the answer failed: the model server answered an error or could not be
+       reached, or another stage reported an error (the conversation database)
+  2    usage or set-up error: bad arguments, an unusable API key, an empty
+       stdin, a conversation database that cannot be opened, a local model
+       that cannot start
+  130  interrupted (Ctrl-C)
+an interactive chat exits with 0 (also when left with Ctrl-C at the prompt),
+2 or 130."""
+"""The exit status of ``trouper chat``, as ``trouper chat --help`` shows it."""
 
 
 def _port(text: str) -> int:
@@ -81,15 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trouper", description="LLM conversation pipelines as actors on trio."
     )
+    parser.add_argument(
+        "--version", action="version", version=f"trouper {__version__}", help="print the version"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chat = commands.add_parser(
         "chat",
         help="talk to a model (the embedded local model unless a server is configured)",
         description=(
-            "Chat with streaming, tools and interruption. Backend: --base-url/--api-key/--model "
-            "or OPENAI_BASE_URL/OPENAI_API_KEY; with none of them, the embedded local model "
-            "(pulled and started automatically)."
+            "Chat with streaming, tools and interruption. Backend: --base-url, --api-key,\n"
+            "--model or OPENAI_BASE_URL, OPENAI_API_KEY; with none of them, the embedded\n"
+            "local model (pulled and started automatically). At the prompt: line editing\n"
+            "and history, kept in $XDG_DATA_HOME/trouper/chat_history (a line that holds a\n"
+            "key or a token, or that starts with a space, is not kept)."
         ),
+        epilog=_CHAT_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     chat.add_argument("--base-url", help="OpenAI-compatible API root, e.g. http://host:8080/v1")
     chat.add_argument("--api-key", help="API key (default: $OPENAI_API_KEY)")
@@ -102,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chat.add_argument("--max-tokens", type=_positive_int, help="answer length limit, in tokens")
     chat.add_argument(
-        "--prompt", help="answer this one prompt and exit (stdin that is not a terminal too)"
+        "--prompt",
+        metavar="TEXT",
+        help="answer this one prompt and exit (stdin that is not a terminal too)",
     )
     chat.add_argument(
         "--conversation",
@@ -121,7 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chat.add_argument("--no-tools", action="store_true", help="offer no tools to the model")
     chat.add_argument("--list-tools", action="store_true", help="list the built-in tools and exit")
-    chat.add_argument("--log-json", type=Path, help="append every actor's structured logs to FILE")
+    chat.add_argument(
+        "--log-json",
+        type=Path,
+        metavar="FILE",
+        help="append every actor's structured logs to FILE, as JSON lines",
+    )
     chat.add_argument("-v", "--verbose", action="store_true", help="show the logs on stderr")
     conversations = commands.add_parser(
         "conversations",

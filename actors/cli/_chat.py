@@ -17,6 +17,7 @@ import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import attrs
 import httpx
@@ -51,10 +52,11 @@ from .._schemas import ToolsSchema
 from .._service import OpenAILLMService
 from .._storage import DEFAULT_LEASE_TTL
 from .._transport import TextTransport
-from ..client import ErrorCategory, InvalidParameterError
+from ..client import ErrorCategory, InvalidParameterError, NotFoundError
 from ..client._client import check_api_key, endpoint_url
 from ..storage import ConversationStorage, LeaseHeldError, StorageError
 from ._conversations import held_message, open_store, store_label, store_spec
+from ._history import PromptHistory
 from ._terminal import printable
 from ._tools import BUILTIN_TOOLS
 
@@ -112,8 +114,12 @@ class _View:
     err: Console
     local: bool
     endpoint: str = ""
+    tools_source: str | None = None
+    """The name of the actor that runs the tool calls: its errors (an unknown function, a
+    handler that raised) are told to the model, which answers; they do not fail the answer."""
     image_pending: bool = False
     errors: int = 0
+    """Errors that failed an answer (every error but the tool calls')."""
     failed: bool = False
     """Whether the current answer ended in an error (``LLMFullResponseEndFrame.error``)."""
     error_shown: trio.Event = attrs.Factory(trio.Event)
@@ -175,14 +181,18 @@ class _View:
     def on_upstream(self, frame: Frame, direction: FrameDirection) -> None:
         if not isinstance(frame, ErrorFrame):
             return
-        self.errors += 1
+        if frame.source is None or frame.source != self.tools_source:
+            self.errors += 1
         self._newline()
         message = printable(frame.error)
+        not_found = _not_found_hint(frame.exception, self.endpoint)
         if self.image_pending and self.local and frame.category == ErrorCategory.SERVER:
             message = (
                 "the local model server cannot read images (it answered HTTP 500 to the image). "
                 "Use a vision model instead: trouper chat --base-url URL --model MODEL."
             )
+        elif not_found:
+            message = f"{not_found} ({message})"
         elif frame.category == ErrorCategory.CONNECTIVITY and not self.local:
             message = (
                 f"cannot reach the model server at {self.endpoint}: is it running, and is "
@@ -211,6 +221,22 @@ class _View:
         if line:
             self.console.print(f"[dim]{line}[/]")
         self.reset()
+
+
+def _not_found_hint(error: BaseException | None, base_url: str) -> str:
+    """For an HTTP 404 that is not about the model (a wrong URL path, the usual cause: a base
+    URL without its ``/v1``), what to check; ``""`` otherwise."""
+    if not isinstance(error, NotFoundError) or not base_url:
+        return ""
+    if error.code == "model_not_found" or "model" in error.message.lower():
+        return ""  # the server's own message names the model, which is the problem
+    url = endpoint_url(base_url, "chat/completions")
+    path = urlsplit(base_url).path.rstrip("/")
+    if path.endswith("/v1"):
+        question = "is --base-url the API root, the URL that /chat/completions is under?"
+    else:
+        question = f"does the base URL need /v1 ({base_url.rstrip('/')}/v1)?"
+    return f"the server has no {url} (HTTP 404): {question}"
 
 
 def _configure_logs(options: ChatOptions) -> IO[str] | None:
@@ -332,7 +358,9 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
             lease_ttl=options.lease_ttl,
         )
         # llm.base_url: the API root with any credentials in it masked.
-        view = _View(out, err, local=not remote, endpoint=llm.base_url)
+        view = _View(
+            out, err, local=not remote, endpoint=llm.base_url, tools_source=llm.executor.name
+        )
         transport = TextTransport(on_output=view.on_frame)
         task = PipelineTask(
             Pipeline([transport.input(), pair.user(), llm, transport.output(), pair.assistant()]),
@@ -401,7 +429,7 @@ async def _repl(out: Console, transport: TextTransport, task: PipelineTask, view
 
         return await trio.to_thread.run_sync(blocking, abandon_on_cancel=True)
 
-    with trio.open_signal_receiver(signal.SIGINT) as signals:
+    with PromptHistory() as history, trio.open_signal_receiver(signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             done = trio.Event()
 
@@ -412,6 +440,7 @@ async def _repl(out: Console, transport: TextTransport, task: PipelineTask, view
                     if line is None:
                         out.print()
                         break
+                    history.add(line)
                     text = line.strip()
                     if not text:
                         continue

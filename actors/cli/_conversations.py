@@ -8,7 +8,6 @@ Also what ``trouper chat`` uses to open that store: :func:`store_spec`, :func:`s
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +27,7 @@ from ..storage import (
     conversation_storage,
 )
 from ..storage._redis import mask_url
+from ._history import data_dir
 from ._terminal import printable
 
 __all__ = [
@@ -43,8 +43,7 @@ __all__ = [
 
 def default_store_path() -> Path:
     """Where conversations are kept without ``--store``."""
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data_home) / "trouper" / "conversations.db"
+    return data_dir() / "conversations.db"
 
 
 def store_spec(store: str | None) -> str:

@@ -260,7 +260,7 @@ class ChatCompletionsClient:
     Raises:
         InvalidParameterError: ``max_event_bytes`` is not a positive int.
 
-    Example:
+    Examples:
         >>> async with ChatCompletionsClient(base_url="http://127.0.0.1:8080/v1") as client:
         ...     request = ChatRequest(model="m", messages=[{"role": "user", "content": "Hi"}])
         ...     async with client.stream(request) as stream:

@@ -20,7 +20,7 @@ class ChunkFactory:
         created: The creation time.
         system_fingerprint: The fingerprint (``None`` to leave it out).
 
-    Example:
+    Examples:
         >>> chunks = ChunkFactory().text_stream(["Hel", "lo"], usage=(12, 2))
         >>> [c["choices"][0]["delta"] for c in chunks[:3]]
         [{'role': 'assistant', 'content': ''}, {'content': 'Hel'}, {'content': 'lo'}]

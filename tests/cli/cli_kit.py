@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pexpect
+import trio
 
 from actors.local import model_path
 
@@ -69,6 +70,12 @@ def start_chat(children: list[pexpect.spawn], *args: str) -> pexpect.spawn:
     )
     children.append(child)
     return child
+
+
+async def expect(child: pexpect.spawn, pattern: str) -> None:
+    """Wait (in a thread, so the test's trio servers go on) until ``child`` prints
+    ``pattern``, at most :data:`QUICK_TIMEOUT`."""
+    await trio.to_thread.run_sync(lambda: child.expect_exact(pattern, timeout=QUICK_TIMEOUT))
 
 
 def plain(text: str) -> str:

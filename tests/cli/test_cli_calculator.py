@@ -19,7 +19,7 @@ import trio
 from actors.cli._calculator import CalculatorLimits, calculate, calculate_in_thread
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 
-from .cli_kit import QUICK_TIMEOUT, assert_exited_cleanly, cli_env, start_chat, trouper
+from .cli_kit import QUICK_TIMEOUT, assert_exited_cleanly, cli_env, expect, start_chat, trouper
 
 #: The outside review's expression: unbounded, it runs for minutes on one big-integer operation.
 HUGE = "((9**999)**999)**999"
@@ -154,10 +154,6 @@ async def test_ctrl_c_interrupts_an_answer_after_a_huge_calculation(
     is shown at once, the follow-up answer streams, Ctrl-C interrupts it, and the chat goes
     on."""
     chunks = ChunkFactory()
-
-    async def expect(child: pexpect.spawn, pattern: str) -> None:
-        await trio.to_thread.run_sync(lambda: child.expect_exact(pattern, timeout=QUICK_TIMEOUT))
-
     async with ScriptedOpenAIServer() as server:
         server.add(
             _calculate_call(HUGE),
