@@ -221,7 +221,9 @@ def test_prompt_with_tools_shows_the_call_and_no_tools_offers_none(
     assert re.search(r"^  → \{.*\"result\": 7006652", out, re.MULTILINE), out
     assert STATS.search(out.strip().splitlines()[-1])
 
-    without = run(*common, "--no-tools", "--max-tokens", "80", "--prompt", CALCULATOR_PROMPT)
+    without = run(
+        *common, "--no-tools", "--max-tokens", "80", "--prompt", CALCULATOR_PROMPT, bound=300
+    )
     assert without.returncode == 0, without.stderr
     assert "⚙" not in without.stdout
     assert "→" not in without.stdout
