@@ -98,12 +98,12 @@ def describe_function(function: object) -> FunctionDescription:
             f"got a value of type {type(function).__name__}"
         )
     label = _label(function)
+    name = getattr(function, "__name__", None)
     if not _is_async(function):
         raise TypeError(
-            f"tool function {label!r} must be `async def {label}(params, ...)`: "
+            f"tool function {label!r} must be `async def {name or 'fn'}(params, ...)`: "
             "a plain `def` cannot be awaited when the model calls it"
         )
-    name = getattr(function, "__name__", None)
     if not isinstance(name, str):
         raise TypeError(
             f"tool function {label!r} has no __name__ to call it by; wrap it in a "

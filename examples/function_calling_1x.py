@@ -36,7 +36,7 @@ from runtime import Frame, Pipeline, PipelineWorker, WorkerRunner
 
 SYSTEM_INSTRUCTION = (
     "You are a friendly travel assistant. Answer in one or two short sentences. "
-    "Use the tools for the weather and for restaurants."
+    "Call a tool only when the user asks about the weather or about restaurants."
 )
 
 
@@ -115,11 +115,16 @@ async def main(questions: list[str], *, model: str | None = None) -> list[str]:
     )
     runner = WorkerRunner()
 
+    # Kick off the conversation: the assistant speaks first. (The context is changed directly
+    # only before the worker runs; while it runs, the context store owns it.)
+    context.add_message(
+        {"role": "developer", "content": "Introduce yourself to the user in one sentence."}
+    )
+
     answers: list[str] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(runner.run, worker)
 
-        # Kick off the conversation: the assistant speaks first.
         transport.expect_answer()
         await worker.queue_frames([LLMRunFrame()])
         answers.append(await transport.wait_answer())

@@ -306,3 +306,33 @@ async def test_seed_example_runs_on_the_local_model(
     out = capsys.readouterr().out
     assert "> What's the weather in Paris?" in out
     assert answers[0] in out
+
+
+async def test_pipecat_1x_example_runs_on_the_local_model(
+    local_llm_server: LocalLLM,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The 1.x-style example (``LLMContext`` with a plain function and a handler-carrying
+    schema, the standalone aggregator pair, ``Settings``, ``LLMRunFrame``, ``PipelineWorker``):
+    a greeting, then an answer."""
+    monkeypatch.setenv("OPENAI_BASE_URL", local_llm_server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "no-key")
+    monkeypatch.setenv("OPENAI_MODEL", local_llm_server.model)
+    spec = importlib.util.spec_from_file_location(
+        "function_calling_1x_example", ROOT / "examples" / "function_calling_1x.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    main = cast("Callable[[list[str]], Awaitable[list[str]]]", module.main)
+
+    with trio.fail_after(STEP_TIMEOUT * 3):
+        answers = await main(["What's the weather in Paris?"])
+
+    assert len(answers) == 2
+    assert all(answer.strip() for answer in answers)
+    out = capsys.readouterr().out
+    assert "> What's the weather in Paris?" in out
+    assert answers[1] in out
