@@ -61,8 +61,8 @@ _SIMPLE: dict[Any, dict[str, Any]] = {
     frozenset: {"type": "array"},
     type(None): {"type": "null"},
 }
-_ARRAYS = (list, tuple, set, frozenset, Sequence, typing.Sequence)
-_OBJECTS = (dict, Mapping, typing.Mapping)
+_ARRAYS = (list, tuple, set, frozenset, Sequence)
+_OBJECTS = (dict, Mapping)
 
 
 @attrs.frozen
