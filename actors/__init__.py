@@ -3,7 +3,9 @@
 The OpenAI LLM service (the LLM streamer actor) with its tool executor and metrics collector,
 the ``PipelineParams`` carrying their metrics switches,
 the conversation (``OpenAILLMContext``) owned by the context store actor with its user and
-assistant aggregators, tool schemas, the conversation frames (text, transcriptions, the user's
+assistant aggregators, tool schemas, Pipecat 1.x's names for them (``LLMContext``,
+``LLMContextFrame``, ``LLMContextAggregatorPair``, ``LLMSettings``; see
+``docs/pipecat.md``), the conversation frames (text, transcriptions, the user's
 turns, the LLM's frames and metrics), the error categories and a text transport. The
 OpenAI-compatible streaming client is in :mod:`actors.client`, the redaction of secrets in
 :mod:`actors.client.redaction` (importing :mod:`actors` installs it into the runtime's
@@ -18,10 +20,12 @@ import typing as _typing
 import runtime as _runtime
 
 from ._aggregators import LLMAssistantContextAggregator as LLMAssistantContextAggregator
+from ._aggregators import LLMContextAggregatorPair as LLMContextAggregatorPair
 from ._aggregators import LLMUserAggregatorParams as LLMUserAggregatorParams
 from ._aggregators import LLMUserContextAggregator as LLMUserContextAggregator
 from ._aggregators import OpenAIContextAggregatorPair as OpenAIContextAggregatorPair
 from ._context import ContextSnapshot as ContextSnapshot
+from ._context import LLMContext as LLMContext
 from ._context import OpenAILLMContext as OpenAILLMContext
 from ._frames import FunctionCallCancelFrame as FunctionCallCancelFrame
 from ._frames import FunctionCallFromLLM as FunctionCallFromLLM
@@ -29,6 +33,7 @@ from ._frames import FunctionCallInProgressFrame as FunctionCallInProgressFrame
 from ._frames import FunctionCallResultFrame as FunctionCallResultFrame
 from ._frames import FunctionCallResultProperties as FunctionCallResultProperties
 from ._frames import FunctionCallsStartedFrame as FunctionCallsStartedFrame
+from ._frames import LLMContextFrame as LLMContextFrame
 from ._frames import LLMFullResponseEndFrame as LLMFullResponseEndFrame
 from ._frames import LLMFullResponseStartFrame as LLMFullResponseStartFrame
 from ._frames import LLMMessagesAppendFrame as LLMMessagesAppendFrame
@@ -59,6 +64,7 @@ from ._params import PipelineParams as PipelineParams
 from ._schemas import FunctionSchema as FunctionSchema
 from ._schemas import ToolsSchema as ToolsSchema
 from ._service import OpenAILLMService as OpenAILLMService
+from ._settings import LLMSettings as LLMSettings
 from ._store import AppendMessagesRequest as AppendMessagesRequest
 from ._store import ContextStore as ContextStore
 from ._store import ContextStoreRequest as ContextStoreRequest
@@ -104,6 +110,9 @@ __all__ = [
     "FunctionSchema",
     "GetContextRequest",
     "LLMAssistantContextAggregator",
+    "LLMContext",
+    "LLMContextAggregatorPair",
+    "LLMContextFrame",
     "LLMFullResponseEndFrame",
     "LLMFullResponseStartFrame",
     "LLMMessagesAppendFrame",
@@ -113,6 +122,7 @@ __all__ = [
     "LLMRunFrame",
     "LLMSetToolChoiceFrame",
     "LLMSetToolsFrame",
+    "LLMSettings",
     "LLMTextFrame",
     "LLMTokenUsage",
     "LLMUpdateSettingsFrame",

@@ -55,6 +55,7 @@ from .client import ErrorCategory
 
 __all__ = [
     "LLMAssistantContextAggregator",
+    "LLMContextAggregatorPair",
     "LLMUserAggregatorParams",
     "LLMUserContextAggregator",
     "OpenAIContextAggregatorPair",
@@ -345,7 +346,13 @@ class LLMAssistantContextAggregator(_StoreClient):
         elif isinstance(frame, FunctionCallsStartedFrame):
             content = self._take() or None
             await self._ask(
-                RecordToolCallsRequest(frame.function_calls, content, batch_turn=frame.turn)
+                RecordToolCallsRequest(
+                    frame.function_calls,
+                    content,
+                    batch_turn=frame.turn,
+                    llm=frame.llm,
+                    tools=frame.tools,
+                )
             )
         elif isinstance(frame, FunctionCallResultFrame | FunctionCallCancelFrame):
             await self._ask(settlement_request(frame))
@@ -394,3 +401,47 @@ class OpenAIContextAggregatorPair:
     def __iter__(self) -> Iterator[Actor[Any]]:
         yield self._user
         yield self._assistant
+
+
+@attrs.frozen(init=False)
+class LLMContextAggregatorPair(OpenAIContextAggregatorPair):
+    """The user and assistant aggregators of one conversation, bound to no LLM service
+    (Pipecat 1.x): ``user, assistant = LLMContextAggregatorPair(context)``.
+
+    They share a new context store, like the pair ``create_context_aggregator`` returns. That
+    store sends the follow-up inference after a batch of tool calls to the LLM service that
+    asked for the calls, whose ``FunctionCallsStartedFrame`` names it (and its tool executor):
+    the stages still meet only through frames and names. Put ``.user()`` before the LLM and
+    ``.assistant()`` after the output, as with the bound pair.
+
+    Args:
+        context: The conversation (``LLMContext``/``OpenAILLMContext``).
+        user_params: How the user aggregator behaves.
+        name: Prefix of the three actors' names (``<name>:user``, ``<name>:assistant``,
+            ``<name>:context``); default: each class's unique default name.
+
+    Raises:
+        TypeError: ``context`` is not an ``OpenAILLMContext``.
+    """
+
+    def __init__(
+        self,
+        context: OpenAILLMContext,
+        *,
+        user_params: LLMUserAggregatorParams | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(context, OpenAILLMContext):
+            raise TypeError(
+                f"LLMContextAggregatorPair needs an LLMContext, got {type(context).__name__}"
+            )
+
+        def named(part: str) -> str | None:
+            return None if name is None else f"{name}:{part}"
+
+        store = ContextStore(context, name=named("context"))
+        self.__attrs_init__(
+            LLMUserContextAggregator(store, user_params, name=named("user")),
+            LLMAssistantContextAggregator(store, name=named("assistant")),
+            store,
+        )

@@ -1,4 +1,5 @@
-"""The conversation: ``OpenAILLMContext`` (owned by the context store) and its snapshots."""
+"""The conversation: ``OpenAILLMContext`` (owned by the context store; Pipecat 1.x's name for
+it, ``LLMContext``, is the same class) and its snapshots."""
 
 from __future__ import annotations
 
@@ -7,15 +8,20 @@ import copy
 import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._schemas import ToolsSchema, normalize_tools
+from ._advertised import AdvertisedHandler, lookup_handler
+from ._schemas import ToolsSchema, prepare_tools
+
+if TYPE_CHECKING:
+    from ._tools import FunctionRegistration
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_BYTES",
     "ContextSnapshot",
+    "LLMContext",
     "OpenAILLMContext",
     "encode_image",
     "validate_messages",
@@ -140,12 +146,26 @@ class ContextSnapshot:
     The messages are private copies: changing what :meth:`get_messages` returns changes
     nothing anywhere else. The LLM receives snapshots; tool handlers see one in
     ``params.context``.
+
+    ``handlers`` names the handlers that came with the tools (``FunctionSchema(handler=...)``,
+    plain functions) as ``(function name, token)`` pairs: the snapshot carries no callable.
+    The tool executor runs a call with :meth:`handler_for`. It plays no part in equality.
     """
 
     messages: tuple[dict[str, Any], ...]
     tools: tuple[dict[str, Any], ...] | None = None
     tool_choice: Any = None
     interrupted: frozenset[int] = frozenset()
+    handlers: tuple[tuple[str, str], ...] = attrs.field(default=(), eq=False, repr=False)
+
+    def handler_for(self, function_name: str) -> FunctionRegistration | None:
+        """The handler that came with the tool ``function_name``, while something in this
+        process (the conversation, the schema) still holds it; else ``None``."""
+        for name, token in self.handlers:
+            if name == function_name:
+                advertised = lookup_handler(token)
+                return None if advertised is None else advertised.registration
+        return None
 
     def get_messages(self) -> list[dict[str, Any]]:
         """Copies of the messages, ready for a request."""
@@ -174,9 +194,15 @@ class OpenAILLMContext:
     :class:`ContextSnapshot` objects. Before the session starts (and after it ends) you may use
     it directly.
 
+    ``LLMContext`` (Pipecat 1.x's name) is this class.
+
     Args:
         messages: Initial OpenAI-format messages (copied).
-        tools: A ``ToolsSchema``, a list of ``FunctionSchema`` / OpenAI tool dicts, or None.
+        tools: A ``ToolsSchema``, a list of ``FunctionSchema`` / plain ``async def fn(params,
+            ...)`` functions / OpenAI tool dicts, or None. A tool that comes with a handler (a
+            ``FunctionSchema(handler=...)``, a plain function) needs no ``register_function``:
+            its calls run that handler (a handler registered with the LLM service for the same
+            name wins).
         tool_choice: ``"none"``, ``"auto"``, ``"required"``, a function choice dict, or None.
 
     Raises:
@@ -192,7 +218,13 @@ class OpenAILLMContext:
         self._messages: list[dict[str, Any]] = validate_messages(messages or [])
         self._interrupted: list[bool] = [False] * len(self._messages)
         self._tools_source: Any = tools
-        self._tools = normalize_tools(tools)
+        prepared = prepare_tools(tools)
+        self._tools = prepared.api
+        #: The handlers of the current tools, by function name.
+        self._handlers: dict[str, AdvertisedHandler] = prepared.handlers
+        #: Every handler the tools ever came with, by token: a call the model asked for just
+        #: before the tools changed still finds its handler.
+        self._kept: dict[str, AdvertisedHandler] = {h.token: h for h in prepared.handlers.values()}
         self._tool_choice = _check_tool_choice(tool_choice)
 
     @staticmethod
@@ -209,6 +241,7 @@ class OpenAILLMContext:
             tools=list(snapshot.tools) if snapshot.tools else None,
             tool_choice=snapshot.tool_choice,
         )
+        context._adopt_handlers(snapshot.handlers)
         for index in snapshot.interrupted:
             if not 0 <= index < len(context._interrupted):
                 raise ValueError(
@@ -256,6 +289,11 @@ class OpenAILLMContext:
         """Whether message ``index`` is an assistant answer cut short by an interruption."""
         return 0 <= index < len(self._interrupted) and self._interrupted[index]
 
+    @property
+    def tool_handlers(self) -> list[str]:
+        """Names of the tools that came with their handler."""
+        return sorted(self._handlers)
+
     def snapshot(self) -> ContextSnapshot:
         """An immutable copy of the conversation."""
         return ContextSnapshot(
@@ -263,6 +301,7 @@ class OpenAILLMContext:
             tools=tuple(copy.deepcopy(self._tools)) if self._tools else None,
             tool_choice=copy.deepcopy(self._tool_choice),
             interrupted=frozenset(i for i, flag in enumerate(self._interrupted) if flag),
+            handlers=tuple((name, h.token) for name, h in sorted(self._handlers.items())),
         )
 
     def __len__(self) -> int:
@@ -288,10 +327,21 @@ class OpenAILLMContext:
         self._interrupted = [False] * len(checked)
 
     def set_tools(self, tools: ToolsSchema | Sequence[Any] | None) -> None:
-        """Replace the tools (an empty list means no tools)."""
-        normalized = normalize_tools(tools)
+        """Replace the tools (an empty list means no tools); their handlers come with them
+        (see the class docs)."""
+        prepared = prepare_tools(tools)
         self._tools_source = tools
-        self._tools = normalized
+        self._tools = prepared.api
+        self._handlers = prepared.handlers
+        self._kept.update((h.token, h) for h in prepared.handlers.values())
+
+    def _adopt_handlers(self, handlers: Iterable[tuple[str, str]]) -> None:
+        """Take over the handlers a snapshot names, those still alive in this process."""
+        for name, token in handlers:
+            advertised = lookup_handler(token)
+            if advertised is not None and self._tools is not None:
+                self._handlers[name] = advertised
+                self._kept[token] = advertised
 
     def set_tool_choice(self, tool_choice: Any) -> None:
         """Set the tool choice (validated)."""
@@ -364,3 +414,7 @@ def image_message(
         content.append({"type": "text", "text": text})
     content.append({"type": "image_url", "image_url": {"url": url}})
     return {"role": "user", "content": content}
+
+
+#: Pipecat 1.x's name for the conversation.
+LLMContext = OpenAILLMContext

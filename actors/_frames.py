@@ -24,7 +24,8 @@ from runtime import ControlFrame, DataFrame, InterruptionFrame, MetricsData
 from runtime.serialization import NOT_SERIALIZED
 
 from ._context import ContextSnapshot
-from ._schemas import normalize_tools
+from ._schemas import tool_definitions
+from ._settings import LLMSettings
 
 __all__ = [
     "FunctionCallCancelFrame",
@@ -33,6 +34,7 @@ __all__ = [
     "FunctionCallResultFrame",
     "FunctionCallResultProperties",
     "FunctionCallsStartedFrame",
+    "LLMContextFrame",
     "LLMFullResponseEndFrame",
     "LLMFullResponseStartFrame",
     "LLMMessagesAppendFrame",
@@ -60,6 +62,10 @@ __all__ = [
 
 def _to_dict(value: Mapping[str, Any]) -> dict[str, Any]:
     return dict(value)
+
+
+def _settings(value: Mapping[str, Any] | LLMSettings) -> dict[str, Any]:
+    return value.as_updates() if isinstance(value, LLMSettings) else dict(value)
 
 
 def _to_tuple(value: Iterable[Any]) -> tuple[Any, ...]:
@@ -147,7 +153,8 @@ StartInterruptionFrame = InterruptionFrame
 
 @attrs.frozen(slots=True)
 class OpenAILLMContextFrame(DataFrame):
-    """Run an inference on this conversation.
+    """Run an inference on this conversation. ``LLMContextFrame`` (Pipecat 1.x's name) is
+    this class.
 
     Args:
         context: An immutable snapshot of the conversation (an ``OpenAILLMContext`` passed
@@ -155,6 +162,10 @@ class OpenAILLMContextFrame(DataFrame):
     """
 
     context: ContextSnapshot = attrs.field(converter=_snapshot)
+
+
+#: Pipecat 1.x's name for the context frame.
+LLMContextFrame = OpenAILLMContextFrame
 
 
 @attrs.frozen(slots=True)
@@ -191,12 +202,13 @@ class LLMUpdateSettingsFrame(ControlFrame):
     """Change the LLM's settings from the next request on.
 
     Args:
-        settings: ``model`` and/or any ``OpenAILLMService.InputParams`` field, e.g.
-            ``{"model": "gpt-4o-mini", "temperature": 0.2}``. Validated; a bad key or value
-            becomes an ``ErrorFrame`` and changes nothing.
+        settings: ``model``, ``system_instruction`` and/or any
+            ``OpenAILLMService.InputParams`` field, e.g. ``{"model": "gpt-4o-mini",
+            "temperature": 0.2}``, or an ``OpenAILLMService.Settings`` (its fields that are
+            set). Validated; a bad key or value becomes an ``ErrorFrame`` and changes nothing.
     """
 
-    settings: Mapping[str, Any] = attrs.field(factory=dict, converter=_to_dict)
+    settings: Mapping[str, Any] = attrs.field(factory=dict, converter=_settings)
     interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
 
 
@@ -219,9 +231,13 @@ class LLMMessagesUpdateFrame(DataFrame):
 @attrs.frozen(slots=True)
 class LLMSetToolsFrame(DataFrame):
     """Replace the tools offered to the LLM (a ``ToolsSchema``, a list of ``FunctionSchema`` /
-    OpenAI tool dicts, or None; kept as OpenAI tool dicts)."""
+    OpenAI tool dicts, or None; kept as OpenAI tool dicts).
 
-    tools: list[dict[str, Any]] | None = attrs.field(converter=normalize_tools)
+    A frame carries data only: tools that come with a handler (``FunctionSchema(handler=...)``,
+    plain functions) are refused with a ``TypeError`` saying what to do instead.
+    """
+
+    tools: list[dict[str, Any]] | None = attrs.field(converter=tool_definitions)
 
 
 @attrs.frozen(slots=True)
@@ -233,7 +249,9 @@ class LLMSetToolChoiceFrame(DataFrame):
 
 @attrs.frozen(slots=True)
 class LLMRunFrame(DataFrame):
-    """Run an inference on the current conversation (user aggregator)."""
+    """Run an inference on the conversation as it is: the user aggregator (queue the frame at
+    the pipeline's input) asks the context store for a snapshot and sends it to the LLM, e.g.
+    for a greeting no user line asked for (Pipecat 1.x's way to start an inference)."""
 
 
 # --------------------------------------------------------------------------- outputs
@@ -286,9 +304,20 @@ class FunctionCallFromLLM:
 
 @attrs.frozen(slots=True)
 class FunctionCallsStartedFrame(ControlFrame):
-    """The LLM asked for these calls; they are about to run (one batch per response)."""
+    """The LLM asked for these calls; they are about to run (one batch per response).
+
+    Args:
+        function_calls: The calls.
+        llm: The name of the LLM service that asked for them: the context store sends the
+            follow-up inference there (how an ``LLMContextAggregatorPair``, which is bound to
+            no service, finds it).
+        tools: The name of the actor that runs them (the service's tool executor), which the
+            store asks to run the batch's ``on_context_updated`` callbacks.
+    """
 
     function_calls: tuple[FunctionCallFromLLM, ...] = attrs.field(converter=_to_tuple)
+    llm: str | None = attrs.field(default=None, kw_only=True)
+    tools: str | None = attrs.field(default=None, kw_only=True)
     interruptible: bool = attrs.field(default=False, kw_only=True, eq=False, repr=False)
 
 

@@ -50,7 +50,7 @@ from .client import (
 if TYPE_CHECKING:
     from .client import ChatStream, StreamResult, Usage
 
-__all__ = ["OpenAILLMStreamer", "check_model", "check_params"]
+__all__ = ["OpenAILLMStreamer", "check_model", "check_params", "check_system_instruction"]
 
 #: How long the closing frames of an interrupted inference may wait for room downstream.
 _CLOSING_PUSH_SECS = 2.0
@@ -65,6 +65,19 @@ def check_model(model: object) -> str:
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"model must be a non-empty string, e.g. 'gpt-4o-mini', got {model!r}")
     return model
+
+
+def check_system_instruction(instruction: object) -> str | None:
+    """``instruction`` if it is ``None`` or non-empty text.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if instruction is None:
+        return None
+    if isinstance(instruction, str) and instruction.strip():
+        return instruction
+    raise ValueError(f"system_instruction must be a non-empty string or None, got {instruction!r}")
 
 
 def check_params(params: object) -> GenerationParams:
@@ -88,17 +101,27 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
     (:meth:`_collect_metrics`); :class:`~actors.OpenAILLMService` is the one trouper
     provides. The streamer closes the client when it stops.
 
+    Each ``FunctionCallsStartedFrame`` it pushes names it (``llm``) and the actor that runs
+    the calls (``tools``, :attr:`_calls_run_by`), so the context store knows where the
+    follow-up inference goes.
+
     Args:
         client: The client requests go through.
         model: Model name.
         params: Generation parameters.
+        system_instruction: Sent as a ``system`` message before the conversation's messages
+            in every request (not written into the conversation); ``None``: none.
         max_image_bytes: Largest encoded image accepted from a ``VisionImageRawFrame``.
         name: Actor name.
 
     Raises:
-        ValueError: an empty model name.
+        ValueError: an empty model name or system instruction.
         TypeError: ``params`` is not a ``GenerationParams``.
     """
+
+    #: The name of the actor that runs the calls handed to :meth:`_run_function_calls`, if
+    #: one does (announced in ``FunctionCallsStartedFrame.tools``).
+    _calls_run_by: str | None = None
 
     accepts = (OpenAILLMContextFrame, LLMMessagesFrame, VisionImageRawFrame, LLMUpdateSettingsFrame)
 
@@ -108,12 +131,14 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
         *,
         model: str,
         params: GenerationParams | None = None,
+        system_instruction: str | None = None,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
         self._model = check_model(model)
         self._params = check_params(params)
+        self._system_instruction = check_system_instruction(system_instruction)
         self._client = client
         self._max_image_bytes = max_image_bytes
         self._ttfb_reported = False
@@ -142,6 +167,11 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
     def params(self) -> GenerationParams:
         """The generation parameters used by the next request."""
         return self._params
+
+    @property
+    def system_instruction(self) -> str | None:
+        """The system message sent before the conversation (``None``: none)."""
+        return self._system_instruction
 
     @property
     def base_url(self) -> str:
@@ -190,8 +220,10 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
     async def _update_settings(self, settings: Mapping[str, Any]) -> None:
         values = dict(settings)
         model = values.pop("model", self._model)
+        instruction = values.pop("system_instruction", self._system_instruction)
         try:
             check_model(model)
+            check_system_instruction(instruction)
             params = self._params.with_updates(values) if values else self._params
         except (ValueError, TypeError) as exc:
             await self.push_error(
@@ -200,7 +232,7 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
                 category=ErrorCategory.INVALID_REQUEST,
             )
             return
-        self._model, self._params = model, params
+        self._model, self._params, self._system_instruction = model, params, instruction
         self.log.info("llm settings updated", model=model, changed=sorted(settings))
 
     # ----------------------------------------------------------------- inference
@@ -217,9 +249,12 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
             # The snapshot's own messages and tools, not get_messages()'s deep copies: the
             # request is serialised at once (in ``stream``, before any checkpoint) and never
             # changes them, so copying the whole conversation per inference bought nothing.
+            messages = context.messages
+            if self._system_instruction is not None:
+                messages = ({"role": "system", "content": self._system_instruction}, *messages)
             request = ChatRequest(
                 model=self._model,
-                messages=context.messages,
+                messages=messages,
                 tools=context.tools or None,
                 tool_choice=context.tool_choice,
                 params=self._params,
@@ -239,7 +274,9 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
             if result.refusal and not result.text:
                 await self.push_frame(LLMTextFrame(result.refusal))
             if calls:
-                await self.push_frame(FunctionCallsStartedFrame(calls))
+                await self.push_frame(
+                    FunctionCallsStartedFrame(calls, llm=self.name, tools=self._calls_run_by)
+                )
                 announced = True
         except trio.Cancelled:
             interrupted = True

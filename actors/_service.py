@@ -18,6 +18,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Mapping, Sequence
 
+import attrs
 import httpx
 import trio
 
@@ -33,6 +34,7 @@ from ._context import DEFAULT_MAX_IMAGE_BYTES, ContextSnapshot, OpenAILLMContext
 from ._frames import FunctionCallFromLLM
 from ._llm import OpenAILLMStreamer, check_model, check_params
 from ._metrics import MetricsCollector
+from ._settings import LLMSettings
 from ._storage import DEFAULT_LEASE_TTL
 from ._store import ContextStore
 from ._tools import FunctionHandler, FunctionRegistration, RunFunctionCallsRequest, ToolExecutor
@@ -48,6 +50,77 @@ from .storage import ConversationStorage
 __all__ = ["OpenAILLMService"]
 
 _shared_tls: ssl.SSLContext | None = None
+
+#: Pipecat's first-token deadline when ``retry_on_timeout=True`` comes without
+#: ``retry_timeout_secs``.
+_PIPECAT_RETRY_TIMEOUT_SECS = 5.0
+
+#: Pipecat 1.x constructor options trouper has no switch for: the value that matches what
+#: trouper always does (accepted), and what to know instead.
+_PIPECAT_OPTIONS: dict[str, tuple[object, str]] = {
+    "run_in_parallel": (
+        True,
+        "trouper always runs the calls of one response concurrently; a handler that must not "
+        "overlap another can hold a trio.Lock",
+    ),
+    "group_parallel_tools": (
+        True,
+        "trouper always runs one follow-up inference per batch of calls, once all settled",
+    ),
+    "enable_async_tool_cancellation": (
+        False,
+        "the model cannot cancel calls here; register a long call with "
+        "cancel_on_interruption=True (the user's interruption cancels it) or timeout_secs",
+    ),
+}
+
+
+def _check_pipecat_options(options: Mapping[str, object]) -> None:
+    """Accept the Pipecat options that ask for what trouper does anyway; refuse the others
+    with what to do instead."""
+    for key, value in options.items():
+        known = _PIPECAT_OPTIONS.get(key)
+        if known is None:
+            raise TypeError(
+                f"OpenAILLMService got an unexpected keyword argument {key!r} (see "
+                "docs/pipecat.md for the Pipecat options trouper accepts)"
+            )
+        accepted, why = known
+        if value != accepted:
+            raise ValueError(f"OpenAILLMService({key}={value!r}) is not supported: {why}")
+
+
+def _timeouts_and_retry(
+    timeouts: Timeouts | None,
+    retry: RetryPolicy | None,
+    retry_timeout_secs: float | None,
+    retry_on_timeout: bool | None,
+) -> tuple[Timeouts | None, RetryPolicy | None]:
+    """Pipecat's ``retry_timeout_secs``/``retry_on_timeout`` as trouper's first-token
+    deadline and timeout retries (see ``OpenAILLMService``).
+
+    Raises:
+        ValueError: one of them given together with the trouper option it sets.
+    """
+    if retry_on_timeout and retry_timeout_secs is None:
+        retry_timeout_secs = _PIPECAT_RETRY_TIMEOUT_SECS
+    if retry_timeout_secs is not None:
+        if timeouts is not None:
+            raise ValueError(
+                "give the first-token deadline once: retry_timeout_secs is "
+                "Timeouts.first_token; set it in timeouts= or drop retry_timeout_secs"
+            )
+        timeouts = Timeouts(first_token=retry_timeout_secs)
+    if retry_on_timeout is not None:
+        if retry is not None:
+            raise ValueError(
+                "give timeout retries once: retry_on_timeout is RetryPolicy.retry_timeouts; "
+                "set it in retry= or drop retry_on_timeout"
+            )
+        if not isinstance(retry_on_timeout, bool):
+            raise TypeError(f"retry_on_timeout must be a bool, got {retry_on_timeout!r}")
+        retry = attrs.evolve(RetryPolicy(), retry_timeouts=retry_on_timeout)
+    return timeouts, retry
 
 
 def _default_http_client() -> httpx.AsyncClient:
@@ -73,6 +146,9 @@ class OpenAILLMService(OpenAILLMStreamer):
     """Streams chat completions from OpenAI or any OpenAI-compatible server, runs the tool
     calls the model asks for and collects the metrics of every inference.
 
+    Pipecat 1.x's ``settings=``, ``retry_timeout_secs`` and ``retry_on_timeout`` are
+    accepted too (see ``docs/pipecat.md``).
+
     Args:
         model: Model name (default ``gpt-4.1``).
         api_key: API key (default: ``OPENAI_API_KEY``; none for local servers).
@@ -82,8 +158,18 @@ class OpenAILLMService(OpenAILLMStreamer):
         default_headers: Extra headers for every request.
         service_tier: OpenAI service tier (also settable in ``params``).
         params: Generation parameters (``OpenAILLMService.InputParams``), validated.
+        settings: ``OpenAILLMService.Settings(...)`` (Pipecat 1.x): the model, a system
+            instruction (sent as a ``system`` message before the conversation's messages in
+            every request) and generation parameters; what it sets wins over ``model`` and
+            ``params``.
         timeouts: Connect, first-token, stream-idle and total timeouts.
         retry: Retry policy (connection errors, 408/409/429/5xx; never after content).
+        retry_timeout_secs: Pipecat 1.x: how long an attempt may produce no output; it is
+            ``Timeouts.first_token`` (not with ``timeouts``).
+        retry_on_timeout: Pipecat 1.x: ``True`` retries an attempt that produced no output
+            in time (with a 5 s deadline unless ``retry_timeout_secs`` says otherwise),
+            ``False`` makes that timeout end the turn with an error; it is
+            ``RetryPolicy.retry_timeouts`` (not with ``retry``).
         function_call_timeout_secs: Default timeout of function calls (``None``: none).
         max_image_bytes: Largest encoded image accepted from a ``VisionImageRawFrame``.
         max_event_bytes: Most bytes one server-sent event of the answer may hold (default
@@ -91,6 +177,14 @@ class OpenAILLMService(OpenAILLMStreamer):
             holding an endless line in memory.
         http_client: An ``httpx.AsyncClient`` to share (not closed by the service).
         name: Actor name (also the prefix of its companions' names).
+        **pipecat_options: Pipecat 1.x options with no trouper switch, accepted with the value
+            that is trouper's behaviour: ``run_in_parallel=True``,
+            ``group_parallel_tools=True``, ``enable_async_tool_cancellation=False``.
+
+    Raises:
+        ValueError: an invalid model, setting or timeout; an option given twice (its Pipecat
+            and its trouper form); a Pipecat option asking for what trouper does not do.
+        TypeError: an argument of the wrong type, or an unknown keyword argument.
 
     Attributes:
         executor: The :class:`~actors.ToolExecutor` (``<name>:tools``).
@@ -99,6 +193,8 @@ class OpenAILLMService(OpenAILLMStreamer):
 
     #: The generation parameters, validated against their documented ranges.
     InputParams = GenerationParams
+    #: The service's settings, Pipecat 1.x style (model, system instruction, parameters).
+    Settings = LLMSettings
 
     def __init__(
         self,
@@ -111,18 +207,33 @@ class OpenAILLMService(OpenAILLMStreamer):
         default_headers: Mapping[str, str] | None = None,
         service_tier: str | None = None,
         params: GenerationParams | None = None,
+        settings: LLMSettings | None = None,
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
+        retry_timeout_secs: float | None = None,
+        retry_on_timeout: bool | None = None,
         function_call_timeout_secs: float | None = None,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         http_client: httpx.AsyncClient | None = None,
         name: str | None = None,
+        **pipecat_options: object,
     ) -> None:
+        _check_pipecat_options(pipecat_options)
         check_model(model)
         params = check_params(params)
+        system_instruction: str | None = None
+        if settings is not None:
+            if not isinstance(settings, LLMSettings):
+                raise TypeError(
+                    f"settings must be OpenAILLMService.Settings, got {type(settings).__name__}"
+                )
+            model = settings.model or model
+            params = params.with_updates(settings.generation_updates())
+            system_instruction = settings.system_instruction
         if service_tier is not None:
             params = params.with_updates({"service_tier": service_tier})
+        timeouts, retry = _timeouts_and_retry(timeouts, retry, retry_timeout_secs, retry_on_timeout)
         #: The pool this service made for itself (closed in ``on_stop``), if none was given.
         self._own_http = _default_http_client() if http_client is None else None
         client = ChatCompletionsClient(
@@ -137,11 +248,17 @@ class OpenAILLMService(OpenAILLMStreamer):
             max_event_bytes=max_event_bytes,
         )
         super().__init__(
-            client, model=model, params=params, max_image_bytes=max_image_bytes, name=name
+            client,
+            model=model,
+            params=params,
+            system_instruction=system_instruction,
+            max_image_bytes=max_image_bytes,
+            name=name,
         )
         self.executor = ToolExecutor(
             self, default_timeout_secs=function_call_timeout_secs, name=f"{self.name}:tools"
         )
+        self._calls_run_by = self.executor.name
         self.metrics = MetricsCollector(name=f"{self.name}:metrics")
         # Both run beside the service, started and stopped with it; the executor's frames
         # leave through the service's own links.
@@ -158,10 +275,12 @@ class OpenAILLMService(OpenAILLMStreamer):
         cancel_on_interruption: bool = True,
         timeout_secs: float | None = None,
         trio_native: bool = False,
+        cancellable_by_llm: bool = False,
     ) -> None:
         """Register ``handler`` for calls of ``function_name`` (``None``: every function
         without a handler of its own). Registering again replaces the handler. The registry
-        is the tool executor's.
+        is the tool executor's; a handler registered here wins over one that came with the
+        tool's schema (``FunctionSchema(handler=...)``, a plain function).
 
         Args:
             function_name: The function's name, or ``None`` for the catch-all.
@@ -174,12 +293,21 @@ class OpenAILLMService(OpenAILLMStreamer):
             trio_native: Inside an asyncio application (``runtime.AsyncioBridge``), handlers
                 run as asyncio tasks on its loop; ``True`` runs this one in trio instead (it
                 awaits trio code). Without a bridge every handler runs in trio.
+            cancellable_by_llm: Pipecat 1.x; only ``False`` (the model cannot cancel calls
+                here).
 
         Raises:
             TypeError: ``handler`` is not an ``async def`` function (or an object whose
                 ``__call__`` is one, or a ``functools.partial`` of one).
-            ValueError: a bad name or timeout.
+            ValueError: a bad name or timeout, or ``cancellable_by_llm=True``.
         """
+        if cancellable_by_llm:
+            raise ValueError(
+                f"register_function({function_name!r}, cancellable_by_llm=True) is not "
+                "supported: the model cannot cancel calls here; keep "
+                "cancel_on_interruption=True (the user's interruption cancels the call) or "
+                "give timeout_secs"
+            )
         self.executor.register(
             FunctionRegistration(
                 function_name, handler, cancel_on_interruption, timeout_secs, trio_native

@@ -9,7 +9,9 @@ when a batch of tool calls is complete and triggers the follow-up inference (onc
 after its last call settled and the tool executor ran the batch's ``on_context_updated``
 callbacks, and only while the turn of the calls is still on: see
 :meth:`ContextStore._follow_up_turn`). It addresses the LLM service and the tool executor by
-name, through the session, and talks to them with frames only.
+name, through the session, and talks to them with frames only: the names it was given, or
+else the names the LLM announced with the batch (``FunctionCallsStartedFrame.llm``/``tools``),
+so a store bound to no service (``LLMContextAggregatorPair``) finds the one that asked.
 """
 
 from __future__ import annotations
@@ -107,11 +109,16 @@ class RecordToolCallsRequest(ContextStoreRequest):
     and an ``IN_PROGRESS`` tool message per call.
 
     ``batch_turn`` is the turn of the response that asked for the calls (default: the
-    session's turn when the request is handled); their follow-up belongs to it."""
+    session's turn when the request is handled); their follow-up belongs to it. ``llm`` and
+    ``tools`` are the names of the LLM service that asked for the calls and of the actor
+    that runs them, as the ``FunctionCallsStartedFrame`` announced them (used when the store
+    was given none)."""
 
     calls: tuple[FunctionCallFromLLM, ...] = attrs.field(converter=_to_tuple)
     content: str | None = None
     batch_turn: int | None = None
+    llm: str | None = attrs.field(default=None, kw_only=True)
+    tools: str | None = attrs.field(default=None, kw_only=True)
 
 
 @attrs.frozen(slots=True)
@@ -186,6 +193,9 @@ class _Batch:
     run_llm: bool = False
     #: Asked for by a call that survives an interruption (``cancel_on_interruption=False``).
     run_llm_surviving: bool = False
+    #: Where the follow-up goes, and who runs the ``on_context_updated`` callbacks.
+    llm: str | None = None
+    tools: str | None = None
 
 
 class ContextStore(Actor[ContextStoreRequest]):
@@ -216,9 +226,10 @@ class ContextStore(Actor[ContextStoreRequest]):
         context: The conversation; the store changes this object in place, so after the
             session it holds the whole conversation.
         llm: The name of the actor follow-up inferences go to (the LLM service), looked up
-            in the session when one is sent; ``None``: none is sent.
+            in the session when one is sent; ``None``: the LLM that asked for the batch (as
+            its ``FunctionCallsStartedFrame`` names it), else none is sent.
         tools: The name of the tool executor whose ``on_context_updated`` callbacks run once
-            a batch is in the context; ``None``: there are none.
+            a batch is in the context; ``None``: the one the batch's frame names, else none.
         storage: Where to persist the conversation: an open
             :class:`~actors.storage.ConversationStorage`.
         conversation_id: Its id in ``storage`` (required with ``storage``).
@@ -361,7 +372,13 @@ class ContextStore(Actor[ContextStoreRequest]):
             change = SetToolChoice(ctx.tool_choice)
         elif isinstance(frame, RecordToolCallsRequest):
             turn = frame.batch_turn if frame.batch_turn is not None else self.session.turn
-            self._record_calls(frame.calls, frame.content, turn)
+            batch = _Batch(
+                pending=set(),
+                turn=turn,
+                llm=self.llm if self.llm is not None else frame.llm,
+                tools=self.tools if self.tools is not None else frame.tools,
+            )
+            self._record_calls(frame.calls, frame.content, batch)
             change = RecordToolCalls(
                 [(c.tool_call_id, c.function_name, c.arguments_json) for c in frame.calls],
                 frame.content,
@@ -402,13 +419,13 @@ class ContextStore(Actor[ContextStoreRequest]):
             await self.push_error(f"context store: {exc}", exception=exc)
 
     def _record_calls(
-        self, calls: Sequence[FunctionCallFromLLM], content: str | None, turn: int
+        self, calls: Sequence[FunctionCallFromLLM], content: str | None, batch: _Batch
     ) -> None:
         ids = [c.tool_call_id for c in calls]
         self.context.add_tool_calls(
             [(c.tool_call_id, c.function_name, c.arguments_json) for c in calls], content=content
         )
-        batch = _Batch(pending=set(ids), turn=turn)
+        batch.pending = set(ids)
         key = ids[0] if ids else ""
         self._batches[key] = batch
         for cid in ids:
@@ -434,25 +451,25 @@ class ContextStore(Actor[ContextStoreRequest]):
         for key, value in list(self._batches.items()):
             if value is batch:
                 del self._batches[key]
-        if self.tools is not None or (batch.run_llm and self.llm is not None):
+        if batch.tools is not None or (batch.run_llm and batch.llm is not None):
             self.create_task(self._after_batch, batch, name=f"{self.name}:after-batch")
         return True
 
     async def _after_batch(self, batch: _Batch) -> None:
-        if self.tools is not None:
+        if batch.tools is not None:
             try:
                 # Returns once the executor has run the batch's on_context_updated callbacks.
-                await self.session.get(self.tools).ask(
+                await self.session.get(batch.tools).ask(
                     ContextUpdatedRequest(batch.settled), timeout=None
                 )
             except (KeyError, ActorError) as exc:  # the executor is gone: the session ends
                 self.log.info("on_context_updated callbacks not run", reason=str(exc))
-        if not batch.run_llm or self.llm is None:
+        if not batch.run_llm or batch.llm is None:
             return
         try:
-            llm = self.session.get(self.llm)
+            llm = self.session.get(batch.llm)
         except KeyError:
-            self.log.warning("follow-up inference not started: no such actor", llm=self.llm)
+            self.log.warning("follow-up inference not started: no such actor", llm=batch.llm)
             return
         if not llm.is_alive():
             return

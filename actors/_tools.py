@@ -9,6 +9,10 @@ of the response that asked for them, so an interruption cancels them at once (th
 sees ``trio.Cancelled``); the others keep running and their result lands in the conversation
 later.
 
+A call runs the handler registered for its function, else the handler that came with the
+tool in the conversation (``FunctionSchema(handler=...)``, a plain function: the snapshot the
+call carries names it by token), else the catch-all registered for ``None``.
+
 Everything the executor exchanges with the other stages is a serializable frame: the calls
 come in a :class:`RunFunctionCallsRequest`, their progress and settlement leave as
 ``FunctionCall*Frame``s, and an ``on_context_updated`` callback stays here, keyed by its call:
@@ -282,8 +286,14 @@ class ToolExecutor(Actor[RunFunctionCallsRequest | ContextUpdatedRequest]):
                 )
         return None
 
-    def _resolve(self, name: str) -> FunctionRegistration | None:
-        return self._registrations.get(name) or self._registrations.get(None)
+    def _resolve(self, name: str, context: ContextSnapshot) -> FunctionRegistration | None:
+        """The handler registered for ``name``, else the one that came with the tool (see
+        :meth:`ContextSnapshot.handler_for`), else the catch-all."""
+        return (
+            self._registrations.get(name)
+            or context.handler_for(name)
+            or self._registrations.get(None)
+        )
 
     async def _run(self, call: FunctionCallFromLLM, request: RunFunctionCallsRequest) -> None:
         state = _Call(call)
@@ -296,7 +306,7 @@ class ToolExecutor(Actor[RunFunctionCallsRequest | ContextUpdatedRequest]):
     async def _execute(self, state: _Call, request: RunFunctionCallsRequest) -> None:
         call = state.call
         log = self.log.bind(tool_call_id=call.tool_call_id, function=call.function_name)
-        registration = self._resolve(call.function_name)
+        registration = self._resolve(call.function_name, request.context)
         cancel_on_interruption = registration.cancel_on_interruption if registration else True
         await self.push_frame(
             FunctionCallInProgressFrame(
@@ -323,7 +333,8 @@ class ToolExecutor(Actor[RunFunctionCallsRequest | ContextUpdatedRequest]):
             return
         if registration is None:
             state.settled = True
-            available = sorted(k for k in self._registrations if k)
+            advertised = {name for name, _ in request.context.handlers}
+            available = sorted({k for k in self._registrations if k} | advertised)
             log.warning("function not registered", available=available)
             await self.push_error(
                 f"The LLM called function [{call.function_name}], which has no handler "

@@ -156,9 +156,7 @@ class TextTransport:
         """
         if not isinstance(text, str):
             raise TypeError(f"send_text takes a str, got {type(text).__name__}")
-        self._answer_done = trio.Event()
-        self._follow_up_expected = False
-        self._answering = False
+        self.expect_answer()
         stamp = datetime.datetime.now(datetime.UTC).isoformat()
         sent = False
         try:
@@ -174,6 +172,14 @@ class TextTransport:
             if not sent:  # the line did not go in: no answer is coming, nothing to wait for
                 self._answer_done.set()
             raise
+
+    def expect_answer(self) -> None:
+        """An answer is coming that no line of text asked for (an ``LLMRunFrame`` queued to
+        the task, e.g. for a greeting): :meth:`wait_answer` waits for it. (:meth:`send_text`
+        does this itself.)"""
+        self._answer_done = trio.Event()
+        self._follow_up_expected = False
+        self._answering = False
 
     async def wait_answer(self) -> str:
         """Wait until the assistant has finished answering the last line (follow-up answers

@@ -7,6 +7,9 @@ applications (:class:`AsyncioBridge`; :func:`asyncio_call` the other way), loggi
 that hides sensitive text (:func:`add_scrubber`), serialization and a testing kit
 (:mod:`runtime.testing`).
 
+``PipelineWorker`` and ``WorkerRunner`` are other names of :class:`PipelineTask` and
+:class:`PipelineRunner` (Pipecat 1.x renamed them).
+
 It knows no application domain and imports nothing from ``actors``: a layer built on it
 subclasses its frames and actors (``actors`` is such a layer).
 """
@@ -57,7 +60,9 @@ from ._snapshot import SessionSnapshot as SessionSnapshot
 from ._supervision import RestartPolicy as RestartPolicy
 from ._task import FrameListener as FrameListener
 from ._task import PipelineRunner as PipelineRunner
+from ._task import PipelineRunner as WorkerRunner
 from ._task import PipelineTask as PipelineTask
+from ._task import PipelineTask as PipelineWorker
 from ._turn import current_turn as current_turn
 from ._version import installed_version as _installed_version
 
@@ -94,6 +99,7 @@ __all__ = [
     "PipelineParams",
     "PipelineRunner",
     "PipelineTask",
+    "PipelineWorker",
     "RestartIntensityExceeded",
     "RestartPolicy",
     "Scrubber",
@@ -104,6 +110,7 @@ __all__ = [
     "Stage",
     "StartFrame",
     "SystemFrame",
+    "WorkerRunner",
     "add_scrubber",
     "asyncio_call",
     "current_turn",

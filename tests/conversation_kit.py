@@ -35,6 +35,7 @@ import trio.testing
 
 from actors import (
     FunctionHandler,
+    LLMContextAggregatorPair,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
@@ -362,6 +363,7 @@ async def open_conversation(
     llm_params: GenerationParams | None = None,
     within: float = WAIT_SECS,
     check_on_exit: bool = True,
+    standalone: bool = False,
     **llm_options: Any,
 ) -> AsyncIterator[Conversation]:
     """Run a conversation against ``server`` for the block.
@@ -387,6 +389,8 @@ async def open_conversation(
         llm_params: The LLM's generation parameters.
         within: The bound of every wait, and of the task's start and end.
         check_on_exit: Check, with a scripted server, what the session left behind (below).
+        standalone: Pipecat 1.x's ``LLMContextAggregatorPair(context)``, bound to no service,
+            instead of ``llm.create_context_aggregator(context)`` (no ``storage`` then).
         llm_options: More ``OpenAILLMService`` arguments (``retry``, ``timeouts``,
             ``max_image_bytes``...).
 
@@ -402,7 +406,11 @@ async def open_conversation(
         llm.register_function(function_name, handler)
     if context is None:
         context = OpenAILLMContext(messages=[SYSTEM] if messages is None else messages, tools=tools)
-    if lease_ttl is None:
+    pair: OpenAIContextAggregatorPair
+    if standalone:
+        assert storage is None, "the standalone pair takes no storage"
+        pair = LLMContextAggregatorPair(context)
+    elif lease_ttl is None:
         pair = llm.create_context_aggregator(
             context, storage=storage, conversation_id=conversation_id
         )

@@ -281,22 +281,29 @@ async def test_image_is_refused_with_a_clear_error(local_llm_server: LocalLLM) -
     assert "image input is not supported" in error.error
 
 
-async def test_seed_example_runs_on_the_local_model(
-    local_llm_server: LocalLLM,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    monkeypatch.setenv("OPENAI_BASE_URL", local_llm_server.base_url)
+def _example_main(
+    name: str, server: LocalLLM, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[list[str]], Awaitable[list[str]]]:
+    """The ``main`` of ``examples/<name>.py``, pointed at the local model."""
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "no-key")
-    monkeypatch.setenv("OPENAI_MODEL", local_llm_server.model)
+    monkeypatch.setenv("OPENAI_MODEL", server.model)
     spec = importlib.util.spec_from_file_location(
-        "function_calling_example", ROOT / "examples" / "function_calling.py"
+        f"{name}_example", ROOT / "examples" / f"{name}.py"
     )
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    main = cast("Callable[[list[str]], Awaitable[list[str]]]", module.main)
+    return cast("Callable[[list[str]], Awaitable[list[str]]]", module.main)
+
+
+async def test_seed_example_runs_on_the_local_model(
+    local_llm_server: LocalLLM,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    main = _example_main("function_calling", local_llm_server, monkeypatch)
 
     with trio.fail_after(STEP_TIMEOUT * 2):
         answers = await main(["What's the weather in Paris?"])
@@ -306,3 +313,23 @@ async def test_seed_example_runs_on_the_local_model(
     out = capsys.readouterr().out
     assert "> What's the weather in Paris?" in out
     assert answers[0] in out
+
+
+async def test_pipecat_1x_example_runs_on_the_local_model(
+    local_llm_server: LocalLLM,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The 1.x-style example (``LLMContext`` with a plain function and a handler-carrying
+    schema, the standalone aggregator pair, ``Settings``, ``LLMRunFrame``, ``PipelineWorker``):
+    a greeting, then an answer."""
+    main = _example_main("function_calling_1x", local_llm_server, monkeypatch)
+
+    with trio.fail_after(STEP_TIMEOUT * 3):
+        answers = await main(["What's the weather in Paris?"])
+
+    assert len(answers) == 2
+    assert all(answer.strip() for answer in answers)
+    out = capsys.readouterr().out
+    assert "> What's the weather in Paris?" in out
+    assert answers[1] in out
