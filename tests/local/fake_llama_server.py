@@ -17,7 +17,10 @@ import os
 import resource
 import signal
 import sys
+import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import NoReturn
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -61,11 +64,18 @@ class Handler(BaseHTTPRequestHandler):
         print("request:", format % args, flush=True)
 
 
-def die_by(signum: signal.Signals) -> None:
-    """End this process by ``signum``, as a crashing native server would (no core file)."""
+def die_by(signum: signal.Signals) -> NoReturn:
+    """End this process by ``signum``, as a crashing native server would (no core file).
+
+    The signal goes to the calling thread (``pthread_kill``), so it is delivered before this
+    thread runs another line: ``os.kill`` would let a handler thread go on and answer its
+    request while the kernel picked another thread to die in (a loaded machine showed it).
+    """
     sys.stdout.flush()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    os.kill(os.getpid(), signum)  # main() left both signals at their default action
+    signal.pthread_kill(threading.get_ident(), signum)  # main() left it at its default action
+    while True:  # never reached: the default action ends the whole process
+        time.sleep(1)
 
 
 DEFAULT_CPU = (
