@@ -38,6 +38,7 @@ from ._frames import (
     TTFBMetricsData,
     VisionImageRawFrame,
 )
+from ._observe import end_turn_trace, watch_inference
 from ._params import metrics_settings
 from .client import (
     ChatClientError,
@@ -182,6 +183,7 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
 
     async def on_stop(self) -> None:
         """Close the client (and the pool it made itself, if it made one)."""
+        end_turn_trace(self)
         await self._client.aclose()
 
     # ----------------------------------------------------------------- frames
@@ -243,6 +245,8 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
         stream: ChatStream | None = None
         calls: list[FunctionCallFromLLM] = []
         interrupted = failed = announced = False
+        watch = None
+        error: ChatClientError | None = None
         ttfb_sent = False
         await self.push_frame(LLMFullResponseStartFrame())
         try:
@@ -259,6 +263,7 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
                 tool_choice=context.tool_choice,
                 params=self._params,
             )
+            watch = watch_inference(self, request, turn)
             async with self._client.stream(request) as stream:
                 with self.on_interruption(stream.abort):
                     # On interruption the socket is shut down inside interrupt() itself: the
@@ -268,6 +273,7 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
                         if not ttfb_sent and stream.first_token_at is not None:
                             # After the first text goes out: the measurement must not delay it.
                             ttfb_sent = True
+                            watch.first_token(stream)
                             await self._emit(self._ttfb(stream))
             result = stream.result()
             calls = _function_calls(result)
@@ -283,6 +289,7 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
             raise
         except ChatClientError as exc:
             failed = True
+            error = exc
             # Returns once the task has the error: the end frame below leaves after it.
             await self.push_error(
                 f"Error during completion: {exc}",
@@ -290,6 +297,8 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
                 category=exc.category,
             )
         finally:
+            if watch is not None:
+                watch.end(stream, calls if announced else (), interrupted=interrupted, error=error)
             try:
                 if interrupted:
                     # Cancelled: the closing frames still go out, but never hang the teardown.

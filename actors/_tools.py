@@ -52,6 +52,7 @@ from ._frames import (
     FunctionCallResultProperties,
     _to_tuple,
 )
+from ._observe import CANCELLED, ERROR, OK, watch_tool
 from .client import ErrorCategory
 
 __all__ = [
@@ -298,12 +299,19 @@ class ToolExecutor(Actor[RunFunctionCallsRequest | ContextUpdatedRequest]):
     async def _run(self, call: FunctionCallFromLLM, request: RunFunctionCallsRequest) -> None:
         state = _Call(call)
         self._running[call.tool_call_id] = state
+        watch = watch_tool(self, call)
+        outcome: tuple[str, str | None] = (CANCELLED, None)  # unless it returns
         try:
-            await self._execute(state, request)
+            outcome = await self._execute(state, request)
         finally:
             self._running.pop(call.tool_call_id, None)
+            watch.settled(*outcome)
 
-    async def _execute(self, state: _Call, request: RunFunctionCallsRequest) -> None:
+    async def _execute(
+        self, state: _Call, request: RunFunctionCallsRequest
+    ) -> tuple[str, str | None]:
+        """Run the call until it settles; returns its outcome (``ok``, ``error`` or
+        ``cancelled``) and, unless ok, the kind of error."""
         call = state.call
         log = self.log.bind(tool_call_id=call.tool_call_id, function=call.function_name)
         registration = self._resolve(call.function_name, request.context)
@@ -330,7 +338,7 @@ class ToolExecutor(Actor[RunFunctionCallsRequest | ContextUpdatedRequest]):
                 error=call.arguments_error,
                 cancel_on_interruption=cancel_on_interruption,
             )
-            return
+            return ERROR, "invalid_arguments"
         if registration is None:
             state.settled = True
             advertised = {name for name, _ in request.context.handlers}
@@ -347,7 +355,7 @@ class ToolExecutor(Actor[RunFunctionCallsRequest | ContextUpdatedRequest]):
                 error="function not available",
                 cancel_on_interruption=cancel_on_interruption,
             )
-            return
+            return ERROR, "function_not_available"
 
         async def result_callback(
             result: Any, *, properties: FunctionCallResultProperties | None = None
@@ -404,12 +412,13 @@ class ToolExecutor(Actor[RunFunctionCallsRequest | ContextUpdatedRequest]):
                 run_llm=properties.run_llm if properties else None,
                 cancel_on_interruption=cancel_on_interruption,
             )
-            return
+            return (OK, None) if failure is None else (ERROR, type(failure).__name__)
         state.settled = True
         if interrupted:
             log.info("function call cancelled by interruption")
             await self.push_frame(FunctionCallCancelFrame(call.function_name, call.tool_call_id))
-        elif timed_out:
+            return CANCELLED, None
+        if timed_out:
             log.warning("function call timed out", timeout_secs=timeout)
             await self.push_frame(
                 FunctionCallCancelFrame(
@@ -420,7 +429,8 @@ class ToolExecutor(Actor[RunFunctionCallsRequest | ContextUpdatedRequest]):
                     cancel_on_interruption=cancel_on_interruption,
                 )
             )
-        elif failure is not None:
+            return ERROR, "timeout"
+        if failure is not None:
             await self._report_failure(call, failure)
             await self._push_result(
                 call,
@@ -428,6 +438,8 @@ class ToolExecutor(Actor[RunFunctionCallsRequest | ContextUpdatedRequest]):
                 error=f"{type(failure).__name__}: {failure}",
                 cancel_on_interruption=cancel_on_interruption,
             )
+            return ERROR, type(failure).__name__
+        return CANCELLED, None  # settled without a result: by the executor's stop
 
     async def invoke(self, registration: FunctionRegistration, params: FunctionCallParams) -> None:
         """Await the handler on the application's event loop.

@@ -313,10 +313,16 @@ class Actor(Generic[T]):
 
     @property
     def log(self) -> Any:
-        """A structlog logger bound to this actor's session, name and current turn."""
+        """A structlog logger bound to this actor's session, name and turn: the handled
+        frame's (:func:`runtime.current_turn`), else the session's current turn."""
         cell = self._cell
-        session = cell.session.name if cell is not None else None
-        return _logger.bind(session=session, actor=self._name, turn=CURRENT_TURN.get())
+        turn = CURRENT_TURN.get()
+        if cell is None:
+            return _logger.bind(session=None, actor=self._name, turn=turn)
+        session = cell.session
+        return _logger.bind(
+            session=session.name, actor=self._name, turn=session.turn if turn is None else turn
+        )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._name!r} {self._life.state.value}>"

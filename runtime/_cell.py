@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import outcome
-import structlog
 import trio
 
 from ._actor import CURRENT_ACTOR, Actor, SessionView, accepts_type, bind, notify_watchers
@@ -55,7 +55,7 @@ from ._mailbox import Envelope, Mailbox, Reply
 from ._snapshot import ActorSnapshot
 from ._turn import CURRENT_TURN
 
-__all__ = ["Cell", "cell_class_for", "register_cell_class"]
+__all__ = ["CURRENT_CELL", "Cell", "cell_class_for", "register_cell_class"]
 
 DOWNSTREAM = FrameDirection.DOWNSTREAM
 UPSTREAM = FrameDirection.UPSTREAM
@@ -66,7 +66,10 @@ _LIFECYCLE = (StartFrame, EndFrame, CancelFrame, InterruptionFrame)
 #: How many frames an actor handles back to back before letting other tasks run.
 _FAIRNESS_BATCH = 64
 
-_logger = structlog.get_logger("trouper.runtime")
+#: The cell whose actor the running task works for: set by its loops, inherited by the tasks
+#: its actor starts. Read by :func:`runtime.logging.add_actor_fields` (``session``,
+#: ``actor`` and ``turn`` on every line logged meanwhile); nothing else reads it.
+CURRENT_CELL: ContextVar[Cell | None] = ContextVar("trouper_current_cell", default=None)
 
 
 class Cell:
@@ -261,7 +264,7 @@ class Cell:
         turn_scopes = self.core.turn_scopes
         background.add(scope)
         if interruptible:
-            turn_scopes.add(scope)
+            turn_scopes[scope] = self.name
 
         async def runner() -> None:
             CURRENT_ACTOR.set(None)
@@ -270,7 +273,7 @@ class Cell:
                     await fn(*args)
             finally:
                 background.discard(scope)
-                turn_scopes.discard(scope)
+                turn_scopes.pop(scope, None)
 
         nursery.start_soon(runner, name=name)
         return scope
@@ -297,12 +300,12 @@ class Cell:
         if turn < core.turn:
             scope.cancel()
         else:
-            core.turn_scopes.add(scope)
+            core.turn_scopes[scope] = self.name
         try:
             with scope:
                 yield scope
         finally:
-            core.turn_scopes.discard(scope)
+            core.turn_scopes.pop(scope, None)
 
     def add_companion(self, actor: Actor[Any], stop_with_owner: bool) -> None:
         """Spawn ``actor`` now as a companion of this cell's actor."""
@@ -327,9 +330,10 @@ class Cell:
             try:
                 hook()
             except Exception as exc:
-                _logger.warning(
+                self.core.log.warning(
                     "on_interruption callback raised",
                     actor=self.name,
+                    turn=self.core.turn,
                     error=f"{type(exc).__name__}: {exc}",
                 )
 
@@ -357,6 +361,7 @@ class Cell:
         not two: every wake-up of the data loop resumes each coroutine frame of its stack.
         """
         CURRENT_ACTOR.set(self.actor)
+        CURRENT_CELL.set(self)
         mailbox = self.mailbox
         core = self.core
         try:
@@ -444,6 +449,7 @@ class Cell:
         core = self.core
         actor = self.actor
         CURRENT_ACTOR.set(actor)
+        CURRENT_CELL.set(self)
         try:
             while (envelope := mailbox.take_system()) is not None:
                 frame = envelope.frame
@@ -517,7 +523,7 @@ class Cell:
         await self.actor.on_start()
         if life.state is STARTING:  # (not stopped meanwhile)
             life.to(RUNNING)
-            self.core.log.debug("actor started", actor=self.name)
+            self.core.log.debug("actor started", actor=self.name, turn=self.core.turn)
 
     def restart(self) -> None:
         """After a crash and its backoff: forget the abandoned handler and queue the
@@ -540,11 +546,16 @@ class Cell:
             try:
                 await self.actor.on_stop()
             except Exception as exc:
-                _logger.warning(
-                    "on_stop raised", actor=self.name, error=f"{type(exc).__name__}: {exc}"
+                self.core.log.warning(
+                    "on_stop raised",
+                    actor=self.name,
+                    turn=self.core.turn,
+                    error=f"{type(exc).__name__}: {exc}",
                 )
         if cs.cancelled_caught:
-            _logger.warning("on_stop timed out", actor=self.name, timeout_secs=timeout)
+            self.core.log.warning(
+                "on_stop timed out", actor=self.name, turn=self.core.turn, timeout_secs=timeout
+            )
         upstream = self.finish(crashed=False, keep_upstream=True)
         if upstream:
             # Frames travelling upstream (errors) that were queued here when the actor stopped
@@ -598,6 +609,7 @@ class Cell:
         core.log.debug(
             "actor stopped",
             actor=self.name,
+            turn=core.turn,
             state=life.state.value,
             unprocessed=len(left) - len(upstream),
         )

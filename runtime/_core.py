@@ -50,8 +50,9 @@ class SessionCore:
     spawn_companion: Callable[[str, Actor[Any], bool], None]
     #: The current turn: raised by one at every interruption.
     turn: int = 0
-    #: Cancel scopes of work that the next interruption cancels (turn scopes, tasks).
-    turn_scopes: set[trio.CancelScope] = attrs.Factory(set)
+    #: Cancel scopes of work that the next interruption cancels (turn scopes, tasks), each
+    #: with the name of the actor it works for.
+    turn_scopes: dict[trio.CancelScope, str] = attrs.Factory(dict)
     #: Frames whose delivery their sender awaits, by frame id (empty nearly always).
     in_flight: dict[int, Delivery] = attrs.Factory(dict)
 

@@ -100,9 +100,9 @@ class Session:
         if not structlog.is_configured():
             # A library must not flood stderr: warnings only until the app configures logging.
             # (Before the session binds its logger, or that logger keeps the defaults.)
-            from .logging import configure
+            from .logging import _configure_by_default  # the one place a session sets logging up
 
-            configure(level="warning")
+            _configure_by_default()
         kwargs: dict[str, Any] = {
             "mailbox_size": mailbox_size,
             "stop_timeout_secs": stop_timeout_secs,
@@ -319,8 +319,10 @@ class Session:
             if cell.interrupt_hooks:
                 cell.run_interrupt_hooks()
         cancelled = 0
-        for scope in list(core.turn_scopes):
+        interrupted = {cell.name: None for cell in busy}
+        for scope, owner in list(core.turn_scopes.items()):
             scope.cancel()
+            interrupted[owner] = None
             cancelled += 1
         core.turn_scopes.clear()
         for cell in busy:
@@ -336,6 +338,7 @@ class Session:
             previous_turn=old,
             cancelled=cancelled,
             dropped_frames=dropped,
+            interrupted=list(interrupted),
             reason=reason,
         )
 

@@ -41,12 +41,17 @@ async def supervise(cell: Cell) -> None:
         state = cell.state
         if state in TERMINAL:
             # A task of the actor failed while it was being torn down: the crash escalates.
-            log.error("actor crashed", actor=cell.name, error=error)
+            log.error("actor crashed", actor=cell.name, turn=cell.core.turn, error=error)
             raise exc
         if policy is not None:
             if state is STOPPING:
                 # Stopped by another task meanwhile: no restart, and that stop completes.
-                log.warning("actor crashed while stopping", actor=cell.name, error=error)
+                log.warning(
+                    "actor crashed while stopping",
+                    actor=cell.name,
+                    turn=cell.core.turn,
+                    error=error,
+                )
                 return
             now = trio.current_time()
             while recent and now - recent[0] > policy.within_secs:
@@ -58,6 +63,7 @@ async def supervise(cell: Cell) -> None:
                 log.warning(
                     "actor restarting",
                     actor=cell.name,
+                    turn=cell.core.turn,
                     error=error,
                     restart=cell.restarts,
                     backoff_secs=delay,
@@ -70,6 +76,7 @@ async def supervise(cell: Cell) -> None:
             log.error(
                 "actor restart intensity exceeded",
                 actor=cell.name,
+                turn=cell.core.turn,
                 max_restarts=policy.max_restarts,
                 within_secs=policy.within_secs,
             )
@@ -78,6 +85,6 @@ async def supervise(cell: Cell) -> None:
                 f"actor {cell.name!r} crashed more than {policy.max_restarts} times within "
                 f"{policy.within_secs} s; last error: {error}"
             ) from exc
-        log.error("actor crashed", actor=cell.name, error=error)
+        log.error("actor crashed", actor=cell.name, turn=cell.core.turn, error=error)
         cell.finish(crashed=True)
         raise exc

@@ -60,6 +60,7 @@ from ._session import Session
 from ._snapshot import SessionSnapshot
 from ._supervision import collapse_exception_group
 from ._task import PipelineTask
+from .logging import add_actor_fields
 
 __all__ = [
     "LIFECYCLE_FRAMES",
@@ -135,8 +136,10 @@ def capture_logs() -> Iterator[list[MutableMapping[str, Any]]]:
     Like :func:`structlog.testing.capture_logs`, but it also lifts level filtering (the
     runtime configures ``warning`` when the application has not configured structlog), so
     ``"actor started"`` and other debug events are captured. Loggers bound before the block
-    keep their level filter: open the sessions you want to observe inside it. The previous
-    configuration is restored afterwards.
+    keep their level filter: open the sessions you want to observe inside it. Lines logged
+    while an actor works get ``session``, ``actor`` and ``turn``
+    (:func:`runtime.logging.add_actor_fields`). The previous configuration is restored
+    afterwards.
     """
     was_configured = structlog.is_configured()
     config = structlog.get_config()
@@ -144,7 +147,7 @@ def capture_logs() -> Iterator[list[MutableMapping[str, Any]]]:
     saved = list(processors)
     capture = structlog.testing.LogCapture()
     # Keep the list object: loggers bound while capturing hold a reference to it.
-    processors[:] = [structlog.contextvars.merge_contextvars, capture]
+    processors[:] = [structlog.contextvars.merge_contextvars, add_actor_fields, capture]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_stdlib_logging.DEBUG),
