@@ -51,7 +51,7 @@ from ._fold import fold_entries as _fold_entries
 __all__ = ["RedisConversationStorage", "mask_url"]
 
 T = TypeVar("T")
-log = structlog.get_logger("actors.storage")
+log = structlog.get_logger("trouper.actors.storage")
 
 #: Payloads above this many bytes are encoded, decoded and folded off the trio thread.
 OFF_LOOP_BYTES = 64 * 1024

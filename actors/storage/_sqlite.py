@@ -56,7 +56,7 @@ from ._worker import WorkerClosedError, WorkerThread
 __all__ = ["SQLiteConversationStorage"]
 
 T = TypeVar("T")
-log = structlog.get_logger("actors.storage")
+log = structlog.get_logger("trouper.actors.storage")
 
 _SCHEMA = (
     """
