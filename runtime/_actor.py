@@ -470,9 +470,9 @@ class Actor(Generic[T]):
     def turn_scope(self, turn: int | None = None) -> AbstractContextManager[trio.CancelScope]:
         """A cancel scope tied to a turn: the next interruption of that turn cancels it.
 
-        Use it for work that belongs to a turn but does not run inside a handler (a tool call,
-        a stream consumed by a background task). Code after the ``with`` block is no longer
-        cancelled, so it can still report what happened.
+        Use it for work that belongs to a turn but does not run inside a handler (a job
+        started by a handler that outlives it, a stream consumed by a background task). Code
+        after the ``with`` block is no longer cancelled, so it can still report what happened.
 
         Args:
             turn: The turn the work belongs to (default: the turn of the frame being
