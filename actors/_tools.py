@@ -207,8 +207,9 @@ class ToolExecutor(Actor[RunFunctionCallsRequest | ContextUpdatedRequest]):
     (see the module docs).
 
     Its frames (``FunctionCallInProgressFrame``, ``FunctionCallResultFrame``,
-    ``FunctionCallCancelFrame``) go out as if the LLM service had pushed them: the LLM links
-    the executor to its own neighbours when it starts. A result's ``on_context_updated``
+    ``FunctionCallCancelFrame``) go out as if the LLM service had pushed them: the service
+    makes the executor its companion (:meth:`runtime.Actor.add_companion`), so they reach the
+    service's neighbours. A result's ``on_context_updated``
     callback does not travel with it: the executor keeps it until the context store's
     :class:`ContextUpdatedRequest` for the call's batch.
 
