@@ -16,7 +16,7 @@ from ._advertised import AdvertisedHandler, lookup_handler
 from ._schemas import ToolsSchema, prepare_tools
 
 if TYPE_CHECKING:
-    from ._tools import FunctionRegistration
+    from ._handlers import FunctionRegistration
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_BYTES",
