@@ -56,6 +56,9 @@ from ._frames import TTFBMetricsData as TTFBMetricsData
 from ._frames import UserStartedSpeakingFrame as UserStartedSpeakingFrame
 from ._frames import UserStoppedSpeakingFrame as UserStoppedSpeakingFrame
 from ._frames import VisionImageRawFrame as VisionImageRawFrame
+from ._handlers import FunctionCallParams as FunctionCallParams
+from ._handlers import FunctionHandler as FunctionHandler
+from ._handlers import FunctionRegistration as FunctionRegistration
 from ._metrics import MetricsCollector as MetricsCollector
 from ._metrics import MetricsReport as MetricsReport
 from ._metrics import ModelMetrics as ModelMetrics
@@ -75,9 +78,6 @@ from ._store import ReplaceMessagesRequest as ReplaceMessagesRequest
 from ._store import SetToolChoiceRequest as SetToolChoiceRequest
 from ._store import SetToolsRequest as SetToolsRequest
 from ._tools import ContextUpdatedRequest as ContextUpdatedRequest
-from ._tools import FunctionCallParams as FunctionCallParams
-from ._tools import FunctionHandler as FunctionHandler
-from ._tools import FunctionRegistration as FunctionRegistration
 from ._tools import RunFunctionCallsRequest as RunFunctionCallsRequest
 from ._tools import ToolExecutor as ToolExecutor
 from ._transport import OutputCallback as OutputCallback

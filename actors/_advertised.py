@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import secrets
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
-if TYPE_CHECKING:
-    from ._tools import FunctionRegistration
+from ._handlers import FunctionRegistration
 
 __all__ = ["AdvertisedHandler", "advertise", "lookup_handler"]
 
@@ -52,10 +51,6 @@ def advertise(name: str, handler: Any) -> AdvertisedHandler:
     Raises:
         TypeError: ``handler`` is not an ``async def`` function (see ``register_function``).
     """
-    # Imported here: the tool executor's module imports the conversation's, which imports
-    # the schemas' (and so this one).
-    from ._tools import FunctionRegistration
-
     advertised = AdvertisedHandler(FunctionRegistration(name, handler))
     _TABLE[advertised.token] = advertised
     return advertised

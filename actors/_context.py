@@ -16,7 +16,7 @@ from ._advertised import AdvertisedHandler, lookup_handler
 from ._schemas import ToolsSchema, prepare_tools
 
 if TYPE_CHECKING:
-    from ._tools import FunctionRegistration
+    from ._handlers import FunctionRegistration
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_BYTES",
@@ -24,6 +24,7 @@ __all__ = [
     "LLMContext",
     "OpenAILLMContext",
     "encode_image",
+    "restore_context",
     "validate_messages",
 ]
 
@@ -251,15 +252,6 @@ class OpenAILLMContext:
             context._interrupted[index] = True
         return context
 
-    def _restore(self, snapshot: ContextSnapshot) -> None:
-        """Make this context equal to ``snapshot`` in place (validated before anything
-        changes): how the context store resumes a stored conversation into the context it
-        was given."""
-        loaded = OpenAILLMContext.from_snapshot(snapshot)
-        self._messages, self._interrupted = loaded._messages, loaded._interrupted
-        self._tools_source, self._tools = loaded._tools_source, loaded._tools
-        self._tool_choice = loaded._tool_choice
-
     # ----------------------------------------------------------------- reading
 
     @property
@@ -414,6 +406,19 @@ def image_message(
         content.append({"type": "text", "text": text})
     content.append({"type": "image_url", "image_url": {"url": url}})
     return {"role": "user", "content": content}
+
+
+def restore_context(context: OpenAILLMContext, snapshot: ContextSnapshot) -> None:
+    """Make ``context`` equal to ``snapshot`` in place (validated before anything changes):
+    how the context store resumes a stored conversation into the context it was given.
+
+    The one place outside the class that sets the context's private state (the conversation
+    storage of the store calls it), so no other module reaches into it.
+    """
+    loaded = OpenAILLMContext.from_snapshot(snapshot)
+    context._messages, context._interrupted = loaded._messages, loaded._interrupted
+    context._tools_source, context._tools = loaded._tools_source, loaded._tools
+    context._tool_choice = loaded._tool_choice
 
 
 #: Pipecat 1.x's name for the conversation.

@@ -15,7 +15,7 @@ from ._advertised import AdvertisedHandler, advertise
 from ._direct import describe_function, direct_handler
 
 if TYPE_CHECKING:
-    from ._tools import FunctionHandler
+    from ._handlers import FunctionHandler
 
 __all__ = [
     "FunctionSchema",

@@ -32,12 +32,13 @@ from ._aggregators import (
 )
 from ._context import DEFAULT_MAX_IMAGE_BYTES, ContextSnapshot, OpenAILLMContext
 from ._frames import FunctionCallFromLLM
+from ._handlers import FunctionHandler, FunctionRegistration
 from ._llm import OpenAILLMStreamer, check_model, check_params
 from ._metrics import MetricsCollector
 from ._settings import LLMSettings
 from ._storage import DEFAULT_LEASE_TTL
 from ._store import ContextStore
-from ._tools import FunctionHandler, FunctionRegistration, RunFunctionCallsRequest, ToolExecutor
+from ._tools import RunFunctionCallsRequest, ToolExecutor
 from .client import (
     DEFAULT_MAX_EVENT_BYTES,
     ChatCompletionsClient,

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import attrs
 import trio
 
-from ._context import ContextSnapshot, OpenAILLMContext
+from ._context import ContextSnapshot, OpenAILLMContext, restore_context
 from .storage import (
     Change,
     ConversationConflictError,
@@ -142,8 +142,8 @@ class ConversationWriter:
         else:
             self.resumed = True
             stored = opened.snapshot
-            context._restore(
-                attrs.evolve(stored, tools=current.tools, tool_choice=current.tool_choice)
+            restore_context(
+                context, attrs.evolve(stored, tools=current.tools, tool_choice=current.tool_choice)
             )
             changes = []
             if stored.tools != current.tools:

@@ -60,6 +60,7 @@ __all__ = [
     "accepts_type",
     "bind",
     "companions_of",
+    "lifecycle_of",
     "notify_watchers",
     "port_of",
     "push_gate_of",
@@ -369,18 +370,6 @@ class Actor(Generic[T]):
             ok = self._accept_cache[cls] = accepts_type(self.accepts, cls)
             return ok
 
-    def _check_accepts(self, frame: Frame) -> None:
-        if not isinstance(frame, Frame):
-            raise FrameTypeError(
-                f"actor {self._name!r} only takes frames; got {type(frame).__name__}"
-            )
-        if not self.accepts_frame(frame):
-            wanted = ", ".join(c.__name__ for c in self.accepts)
-            raise FrameTypeError(
-                f"actor {self._name!r} ({type(self).__name__}) does not accept "
-                f"{type(frame).__name__}; its mailbox takes: {wanted}"
-            )
-
     # ------------------------------------------------------------------ sending
 
     async def push_frame(self, frame: Frame, direction: FrameDirection = DOWNSTREAM) -> None:
@@ -487,9 +476,9 @@ class Actor(Generic[T]):
     def turn_scope(self, turn: int | None = None) -> AbstractContextManager[trio.CancelScope]:
         """A cancel scope tied to a turn: the next interruption of that turn cancels it.
 
-        Use it for work that belongs to a turn but does not run inside a handler (a tool call,
-        a stream consumed by a background task). Code after the ``with`` block is no longer
-        cancelled, so it can still report what happened.
+        Use it for work that belongs to a turn but does not run inside a handler (a job
+        started by a handler that outlives it, a stream consumed by a background task). Code
+        after the ``with`` block is no longer cancelled, so it can still report what happened.
 
         Args:
             turn: The turn the work belongs to (default: the turn of the frame being
@@ -555,13 +544,25 @@ class Actor(Generic[T]):
 
 
 def _stopped_frame(dead: Actor[Any]) -> ActorStoppedFrame:
-    crashed = dead._life.state is ActorState.CRASHED
-    error = dead._cell.crash if dead._cell is not None else None
+    cell = port_of(dead)
+    error = cell.crash if cell is not None else None
     return ActorStoppedFrame(
-        dead._name,
-        "crashed" if crashed else "stopped",
+        dead.name,
+        "crashed" if dead.state is ActorState.CRASHED else "stopped",
         f"{type(error).__name__}: {error}" if error is not None else None,
     )
+
+
+def _check_accepts(actor: Actor[Any], frame: Frame) -> None:
+    """Refuse a frame sent straight to ``actor`` that its handler does not take."""
+    if not isinstance(frame, Frame):
+        raise FrameTypeError(f"actor {actor.name!r} only takes frames; got {type(frame).__name__}")
+    if not actor.accepts_frame(frame):
+        wanted = ", ".join(c.__name__ for c in actor.accepts)
+        raise FrameTypeError(
+            f"actor {actor.name!r} ({type(actor).__name__}) does not accept "
+            f"{type(frame).__name__}; its mailbox takes: {wanted}"
+        )
 
 
 def accepts_type(accepts: tuple[type[Frame], ...], cls: type[Frame]) -> bool:
@@ -592,6 +593,11 @@ def bind(actor: Actor[Any], port: ActorPort) -> Lifecycle:
     if actor._cell is not None or actor._life.state is not ActorState.CREATED:
         raise SessionStateError(f"actor {actor.name!r} was already started once")
     actor._cell = port
+    return actor._life
+
+
+def lifecycle_of(actor: Actor[Any]) -> Lifecycle:
+    """The state machine of ``actor`` (made with it; moved only by the cell that runs it)."""
     return actor._life
 
 
@@ -657,7 +663,7 @@ class ActorRef(Generic[T]):
 
     def _envelope(self, frame: Frame, reply: Reply | None) -> tuple[Mailbox, Envelope]:
         actor = self._actor
-        actor._check_accepts(frame)
+        _check_accepts(actor, frame)
         cell = port_of(actor)
         if cell is None or cell.mailbox.closed:
             raise ActorDeadError(f"actor {actor.name!r} is not running")
@@ -758,4 +764,4 @@ class ActorRef(Generic[T]):
 
     async def wait_stopped(self) -> None:
         """Wait until the actor has stopped (or crashed for good)."""
-        await self._actor._life.wait_for(TERMINAL)
+        await lifecycle_of(self._actor).wait_for(TERMINAL)

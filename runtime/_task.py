@@ -245,6 +245,12 @@ class PipelineTask:
         """Whether the task has started (see :meth:`wait_started`)."""
         return self._ready.is_set()
 
+    def was_cancelled(self) -> bool:
+        """Whether the task was cancelled before it finished (:meth:`cancel`, called by the
+        application, a fatal error or the idle timeout): true from that call on, while the
+        topology is torn down and after."""
+        return self._cancelling
+
     async def wait_started(self) -> None:
         """Wait until the task has started: every stage has handled the ``StartFrame`` and
         the input given before (:meth:`queue_frame`, frames pushed into a stage) has been

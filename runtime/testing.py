@@ -365,7 +365,7 @@ class TaskHarness:
 
         Cancellation: the ``EndFrame`` may already be queued; the task keeps running.
         """
-        if not (self._finished.is_set() or self._ending or self.task._cancelling):
+        if not (self._finished.is_set() or self._ending or self.task.was_cancelled()):
             self._ending = True
             await self.task.end()
         await self.wait_finished(timeout=timeout)

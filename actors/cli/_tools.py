@@ -9,8 +9,8 @@ from typing import Any
 
 import attrs
 
+from .._handlers import FunctionCallParams
 from .._schemas import FunctionSchema
-from .._tools import FunctionCallParams
 from ._calculator import calculate, calculate_in_thread
 
 __all__ = ["BUILTIN_TOOLS", "BuiltinTool", "calculate", "convert_units", "current_time"]

@@ -32,7 +32,7 @@ __all__ = [
     "recovery_changes",
 ]
 
-log = structlog.get_logger("actors.storage")
+log = structlog.get_logger("trouper.actors.storage")
 
 #: The content of a tool call settled by crash recovery (its process died before the result).
 INTERRUPTED_TOOL_RESULT = "INTERRUPTED"

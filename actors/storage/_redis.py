@@ -47,11 +47,12 @@ from ._errors import (
 )
 from ._fold import EMPTY, decode_entry, decode_snapshot, encode_snapshot, prepare_append
 from ._fold import fold_entries as _fold_entries
+from ._phase import Phase
 
 __all__ = ["RedisConversationStorage", "mask_url"]
 
 T = TypeVar("T")
-log = structlog.get_logger("actors.storage")
+log = structlog.get_logger("trouper.actors.storage")
 
 #: Payloads above this many bytes are encoded, decoded and folded off the trio thread.
 OFF_LOOP_BYTES = 64 * 1024
@@ -206,7 +207,7 @@ class RedisConversationStorage:
         self._client: coredis.Redis[bytes] | None = None
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
-        self._state = "new"
+        self._state = Phase.NEW
         self._compacting: set[str] = set()
         self._compact_again: set[str] = set()
         self._scripts: dict[str, Any] = {}
@@ -223,9 +224,9 @@ class RedisConversationStorage:
             StorageUnavailableError: The server cannot be reached or refuses the
                 credentials.
         """
-        if self._state != "new":
+        if self._state is not Phase.NEW:
             raise StorageUnavailableError(f"{self!r} was opened already (open it once)")
-        self._state = "open"
+        self._state = Phase.OPEN
         stack = AsyncExitStack()
         try:
             with self._translating(None):
@@ -240,7 +241,7 @@ class RedisConversationStorage:
                 with trio.fail_after(self.connect_timeout + self.timeout):
                     await client.ping()
         except BaseException:
-            self._state = "closed"
+            self._state = Phase.CLOSED
             self._nursery = None
             await self._close_stack(stack)
             raise
@@ -269,7 +270,7 @@ class RedisConversationStorage:
         keeps them in a task group of the task that opened the storage, which only that
         block may close.
         """
-        self._state = "closed"
+        self._state = Phase.CLOSED
         self._client = None
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
@@ -295,7 +296,7 @@ class RedisConversationStorage:
 
     def _live_client(self) -> coredis.Redis[bytes]:
         if self._client is None:
-            if self._state == "new":
+            if self._state is Phase.NEW:
                 raise StorageUnavailableError(f"{self!r} is not open: use it in 'async with'")
             raise StorageUnavailableError(f"{self!r} is closed")
         return self._client

@@ -51,12 +51,13 @@ from ._fold import (
     fold_entries,
     prepare_append,
 )
+from ._phase import Phase
 from ._worker import WorkerClosedError, WorkerThread
 
 __all__ = ["SQLiteConversationStorage"]
 
 T = TypeVar("T")
-log = structlog.get_logger("actors.storage")
+log = structlog.get_logger("trouper.actors.storage")
 
 _SCHEMA = (
     """
@@ -220,7 +221,7 @@ class SQLiteConversationStorage:
         self._worker: WorkerThread[sqlite3.Connection] = WorkerThread(
             f"trouper-sqlite:{Path(self.path).name}", self._connect, self._disconnect
         )
-        self._state = "new"
+        self._state = Phase.NEW
         self._compaction_queued: set[str] = set()
 
     def __repr__(self) -> str:
@@ -235,13 +236,13 @@ class SQLiteConversationStorage:
             StorageUnavailableError: Its directory does not exist, it is not an SQLite
                 database, or it cannot be opened.
         """
-        if self._state != "new":
+        if self._state is not Phase.NEW:
             raise StorageUnavailableError(f"{self!r} was opened already (open it once)")
-        self._state = "open"
+        self._state = Phase.OPEN
         try:
             await self._worker.start()
         except BaseException:
-            self._state = "closed"
+            self._state = Phase.CLOSED
             raise
         return self
 
@@ -256,7 +257,7 @@ class SQLiteConversationStorage:
 
     async def aclose(self) -> None:
         """Finish the queued work, close the database and stop the thread. Idempotent."""
-        self._state = "closed"
+        self._state = Phase.CLOSED
         await self._worker.stop()
 
     def _connect(self) -> sqlite3.Connection:
@@ -395,7 +396,7 @@ class SQLiteConversationStorage:
         def job(conn: sqlite3.Connection) -> T:
             return self._retrying(conn, fn, cid) if retry else fn(conn)
 
-        if self._state != "open":
+        if self._state is not Phase.OPEN:
             raise StorageUnavailableError(self._not_open())
         try:
             return await self._worker.call(job)
@@ -403,7 +404,7 @@ class SQLiteConversationStorage:
             raise StorageUnavailableError(self._not_open()) from None
 
     def _not_open(self) -> str:
-        if self._state == "new":
+        if self._state is Phase.NEW:
             return f"{self!r} is not open: use it in 'async with'"
         return f"{self!r} is closed"
 

@@ -28,7 +28,7 @@ __all__ = ["WorkerClosedError", "WorkerThread"]
 T = TypeVar("T")
 R = TypeVar("R")
 
-log = structlog.get_logger("actors.storage")
+log = structlog.get_logger("trouper.actors.storage")
 
 
 class WorkerClosedError(Exception):

@@ -184,8 +184,11 @@ class TestEndAndCancel:
         async with open_test_task([sleeper], include_lifecycle=True) as t:
             await t.push(*[Ping(n) for n in range(5)])
             await trio.sleep(1.5)
+            assert not t.task.was_cancelled()
             t.cancel("stop now")
+            assert t.task.was_cancelled()  # at once, before the topology is torn down
             await t.wait_finished()
+            assert t.task.was_cancelled()
             assert trio.current_time() == pytest.approx(1.5)
         assert numbers(t.downstream) == [0]
         assert sleeper.cancelled == [1]
@@ -209,6 +212,9 @@ class TestEndAndCancel:
         task = PipelineTask(FrameCollector())
         await task.end()
         await task.run()
+        assert not task.was_cancelled()  # it ended
+        task.cancel()
+        assert not task.was_cancelled()  # a finished task is not cancelled any more
         with pytest.raises(SessionStateError, match="already ran"):
             await task.run()
         with pytest.raises(SessionStateError, match="has finished"):
@@ -237,6 +243,7 @@ class TestEndAndCancel:
         assert [e.error for e in task.errors][:2] == ["bad 1", "bad 2"]
         assert task.errors[1].fatal
         assert task.errors[1].source == "failing"
+        assert task.was_cancelled()
 
     async def test_errors_pushed_upstream_while_draining_still_reach_the_task(
         self, autojump_clock: object
@@ -371,6 +378,7 @@ class TestIdleTimeout:
             async with open_test_task([Sleeper(3.0)], params=params) as t:
                 await t.push(Ping(1))  # comes out at t=3
                 await t.wait_finished(timeout=60)
+        assert t.task.was_cancelled()
         assert trio.current_time() == pytest.approx(13)
         assert numbers(t.downstream) == [1]
         assert any(e["event"] == "idle timeout" for e in logs)

@@ -22,9 +22,11 @@ import pytest
 
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 
-#: Conversation, LLM and speech words (singular and plural forms).
+#: Conversation, LLM (its tools) and speech words (singular and plural forms).
 FORBIDDEN = frozenset(
     {
+        "aggregator",
+        "aggregators",
         "assistant",
         "assistants",
         "chat",
@@ -47,6 +49,8 @@ FORBIDDEN = frozenset(
         "stt",
         "token",
         "tokens",
+        "tool",
+        "tools",
         "transcriber",
         "transcript",
         "transcription",
@@ -160,6 +164,8 @@ class TestTheScanner:
             "max_tokens",
             "token = current_turn.set(turn)",
             "a chat completion",
+            "a tool call",
+            "the assistant aggregator",
         ],
     )
     def test_conversation_words_are_found(self, text: str) -> None:

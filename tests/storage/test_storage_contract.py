@@ -191,6 +191,9 @@ async def test_closed_and_unopened_storages_refuse_calls(backend: Backend) -> No
         await storage.load("c")
     with pytest.raises(StorageUnavailableError, match="closed"):
         await storage.append("c", turn(2), expected_version=1)
+    with pytest.raises(StorageUnavailableError, match="opened already"):  # opened once only
+        async with storage:
+            pass
 
 
 # --------------------------------------------------------------------------- versions
