@@ -73,7 +73,7 @@ def test_the_modules_that_log_are_found() -> None:
     named = {
         path.relative_to(ROOT).as_posix(): [n for _, n in logger_names(path)] for path in MODULES
     }
-    assert named["runtime/_cell.py"] == ["trouper.runtime"]
+    assert named["runtime/_actor.py"] == ["trouper.runtime"]
     assert named["actors/client/_client.py"] == ["trouper.actors.client"] * 2
     assert named["runtime/logging.py"] == []
 
