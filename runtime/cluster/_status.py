@@ -72,16 +72,18 @@ async def read_status(conn: Connection) -> ClusterStatus:
         orphans: dict[str, str] = {}
         prefix = keys.owner("")
         pattern = prefix.replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?") + "*"
-        async for name in client.scan_iter(match=pattern, count=500):
-            value = await client.get(name)
-            if value is None:
-                continue
-            key = text(name)[len(prefix) :]
-            placement = Placement.parse(value)
-            if placement.worker in owned:
-                owned[placement.worker][key] = placement.epoch
-            else:
-                orphans[key] = str(placement)
+        names = [name async for name in client.scan_iter(match=pattern, count=1000)]
+        for start in range(0, len(names), 1000):
+            batch = names[start : start + 1000]
+            for name, value in zip(batch, await client.mget(batch), strict=True):
+                if value is None:
+                    continue
+                key = text(name)[len(prefix) :]
+                placement = Placement.parse(value)
+                if placement.worker in owned:
+                    owned[placement.worker][key] = placement.epoch
+                else:
+                    orphans[key] = str(placement)
     return ClusterStatus(
         tuple(
             WorkerStatus(
