@@ -16,10 +16,9 @@ from actors.cluster import ConversationClient
 from actors.storage.testing import RedisServer
 from actors.testing import ScriptedOpenAIServer
 
-from ..cluster.cluster_kit import new_prefix, wait_until
+from ..cluster.cluster_kit import new_prefix, read_answer, wait_until
 from ..cluster.conversation_app import answer_pieces, responder
 from ..cluster.process_kit import REPO, worker_env
-from ..cluster.test_cluster_processes import _answer
 from .cli_kit import QUICK_TIMEOUT, cli_env, trouper
 
 
@@ -78,7 +77,7 @@ async def test_a_worker_serves_conversations_and_status_shows_them(
                 client.open("cli-1") as conversation,
             ):
                 placement = await conversation.send_text("hello")
-                texts, outcome = await _answer(conversation)
+                texts, outcome = await read_answer(conversation)
             assert (texts, outcome) == (answer_pieces("hello"), "done")
             status = await _status(redis_server.url, prefix)
             [worker] = status["workers"]

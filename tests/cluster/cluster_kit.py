@@ -10,12 +10,22 @@ from typing import Any
 
 import trio
 
-from runtime import Frame
-from runtime.cluster import ClusterClient, ClusterWorker, RemoteSession
+from actors import LLMFullResponseEndFrame, LLMTextFrame
+from actors.cluster import RemoteConversation
+from runtime import ErrorFrame, Frame
+from runtime.cluster import ClusterClient, ClusterWorker, OwnerLostFrame, RemoteSession
 
 from .echo_app import factory
 
-__all__ = ["SECS", "client", "collect", "new_prefix", "wait_until", "workers"]
+__all__ = [
+    "SECS",
+    "client",
+    "collect",
+    "new_prefix",
+    "read_answer",
+    "wait_until",
+    "workers",
+]
 
 #: The bound of every wait (real seconds).
 SECS = 10.0
@@ -66,3 +76,19 @@ async def wait_until(condition: Callable[[], bool], *, secs: float = SECS) -> No
             return
         await trio.sleep(0.02)
     raise AssertionError("condition not met in time")
+
+
+async def read_answer(conversation: RemoteConversation) -> tuple[list[str], str]:
+    """The text of one answer and how it ended (``done``, ``lost`` or ``error: ...``)."""
+    texts: list[str] = []
+    with trio.fail_after(60):
+        async for frame in conversation:
+            if isinstance(frame, LLMTextFrame):
+                texts.append(frame.text)
+            elif isinstance(frame, LLMFullResponseEndFrame):
+                return texts, "done"
+            elif isinstance(frame, OwnerLostFrame):
+                return texts, "lost"
+            elif isinstance(frame, ErrorFrame):
+                return texts, f"{frame.category}: {frame.error}"
+    raise AssertionError("the output ended")

@@ -17,35 +17,19 @@ from pathlib import Path
 import trio
 
 from actors import LLMFullResponseEndFrame, LLMTextFrame
-from actors.cluster import ConversationClient, RemoteConversation
+from actors.cluster import ConversationClient
 from actors.storage import RedisConversationStorage
 from actors.storage.testing import RedisServer
 from actors.testing import ScriptedOpenAIServer
-from runtime import AsyncioBridge, ErrorFrame, Frame
-from runtime.cluster import OwnerLostFrame, RemoteInterruptedFrame
+from runtime import AsyncioBridge, Frame
+from runtime.cluster import RemoteInterruptedFrame
 
-from .cluster_kit import new_prefix
+from .cluster_kit import new_prefix, read_answer
 from .conversation_app import SYSTEM, answer_pieces, answer_text, responder
 from .process_kit import owned, worker_processes
 
 CONVERSATIONS = 100
 TURNS = 3
-
-
-async def _answer(conversation: RemoteConversation) -> tuple[list[str], str]:
-    """The text of one answer and how it ended (``done``, ``lost`` or ``error: ...``)."""
-    texts: list[str] = []
-    with trio.fail_after(60):
-        async for frame in conversation:
-            if isinstance(frame, LLMTextFrame):
-                texts.append(frame.text)
-            elif isinstance(frame, LLMFullResponseEndFrame):
-                return texts, "done"
-            elif isinstance(frame, OwnerLostFrame):
-                return texts, "lost"
-            elif isinstance(frame, ErrorFrame):
-                return texts, f"{frame.category}: {frame.error}"
-    raise AssertionError("the output ended")
 
 
 async def test_a_worker_killed_mid_turn_loses_no_committed_turn(
@@ -61,7 +45,7 @@ async def test_a_worker_killed_mid_turn_loses_no_committed_turn(
                 expected = answer_pieces(line)
                 while True:
                     await conversation.send_text(line)
-                    texts, outcome = await _answer(conversation)
+                    texts, outcome = await read_answer(conversation)
                     attempts[cid].append((turn, texts, outcome))
                     # Each piece once, in order: what arrived is the start of the answer.
                     assert texts == expected[: len(texts)], (cid, turn, texts)
@@ -211,7 +195,7 @@ def test_a_conversation_from_asyncio_through_the_bridge(
             client.open("from-asyncio") as conversation,
         ):
             await conversation.send_text("hello")
-            texts, outcome = await _answer(conversation)
+            texts, outcome = await read_answer(conversation)
             assert outcome == "done"
             return texts
 
