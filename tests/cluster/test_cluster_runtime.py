@@ -169,10 +169,12 @@ async def test_a_worker_whose_placement_was_taken_cannot_write(
         async with cluster.open("k") as remote:
             placement = await remote.send(Say("long", pieces=1000, delay=0.01))
             await collect(remote, lambda f: isinstance(f, Piece) and f.index == 1)
-            # Someone else owns it now (a newer placement).
+            # Someone else owns it now (a newer placement): from that moment on, not one
+            # more entry of the old owner is accepted, although its session runs on until
+            # it learns of the loss (at its next write or heartbeat).
             await conn.client.set(conn.keys.owner("k"), f"{placement.epoch + 1}|elsewhere")
-            await wait_until(lambda: not worker.keys)
             length = await conn.client.xlen(conn.keys.out("k"))
+            await wait_until(lambda: not worker.keys)
             await trio.sleep(0.1)
             assert await conn.client.xlen(conn.keys.out("k")) == length
 
