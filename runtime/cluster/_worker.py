@@ -24,6 +24,7 @@ import structlog
 import trio
 
 from .. import serialization
+from .._errors import SessionStateError
 from .._frames import (
     CancelFrame,
     EndFrame,
@@ -60,6 +61,14 @@ def forward_by_default(frame: Frame, direction: FrameDirection) -> bool:
     if direction is FrameDirection.UPSTREAM:
         return isinstance(frame, ErrorFrame)
     return not isinstance(frame, StartFrame | EndFrame | CancelFrame | InterruptionFrame)
+
+
+def _turn(task: PipelineTask) -> int | None:
+    """The session's current turn (``None`` before it runs or after it ended)."""
+    try:
+        return task.session.turn
+    except SessionStateError:
+        return None
 
 
 @attrs.define(eq=False)
@@ -393,7 +402,7 @@ class ClusterWorker:
                         continue
                     for frame in frames:
                         await task.queue_frame(frame)
-                    log.debug("frames queued", count=len(frames), turn=hosted.generation)
+                    log.debug("frames queued", count=len(frames), turn=_turn(task))
                 elif kind == "interrupt":
                     if task.has_started() and not task.has_finished():
                         task.interrupt("interrupted by a remote handle")
@@ -406,7 +415,7 @@ class ClusterWorker:
                         if e.kind != "frame" or e.generation >= hosted.generation
                     )
                     hosted.enqueue("ack", request=fields.get("request", ""))
-                    log.info("interrupted", turn=hosted.generation)
+                    log.info("interrupted", turn=_turn(task), generation=hosted.generation)
                 elif kind in ("stop", "ended"):
                     break
             if not task.has_finished():

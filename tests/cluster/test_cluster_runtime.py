@@ -14,6 +14,7 @@ from runtime.cluster import (
     RemoteInterruptedFrame,
     cluster_status,
 )
+from runtime.testing import capture_logs
 
 from .cluster_kit import SECS, client, collect, new_prefix, wait_until, workers
 from .echo_app import Piece, Say, factory
@@ -201,3 +202,28 @@ async def test_duplicated_entries_reach_the_reader_once(redis_server: RedisServe
             ("x", 1),
             ("y", 0),
         ]
+
+
+async def test_every_line_of_a_hosted_session_names_its_key_worker_and_session(
+    redis_server: RedisServer,
+) -> None:
+    prefix = new_prefix()
+    with capture_logs() as logs:
+        async with (
+            workers(redis_server.url, prefix, key_field="conversation") as (worker,),
+            client(redis_server.url, prefix) as cluster,
+            cluster.open("k") as remote,
+        ):
+            await remote.send(Say("x", pieces=2))
+            await collect(remote, lambda f: isinstance(f, Piece) and f.index == 1)
+    session_lines = [e for e in logs if e.get("session") == "echo-k"]
+    events = {e["event"] for e in session_lines}
+    assert {"session started", "pipeline started", "frames queued", "session stopped"} <= events
+    for entry in session_lines:
+        assert entry["conversation"] == "k", entry
+        assert entry["worker"] == worker.worker_id, entry
+        assert entry["epoch"] == 1, entry
+    # The runtime's own lines of the session's actors carry them too.
+    assert any("actor" in e for e in session_lines)
+    # The session's turn (None while the frames wait for the session's start).
+    assert next(e for e in session_lines if e["event"] == "frames queued")["turn"] in (0, None)
