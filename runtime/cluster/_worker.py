@@ -284,11 +284,18 @@ class ClusterWorker:
                 _log.warning("reading the inbox failed", worker=self.worker_id, error=str(exc))
                 await trio.sleep(0.5)
                 continue
+            done: list[str] = []
             for entries in (reply or {}).values():
                 for entry in entries:
                     last = text(entry.identifier)
+                    done.append(last)
                     fields = {text(k): text(v) for k, v in entry.field_values.items()}
                     self._dispatch(fields)
+            if done:  # handled: the inbox keeps only what is still to be read
+                try:
+                    await conn.client.xdel(inbox, done)
+                except Exception as exc:  # the driver's errors: the trim is only tidiness
+                    _log.info("trimming the inbox failed", worker=self.worker_id, error=str(exc))
 
     def _dispatch(self, fields: dict[str, str]) -> None:
         key, kind = fields.get("key", ""), fields.get("kind", "")

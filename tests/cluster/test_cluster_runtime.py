@@ -227,3 +227,21 @@ async def test_every_line_of_a_hosted_session_names_its_key_worker_and_session(
     assert any("actor" in e for e in session_lines)
     # The session's turn (None while the frames wait for the session's start).
     assert next(e for e in session_lines if e["event"] == "frames queued")["turn"] in (0, None)
+
+
+async def test_a_worker_runs_in_the_background_of_a_block(redis_server: RedisServer) -> None:
+    prefix = new_prefix()
+    async with client(redis_server.url, prefix) as cluster:
+        async with ClusterWorker(redis_server.url, factory, prefix=prefix) as worker:
+            async with cluster.open("k") as remote:
+                await remote.send(Say("x"))
+                await collect(remote, lambda f: isinstance(f, Piece))
+            [status] = (await cluster.status()).workers
+            assert status.worker_id == worker.worker_id
+            assert status.keys == {"k": 1}
+            # What the worker has handled is no longer in its inbox.
+            conn = cluster.connection
+            assert await conn.client.xlen(conn.keys.inbox(worker.worker_id)) == 0
+        # Left: its session ended, its placement was given up, it signed off.
+        assert worker.keys == {}
+        assert await cluster.status() == ClusterStatus((), {})
