@@ -372,3 +372,9 @@ register(
     "benchmarks.storage:run",
     "conversation storage (SQLite, Redis): append p50/p99, longest loop step with 500 sessions",
 )
+register(
+    "cluster",
+    "benchmarks.cluster:run",
+    "sessions across processes on Redis: first output and interruption vs in-process, "
+    "N sessions on 1 vs 2 worker processes",
+)

@@ -173,6 +173,53 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("name", metavar="NAME")
     delete.add_argument("--store", **_STORE)
 
+    worker = commands.add_parser(
+        "worker",
+        help="serve conversations as a worker of a cluster on Redis (docs/scale-out.md)",
+        description="Host the conversations the cluster places on this process, built by "
+        "the pipeline factory MODULE:FACTORY (called with an actors.cluster.HostedConversation, "
+        "it returns a PipelineTask). Stops gracefully on SIGTERM or Ctrl-C.",
+    )
+    worker.add_argument("--redis", required=True, metavar="URL", help="the cluster's Redis")
+    worker.add_argument(
+        "--pipeline", required=True, metavar="MODULE:FACTORY", help="the conversation factory"
+    )
+    worker.add_argument(
+        "--storage", metavar="URL", help="where conversations are stored (default: --redis)"
+    )
+    worker.add_argument("--prefix", default="trouper:cluster:", help="the cluster's key prefix")
+    worker.add_argument(
+        "--storage-prefix", default="trouper:", help="the conversation storage's key prefix"
+    )
+    worker.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=10.0,
+        metavar="SECS",
+        help="how long a dead worker's conversations wait before moving (default 10)",
+    )
+    worker.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECS",
+        help="stop a conversation idle this long (default 300; it stays in storage)",
+    )
+    worker.add_argument("--log-json", action="store_true", help="log JSON lines on stderr")
+    worker.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    cluster = commands.add_parser("cluster", help="show a cluster of workers on Redis")
+    cluster_commands = cluster.add_subparsers(
+        dest="cluster_command", required=True, metavar="ACTION"
+    )
+    status = cluster_commands.add_parser(
+        "status", help="the live workers, their load and the conversations they own"
+    )
+    status.add_argument("--redis", required=True, metavar="URL", help="the cluster's Redis")
+    status.add_argument("--prefix", default="trouper:cluster:", help="the cluster's key prefix")
+    status.add_argument("--json", action="store_true", help="print JSON")
+
     model = commands.add_parser("model", help="manage and serve the embedded local model")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
 
@@ -253,6 +300,26 @@ def _main(argv: list[str] | None) -> int:
                 args.conversations_command, getattr(args, "name", None), args.store
             )
         )
+    if args.command == "worker":
+        from ._cluster import WorkerOptions, run_worker
+
+        return run_worker(
+            WorkerOptions(
+                redis=args.redis,
+                pipeline=args.pipeline,
+                storage=args.storage,
+                prefix=args.prefix,
+                storage_prefix=args.storage_prefix,
+                lease_ttl=args.lease_ttl,
+                idle_timeout=args.idle_timeout,
+                log_json=args.log_json,
+                log_level=args.log_level,
+            )
+        )
+    if args.command == "cluster":
+        from ._cluster import run_status
+
+        return run_status(args.redis, args.prefix, as_json=args.json)
     _configure_logging()
     if args.command == "model" and args.model_command == "pull":
         return model_pull(PullOptions(force=args.force, quiet=args.quiet))
