@@ -26,7 +26,7 @@ from ..storage import (
 
 __all__ = ["ConversationFactory", "ConversationWorker", "HostedConversation"]
 
-log = structlog.get_logger("actors.cluster")
+log = structlog.get_logger("trouper.actors.cluster")
 
 _NOT_WRITTEN = (LeaseLostError, LeaseHeldError, ConversationConflictError)
 

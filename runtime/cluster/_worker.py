@@ -51,7 +51,7 @@ __all__ = ["ClusterWorker", "SessionFactory", "forward_by_default"]
 #: Builds the session of a key: an (unstarted) task; the worker runs it.
 SessionFactory = Callable[[str], Awaitable[PipelineTask]]
 
-_log = get_logger("runtime.cluster")
+_log = get_logger("trouper.runtime.cluster")
 
 
 def forward_by_default(frame: Frame, direction: FrameDirection) -> bool:
