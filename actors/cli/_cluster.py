@@ -18,10 +18,10 @@ import trio
 
 from runtime import logging as rlog
 from runtime.cluster import ClusterError, ClusterStatus, cluster_status
-from runtime.cluster._wire import mask_url
 
 from ..cluster import ConversationFactory, ConversationWorker
 from ..storage import StorageError
+from ..storage._redis import mask_url
 
 __all__ = ["WorkerOptions", "load_factory", "run_status", "run_worker"]
 

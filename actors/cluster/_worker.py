@@ -12,8 +12,7 @@ import structlog
 import trio
 
 from runtime import ErrorFrame, Frame, FrameDirection, PipelineTask
-from runtime.cluster import DEFAULT_PREFIX, ClusterWorker
-from runtime.cluster._wire import new_worker_id
+from runtime.cluster import DEFAULT_PREFIX, ClusterWorker, new_worker_id
 
 from ..storage import (
     ConversationConflictError,

@@ -20,6 +20,7 @@ from ._wire import (
     ClusterUnavailableError,
     NoWorkerError,
     Placement,
+    new_worker_id,
 )
 from ._worker import ClusterWorker, SessionFactory, forward_by_default
 
@@ -40,4 +41,5 @@ __all__ = [
     "WorkerStatus",
     "cluster_status",
     "forward_by_default",
+    "new_worker_id",
 ]
