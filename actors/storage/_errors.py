@@ -55,9 +55,19 @@ class ConversationConflictError(StorageError):
         conversation_id: The conversation.
         expected_version: The version the append was based on.
         actual_version: The stored version (0: the conversation does not exist).
+        head_append_id: The ``append_id`` of the append that made the stored version
+            (``None``: it had none, or nothing is stored). If it is the id of an earlier
+            append of yours whose answer was lost, that append was committed.
     """
 
-    def __init__(self, conversation_id: str, expected_version: int, actual_version: int) -> None:
+    def __init__(
+        self,
+        conversation_id: str,
+        expected_version: int,
+        actual_version: int,
+        *,
+        head_append_id: str | None = None,
+    ) -> None:
         super().__init__(
             f"conversation {conversation_id!r} changed since it was read: the write was based "
             f"on version {expected_version}, the stored version is {actual_version}; "
@@ -66,6 +76,7 @@ class ConversationConflictError(StorageError):
         self.conversation_id = conversation_id
         self.expected_version = expected_version
         self.actual_version = actual_version
+        self.head_append_id = head_append_id
 
 
 class LeaseLostError(StorageError):
