@@ -49,6 +49,7 @@ from ._errors import (
 )
 from ._fold import EMPTY, decode_entry, decode_snapshot, encode_snapshot, prepare_append
 from ._fold import fold_entries as _fold_entries
+from ._keeper import LeaseKeeper
 from ._redis_pipe import AppendPipeline
 
 __all__ = ["RedisConversationStorage", "mask_url"]
@@ -214,6 +215,8 @@ class RedisConversationStorage:
         self._compact_again: set[str] = set()
         self._scripts: dict[str, Any] = {}
         self._pipeline: AppendPipeline | None = None
+        #: Renews the leases of the sessions writing through this storage, in one task.
+        self.lease_keeper = LeaseKeeper(self)
         # Append ids made for appends that come without one: unique across processes (a
         # random part) and cheap (a counter).
         self._ids = map(f"{uuid.uuid4().hex[:16]}-{{}}".format, itertools.count(1))
@@ -244,25 +247,27 @@ class RedisConversationStorage:
                 )
                 await stack.enter_async_context(client)
                 self._nursery = await stack.enter_async_context(trio.open_nursery())
+                self._scripts = {
+                    name: client.register_script(getattr(scripts, name)) for name in scripts.__all__
+                }
+                pipeline = AppendPipeline(
+                    client.connection_pool.get_connection,
+                    scripts.APPEND,
+                    self._scripts["APPEND"].sha,
+                    self.timeout,
+                    mask_url(self.url),
+                )
                 with trio.fail_after(self.connect_timeout + self.timeout):
+                    await pipeline.connect()  # its own connection, then one for the rest
                     await client.ping()
         except BaseException:
             self._state = "closed"
             self._nursery = None
             await self._close_stack(stack)
             raise
-        self._client, self._stack = client, stack
-        self._scripts = {
-            name: client.register_script(getattr(scripts, name)) for name in scripts.__all__
-        }
-        self._pipeline = AppendPipeline(
-            client.connection_pool.get_connection,
-            scripts.APPEND,
-            self._scripts["APPEND"].sha,
-            self.timeout,
-            mask_url(self.url),
-        )
+        self._client, self._stack, self._pipeline = client, stack, pipeline
         self._nursery.start_soon(self._pipeline.run, name=f"{self!r}: appends")
+        self._nursery.start_soon(self.lease_keeper.run, name=f"{self!r}: leases")
         return self
 
     async def __aexit__(

@@ -99,6 +99,14 @@ class AppendPipeline:
         self._connection: Any = None
         self._closed = False
 
+    async def connect(self) -> None:
+        """Open the pipeline's connection now (rather than at the first append).
+
+        Raises:
+            Exception: The driver's error if the server cannot be reached.
+        """
+        await self._live_connection()
+
     async def call(self, arguments: tuple[Any, ...]) -> Any:
         """The script's reply for ``arguments`` (number of keys, keys, arguments), sent in
         the next round trip. A caller cancelled before its call was sent withdraws it;

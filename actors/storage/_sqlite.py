@@ -15,6 +15,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -22,6 +23,7 @@ from typing import Any, Self, TypeVar
 import attrs
 import outcome
 import structlog
+import trio
 
 from .._context import ContextSnapshot
 from ._changes import Change
@@ -54,6 +56,7 @@ from ._fold import (
     fold_entries,
     prepare_append,
 )
+from ._keeper import LeaseKeeper
 from ._worker import Batcher, WorkerClosedError, WorkerThread
 
 __all__ = ["SQLiteConversationStorage"]
@@ -249,6 +252,10 @@ class SQLiteConversationStorage:
         )
         self._state = "new"
         self._compaction_queued: set[str] = set()
+        self._stack: AsyncExitStack | None = None
+        self._nursery: trio.Nursery | None = None
+        #: Renews the leases of the sessions writing through this storage, in one task.
+        self.lease_keeper = LeaseKeeper(self)
 
     def __repr__(self) -> str:
         return f"SQLiteConversationStorage({self.path!r})"
@@ -265,11 +272,17 @@ class SQLiteConversationStorage:
         if self._state != "new":
             raise StorageUnavailableError(f"{self!r} was opened already (open it once)")
         self._state = "open"
+        stack = AsyncExitStack()
         try:
             await self._worker.start()
+            self._nursery = await stack.enter_async_context(trio.open_nursery())
         except BaseException:
             self._state = "closed"
+            await stack.aclose()
+            await self._worker.stop()
             raise
+        self._stack = stack
+        self._nursery.start_soon(self.lease_keeper.run, name=f"{self!r}: leases")
         return self
 
     async def __aexit__(
@@ -278,12 +291,24 @@ class SQLiteConversationStorage:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Close the database (:meth:`aclose`)."""
+        """Close the database (:meth:`aclose`) and end the storage's task (the lease
+        keeper)."""
         await self.aclose()
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
 
     async def aclose(self) -> None:
-        """Finish the queued work, close the database and stop the thread. Idempotent."""
+        """Stop renewing leases, finish the queued work, close the database and stop the
+        thread. Idempotent.
+
+        The lease keeper's task ends when the ``async with`` block exits: it lives in a
+        task group of the task that opened the storage, which only that block may close.
+        """
         self._state = "closed"
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+            self._nursery = None
         await self._worker.stop()
 
     def _connect(self) -> sqlite3.Connection:
