@@ -26,8 +26,10 @@ from .storage import (
     Change,
     ConversationConflictError,
     ConversationStorage,
+    KeptLease,
     Lease,
     LeaseHeldError,
+    LeaseKeeper,
     LeaseLostError,
     MarkInterrupted,
     ReplaceMessages,
@@ -38,7 +40,6 @@ from .storage import (
     keep_lease,
     open_conversation,
 )
-from .storage._keeper import KeptLease, LeaseKeeper
 
 __all__ = [
     "DEFAULT_LEASE_TTL",
