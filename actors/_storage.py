@@ -12,10 +12,12 @@ write stores the whole conversation again, so the log never misses a change.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import socket
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -57,6 +59,13 @@ _FINAL = (ConversationConflictError, LeaseLostError, LeaseHeldError)
 
 #: Append ids of this process: a random part and a counter (unique, and cheap to make).
 _APPEND_IDS = map(f"{uuid.uuid4().hex[:16]}-{{}}".format, itertools.count(1))
+
+
+def _lost(writer_ref: weakref.ref[ConversationWriter], error: LeaseLostError) -> None:
+    """The lease keeper lost a writer's lease: stop it and tell its session (once)."""
+    writer = writer_ref()
+    if writer is not None and writer._stop(error) and writer._on_lost is not None:
+        writer._on_lost(error)
 
 
 def session_owner(name: str) -> str:
@@ -124,6 +133,7 @@ class ConversationWriter:
     #: been committed before its answer was lost).
     _unsure: str | None = None
     _kept: KeptLease | None = None
+    _on_lost: Callable[[LeaseLostError], object] | None = None
 
     @property
     def writing(self) -> bool:
@@ -218,12 +228,12 @@ class ConversationWriter:
         keeper = getattr(self.storage, "lease_keeper", None)
         if self.lease is None or not isinstance(keeper, LeaseKeeper) or not keeper.running:
             return False
-
-        def lost(error: LeaseLostError) -> None:
-            if self._stop(error):
-                on_lost(error)
-
-        self._kept = keeper.keep(self.lease, lost, owner=self)
+        self._on_lost = on_lost
+        # The keeper holds the writer weakly: a writer (a session) that ends without
+        # close() is garbage, and its lease is then left to expire, not renewed forever.
+        self._kept = keeper.keep(
+            self.lease, functools.partial(_lost, weakref.ref(self)), owner=self
+        )
         return True
 
     async def keep_lease(self) -> LeaseLostError | None:

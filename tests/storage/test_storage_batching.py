@@ -7,6 +7,7 @@ to cut: the connection dropped after the server ran the command, before its answ
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -313,6 +314,14 @@ async def test_one_task_renews_the_leases_of_every_session(
         await storage.acquire_lease("c1", "intruder", 1)  # stopped: left to expire
         assert len(lost) == 1
         await storage.release_lease(other)
+        # An owner that is gone without stopping its lease: the lease is left to expire.
+        owner = OpenAILLMContext()
+        orphan = await storage.acquire_lease("c2", "orphan", 1.0)
+        storage.lease_keeper.keep(orphan, on_lost, owner=owner)
+        del owner
+        gc.collect()
+        await trio.sleep(1.2)
+        await storage.acquire_lease("c2", "intruder", 1)
 
 
 async def test_appends_go_on_after_the_server_forgot_the_script(
@@ -326,3 +335,17 @@ async def test_appends_go_on_after_the_server_forgot_the_script(
         stored = await storage.load("c")
         assert stored is not None
         assert texts(stored.snapshot) == ["before", "after"]
+
+
+async def test_a_writer_dropped_without_closing_lets_its_lease_expire(tmp_path: Any) -> None:
+    async with SQLiteConversationStorage(tmp_path / "c.db") as storage:
+        writer = ConversationWriter(storage, "d", "host:1:session", lease_ttl=1.0)
+        assert await writer.open(OpenAILLMContext([user("hi")])) is None
+        assert writer.keep_in_background(lambda error: None)
+        await trio.sleep(1.2)  # renewed past its ttl
+        with pytest.raises(LeaseHeldError):
+            await storage.acquire_lease("d", "next", 1)
+        del writer
+        gc.collect()
+        await trio.sleep(1.2)
+        await storage.acquire_lease("d", "next", 1)
