@@ -8,11 +8,12 @@ wheel, skipped with a note when there is none):
 
 * **append latency**: one conversation, one turn's message per append, one after the other
   (p50 and p99 over 2,000 appends, 300 with ``--quick``);
-* **500 sessions**: each acquires its conversation's lease, appends the user's message and
-  the answer (the two writes of a turn), releases; all at once. Measured: the wall time of
-  the whole batch, the p99 of one append under that load, and the **longest trio task step**
-  during the batch (a ``trio.abc.Instrument`` timing every step of every task, the loop's
-  own ``run_sync_soon`` callbacks included): storage must never hold the loop (target
+* **500 sessions**: each acquires its conversation's lease, then all append the user's
+  message and the answer (the two writes of a turn) at once, then all release. Measured:
+  the wall time of the appends, the CPU time per append (of the loop's thread, and of the
+  whole process), the p99 of one append under that load, and the **longest trio task step**
+  during the three phases (a ``trio.abc.Instrument`` timing every step of every task, the
+  loop's own ``run_sync_soon`` callbacks included): storage must never hold the loop (target
   <= 2 ms);
 * SQLite only, the same 500 sessions while **another connection holds the file's write lock
   for 1 s**: the appends wait in the storage's worker thread, the loop must not.
@@ -32,15 +33,17 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from actors.storage import (
     AppendMessages,
     ConversationStorage,
+    Lease,
     RedisConversationStorage,
     SQLiteConversationStorage,
 )
@@ -134,32 +137,56 @@ async def _latencies(storage: ConversationStorage, count: int) -> list[float]:
     return out
 
 
-async def _sessions(storage: ConversationStorage, tag: str) -> tuple[float, StepTimer, list[float]]:
-    """500 sessions, one turn each: (wall s, the step timer, append latencies s)."""
-    latencies: list[float] = []
+@attrs.frozen
+class _Batch:
+    """What a batch of sessions measured."""
 
-    async def session(i: int) -> None:
-        cid = f"{tag}-{i}"
-        lease = await storage.acquire_lease(cid, f"session-{i}", 30)
+    wall: float
+    timer: StepTimer
+    latencies: list[float]
+    #: CPU seconds per append: of the loop's thread, and of the whole process (the SQLite
+    #: thread included).
+    loop_cpu: float
+    cpu: float
+
+
+async def _sessions(storage: ConversationStorage, tag: str) -> _Batch:
+    """500 sessions, one turn each: all acquire their lease, then all append their turn at
+    once (the measured part: wall, CPU), then all release. Every step of the three phases
+    is timed."""
+    latencies: list[float] = []
+    leases: list[Lease] = []
+
+    async def acquire(i: int) -> None:
+        leases.append(await storage.acquire_lease(f"{tag}-{i}", f"session-{i}", 30))
+
+    async def session(lease: Lease) -> None:
         version = 0
         for role, text in (("user", USER_TEXT), ("assistant", ANSWER_TEXT)):
             started = time.perf_counter()
             version = await storage.append(
-                cid,
+                lease.conversation_id,
                 [AppendMessages([{"role": role, "content": text}])],
                 expected_version=version,
                 lease=lease,
             )
             latencies.append(time.perf_counter() - started)
-        await storage.release_lease(lease)
+
+    async def each(fn: Callable[[Any], Awaitable[object]], items: list[Any]) -> None:
+        async with trio.open_nursery() as nursery:
+            for item in items:
+                nursery.start_soon(fn, item)
 
     with StepTimer() as timer:
+        await each(acquire, list(range(SESSIONS)))
         started = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for i in range(SESSIONS):
-                nursery.start_soon(session, i)
+        loop_cpu, cpu = time.thread_time(), time.process_time()
+        await each(session, leases)
+        loop_cpu, cpu = time.thread_time() - loop_cpu, time.process_time() - cpu
         wall = time.perf_counter() - started
-    return wall, timer, latencies
+        await each(storage.release_lease, leases)
+    appends = 2 * SESSIONS
+    return _Batch(wall, timer, latencies, loop_cpu / appends, cpu / appends)
 
 
 def _hold_write_lock(path: Path, seconds: float, held: threading.Event) -> None:
@@ -209,7 +236,8 @@ async def _measure(
     scenario = f"{name}, {SESSIONS} sessions"
     async with opener() as storage:
         latencies = await _latencies(storage, count)
-        wall, timer, loaded = await _sessions(storage, "sessions")
+        batch = await _sessions(storage, "sessions")
+        wall, timer, loaded = batch.wall, batch.timer, batch.latencies
         rows += [
             Row(name, "append p50", "ms", statistics.median(latencies) * 1000, None, "lower"),
             Row(name, "append p99", "ms", _percentile(latencies, 0.99) * 1000, None, "lower"),
@@ -222,8 +250,12 @@ async def _measure(
                 None,
                 "lower",
             ),
+            Row(scenario, "loop CPU per append", "µs", batch.loop_cpu * 1e6, None, "lower",
+                note="the trio thread's CPU time over the batch / appends"),
+            Row(scenario, "CPU per append, all threads", "µs", batch.cpu * 1e6, None, "lower",
+                note="process CPU time over the batch / appends (SQLite: its thread too)"),
             *_step_rows(scenario, timer, wall),
-        ]
+        ]  # fmt: skip
         details[name] = {
             "append_ms": [x * 1000 for x in latencies],
             "sessions_wall_s": wall,
@@ -231,6 +263,8 @@ async def _measure(
             "sessions_longest_step_without_gc_ms": timer.longest_without_gc * 1000,
             "sessions_longest_step_cpu_ms": timer.longest_cpu * 1000,
             "sessions_longest_gc_ms": timer.longest_gc * 1000,
+            "sessions_loop_cpu_per_append_us": batch.loop_cpu * 1e6,
+            "sessions_cpu_per_append_us": batch.cpu * 1e6,
         }
         if lock_path is not None:
             held = threading.Event()
@@ -239,11 +273,15 @@ async def _measure(
             )
             holder.start()
             await trio.to_thread.run_sync(held.wait)
-            locked_wall, locked, _ = await _sessions(storage, "locked")
+            locked = await _sessions(storage, "locked")
             await trio.to_thread.run_sync(holder.join)
-            rows += _step_rows(f"{scenario}, lock held {LOCK_SECONDS:g} s", locked, locked_wall)
-            details[name]["locked_wall_s"] = locked_wall
-            details[name]["locked_longest_step_without_gc_ms"] = locked.longest_without_gc * 1000
+            rows += _step_rows(
+                f"{scenario}, lock held {LOCK_SECONDS:g} s", locked.timer, locked.wall
+            )
+            details[name]["locked_wall_s"] = locked.wall
+            details[name]["locked_longest_step_without_gc_ms"] = (
+                locked.timer.longest_without_gc * 1000
+            )
 
 
 def run(options: Options) -> Report:
