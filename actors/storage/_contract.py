@@ -10,7 +10,7 @@ import attrs
 
 from .._context import ContextSnapshot
 from ._changes import Change
-from ._errors import check_id
+from ._errors import CONTROL_CHARACTERS, check_id
 
 __all__ = [
     "CompactionPolicy",
@@ -241,7 +241,7 @@ def check_append_id(append_id: object) -> str | None:
         not isinstance(append_id, str)
         or not append_id
         or len(append_id) > 128
-        or any(ord(c) < 32 or ord(c) == 127 for c in append_id)
+        or CONTROL_CHARACTERS.search(append_id)
     ):
         raise ValueError(
             "append_id must be None or a non-empty string of at most 128 characters "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import re
 
 __all__ = [
+    "CONTROL_CHARACTERS",
     "MAX_ID_LENGTH",
     "ConversationConflictError",
     "ConversationCorruptError",
@@ -19,6 +21,9 @@ __all__ = [
 
 #: Longest conversation id (and lease owner) accepted, in characters.
 MAX_ID_LENGTH = 512
+
+#: Control characters, refused in ids (a regular expression: checked on every call).
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class StorageError(Exception):
@@ -127,7 +132,7 @@ def _check_name(what: str, value: object) -> str:
         raise ValueError(f"a {what} must not be empty or blank, got {value!r}")
     if len(value) > MAX_ID_LENGTH:
         raise ValueError(f"a {what} must be at most {MAX_ID_LENGTH} characters, got {len(value)}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if CONTROL_CHARACTERS.search(value):
         raise ValueError(f"a {what} must not contain control characters, got {value!r}")
     return value
 
