@@ -117,8 +117,9 @@ class WorkerThread(Generic[R]):
         """Run ``fn(resource)`` in the thread after the jobs queued before it; its result or
         its exception.
 
-        Once queued, the job runs to its end even if the caller is cancelled (the wait is
-        shielded), so a caller never has to guess whether a write happened. Jobs are
+        Once queued, the job runs to its end even if the caller is cancelled (the caller
+        waits for it, and sees the cancellation at its next checkpoint), so a caller never
+        has to guess whether a write happened. Jobs are
         expected to be bounded (the SQLite backend bounds its lock waits).
 
         Raises:
