@@ -12,10 +12,13 @@ write stores the whole conversation again, so the log never misses a change.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 
 import attrs
 import trio
@@ -25,8 +28,10 @@ from .storage import (
     Change,
     ConversationConflictError,
     ConversationStorage,
+    KeptLease,
     Lease,
     LeaseHeldError,
+    LeaseKeeper,
     LeaseLostError,
     MarkInterrupted,
     ReplaceMessages,
@@ -51,6 +56,16 @@ DEFAULT_LEASE_TTL = 30.0
 
 #: Errors after which a session must not write its conversation any more.
 _FINAL = (ConversationConflictError, LeaseLostError, LeaseHeldError)
+
+#: Append ids of this process: a random part and a counter (unique, and cheap to make).
+_APPEND_IDS = map(f"{uuid.uuid4().hex[:16]}-{{}}".format, itertools.count(1))
+
+
+def _lost(writer_ref: weakref.ref[ConversationWriter], error: LeaseLostError) -> None:
+    """The lease keeper lost a writer's lease: stop it and tell its session (once)."""
+    writer = writer_ref()
+    if writer is not None and writer._stop(error) and writer._on_lost is not None:
+        writer._on_lost(error)
 
 
 def session_owner(name: str) -> str:
@@ -114,6 +129,11 @@ class ConversationWriter:
     stopped: str | None = None
     resumed: bool = False
     _dirty: bool = False
+    #: The append id of the last write whose outcome is unknown (it failed, but may have
+    #: been committed before its answer was lost).
+    _unsure: str | None = None
+    _kept: KeptLease | None = None
+    _on_lost: Callable[[LeaseLostError], object] | None = None
 
     @property
     def writing(self) -> bool:
@@ -168,17 +188,53 @@ class ConversationWriter:
         assert self.lease is not None
         if self._dirty and context is not None:
             changes = _full(context.snapshot())
+        append_id = next(_APPEND_IDS)
         try:
-            self.version = await self.storage.append(
-                self.conversation_id, changes, expected_version=self.version, lease=self.lease
-            )
+            try:
+                self.version = await self._append(changes, append_id)
+            except ConversationConflictError as exc:
+                unsure, self._unsure = self._unsure, None
+                if unsure is None or exc.head_append_id != unsure:
+                    raise
+                # The write that failed before was committed after all (its answer was
+                # lost) and nothing was written since: go on from the version it made.
+                self.version = exc.actual_version
+                self.version = await self._append(changes, append_id)
         except _FINAL as exc:
             return exc if self._stop(exc) else None
         except (StorageError, ValueError) as exc:
             self._dirty = True
+            self._unsure = append_id if isinstance(exc, StorageError) else None
             return exc
         self._dirty = False
+        self._unsure = None
         return None
+
+    async def _append(self, changes: Sequence[Change], append_id: str) -> int:
+        assert self.lease is not None
+        return await self.storage.append(
+            self.conversation_id,
+            changes,
+            expected_version=self.version,
+            lease=self.lease,
+            append_id=append_id,
+        )
+
+    def keep_in_background(self, on_lost: Callable[[LeaseLostError], object]) -> bool:
+        """Have the storage's shared lease keeper renew the lease (no task of the session's
+        own); ``on_lost(error)`` is called once if the lease is lost before a write finds
+        it. ``False`` when the storage has no keeper (or no lease is held): renew it with
+        :meth:`keep_lease` in a task instead."""
+        keeper = getattr(self.storage, "lease_keeper", None)
+        if self.lease is None or not isinstance(keeper, LeaseKeeper) or not keeper.running:
+            return False
+        self._on_lost = on_lost
+        # The keeper holds the writer weakly: a writer (a session) that ends without
+        # close() is garbage, and its lease is then left to expire, not renewed forever.
+        self._kept = keeper.keep(
+            self.lease, functools.partial(_lost, weakref.ref(self)), owner=self
+        )
+        return True
 
     async def keep_lease(self) -> LeaseLostError | None:
         """Renew the lease until it is lost or the caller is cancelled. Writing then stops;
@@ -205,6 +261,9 @@ class ConversationWriter:
         error: StorageError | ValueError | None = None
         with trio.CancelScope(shield=True):
             error = await self.write(changes, context)
+            if self._kept is not None:
+                self._kept.stop()
+                self._kept = None
             lease, self.lease = self.lease, None
             if lease is not None:
                 try:

@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 import trio
 
-from runtime import Actor, ActorError, DataFrame, Frame
+from runtime import Actor, ActorError, DataFrame, Frame, SessionStateError
 
 from ._context import ContextSnapshot, OpenAILLMContext
 from ._frames import (
@@ -40,6 +40,7 @@ from .storage import (
     AppendMessages,
     Change,
     ConversationStorage,
+    LeaseLostError,
     RecordToolCalls,
     ReplaceMessages,
     SettleToolCall,
@@ -326,7 +327,10 @@ class ContextStore(Actor[ContextStoreRequest]):
                         version=writer.version,
                         messages=len(self.context),
                     )
-                self._lease_scope = self.create_task(self._keep_lease, name=f"{self.name}:lease")
+                if not writer.keep_in_background(self._lease_lost):
+                    self._lease_scope = self.create_task(
+                        self._keep_lease, name=f"{self.name}:lease"
+                    )
         finally:
             self._opened.set()
 
@@ -336,6 +340,13 @@ class ContextStore(Actor[ContextStoreRequest]):
         without a storage. Requests sent meanwhile wait for it too."""
         if self.writer is not None:
             await self._opened.wait()
+
+    def _lease_lost(self, lost: LeaseLostError) -> None:
+        """The storage's lease keeper lost the lease: report it from a task of the store."""
+        try:
+            self.create_task(self._report, lost, "is no longer written by this session")
+        except SessionStateError:
+            pass  # the session ended meanwhile
 
     async def _keep_lease(self) -> None:
         assert self.writer is not None

@@ -9,7 +9,9 @@
   :class:`MarkInterrupted`) are what the context store appends; :func:`fold` applies them
   to a :class:`~actors.ContextSnapshot`.
 - :func:`open_conversation` takes a conversation over: lease, load, and settle the tool
-  calls a dead owner left ``IN_PROGRESS``; :func:`keep_lease` renews the lease.
+  calls a dead owner left ``IN_PROGRESS``; :func:`keep_lease` renews the lease, and each
+  backend's :class:`LeaseKeeper` (``storage.lease_keeper``) renews the leases of all its
+  sessions in one task.
 - Every error is a :class:`StorageError`.
 
 See ``docs/storage.md``.
@@ -38,6 +40,7 @@ from ._errors import (
     StorageUnavailableError,
 )
 from ._fold import fold
+from ._keeper import KeptLease, LeaseKeeper
 from ._open import conversation_storage
 from ._recovery import (
     INTERRUPTED_TOOL_RESULT,
@@ -58,8 +61,10 @@ __all__ = [
     "ConversationCorruptError",
     "ConversationInfo",
     "ConversationStorage",
+    "KeptLease",
     "Lease",
     "LeaseHeldError",
+    "LeaseKeeper",
     "LeaseLostError",
     "MarkInterrupted",
     "OpenedConversation",

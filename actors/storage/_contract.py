@@ -10,7 +10,7 @@ import attrs
 
 from .._context import ContextSnapshot
 from ._changes import Change
-from ._errors import check_id
+from ._errors import CONTROL_CHARACTERS, check_id
 
 __all__ = [
     "CompactionPolicy",
@@ -18,6 +18,7 @@ __all__ = [
     "ConversationStorage",
     "Lease",
     "StoredConversation",
+    "check_append_id",
     "check_lease",
     "check_positive",
     "check_version",
@@ -144,6 +145,7 @@ class ConversationStorage(Protocol):
         *,
         expected_version: int,
         lease: Lease | None = None,
+        append_id: str | None = None,
     ) -> int:
         """Append ``changes`` (one entry, atomically) to the conversation at
         ``expected_version`` (0 creates it); the new version.
@@ -151,8 +153,18 @@ class ConversationStorage(Protocol):
         Writes O(size of the changes), whatever the conversation's size; may schedule a
         compaction in the background when the log grew past the storage's threshold.
 
+        ``append_id`` makes the append idempotent: an id unique to this append (a random
+        one per append, say), stored with the conversation's head. A retry with the same
+        id and ``expected_version`` after an answer was lost (the connection cut after
+        the server committed) finds its own append at the head: it writes nothing and
+        returns the version the first attempt made, instead of writing twice or
+        reporting a conflict. A conflict reports the head's append id
+        (:attr:`~actors.storage.ConversationConflictError.head_append_id`), so a caller
+        can also tell later that a write it was unsure of did commit.
+
         Raises:
-            ValueError: Bad id, no change, an invalid change, or content that is not JSON.
+            ValueError: Bad id, no change, an invalid change, content that is not JSON, or
+                a bad ``append_id``.
             ConversationConflictError: The conversation is not at ``expected_version``.
             LeaseLostError: ``lease`` expired or was superseded.
             LeaseHeldError: No ``lease`` given, and another owner holds a live one.
@@ -214,6 +226,28 @@ def check_version(version: object) -> int:
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise ValueError(f"expected_version must be an integer >= 0, got {version!r}")
     return version
+
+
+def check_append_id(append_id: object) -> str | None:
+    """``append_id`` if it is usable: ``None`` or a non-empty string of at most 128
+    characters without control characters.
+
+    Raises:
+        ValueError: Anything else.
+    """
+    if append_id is None:
+        return None
+    if (
+        not isinstance(append_id, str)
+        or not append_id
+        or len(append_id) > 128
+        or CONTROL_CHARACTERS.search(append_id)
+    ):
+        raise ValueError(
+            "append_id must be None or a non-empty string of at most 128 characters "
+            f"without control characters, got {append_id!r:.80}"
+        )
+    return append_id
 
 
 def check_lease(conversation_id: str | None, lease: object) -> str:

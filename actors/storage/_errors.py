@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import re
 
 __all__ = [
+    "CONTROL_CHARACTERS",
     "MAX_ID_LENGTH",
     "ConversationConflictError",
     "ConversationCorruptError",
@@ -19,6 +21,9 @@ __all__ = [
 
 #: Longest conversation id (and lease owner) accepted, in characters.
 MAX_ID_LENGTH = 512
+
+#: Control characters, refused in ids (a regular expression: checked on every call).
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class StorageError(Exception):
@@ -55,9 +60,19 @@ class ConversationConflictError(StorageError):
         conversation_id: The conversation.
         expected_version: The version the append was based on.
         actual_version: The stored version (0: the conversation does not exist).
+        head_append_id: The ``append_id`` of the append that made the stored version
+            (``None``: it had none, or nothing is stored). If it is the id of an earlier
+            append of yours whose answer was lost, that append was committed.
     """
 
-    def __init__(self, conversation_id: str, expected_version: int, actual_version: int) -> None:
+    def __init__(
+        self,
+        conversation_id: str,
+        expected_version: int,
+        actual_version: int,
+        *,
+        head_append_id: str | None = None,
+    ) -> None:
         super().__init__(
             f"conversation {conversation_id!r} changed since it was read: the write was based "
             f"on version {expected_version}, the stored version is {actual_version}; "
@@ -66,6 +81,7 @@ class ConversationConflictError(StorageError):
         self.conversation_id = conversation_id
         self.expected_version = expected_version
         self.actual_version = actual_version
+        self.head_append_id = head_append_id
 
 
 class LeaseLostError(StorageError):
@@ -116,7 +132,7 @@ def _check_name(what: str, value: object) -> str:
         raise ValueError(f"a {what} must not be empty or blank, got {value!r}")
     if len(value) > MAX_ID_LENGTH:
         raise ValueError(f"a {what} must be at most {MAX_ID_LENGTH} characters, got {len(value)}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if CONTROL_CHARACTERS.search(value):
         raise ValueError(f"a {what} must not contain control characters, got {value!r}")
     return value
 

@@ -7,6 +7,7 @@ hosts. The layout and the atomic scripts are described in
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import re
 import uuid
@@ -30,6 +31,7 @@ from ._contract import (
     ConversationInfo,
     Lease,
     StoredConversation,
+    check_append_id,
     check_lease,
     check_positive,
     check_version,
@@ -47,7 +49,9 @@ from ._errors import (
 )
 from ._fold import EMPTY, decode_entry, decode_snapshot, encode_snapshot, prepare_append
 from ._fold import fold_entries as _fold_entries
+from ._keeper import LeaseKeeper
 from ._phase import Phase
+from ._redis_pipe import AppendPipeline
 
 __all__ = ["RedisConversationStorage", "mask_url"]
 
@@ -211,6 +215,12 @@ class RedisConversationStorage:
         self._compacting: set[str] = set()
         self._compact_again: set[str] = set()
         self._scripts: dict[str, Any] = {}
+        self._pipeline: AppendPipeline | None = None
+        #: Renews the leases of the sessions writing through this storage, in one task.
+        self.lease_keeper = LeaseKeeper(self)
+        # Append ids made for appends that come without one: unique across processes (a
+        # random part) and cheap (a counter).
+        self._ids = map(f"{uuid.uuid4().hex[:16]}-{{}}".format, itertools.count(1))
 
     def __repr__(self) -> str:
         return f"RedisConversationStorage({mask_url(self.url)!r}, prefix={self.prefix!r})"
@@ -238,17 +248,27 @@ class RedisConversationStorage:
                 )
                 await stack.enter_async_context(client)
                 self._nursery = await stack.enter_async_context(trio.open_nursery())
+                self._scripts = {
+                    name: client.register_script(getattr(scripts, name)) for name in scripts.__all__
+                }
+                pipeline = AppendPipeline(
+                    client.connection_pool.get_connection,
+                    scripts.APPEND,
+                    self._scripts["APPEND"].sha,
+                    self.timeout,
+                    mask_url(self.url),
+                )
                 with trio.fail_after(self.connect_timeout + self.timeout):
+                    await pipeline.connect()  # its own connection, then one for the rest
                     await client.ping()
         except BaseException:
             self._state = Phase.CLOSED
             self._nursery = None
             await self._close_stack(stack)
             raise
-        self._client, self._stack = client, stack
-        self._scripts = {
-            name: client.register_script(getattr(scripts, name)) for name in scripts.__all__
-        }
+        self._client, self._stack, self._pipeline = client, stack, pipeline
+        self._nursery.start_soon(self._pipeline.run, name=f"{self!r}: appends")
+        self._nursery.start_soon(self.lease_keeper.run, name=f"{self!r}: leases")
         return self
 
     async def __aexit__(
@@ -272,6 +292,7 @@ class RedisConversationStorage:
         """
         self._state = Phase.CLOSED
         self._client = None
+        self._pipeline = None
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
             self._nursery = None
@@ -489,26 +510,46 @@ class RedisConversationStorage:
         *,
         expected_version: int,
         lease: Lease | None = None,
+        append_id: str | None = None,
     ) -> int:
         """Append ``changes`` as one entry at ``expected_version``; the new version (see
-        :meth:`ConversationStorage.append`)."""
+        :meth:`ConversationStorage.append`).
+
+        Appends are pipelined: those made while a round trip is in flight go together in
+        the next one, on a connection of their own. An append without ``append_id`` gets
+        one, so that an answer lost with the connection can be retried safely."""
         cid = check_id(conversation_id)
         expected = check_version(expected_version)
         check_lease(cid, lease)
+        own_id = check_append_id(append_id) or next(self._ids)
+        self._live_client()
+        pipeline = self._pipeline
+        if pipeline is None:
+            raise StorageUnavailableError(f"{self!r} is closed")
         heavy = _heavier_than(changes, OFF_LOOP_BYTES)
-
         record, reset, count = await _maybe_off_loop(heavy, lambda: prepare_append(changes))
         meta, log_key, snapshot_key, lease_key, _ = self._keys(cid)
-        reply = await self._script(
-            cid,
-            "APPEND",
-            [meta, log_key, snapshot_key, lease_key],
-            [_lease_value(lease), expected, record, "1" if reset else "0", count, uuid.uuid4().hex],
+        arguments = (
+            4,
+            meta,
+            log_key,
+            snapshot_key,
+            lease_key,
+            _lease_value(lease),
+            expected,
+            record,
+            "1" if reset else "0",
+            count,
+            own_id,
+            own_id,
         )
+        with self._translating(cid):
+            reply = await pipeline.call(arguments)
         status, values = self._answer(cid, reply)
         self._lease_refusal(cid, lease, status, values)
         if status == "conflict":
-            raise ConversationConflictError(cid, expected, int(values[0]))
+            head_id = _text(values[1]) if len(values) > 1 and values[1] else None
+            raise ConversationConflictError(cid, expected, int(values[0]), head_append_id=head_id)
         if status != "ok":
             raise StorageError(f"unexpected answer from Redis for conversation {cid!r}: {status}")
         version, entries, log_bytes, snapshot_bytes = (int(v) for v in values[:4])

@@ -2,7 +2,7 @@
 
 Keys of a conversation (one hash tag, so they share a cluster slot): ``meta`` (hash:
 version, snapshot_version, created_at, updated_at, messages, log_entries, log_bytes,
-snapshot_bytes, epoch), ``log`` (list: one JSON entry per append after the snapshot),
+snapshot_bytes, epoch, append_id), ``log`` (list: one JSON entry per append after the snapshot),
 ``snapshot`` (string: the fold up to ``snapshot_version``), ``lease`` (string
 ``"<token>|<owner>"`` with a PX expiry, so the server's clock decides expiry) and ``fence``
 (the counter of fencing tokens, kept when the conversation is deleted).
@@ -40,14 +40,17 @@ end
 """
 
 #: KEYS: meta, log, snapshot, lease. ARGV: lease value, expected version, entry,
-#: reset message count ('1'/'0'), message count (delta), epoch for a new conversation.
+#: reset message count ('1'/'0'), message count (delta), epoch for a new conversation,
+#: append id ('' for none). A retry whose append is already the head (its id, the version
+#: after the expected one) answers 'ok' without writing; a conflict names the head's id.
 APPEND = (
     _WRITER
     + """
 local problem = check_type(KEYS[1], 'hash', 'head') or check_type(KEYS[2], 'list', 'change log')
 if problem then return {'corrupt', problem} end
 local fields = {'version', 'messages', 'log_entries', 'log_bytes', 'snapshot_bytes'}
-local h = redis.call('HMGET', KEYS[1], unpack(fields))
+local h = redis.call('HMGET', KEYS[1], 'version', 'messages', 'log_entries', 'log_bytes',
+  'snapshot_bytes', 'append_id')
 local version = 0
 if h[1] then
   for i = 1, #fields do
@@ -59,7 +62,13 @@ if h[1] then
 elseif redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
   return {'corrupt', 'its head has no version'}
 end
-if version ~= tonumber(ARGV[2]) then return {'conflict', version} end
+if version ~= tonumber(ARGV[2]) then
+  local head_id = h[6] or ''
+  if ARGV[7] ~= '' and head_id == ARGV[7] and version == tonumber(ARGV[2]) + 1 then
+    return {'ok', version, tonumber(h[3]), tonumber(h[4]), tonumber(h[5])}
+  end
+  return {'conflict', version, head_id}
+end
 local now = redis.call('TIME')
 local at = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
 local size = string.len(ARGV[3])
@@ -76,7 +85,7 @@ else
 end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[1], 'version', version + 1, 'updated_at', at, 'messages', messages,
-  'log_entries', entries, 'log_bytes', bytes, 'snapshot_bytes', snap)
+  'log_entries', entries, 'log_bytes', bytes, 'snapshot_bytes', snap, 'append_id', ARGV[7])
 return {'ok', version + 1, entries, bytes, snap}
 """
 )

@@ -15,11 +15,15 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+import attrs
+import outcome
 import structlog
+import trio
 
 from .._context import ContextSnapshot
 from ._changes import Change
@@ -28,6 +32,7 @@ from ._contract import (
     ConversationInfo,
     Lease,
     StoredConversation,
+    check_append_id,
     check_lease,
     check_positive,
     check_version,
@@ -51,8 +56,9 @@ from ._fold import (
     fold_entries,
     prepare_append,
 )
+from ._keeper import LeaseKeeper
 from ._phase import Phase
-from ._worker import WorkerClosedError, WorkerThread
+from ._worker import Batcher, WorkerClosedError, WorkerThread
 
 __all__ = ["SQLiteConversationStorage"]
 
@@ -70,7 +76,8 @@ _SCHEMA = (
         message_count    INTEGER NOT NULL,
         log_entries      INTEGER NOT NULL,
         log_bytes        INTEGER NOT NULL,
-        snapshot_bytes   INTEGER NOT NULL
+        snapshot_bytes   INTEGER NOT NULL,
+        append_id        TEXT
     )
     """,
     """
@@ -111,6 +118,26 @@ _HEAD_COLUMNS = (
 )
 
 _DAMAGED = ("not a database", "malformed", "corrupt")
+
+#: What an append checks, in one statement: the head (version, message count, log entries,
+#: log bytes, snapshot bytes, last append id) and the lease, each NULL when missing.
+_APPEND_READ = (
+    "SELECT h.version, h.message_count, h.log_entries, h.log_bytes, h.snapshot_bytes, "
+    "h.append_id, l.owner, l.token, l.expires_at FROM (SELECT ? AS id) AS k "
+    "LEFT JOIN trouper_heads AS h ON h.id = k.id "
+    "LEFT JOIN trouper_leases AS l ON l.conversation_id = k.id"
+)
+
+
+@attrs.frozen(slots=True)
+class _Append:
+    """One append waiting for its group's transaction."""
+
+    cid: str
+    changes: Sequence[Change]
+    expected: int
+    lease: Lease | None
+    append_id: str | None
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -221,8 +248,15 @@ class SQLiteConversationStorage:
         self._worker: WorkerThread[sqlite3.Connection] = WorkerThread(
             f"trouper-sqlite:{Path(self.path).name}", self._connect, self._disconnect
         )
+        self._appends: Batcher[sqlite3.Connection, _Append, tuple[int, bool]] = Batcher(
+            self._worker, self._append_batch
+        )
         self._state = Phase.NEW
         self._compaction_queued: set[str] = set()
+        self._stack: AsyncExitStack | None = None
+        self._nursery: trio.Nursery | None = None
+        #: Renews the leases of the sessions writing through this storage, in one task.
+        self.lease_keeper = LeaseKeeper(self)
 
     def __repr__(self) -> str:
         return f"SQLiteConversationStorage({self.path!r})"
@@ -239,11 +273,17 @@ class SQLiteConversationStorage:
         if self._state is not Phase.NEW:
             raise StorageUnavailableError(f"{self!r} was opened already (open it once)")
         self._state = Phase.OPEN
+        stack = AsyncExitStack()
         try:
             await self._worker.start()
+            self._nursery = await stack.enter_async_context(trio.open_nursery())
         except BaseException:
             self._state = Phase.CLOSED
+            await stack.aclose()
+            await self._worker.stop()
             raise
+        self._stack = stack
+        self._nursery.start_soon(self.lease_keeper.run, name=f"{self!r}: leases")
         return self
 
     async def __aexit__(
@@ -252,12 +292,24 @@ class SQLiteConversationStorage:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Close the database (:meth:`aclose`)."""
+        """Close the database (:meth:`aclose`) and end the storage's task (the lease
+        keeper)."""
         await self.aclose()
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
 
     async def aclose(self) -> None:
-        """Finish the queued work, close the database and stop the thread. Idempotent."""
+        """Stop renewing leases, finish the queued work, close the database and stop the
+        thread. Idempotent.
+
+        The lease keeper's task ends when the ``async with`` block exits: it lives in a
+        task group of the task that opened the storage, which only that block may close.
+        """
         self._state = Phase.CLOSED
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+            self._nursery = None
         await self._worker.stop()
 
     def _connect(self) -> sqlite3.Connection:
@@ -298,6 +350,9 @@ class SQLiteConversationStorage:
         def create(conn: sqlite3.Connection) -> None:
             for statement in _SCHEMA:
                 conn.execute(statement)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(trouper_heads)")}
+            if "append_id" not in columns:  # a file written before append ids
+                conn.execute("ALTER TABLE trouper_heads ADD COLUMN append_id TEXT")
             if self.import_legacy:
                 self._import_legacy(conn)
 
@@ -475,7 +530,12 @@ class SQLiteConversationStorage:
         ).fetchone()
         if row is None:
             return None
-        owner, token, expires_at = row
+        return self._lease_values(cid, *row)
+
+    @staticmethod
+    def _lease_values(
+        cid: str, owner: object, token: object, expires_at: object
+    ) -> tuple[str, int, float]:
         if not isinstance(owner, str):
             raise ConversationCorruptError(cid, f"its lease owner is {owner!r}, not a string")
         return owner, _int(cid, token, "lease token"), _number(cid, expires_at, "lease expiry")
@@ -483,7 +543,12 @@ class SQLiteConversationStorage:
     def _check_writer(
         self, conn: sqlite3.Connection, cid: str, lease: Lease | None, now: float
     ) -> tuple[str, int, float] | None:
-        row = self._lease_row(conn, cid)
+        return self._check_lease_row(cid, self._lease_row(conn, cid), lease, now)
+
+    @staticmethod
+    def _check_lease_row(
+        cid: str, row: tuple[str, int, float] | None, lease: Lease | None, now: float
+    ) -> tuple[str, int, float] | None:
         live = row is not None and row[2] > now
         if lease is None:
             if live:
@@ -583,69 +648,128 @@ class SQLiteConversationStorage:
         *,
         expected_version: int,
         lease: Lease | None = None,
+        append_id: str | None = None,
     ) -> int:
         """Append ``changes`` as one entry at ``expected_version``; the new version (see
-        :meth:`ConversationStorage.append`)."""
+        :meth:`ConversationStorage.append`).
+
+        Appends made while the thread is busy are committed together: one transaction per
+        group, a savepoint per append (a refused append leaves the others alone), one
+        wake-up of the loop for the group."""
         cid = check_id(conversation_id)
-        checked_version = check_version(expected_version)
+        item = _Append(
+            cid,
+            changes,
+            check_version(expected_version),
+            lease,
+            check_append_id(append_id),
+        )
         check_lease(cid, lease)
-
-        def append(conn: sqlite3.Connection) -> tuple[int, bool]:
-            record, reset, count = prepare_append(changes)
-            return self._retrying(
-                conn,
-                lambda c: self._append(c, cid, checked_version, lease, record, reset, count),
-                cid,
-            )
-
-        version, due = await self._run(cid, append, retry=False)
+        if self._state is not Phase.OPEN:
+            raise StorageUnavailableError(self._not_open())
+        try:
+            version, due = await self._appends.call(item)
+        except WorkerClosedError:
+            raise StorageUnavailableError(self._not_open()) from None
         if due and cid not in self._compaction_queued:
             self._compaction_queued.add(cid)
             self._worker.post(lambda conn: self._compact_quietly(conn, cid))
         return version
 
+    def _append_batch(
+        self, conn: sqlite3.Connection, items: list[_Append]
+    ) -> list[outcome.Outcome[tuple[int, bool]]]:
+        """In the thread: one transaction for ``items``, a savepoint each; an outcome each.
+        A lock held elsewhere is retried for the whole group (nothing was committed)."""
+        prepared: list[tuple[bytes, bool, int] | outcome.Error] = []
+        for item in items:
+            try:
+                prepared.append(prepare_append(item.changes))
+            except ValueError as exc:
+                prepared.append(outcome.Error(exc))
+
+        def write(conn: sqlite3.Connection) -> list[outcome.Outcome[tuple[int, bool]]]:
+            now = time.time()
+            results: list[outcome.Outcome[tuple[int, bool]]] = []
+            for item, ready in zip(items, prepared, strict=True):
+                if isinstance(ready, outcome.Error):
+                    results.append(ready)
+                    continue
+                conn.execute("SAVEPOINT trouper_append")
+                try:
+                    value = self._append(conn, item, *ready, now)
+                except (StorageError, sqlite3.Error) as exc:
+                    conn.execute("ROLLBACK TO trouper_append")
+                    conn.execute("RELEASE trouper_append")
+                    if isinstance(exc, sqlite3.Error):
+                        if _is_busy(exc):
+                            raise  # the whole group waits and runs again
+                        exc = self._translate(exc, item.cid)
+                    results.append(outcome.Error(exc))
+                else:
+                    conn.execute("RELEASE trouper_append")
+                    results.append(outcome.Value(value))
+            return results
+
+        try:
+            return self._retrying(conn, lambda c: _transaction(c, write, write=True), None)
+        except StorageError as exc:
+            return [
+                ready if isinstance(ready, outcome.Error) else outcome.Error(exc)
+                for ready in prepared
+            ]
+
     def _append(
         self,
         conn: sqlite3.Connection,
-        cid: str,
-        expected: int,
-        lease: Lease | None,
+        item: _Append,
         record: bytes,
         reset: bool,
         count: int,
+        now: float,
     ) -> tuple[int, bool]:
-        def write(conn: sqlite3.Connection) -> tuple[int, bool]:
-            now = time.time()
-            self._check_writer(conn, cid, lease, now)
-            head = self._head(conn, cid)
-            current = 0 if head is None else head[0]
-            if current != expected:
-                raise ConversationConflictError(cid, expected, current)
-            version = current + 1
+        cid, expected = item.cid, item.expected
+        row = conn.execute(_APPEND_READ, (cid,)).fetchone()
+        head, lease_row = row[:6], row[6:]
+        self._check_lease_row(
+            cid,
+            None if lease_row[0] is None else self._lease_values(cid, *lease_row),
+            item.lease,
+            now,
+        )
+        current = 0 if head[0] is None else _int(cid, head[0], "version")
+        if current != expected:
+            stored_id = head[5] if isinstance(head[5], str) else None
+            retried = item.append_id is not None and stored_id == item.append_id
+            if retried and current == expected + 1:  # this append, committed already
+                entries = _int(cid, head[2], "log length")
+                return current, self.compaction.due(
+                    entries, _int(cid, head[3], "log size"), _int(cid, head[4], "size")
+                )
+            raise ConversationConflictError(cid, expected, current, head_append_id=stored_id)
+        version = current + 1
+        conn.execute(
+            "INSERT INTO trouper_changes (conversation_id, version, record) VALUES (?, ?, ?)",
+            (cid, version, record),
+        )
+        if head[0] is None:
             conn.execute(
-                "INSERT INTO trouper_changes (conversation_id, version, record) VALUES (?, ?, ?)",
-                (cid, version, record),
+                f"INSERT INTO trouper_heads (id, {_HEAD_COLUMNS}, append_id) "
+                "VALUES (?, 1, 0, ?, ?, ?, 1, ?, 0, ?)",
+                (cid, now, now, count, len(record), item.append_id),
             )
-            if head is None:
-                conn.execute(
-                    f"INSERT INTO trouper_heads (id, {_HEAD_COLUMNS}) "
-                    "VALUES (?, 1, 0, ?, ?, ?, 1, ?, 0)",
-                    (cid, now, now, count, len(record)),
-                )
-                entries, log_bytes, snapshot_bytes = 1, len(record), 0
-            else:
-                messages = count if reset else _int(cid, head[4], "message count") + count
-                entries = _int(cid, head[5], "log length") + 1
-                log_bytes = _int(cid, head[6], "log size") + len(record)
-                snapshot_bytes = _int(cid, head[7], "snapshot size")
-                conn.execute(
-                    "UPDATE trouper_heads SET version = ?, updated_at = ?, message_count = ?, "
-                    "log_entries = ?, log_bytes = ? WHERE id = ?",
-                    (version, now, messages, entries, log_bytes, cid),
-                )
-            return version, self.compaction.due(entries, log_bytes, snapshot_bytes)
-
-        return _transaction(conn, write, write=True)
+            entries, log_bytes, snapshot_bytes = 1, len(record), 0
+        else:
+            messages = count if reset else _int(cid, head[1], "message count") + count
+            entries = _int(cid, head[2], "log length") + 1
+            log_bytes = _int(cid, head[3], "log size") + len(record)
+            snapshot_bytes = _int(cid, head[4], "snapshot size")
+            conn.execute(
+                "UPDATE trouper_heads SET version = ?, updated_at = ?, message_count = ?, "
+                "log_entries = ?, log_bytes = ?, append_id = ? WHERE id = ?",
+                (version, now, messages, entries, log_bytes, item.append_id, cid),
+            )
+        return version, self.compaction.due(entries, log_bytes, snapshot_bytes)
 
     async def delete(self, conversation_id: str, *, lease: Lease | None = None) -> bool:
         """Forget the conversation; whether it existed (see

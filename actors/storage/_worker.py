@@ -7,15 +7,18 @@ writer per file anyway, so more connections in one process would only contend fo
 uses and closes the connection on the same thread, and can run background work
 (compaction) between jobs without a task on the loop.
 
-The loop side only enqueues a job and waits for a :class:`trio.Event` that the thread sets
-through ``TrioToken.run_sync_soon``: a handful of microseconds on the loop per job.
+The loop side only enqueues a job and parks its task; the thread wakes it through
+``TrioToken.run_sync_soon`` with the job's outcome: a handful of microseconds on the loop
+per job. :class:`Batcher` groups the calls made while the thread is busy into one job (one
+hand-off to the thread and one wake-up of the loop for the whole group), which is how the
+SQLite backend commits many appends in one transaction.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 import attrs
@@ -23,10 +26,11 @@ import outcome
 import structlog
 import trio
 
-__all__ = ["WorkerClosedError", "WorkerThread"]
+__all__ = ["Batcher", "WorkerClosedError", "WorkerThread"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+I = TypeVar("I")  # noqa: E741
 
 log = structlog.get_logger("trouper.actors.storage")
 
@@ -35,12 +39,25 @@ class WorkerClosedError(Exception):
     """The worker thread is stopped (or was never started): the job did not run."""
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, slots=True)
 class _Job(Generic[R, T]):
     fn: Callable[[R], T]
-    event: trio.Event | None = None
+    #: The task waiting for the result (``None``: background work).
+    task: trio.lowlevel.Task | None = None
     token: trio.lowlevel.TrioToken | None = None
-    result: outcome.Outcome[T] | None = None
+    #: Background work only: called with the error if the job is dropped unrun.
+    on_drop: Callable[[BaseException], None] | None = None
+
+
+def _cannot_abort(_: object) -> trio.lowlevel.Abort:
+    """A queued job runs to its end: its caller waits for it even when cancelled."""
+    return trio.lowlevel.Abort.FAILED
+
+
+def _wake(tasks: Sequence[trio.lowlevel.Task], results: Sequence[outcome.Outcome[object]]) -> None:
+    """On the loop: wake every waiting task with its result (one callback per job or batch)."""
+    for task, result in zip(tasks, results, strict=True):
+        trio.lowlevel.reschedule(task, result)
 
 
 class WorkerThread(Generic[R]):
@@ -100,8 +117,9 @@ class WorkerThread(Generic[R]):
         """Run ``fn(resource)`` in the thread after the jobs queued before it; its result or
         its exception.
 
-        Once queued, the job runs to its end even if the caller is cancelled (the wait is
-        shielded), so a caller never has to guess whether a write happened. Jobs are
+        Once queued, the job runs to its end even if the caller is cancelled (the caller
+        waits for it, and sees the cancellation at its next checkpoint), so a caller never
+        has to guess whether a write happened. Jobs are
         expected to be bounded (the SQLite backend bounds its lock waits).
 
         Raises:
@@ -109,20 +127,23 @@ class WorkerThread(Generic[R]):
         """
         if not self._accepting:
             raise WorkerClosedError(f"{self.name} is not running")
-        job: _Job[R, T] = _Job(fn, trio.Event(), trio.lowlevel.current_trio_token())
+        assert self._token is not None
+        job: _Job[R, T] = _Job(fn, trio.lowlevel.current_task(), self._token)
         self._queue.put(job)  # type: ignore[arg-type]
-        assert job.event is not None
-        with trio.CancelScope(shield=True):
-            await job.event.wait()
-        assert job.result is not None
-        return job.result.unwrap()
+        result: T = await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
+        return result
 
-    def post(self, fn: Callable[[R], object]) -> bool:
+    def post(
+        self,
+        fn: Callable[[R], object],
+        on_drop: Callable[[BaseException], None] | None = None,
+    ) -> bool:
         """Queue ``fn(resource)`` to run in the thread without waiting for it (background
-        work: exceptions are logged); whether it was queued."""
+        work: exceptions are logged); whether it was queued. ``on_drop(error)`` is called
+        instead if the resource could not be opened."""
         if not self._accepting:
             return False
-        self._queue.put(_Job(fn))
+        self._queue.put(_Job(fn, on_drop=on_drop))
         return True
 
     async def stop(self) -> None:
@@ -154,28 +175,31 @@ class WorkerThread(Generic[R]):
             self._deliver_to(self._token, self._stopped)
 
     def _run(self, job: _Job[R, object], resource: R) -> None:
-        if job.event is None:
+        if job.task is None:
             try:
                 job.fn(resource)
             except Exception as exc:
                 log.warning("background storage job failed", worker=self.name, error=repr(exc))
             return
-        job.result = outcome.capture(job.fn, resource)
-        self._deliver(job)
+        self._deliver(job, outcome.capture(job.fn, resource))
 
     def _fail_all(self, exc: BaseException) -> None:
         """Opening failed: every job waiting (the first is the open call) gets the error;
         background jobs are dropped."""
         while (job := self._queue.get()) is not None:
-            if job.event is not None:
-                job.result = outcome.Error(exc)
-                self._deliver(job)
+            if job.task is not None:
+                self._deliver(job, outcome.Error(exc))
+            elif job.on_drop is not None:
+                job.on_drop(exc)
 
-    @classmethod
-    def _deliver(cls, job: _Job[R, object]) -> None:
+    @staticmethod
+    def _deliver(job: _Job[R, object], result: outcome.Outcome[object]) -> None:
         assert job.token is not None
-        assert job.event is not None
-        cls._deliver_to(job.token, job.event)
+        assert job.task is not None
+        try:
+            job.token.run_sync_soon(trio.lowlevel.reschedule, job.task, result)
+        except trio.RunFinishedError:
+            pass  # nobody is waiting any more
 
     @staticmethod
     def _deliver_to(token: trio.lowlevel.TrioToken | None, event: trio.Event) -> None:
@@ -183,5 +207,85 @@ class WorkerThread(Generic[R]):
             return
         try:
             token.run_sync_soon(event.set)
+        except trio.RunFinishedError:
+            pass  # nobody is waiting any more
+
+
+class Batcher(Generic[R, I, T]):
+    """Runs the calls made while the worker is busy as one job: group commit.
+
+    The first :meth:`call` queues one job at once (nothing waits for a tick); every call
+    made before the thread picks that job up joins it. The thread runs ``run(resource,
+    items)`` on all of them and wakes all their callers with one ``run_sync_soon``, so a
+    group of any size costs one hand-off to the thread and one wake-up of the loop. Calls
+    keep their order, and each gets its own answer.
+
+    Args:
+        worker: The worker thread (started before the first call).
+        run: Called in the thread with the items, in call order; returns one outcome per
+            item, in the same order.
+    """
+
+    def __init__(
+        self,
+        worker: WorkerThread[R],
+        run: Callable[[R, list[I]], Sequence[outcome.Outcome[T]]],
+    ) -> None:
+        self._worker = worker
+        self._run_items = run
+        self._lock = threading.Lock()
+        self._items: list[I] = []
+        self._tasks: list[trio.lowlevel.Task] = []
+        self._queued = False
+
+    async def call(self, item: I) -> T:
+        """Run ``item`` with the others queued meanwhile; its own result or exception. Once
+        queued it runs to its end even if the caller is cancelled.
+
+        Raises:
+            WorkerClosedError: The worker is stopped or was never started.
+        """
+        if not self._worker.running:
+            raise WorkerClosedError(f"{self._worker.name} is not running")
+        with self._lock:
+            self._items.append(item)
+            self._tasks.append(trio.lowlevel.current_task())
+            post, self._queued = not self._queued, True
+        if post:
+            self._worker.post(self._drain, self._drop)
+        result: T = await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
+        return result
+
+    def _take(self) -> tuple[list[I], list[trio.lowlevel.Task]]:
+        with self._lock:
+            items, tasks = self._items, self._tasks
+            self._items, self._tasks, self._queued = [], [], False
+        return items, tasks
+
+    def _drain(self, resource: R) -> None:
+        """In the thread: run every item queued so far, answer them all at once."""
+        items, tasks = self._take()
+        if not items:
+            return
+        try:
+            results = list(self._run_items(resource, items))
+            if len(results) != len(items):
+                raise RuntimeError(f"{len(results)} results for {len(items)} calls")
+        except BaseException as exc:  # a bug: every caller gets it rather than hanging
+            results = [outcome.Error(exc) for _ in items]
+        self._answer(tasks, results)
+
+    def _drop(self, error: BaseException) -> None:
+        items, tasks = self._take()
+        self._answer(tasks, [outcome.Error(error) for _ in items])
+
+    def _answer(
+        self, tasks: list[trio.lowlevel.Task], results: Sequence[outcome.Outcome[object]]
+    ) -> None:
+        token = self._worker._token
+        if token is None or not tasks:
+            return
+        try:
+            token.run_sync_soon(_wake, tasks, results)
         except trio.RunFinishedError:
             pass  # nobody is waiting any more

@@ -1,0 +1,351 @@
+"""Appends made together (SQLite's group commit, Redis' pipeline), idempotent appends, and
+the lease keeper shared by every session of a storage.
+
+The Redis tests that lose answers run the storage through a small TCP relay on 127.0.0.1
+that forwards everything to the real redis-server, except what a test asks it to hold or
+to cut: the connection dropped after the server ran the command, before its answer."""
+
+from __future__ import annotations
+
+import gc
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import coredis
+import pytest
+import trio
+import trio.testing
+
+from actors import OpenAILLMContext
+from actors._storage import ConversationWriter
+from actors.storage import (
+    AppendMessages,
+    ConversationConflictError,
+    LeaseHeldError,
+    LeaseLostError,
+    RedisConversationStorage,
+    SQLiteConversationStorage,
+    StorageUnavailableError,
+)
+from actors.storage.testing import RedisServer
+from runtime.testing import running_tasks
+
+from .conftest import Backend
+from .storage_kit import texts, user
+
+
+def said(text: str) -> list[AppendMessages]:
+    return [AppendMessages([user(text)])]
+
+
+# --------------------------------------------------------------------------- made together
+
+
+async def test_appends_made_together_keep_their_order_and_each_get_their_answer(
+    backend: Backend,
+) -> None:
+    """Appends queued at one moment (behind a lock held elsewhere on SQLite, so they are
+    committed as one group; one pipeline on Redis): a stale one in the middle fails alone,
+    the others are written in the order they were made, and every caller gets its own
+    answer."""
+    plan: list[tuple[str, int, str]] = [
+        ("a", 0, "a1"),
+        ("b", 0, "b1"),
+        ("b", 5, "stale"),  # conflicts: b is at 0 (then 1)
+        ("c", 0, "c1"),
+        ("b", 1, "b2"),  # only valid if b1 was written before it
+        ("a", 1, "a2"),
+    ]
+    answers: dict[int, Any] = {}
+    async with backend.opened() as storage:
+        holder = None
+        if backend.sqlite_path is not None:
+            holder = sqlite3.connect(backend.sqlite_path, isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+
+        async def append(i: int, cid: str, version: int, text: str) -> None:
+            try:
+                answers[i] = await storage.append(cid, said(text), expected_version=version)
+            except ConversationConflictError as exc:
+                answers[i] = exc
+
+        async with trio.open_nursery() as nursery:
+            for i, (cid, version, text) in enumerate(plan):
+                nursery.start_soon(append, i, cid, version, text)
+                await trio.testing.wait_all_tasks_blocked()  # queued, in this order
+            if holder is not None:
+                holder.execute("COMMIT")
+                holder.close()
+    assert [answers[i] for i in (0, 1, 3, 4, 5)] == [1, 1, 1, 2, 2]
+    conflict = answers[2]
+    assert isinstance(conflict, ConversationConflictError)
+    assert (conflict.expected_version, conflict.actual_version) == (5, 1)
+    async with backend.opened() as storage:
+        for cid, expected in (("a", ["a1", "a2"]), ("b", ["b1", "b2"]), ("c", ["c1"])):
+            stored = await storage.load(cid)
+            assert stored is not None
+            assert texts(stored.snapshot) == expected
+
+
+async def test_many_sessions_appending_at_once_are_all_answered(backend: Backend) -> None:
+    async with backend.opened() as storage:
+        versions: dict[str, int] = {}
+
+        async def session(i: int) -> None:
+            cid, version = f"s{i}", 0
+            for turn in range(3):
+                version = await storage.append(cid, said(f"{i}.{turn}"), expected_version=version)
+            versions[cid] = version
+
+        async with trio.open_nursery() as nursery:
+            for i in range(200):
+                nursery.start_soon(session, i)
+        assert set(versions.values()) == {3}
+        stored = await storage.load("s17")
+        assert stored is not None
+        assert texts(stored.snapshot) == ["17.0", "17.1", "17.2"]
+
+
+# --------------------------------------------------------------------------- idempotency
+
+
+async def test_an_append_retried_with_its_id_is_written_once(backend: Backend) -> None:
+    """The retry of an append whose answer was lost: same id, same expected version. It
+    finds its own append at the head and returns its version; another writer at the
+    same version gets a conflict that names the head's append id."""
+    async with backend.opened() as storage:
+        first = await storage.append("c", said("once"), expected_version=0, append_id="w-1")
+        again = await storage.append("c", said("once"), expected_version=0, append_id="w-1")
+        assert first == again == 1
+        assert len(await backend.entries("c")) == 1
+        with pytest.raises(ConversationConflictError) as caught:
+            await storage.append("c", said("other"), expected_version=0, append_id="w-2")
+        assert caught.value.head_append_id == "w-1"
+        assert caught.value.actual_version == 1
+        # Once something else was written, the old id no longer counts as the head.
+        await storage.append("c", said("next"), expected_version=1, append_id="w-3")
+        with pytest.raises(ConversationConflictError) as late:
+            await storage.append("c", said("once"), expected_version=0, append_id="w-1")
+        assert late.value.head_append_id == "w-3"
+        stored = await storage.load("c")
+        assert stored is not None
+        assert texts(stored.snapshot) == ["once", "next"]
+        with pytest.raises(ValueError, match="append_id"):
+            await storage.append("c", said("x"), expected_version=2, append_id="")
+
+
+# --------------------------------------------------------------------------- the relay
+
+
+@attrs.define
+class Relay:
+    """Forwards TCP connections from a port of 127.0.0.1 to the redis-server.
+
+    ``cut``: that many of the next ``EVALSHA`` commands reach the server, then their
+    connection is dropped before the answer comes back. ``hold``: answers to ``EVALSHA``
+    wait until ``released`` is set. ``scripts`` records every chunk the client sent that
+    carries ``EVALSHA`` commands (how many in each)."""
+
+    target: int
+    port: int = 0
+    cut: int = 0
+    hold: bool = False
+    released: trio.Event = attrs.Factory(trio.Event)
+    scripts: list[int] = attrs.Factory(list)
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._relay, listeners)
+
+    async def _relay(self, client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream("127.0.0.1", self.target)
+        state = {"drop": False, "held": False}
+        async with client, server, trio.open_nursery() as nursery:
+
+            async def up() -> None:
+                while chunk := await client.receive_some():
+                    if b"EVALSHA" in chunk:
+                        self.scripts.append(chunk.count(b"EVALSHA"))
+                        if self.cut > 0:
+                            self.cut -= 1
+                            state["drop"] = True
+                        state["held"] = self.hold
+                    await server.send_all(chunk)
+                nursery.cancel_scope.cancel()
+
+            async def down() -> None:
+                while chunk := await server.receive_some():
+                    if state["drop"]:
+                        nursery.cancel_scope.cancel()  # ran on the server, answer lost
+                        return
+                    if state["held"]:
+                        await self.released.wait()
+                        state["held"] = False
+                    await client.send_all(chunk)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(up)
+            nursery.start_soon(down)
+
+
+def _prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}:"
+
+
+@asynccontextmanager
+async def relayed(server: RedisServer) -> AsyncIterator[tuple[Relay, RedisConversationStorage]]:
+    """A storage that reaches ``server`` through a relay, and the relay."""
+    relay = Relay(server.port)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(relay.serve)
+        url = f"redis://127.0.0.1:{relay.port}/0"
+        async with RedisConversationStorage(url, prefix=_prefix()) as storage:
+            yield relay, storage
+        nursery.cancel_scope.cancel()
+
+
+async def test_appends_made_during_a_round_trip_go_in_the_next_one(
+    redis_server: RedisServer,
+) -> None:
+    async with relayed(redis_server) as (relay, storage):
+        relay.hold = True
+        done: list[int] = []
+
+        async def append(cid: str) -> None:
+            done.append(await storage.append(cid, said(cid), expected_version=0))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(append, "first")
+            await trio.testing.wait_all_tasks_blocked()
+            assert relay.scripts == [1]  # sent at once, its answer held
+            for i in range(10):
+                nursery.start_soon(append, f"next-{i}")
+            await trio.testing.wait_all_tasks_blocked()
+            assert relay.scripts == [1]  # the others wait for that round trip
+            relay.hold = False
+            relay.released.set()
+        assert relay.scripts == [1, 10]  # ... and go together in the next one
+        assert done == [1] * 11
+
+
+async def test_an_answer_lost_with_the_connection_is_retried_without_writing_twice(
+    redis_server: RedisServer,
+) -> None:
+    async with relayed(redis_server) as (relay, storage):
+        relay.cut = 1
+        assert await storage.append("c", said("hello"), expected_version=0) == 1
+        assert relay.scripts == [1, 1]  # sent, cut after it ran; sent again
+        assert await storage.append("c", said("again"), expected_version=1) == 2
+        stored = await storage.load("c")
+        assert stored is not None
+        assert texts(stored.snapshot) == ["hello", "again"]
+
+
+async def test_a_write_after_an_unsure_one_goes_on_from_the_committed_version(
+    redis_server: RedisServer,
+) -> None:
+    """Both attempts of an append lose their answer: the writer reports the error, and its
+    next write finds its own append at the head instead of a conflict."""
+    async with relayed(redis_server) as (relay, storage):
+        writer = ConversationWriter(storage, "w", "host:1:session")
+        context = OpenAILLMContext([{"role": "system", "content": "be brief"}])
+        assert await writer.open(context) is None
+        assert writer.version == 1
+        relay.cut = 2
+        context.add_message(user("lost answer"))
+        error = await writer.write(said("lost answer"), context)
+        assert isinstance(error, StorageUnavailableError)
+        context.add_message(user("next"))
+        assert await writer.write(said("next"), context) is None
+        assert writer.stopped is None
+        await writer.close(())
+        stored = await storage.load("w")
+        assert stored is not None
+        assert texts(stored.snapshot) == ["be brief", "lost answer", "next"]
+        assert stored.version == 3
+
+
+# --------------------------------------------------------------------------- lease keeper
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+async def test_one_task_renews_the_leases_of_every_session(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Any
+) -> None:
+    if kind == "sqlite":
+        storage: Any = SQLiteConversationStorage(tmp_path / "c.db")
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        storage = RedisConversationStorage(server.url, prefix=_prefix())
+    async with storage:
+        leases = [await storage.acquire_lease(f"c{i}", f"owner-{i}", 1.0) for i in range(40)]
+        lost: list[LeaseLostError] = []
+        reported = trio.Event()
+
+        def on_lost(error: LeaseLostError) -> None:
+            lost.append(error)
+            reported.set()
+
+        before = set(running_tasks())
+        kept = [storage.lease_keeper.keep(lease, on_lost) for lease in leases]
+        assert set(running_tasks()) == before  # no task per lease
+        await trio.sleep(2.5)  # several ttls
+        for lease in leases:
+            with pytest.raises(LeaseHeldError):
+                await storage.acquire_lease(lease.conversation_id, "intruder", 1)
+        assert lost == []
+        # Taken away behind its back: reported once, and no longer renewed.
+        await storage.release_lease(leases[0])
+        other = await storage.acquire_lease("c0", "someone-else", 30)
+        with trio.fail_after(5):
+            await reported.wait()
+        assert len(lost) == 1
+        assert lost[0].token == leases[0].token
+        assert not kept[0].kept
+        for each in kept[1:]:
+            each.stop()
+        await trio.sleep(1.2)
+        await storage.acquire_lease("c1", "intruder", 1)  # stopped: left to expire
+        assert len(lost) == 1
+        await storage.release_lease(other)
+        # An owner that is gone without stopping its lease: the lease is left to expire.
+        owner = OpenAILLMContext()
+        orphan = await storage.acquire_lease("c2", "orphan", 1.0)
+        storage.lease_keeper.keep(orphan, on_lost, owner=owner)
+        del owner
+        gc.collect()
+        await trio.sleep(1.2)
+        await storage.acquire_lease("c2", "intruder", 1)
+
+
+async def test_appends_go_on_after_the_server_forgot_the_script(
+    redis_server: RedisServer,
+) -> None:
+    async with RedisConversationStorage(redis_server.url, prefix=_prefix()) as storage:
+        assert await storage.append("c", said("before"), expected_version=0) == 1
+        async with coredis.Redis.from_url(redis_server.url) as client:
+            await client.script_flush()
+        assert await storage.append("c", said("after"), expected_version=1) == 2
+        stored = await storage.load("c")
+        assert stored is not None
+        assert texts(stored.snapshot) == ["before", "after"]
+
+
+async def test_a_writer_dropped_without_closing_lets_its_lease_expire(tmp_path: Any) -> None:
+    async with SQLiteConversationStorage(tmp_path / "c.db") as storage:
+        writer = ConversationWriter(storage, "d", "host:1:session", lease_ttl=1.0)
+        assert await writer.open(OpenAILLMContext([user("hi")])) is None
+        assert writer.keep_in_background(lambda error: None)
+        await trio.sleep(1.2)  # renewed past its ttl
+        with pytest.raises(LeaseHeldError):
+            await storage.acquire_lease("d", "next", 1)
+        del writer
+        gc.collect()
+        await trio.sleep(1.2)
+        await storage.acquire_lease("d", "next", 1)
