@@ -15,7 +15,8 @@ adds its tool executor and metrics collector.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -39,10 +40,13 @@ from ._frames import (
     VisionImageRawFrame,
 )
 from ._params import metrics_settings
+from ._planner import harder_start
+from ._window import TokenCounter
 from .client import (
     ChatClientError,
     ChatCompletionsClient,
     ChatRequest,
+    ContextLengthExceededError,
     ErrorCategory,
     GenerationParams,
 )
@@ -54,6 +58,9 @@ __all__ = ["OpenAILLMStreamer", "check_model", "check_params", "check_system_ins
 
 #: How long the closing frames of an interrupted inference may wait for room downstream.
 _CLOSING_PUSH_SECS = 2.0
+
+#: Estimates the messages of a request the server refused as too long.
+_ESTIMATE = TokenCounter()
 
 
 def check_model(model: object) -> str:
@@ -246,20 +253,7 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
         ttfb_sent = False
         await self.push_frame(LLMFullResponseStartFrame())
         try:
-            # The snapshot's own messages and tools, not get_messages()'s deep copies: the
-            # request is serialised at once (in ``stream``, before any checkpoint) and never
-            # changes them, so copying the whole conversation per inference bought nothing.
-            messages = context.messages
-            if self._system_instruction is not None:
-                messages = ({"role": "system", "content": self._system_instruction}, *messages)
-            request = ChatRequest(
-                model=self._model,
-                messages=messages,
-                tools=context.tools or None,
-                tool_choice=context.tool_choice,
-                params=self._params,
-            )
-            async with self._client.stream(request) as stream:
+            async with self._open_stream(context) as stream:
                 with self.on_interruption(stream.abort):
                     # On interruption the socket is shut down inside interrupt() itself: the
                     # server stops generating without waiting for this task to unwind.
@@ -309,6 +303,50 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
                     # The calls are in the conversation now: each must settle (run, or be
                     # cancelled at once by the turn scope if the turn is already over).
                     self._run_function_calls(calls, context, turn if turn is not None else 0)
+
+    def _request(self, context: ContextSnapshot) -> ChatRequest:
+        # The snapshot's own messages and tools, not get_messages()'s deep copies: the
+        # request is serialised at once (in ``stream``, before any checkpoint) and never
+        # changes them, so copying the whole conversation per inference bought nothing.
+        messages = context.request_messages()
+        if self._system_instruction is not None:
+            messages = ({"role": "system", "content": self._system_instruction}, *messages)
+        return ChatRequest(
+            model=self._model,
+            messages=messages,
+            tools=context.tools or None,
+            tool_choice=context.tool_choice,
+            params=self._params,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _open_stream(self, context: ContextSnapshot) -> AsyncIterator[ChatStream]:
+        """The stream of ``context``'s request. With a context window, a request the server
+        refuses as too long is trimmed harder and sent once more (see ``ContextWindow``)."""
+        retried = False
+        while True:
+            opened = False
+            try:
+                async with self._client.stream(self._request(context)) as stream:
+                    opened = True
+                    yield stream
+                return
+            except ContextLengthExceededError as exc:
+                start = context.window_start
+                if opened or retried or start is None:
+                    raise
+                harder = harder_start(context.messages, start, _ESTIMATE.estimate_message)
+                if harder is None:
+                    raise
+                retried = True
+                self.log.warning(
+                    "context window: the server refused the request as too long; "
+                    "trimming harder and retrying once",
+                    error=str(exc),
+                    start=start,
+                    new_start=harder,
+                )
+                context = context.with_window(harder, context.summary)
 
     def _ttfb(self, stream: ChatStream | None) -> list[MetricsData]:
         """The TTFB of ``stream`` as metrics data, if it has one to report."""
