@@ -163,9 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_context_window,
         default="auto",
         metavar="TOKENS|auto|off",
-        help="the most tokens a request holds: older turns are left out of the requests (the "
-        "conversation keeps them). auto (the default): the server's context per conversation "
-        "(llama-server's /props; 2048 on the local model), else off",
+        help="the most tokens a request holds: the oldest turns are left out of the requests "
+        "(the conversation keeps them). auto (the default): on the local model, its context "
+        "per conversation (2048 tokens); with --base-url, off",
     )
     chat.add_argument(
         "--summarize",

@@ -316,18 +316,15 @@ async def server_context_size(base_url: str | None, api_key: str | None) -> int 
 async def context_window_for(
     options: ChatOptions, base_url: str | None, api_key: str | None, *, local: bool
 ) -> ContextWindow | None:
-    """The chat's context window: ``--context-window`` (``auto``: the server's context per
-    conversation, the local model's 2,048 tokens when it does not say, else none), with the
-    answer's ``--max-tokens`` reserved when given."""
+    """The chat's context window: ``--context-window`` (``auto``: on the local model, the
+    context per conversation its llama-server reports, else 2,048 tokens; with a server of
+    your own, none: its context size is not known), with the answer's ``--max-tokens``
+    reserved when given."""
     setting = options.context_window
-    if setting == "off":
+    if setting == "off" or (setting == "auto" and not local):
         return None
     if setting == "auto":
-        tokens = await server_context_size(base_url, api_key)
-        if tokens is None:
-            if not local:
-                return None
-            tokens = LOCAL_CONTEXT_TOKENS
+        tokens = await server_context_size(base_url, api_key) or LOCAL_CONTEXT_TOKENS
     else:
         tokens = int(setting)
     reserve = None
