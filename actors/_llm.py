@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -319,10 +320,15 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
             params=self._params,
         )
 
-    @contextlib.asynccontextmanager
-    async def _open_stream(self, context: ContextSnapshot) -> AsyncIterator[ChatStream]:
+    def _open_stream(self, context: ContextSnapshot) -> AbstractAsyncContextManager[ChatStream]:
         """The stream of ``context``'s request. With a context window, a request the server
         refuses as too long is trimmed harder and sent once more (see ``ContextWindow``)."""
+        if context.window_start is None:
+            return self._client.stream(self._request(context))
+        return self._windowed_stream(context)
+
+    @contextlib.asynccontextmanager
+    async def _windowed_stream(self, context: ContextSnapshot) -> AsyncIterator[ChatStream]:
         retried = False
         while True:
             opened = False

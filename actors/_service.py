@@ -449,7 +449,14 @@ class OpenAILLMService(OpenAILLMStreamer):
                 {"role": "system", "content": SUMMARY_INSTRUCTION},
                 {"role": "user", "content": _transcript(messages, previous, max_chars)},
             ),
-            params=self.params.with_updates({"max_tokens": max_tokens}),
+            params=self.params.with_updates(
+                {
+                    "max_tokens": max_tokens,
+                    "max_completion_tokens": None
+                    if self.params.max_completion_tokens is None
+                    else max_tokens,
+                }
+            ),
         )
         result = await self._client.complete(request)
         return result.text or ""

@@ -317,14 +317,19 @@ class ContextStore(Actor[ContextStoreRequest]):
         self._batches: dict[str, _Batch] = {}
         self._batch_of: dict[str, _Batch] = {}
         #: The window of the requests (``None``: off).
-        self.window: WindowKeeper | None = None
+        self._window: WindowKeeper | None = None
         if window is not None:
-            self.window = WindowKeeper(
+            self._window = WindowKeeper(
                 window,
                 counter if counter is not None else TokenCounter(),
                 summarizer,
                 system_instruction,
             )
+
+    @property
+    def context_window(self) -> ContextWindow | None:
+        """The context window of the requests (``None``: they hold the whole conversation)."""
+        return None if self._window is None else self._window.window
 
     def snapshot(self) -> ContextSnapshot:
         """A snapshot of the conversation (safe to call from outside the session, too)."""
@@ -388,8 +393,8 @@ class ContextStore(Actor[ContextStoreRequest]):
             ctx.set_messages(frame.messages)
             self._batches.clear()
             self._batch_of.clear()
-            if self.window is not None:
-                self.window.reset()
+            if self._window is not None:
+                self._window.reset()
             change = ReplaceMessages(frame.messages)
         elif isinstance(frame, SetToolsRequest):
             ctx.set_tools(frame.tools)
@@ -418,7 +423,7 @@ class ContextStore(Actor[ContextStoreRequest]):
         if change is not None and self.writer is not None:
             await self._persist([change])
         snapshot = ctx.snapshot()
-        window = self.window
+        window = self._window
         if window is None:
             return snapshot
         await window.plan(snapshot.messages, snapshot.tools, self.log)
@@ -505,7 +510,7 @@ class ContextStore(Actor[ContextStoreRequest]):
             return
         if not llm.is_alive():
             return
-        window = self.window
+        window = self._window
         if window is not None:
             current = self.context.snapshot()
             await window.plan(current.messages, current.tools, self.log)

@@ -130,6 +130,7 @@ class TestDrop:
             ) as conv,
         ):
             await _turns(conv, 24, calls_every=5)
+            assert conv.pair.store.context_window == window
             requests = _chat_requests(server)
             snapshot = conv.pair.store.snapshot()
             messages = conv.messages()
@@ -211,7 +212,7 @@ class TestDrop:
         ):
             await _turns(conv, 10)
             assert conv.llm.context_window is None
-            assert conv.pair.store.window is None
+            assert conv.pair.store.context_window is None
         assert all(_is_chat(r) for r in server.requests), "no /tokenize probe"
         assert len(_chat_requests(server)[-1]["messages"]) == 20
 
