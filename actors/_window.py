@@ -64,7 +64,8 @@ class ContextWindow:
         reserve: Tokens kept free for the answer (default: a quarter of ``max_tokens``).
         summary_max_tokens: The longest summary asked for (``"summarize"``).
         summary_timeout: Seconds the summary request may take; past them (or on an error)
-            the turns are dropped without a new summary.
+            the turns are dropped without a new summary. The store makes it while it answers
+            the aggregators, whose requests wait at most 30 s: keep it well below.
 
     Raises:
         ValueError: a value out of range, or an unknown strategy.
@@ -75,7 +76,7 @@ class ContextWindow:
     target: float = 0.7
     reserve: int | None = None
     summary_max_tokens: int = attrs.field(default=256, validator=_positive_int)
-    summary_timeout: float = 60.0
+    summary_timeout: float = 20.0
 
     def __attrs_post_init__(self) -> None:
         if self.strategy not in _STRATEGIES:

@@ -77,7 +77,7 @@ _DRAIN_GRACE = 0.1
 _CLOSE_GRACE = 2.0
 _MAX_FINISH_PULLS = 1024
 _ERROR_BODY_TIMEOUT = 10.0
-_TOKENIZE_SECS = 30.0
+_TOKENIZE_SECS = 10.0
 _NO_SCOPE = contextlib.nullcontext()
 
 # httpx logs every request's URL (``HTTP Request: POST <url> ...``, level INFO), credentials and
@@ -440,7 +440,7 @@ class ChatCompletionsClient:
             APIStatusError: The server answered with an error status (``NotFoundError``: it
                 has no tokenizer endpoint).
             APIConnectionError: The connection failed.
-            ConnectTimeoutError: No answer within 30 s.
+            ConnectTimeoutError: No answer within 10 s.
             ChatClientError: The answer is not ``{"tokens": [...]}``.
             RuntimeError: The client is closed.
         """
