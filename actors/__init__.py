@@ -3,7 +3,8 @@
 The OpenAI LLM service (the LLM streamer actor) with its tool executor and metrics collector,
 the ``PipelineParams`` carrying their metrics switches,
 the conversation (``OpenAILLMContext``) owned by the context store actor with its user and
-assistant aggregators, tool schemas, Pipecat 1.x's names for them (``LLMContext``,
+assistant aggregators and the window of its requests (``ContextWindow``, ``TokenCounter``),
+tool schemas, Pipecat 1.x's names for them (``LLMContext``,
 ``LLMContextFrame``, ``LLMContextAggregatorPair``, ``LLMSettings``; see
 ``docs/pipecat.md``), the conversation frames (text, transcriptions, the user's
 turns, the LLM's frames and metrics), the error categories and a text transport. The
@@ -85,6 +86,8 @@ from ._transport import OutputTransport as OutputTransport
 from ._transport import TextInputTransport as TextInputTransport
 from ._transport import TextOutputTransport as TextOutputTransport
 from ._transport import TextTransport as TextTransport
+from ._window import ContextWindow as ContextWindow
+from ._window import TokenCounter as TokenCounter
 from .client import ErrorCategory as ErrorCategory
 from .client.redaction import PROCESS_REDACTOR as _PROCESS_REDACTOR
 
@@ -97,6 +100,7 @@ __all__ = [
     "ContextStore",
     "ContextStoreRequest",
     "ContextUpdatedRequest",
+    "ContextWindow",
     "ErrorCategory",
     "FunctionCallCancelFrame",
     "FunctionCallFromLLM",
@@ -153,6 +157,7 @@ __all__ = [
     "TextOutputTransport",
     "TextTransport",
     "TimingStats",
+    "TokenCounter",
     "ToolExecutor",
     "ToolsSchema",
     "TranscriptionFrame",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._advertised import AdvertisedHandler, lookup_handler
+from ._planner import PROTECTED_ROLES, request_messages
 from ._schemas import ToolsSchema, prepare_tools
 
 if TYPE_CHECKING:
@@ -151,6 +152,12 @@ class ContextSnapshot:
     ``handlers`` names the handlers that came with the tools (``FunctionSchema(handler=...)``,
     plain functions) as ``(function name, token)`` pairs: the snapshot carries no callable.
     The tool executor runs a call with :meth:`handler_for`. It plays no part in equality.
+
+    With a context window (:class:`~actors.ContextWindow`), ``messages`` is still the whole
+    conversation; the request sent to the model is :meth:`request_messages`: from
+    ``window_start`` on, after the ``system``/``developer`` messages before it and the
+    ``summary`` of what it leaves out (:attr:`omitted`). ``window_start`` is ``None`` when
+    no window applies.
     """
 
     messages: tuple[dict[str, Any], ...]
@@ -158,6 +165,30 @@ class ContextSnapshot:
     tool_choice: Any = None
     interrupted: frozenset[int] = frozenset()
     handlers: tuple[tuple[str, str], ...] = attrs.field(default=(), eq=False, repr=False)
+    window_start: int | None = None
+    summary: str | None = None
+
+    def request_messages(self) -> tuple[dict[str, Any], ...]:
+        """The messages of the request to the model: all of them without a window, else the
+        window's (see the class documentation). Shared, not copied: do not change them."""
+        if not self.window_start and self.summary is None:
+            return self.messages
+        return request_messages(self.messages, self.window_start or 0, self.summary)
+
+    @property
+    def omitted(self) -> tuple[int, ...]:
+        """Indices of the messages the request leaves out (the oldest turns)."""
+        if not self.window_start:
+            return ()
+        return tuple(
+            i
+            for i in range(self.window_start)
+            if self.messages[i].get("role") not in PROTECTED_ROLES
+        )
+
+    def with_window(self, start: int | None, summary: str | None) -> ContextSnapshot:
+        """This snapshot with another window (``start`` ``None``: no window)."""
+        return attrs.evolve(self, window_start=start, summary=summary)
 
     def handler_for(self, function_name: str) -> FunctionRegistration | None:
         """The handler that came with the tool ``function_name``, while something in this

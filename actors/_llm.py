@@ -15,7 +15,9 @@ adds its tool executor and metrics collector.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -38,12 +40,15 @@ from ._frames import (
     TTFBMetricsData,
     VisionImageRawFrame,
 )
-from ._observe import end_turn_trace, watch_inference
+from ._observe import InferenceWatch, end_turn_trace, watch_inference
 from ._params import metrics_settings
+from ._planner import harder_start
+from ._window import TokenCounter
 from .client import (
     ChatClientError,
     ChatCompletionsClient,
     ChatRequest,
+    ContextLengthExceededError,
     ErrorCategory,
     GenerationParams,
 )
@@ -55,6 +60,9 @@ __all__ = ["OpenAILLMStreamer", "check_model", "check_params", "check_system_ins
 
 #: How long the closing frames of an interrupted inference may wait for room downstream.
 _CLOSING_PUSH_SECS = 2.0
+
+#: Estimates the messages of a request the server refused as too long.
+_ESTIMATE = TokenCounter()
 
 
 def check_model(model: object) -> str:
@@ -245,26 +253,18 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
         stream: ChatStream | None = None
         calls: list[FunctionCallFromLLM] = []
         interrupted = failed = announced = False
-        watch = None
+        watch: InferenceWatch | None = None
         error: ChatClientError | None = None
         ttfb_sent = False
+
+        def sent(request: ChatRequest) -> None:
+            nonlocal watch
+            if watch is None:  # a retried request is told once, as the first one
+                watch = watch_inference(self, request, turn)
+
         await self.push_frame(LLMFullResponseStartFrame())
         try:
-            # The snapshot's own messages and tools, not get_messages()'s deep copies: the
-            # request is serialised at once (in ``stream``, before any checkpoint) and never
-            # changes them, so copying the whole conversation per inference bought nothing.
-            messages = context.messages
-            if self._system_instruction is not None:
-                messages = ({"role": "system", "content": self._system_instruction}, *messages)
-            request = ChatRequest(
-                model=self._model,
-                messages=messages,
-                tools=context.tools or None,
-                tool_choice=context.tool_choice,
-                params=self._params,
-            )
-            watch = watch_inference(self, request, turn)
-            async with self._client.stream(request) as stream:
+            async with self._open_stream(context, sent) as stream:
                 with self.on_interruption(stream.abort):
                     # On interruption the socket is shut down inside interrupt() itself: the
                     # server stops generating without waiting for this task to unwind.
@@ -273,7 +273,8 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
                         if not ttfb_sent and stream.first_token_at is not None:
                             # After the first text goes out: the measurement must not delay it.
                             ttfb_sent = True
-                            watch.first_token(stream)
+                            if watch is not None:
+                                watch.first_token(stream)
                             await self._emit(self._ttfb(stream))
             result = stream.result()
             calls = _function_calls(result)
@@ -318,6 +319,64 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
                     # The calls are in the conversation now: each must settle (run, or be
                     # cancelled at once by the turn scope if the turn is already over).
                     self._run_function_calls(calls, context, turn if turn is not None else 0)
+
+    def _request(self, context: ContextSnapshot) -> ChatRequest:
+        # The snapshot's own messages and tools, not get_messages()'s deep copies: the
+        # request is serialised at once (in ``stream``, before any checkpoint) and never
+        # changes them, so copying the whole conversation per inference bought nothing.
+        messages = context.request_messages()
+        if self._system_instruction is not None:
+            messages = ({"role": "system", "content": self._system_instruction}, *messages)
+        return ChatRequest(
+            model=self._model,
+            messages=messages,
+            tools=context.tools or None,
+            tool_choice=context.tool_choice,
+            params=self._params,
+        )
+
+    def _open_stream(
+        self, context: ContextSnapshot, sent: Callable[[ChatRequest], None]
+    ) -> AbstractAsyncContextManager[ChatStream]:
+        """The stream of ``context``'s request (``sent`` is told each request that goes out).
+        With a context window, a request the server refuses as too long is trimmed harder and
+        sent once more (see ``ContextWindow``)."""
+        if context.window_start is None:
+            request = self._request(context)
+            sent(request)
+            return self._client.stream(request)
+        return self._windowed_stream(context, sent)
+
+    @contextlib.asynccontextmanager
+    async def _windowed_stream(
+        self, context: ContextSnapshot, sent: Callable[[ChatRequest], None]
+    ) -> AsyncIterator[ChatStream]:
+        retried = False
+        while True:
+            opened = False
+            request = self._request(context)
+            sent(request)
+            try:
+                async with self._client.stream(request) as stream:
+                    opened = True
+                    yield stream
+                return
+            except ContextLengthExceededError as exc:
+                start = context.window_start
+                if opened or retried or start is None:
+                    raise
+                harder = harder_start(context.messages, start, _ESTIMATE.estimate_message)
+                if harder is None:
+                    raise
+                retried = True
+                self.log.warning(
+                    "context window: the server refused the request as too long; "
+                    "trimming harder and retrying once",
+                    error=str(exc),
+                    start=start,
+                    new_start=harder,
+                )
+                context = context.with_window(harder, context.summary)
 
     def _ttfb(self, stream: ChatStream | None) -> list[MetricsData]:
         """The TTFB of ``stream`` as metrics data, if it has one to report."""

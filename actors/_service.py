@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 import httpx
@@ -39,9 +40,11 @@ from ._settings import LLMSettings
 from ._storage import DEFAULT_LEASE_TTL
 from ._store import ContextStore
 from ._tools import RunFunctionCallsRequest, ToolExecutor
+from ._window import ContextWindow, TokenCounter, message_text
 from .client import (
     DEFAULT_MAX_EVENT_BYTES,
     ChatCompletionsClient,
+    ChatRequest,
     GenerationParams,
     RetryPolicy,
     Timeouts,
@@ -124,6 +127,32 @@ def _timeouts_and_retry(
     return timeouts, retry
 
 
+#: What the summary request asks the model to do (the ``"summarize"`` strategy).
+SUMMARY_INSTRUCTION = (
+    "You summarise conversations. Write a short summary of the conversation below: the "
+    "facts, names, numbers, decisions and open questions a reader needs to continue it. "
+    "Write plain sentences, no preamble."
+)
+
+
+def _transcript(messages: Sequence[Mapping[str, Any]], previous: str | None, max_chars: int) -> str:
+    """The left-out messages as text for the summary request (the most recent part when
+    they are longer than ``max_chars``), after the previous summary."""
+    lines = []
+    for message in messages:
+        text, images = message_text(message)
+        if images:
+            text = (text + f" [{images} image(s)]").strip()
+        if text:
+            lines.append(f"{message.get('role')}: {text}")
+    body = "\n".join(lines)
+    if len(body) > max_chars:
+        body = "..." + body[-max_chars:]
+    if previous:
+        return f"Summary so far: {previous}\n\nThen:\n{body}"
+    return body
+
+
 def _default_http_client() -> httpx.AsyncClient:
     """The pool of a service that was given no ``http_client``: the chat client's own default
     (same limits, no redirects), but with one TLS context shared by the whole process.
@@ -177,6 +206,11 @@ class OpenAILLMService(OpenAILLMStreamer):
             8 MiB); past it the turn fails with ``EventTooLargeError`` instead of the stream
             holding an endless line in memory.
         http_client: An ``httpx.AsyncClient`` to share (not closed by the service).
+        context_window: How many tokens a request may hold (off by default: every request
+            holds the whole conversation). The stores of ``create_context_aggregator`` then
+            leave the oldest whole turns out of the requests, or summarise them, while the
+            conversation keeps them; tokens are counted with the server's ``/tokenize``
+            when it has one (see ``docs/long-conversations.md``).
         name: Actor name (also the prefix of its companions' names).
         **pipecat_options: Pipecat 1.x options with no trouper switch, accepted with the value
             that is trouper's behaviour: ``run_in_parallel=True``,
@@ -217,10 +251,15 @@ class OpenAILLMService(OpenAILLMStreamer):
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         http_client: httpx.AsyncClient | None = None,
+        context_window: ContextWindow | None = None,
         name: str | None = None,
         **pipecat_options: object,
     ) -> None:
         _check_pipecat_options(pipecat_options)
+        if context_window is not None and not isinstance(context_window, ContextWindow):
+            raise TypeError(
+                f"context_window must be a ContextWindow, got {type(context_window).__name__}"
+            )
         check_model(model)
         params = check_params(params)
         system_instruction: str | None = None
@@ -261,12 +300,23 @@ class OpenAILLMService(OpenAILLMStreamer):
         )
         self._calls_run_by = self.executor.name
         self.metrics = MetricsCollector(name=f"{self.name}:metrics")
+        self._context_window = context_window
+        #: Counts the tokens of the conversations' requests (shared by this service's stores).
+        self._token_counter: TokenCounter | None = (
+            None if context_window is None else TokenCounter(client.tokenize)
+        )
         # Both run beside the service, started and stopped with it; the executor's frames
         # leave through the service's own links.
         self.add_companion(self.executor)
         self.add_companion(self.metrics)
 
     # ----------------------------------------------------------------- configuration
+
+    @property
+    def context_window(self) -> ContextWindow | None:
+        """The context window of the requests of this service's conversations (``None``:
+        off)."""
+        return self._context_window
 
     def register_function(
         self,
@@ -375,6 +425,10 @@ class OpenAILLMService(OpenAILLMStreamer):
             storage=storage,
             conversation_id=conversation_id,
             lease_ttl=lease_ttl,
+            window=self._context_window,
+            counter=self._token_counter,
+            summarizer=self._summarize,
+            system_instruction=self.system_instruction,
         )
         suffix = self.name.rsplit("#", 1)[-1] if "#" in self.name else self.name
         return OpenAIContextAggregatorPair(
@@ -382,6 +436,31 @@ class OpenAILLMService(OpenAILLMStreamer):
             LLMAssistantContextAggregator(store, name=f"AssistantAggregator#{suffix}"),
             store,
         )
+
+    async def _summarize(
+        self, messages: Sequence[Mapping[str, Any]], previous: str | None, max_tokens: int
+    ) -> str:
+        """The summary of ``messages`` (after the ``previous`` one), made by this service's
+        model with one request."""
+        window = self._context_window
+        max_chars = 6000 if window is None else max(1000, window.budget * 2)
+        request = ChatRequest(
+            model=self.model,
+            messages=(
+                {"role": "system", "content": SUMMARY_INSTRUCTION},
+                {"role": "user", "content": _transcript(messages, previous, max_chars)},
+            ),
+            params=self.params.with_updates(
+                {
+                    "max_tokens": max_tokens,
+                    "max_completion_tokens": None
+                    if self.params.max_completion_tokens is None
+                    else max_tokens,
+                }
+            ),
+        )
+        result = await self._client.complete(request)
+        return result.text or ""
 
     # ----------------------------------------------------------------- companions
 

@@ -36,6 +36,7 @@ from ._frames import (
 )
 from ._storage import DEFAULT_LEASE_TTL, ConversationWriter, check_storage, session_owner
 from ._tools import ContextUpdatedRequest
+from ._window import ContextWindow, Summarizer, TokenCounter, WindowKeeper
 from .storage import (
     AppendMessages,
     Change,
@@ -238,10 +239,19 @@ class ContextStore(Actor[ContextStoreRequest]):
             it): how long a crashed process keeps the conversation from others.
         owner: The lease owner (default: host, process, store name and a random part;
             must be unique per session).
+        window: The context window of the requests (``None``: every request holds the
+            whole conversation). With one, every snapshot the store answers with says where
+            the request begins (``ContextSnapshot.window_start``, ``.summary``; see
+            ``docs/long-conversations.md``); the conversation keeps every message.
+        counter: Counts the tokens (default: an estimating :class:`~actors.TokenCounter`).
+        summarizer: Makes the summaries of the ``"summarize"`` strategy (the LLM service
+            gives its own; without one, turns are dropped).
+        system_instruction: The instruction the LLM sends before the conversation, counted
+            in the window.
 
     Raises:
         TypeError: ``context`` is not an ``OpenAILLMContext``, ``llm``/``tools`` not a name,
-            or ``storage`` not a ``ConversationStorage``.
+            ``storage`` not a ``ConversationStorage`` or ``window`` not a ``ContextWindow``.
         ValueError: ``storage`` without a ``conversation_id`` (or the reverse), or a bad
             ``lease_ttl``.
     """
@@ -259,8 +269,14 @@ class ContextStore(Actor[ContextStoreRequest]):
         conversation_id: str | None = None,
         lease_ttl: float = DEFAULT_LEASE_TTL,
         owner: str | None = None,
+        window: ContextWindow | None = None,
+        counter: TokenCounter | None = None,
+        summarizer: Summarizer | None = None,
+        system_instruction: str | None = None,
     ) -> None:
         super().__init__(name=name)
+        if window is not None and not isinstance(window, ContextWindow):
+            raise TypeError(f"window must be a ContextWindow, got {type(window).__name__}")
         if not isinstance(context, OpenAILLMContext):
             raise TypeError(f"ContextStore needs an OpenAILLMContext, got {type(context).__name__}")
         for role, address in (("llm", llm), ("tools", tools)):
@@ -301,6 +317,20 @@ class ContextStore(Actor[ContextStoreRequest]):
         self._lease_scope: trio.CancelScope | None = None
         self._batches: dict[str, _Batch] = {}
         self._batch_of: dict[str, _Batch] = {}
+        #: The window of the requests (``None``: off).
+        self._window: WindowKeeper | None = None
+        if window is not None:
+            self._window = WindowKeeper(
+                window,
+                counter if counter is not None else TokenCounter(),
+                summarizer,
+                system_instruction,
+            )
+
+    @property
+    def context_window(self) -> ContextWindow | None:
+        """The context window of the requests (``None``: they hold the whole conversation)."""
+        return None if self._window is None else self._window.window
 
     def snapshot(self) -> ContextSnapshot:
         """A snapshot of the conversation (safe to call from outside the session, too)."""
@@ -374,6 +404,8 @@ class ContextStore(Actor[ContextStoreRequest]):
             ctx.set_messages(frame.messages)
             self._batches.clear()
             self._batch_of.clear()
+            if self._window is not None:
+                self._window.reset()
             change = ReplaceMessages(frame.messages)
         elif isinstance(frame, SetToolsRequest):
             ctx.set_tools(frame.tools)
@@ -401,7 +433,12 @@ class ContextStore(Actor[ContextStoreRequest]):
             raise TypeError(f"ContextStore cannot handle {type(frame).__name__}")
         if change is not None and self.writer is not None:
             await self._persist([change])
-        return ctx.snapshot()
+        snapshot = ctx.snapshot()
+        window = self._window
+        if window is None:
+            return snapshot
+        await window.plan(snapshot.messages, snapshot.tools, self.log)
+        return snapshot.with_window(window.start, window.summary)
 
     async def _persist(self, changes: Sequence[Change]) -> None:
         """Append ``changes``; a failure is reported, not raised (the session goes on)."""
@@ -484,6 +521,10 @@ class ContextStore(Actor[ContextStoreRequest]):
             return
         if not llm.is_alive():
             return
+        window = self._window
+        if window is not None:
+            current = self.context.snapshot()
+            await window.plan(current.messages, current.tools, self.log)
         # Decided here, after the callbacks, with no checkpoint before the tell: an
         # interruption after it drops the queued frame or cancels its inference.
         turn = self._follow_up_turn(batch)
@@ -493,7 +534,10 @@ class ContextStore(Actor[ContextStoreRequest]):
                 batch_turn=batch.turn,
             )
             return
-        llm.tell(OpenAILLMContextFrame(self.context.snapshot(), turn=turn))
+        snapshot = self.context.snapshot()
+        if window is not None:
+            snapshot = snapshot.with_window(window.start, window.summary)
+        llm.tell(OpenAILLMContextFrame(snapshot, turn=turn))
 
     def _follow_up_turn(self, batch: _Batch) -> int | None:
         """The turn the follow-up of ``batch`` runs in, or ``None`` if none may start.

@@ -81,6 +81,21 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _context_window(text: str) -> int | str:
+    value = text.strip().lower()
+    if value in ("auto", "off"):
+        return value
+    try:
+        tokens = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of tokens, 'auto' or 'off'"
+        ) from None
+    if tokens < 256:
+        raise argparse.ArgumentTypeError(f"must be at least 256 tokens, got {text}")
+    return tokens
+
+
 #: The ``--store`` option of every command that reaches the conversation store.
 _STORE: dict[str, Any] = {
     "dest": "store",
@@ -142,6 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long the conversation stays reserved for this chat if it dies without "
         f"releasing it (renewed while it runs; default {DEFAULT_LEASE_TTL:g})",
+    )
+    chat.add_argument(
+        "--context-window",
+        type=_context_window,
+        default="auto",
+        metavar="TOKENS|auto|off",
+        help="the most tokens a request holds: the oldest turns are left out of the requests "
+        "(the conversation keeps them). auto (the default): on the local model, its context "
+        "per conversation (2048 tokens); with --base-url, off",
+    )
+    chat.add_argument(
+        "--summarize",
+        action="store_true",
+        help="send a summary of the turns left out of the requests, made by the model "
+        "(one extra request each time turns are left out)",
     )
     chat.add_argument("--no-tools", action="store_true", help="offer no tools to the model")
     chat.add_argument("--list-tools", action="store_true", help="list the built-in tools and exit")
@@ -370,6 +400,8 @@ def _chat(args: argparse.Namespace) -> int:
         system=args.system or DEFAULT_SYSTEM,
         temperature=args.temperature,
         max_tokens=args.max_tokens,
+        context_window=args.context_window,
+        summarize=args.summarize,
         prompt=prompt,
         tools=not args.no_tools,
         log_json=args.log_json,

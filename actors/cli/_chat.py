@@ -52,6 +52,7 @@ from .._schemas import ToolsSchema
 from .._service import OpenAILLMService
 from .._storage import DEFAULT_LEASE_TTL
 from .._transport import TextTransport
+from .._window import ContextWindow
 from ..client import ErrorCategory, InvalidParameterError, NotFoundError
 from ..client._client import check_api_key, endpoint_url
 from ..storage import ConversationStorage, LeaseHeldError, StorageError
@@ -71,6 +72,10 @@ _ERROR_GRACE_SECS = 2.0
 
 #: The embedded 0.5B model calls tools reliably only when sampling stays near greedy.
 LOCAL_DEFAULT_TEMPERATURE = 0.2
+
+#: The local model's context per conversation: actors.local starts llama-server with 8,192
+#: tokens shared by 4 slots.
+LOCAL_CONTEXT_TOKENS = 8192 // 4
 
 DEFAULT_SYSTEM = (
     "You are a helpful assistant in a terminal chat. Answer concisely. Use the tools when "
@@ -95,6 +100,11 @@ class ChatOptions:
     conversation: str | None = None
     store: str | None = None
     lease_ttl: float = DEFAULT_LEASE_TTL
+    context_window: int | str = "auto"
+    """Tokens a request may hold, ``"auto"`` (the server's context per conversation) or
+    ``"off"``."""
+    summarize: bool = False
+    """Summarise the turns the context window leaves out."""
 
 
 def list_tools(console: Console | None = None) -> int:
@@ -278,6 +288,53 @@ async def _server_model(base_url: str | None, api_key: str | None) -> str | None
     return ids[0] if len(ids) == 1 else None
 
 
+async def server_context_size(base_url: str | None, api_key: str | None) -> int | None:
+    """The context size per conversation of a llama-server (``GET /props``:
+    ``default_generation_settings.n_ctx``, else ``n_ctx``), or ``None`` when the server does
+    not say (OpenAI has no ``/props``)."""
+    if not base_url:
+        return None
+    root = base_url.rstrip("/").removesuffix("/v1")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        async with httpx.AsyncClient(timeout=3.0, follow_redirects=False) as client:
+            response = await client.get(endpoint_url(root, "props"), headers=headers)
+        if response.status_code != 200:
+            return None
+        props = response.json()
+        settings = props.get("default_generation_settings")
+        n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
+        if n_ctx is None:
+            n_ctx = props.get("n_ctx")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx > 0:
+        return n_ctx
+    return None
+
+
+async def context_window_for(
+    options: ChatOptions, base_url: str | None, api_key: str | None, *, local: bool
+) -> ContextWindow | None:
+    """The chat's context window: ``--context-window`` (``auto``: on the local model, the
+    context per conversation its llama-server reports, else 2,048 tokens; with a server of
+    your own, none: its context size is not known), with the answer's ``--max-tokens``
+    reserved when given."""
+    setting = options.context_window
+    if setting == "off" or (setting == "auto" and not local):
+        return None
+    if setting == "auto":
+        tokens = await server_context_size(base_url, api_key) or LOCAL_CONTEXT_TOKENS
+    else:
+        tokens = int(setting)
+    reserve = None
+    if options.max_tokens is not None and options.max_tokens < tokens // 2:
+        reserve = options.max_tokens
+    return ContextWindow(
+        tokens, strategy="summarize" if options.summarize else "drop", reserve=reserve
+    )
+
+
 async def run_chat(options: ChatOptions, *, console: Console | None = None) -> int:
     """Run the chat; returns the exit code (0, or 1 when an answer failed in prompt mode)."""
     # soft_wrap: long lines are left to the terminal; never broken at 80 columns in a pipe.
@@ -328,7 +385,14 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
             ),
             max_tokens=options.max_tokens,
         )
-        llm = OpenAILLMService(model=model, base_url=base_url, api_key=api_key, params=params)
+        window = await context_window_for(options, base_url, api_key, local=not remote)
+        llm = OpenAILLMService(
+            model=model,
+            base_url=base_url,
+            api_key=api_key,
+            params=params,
+            context_window=window,
+        )
         schemas = [t.schema for t in BUILTIN_TOOLS]
         tools = ToolsSchema(standard_tools=schemas) if options.tools else None
         if options.tools:
@@ -390,7 +454,8 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
             else:
                 out.print(
                     f"[dim]trouper chat · {escape(printable(model))} on "
-                    f"{escape(printable(label))} · Ctrl-C interrupts an answer, Ctrl-D or "
+                    f"{escape(printable(label))}{_window_label(window)} · Ctrl-C interrupts an "
+                    "answer, Ctrl-D or "
                     "Ctrl-C at the prompt leaves · "
                     f"{escape('/image PATH [question]')} sends an image[/]"
                 )
@@ -400,6 +465,13 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
         if prompt_failed is not None:
             return 1 if prompt_failed or view.errors > 0 else 0
     return 0
+
+
+def _window_label(window: ContextWindow | None) -> str:
+    if window is None:
+        return ""
+    summary = ", summarized" if window.strategy == "summarize" else ""
+    return f" · context window {window.max_tokens:,} tokens{summary}"
 
 
 async def _check_conversation(storage: ConversationStorage, conversation_id: str) -> str | None:

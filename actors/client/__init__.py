@@ -54,6 +54,7 @@ from ._errors import BadRequestError as BadRequestError
 from ._errors import ChatClientError as ChatClientError
 from ._errors import ConflictError as ConflictError
 from ._errors import ConnectTimeoutError as ConnectTimeoutError
+from ._errors import ContextLengthExceededError as ContextLengthExceededError
 from ._errors import ErrorCategory as ErrorCategory
 from ._errors import EventTooLargeError as EventTooLargeError
 from ._errors import FirstTokenTimeoutError as FirstTokenTimeoutError
@@ -97,6 +98,7 @@ __all__ = [
     "CompletionTokensDetails",
     "ConflictError",
     "ConnectTimeoutError",
+    "ContextLengthExceededError",
     "ErrorCategory",
     "EventTooLargeError",
     "FirstTokenTimeoutError",

@@ -77,6 +77,7 @@ _DRAIN_GRACE = 0.1
 _CLOSE_GRACE = 2.0
 _MAX_FINISH_PULLS = 1024
 _ERROR_BODY_TIMEOUT = 10.0
+_TOKENIZE_SECS = 10.0
 _NO_SCOPE = contextlib.nullcontext()
 
 # httpx logs every request's URL (``HTTP Request: POST <url> ...``, level INFO), credentials and
@@ -210,6 +211,14 @@ def endpoint_url(base_url: str, path: str) -> str:
     return f"{root.rstrip('/')}/{path}{tail}"
 
 
+def _server_root(base_url: str) -> str:
+    """The server root of an API root: ``base_url`` without a trailing ``/v1`` (its query
+    kept), where llama-server serves ``/tokenize``, ``/props`` and ``/health``."""
+    cut = min((i for i in (base_url.find("?"), base_url.find("#")) if i >= 0), default=None)
+    root, tail = (base_url, "") if cut is None else (base_url[:cut], base_url[cut:])
+    return root.rstrip("/").removesuffix("/v1") + tail
+
+
 def _detached(error: httpx.HTTPError, redactor: Redactor) -> BaseException:
     """A copy of a transport error to chain as ``__cause__``: same type, redacted message, no
     request (its URL and headers hold the credentials), no traceback (its frames' locals do)."""
@@ -281,6 +290,7 @@ class ChatCompletionsClient:
     max_event_bytes: int
     _api_key: str | None = attrs.field(repr=False)
     _endpoint: str = attrs.field(repr=False)
+    _tokenize_endpoint: str = attrs.field(repr=False)
     _default_headers: Mapping[str, str] = attrs.field(repr=False)
     _http: httpx.AsyncClient | None = attrs.field(repr=False)
     _owns_http: bool = attrs.field(repr=False)
@@ -317,6 +327,7 @@ class ChatCompletionsClient:
             max_event_bytes=_checked_max_event_bytes(max_event_bytes),
             api_key=key or None,
             endpoint=endpoint_url(root, "chat/completions"),
+            tokenize_endpoint=endpoint_url(_server_root(root), "tokenize"),
             default_headers=headers,
             http=http_client,
             owns_http=http_client is None,
@@ -407,6 +418,73 @@ class ChatCompletionsClient:
             async for _ in stream:
                 pass
         return stream.result()
+
+    @property
+    def tokenize_url(self) -> str:
+        """The server's tokenizer endpoint, fit to show: llama.cpp's ``/tokenize`` at the
+        server root (the API root without its ``/v1``)."""
+        return endpoint_url(_server_root(self.base_url), "tokenize")
+
+    async def tokenize(self, text: str) -> list[int]:
+        """The server's tokens for ``text``: ``POST /tokenize {"content": text}`` at the server
+        root, as llama.cpp's ``llama-server`` answers it (``{"tokens": [...]}``). OpenAI has
+        no such endpoint (404). :class:`~actors.TokenCounter` counts with it.
+
+        Args:
+            text: What to tokenize.
+
+        Returns:
+            The token ids.
+
+        Raises:
+            APIStatusError: The server answered with an error status (``NotFoundError``: it
+                has no tokenizer endpoint).
+            APIConnectionError: The connection failed.
+            ConnectTimeoutError: No answer within 10 s.
+            ChatClientError: The answer is not ``{"tokens": [...]}``.
+            RuntimeError: The client is closed.
+        """
+        http = self._http_client()
+        url = self._tokenize_endpoint
+        headers = self._headers()
+        headers["Accept"] = "application/json"
+        failure: ChatClientError | None = None
+        response: httpx.Response | None = None
+        with trio.move_on_after(_TOKENIZE_SECS) as scope:
+            try:
+                response = await http.post(url, json={"content": text}, headers=headers)
+            except httpx.TransportError as exc:
+                failure = APIConnectionError(
+                    f"connection to {self.tokenize_url} failed: {type(exc).__name__}: {exc}"
+                )
+                failure.__cause__ = _detached(exc, self._redactor)
+        if scope.cancelled_caught:
+            failure = ConnectTimeoutError(
+                f"{self.tokenize_url} gave no answer in {_TOKENIZE_SECS:g} s"
+            )
+        if failure is None:
+            assert response is not None
+            if not 200 <= response.status_code < 300:
+                failure = status_error(
+                    response.status_code,
+                    response.content[:_MAX_ERROR_BODY],
+                    redactor=self._redactor,
+                    request_id=response.headers.get("x-request-id"),
+                    retry_after=None,
+                )
+            else:
+                try:
+                    tokens = response.json()["tokens"]
+                    if isinstance(tokens, list):
+                        return tokens
+                except (ValueError, KeyError, TypeError):
+                    pass
+                failure = ChatClientError(
+                    f"{self.tokenize_url} did not answer {{'tokens': [...]}}",
+                    status=response.status_code,
+                )
+        self._redactor.exception(failure)
+        raise failure
 
     async def aclose(self) -> None:
         """Close the connection pool (only if this client created it). Idempotent.

@@ -16,6 +16,7 @@ service can act on without knowing the class tree::
     │   └── TotalTimeoutError         timeout          whole call, retries included
     ├── APIStatusError                by status        HTTP error status instead of a stream
     │   ├── BadRequestError           invalid_request  400
+    │   │   └── ContextLengthExceededError  invalid_request  400: prompt too long
     │   ├── AuthenticationError       auth             401
     │   ├── PermissionDeniedError     auth             403
     │   ├── NotFoundError             invalid_request  404
@@ -67,6 +68,7 @@ __all__ = [
     "ChatClientError",
     "ConflictError",
     "ConnectTimeoutError",
+    "ContextLengthExceededError",
     "ErrorCategory",
     "EventTooLargeError",
     "FirstTokenTimeoutError",
@@ -244,6 +246,19 @@ class BadRequestError(APIStatusError):
     default_category: ClassVar[ErrorCategory] = ErrorCategory.INVALID_REQUEST
 
 
+class ContextLengthExceededError(BadRequestError):
+    """HTTP 400 because the prompt does not fit the model's context window.
+
+    Recognised from OpenAI's error code ``context_length_exceeded``, llama-server's error type
+    ``exceed_context_size_error`` (or its message "...exceeds the available context size...")
+    and vLLM's "maximum context length" message. The context window of the conversation
+    stages (:class:`~actors.ContextWindow`) trims the request harder and retries it once on
+    this error.
+    """
+
+    default_category: ClassVar[ErrorCategory] = ErrorCategory.INVALID_REQUEST
+
+
 class AuthenticationError(APIStatusError):
     """HTTP 401: the API key is missing, wrong or revoked."""
 
@@ -367,6 +382,30 @@ _TYPE_CATEGORIES: dict[str, ErrorCategory] = {
 }
 
 
+_CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error"})
+_CONTEXT_PHRASES = (
+    "exceeds the available context size",  # llama-server
+    "maximum context length",  # OpenAI, vLLM
+    "context_length_exceeded",
+)
+
+
+def is_context_length_error(
+    message: str | None, error_type: str | None, code: str | int | None
+) -> bool:
+    """Whether an HTTP 400's error says the prompt is longer than the model's context.
+
+    Args:
+        message: The error message.
+        error_type: The error ``type``.
+        code: The error ``code``.
+    """
+    if code in _CONTEXT_CODES or error_type in _CONTEXT_CODES:
+        return True
+    lowered = (message or "").lower()
+    return any(phrase in lowered for phrase in _CONTEXT_PHRASES)
+
+
 def category_for_status(status: int) -> ErrorCategory:
     """The category of an HTTP error status.
 
@@ -463,7 +502,10 @@ def status_error(
     except ValueError:
         reason = "HTTP error"
     summary = f"HTTP {status} {reason}" + (f": {message}" if message else "")
-    if status in _STATUS_CLASSES:
+    cls: type[APIStatusError]
+    if status == 400 and is_context_length_error(message, error_type, code):
+        cls = ContextLengthExceededError
+    elif status in _STATUS_CLASSES:
         cls = _STATUS_CLASSES[status]
     elif status >= 500:
         cls = InternalServerError

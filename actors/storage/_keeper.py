@@ -24,7 +24,7 @@ from ._errors import LeaseLostError, StorageError
 
 __all__ = ["KeptLease", "LeaseKeeper"]
 
-log = structlog.get_logger("actors.storage")
+log = structlog.get_logger("trouper.actors.storage")
 
 #: Renewals run at once, at most (each is a storage call).
 _CONCURRENT_RENEWALS = 64
