@@ -15,7 +15,7 @@ adds its tool executor and metrics collector.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -260,6 +260,9 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
                 params=self._params,
             )
             async with self._client.stream(request) as stream:
+                # An interrupted stream closes its socket at once; what the transport had
+                # buffered of its body is thrown away later, in a task of this actor.
+                stream.finish_unread_body_with(self._finish_later)
                 with self.on_interruption(stream.abort):
                     # On interruption the socket is shut down inside interrupt() itself: the
                     # server stops generating without waiting for this task to unwind.
@@ -309,6 +312,9 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
                     # The calls are in the conversation now: each must settle (run, or be
                     # cancelled at once by the turn scope if the turn is already over).
                     self._run_function_calls(calls, context, turn if turn is not None else 0)
+
+    def _finish_later(self, finish: Callable[[], Awaitable[None]]) -> None:
+        self.create_task(finish, name=f"{self.name}:discard unread body")
 
     def _ttfb(self, stream: ChatStream | None) -> list[MetricsData]:
         """The TTFB of ``stream`` as metrics data, if it has one to report."""
