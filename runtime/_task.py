@@ -558,12 +558,14 @@ class PipelineRunner:
     Args:
         handle_sigint: Cancel the tasks on Ctrl-C (main thread only).
         handle_sigterm: Cancel the tasks on SIGTERM.
-        freeze_gc_after_start: Once every task has started, collect the garbage and
-            ``gc.freeze()`` what is alive (the sessions' actors, cells, mailboxes and trio
-            tasks), then ``gc.unfreeze()`` when the tasks have finished. The cyclic garbage
-            collector then no longer scans those objects at each of its full collections
-            while the sessions run: with 500 concurrent sessions that was about half of the
-            framework's CPU over bare httpx in a turn (``docs/benchmarks.md``). It is a
+        freeze_gc_after_start: Pause the cyclic garbage collector while the tasks start;
+            once every task has started, collect the garbage and ``gc.freeze()`` what is
+            alive (the sessions' actors, cells, mailboxes and trio tasks), then
+            ``gc.unfreeze()`` when the tasks have finished. The collector then neither
+            rescans the growing heap while thousands of sessions start (about half of the
+            CPU of starting 2,000 quick-start sessions) nor rescans those objects at each of
+            its full collections while the sessions run (about half of the framework's CPU
+            over bare httpx in a 500-session turn; ``docs/benchmarks.md``). It is a
             process-wide switch: everything alive at that moment is frozen, other libraries'
             objects too, and cyclic garbage among them is only reclaimed after the unfreeze
             (reference counting still frees the rest). Meant for a batch of long-lived
@@ -593,6 +595,9 @@ class PipelineRunner:
         ]
         error: BaseException | None = None
         frozen = False
+        paused = self.freeze_gc_after_start and gc.isenabled()
+        if paused:
+            gc.disable()
         try:
             async with trio.open_nursery() as nursery:
                 if signals:
@@ -601,7 +606,12 @@ class PipelineRunner:
                     for task in tasks:
                         inner.start_soon(task.run)
                     if self.freeze_gc_after_start:
-                        frozen = await _freeze_when_started(tasks)
+                        try:
+                            frozen = await _freeze_when_started(tasks)
+                        finally:
+                            if paused:
+                                paused = False
+                                gc.enable()
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # A task's escalated crash is raised as itself (a group only for several).
@@ -609,6 +619,8 @@ class PipelineRunner:
             if error is group:
                 raise
         finally:
+            if paused:
+                gc.enable()
             if frozen:
                 gc.unfreeze()
         if error is not None:

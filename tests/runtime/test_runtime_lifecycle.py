@@ -492,7 +492,13 @@ class TestPipelineRunner:
         (the sessions' actors among them) are frozen while the tasks run, and unfrozen when
         they are done."""
         assert gc.get_freeze_count() == 0
-        sleepers = [Sleeper(1.0), Sleeper(2.0)]
+        collecting: list[bool] = []
+
+        class Starting(Sleeper):
+            async def on_start(self) -> None:
+                collecting.append(gc.isenabled())
+
+        sleepers = [Starting(1.0), Starting(2.0)]
         tasks = [PipelineTask(s) for s in sleepers]
         for task in tasks:
             await task.queue_frame(Ping(1))
@@ -509,6 +515,8 @@ class TestPipelineRunner:
         (frozen,) = seen
         assert frozen > len(sleepers)  # the sessions' objects and everything else alive
         assert gc.get_freeze_count() == 0
+        assert collecting == [False, False]  # the collector paused while they started
+        assert gc.isenabled()
         assert all(task.has_finished() for task in tasks)
 
     async def test_no_freeze_by_default(self, autojump_clock: object) -> None:
