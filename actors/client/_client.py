@@ -634,8 +634,9 @@ class ChatStream:
         its actor, so an interrupted answer's closing frames and the next turn come first).
 
         Args:
-            spawn: Called at most once, with a function taking no argument, to be awaited in
-                a task that the caller owns.
+            spawn: Called once per response closed with its body unread (a retried call can
+                close several), with a function taking no argument, to be awaited in a task
+                that the caller owns.
         """
         self._body_finisher = spawn
 
@@ -945,6 +946,7 @@ class ChatStream:
                     parser.end_of_body()
                     break
                 except httpx.ReadTimeout as exc:  # httpx's per-read timeout is the idle guard
+                    self._body_done = True  # an error out of the generators ended them
                     self._failure = StreamIdleTimeoutError(
                         f"no data for {idle:g} s while streaming"
                         if idle is not None
@@ -953,6 +955,7 @@ class ChatStream:
                     self._failure.__cause__ = _detached(exc, self._redactor)
                     break
                 except httpx.TransportError as exc:
+                    self._body_done = True
                     self._on_transport_error(exc)
                     break
                 had_output = accumulator.has_output
