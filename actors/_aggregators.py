@@ -311,6 +311,16 @@ class LLMAssistantContextAggregator(_StoreClient):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Record the assistant's turn (see the class docs), then pass the frame on."""
+        if isinstance(frame, TextFrame):  # first: one per token
+            if (
+                direction is FrameDirection.DOWNSTREAM
+                and self._open
+                and frame.append_to_context
+                and not isinstance(frame, TranscriptionFrame)
+            ):
+                self._parts.append(frame.text)
+            await self.push_frame(frame, direction)
+            return
         if isinstance(frame, InterruptionMarkerFrame):
             # Where the interruption fell in what the output delivered: the text before the
             # marker is all that was shown of the interrupted answer (the output passed it on
@@ -332,14 +342,6 @@ class LLMAssistantContextAggregator(_StoreClient):
             self._open = True
             self._open_turn = frame.turn if frame.turn is not None else self.session.turn
             self._parts = []
-        elif isinstance(frame, TextFrame):
-            if (
-                direction is FrameDirection.DOWNSTREAM
-                and self._open
-                and frame.append_to_context
-                and not isinstance(frame, TranscriptionFrame)
-            ):
-                self._parts.append(frame.text)
         elif isinstance(frame, LLMFullResponseEndFrame):
             await self._commit(interrupted=frame.interrupted)
             self._open = False

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -265,6 +265,9 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
         await self.push_frame(LLMFullResponseStartFrame())
         try:
             async with self._open_stream(context, sent) as stream:
+                # An interrupted stream closes its socket at once; what the transport had
+                # buffered of its body is thrown away later, in a task of this actor.
+                stream.finish_unread_body_with(self._finish_later)
                 with self.on_interruption(stream.abort):
                     # On interruption the socket is shut down inside interrupt() itself: the
                     # server stops generating without waiting for this task to unwind.
@@ -377,6 +380,9 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
                     new_start=harder,
                 )
                 context = context.with_window(harder, context.summary)
+
+    def _finish_later(self, finish: Callable[[], Awaitable[None]]) -> None:
+        self.create_task(finish, name=f"{self.name}:discard unread body")
 
     def _ttfb(self, stream: ChatStream | None) -> list[MetricsData]:
         """The TTFB of ``stream`` as metrics data, if it has one to report."""

@@ -4,11 +4,19 @@
 A scenario is written once, against a :class:`Side`; :func:`trouper_side` and
 :func:`pipecat_side` (each importing its framework) supply what differs: event and sleep
 functions, frame and context classes, how a pipeline is run and recorded, how it is interrupted,
-and a slow output stage. Where a frame is timed:
+and the output stage. Every service scenario runs the README's quick-start pipeline
+(:meth:`Side.quick_start`: user aggregator → ``OpenAILLMService`` → output → assistant
+aggregator) with default settings, and starts a turn as an application does (an
+``LLMMessagesUpdateFrame`` with ``run_llm`` queued to the pipeline). Where a frame is timed:
 
-* trouper: the ``PipelineTask``'s ``on_downstream`` listener, called by the task's sink edge;
-* Pipecat: a direct-mode probe processor (inline: no queue, no task) at the end, or where the
-  scenario puts it (``probe_at``).
+* trouper: the ``PipelineTask``'s ``on_downstream`` listener, called inline by the last stage
+  (the assistant aggregator, which passes everything on);
+* Pipecat: a direct-mode probe processor (inline: no queue, no task) after its output stage
+  (its assistant aggregator passes neither the text nor the end frame on).
+
+Interruptions: trouper's ``PipelineTask.interrupt()``; Pipecat's
+``FrameProcessor.broadcast_interruption()`` on the user aggregator (what 1.14's own user-turn
+processor calls; faster than queueing an ``InterruptionFrame`` to the worker).
 
 :func:`alternate` runs a scenario's rounds, trouper then Pipecat, each in its own event loop.
 """
@@ -17,8 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import attrs
@@ -37,7 +45,7 @@ from ._rigs import (
     trouper_pipeline,
 )
 
-__all__ = ["Samples", "Side", "SlowOutput", "alternate", "pipecat_side", "trouper_side"]
+__all__ = ["Output", "Running", "Samples", "Side", "alternate", "pipecat_side", "trouper_side"]
 
 
 @attrs.define
@@ -59,20 +67,51 @@ class Samples:
 
 
 @attrs.frozen
-class SlowOutput:
-    """An output stage taking a fixed time per ``LLMTextFrame`` (a TTS, say), and how to read
-    the backlog in front of it.
+class Output:
+    """The output stage of the quick-start pipeline (what shows the answer to the user), taking
+    a fixed time per ``LLMTextFrame`` (0: none; a TTS, say), and how to read the backlog in
+    front of it.
 
     Attributes:
-        stages: What to put after the LLM.
+        stages: What goes between the LLM and the assistant aggregator.
         arm: Called before each turn (Pipecat re-arms the probe that counts frames entering).
-        backlog: ``(running pipeline, recorder at the end)`` → frames past the LLM not yet out
-            of the slow stage.
+        backlog: ``running pipeline`` → frames past the LLM not yet out of the output stage.
     """
 
     stages: tuple[Any, ...]
     arm: Callable[[], None]
-    backlog: Callable[[Any, Recorder], int]
+    backlog: Callable[[Any], int]
+
+
+@attrs.define
+class Running:
+    """A running quick-start pipeline (see :meth:`Side.quick_start`).
+
+    Attributes:
+        side: The framework.
+        pipeline: The running task (trouper) or worker (Pipecat); it takes ``queue_frame``.
+        user: The user aggregator (Pipecat is interrupted from it).
+        output: The output stage and its backlog.
+    """
+
+    side: Side
+    pipeline: Any
+    user: Any
+    output: Output
+
+    async def queue_frame(self, frame: Any) -> None:
+        """Queue ``frame`` at the head of the pipeline, as an application does."""
+        await self.pipeline.queue_frame(frame)
+
+    async def interrupt(self) -> None:
+        """Interrupt the turn through the framework's fastest public path."""
+        interrupting = self.side.interrupt(self.pipeline, self.user)
+        if interrupting is not None:
+            await interrupting
+
+    def backlog(self) -> int:
+        """Frames past the LLM not yet out of the output stage."""
+        return self.output.backlog(self.pipeline)
 
 
 @attrs.frozen
@@ -89,8 +128,8 @@ class Side:
         context: ``(**kwargs)`` → a context holding :data:`~benchmarks._rigs.MESSAGES` (Pipecat:
             without the system message, which its service carries), ``kwargs`` such as
             ``tools`` passed on.
-        context_frame: ``context`` → a frame asking the LLM to run on it.
-        update_frame: ``()`` → an ``LLMMessagesUpdateFrame`` of the same messages, ``run_llm``.
+        update_frame: ``()`` → an ``LLMMessagesUpdateFrame`` of the same messages, ``run_llm``:
+            how every benchmark turn starts (through the user aggregator).
         tools: ``()`` → a ``ToolsSchema`` with the ``lookup`` function.
         aggregators: ``(llm, context)`` → a context aggregator pair (``user()``,
             ``assistant()``).
@@ -98,9 +137,9 @@ class Side:
             ``None`` when the pipeline records what reaches its end itself (trouper's task).
         run: ``(stages, recorder, mailbox_size)`` → an async context manager running the
             pipeline (see :meth:`pipeline`).
-        interrupt: ``running pipeline`` → interrupts it (an awaitable to await, or ``None``
-            when done at once).
-        slow_output: ``(seconds per text frame, recorder at the end)`` → a :class:`SlowOutput`.
+        interrupt: ``(running pipeline, user aggregator)`` → interrupts the turn (an awaitable
+            to await, or ``None`` when done at once).
+        output: ``seconds per text frame`` → the :class:`Output` stage of the quick start.
     """
 
     name: str
@@ -110,14 +149,13 @@ class Side:
     end_frame: type[Any]
     llm: Callable[[str, str], Any]
     context: Callable[..., Any]
-    context_frame: Callable[[Any], Any]
     update_frame: Callable[[], Any]
     tools: Callable[[], Any]
     aggregators: Callable[[Any, Any], Any]
     probe: Callable[[Recorder], Any] | None
     run: Callable[[list[Any], Recorder, int | None], AbstractAsyncContextManager[Any]]
-    interrupt: Callable[[Any], Awaitable[Any] | None]
-    slow_output: Callable[[float, Recorder], SlowOutput]
+    interrupt: Callable[[Any, Any], Awaitable[Any] | None]
+    output: Callable[[float], Output]
 
     def recorder(self) -> Recorder:
         """A recorder whose events belong to this side's event loop."""
@@ -150,6 +188,43 @@ class Side:
             processors.insert(at, self.probe(recorder))
         return self.run(processors, recorder, mailbox_size)
 
+    @asynccontextmanager
+    async def quick_start(
+        self,
+        llm: Any,
+        context: Any,
+        recorder: Recorder,
+        *,
+        output_secs: float = 0.0,
+        mailbox_size: int | None = None,
+    ) -> AsyncIterator[Running]:
+        """Run the README's quick-start pipeline, the one every service benchmark measures:
+        user aggregator → ``llm`` → output → assistant aggregator, default settings unless
+        ``mailbox_size`` is given.
+
+        Where frames are recorded: trouper, what reaches the task's end (after the assistant
+        aggregator, which passes everything on); Pipecat, a direct-mode probe after its output
+        stage (its assistant aggregator passes neither text nor the end frame on).
+
+        Args:
+            llm: The side's ``OpenAILLMService``.
+            context: The side's context.
+            recorder: Where frames are recorded.
+            output_secs: Time the output stage takes per ``LLMTextFrame``.
+            mailbox_size: A non-default mailbox capacity (trouper only; for a labelled row).
+
+        Yields:
+            The :class:`Running` pipeline.
+        """
+        pair = self.aggregators(llm, context)
+        user = pair.user()
+        output = self.output(output_secs)
+        stages = [user, llm, *output.stages, pair.assistant()]
+        async with self.pipeline(
+            stages, recorder, probe_at=len(stages) - 1, mailbox_size=mailbox_size
+        ) as running:
+            yield Running(self, running, user, output)
+
 
 def _lookup_tools(function_schema: type[Any], tools_schema: type[Any]) -> Any:
     """The one tool of the benchmarks (both frameworks' schema classes take the same
@@ -171,33 +246,28 @@ def trouper_side() -> Side:
         LLMMessagesUpdateFrame,
         LLMTextFrame,
         OpenAILLMContext,
-        OpenAILLMContextFrame,
+        TextTransport,
         ToolsSchema,
     )
-    from runtime import Actor, Frame, FrameDirection
 
-    def interrupt(task: Any) -> None:
+    def interrupt(task: Any, _user: Any) -> None:
         task.interrupt()
 
-    def slow_output(secs: float, recorder: Recorder) -> SlowOutput:
-        del recorder  # the backlog is read from the stage's mailbox
-
-        class SlowStage(Actor[Frame]):
-            """An output stage taking ``secs`` per text frame (a TTS, say)."""
-
-            accepts = (LLMTextFrame,)
-
-            async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+    def output(secs: float) -> Output:
+        async def slow(frame: Any) -> None:
+            if type(frame) is LLMTextFrame:
                 await trio.sleep(secs)
-                await self.push_frame(frame, direction)
 
-        def backlog(task: Any, _recorder: Recorder) -> int:
+        # The README's output: a TextTransport's output stage (no callback unless it is slow).
+        stage = TextTransport(on_output=slow if secs else None).output()
+
+        def backlog(task: Any) -> int:
             for actor in task.snapshot().actors:
-                if actor.name == "SlowStage" and actor.mailbox is not None:
+                if actor.name == stage.name and actor.mailbox is not None:
                     return int(actor.mailbox.data_depth + (1 if actor.busy_with else 0))
             return 0
 
-        return SlowOutput((SlowStage(name="SlowStage"),), lambda: None, backlog)
+        return Output((stage,), lambda: None, backlog)
 
     return Side(
         name="trouper",
@@ -207,14 +277,13 @@ def trouper_side() -> Side:
         end_frame=LLMFullResponseEndFrame,
         llm=trouper_llm,
         context=lambda **kwargs: OpenAILLMContext(messages=list(MESSAGES), **kwargs),
-        context_frame=OpenAILLMContextFrame,
         update_frame=lambda: LLMMessagesUpdateFrame(messages=list(MESSAGES), run_llm=True),
         tools=lambda: _lookup_tools(FunctionSchema, ToolsSchema),
         aggregators=lambda llm, context: llm.create_context_aggregator(context),
-        probe=None,  # the task's sink records what reaches the end
+        probe=None,  # the task's end records what reaches it
         run=lambda stages, recorder, size: trouper_pipeline(stages, recorder, mailbox_size=size),
         interrupt=interrupt,
-        slow_output=slow_output,
+        output=output,
     )
 
 
@@ -224,8 +293,6 @@ def pipecat_side() -> Side:
     from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
     from pipecat.frames.frames import (
         Frame,
-        InterruptionFrame,
-        LLMContextFrame,
         LLMFullResponseEndFrame,
         LLMMessagesUpdateFrame,
         LLMTextFrame,
@@ -233,29 +300,35 @@ def pipecat_side() -> Side:
     from pipecat.processors.aggregators.llm_context import LLMContext
     from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-    def interrupt(worker: Any) -> Awaitable[Any]:
-        return worker.queue_frame(InterruptionFrame())  # type: ignore[no-any-return]
+    def interrupt(_worker: Any, user: Any) -> Awaitable[Any]:
+        # 1.14's fastest public path: what its own user-turn processor calls.
+        return user.broadcast_interruption()  # type: ignore[no-any-return]
 
-    def slow_output(secs: float, recorder: Recorder) -> SlowOutput:
-        class SlowStage(FrameProcessor):
-            """An output stage taking ``secs`` per text frame (a TTS, say)."""
+    def output(secs: float) -> Output:
+        class TextOutput(FrameProcessor):
+            """The output stage: passes every frame on (Pipecat has no text transport),
+            taking ``secs`` per text frame."""
 
             async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
                 await super().process_frame(frame, direction)
-                if isinstance(frame, LLMTextFrame):
+                if secs and isinstance(frame, LLMTextFrame):
                     await asyncio.sleep(secs)
                 await self.push_frame(frame, direction)
 
-        entering = Recorder(asyncio.Event)  # what the LLM pushed (inline, before the slow stage)
+        entering = Recorder(asyncio.Event)  # what the LLM pushed (inline, before the output)
+        after = Recorder(asyncio.Event)  # what left the output
 
-        def backlog(_worker: Any, at_end: Recorder) -> int:
-            return len(entering.times_of(LLMTextFrame)) - len(at_end.times_of(LLMTextFrame))
+        def backlog(_worker: Any) -> int:
+            return len(entering.times_of(LLMTextFrame)) - len(after.times_of(LLMTextFrame))
 
-        return SlowOutput(
-            (pipecat_probe(entering), SlowStage(name="SlowStage")),
-            lambda: entering.arm(LLMTextFrame, count=10**9),
-            backlog,
-        )
+        def arm() -> None:
+            entering.arm(LLMTextFrame, count=10**9)
+            after.arm(LLMTextFrame, count=10**9)
+
+        stages: tuple[Any, ...] = (TextOutput(name="TextOutput"),)
+        if secs:
+            stages = (pipecat_probe(entering), *stages, pipecat_probe(after))
+        return Output(stages, arm, backlog)
 
     return Side(
         name="Pipecat",
@@ -265,7 +338,6 @@ def pipecat_side() -> Side:
         end_frame=LLMFullResponseEndFrame,
         llm=pipecat_llm,
         context=lambda **kwargs: LLMContext(messages=list(PIPECAT_MESSAGES), **kwargs),
-        context_frame=lambda context: LLMContextFrame(context=context),
         update_frame=lambda: LLMMessagesUpdateFrame(
             messages=list(PIPECAT_MESSAGES),  # type: ignore[arg-type]
             run_llm=True,
@@ -275,7 +347,7 @@ def pipecat_side() -> Side:
         probe=pipecat_probe,
         run=lambda stages, _recorder, _size: pipecat_pipeline(stages),  # unbounded queues
         interrupt=interrupt,
-        slow_output=slow_output,
+        output=output,
     )
 
 

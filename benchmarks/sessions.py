@@ -3,11 +3,12 @@
 Each session is a full conversation pipeline with its own LLM service (its own HTTP client and
 connection), as a server hosting many calls would run them:
 
-* trouper: ``Pipeline([user aggregator, OpenAILLMService, assistant aggregator])`` (plus the
-  context store the pair shares) in its own ``PipelineTask``;
-* Pipecat: ``Pipeline([user aggregator, OpenAILLMService, probe, assistant aggregator])`` in its
-  own ``PipelineWorker`` and ``WorkerRunner`` (minimal configuration; the probe is direct-mode,
-  so it adds no queue).
+* trouper: the README's quick start, ``Pipeline([user aggregator, OpenAILLMService, output,
+  assistant aggregator])`` (plus the context store the pair shares; the output is a
+  ``TextTransport``'s) in its own ``PipelineTask``, default settings;
+* Pipecat: ``Pipeline([user aggregator, OpenAILLMService, output, probe, assistant
+  aggregator])`` in its own ``PipelineWorker`` and ``WorkerRunner`` (minimal configuration;
+  the output passes frames on, the probe is direct-mode, so it adds no queue).
 
 All sessions are started first (untimed), then every session gets an ``LLMRunFrame`` (one
 after the other, as fast as the loop allows) and answers with a 50-token stream, one chunk
@@ -69,6 +70,7 @@ from ._rigs import (
     trouper_llm,
 )
 from ._server import child_env, fetch_stats, model_spec, reset_stats, server_process
+from ._sides import pipecat_side, trouper_side
 
 __all__ = ["SIZES", "WorkerResult", "run", "run_worker"]
 
@@ -187,6 +189,7 @@ async def _trouper_worker(n: int, url: str, freeze: bool = False, store: str = "
 
     from .storage import StepTimer
 
+    side = trouper_side()
     run_id = uuid.uuid4().hex[:8]
     storage: ConversationStorage | None = None
     built = 0
@@ -202,8 +205,9 @@ async def _trouper_worker(n: int, url: str, freeze: bool = False, store: str = "
             pair = llm.create_context_aggregator(
                 context, storage=storage, conversation_id=f"bench-{run_id}-{built}"
             )
+        output = side.output(0.0).stages  # the README's quick start: an output stage too
         return PipelineTask(
-            Pipeline([pair.user(), llm, pair.assistant()]), on_downstream=rec.on_frame
+            Pipeline([pair.user(), llm, *output, pair.assistant()]), on_downstream=rec.on_frame
         )
 
     async with AsyncExitStack() as storage_stack:
@@ -269,10 +273,13 @@ async def _pipecat_worker(n: int, url: str, freeze: bool = False) -> WorkerResul
     from pipecat.frames.frames import LLMFullResponseEndFrame, LLMRunFrame
     from pipecat.processors.aggregators.llm_context import LLMContext
 
+    side = pipecat_side()
+
     def build(rec: Recorder) -> Any:
         llm = pipecat_llm(url, MODEL)
         pair = pipecat_pair(LLMContext(messages=list(PIPECAT_MESSAGES)))  # type: ignore[arg-type]
-        return pipecat_pipeline([pair.user(), llm, pipecat_probe(rec), pair.assistant()])
+        output = side.output(0.0).stages
+        return pipecat_pipeline([pair.user(), llm, *output, pipecat_probe(rec), pair.assistant()])
 
     rec = Recorder(asyncio.Event)
     async with build(rec) as worker:

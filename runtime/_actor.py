@@ -267,9 +267,10 @@ class Actor(Generic[T]):
         self._gate: PushGate | None = None
         self._accept_cache: dict[type[Frame], bool] = {}
         # Its companions, (actor, stop_with_owner), in the order given; the one it belongs to.
-        self._companions: list[tuple[Actor[Any], bool]] = []
+        # Tuples (the empty one is shared): most actors have no companion and no watcher.
+        self._companions: tuple[tuple[Actor[Any], bool], ...] = ()
         self._owner: Actor[Any] | None = None
-        self._watchers: list[Actor[Any]] = []
+        self._watchers: tuple[Actor[Any], ...] = ()
 
     # ------------------------------------------------------------------ identity
 
@@ -501,7 +502,7 @@ class Actor(Generic[T]):
             if cell is not None:
                 cell.notify(_stopped_frame(target))
         elif self not in target._watchers:
-            target._watchers.append(self)
+            target._watchers = (*target._watchers, self)
 
     # ------------------------------------------------------------------ companions
 
@@ -538,7 +539,7 @@ class Actor(Generic[T]):
                 f"actor {self._name!r} has stopped; it takes no companion {actor.name!r}"
             )
         actor._owner = self
-        self._companions.append((actor, stop_with_owner))
+        self._companions = (*self._companions, (actor, stop_with_owner))
         if cell is not None:
             cell.add_companion(actor, stop_with_owner)
 

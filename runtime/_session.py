@@ -191,7 +191,7 @@ class Session:
 
     def _spawn_companion(self, owner: Cell, actor: Actor[Any], stop_with_owner: bool) -> None:
         cell = self._spawn(actor, owner, stop_with_owner=stop_with_owner)
-        owner.companions.append(cell)
+        owner.companions = (*owner.companions, cell)
         if owner.start_frame is not None:
             cell.offer_start(owner.start_frame)  # the owner runs already
 

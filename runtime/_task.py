@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -532,6 +533,19 @@ class PipelineTask:
         return await self._cm.__aexit__(exc_type, exc, tb)
 
 
+async def _freeze_when_started(tasks: tuple[PipelineTask, ...]) -> bool:
+    """``gc.freeze()`` once every task has started (after a collection, so that no garbage
+    is frozen); whether it froze (not when a task ended before starting)."""
+    for task in tasks:
+        try:
+            await task.wait_started()
+        except SessionStateError:
+            return False
+    gc.collect()
+    gc.freeze()
+    return True
+
+
 async def _wait_any(*events: trio.Event) -> None:
     async with trio.open_nursery() as nursery:
         for event in events:
@@ -550,10 +564,23 @@ class PipelineRunner:
     Args:
         handle_sigint: Cancel the tasks on Ctrl-C (main thread only).
         handle_sigterm: Cancel the tasks on SIGTERM.
+        freeze_gc_after_start: Pause the cyclic garbage collector while the tasks start;
+            once every task has started, collect the garbage and ``gc.freeze()`` what is
+            alive (the sessions' actors, cells, mailboxes and trio tasks), then
+            ``gc.unfreeze()`` when the tasks have finished. The collector then neither
+            rescans the growing heap while thousands of sessions start (about half of the
+            CPU of starting 2,000 quick-start sessions) nor rescans those objects at each of
+            its full collections while the sessions run (about half of the framework's CPU
+            over bare httpx in a 500-session turn; ``docs/benchmarks.md``). It is a
+            process-wide switch: everything alive at that moment is frozen, other libraries'
+            objects too, and cyclic garbage among them is only reclaimed after the unfreeze
+            (reference counting still frees the rest). Meant for a batch of long-lived
+            sessions started together in a process that runs little else.
     """
 
     handle_sigint: bool = False
     handle_sigterm: bool = False
+    freeze_gc_after_start: bool = False
 
     async def run(self, *tasks: PipelineTask) -> None:
         """Run ``tasks`` concurrently until all have finished.
@@ -573,6 +600,10 @@ class PipelineRunner:
             if on
         ]
         error: BaseException | None = None
+        frozen = False
+        paused = self.freeze_gc_after_start and gc.isenabled()
+        if paused:
+            gc.disable()
         try:
             async with trio.open_nursery() as nursery:
                 if signals:
@@ -580,12 +611,24 @@ class PipelineRunner:
                 async with trio.open_nursery() as inner:
                     for task in tasks:
                         inner.start_soon(task.run)
+                    if self.freeze_gc_after_start:
+                        try:
+                            frozen = await _freeze_when_started(tasks)
+                        finally:
+                            if paused:
+                                paused = False
+                                gc.enable()
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # A task's escalated crash is raised as itself (a group only for several).
             error = collapse_exception_group(group)
             if error is group:
                 raise
+        finally:
+            if paused:
+                gc.enable()
+            if frozen:
+                gc.unfreeze()
         if error is not None:
             raise error
 

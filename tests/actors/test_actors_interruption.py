@@ -6,8 +6,9 @@ request is valid."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -25,7 +26,14 @@ from actors import (
     UserStoppedSpeakingFrame,
 )
 from actors.client import ChatStream
-from actors.testing import ChunkFactory, RecordedRequest, Reply, ScriptedOpenAIServer
+from actors.testing import (
+    ChunkFactory,
+    Piece,
+    RecordedRequest,
+    Reply,
+    ScriptedOpenAIServer,
+    sse_event,
+)
 from runtime import (
     Frame,
     FrameDirection,
@@ -58,6 +66,48 @@ def _assistant_index(conv: Conversation) -> int:
     messages = conv.messages()
     (index,) = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     return index
+
+
+class _CountingTransport(httpx.AsyncBaseTransport):
+    """A real HTTP transport that counts the body pieces read from its responses (a user's own
+    ``httpx`` client, passed as ``http_client``)."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self.pieces = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_CountingStream(response.stream, self),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _CountingStream(httpx.AsyncByteStream):
+    def __init__(self, inner: httpx.AsyncByteStream, owner: _CountingTransport) -> None:
+        self._inner = inner
+        self._owner = owner
+        self._pieces: AsyncIterator[bytes] | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        self._pieces = self._inner.__aiter__()
+        return self
+
+    async def __anext__(self) -> bytes:
+        assert self._pieces is not None
+        piece = await self._pieces.__anext__()
+        self._owner.pieces += 1
+        return piece
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 class TestInterruptMidText:
@@ -244,6 +294,61 @@ class TestInterruptMidText:
 class TestSlowOutputStage:
     """Frames of the interrupted turn queued in a slow stage after the LLM are dropped there:
     none reaches the assistant aggregator, which commits only what really went through."""
+
+    async def test_a_full_output_stage_does_not_hold_the_close_back(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        chunks: ChunkFactory,
+    ) -> None:
+        """Default mailboxes, a slow output whose queue is full, the LLM blocked pushing into
+        it, and the rest of a 200-delta burst already received by the transport: the
+        interruption closes the socket, and the interrupted answer's end frame reaches the end
+        of the pipeline before anything more is read of the body (the buffered rest is thrown
+        away afterwards, once the loop is idle)."""
+        pieces = [f"t{i} " for i in range(200)]
+        events = [sse_event(e) for e in (chunks.role(), *(chunks.text(p) for p in pieces))]
+        # One HTTP chunk per event, as a server streams them, but all in a single write: the
+        # client's first read of the body takes in the whole burst (about 30 KB).
+        burst = b"".join(b"%x\r\n%b\r\n" % (len(e), e) for e in events)
+        server.add(
+            Reply(
+                headers={"content-type": "text/event-stream", "transfer-encoding": "chunked"},
+                pieces=[Piece(burst)],
+                framing="close",  # the chunked framing is written by hand above
+                ending="stall",
+            ),
+            Reply.sse(chunks.text_stream(["Fine."])),
+        )
+        transport = _CountingTransport()
+        async with (
+            httpx.AsyncClient(transport=transport) as http,
+            open_conversation(server, probe_delay=1.0, http_client=http) as conv,
+        ):
+            await conv.say("Read me everything")
+            await conv.wait_for(lambda: len(conv.texts(conv.output)) >= 1)
+            await trio.testing.wait_all_tasks_blocked()
+            stats = conv.probe.ref.statistics()
+            assert stats.data_depth == stats.data_capacity == 64  # the default
+            assert stats.waiting_senders == 1  # the LLM, blocked pushing its next text
+            read = transport.pieces
+            assert read < 100  # most of the burst is still in the transport's buffer
+
+            conv.task.interrupt()
+            with trio.fail_after(1):
+                await server.wait_disconnected()
+            await conv.wait_for(lambda: len(conv.ends(conv.sink)) == 1)
+            assert transport.pieces == read  # nothing more read before the answer ended
+            (end,) = conv.ends(conv.sink)
+            assert end.interrupted
+
+            await trio.sleep(0.1)  # the loop was idle meanwhile
+            assert transport.pieces == len(events)  # then the buffered rest was thrown away
+            assert _stale_text(conv.sink, 0) == _stale_text(conv.sink, 0)[: read - 1]
+
+            await conv.say("Just the end")
+            await conv.wait_ends(2)
+            await http.aclose()  # its pool's connection, before the server's check on the way out
 
     async def test_200_queued_frames_are_dropped(
         self,

@@ -7,6 +7,7 @@ the same trio run.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import httpx
@@ -568,6 +569,34 @@ class TestCancellation:
         assert stream.result().text == "a"
         with trio.fail_after(1):
             await server.wait_client_disconnects(1)
+
+    async def test_an_unread_body_is_handed_to_the_spawner(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        client: ChatCompletionsClient,
+    ) -> None:
+        """With ``finish_unread_body_with``, leaving early closes the response at once and
+        hands the rest of the body over, once, instead of reading it; running what was handed
+        over finishes it. A body read to its end hands nothing over."""
+        server.add(Reply.sse(F.text_stream(["a", "b", "c", "d"]), delay=1.0), Reply.sse(HELLO))
+        handed: list[Callable[[], Awaitable[None]]] = []
+        async with client.stream(make_request()) as stream:
+            stream.finish_unread_body_with(handed.append)
+            async for chunk in stream:
+                if chunk.content:
+                    break
+        with trio.fail_after(1):
+            await server.wait_client_disconnects(1)
+        (finish,) = handed
+        with trio.fail_after(1):
+            await finish()  # the loop is idle at once here; then the generators are finished
+
+        async with client.stream(make_request()) as stream:
+            stream.finish_unread_body_with(handed.append)
+            async for _ in stream:
+                pass
+        assert len(handed) == 1
 
     async def test_nothing_outlives_a_successful_call(self, server: ScriptedOpenAIServer) -> None:
         """After a call the connection is back in the pool; closing the client closes it."""

@@ -3,6 +3,7 @@ guarantee that nothing of a session is left running once it is over."""
 
 from __future__ import annotations
 
+import gc
 import signal
 
 import pytest
@@ -491,6 +492,56 @@ class TestPipelineRunner:
         await PipelineRunner().run(*tasks)
         assert all(task.has_finished() for task in tasks)
         assert trio.current_time() == pytest.approx(3)
+
+    async def test_freeze_gc_after_start_freezes_while_the_tasks_run(
+        self, autojump_clock: object
+    ) -> None:
+        """With ``freeze_gc_after_start=True`` the objects alive once every task has started
+        (the sessions' actors among them) are frozen while the tasks run, and unfrozen when
+        they are done."""
+        assert gc.get_freeze_count() == 0
+        collecting: list[bool] = []
+
+        class Starting(Sleeper):
+            async def on_start(self) -> None:
+                collecting.append(gc.isenabled())
+
+        sleepers = [Starting(1.0), Starting(2.0)]
+        tasks = [PipelineTask(s) for s in sleepers]
+        for task in tasks:
+            await task.queue_frame(Ping(1))
+            await task.end()
+        seen: list[int] = []
+
+        async def watch() -> None:
+            await trio.sleep(0.5)  # both tasks have started, neither has finished
+            seen.append(gc.get_freeze_count())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            await PipelineRunner(freeze_gc_after_start=True).run(*tasks)
+        (frozen,) = seen
+        assert frozen > len(sleepers)  # the sessions' objects and everything else alive
+        assert gc.get_freeze_count() == 0
+        assert collecting == [False, False]  # the collector paused while they started
+        assert gc.isenabled()
+        assert all(task.has_finished() for task in tasks)
+
+    async def test_no_freeze_by_default(self, autojump_clock: object) -> None:
+        """By default the runner leaves the garbage collector alone."""
+        task = PipelineTask(Sleeper(1.0))
+        await task.queue_frame(Ping(1))
+        await task.end()
+        seen: list[int] = []
+
+        async def watch() -> None:
+            await trio.sleep(0.5)
+            seen.append(gc.get_freeze_count())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            await PipelineRunner().run(task)
+        assert seen == [0]
 
     async def test_sigterm_cancels_every_task(self, autojump_clock: object) -> None:
         """With ``handle_sigterm=True`` a SIGTERM cancels the tasks and ``run`` returns."""
