@@ -31,8 +31,9 @@ every process on the machine, so a benchmark compares it with its own timestamps
 ``late_max_ms`` is the largest delay of a scheduled chunk behind its due time (a busy server
 would show here), ``streams`` the number of streams served. ``POST /_reset`` clears them.
 
-Start it with :func:`server_process` (blocking) or :func:`open_server` (trio); both give the
-base URL ``http://127.0.0.1:PORT/v1``. :func:`model_spec` builds spec strings.
+Start it with :func:`server_process` (blocking; :func:`server_process_pid` also gives its
+process id) or :func:`open_server` (trio); both give the base URL
+``http://127.0.0.1:PORT/v1``. :func:`model_spec` builds spec strings.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ __all__ = [
     "open_server",
     "reset_stats",
     "server_process",
+    "server_process_pid",
 ]
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -357,6 +359,17 @@ def server_process(*, cpu: int | None = None) -> Iterator[str]:
 
 
 @contextmanager
+def server_process_pid() -> Iterator[tuple[str, int]]:
+    """:func:`server_process`, also giving the server's process id (to read its CPU time).
+
+    Yields:
+        Its base URL and its process id. The process is killed on exit.
+    """
+    with _port_process(_command(), child_env(), cpu=None) as started:
+        yield started
+
+
+@contextmanager
 def port_process(
     command: list[str], env: dict[str, str], *, cpu: int | None = None
 ) -> Iterator[str]:
@@ -371,15 +384,23 @@ def port_process(
     Yields:
         ``http://127.0.0.1:<n>/v1``. The process is killed on exit.
     """
+    with _port_process(command, env, cpu=cpu) as (url, _):
+        yield url
+
+
+@contextmanager
+def _port_process(
+    command: list[str], env: dict[str, str], *, cpu: int | None
+) -> Iterator[tuple[str, int]]:
     process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True)
-    if cpu is not None:
-        os.sched_setaffinity(process.pid, {cpu})
     try:
+        if cpu is not None:
+            os.sched_setaffinity(process.pid, {cpu})
         assert process.stdout is not None
         line = process.stdout.readline()
         if not line.startswith("PORT "):
             raise RuntimeError(f"benchmark server did not start: {line!r}")
-        yield f"http://127.0.0.1:{int(line.split()[1])}/v1"
+        yield f"http://127.0.0.1:{int(line.split()[1])}/v1", process.pid
     finally:
         process.kill()
         process.wait(timeout=10)

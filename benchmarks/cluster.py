@@ -14,7 +14,12 @@ the cluster's, not a model's), hosted by worker processes started from this modu
   until the owner's acknowledgement is read, p50 and p99;
 * **sessions**: N sessions (500; 100 with ``--quick``) each answering one frame with 20
   frames, all at once, on 1 and then 2 worker processes: wall time and sessions/s. The
-  client process and Redis share the machine's cores with the workers.
+  client process and Redis share the machine's cores with the workers;
+* **conversations**: N real conversations (500 and 2,000; 100 with ``--quick``) on 1 and
+  then 2 ``ConversationWorker`` processes hosting the README quick start against the fake
+  OpenAI server, persisted in Redis: setup (placement), turn wall (slowest) and median,
+  sessions/s, and every process's CPU time during the turn with its share (see
+  :mod:`benchmarks._conversations`).
 
 Run it alone with ``python -m benchmarks cluster [--quick]``; the machine must be quiet for
 figures worth comparing.
@@ -43,11 +48,15 @@ from actors.storage.testing import RedisServer, RedisServerError
 from runtime import Actor, DataFrame, Frame, FrameDirection, Pipeline, PipelineTask
 from runtime.cluster import ClusterClient, ClusterWorker, RemoteInterruptedFrame
 
+from ._conversations import conversation_rows, run_sizes
 from ._registry import Options, Report, Row, Target
 
 __all__ = ["Ask", "Echo", "Piece", "factory", "run"]
 
 MAX_ADDED_P50_MS = 2.0
+#: Conversations of the conversation scenario (full run; ``--quick``).
+CONVERSATIONS = (500, 2000)
+CONVERSATIONS_QUICK = (100,)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -205,7 +214,8 @@ async def _sessions(url: str, prefix: str, count: int) -> float:
 
 
 def run(options: Options) -> Report:
-    """Measure in-process vs cross-process, and N sessions on 1 vs 2 worker processes."""
+    """Measure in-process vs cross-process, and N sessions and N conversations on 1 vs 2
+    worker processes."""
     samples = 50 if options.quick else 300
     count = 100 if options.quick else 500
     try:
@@ -254,9 +264,19 @@ def run(options: Options) -> Report:
                 Row(scenario, "wall", "s", wall, None, "lower"),
                 Row(scenario, "sessions/s", "1/s", count / wall, None, "higher"),
             ]
+        conversations = run_sizes(
+            server.url, server.pid, CONVERSATIONS_QUICK if options.quick else CONVERSATIONS
+        )
+        for result in conversations:
+            rows += conversation_rows(result)
+        details["conversations"] = [attrs.asdict(result) for result in conversations]
     notes = (
         "trouper alone: Pipecat has no cross-process sessions; the client, Redis and the "
         "workers share the machine's cores",
+        "conversations: the README quick start on ConversationWorker processes, persisted in "
+        "Redis, against the fake OpenAI server (50 tokens, 20 ms apart: an ideal turn of "
+        "0.98 s); every conversation placed first (setup), then sent one line at once (turn); "
+        "CPU: utime+stime of each process during the turn (/proc/<pid>/stat)",
     )
     return Report("cluster", tuple(rows), details=details, notes=notes)
 
