@@ -242,6 +242,17 @@ class TestTokenizer:
         assert requests[0].headers["authorization"].startswith("Bearer ")
 
 
+async def _turns_then_overflow(
+    server: ScriptedOpenAIServer, conv: Any, count: int, *, overflow: int
+) -> int:
+    """Play ``count`` turns, then have the server refuse the next ``overflow`` chat requests
+    as too long for the context; return how many chat requests it had received before."""
+    await _turns(conv, count)
+    before = len(_chat_requests(server))
+    server.responder = _answering(overflow=overflow)[1]
+    return before
+
+
 class TestContextLengthExceeded:
     async def test_one_trim_harder_and_retry(self, autojump_clock: trio.testing.MockClock) -> None:
         _, respond = _answering()
@@ -249,9 +260,7 @@ class TestContextLengthExceeded:
             ScriptedOpenAIServer(responder=respond) as server,
             open_conversation(server, context_window=ContextWindow(100_000)) as conv,
         ):
-            await _turns(conv, 6)
-            before = len(_chat_requests(server))
-            server.responder = _answering(overflow=1)[1]
+            before = await _turns_then_overflow(server, conv, 6, overflow=1)
             await _turns(conv, 1, first=6)
             assert conv.errors == []
         retried = _chat_requests(server)[before:]
@@ -272,9 +281,7 @@ class TestContextLengthExceeded:
             ScriptedOpenAIServer(responder=respond) as server,
             open_conversation(server, context_window=ContextWindow(100_000)) as conv,
         ):
-            await _turns(conv, 4)
-            before = len(_chat_requests(server))
-            server.responder = _answering(overflow=2)[1]
+            before = await _turns_then_overflow(server, conv, 4, overflow=2)
             await conv.say(_question(4))
             await conv.wait_errors(1)
             await conv.wait_ends(5)

@@ -4,46 +4,18 @@ carries ``session``, ``actor`` and ``turn``."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import trio
 import trio.testing
 
-from actors import FunctionCallParams, FunctionHandler, FunctionSchema, ToolsSchema
+from actors import FunctionHandler
 from actors.client import RetryPolicy
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 from runtime.testing import capture_logs
 
 from ..conversation_kit import MODEL, open_conversation
-
-WEATHER = FunctionSchema(
-    name="get_weather",
-    description="Current weather",
-    properties={"location": {"type": "string"}},
-    required=["location"],
-)
-TIME = FunctionSchema(
-    name="get_time", description="Local time", properties={"timezone": {"type": "string"}}
-)
-TOOLS = ToolsSchema(standard_tools=[WEATHER, TIME])
-CALLS = [
-    ("get_weather", json.dumps({"location": "Paris"}), "call_w"),
-    ("get_time", json.dumps({"timezone": "CET"}), "call_t"),
-]
-
-
-async def _weather(params: FunctionCallParams) -> None:
-    await trio.sleep(0.25)
-    await params.result_callback({"sky": "sunny"})
-
-
-async def _time(params: FunctionCallParams) -> None:
-    await trio.sleep(0.5)
-    raise RuntimeError("clock broken")
-
-
-FUNCTIONS: dict[str | None, FunctionHandler] = {"get_weather": _weather, "get_time": _time}
+from .actors_kit import TOOLS, TWO_CALLS, TWO_TOOL_FUNCTIONS, BlockingTool
 
 STORY = {
     "llm request",
@@ -89,14 +61,14 @@ class TestTwoToolTurnStory:
     ) -> None:
         server.add(
             Reply.error(503, "busy"),
-            Reply.sse(chunks.tool_call_stream(CALLS, usage=(40, 12)), first_delay=0.3),
+            Reply.sse(chunks.tool_call_stream(TWO_CALLS, usage=(40, 12)), first_delay=0.3),
             Reply.sse(chunks.text_stream(["Sunny", " in Paris."], usage=(60, 5)), first_delay=0.1),
         )
         with capture_logs() as logs:
             async with open_conversation(
                 server,
                 tools=TOOLS,
-                functions=FUNCTIONS,
+                functions=TWO_TOOL_FUNCTIONS,
                 name="story",
                 retry=RetryPolicy(initial_delay=0.2, jitter=0),
             ) as conv:
@@ -156,18 +128,13 @@ class TestTwoToolTurnStory:
         server: ScriptedOpenAIServer,
         chunks: ChunkFactory,
     ) -> None:
-        server.add(Reply.sse(chunks.tool_call_stream(CALLS)))
-        started = trio.Event()
-
-        async def forever(params: FunctionCallParams) -> None:
-            started.set()
-            await trio.sleep_forever()
-
-        functions: dict[str | None, FunctionHandler] = {"get_weather": forever, "get_time": forever}
+        server.add(Reply.sse(chunks.tool_call_stream(TWO_CALLS)))
+        lookup = BlockingTool()
+        functions: dict[str | None, FunctionHandler] = {"get_weather": lookup, "get_time": lookup}
         with capture_logs() as logs:
             async with open_conversation(server, tools=TOOLS, functions=functions) as conv:
                 await conv.say("Weather and time?")
-                await started.wait()
+                await lookup.wait_running()
                 await trio.testing.wait_all_tasks_blocked()
                 conv.harness.interrupt()
                 await trio.testing.wait_all_tasks_blocked()

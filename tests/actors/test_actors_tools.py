@@ -21,9 +21,7 @@ from actors import (
     FunctionCallResultProperties,
     FunctionCallsStartedFrame,
     FunctionHandler,
-    FunctionSchema,
     OpenAILLMService,
-    ToolsSchema,
 )
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 
@@ -37,18 +35,7 @@ from ..conversation_kit import (
     position,
     tool_answer,
 )
-from .actors_kit import BlockingTool
-
-WEATHER = FunctionSchema(
-    name="get_weather",
-    description="Current weather",
-    properties={"location": {"type": "string"}},
-    required=["location"],
-)
-TIME = FunctionSchema(
-    name="get_time", description="Local time", properties={"timezone": {"type": "string"}}
-)
-TOOLS = ToolsSchema(standard_tools=[WEATHER, TIME])
+from .actors_kit import TOOLS, BlockingTool
 
 
 def _call(name: str, arguments: dict[str, Any], call_id: str) -> tuple[str, str, str]:

@@ -5,7 +5,6 @@ status; OpenTelemetry is imported only when tracing is enabled."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,25 +17,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from actors import FunctionCallParams, FunctionHandler, FunctionSchema, ToolsSchema, tracing
+from actors import FunctionHandler, tracing
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 
 from ..conversation_kit import MODEL, open_conversation
-
-WEATHER = FunctionSchema(
-    name="get_weather",
-    description="Current weather",
-    properties={"location": {"type": "string"}},
-    required=["location"],
-)
-TIME = FunctionSchema(
-    name="get_time", description="Local time", properties={"timezone": {"type": "string"}}
-)
-TOOLS = ToolsSchema(standard_tools=[WEATHER, TIME])
-CALLS = [
-    ("get_weather", json.dumps({"location": "Paris"}), "call_w"),
-    ("get_time", json.dumps({"timezone": "CET"}), "call_t"),
-]
+from .actors_kit import TOOLS, TWO_CALLS, TWO_TOOL_FUNCTIONS, BlockingTool
 
 
 @pytest.fixture
@@ -70,6 +55,14 @@ def _span_id(span: ReadableSpan) -> int:
     return span_id
 
 
+def _assert_failed(error_type: str, *spans: ReadableSpan) -> None:
+    """Each span ended in error, with this ``error.type``."""
+    for span in spans:
+        assert span.status.status_code is StatusCode.ERROR
+        assert span.attributes is not None
+        assert span.attributes["error.type"] == error_type
+
+
 class TestTwoToolTurn:
     async def test_turn_chat_and_tool_spans(
         self,
@@ -78,19 +71,11 @@ class TestTwoToolTurn:
         chunks: ChunkFactory,
         spans: InMemorySpanExporter,
     ) -> None:
-        async def weather(params: FunctionCallParams) -> None:
-            await trio.sleep(0.25)
-            await params.result_callback({"sky": "sunny"})
-
-        async def clock(params: FunctionCallParams) -> None:
-            await trio.sleep(0.5)
-            raise RuntimeError("clock broken")
-
         server.add(
-            Reply.sse(chunks.tool_call_stream(CALLS, usage=(40, 12)), first_delay=0.3),
+            Reply.sse(chunks.tool_call_stream(TWO_CALLS, usage=(40, 12)), first_delay=0.3),
             Reply.sse(chunks.text_stream(["Sunny."], usage=(60, 5)), first_delay=0.1),
         )
-        functions: dict[str | None, FunctionHandler] = {"get_weather": weather, "get_time": clock}
+        functions = TWO_TOOL_FUNCTIONS
         async with open_conversation(server, tools=TOOLS, functions=functions, name="traced"):
             pass  # (opened and closed: no span without a request)
         assert spans.get_finished_spans() == ()
@@ -158,9 +143,7 @@ class TestTwoToolTurn:
             "gen_ai.tool.type": "function",
         }
         assert weather_span.status.status_code is StatusCode.UNSET
-        assert time_span.status.status_code is StatusCode.ERROR
-        assert time_span.attributes is not None
-        assert time_span.attributes["error.type"] == "RuntimeError"
+        _assert_failed("RuntimeError", time_span)
         # The calls start once their request has ended, and the follow-up once they settled
         # (span times are the wall clock's, not trio's virtual one).
         for tool in (weather_span, time_span):
@@ -186,10 +169,7 @@ class TestInterruptedTurn:
         named = _named(spans)
         (chat,) = named["chat gpt-test"]
         (turn,) = named["turn"]
-        for span in (chat, turn):
-            assert span.status.status_code is StatusCode.ERROR
-            assert span.attributes is not None
-            assert span.attributes["error.type"] == "cancelled"
+        _assert_failed("cancelled", chat, turn)
 
     async def test_tool_calls_cancelled_by_an_interruption(
         self,
@@ -198,17 +178,12 @@ class TestInterruptedTurn:
         chunks: ChunkFactory,
         spans: InMemorySpanExporter,
     ) -> None:
-        server.add(Reply.sse(chunks.tool_call_stream(CALLS)))
-        started = trio.Event()
-
-        async def forever(params: FunctionCallParams) -> None:
-            started.set()
-            await trio.sleep_forever()
-
-        functions: dict[str | None, FunctionHandler] = {"get_weather": forever, "get_time": forever}
+        server.add(Reply.sse(chunks.tool_call_stream(TWO_CALLS)))
+        lookup = BlockingTool()
+        functions: dict[str | None, FunctionHandler] = {"get_weather": lookup, "get_time": lookup}
         async with open_conversation(server, tools=TOOLS, functions=functions) as conv:
             await conv.say("Weather and time?")
-            await started.wait()
+            await lookup.wait_running()
             await trio.testing.wait_all_tasks_blocked()
             assert [s.name for s in spans.get_finished_spans()] == ["chat gpt-test"]
             conv.task.interrupt()
@@ -221,10 +196,7 @@ class TestInterruptedTurn:
         assert chat.status.status_code is StatusCode.UNSET  # it had ended well before
         tools = named["execute_tool get_weather"] + named["execute_tool get_time"]
         (turn,) = named["turn"]
-        for span in [*tools, turn]:
-            assert span.status.status_code is StatusCode.ERROR
-            assert span.attributes is not None
-            assert span.attributes["error.type"] == "cancelled"
+        _assert_failed("cancelled", *tools, turn)
         assert {_parent_id(s) for s in tools} == {_span_id(chat)}
 
 
@@ -242,10 +214,7 @@ class TestErrors:
         named = _named(spans)
         (chat,) = named["chat gpt-test"]
         (turn,) = named["turn"]
-        for span in (chat, turn):
-            assert span.status.status_code is StatusCode.ERROR
-            assert span.attributes is not None
-            assert span.attributes["error.type"] == "400"
+        _assert_failed("400", chat, turn)
 
     def test_enabling_without_opentelemetry_says_what_to_install(
         self, monkeypatch: pytest.MonkeyPatch

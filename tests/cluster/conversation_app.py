@@ -1,20 +1,18 @@
 """The conversation pipeline the cluster tests run on their workers (importable by the worker
 processes: ``tests.cluster.conversation_app:factory``), and the scripted model's answers.
 
-The model is the scripted OpenAI server, found through ``OPENAI_BASE_URL`` (the worker's
-environment). Its :func:`responder` answers each request from the last user line:
-:func:`answer_pieces` of it, :data:`PIECE_DELAY` seconds apart; a line starting with
-``long`` gets :data:`LONG_PIECES` pieces.
+The pipeline is the cluster example's (:func:`examples.cluster_app.conversation_pipeline`),
+so the tests prove it too; its model is the scripted OpenAI server, found through
+``OPENAI_BASE_URL`` (the worker's environment). Its :func:`responder` answers each request
+from the last user line: :func:`answer_pieces` of it, :data:`PIECE_DELAY` seconds apart; a
+line starting with ``long`` gets :data:`LONG_PIECES` pieces.
 """
 
 from __future__ import annotations
 
-import os
-
-from actors import OpenAILLMContext, OpenAILLMService
-from actors.cluster import HostedConversation
 from actors.testing import ChunkFactory, RecordedRequest, Reply
-from runtime import Pipeline, PipelineTask
+from examples.cluster_app import SYSTEM_PROMPT
+from examples.cluster_app import conversation_pipeline as factory
 
 __all__ = [
     "LONG_PIECES",
@@ -26,7 +24,8 @@ __all__ = [
     "responder",
 ]
 
-SYSTEM = "You are a test."
+#: The system prompt of every conversation (the example's).
+SYSTEM = SYSTEM_PROMPT
 PIECE_DELAY = 0.1
 LONG_PIECES = 400
 
@@ -48,24 +47,3 @@ def responder(request: RecordedRequest) -> Reply:
     line = next(m["content"] for m in reversed(messages) if m["role"] == "user")
     chunks = ChunkFactory()
     return Reply.sse(chunks.text_stream(answer_pieces(line)), delay=PIECE_DELAY, first_delay=0)
-
-
-def factory(hosted: HostedConversation) -> PipelineTask:
-    """A conversation's session: user aggregator, LLM, assistant aggregator, persisted in the
-    worker's storage."""
-    llm = OpenAILLMService(
-        model=os.environ.get("OPENAI_MODEL", "gpt-test"),
-        api_key=os.environ.get("OPENAI_API_KEY", "sk-test"),
-        base_url=os.environ["OPENAI_BASE_URL"],
-    )
-    context = OpenAILLMContext(messages=[{"role": "system", "content": SYSTEM}])
-    pair = llm.create_context_aggregator(
-        context,
-        storage=hosted.storage,
-        conversation_id=hosted.conversation_id,
-        lease_ttl=hosted.lease_ttl,
-    )
-    return PipelineTask(
-        Pipeline([pair.user(), llm, pair.assistant()]),
-        name=f"conversation-{hosted.conversation_id}",
-    )
