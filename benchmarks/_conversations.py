@@ -49,7 +49,17 @@ from ._registry import Row
 from ._rigs import SYSTEM_PROMPT
 from ._server import model_spec, server_process_pid
 
-__all__ = ["LINE", "MODEL", "Placed", "TurnResult", "conversation_rows", "factory", "run_sizes"]
+__all__ = [
+    "LINE",
+    "MODEL",
+    "Placed",
+    "TurnResult",
+    "conversation_rows",
+    "factory",
+    "quiet_worker_logs",
+    "run_sizes",
+    "serve_until_sigterm",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The answer of every turn: the ``sessions`` benchmark's (50 tokens, 20 ms apart).
@@ -291,6 +301,12 @@ async def _serve_worker(redis_url: str, prefix: str, storage_prefix: str, base_u
         lease_ttl=LEASE_TTL,
         stop_timeout_secs=STOP_SECS / 2,
     )
+    await serve_until_sigterm(worker)
+
+
+async def serve_until_sigterm(worker: Any) -> None:
+    """Run a worker process's cluster ``worker`` (its ``run`` and ``stop``), print ``ready``
+    once it runs, and stop it on SIGTERM (how the benchmark ends its worker processes)."""
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(worker.run)
@@ -300,13 +316,16 @@ async def _serve_worker(redis_url: str, prefix: str, storage_prefix: str, base_u
                 break
 
 
+def quiet_worker_logs() -> None:
+    """A worker process logs warnings and above only (its info lines would be measured)."""
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 6 and sys.argv[1] == "worker":
-        import structlog
-
-        structlog.configure(
-            wrapper_class=structlog.make_filtering_bound_logger(30)  # warnings and above
-        )
+        quiet_worker_logs()
         trio.run(_serve_worker, sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     else:
         sys.exit("usage: python -m benchmarks._conversations worker REDIS PREFIX STORAGE BASE_URL")

@@ -48,7 +48,7 @@ from actors.storage.testing import RedisServer, RedisServerError
 from runtime import Actor, DataFrame, Frame, FrameDirection, Pipeline, PipelineTask
 from runtime.cluster import ClusterClient, ClusterWorker, RemoteInterruptedFrame
 
-from ._conversations import conversation_rows, run_sizes
+from ._conversations import conversation_rows, quiet_worker_logs, run_sizes, serve_until_sigterm
 from ._registry import Options, Report, Row, Target
 
 __all__ = ["Ask", "Echo", "Piece", "factory", "run"]
@@ -285,23 +285,12 @@ def run(options: Options) -> Report:
 
 
 async def _serve_worker(url: str, prefix: str) -> None:
-    worker = ClusterWorker(url, factory, prefix=prefix, lease_ttl=10.0)
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(worker.run)
-            print("ready", flush=True)
-            async for _ in signals:
-                worker.stop()
-                break
+    await serve_until_sigterm(ClusterWorker(url, factory, prefix=prefix, lease_ttl=10.0))
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "worker":
-        import structlog
-
-        structlog.configure(
-            wrapper_class=structlog.make_filtering_bound_logger(30)  # warnings and above
-        )
+        quiet_worker_logs()
         trio.run(_serve_worker, sys.argv[2], sys.argv[3])
     else:
         sys.exit("usage: python -m benchmarks.cluster worker URL PREFIX")
