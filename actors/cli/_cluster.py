@@ -113,9 +113,23 @@ def run_worker(options: WorkerOptions) -> int:
 
     try:
         trio.run(serve)
-    except (ClusterError, StorageError, ValueError) as exc:
+    except _REPORTED as exc:
         return _error(str(exc))
+    except BaseExceptionGroup as group:  # raised by the worker's start, inside the nursery
+        reported, rest = group.split(_REPORTED)
+        if reported is None or rest is not None:
+            raise
+        return _error(str(_first_leaf(reported)))
     return 0
+
+
+#: The failures ``trouper worker`` reports as one ``error:`` line (exit status 2).
+_REPORTED = (ClusterError, StorageError, ValueError)
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _status_text(status: ClusterStatus) -> str:

@@ -114,3 +114,19 @@ def test_status_of_an_unreachable_redis_is_one_error_line() -> None:
     assert "s3cret-pw" not in done.stderr
     assert "Traceback" not in done.stderr
     assert os.linesep not in done.stderr.strip()
+
+
+def test_a_worker_that_cannot_reach_redis_is_one_error_line() -> None:
+    done = run(
+        "worker",
+        "--redis",
+        "redis://user:s3cret-pw@127.0.0.1:1/0",
+        "--pipeline",
+        "examples.cluster_app:conversation_pipeline",
+    )
+    assert done.returncode == 2, done.stdout
+    assert done.stderr.startswith("error: "), done.stderr
+    assert "unavailable" in done.stderr
+    assert "s3cret-pw" not in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
+    assert os.linesep not in done.stderr.strip()
