@@ -20,6 +20,7 @@ from runtime.cluster import (
 )
 
 from .._frames import TranscriptionFrame
+from ..storage._redis import mask_url
 
 __all__ = ["ConversationClient", "RemoteConversation"]
 
@@ -48,7 +49,7 @@ class ConversationClient:
             conversation's worker is still alive.
     """
 
-    url: str
+    url: str = attrs.field(repr=lambda url: repr(mask_url(url)))  # never the password in a repr
     prefix: str = DEFAULT_PREFIX
     check_secs: float = 0.5
     _cluster: ClusterClient | None = attrs.field(default=None, init=False)

@@ -22,8 +22,15 @@ from ..storage import (
     RedisConversationStorage,
     StorageError,
 )
+from ..storage._redis import mask_url
 
 __all__ = ["ConversationFactory", "ConversationWorker", "HostedConversation"]
+
+
+def _url_repr(url: str | None) -> str:
+    """A URL as a repr shows it, its password masked."""
+    return repr(url if url is None else mask_url(url))
+
 
 log = structlog.get_logger("trouper.actors.cluster")
 
@@ -83,9 +90,9 @@ class ConversationWorker:
         worker_id: The worker's id (default: host, process id and a random part).
     """
 
-    url: str
+    url: str = attrs.field(repr=_url_repr)  # never the password in a repr
     factory: ConversationFactory
-    storage_url: str | None = None
+    storage_url: str | None = attrs.field(default=None, repr=_url_repr)
     prefix: str = DEFAULT_PREFIX
     storage_prefix: str = "trouper:"
     lease_ttl: float = 10.0

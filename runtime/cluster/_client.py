@@ -26,6 +26,7 @@ from ._wire import (
     connect,
     text,
     translating,
+    url_repr,
 )
 
 __all__ = ["ClusterClient", "InterruptTimeoutError", "RemoteSession"]
@@ -59,7 +60,7 @@ class ClusterClient:
             one connection while it waits).
     """
 
-    url: str
+    url: str = attrs.field(repr=url_repr)  # never the password in a repr
     prefix: str = DEFAULT_PREFIX
     lease_ttl: float = 10.0
     check_secs: float = 0.5

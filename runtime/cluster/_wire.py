@@ -30,6 +30,7 @@ __all__ = [
     "mask_url",
     "new_worker_id",
     "text",
+    "url_repr",
 ]
 
 #: Prepended to every key of the cluster.
@@ -55,6 +56,11 @@ class ClusterUnavailableError(ClusterError):
 
 class NoWorkerError(ClusterError):
     """No live worker can take a key (none has announced itself, or all are dead)."""
+
+
+def url_repr(url: str) -> str:
+    """``url`` as a repr shows it: quoted, its password masked."""
+    return repr(mask_url(url))
 
 
 def mask_url(url: str) -> str:
@@ -182,7 +188,7 @@ def translating(url: str) -> Any:
 class Connection:
     """An open client with the cluster's scripts registered."""
 
-    url: str
+    url: str = attrs.field(repr=url_repr)
     client: coredis.Redis[bytes]
     keys: Keys
     scripts: Mapping[str, Any]

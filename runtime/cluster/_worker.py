@@ -44,6 +44,7 @@ from ._wire import (
     connect,
     new_worker_id,
     text,
+    url_repr,
 )
 
 __all__ = ["ClusterWorker", "SessionFactory", "forward_by_default"]
@@ -130,7 +131,7 @@ class ClusterWorker:
         output_ttl_secs: An output stream with no new entry for this long is deleted.
     """
 
-    url: str
+    url: str = attrs.field(repr=url_repr)  # never the password in a repr
     factory: SessionFactory
     prefix: str = DEFAULT_PREFIX
     worker_id: str = attrs.field(factory=new_worker_id)
