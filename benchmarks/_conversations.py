@@ -88,12 +88,7 @@ def factory(base_url: str, hosted: Any) -> Any:
 
     llm = trouper_llm(base_url, MODEL)
     context = OpenAILLMContext(messages=[{"role": "system", "content": SYSTEM_PROMPT}])
-    pair = llm.create_context_aggregator(
-        context,
-        storage=hosted.storage,
-        conversation_id=hosted.conversation_id,
-        lease_ttl=hosted.lease_ttl,
-    )
+    pair = hosted.context_aggregator(llm, context)  # persisted in the worker's storage
     stages = [pair.user(), llm, TextTransport().output(), pair.assistant()]
     return PipelineTask(Pipeline(stages), name=f"conversation-{hosted.conversation_id}")
 

@@ -95,12 +95,7 @@ def conversation_pipeline(hosted: HostedConversation) -> PipelineTask:
         api_key=os.environ.get("OPENAI_API_KEY") or None,
     )
     context = OpenAILLMContext(messages=[{"role": "system", "content": SYSTEM_PROMPT}])
-    pair = llm.create_context_aggregator(
-        context,
-        storage=hosted.storage,
-        conversation_id=hosted.conversation_id,
-        lease_ttl=hosted.lease_ttl,
-    )
+    pair = hosted.context_aggregator(llm, context)  # persisted in the worker's storage
     return PipelineTask(
         Pipeline([pair.user(), llm, pair.assistant()]),
         name=f"conversation-{hosted.conversation_id}",

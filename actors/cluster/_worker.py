@@ -14,6 +14,9 @@ import trio
 from runtime import ErrorFrame, Frame, FrameDirection, PipelineTask
 from runtime.cluster import DEFAULT_PREFIX, ClusterWorker, new_worker_id
 
+from .._aggregators import OpenAIContextAggregatorPair
+from .._context import OpenAILLMContext
+from .._service import OpenAILLMService
 from ..storage import (
     ConversationConflictError,
     ConversationStorage,
@@ -55,6 +58,19 @@ class HostedConversation:
     storage: ConversationStorage
     lease_ttl: float
     worker_id: str
+
+    def context_aggregator(
+        self, llm: OpenAILLMService, context: OpenAILLMContext
+    ) -> OpenAIContextAggregatorPair:
+        """``llm``'s aggregator pair for ``context``, persisted in this conversation: the
+        same as ``llm.create_context_aggregator(context, storage=self.storage,
+        conversation_id=self.conversation_id, lease_ttl=self.lease_ttl)``."""
+        return llm.create_context_aggregator(
+            context,
+            storage=self.storage,
+            conversation_id=self.conversation_id,
+            lease_ttl=self.lease_ttl,
+        )
 
 
 #: Builds a conversation's session: a ``PipelineTask`` not yet run (or an awaitable of one).
