@@ -38,10 +38,8 @@ from ._contract import (
     check_version,
 )
 from ._errors import (
-    ConversationConflictError,
     ConversationCorruptError,
     LeaseHeldError,
-    LeaseLostError,
     StorageError,
     StorageUnavailableError,
     check_id,
@@ -58,6 +56,19 @@ from ._fold import (
 )
 from ._keeper import LeaseKeeper
 from ._phase import Phase
+from ._sqlite_group import (
+    Head,
+    apply_append,
+    check_int,
+    check_lease_row,
+    check_number,
+    extend_leases,
+    group_supported,
+    lease_values,
+    read_heads,
+    read_leases,
+    write_group,
+)
 from ._worker import Batcher, WorkerClosedError, WorkerThread
 
 __all__ = ["SQLiteConversationStorage"]
@@ -140,23 +151,15 @@ class _Append:
     append_id: str | None
 
 
+class _GroupFailed(Exception):
+    """A group could not be written in a few statements: write each append on its own."""
+
+
 def _is_busy(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
         return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
     return "locked" in str(exc) or "busy" in str(exc)
-
-
-def _int(conversation_id: str, value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConversationCorruptError(conversation_id, f"its {what} is {value!r}, not an integer")
-    return value
-
-
-def _number(conversation_id: str, value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConversationCorruptError(conversation_id, f"its {what} is {value!r}, not a number")
-    return float(value)
 
 
 def _blob(conversation_id: str, value: object, what: str) -> bytes | str:
@@ -251,8 +254,14 @@ class SQLiteConversationStorage:
         self._appends: Batcher[sqlite3.Connection, _Append, tuple[int, bool]] = Batcher(
             self._worker, self._append_batch
         )
+        self._renewals: Batcher[sqlite3.Connection, tuple[Lease, float], Lease] = Batcher(
+            self._worker, self._renew_batch
+        )
         self._state = Phase.NEW
         self._compaction_queued: set[str] = set()
+        #: Whether appends are written a group at a time (see ``_sqlite_group``); set when
+        #: the database opens.
+        self._group_statements = False
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
         #: Renews the leases of the sessions writing through this storage, in one task.
@@ -356,6 +365,7 @@ class SQLiteConversationStorage:
             if self.import_legacy:
                 self._import_legacy(conn)
 
+        self._group_statements = group_supported(conn)
         try:
             _transaction(conn, create, write=True)
         except sqlite3.OperationalError as exc:
@@ -469,7 +479,7 @@ class SQLiteConversationStorage:
         ).fetchone()
         if row is not None:
             for value, what in zip(row[:2], ("version", "snapshot version"), strict=False):
-                _int(cid, value, what)
+                check_int(cid, value, what)
         return row
 
     def _read(
@@ -510,7 +520,7 @@ class SQLiteConversationStorage:
         entries = []
         expected = snapshot_version + 1
         for row_version, record in rows:
-            if _int(cid, row_version, "change version") != expected:
+            if check_int(cid, row_version, "change version") != expected:
                 raise ConversationCorruptError(
                     cid, f"its change log has a gap: version {expected} is missing"
                 )
@@ -530,42 +540,12 @@ class SQLiteConversationStorage:
         ).fetchone()
         if row is None:
             return None
-        return self._lease_values(cid, *row)
-
-    @staticmethod
-    def _lease_values(
-        cid: str, owner: object, token: object, expires_at: object
-    ) -> tuple[str, int, float]:
-        if not isinstance(owner, str):
-            raise ConversationCorruptError(cid, f"its lease owner is {owner!r}, not a string")
-        return owner, _int(cid, token, "lease token"), _number(cid, expires_at, "lease expiry")
+        return lease_values(cid, *row)
 
     def _check_writer(
         self, conn: sqlite3.Connection, cid: str, lease: Lease | None, now: float
     ) -> tuple[str, int, float] | None:
-        return self._check_lease_row(cid, self._lease_row(conn, cid), lease, now)
-
-    @staticmethod
-    def _check_lease_row(
-        cid: str, row: tuple[str, int, float] | None, lease: Lease | None, now: float
-    ) -> tuple[str, int, float] | None:
-        live = row is not None and row[2] > now
-        if lease is None:
-            if live:
-                assert row is not None
-                raise LeaseHeldError(cid, row[0], row[2] - now)
-            return row
-        if row is None:
-            raise LeaseLostError(cid, lease.owner, lease.token, "the conversation has no lease")
-        if (row[0], row[1]) != (lease.owner, lease.token):
-            raise LeaseLostError(
-                cid, lease.owner, lease.token, f"taken over by {row[0]!r} with lease {row[1]}"
-            )
-        if not live:
-            raise LeaseLostError(
-                cid, lease.owner, lease.token, f"it expired {now - row[2]:.3g} s ago"
-            )
-        return row
+        return check_lease_row(cid, self._lease_row(conn, cid), lease, now)
 
     # ----------------------------------------------------------------- reading
 
@@ -591,11 +571,12 @@ class SQLiteConversationStorage:
         return ConversationInfo(
             conversation_id=cid,
             version=version,
-            created_at=_number(cid, created, "creation time"),
-            updated_at=_number(cid, updated, "update time"),
-            message_count=_int(cid, messages, "message count"),
-            stored_bytes=_int(cid, log_bytes, "log size") + _int(cid, snapshot_bytes, "size"),
-            log_entries=_int(cid, entries, "log length"),
+            created_at=check_number(cid, created, "creation time"),
+            updated_at=check_number(cid, updated, "update time"),
+            message_count=check_int(cid, messages, "message count"),
+            stored_bytes=check_int(cid, log_bytes, "log size")
+            + check_int(cid, snapshot_bytes, "size"),
+            log_entries=check_int(cid, entries, "log length"),
             lease_owner=owner,
             lease_expires_in=expires,
         )
@@ -633,7 +614,7 @@ class SQLiteConversationStorage:
             out = []
             for row in rows:
                 cid, head, lease = row[0], row[1:9], row[9:]
-                _int(str(cid), head[0], "version")
+                check_int(str(cid), head[0], "version")
                 out.append(self._info(str(cid), head, None if lease[0] is None else lease, now))
             return out
 
@@ -679,45 +660,138 @@ class SQLiteConversationStorage:
     def _append_batch(
         self, conn: sqlite3.Connection, items: list[_Append]
     ) -> list[outcome.Outcome[tuple[int, bool]]]:
-        """In the thread: one transaction for ``items``, a savepoint each; an outcome each.
-        A lock held elsewhere is retried for the whole group (nothing was committed)."""
+        """In the thread: one transaction for ``items``; an outcome each.
+
+        The whole group is checked and written in a few statements (see
+        :mod:`actors.storage._sqlite_group` for why that matters); if that is not possible
+        (an SQLite without JSON functions, or any database error on the way), each append
+        gets its own savepoint, so a refused append leaves the others alone. A lock held
+        elsewhere is retried for the whole group (nothing was committed)."""
         prepared: list[tuple[bytes, bool, int] | outcome.Error] = []
         for item in items:
             try:
                 prepared.append(prepare_append(item.changes))
             except ValueError as exc:
                 prepared.append(outcome.Error(exc))
-
-        def write(conn: sqlite3.Connection) -> list[outcome.Outcome[tuple[int, bool]]]:
-            now = time.time()
-            results: list[outcome.Outcome[tuple[int, bool]]] = []
-            for item, ready in zip(items, prepared, strict=True):
-                if isinstance(ready, outcome.Error):
-                    results.append(ready)
-                    continue
-                conn.execute("SAVEPOINT trouper_append")
-                try:
-                    value = self._append(conn, item, *ready, now)
-                except (StorageError, sqlite3.Error) as exc:
-                    conn.execute("ROLLBACK TO trouper_append")
-                    conn.execute("RELEASE trouper_append")
-                    if isinstance(exc, sqlite3.Error):
-                        if _is_busy(exc):
-                            raise  # the whole group waits and runs again
-                        exc = self._translate(exc, item.cid)
-                    results.append(outcome.Error(exc))
-                else:
-                    conn.execute("RELEASE trouper_append")
-                    results.append(outcome.Value(value))
-            return results
-
         try:
-            return self._retrying(conn, lambda c: _transaction(c, write, write=True), None)
+            if self._group_statements:
+                try:
+                    return self._retrying(
+                        conn,
+                        lambda c: _transaction(
+                            c, lambda c: self._write_group(c, items, prepared), write=True
+                        ),
+                        None,
+                    )
+                except _GroupFailed:
+                    pass  # rolled back: every append on its own, each with its own answer
+            return self._retrying(
+                conn,
+                lambda c: _transaction(
+                    c, lambda c: self._write_each(c, items, prepared), write=True
+                ),
+                None,
+            )
         except StorageError as exc:
             return [
                 ready if isinstance(ready, outcome.Error) else outcome.Error(exc)
                 for ready in prepared
             ]
+
+    def _write_group(
+        self,
+        conn: sqlite3.Connection,
+        items: list[_Append],
+        prepared: list[tuple[bytes, bool, int] | outcome.Error],
+    ) -> list[outcome.Outcome[tuple[int, bool]]]:
+        """The group in a few statements: every head read at once, checked and advanced
+        here, the log rows and the changed heads written at once.
+
+        Raises:
+            _GroupFailed: A database error other than a lock (the caller rolls back and
+                writes each append on its own).
+        """
+        now = time.time()
+        cids = list(dict.fromkeys(item.cid for item in items))
+        try:
+            heads = read_heads(conn, cids)
+        except sqlite3.Error as exc:
+            if _is_busy(exc):
+                raise
+            raise _GroupFailed from exc
+        except ConversationCorruptError as exc:
+            raise _GroupFailed from exc
+        results: list[outcome.Outcome[tuple[int, bool]]] = []
+        rows: list[tuple[str, int, bytes]] = []
+        changed: dict[str, Head] = {}
+        for item, ready in zip(items, prepared, strict=True):
+            if isinstance(ready, outcome.Error):
+                results.append(ready)
+                continue
+            record, reset, count = ready
+            head = heads.get(item.cid)
+            if head is None:  # pragma: no cover (json_each yields every id given)
+                raise _GroupFailed(f"no head read for {item.cid!r}")
+            try:
+                version, due, write = self._apply(head, item, record, reset, count, now)
+            except StorageError as exc:
+                results.append(outcome.Error(exc))
+                continue
+            if write:
+                rows.append((item.cid, version, record))
+                changed[item.cid] = head
+            results.append(outcome.Value((version, due)))
+        try:
+            write_group(conn, rows, list(changed.values()), now)
+        except sqlite3.Error as exc:
+            if _is_busy(exc):
+                raise
+            raise _GroupFailed from exc
+        return results
+
+    def _write_each(
+        self,
+        conn: sqlite3.Connection,
+        items: list[_Append],
+        prepared: list[tuple[bytes, bool, int] | outcome.Error],
+    ) -> list[outcome.Outcome[tuple[int, bool]]]:
+        """The group one append at a time, a savepoint each."""
+        now = time.time()
+        results: list[outcome.Outcome[tuple[int, bool]]] = []
+        for item, ready in zip(items, prepared, strict=True):
+            if isinstance(ready, outcome.Error):
+                results.append(ready)
+                continue
+            conn.execute("SAVEPOINT trouper_append")
+            try:
+                value = self._append(conn, item, *ready, now)
+            except (StorageError, sqlite3.Error) as exc:
+                conn.execute("ROLLBACK TO trouper_append")
+                conn.execute("RELEASE trouper_append")
+                if isinstance(exc, sqlite3.Error):
+                    if _is_busy(exc):
+                        raise  # the whole group waits and runs again
+                    exc = self._translate(exc, item.cid)
+                results.append(outcome.Error(exc))
+            else:
+                conn.execute("RELEASE trouper_append")
+                results.append(outcome.Value(value))
+        return results
+
+    def _apply(
+        self, head: Head, item: _Append, record: bytes, reset: bool, count: int, now: float
+    ) -> tuple[int, bool, bool]:
+        return apply_append(
+            head,
+            expected=item.expected,
+            lease=item.lease,
+            append_id=item.append_id,
+            record_bytes=len(record),
+            reset=reset,
+            count=count,
+            now=now,
+            policy=self.compaction,
+        )
 
     def _append(
         self,
@@ -728,48 +802,32 @@ class SQLiteConversationStorage:
         count: int,
         now: float,
     ) -> tuple[int, bool]:
-        cid, expected = item.cid, item.expected
+        cid = item.cid
         row = conn.execute(_APPEND_READ, (cid,)).fetchone()
-        head, lease_row = row[:6], row[6:]
-        self._check_lease_row(
-            cid,
-            None if lease_row[0] is None else self._lease_values(cid, *lease_row),
-            item.lease,
-            now,
-        )
-        current = 0 if head[0] is None else _int(cid, head[0], "version")
-        if current != expected:
-            stored_id = head[5] if isinstance(head[5], str) else None
-            retried = item.append_id is not None and stored_id == item.append_id
-            if retried and current == expected + 1:  # this append, committed already
-                entries = _int(cid, head[2], "log length")
-                return current, self.compaction.due(
-                    entries, _int(cid, head[3], "log size"), _int(cid, head[4], "size")
-                )
-            raise ConversationConflictError(cid, expected, current, head_append_id=stored_id)
-        version = current + 1
+        head = Head.from_row(cid, row)
+        stored = head.stored
+        version, due, write = self._apply(head, item, record, reset, count, now)
+        if not write:
+            return version, due
         conn.execute(
             "INSERT INTO trouper_changes (conversation_id, version, record) VALUES (?, ?, ?)",
             (cid, version, record),
         )
-        if head[0] is None:
+        if not stored:
             conn.execute(
                 f"INSERT INTO trouper_heads (id, {_HEAD_COLUMNS}, append_id) "
-                "VALUES (?, 1, 0, ?, ?, ?, 1, ?, 0, ?)",
-                (cid, now, now, count, len(record), item.append_id),
-            )
-            entries, log_bytes, snapshot_bytes = 1, len(record), 0
+                "VALUES (?, ?, 0, ?, ?, ?, ?, ?, 0, ?)",
+                (cid, version, now, now, head.message_count, head.log_entries, head.log_bytes,
+                 item.append_id),
+            )  # fmt: skip
         else:
-            messages = count if reset else _int(cid, head[1], "message count") + count
-            entries = _int(cid, head[2], "log length") + 1
-            log_bytes = _int(cid, head[3], "log size") + len(record)
-            snapshot_bytes = _int(cid, head[4], "snapshot size")
             conn.execute(
                 "UPDATE trouper_heads SET version = ?, updated_at = ?, message_count = ?, "
                 "log_entries = ?, log_bytes = ?, append_id = ? WHERE id = ?",
-                (version, now, messages, entries, log_bytes, item.append_id, cid),
-            )
-        return version, self.compaction.due(entries, log_bytes, snapshot_bytes)
+                (version, now, head.message_count, head.log_entries, head.log_bytes,
+                 item.append_id, cid),
+            )  # fmt: skip
+        return version, due
 
     async def delete(self, conversation_id: str, *, lease: Lease | None = None) -> bool:
         """Forget the conversation; whether it existed (see
@@ -862,23 +920,69 @@ class SQLiteConversationStorage:
         return await self._run(cid, acquire)
 
     async def renew_lease(self, lease: Lease, ttl: float | None = None) -> Lease:
-        """Extend a live lease (see :meth:`ConversationStorage.renew_lease`)."""
-        cid = check_lease(None, lease)
+        """Extend a live lease (see :meth:`ConversationStorage.renew_lease`).
+
+        Renewals made while the thread is busy are carried out together, in one
+        transaction of a few statements (the lease keeper renews many at once)."""
+        check_lease(None, lease)
         seconds = lease.ttl if ttl is None else check_ttl(ttl)
+        if self._state is not Phase.OPEN:
+            raise StorageUnavailableError(self._not_open())
+        try:
+            return await self._renewals.call((lease, seconds))
+        except WorkerClosedError:
+            raise StorageUnavailableError(self._not_open()) from None
 
-        def renew(conn: sqlite3.Connection) -> Lease:
-            def write(conn: sqlite3.Connection) -> Lease:
-                now = time.time()
-                self._check_writer(conn, cid, lease, now)
-                conn.execute(
+    def _renew_batch(
+        self, conn: sqlite3.Connection, items: list[tuple[Lease, float]]
+    ) -> list[outcome.Outcome[Lease]]:
+        """In the thread: every renewal of the group in one transaction; an outcome each."""
+
+        def renew_all(conn: sqlite3.Connection) -> list[outcome.Outcome[Lease]]:
+            now = time.time()
+            if self._group_statements:
+                try:
+                    rows = read_leases(conn, [lease.conversation_id for lease, _ in items])
+                except sqlite3.Error as exc:
+                    if _is_busy(exc):
+                        raise
+                    rows = None  # a lease row JSON cannot hold: each on its own
+            else:
+                rows = None
+            results: list[outcome.Outcome[Lease]] = []
+            renewed: list[tuple[str, float]] = []
+            for lease, seconds in items:
+                cid = lease.conversation_id
+                try:
+                    if rows is None:
+                        row = self._lease_row(conn, cid)
+                    else:
+                        found = rows.get(cid)
+                        row = None if found is None else lease_values(cid, *found)
+                    check_lease_row(cid, row, lease, now)
+                except StorageError as exc:
+                    results.append(outcome.Error(exc))
+                    continue
+                except sqlite3.Error as exc:
+                    if _is_busy(exc):
+                        raise
+                    results.append(outcome.Error(self._translate(exc, cid)))
+                    continue
+                renewed.append((cid, now + seconds))
+                results.append(outcome.Value(Lease(cid, lease.owner, lease.token, seconds)))
+            if self._group_statements:
+                extend_leases(conn, renewed)
+            else:
+                conn.executemany(
                     "UPDATE trouper_leases SET expires_at = ? WHERE conversation_id = ?",
-                    (now + seconds, cid),
+                    [(expires, cid) for cid, expires in renewed],
                 )
-                return Lease(cid, lease.owner, lease.token, seconds)
+            return results
 
-            return _transaction(conn, write, write=True)
-
-        return await self._run(cid, renew)
+        try:
+            return self._retrying(conn, lambda c: _transaction(c, renew_all, write=True), None)
+        except StorageError as exc:
+            return [outcome.Error(exc) for _ in items]
 
     async def release_lease(self, lease: Lease) -> bool:
         """End the lease now; whether it was still live."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from actors._storage import ConversationWriter
 from actors.storage import (
     AppendMessages,
     ConversationConflictError,
+    ConversationCorruptError,
     LeaseHeldError,
     LeaseLostError,
     RedisConversationStorage,
@@ -349,3 +351,178 @@ async def test_a_writer_dropped_without_closing_lets_its_lease_expire(tmp_path: 
         gc.collect()
         await trio.sleep(1.2)
         await storage.acquire_lease("d", "next", 1)
+
+
+# --------------------------------------------------------------------------- SQLite groups
+
+
+async def _queued_behind_a_lock(
+    path: Any, storage: SQLiteConversationStorage, plan: list[tuple[str, int, str]]
+) -> dict[int, Any]:
+    """Run the appends of ``plan`` queued behind a lock held by another connection, so the
+    thread takes them as one group; each answer (a version or the error)."""
+    answers: dict[int, Any] = {}
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+
+    async def append(i: int, cid: str, version: int, text: str) -> None:
+        try:
+            answers[i] = await storage.append(cid, said(text), expected_version=version)
+        except Exception as exc:
+            answers[i] = exc
+
+    async with trio.open_nursery() as nursery:
+        for i, (cid, version, text) in enumerate(plan):
+            nursery.start_soon(append, i, cid, version, text)
+            await trio.testing.wait_all_tasks_blocked()
+        holder.execute("COMMIT")
+        holder.close()
+    return answers
+
+
+async def test_a_group_costs_a_few_statements_whatever_its_size(tmp_path: Any) -> None:
+    """Python's sqlite3 gives up the GIL at every statement step and may wait up to 5 ms
+    to get it back while the loop is busy: a group of 300 appends (new and existing
+    conversations, two to the same one) runs in a handful of statements, not five per
+    append."""
+    from actors.storage._contract import CompactionPolicy
+    from actors.storage._sqlite_group import Head, apply_append, read_heads, write_group
+
+    path = tmp_path / "g.db"
+    async with SQLiteConversationStorage(path) as storage:
+        await storage.append("old", said("x"), expected_version=0)
+    conn = sqlite3.connect(path, isolation_level=None)
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    policy = CompactionPolicy(256, 1 << 20)
+    cids = ["old", *(f"n{i}" for i in range(299))]
+    conn.execute("BEGIN IMMEDIATE")
+    heads = read_heads(conn, cids)
+    assert heads["old"].version == 1
+    assert heads["old"].stored
+    assert heads["n0"].version == 0
+    assert not heads["n0"].stored
+    rows = []
+    for cid in [*cids, "old"]:
+        version, _, write = apply_append(
+            heads[cid], expected=heads[cid].version, lease=None, append_id=None,
+            record_bytes=2, reset=False, count=1, now=1.0, policy=policy,
+        )  # fmt: skip
+        assert write
+        rows.append((cid, version, b"{}"))
+    write_group(conn, rows, list(heads.values()), 1.0)
+    conn.execute("COMMIT")
+    assert len(statements) <= 8, statements
+    assert conn.execute(
+        "SELECT version, message_count FROM trouper_heads WHERE id = 'old'"
+    ).fetchone() == (3, 3)
+    assert conn.execute("SELECT count(*) FROM trouper_changes").fetchone() == (302,)
+    conn.close()
+    assert isinstance(Head.from_row("x", (None,) * 9), Head)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "UPDATE trouper_heads SET version = 'seven' WHERE id = 'bad'",  # not an integer
+        "UPDATE trouper_heads SET append_id = X'00ff' WHERE id = 'bad'",  # JSON cannot hold it
+        "INSERT INTO trouper_changes VALUES ('bad', 2, '{}')",  # the next row exists already
+    ],
+)
+async def test_one_damaged_conversation_does_not_fail_its_group(tmp_path: Any, damage: str) -> None:
+    """A group that meets a damaged conversation is written one append at a time: the
+    others are committed, the damaged one gets its own typed error (or, if only its
+    append id is odd, is written too)."""
+    path = tmp_path / "d.db"
+    async with SQLiteConversationStorage(path) as storage:
+        for cid in ("a", "bad", "c"):
+            await storage.append(cid, said(f"{cid}0"), expected_version=0)
+    with sqlite3.connect(path) as conn:
+        conn.execute(damage)
+    conn.close()
+    async with SQLiteConversationStorage(path) as storage:
+        answers = await _queued_behind_a_lock(
+            path, storage, [("a", 1, "a1"), ("bad", 1, "bad1"), ("c", 1, "c1")]
+        )
+        assert answers[0] == 2
+        assert answers[2] == 2
+        if "append_id" in damage:
+            assert answers[1] == 2
+        else:
+            assert isinstance(answers[1], ConversationCorruptError), answers[1]
+            assert "bad" in str(answers[1])
+        for cid in ("a", "c"):
+            stored = await storage.load(cid)
+            assert stored is not None
+            assert texts(stored.snapshot) == [f"{cid}0", f"{cid}1"]
+
+
+async def test_a_group_checks_every_lease(tmp_path: Any) -> None:
+    """In one group: an append without the live lease of its conversation is refused, an
+    append with it goes through, and so do the appends of other conversations."""
+    path = tmp_path / "l.db"
+    async with SQLiteConversationStorage(path) as storage:
+        lease = await storage.acquire_lease("leased", "me", ttl=60)
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        answers: dict[str, Any] = {}
+
+        async def append(key: str, cid: str, held: Any) -> None:
+            try:
+                answers[key] = await storage.append(cid, said(key), expected_version=0, lease=held)
+            except Exception as exc:
+                answers[key] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(append, "stranger", "leased", None)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(append, "owner", "leased", lease)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(append, "other", "free", None)
+            await trio.testing.wait_all_tasks_blocked()
+            holder.execute("COMMIT")
+            holder.close()
+        assert isinstance(answers["stranger"], LeaseHeldError)
+        assert answers["owner"] == 1
+        assert answers["other"] == 1
+
+
+async def test_renewals_made_together_each_get_their_answer(tmp_path: Any) -> None:
+    """Renewals queued at one moment (the lease keeper renews many at once) are carried
+    out in one transaction: a live lease is extended, a lease taken over and a lease on a
+    conversation without one are each refused on their own."""
+    path = tmp_path / "r.db"
+    async with SQLiteConversationStorage(path) as storage:
+        live = await storage.acquire_lease("live", "me", ttl=0.5)
+        taken = await storage.acquire_lease("taken", "me", ttl=0.5)
+        await storage.release_lease(taken)
+        await storage.acquire_lease("taken", "someone-else", ttl=60)
+        ghost = attrs.evolve(live, conversation_id="ghost")
+        answers: dict[str, Any] = {}
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+
+        async def renew(key: str, lease: Any) -> None:
+            try:
+                answers[key] = await storage.renew_lease(lease, ttl=120)
+            except Exception as exc:
+                answers[key] = exc
+
+        async with trio.open_nursery() as nursery:
+            for key, lease in (("live", live), ("taken", taken), ("ghost", ghost)):
+                nursery.start_soon(renew, key, lease)
+                await trio.testing.wait_all_tasks_blocked()
+            holder.execute("COMMIT")
+            holder.close()
+        assert answers["live"].ttl == 120
+        assert isinstance(answers["taken"], LeaseLostError)
+        assert "someone-else" in str(answers["taken"])
+        assert isinstance(answers["ghost"], LeaseLostError)
+        info = await storage.info("live")
+        assert info is None  # nothing was appended; the lease is what lives
+        with sqlite3.connect(path) as conn:
+            (expires,) = conn.execute(
+                "SELECT expires_at FROM trouper_leases WHERE conversation_id = 'live'"
+            ).fetchone()
+        conn.close()
+        assert expires - time.time() > 100
