@@ -15,7 +15,9 @@ module builds the service the seed describes around it:
 
 from __future__ import annotations
 
+import os
 import ssl
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -54,6 +56,11 @@ from .storage import ConversationStorage
 __all__ = ["OpenAILLMService"]
 
 _shared_tls: ssl.SSLContext | None = None
+
+#: The variables through which httpx takes a proxy from the environment (``no_proxy`` only
+#: matters when one of them is set).
+_PROXY_VARIABLES = ("all_proxy", "ALL_PROXY", "http_proxy", "HTTP_PROXY", "https_proxy",
+                    "HTTPS_PROXY")  # fmt: skip
 
 #: Pipecat's first-token deadline when ``retry_on_timeout=True`` comes without
 #: ``retry_timeout_secs``.
@@ -169,7 +176,23 @@ def _default_http_client() -> httpx.AsyncClient:
         verify=_shared_tls,
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         follow_redirects=False,
+        trust_env=_proxies_possible(),
     )
+
+
+def _proxies_possible() -> bool:
+    """Whether httpx may find a proxy in the environment (``trust_env``).
+
+    With the TLS context given, a proxy is all ``trust_env`` still decides, and finding out
+    costs httpx a walk over every environment variable (urllib's ``getproxies``): ~100 µs,
+    most of a service's construction. On Linux the proxies come from the variables alone,
+    so when none is set the walk is skipped; elsewhere the system's settings count too, and
+    httpx looks as usual.
+    """
+    if not sys.platform.startswith("linux"):
+        return True
+    environ = os.environ
+    return any(name in environ for name in _PROXY_VARIABLES)
 
 
 class OpenAILLMService(OpenAILLMStreamer):

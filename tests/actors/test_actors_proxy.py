@@ -1,0 +1,62 @@
+"""A service without an ``http_client`` of its own honours the proxy named in the
+environment (httpx's ``trust_env``), although it skips httpx's environment walk when no
+proxy variable is set."""
+
+from __future__ import annotations
+
+import functools
+
+import attrs
+import pytest
+import trio
+
+from tests.conversation_kit import open_conversation
+
+
+@attrs.define
+class _Proxy:
+    """A forward proxy that refuses everything: it records each request line it receives
+    and answers 400 (an error the service does not retry)."""
+
+    lines: list[str] = attrs.Factory(list)
+    port: int = 0
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            data += chunk
+        self.lines.append(data.split(b"\r\n", 1)[0].decode())
+        body = b'{"error": {"message": "refused by the test proxy", "type": "invalid"}}'
+        await stream.send_all(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        await stream.aclose()
+
+
+@attrs.frozen
+class _Unreachable:
+    base_url: str = "http://llm.invalid/v1"
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "all_proxy"])
+async def test_the_proxy_of_the_environment_is_used(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    proxy = _Proxy()
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, proxy.serve, 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(variable, f"http://127.0.0.1:{port}")
+        async with open_conversation(_Unreachable(), check_on_exit=False) as conversation:
+            await conversation.say("hello")
+            await conversation.wait_errors(1)
+        nursery.cancel_scope.cancel()
+    assert proxy.lines == ["POST http://llm.invalid/v1/chat/completions HTTP/1.1"]
