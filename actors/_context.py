@@ -24,6 +24,7 @@ __all__ = [
     "ContextSnapshot",
     "LLMContext",
     "OpenAILLMContext",
+    "check_messages",
     "encode_image",
     "restore_context",
     "validate_messages",
@@ -36,8 +37,8 @@ _TOOL_CHOICES = frozenset({"none", "auto", "required"})
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 
 
-def validate_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Check OpenAI-format messages and return private deep copies.
+def check_messages(messages: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Check OpenAI-format messages without copying them; the messages, as a list.
 
     Raises:
         TypeError: a message is not a mapping.
@@ -45,7 +46,7 @@ def validate_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, A
     """
     if isinstance(messages, Mapping | str | bytes):
         raise TypeError("messages must be a list of message dicts, not a single value")
-    out: list[dict[str, Any]] = []
+    out: list[Mapping[str, Any]] = []
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping):
             raise TypeError(f"message {i} must be a dict, got {type(message).__name__}")
@@ -58,8 +59,18 @@ def validate_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, A
             raise ValueError(f"message {i} is a tool message without 'tool_call_id'")
         if role in ("system", "developer", "user", "tool") and "content" not in message:
             raise ValueError(f"message {i} ({role}) has no 'content'")
-        out.append(copy.deepcopy(dict(message)))
+        out.append(message)
     return out
+
+
+def validate_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Check OpenAI-format messages (:func:`check_messages`) and return private deep copies.
+
+    Raises:
+        TypeError: a message is not a mapping.
+        ValueError: a message has no valid ``role``, or a ``tool`` message no ``tool_call_id``.
+    """
+    return [copy.deepcopy(dict(message)) for message in check_messages(messages)]
 
 
 def _check_tool_choice(choice: object) -> Any:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeAlias
 
 import attrs
 
-from .._context import ContextSnapshot, OpenAILLMContext, validate_messages
+from .._context import ContextSnapshot, OpenAILLMContext, check_messages
 
 __all__ = [
     "AppendMessages",
@@ -292,7 +292,7 @@ def check_changes(changes: object) -> tuple[Change, ...]:
 
 def _check_one(change: Change) -> None:
     if isinstance(change, AppendMessages | ReplaceMessages):
-        validate_messages(change.messages)
+        check_messages(change.messages)
     elif isinstance(change, SetTools):
         OpenAILLMContext(tools=list(change.tools) if change.tools else None)
     elif isinstance(change, SetToolChoice):
