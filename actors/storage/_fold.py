@@ -34,6 +34,7 @@ from ._errors import ConversationCorruptError
 
 __all__ = [
     "EMPTY",
+    "OFF_LOOP_BYTES",
     "Entry",
     "decode_entry",
     "decode_snapshot",
@@ -41,8 +42,12 @@ __all__ = [
     "encode_snapshot",
     "fold",
     "fold_entries",
+    "heavier_than",
     "prepare_append",
 ]
+
+#: Payloads above this many bytes are encoded, decoded and folded off the trio thread.
+OFF_LOOP_BYTES = 64 * 1024
 
 #: The conversation before its first change.
 EMPTY = ContextSnapshot(messages=())
@@ -290,3 +295,27 @@ def prepare_append(changes: object) -> tuple[bytes, bool, int]:
     batch = check_changes(changes)
     reset, count = message_count_effect(batch)
     return encode_entry(batch), reset, count
+
+
+def heavier_than(value: object, limit: int) -> bool:
+    """Whether ``value`` holds more than ``limit`` bytes of text (stops counting at the
+    limit, so the walk costs at most that much)."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str | bytes):
+            total += len(item)
+        elif isinstance(item, dict):
+            total += 8 * len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            total += 8 * len(item)
+            stack.extend(item)
+        elif hasattr(item, "__slots__"):
+            stack.extend(getattr(item, name) for name in item.__slots__ if hasattr(item, name))
+        else:
+            total += 8
+        if total > limit:
+            return True
+    return False

@@ -47,7 +47,15 @@ from ._errors import (
     check_owner,
     check_ttl,
 )
-from ._fold import EMPTY, decode_entry, decode_snapshot, encode_snapshot, prepare_append
+from ._fold import (
+    EMPTY,
+    OFF_LOOP_BYTES,
+    decode_entry,
+    decode_snapshot,
+    encode_snapshot,
+    heavier_than,
+    prepare_append,
+)
 from ._fold import fold_entries as _fold_entries
 from ._keeper import LeaseKeeper
 from ._phase import Phase
@@ -58,8 +66,6 @@ __all__ = ["RedisConversationStorage", "mask_url"]
 T = TypeVar("T")
 log = structlog.get_logger("trouper.actors.storage")
 
-#: Payloads above this many bytes are encoded, decoded and folded off the trio thread.
-OFF_LOOP_BYTES = 64 * 1024
 
 _SCHEMES = ("redis", "rediss", "unix")
 _GLOB = re.compile(r"([*?\[\]\\])")
@@ -86,30 +92,6 @@ def mask_url(url: str) -> str:
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-def _heavier_than(value: object, limit: int) -> bool:
-    """Whether ``value`` holds more than ``limit`` bytes of text (stops counting at the
-    limit, so the walk costs at most that much)."""
-    total = 0
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str | bytes):
-            total += len(item)
-        elif isinstance(item, dict):
-            total += 8 * len(item)
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            total += 8 * len(item)
-            stack.extend(item)
-        elif hasattr(item, "__slots__"):
-            stack.extend(getattr(item, name) for name in item.__slots__ if hasattr(item, name))
-        else:
-            total += 8
-        if total > limit:
-            return True
-    return False
 
 
 async def _maybe_off_loop(heavy: bool, fn: Callable[[], T]) -> T:
@@ -526,7 +508,7 @@ class RedisConversationStorage:
         pipeline = self._pipeline
         if pipeline is None:
             raise StorageUnavailableError(f"{self!r} is closed")
-        heavy = _heavier_than(changes, OFF_LOOP_BYTES)
+        heavy = heavier_than(changes, OFF_LOOP_BYTES)
         record, reset, count = await _maybe_off_loop(heavy, lambda: prepare_append(changes))
         meta, log_key, snapshot_key, lease_key, _ = self._keys(cid)
         arguments = (

@@ -48,10 +48,12 @@ from ._errors import (
 )
 from ._fold import (
     EMPTY,
+    OFF_LOOP_BYTES,
     decode_entry,
     decode_snapshot,
     encode_snapshot,
     fold_entries,
+    heavier_than,
     prepare_append,
 )
 from ._keeper import LeaseKeeper
@@ -149,6 +151,9 @@ class _Append:
     expected: int
     lease: Lease | None
     append_id: str | None
+    #: ``prepare_append(changes)``, done on the loop for light changes (``None``: heavy
+    #: content, encoded in the thread).
+    prepared: tuple[bytes, bool, int] | None = None
 
 
 class _GroupFailed(Exception):
@@ -644,6 +649,9 @@ class SQLiteConversationStorage:
             check_version(expected_version),
             lease,
             check_append_id(append_id),
+            # Light changes are encoded here: the thread would hold the GIL for it anyway,
+            # and a group's worth of encoding there holds it (and the loop) for long.
+            None if heavier_than(changes, OFF_LOOP_BYTES) else prepare_append(changes),
         )
         check_lease(cid, lease)
         if self._state is not Phase.OPEN:
@@ -670,7 +678,7 @@ class SQLiteConversationStorage:
         prepared: list[tuple[bytes, bool, int] | outcome.Error] = []
         for item in items:
             try:
-                prepared.append(prepare_append(item.changes))
+                prepared.append(item.prepared or prepare_append(item.changes))
             except ValueError as exc:
                 prepared.append(outcome.Error(exc))
         try:
