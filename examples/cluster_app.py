@@ -48,7 +48,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from actors import LLMFullResponseEndFrame, LLMTextFrame, OpenAILLMContext, OpenAILLMService
+from actors import (
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    OpenAILLMContext,
+    OpenAILLMService,
+)
 from actors.cluster import ConversationClient, ConversationWorker, HostedConversation
 from runtime import AsyncioBridge, ErrorFrame, Pipeline, PipelineTask
 from runtime.cluster import OwnerLostFrame, RemoteInterruptedFrame
@@ -198,12 +204,18 @@ class Cluster:
     async def _stream(
         self, conversation_id: str, text: str, events: asyncio.Queue[bytes | None]
     ) -> None:
-        interrupted = lost = False
+        interrupted = lost = started = False
         try:
             async with self._live_client().open(conversation_id) as conversation:
                 await conversation.send_text(text)
                 async for frame in conversation:
-                    if isinstance(frame, LLMTextFrame):
+                    if isinstance(frame, LLMFullResponseStartFrame):
+                        started = True
+                    elif not started and isinstance(frame, LLMFullResponseEndFrame):
+                        # The end of an answer interrupted just before this message: it can
+                        # reach a reader opened after the interruption. Ours starts first.
+                        continue
+                    elif isinstance(frame, LLMTextFrame):
                         events.put_nowait(_event("text", frame.text))
                     elif isinstance(frame, ErrorFrame):
                         events.put_nowait(_event("error", frame.error))

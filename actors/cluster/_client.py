@@ -40,6 +40,10 @@ class ConversationClient:
                     elif isinstance(frame, LLMFullResponseEndFrame):
                         break
 
+    An answer begins with ``LLMFullResponseStartFrame``: an ``LLMFullResponseEndFrame``
+    read before it is the end of an answer interrupted just before (a reader opened after an
+    interruption can see it), not of the answer asked for.
+
     From asyncio, run the same code through :class:`runtime.AsyncioBridge`.
 
     Args:
