@@ -78,6 +78,8 @@ _LEASES_EXTEND = (
     "FROM json_each(?1) AS k WHERE json_extract(k.value, '$[0]') = conversation_id) "
     "WHERE conversation_id IN (SELECT json_extract(value, '$[0]') FROM json_each(?1))"
 )
+#: Leases extended per statement.
+_EXTEND_CHUNK = 64
 _CHANGES_INSERT = "INSERT INTO trouper_changes (conversation_id, version, record) VALUES {}"
 
 
@@ -312,6 +314,7 @@ def extend_leases(conn: sqlite3.Connection, expiries: Sequence[tuple[str, float]
     Raises:
         sqlite3.Error: The statement failed.
     """
-    if expiries:
-        latest = dict(expiries)
-        conn.execute(_LEASES_EXTEND, (json.dumps(list(latest.items())),))
+    latest = list(dict(expiries).items())
+    # The statement looks each row's expiry up in the list: chunks keep that linear.
+    for start in range(0, len(latest), _EXTEND_CHUNK):
+        conn.execute(_LEASES_EXTEND, (json.dumps(latest[start : start + _EXTEND_CHUNK]),))

@@ -526,3 +526,29 @@ async def test_renewals_made_together_each_get_their_answer(tmp_path: Any) -> No
             ).fetchone()
         conn.close()
         assert expires - time.time() > 100
+
+
+async def test_many_renewals_made_together_are_all_extended(tmp_path: Any) -> None:
+    """More renewals at once than one statement extends (64): every lease is extended."""
+    path = tmp_path / "many.db"
+    async with SQLiteConversationStorage(path) as storage:
+        leases = [await storage.acquire_lease(f"c{i}", "me", ttl=1) for i in range(150)]
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        renewed: list[Any] = []
+
+        async def renew(lease: Any) -> None:
+            renewed.append(await storage.renew_lease(lease, ttl=300))
+
+        async with trio.open_nursery() as nursery:
+            for lease in leases:
+                nursery.start_soon(renew, lease)
+            await trio.testing.wait_all_tasks_blocked()
+            holder.execute("COMMIT")
+            holder.close()
+        assert len(renewed) == 150
+    with sqlite3.connect(path) as conn:
+        expiries = [e for (e,) in conn.execute("SELECT expires_at FROM trouper_leases")]
+    conn.close()
+    assert len(expiries) == 150
+    assert min(expiries) - time.time() > 250
