@@ -70,6 +70,7 @@ from ._sqlite_group import (
     read_heads,
     read_leases,
     write_group,
+    write_leases,
 )
 from ._worker import Batcher, WorkerClosedError, WorkerThread
 
@@ -258,6 +259,9 @@ class SQLiteConversationStorage:
         )
         self._appends: Batcher[sqlite3.Connection, _Append, tuple[int, bool]] = Batcher(
             self._worker, self._append_batch
+        )
+        self._acquisitions: Batcher[sqlite3.Connection, tuple[str, str, float], Lease] = Batcher(
+            self._worker, self._acquire_batch
         )
         self._renewals: Batcher[sqlite3.Connection, tuple[Lease, float], Lease] = Batcher(
             self._worker, self._renew_batch
@@ -906,26 +910,88 @@ class SQLiteConversationStorage:
 
     async def acquire_lease(self, conversation_id: str, owner: str, ttl: float) -> Lease:
         """Lease the conversation to ``owner`` for ``ttl`` seconds (see
-        :meth:`ConversationStorage.acquire_lease`)."""
-        cid, who, seconds = check_id(conversation_id), check_owner(owner), check_ttl(ttl)
+        :meth:`ConversationStorage.acquire_lease`).
 
-        def acquire(conn: sqlite3.Connection) -> Lease:
-            def write(conn: sqlite3.Connection) -> Lease:
-                now = time.time()
-                row = self._lease_row(conn, cid)
+        Acquisitions made while the thread is busy (many sessions opening at once) are
+        carried out together, in one transaction of a few statements."""
+        item = (check_id(conversation_id), check_owner(owner), check_ttl(ttl))
+        if self._state is not Phase.OPEN:
+            raise StorageUnavailableError(self._not_open())
+        try:
+            return await self._acquisitions.call(item)
+        except WorkerClosedError:
+            raise StorageUnavailableError(self._not_open()) from None
+
+    def _acquire_batch(
+        self, conn: sqlite3.Connection, items: list[tuple[str, str, float]]
+    ) -> list[outcome.Outcome[Lease]]:
+        """In the thread: every acquisition of the group in one transaction, in order (a
+        second one for the same conversation finds the first's lease); an outcome each."""
+
+        def acquire_all(conn: sqlite3.Connection) -> list[outcome.Outcome[Lease]]:
+            now = time.time()
+            rows = self._lease_rows(conn, [cid for cid, _, _ in items])
+            results: list[outcome.Outcome[Lease]] = []
+            written: dict[str, tuple[str, int, float]] = {}
+            for cid, who, seconds in items:
+                try:
+                    row = written.get(cid) or rows(cid)
+                except StorageError as exc:
+                    results.append(outcome.Error(exc))
+                    continue
                 if row is not None and row[2] > now:
-                    raise LeaseHeldError(cid, row[0], row[2] - now)
+                    results.append(outcome.Error(LeaseHeldError(cid, row[0], row[2] - now)))
+                    continue
                 token = 1 if row is None else row[1] + 1
-                conn.execute(
+                written[cid] = (who, token, now + seconds)
+                results.append(outcome.Value(Lease(cid, who, token, seconds)))
+            if self._group_statements:
+                write_leases(conn, written)
+            else:
+                conn.executemany(
                     "INSERT OR REPLACE INTO trouper_leases (conversation_id, owner, token, "
                     "expires_at) VALUES (?, ?, ?, ?)",
-                    (cid, who, token, now + seconds),
+                    [(cid, *row) for cid, row in written.items()],
                 )
-                return Lease(cid, who, token, seconds)
+            return results
 
-            return _transaction(conn, write, write=True)
+        try:
+            return self._retrying(conn, lambda c: _transaction(c, acquire_all, write=True), None)
+        except StorageError as exc:
+            return [outcome.Error(exc) for _ in items]
 
-        return await self._run(cid, acquire)
+    def _lease_rows(
+        self, conn: sqlite3.Connection, cids: list[str]
+    ) -> Callable[[str], tuple[str, int, float] | None]:
+        """The lease rows of ``cids`` (one statement when possible): a function giving each
+        one, checked (raising :class:`ConversationCorruptError` for a damaged row).
+
+        Raises:
+            sqlite3.Error: A lock held elsewhere.
+        """
+        if self._group_statements:
+            try:
+                found = read_leases(conn, cids)
+            except sqlite3.Error as exc:
+                if _is_busy(exc):
+                    raise
+            else:
+
+                def checked(cid: str) -> tuple[str, int, float] | None:
+                    row = found.get(cid)
+                    return None if row is None else lease_values(cid, *row)
+
+                return checked
+
+        def each(cid: str) -> tuple[str, int, float] | None:
+            try:
+                return self._lease_row(conn, cid)
+            except sqlite3.Error as exc:
+                if _is_busy(exc):
+                    raise
+                raise self._translate(exc, cid) from exc
+
+        return each
 
     async def renew_lease(self, lease: Lease, ttl: float | None = None) -> Lease:
         """Extend a live lease (see :meth:`ConversationStorage.renew_lease`).
@@ -948,33 +1014,15 @@ class SQLiteConversationStorage:
 
         def renew_all(conn: sqlite3.Connection) -> list[outcome.Outcome[Lease]]:
             now = time.time()
-            if self._group_statements:
-                try:
-                    rows = read_leases(conn, [lease.conversation_id for lease, _ in items])
-                except sqlite3.Error as exc:
-                    if _is_busy(exc):
-                        raise
-                    rows = None  # a lease row JSON cannot hold: each on its own
-            else:
-                rows = None
+            rows = self._lease_rows(conn, [lease.conversation_id for lease, _ in items])
             results: list[outcome.Outcome[Lease]] = []
             renewed: list[tuple[str, float]] = []
             for lease, seconds in items:
                 cid = lease.conversation_id
                 try:
-                    if rows is None:
-                        row = self._lease_row(conn, cid)
-                    else:
-                        found = rows.get(cid)
-                        row = None if found is None else lease_values(cid, *found)
-                    check_lease_row(cid, row, lease, now)
+                    check_lease_row(cid, rows(cid), lease, now)
                 except StorageError as exc:
                     results.append(outcome.Error(exc))
-                    continue
-                except sqlite3.Error as exc:
-                    if _is_busy(exc):
-                        raise
-                    results.append(outcome.Error(self._translate(exc, cid)))
                     continue
                 renewed.append((cid, now + seconds))
                 results.append(outcome.Value(Lease(cid, lease.owner, lease.token, seconds)))

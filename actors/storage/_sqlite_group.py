@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -48,6 +48,7 @@ __all__ = [
     "read_heads",
     "read_leases",
     "write_group",
+    "write_leases",
 ]
 
 #: Every head and lease of a group in one row (a JSON array of arrays, in ``json_each``'s
@@ -80,6 +81,11 @@ _LEASES_EXTEND = (
 )
 #: Leases extended per statement.
 _EXTEND_CHUNK = 64
+_LEASES_WRITE = (
+    "INSERT OR REPLACE INTO trouper_leases (conversation_id, owner, token, expires_at) "
+    "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+    "json_extract(value, '$[2]'), json_extract(value, '$[3]') FROM json_each(?)"
+)
 _CHANGES_INSERT = "INSERT INTO trouper_changes (conversation_id, version, record) VALUES {}"
 
 
@@ -318,3 +324,14 @@ def extend_leases(conn: sqlite3.Connection, expiries: Sequence[tuple[str, float]
     # The statement looks each row's expiry up in the list: chunks keep that linear.
     for start in range(0, len(latest), _EXTEND_CHUNK):
         conn.execute(_LEASES_EXTEND, (json.dumps(latest[start : start + _EXTEND_CHUNK]),))
+
+
+def write_leases(conn: sqlite3.Connection, leases: Mapping[str, tuple[str, int, float]]) -> None:
+    """Write each conversation's lease ``(owner, token, expires_at)`` in one statement.
+
+    Raises:
+        sqlite3.Error: The statement failed.
+    """
+    if leases:
+        rows = [[cid, owner, token, expires] for cid, (owner, token, expires) in leases.items()]
+        conn.execute(_LEASES_WRITE, (json.dumps(rows),))

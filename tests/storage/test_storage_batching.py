@@ -552,3 +552,41 @@ async def test_many_renewals_made_together_are_all_extended(tmp_path: Any) -> No
     conn.close()
     assert len(expiries) == 150
     assert min(expiries) - time.time() > 250
+
+
+async def test_acquisitions_made_together_each_get_their_answer(tmp_path: Any) -> None:
+    """Acquisitions queued at one moment (many sessions opening at once) are carried out
+    in one transaction, in order: a new conversation gets token 1, an expired lease the
+    next token, a live lease is refused, and a second acquisition of a conversation in the
+    same group finds the first one's lease."""
+    path = tmp_path / "a.db"
+    async with SQLiteConversationStorage(path) as storage:
+        await storage.acquire_lease("held", "other", ttl=60)
+        old = await storage.acquire_lease("expired", "other", ttl=60)
+        await storage.release_lease(old)
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        answers: dict[str, Any] = {}
+
+        async def acquire(key: str, cid: str) -> None:
+            try:
+                answers[key] = await storage.acquire_lease(cid, f"me-{key}", ttl=30)
+            except Exception as exc:
+                answers[key] = exc
+
+        async with trio.open_nursery() as nursery:
+            for key, cid in (("new", "new"), ("held", "held"), ("expired", "expired"),
+                             ("twice", "new")):  # fmt: skip
+                nursery.start_soon(acquire, key, cid)
+                await trio.testing.wait_all_tasks_blocked()
+            holder.execute("COMMIT")
+            holder.close()
+        assert answers["new"].token == 1
+        assert answers["expired"].token == old.token + 1
+        assert isinstance(answers["held"], LeaseHeldError)
+        assert isinstance(answers["twice"], LeaseHeldError)
+        assert answers["twice"].holder == "me-new"
+        info = await storage.info("new")
+        assert info is None
+        renewed = await storage.renew_lease(answers["expired"])
+        assert renewed.owner == "me-expired"
