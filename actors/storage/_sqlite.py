@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import attrs
 import outcome
@@ -59,6 +59,7 @@ from ._fold import (
 from ._keeper import LeaseKeeper
 from ._phase import Phase
 from ._sqlite_group import (
+    READ_ALONE,
     Head,
     apply_append,
     check_int,
@@ -67,6 +68,7 @@ from ._sqlite_group import (
     extend_leases,
     group_supported,
     lease_values,
+    read_conversations,
     read_heads,
     read_leases,
     write_group,
@@ -262,6 +264,9 @@ class SQLiteConversationStorage:
         )
         self._acquisitions: Batcher[sqlite3.Connection, tuple[str, str, float], Lease] = Batcher(
             self._worker, self._acquire_batch
+        )
+        self._loads: Batcher[sqlite3.Connection, str, StoredConversation | None] = Batcher(
+            self._worker, self._load_batch
         )
         self._renewals: Batcher[sqlite3.Connection, tuple[Lease, float], Lease] = Batcher(
             self._worker, self._renew_batch
@@ -562,15 +567,41 @@ class SQLiteConversationStorage:
         """The conversation and its version, or ``None`` (see
         :meth:`ConversationStorage.load`)."""
         cid = check_id(conversation_id)
+        if self._state is not Phase.OPEN:
+            raise StorageUnavailableError(self._not_open())
+        try:
+            return await self._loads.call(cid)
+        except WorkerClosedError:
+            raise StorageUnavailableError(self._not_open()) from None
 
-        def load(conn: sqlite3.Connection) -> StoredConversation | None:
-            read = self._read(conn, cid)
-            if read is None:
-                return None
-            snapshot = self._fold(cid, *read)
-            return StoredConversation(cid, read[0], snapshot)
+    def _load_batch(
+        self, conn: sqlite3.Connection, cids: list[str]
+    ) -> list[outcome.Outcome[StoredConversation | None]]:
+        """In the thread: the loads made together (many sessions opening at once), read in
+        one statement when possible; an outcome each."""
+        reads: dict[str, object] = {}
+        if self._group_statements:
+            try:
+                reads = self._retrying(conn, lambda c: read_conversations(c, cids), None)
+            except (StorageError, ValueError):
+                reads = {}  # each on its own: its own error, if it has one
+        results: list[outcome.Outcome[StoredConversation | None]] = []
+        for cid in cids:
+            results.append(outcome.capture(self._load_one, conn, cid, reads.get(cid, READ_ALONE)))
+        return results
 
-        return await self._run(cid, load)
+    def _load_one(
+        self, conn: sqlite3.Connection, cid: str, read: object
+    ) -> StoredConversation | None:
+        got: tuple[int, int, Any, list[tuple[Any, Any]]] | None
+        if read is READ_ALONE:
+            got = self._retrying(conn, lambda c: self._read(c, cid), cid)
+        else:
+            got = cast("tuple[int, int, Any, list[tuple[Any, Any]]] | None", read)
+        if got is None:
+            return None
+        snapshot = self._fold(cid, *got)
+        return StoredConversation(cid, got[0], snapshot)
 
     def _info(self, cid: str, head: tuple[Any, ...], lease: Any, now: float) -> ConversationInfo:
         version, _, created, updated, messages, entries, log_bytes, snapshot_bytes = head

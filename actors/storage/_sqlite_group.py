@@ -37,6 +37,7 @@ from ._errors import (
 )
 
 __all__ = [
+    "READ_ALONE",
     "Head",
     "apply_append",
     "check_int",
@@ -45,6 +46,7 @@ __all__ = [
     "extend_leases",
     "group_supported",
     "lease_values",
+    "read_conversations",
     "read_heads",
     "read_leases",
     "write_group",
@@ -85,6 +87,23 @@ _LEASES_WRITE = (
     "INSERT OR REPLACE INTO trouper_leases (conversation_id, owner, token, expires_at) "
     "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
     "json_extract(value, '$[2]'), json_extract(value, '$[3]') FROM json_each(?)"
+)
+#: Every conversation of a group in one row: id, version, snapshot version, the snapshot's
+#: version, data (as text) and type, and the log after the snapshot as JSON arrays (texts)
+#: of versions, records (as text) and their types.
+_CONVERSATIONS_READ = (
+    "SELECT json_group_array(json_array(k.value, h.version, h.snapshot_version, "
+    "s.version, CAST(s.data AS TEXT), typeof(s.data), "
+    "(SELECT json_group_array(c.version) FROM (SELECT version FROM trouper_changes "
+    " WHERE conversation_id = k.value AND version > h.snapshot_version ORDER BY version) AS c), "
+    "(SELECT json_group_array(c.record) FROM (SELECT CAST(record AS TEXT) AS record "
+    " FROM trouper_changes WHERE conversation_id = k.value AND version > h.snapshot_version "
+    " ORDER BY version) AS c), "
+    "(SELECT json_group_array(c.kind) FROM (SELECT typeof(record) AS kind "
+    " FROM trouper_changes WHERE conversation_id = k.value AND version > h.snapshot_version "
+    " ORDER BY version) AS c))) "
+    "FROM json_each(?) AS k LEFT JOIN trouper_heads AS h ON h.id = k.value "
+    "LEFT JOIN trouper_snapshots AS s ON s.conversation_id = k.value"
 )
 _CHANGES_INSERT = "INSERT INTO trouper_changes (conversation_id, version, record) VALUES {}"
 
@@ -335,3 +354,52 @@ def write_leases(conn: sqlite3.Connection, leases: Mapping[str, tuple[str, int, 
     if leases:
         rows = [[cid, owner, token, expires] for cid, (owner, token, expires) in leases.items()]
         conn.execute(_LEASES_WRITE, (json.dumps(rows),))
+
+
+#: What :func:`read_conversations` gives for a conversation to read on its own.
+READ_ALONE = object()
+
+_TEXTUAL = ("text", "blob")
+
+
+def _array(value: object) -> list[Any]:
+    """A JSON array nested by a subquery: a list, or its text (SQLite versions differ on
+    whether a subquery keeps the JSON subtype)."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    return value if isinstance(value, list) else []
+
+
+def read_conversations(conn: sqlite3.Connection, cids: Sequence[str]) -> dict[str, object]:
+    """Every conversation of ``cids`` in one statement: for each, ``None`` (not stored),
+    ``(version, snapshot version, snapshot data, [(version, record), ...])`` as the
+    per-conversation read gives it, or :data:`READ_ALONE` when anything is unusual (a
+    value of an odd type, a missing snapshot, a gap): the per-conversation read then
+    reports it precisely.
+
+    Raises:
+        sqlite3.Error: The statement failed.
+        ValueError: Its answer is not the JSON expected (read each one alone).
+    """
+    row = conn.execute(_CONVERSATIONS_READ, (json.dumps(list(dict.fromkeys(cids))),)).fetchone()
+    out: dict[str, object] = {}
+    for entry in json.loads(row[0]) if row and row[0] else ():
+        cid, version, snapshot_version, s_version, data, data_kind = entry[:6]
+        if version is None:
+            out[cid] = None
+            continue
+        versions, records, kinds = (_array(value) for value in entry[6:9])
+        usable = (
+            type(version) is int
+            and type(snapshot_version) is int
+            and (snapshot_version == 0 or (s_version == snapshot_version and data_kind in _TEXTUAL))
+            and all(kind in _TEXTUAL for kind in kinds)
+            and versions == list(range(snapshot_version + 1, version + 1))
+            and len(records) == len(versions)
+        )
+        if not usable:
+            out[cid] = READ_ALONE
+            continue
+        snapshot = data if snapshot_version > 0 else None
+        out[cid] = (version, snapshot_version, snapshot, list(zip(versions, records, strict=True)))
+    return out

@@ -7,6 +7,7 @@ to cut: the connection dropped after the server ran the command, before its answ
 
 from __future__ import annotations
 
+import functools
 import gc
 import sqlite3
 import time
@@ -590,3 +591,53 @@ async def test_acquisitions_made_together_each_get_their_answer(tmp_path: Any) -
         assert info is None
         renewed = await storage.renew_lease(answers["expired"])
         assert renewed.owner == "me-expired"
+
+
+async def test_loads_made_together_each_get_their_conversation(tmp_path: Any) -> None:
+    """Loads at one moment (many sessions opening at once) are read together: missing,
+    new, compacted (a snapshot and a log after it) and damaged conversations each get
+    their own answer, the damaged one a typed error naming it."""
+    path = tmp_path / "loads.db"
+    async with SQLiteConversationStorage(path, compact_after_entries=3) as storage:
+        for i in range(40):
+            version = 0
+            for turn in range(i % 6):
+                version = await storage.append(
+                    f"c{i}", said(f"{i}.{turn}"), expected_version=version
+                )
+        await storage.compact("c5")
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE trouper_changes SET record = 7 WHERE conversation_id = 'c4'")
+    conn.close()
+    async with SQLiteConversationStorage(path) as storage:
+        answers: dict[int, Any] = {}
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+
+        async def load(i: int) -> None:
+            try:
+                answers[i] = await storage.load(f"c{i}")
+            except Exception as exc:
+                answers[i] = exc
+
+        async with trio.open_nursery() as nursery:
+            # An append waits for the lock in the storage's thread, so the loads made
+            # meanwhile are taken as one group.
+            nursery.start_soon(
+                functools.partial(storage.append, expected_version=0), "o", said("x")
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            for i in range(41):
+                nursery.start_soon(load, i)
+            await trio.testing.wait_all_tasks_blocked()
+            holder.execute("COMMIT")
+            holder.close()
+    for i in range(41):
+        if i == 4:
+            assert isinstance(answers[i], ConversationCorruptError)
+            assert "c4" in str(answers[i])
+        elif i % 6 == 0 or i == 40:
+            assert answers[i] is None
+        else:
+            assert texts(answers[i].snapshot) == [f"{i}.{t}" for t in range(i % 6)]
+            assert answers[i].version == i % 6
