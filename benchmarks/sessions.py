@@ -26,15 +26,17 @@ polluted by the other framework or an earlier size):
 
 For context, the same N streams are also read by a raw httpx floor (an ``httpx.AsyncClient``
 per stream, like the sessions, ``aiter_lines`` + ``json.loads``, under trio, in its own
-process), and both frameworks are measured once more at 500 sessions with ``gc.freeze()``
-called after the set-up, which shows the share of the cyclic garbage collector in the turn's
-CPU.
+process), and both frameworks are measured twice more at 500 sessions, with ``gc.freeze()``
+called after the set-up and with ``runtime.tune_gc()`` called before it (the collector's
+youngest threshold raised), which shows the share of the cyclic garbage collector in the
+turn's CPU.
 
 Sizes: 50, 200, 500 and, unless ``--quick``, 2,000. The size the targets apply to (500) runs
 three times per framework, interleaved, unless ``--quick``; the run of median CPU is reported
 and the notes list every run's CPU (single runs move by about ±10 %). Run one size by hand with
 ``python -m benchmarks.sessions --sessions 500`` (both frameworks), or one worker with
-``python -m benchmarks.sessions --worker trouper --sessions 500 --url URL [--gc-freeze]``.
+``python -m benchmarks.sessions --worker trouper --sessions 500 --url URL [--gc-freeze]
+[--tune-gc] [--store PATH_OR_URL]``.
 """
 
 from __future__ import annotations
@@ -439,10 +441,17 @@ def run_worker(
 
 
 def _spawn(
-    framework: str, n: int, url: str, *, freeze: bool = False, store: str = ""
+    framework: str,
+    n: int,
+    url: str,
+    *,
+    freeze: bool = False,
+    store: str = "",
+    tune_gc: bool = False,
 ) -> WorkerResult:
     command = [sys.executable, "-m", "benchmarks.sessions", "--worker", framework]
     command += ["--sessions", str(n), "--url", url] + (["--gc-freeze"] if freeze else [])
+    command += ["--tune-gc"] if tune_gc else []
     command += ["--store", store] if store else []
     done = subprocess.run(
         command, capture_output=True, text=True, env=child_env(), timeout=1800, check=False
@@ -470,12 +479,14 @@ def run(options: Options) -> Report:
             # The size with targets runs several times, interleaved, and reports the run of
             # median CPU: single runs move by +-10 % (mostly the collector's full collections).
             for _ in range(repeats if n == TARGET_SIZE else 1):
-                plan += [(f, n, False) for f in (*frameworks, "floor")]
-        plan += [(f, FREEZE_SIZE, True) for f in frameworks]
-        for framework, n, freeze in plan:
-            key = _key(framework, n, freeze)
+                plan += [(f, n, "") for f in (*frameworks, "floor")]
+        plan += [(f, FREEZE_SIZE, v) for v in ("freeze", "tuned") for f in frameworks]
+        for framework, n, variant in plan:
+            key = _key(framework, n, variant)
             reset_stats(url)
-            runs.setdefault(key, []).append(_spawn(framework, n, url, freeze=freeze))
+            runs.setdefault(key, []).append(
+                _spawn(framework, n, url, freeze=variant == "freeze", tune_gc=variant == "tuned")
+            )
             lateness[key] = max(lateness.get(key, 0.0), fetch_stats(url)["late_max_ms"])
         stored = _storage_runs(url, repeats)
     for key, measured in runs.items():
@@ -483,13 +494,16 @@ def run(options: Options) -> Report:
 
     rows: list[Row] = []
     for n in sizes:
-        rows += _rows(f"{n:,} sessions", n, results, frozen=False)
-    rows += _rows(f"{FREEZE_SIZE:,} sessions, gc.freeze()", FREEZE_SIZE, results, frozen=True)
+        rows += _rows(f"{n:,} sessions", n, results)
+    rows += _rows(f"{FREEZE_SIZE:,} sessions, gc.freeze()", FREEZE_SIZE, results, variant="freeze")
+    rows += _rows(
+        f"{FREEZE_SIZE:,} sessions, runtime.tune_gc()", FREEZE_SIZE, results, variant="tuned"
+    )
     backends = list(stored[0].backends) if stored else []
     for backend in backends:
-        rows += _storage_rows(backend, stored, results.get(_key("floor", STORAGE_SIZE, False)))
+        rows += _storage_rows(backend, stored, results.get(_key("floor", STORAGE_SIZE)))
     spread = {
-        f: [round(r.cpu_turn_s, 2) for r in runs.get(_key(f, TARGET_SIZE, False), [])]
+        f: [round(r.cpu_turn_s, 2) for r in runs.get(_key(f, TARGET_SIZE), [])]
         for f in (*frameworks, "floor")
     }
     notes = (
@@ -508,6 +522,9 @@ def run(options: Options) -> Report:
         "httpx floor: the same streams read with bare httpx (a client per stream, like the "
         "sessions; aiter_lines + json.loads), under trio, in its own process",
         "gc.freeze(): called once the sessions are built (informational)",
+        "runtime.tune_gc(): the collector's youngest threshold raised (700 -> 5,000) in the "
+        "worker process before anything is built, both frameworks (informational; "
+        "trouper worker does it by default)",
         "server's worst chunk lateness (ms): "
         + ", ".join(f"{k} {v:.1f}" for k, v in lateness.items()),
         f"writing every turn: {STORAGE_SIZE} sessions each persisting its conversation "
@@ -608,14 +625,17 @@ def _storage_rows(backend: str, rounds: list[StoredRound], floor: WorkerResult |
     ]  # fmt: skip
 
 
-def _key(framework: str, n: int, freeze: bool) -> str:
-    return f"{framework}/{n}" + ("/freeze" if freeze else "")
+def _key(framework: str, n: int, variant: str = "") -> str:
+    return f"{framework}/{n}" + (f"/{variant}" if variant else "")
 
 
-def _rows(scenario: str, n: int, results: dict[str, WorkerResult], *, frozen: bool) -> list[Row]:
-    ours = results[_key("trouper", n, frozen)]
-    theirs = results.get(_key("pipecat", n, frozen))
-    floor = None if frozen else results.get(_key("floor", n, False))
+def _rows(
+    scenario: str, n: int, results: dict[str, WorkerResult], *, variant: str = ""
+) -> list[Row]:
+    frozen = bool(variant)  # a non-default collector setting: informational rows
+    ours = results[_key("trouper", n, variant)]
+    theirs = results.get(_key("pipecat", n, variant))
+    floor = None if frozen else results.get(_key("floor", n))
     targets = n == TARGET_SIZE and not frozen
 
     def pc(value: Callable[[WorkerResult], float]) -> float | None:
@@ -662,9 +682,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sessions", type=int, default=500)
     parser.add_argument("--url")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() before the turn")
+    parser.add_argument(
+        "--tune-gc", action="store_true", help="runtime.tune_gc() before anything is built"
+    )
     parser.add_argument("--store", default="", help="trouper: persist to this path or URL")
     args = parser.parse_args(argv)
     if args.worker:
+        if args.tune_gc:
+            from runtime import tune_gc
+
+            tune_gc()
         result = run_worker(
             args.worker, args.sessions, args.url, freeze=args.gc_freeze, store=args.store
         )

@@ -41,6 +41,7 @@ from ._frames import MetricsData as MetricsData
 from ._frames import MetricsFrame as MetricsFrame
 from ._frames import StartFrame as StartFrame
 from ._frames import SystemFrame as SystemFrame
+from ._gc import tune_gc as tune_gc
 from ._lifecycle import ActorState as ActorState
 from ._loop_mismatch import EventLoopMismatchError as EventLoopMismatchError
 from ._loop_mismatch import loop_mismatch as loop_mismatch
@@ -118,4 +119,5 @@ __all__ = [
     "remove_scrubber",
     "scrub",
     "scrub_exception",
+    "tune_gc",
 ]

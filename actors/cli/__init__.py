@@ -235,6 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECS",
         help="stop a conversation idle this long (default 300; it stays in storage)",
     )
+    worker.add_argument(
+        "--gc-young",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the garbage collector's youngest threshold for this process (default: "
+        "runtime.tune_gc's, for fewer full collections with many conversations; 0: Python's "
+        "own)",
+    )
     worker.add_argument("--log-json", action="store_true", help="log JSON lines on stderr")
     worker.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
@@ -344,6 +353,7 @@ def _main(argv: list[str] | None) -> int:
                 idle_timeout=args.idle_timeout,
                 log_json=args.log_json,
                 log_level=args.log_level,
+                gc_young=args.gc_young,
             )
         )
     if args.command == "cluster":

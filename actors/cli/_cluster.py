@@ -17,6 +17,7 @@ import attrs
 import trio
 
 from runtime import logging as rlog
+from runtime import tune_gc
 from runtime.cluster import ClusterError, ClusterStatus, cluster_status
 
 from ..cluster import ConversationFactory, ConversationWorker
@@ -40,6 +41,9 @@ class WorkerOptions:
         idle_timeout: Seconds after which an idle conversation is stopped.
         log_json: Log JSON lines instead of console text.
         log_level: The lowest level logged.
+        gc_young: The cyclic collector's youngest threshold for the process
+            (:func:`runtime.tune_gc`; ``None``: its default); 0 leaves the collector as
+            Python set it.
     """
 
     redis: str
@@ -51,6 +55,7 @@ class WorkerOptions:
     idle_timeout: float = 300.0
     log_json: bool = False
     log_level: str = "info"
+    gc_young: int | None = None
 
 
 def load_factory(spec: str) -> ConversationFactory:
@@ -93,6 +98,10 @@ def run_worker(options: WorkerOptions) -> int:
             lease_ttl=options.lease_ttl,
             idle_timeout_secs=options.idle_timeout,
         )
+        if options.gc_young is None:
+            tune_gc()  # a worker runs many sessions: fewer full collections
+        elif options.gc_young:
+            tune_gc(options.gc_young)
     except (ValueError, TypeError) as exc:
         return _error(str(exc))
     rlog.configure(json=options.log_json, level=options.log_level, file=sys.stderr)

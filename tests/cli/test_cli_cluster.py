@@ -130,3 +130,18 @@ def test_a_worker_that_cannot_reach_redis_is_one_error_line() -> None:
     assert "s3cret-pw" not in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
     assert os.linesep not in done.stderr.strip()
+
+
+def test_a_worker_with_a_bad_collector_threshold_is_one_error_line() -> None:
+    done = run(
+        "worker",
+        "--redis",
+        "redis://127.0.0.1:1/0",
+        "--pipeline",
+        "examples.cluster_app:conversation_pipeline",
+        "--gc-young",
+        "-3",
+    )
+    assert done.returncode == 2, done.stdout
+    assert done.stderr.startswith("error: young must be a positive integer"), done.stderr
+    assert "Traceback" not in done.stderr
