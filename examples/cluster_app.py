@@ -56,7 +56,7 @@ from actors import (
     OpenAILLMService,
 )
 from actors.cluster import ConversationClient, ConversationWorker, HostedConversation
-from runtime import AsyncioBridge, ErrorFrame, Pipeline, PipelineTask
+from runtime import AsyncioBridge, ErrorFrame, Pipeline, PipelineTask, tune_gc
 from runtime.cluster import OwnerLostFrame, RemoteInterruptedFrame
 
 __all__ = ["Cluster", "Settings", "app", "conversation_pipeline", "create_app"]
@@ -278,6 +278,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tune_gc()  # this process hosts many conversations: fewer full GC collections
         async with AsyncioBridge() as bridge:
             cluster = Cluster(bridge, settings or Settings.from_env())
             app.state.cluster = cluster
