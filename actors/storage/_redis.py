@@ -25,6 +25,7 @@ import trio
 
 from .._context import ContextSnapshot
 from . import _redis_scripts as scripts
+from ._background import Background
 from ._changes import Change
 from ._contract import (
     CompactionPolicy,
@@ -192,7 +193,7 @@ class RedisConversationStorage:
         self.max_connections = int(max_connections)
         self._client: coredis.Redis[bytes] | None = None
         self._stack: AsyncExitStack | None = None
-        self._nursery: trio.Nursery | None = None
+        self._background: Background | None = None
         self._state = Phase.NEW
         self._compacting: set[str] = set()
         self._compact_again: set[str] = set()
@@ -229,7 +230,7 @@ class RedisConversationStorage:
                     max_connections=self.max_connections,
                 )
                 await stack.enter_async_context(client)
-                self._nursery = await stack.enter_async_context(trio.open_nursery())
+                self._background = await Background.open(stack)
                 self._scripts = {
                     name: client.register_script(getattr(scripts, name)) for name in scripts.__all__
                 }
@@ -245,12 +246,14 @@ class RedisConversationStorage:
                     await client.ping()
         except BaseException:
             self._state = Phase.CLOSED
-            self._nursery = None
+            if self._background is not None:
+                self._background.cancel()
             await self._close_stack(stack)
             raise
         self._client, self._stack, self._pipeline = client, stack, pipeline
-        self._nursery.start_soon(self._pipeline.run, name=f"{self!r}: appends")
-        self._nursery.start_soon(self.lease_keeper.run, name=f"{self!r}: leases")
+        assert self._background is not None
+        self._background.start_soon(self._pipeline.run, name=f"{self!r}: appends")
+        self._background.start_soon(self.lease_keeper.run, name=f"{self!r}: leases")
         return self
 
     async def __aexit__(
@@ -275,9 +278,8 @@ class RedisConversationStorage:
         self._state = Phase.CLOSED
         self._client = None
         self._pipeline = None
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
-            self._nursery = None
+        if self._background is not None:
+            self._background.cancel()  # its tasks only: never the caller's block
 
     async def _close_stack(self, stack: AsyncExitStack) -> None:
         try:
@@ -557,13 +559,13 @@ class RedisConversationStorage:
     def _compact_soon(self, cid: str) -> None:
         """Start a background compaction of ``cid``; if one runs already, have it run once
         more when it ends (it may have read the log before the append that asked)."""
-        if self._nursery is None:
+        if self._background is None or not self._background.running:
             return
         if cid in self._compacting:
             self._compact_again.add(cid)
             return
         self._compacting.add(cid)
-        self._nursery.start_soon(self._compact_quietly, cid)
+        self._background.start_soon(self._compact_quietly, cid)
 
     async def _compact_quietly(self, cid: str) -> None:
         try:

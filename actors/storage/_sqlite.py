@@ -23,9 +23,9 @@ from typing import Any, Self, TypeVar, cast
 import attrs
 import outcome
 import structlog
-import trio
 
 from .._context import ContextSnapshot
+from ._background import Background
 from ._changes import Change
 from ._contract import (
     CompactionPolicy,
@@ -277,7 +277,7 @@ class SQLiteConversationStorage:
         #: the database opens.
         self._group_statements = False
         self._stack: AsyncExitStack | None = None
-        self._nursery: trio.Nursery | None = None
+        self._background: Background | None = None
         #: Renews the leases of the sessions writing through this storage, in one task.
         self.lease_keeper = LeaseKeeper(self)
 
@@ -299,14 +299,14 @@ class SQLiteConversationStorage:
         stack = AsyncExitStack()
         try:
             await self._worker.start()
-            self._nursery = await stack.enter_async_context(trio.open_nursery())
+            self._background = await Background.open(stack)
         except BaseException:
             self._state = Phase.CLOSED
             await stack.aclose()
             await self._worker.stop()
             raise
         self._stack = stack
-        self._nursery.start_soon(self.lease_keeper.run, name=f"{self!r}: leases")
+        self._background.start_soon(self.lease_keeper.run, name=f"{self!r}: leases")
         return self
 
     async def __aexit__(
@@ -326,13 +326,13 @@ class SQLiteConversationStorage:
         """Stop renewing leases, finish the queued work, close the database and stop the
         thread. Idempotent.
 
-        The lease keeper's task ends when the ``async with`` block exits: it lives in a
-        task group of the task that opened the storage, which only that block may close.
+        Called inside the ``async with`` block, it cancels the storage's own task (the
+        lease keeper), never the block: the code after it runs on, and every later call is
+        refused with :class:`StorageUnavailableError`.
         """
         self._state = Phase.CLOSED
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
-            self._nursery = None
+        if self._background is not None:
+            self._background.cancel()  # its tasks only: never the caller's block
         await self._worker.stop()
 
     def _connect(self) -> sqlite3.Connection:

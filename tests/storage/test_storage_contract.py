@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 import trio
+import trio.lowlevel
 
 from actors import OpenAILLMContext
 from actors.storage import (
@@ -556,3 +557,21 @@ async def test_a_new_conversation_opens_empty_with_its_lease(backend: Backend) -
         await storage.append("fresh", turn(1), expected_version=0, lease=opened.lease)
         with pytest.raises(LeaseHeldError):
             await storage.append("fresh", turn(2), expected_version=1)
+
+
+async def test_closing_inside_the_block_cancels_nothing_of_the_block(backend: Backend) -> None:
+    """``aclose()`` inside ``async with storage`` stops the storage (its calls are refused),
+    not the code of the block: it used to cancel the nursery the block ran in, which
+    silently skipped the rest of the block."""
+    reached = False
+    try:
+        async with backend.storage() as storage:
+            await storage.append("c", [AppendMessages([user("hi")])], expected_version=0)
+            await storage.aclose()
+            await trio.lowlevel.checkpoint()  # a cancelled block would stop here
+            with pytest.raises(StorageUnavailableError):
+                await storage.load("c")
+            reached = True
+    except trio.Cancelled:  # it escapes the block, and the test runner would swallow it
+        pytest.fail("closing the storage cancelled the code of its block")
+    assert reached
