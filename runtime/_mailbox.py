@@ -113,7 +113,9 @@ class Mailbox:
 
     capacity: int
     owner: str
-    _system: deque[Envelope] = attrs.field(factory=deque, init=False)
+    # The system lane: made by its first frame, dropped when it is served empty (system
+    # frames are rare: most of the time the lane needs no deque for the collector to scan).
+    _system: deque[Envelope] | None = attrs.field(default=None, init=False)
     _data: deque[Envelope] = attrs.field(factory=deque, init=False)
     # Starts a task serving the system lane (``None``: not running).
     _server: SystemServer | None = attrs.field(default=None, init=False)
@@ -148,7 +150,10 @@ class Mailbox:
         """
         if self.closed:
             raise self._dead()
-        self._system.append(envelope)
+        system = self._system
+        if system is None:
+            system = self._system = deque()
+        system.append(envelope)
         if not self._system_serving and self._server is not None:
             self._system_serving = self._server.start_system_service()
 
@@ -172,6 +177,7 @@ class Mailbox:
         if system:
             self._delivered += 1
             return system.popleft()
+        self._system = None
         self._system_serving = False
         return None
 
@@ -345,8 +351,8 @@ class Mailbox:
     def close(self) -> list[Envelope]:
         """Refuse further frames, wake every waiter and return what was still queued."""
         self.closed = True
-        left = [*self._system, *self._data]
-        self._system.clear()
+        left = [*self._system, *self._data] if self._system else list(self._data)
+        self._system = None
         self._data.clear()
         if self._send_lot is not None:
             self._send_lot.unpark_all()
@@ -361,7 +367,7 @@ class Mailbox:
     def statistics(self) -> MailboxStatistics:
         """Return a frozen snapshot of this mailbox."""
         return MailboxStatistics(
-            system_depth=len(self._system),
+            system_depth=len(self._system) if self._system is not None else 0,
             data_depth=len(self._data),
             data_capacity=self.capacity,
             peak_data_depth=self._peak,
