@@ -429,15 +429,11 @@ class PipelineTask:
                 if not self._cancelling:
                     self._last_activity = trio.current_time()
                     await self._deliver_pending(session)
-                    if p.idle_timeout_secs is None:
-                        # No nursery when there is nothing to watch: one kept by every
-                        # session is ten objects more for the garbage collector to scan.
-                        await self._done.wait()
-                    else:
-                        async with trio.open_nursery() as watchers:
+                    async with trio.open_nursery() as watchers:
+                        if p.idle_timeout_secs is not None:
                             watchers.start_soon(self._idle_monitor, p.idle_timeout_secs)
-                            await self._done.wait()
-                            watchers.cancel_scope.cancel()
+                        await self._done.wait()
+                        watchers.cancel_scope.cancel()
                 if self._cancelling:
                     if not source.mailbox.closed:
                         frame = CancelFrame(self._cancel_reason)
