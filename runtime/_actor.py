@@ -57,6 +57,7 @@ __all__ = [
     "ActorRef",
     "PushGate",
     "SessionView",
+    "accept_cache_for",
     "accepts_type",
     "bind",
     "companions_of",
@@ -265,7 +266,6 @@ class Actor(Generic[T]):
         # The cell running the actor, once it is spawned (see bind()).
         self._cell: ActorPort | None = None
         self._gate: PushGate | None = None
-        self._accept_cache: dict[type[Frame], bool] = {}
         # Its companions, (actor, stop_with_owner), in the order given; the one it belongs to.
         # Tuples (the empty one is shared): most actors have no companion and no watcher.
         self._companions: tuple[tuple[Actor[Any], bool], ...] = ()
@@ -365,11 +365,11 @@ class Actor(Generic[T]):
     def accepts_frame(self, frame: Frame) -> bool:
         """Whether ``frame`` reaches :meth:`process_frame` (its type is in :attr:`accepts`)."""
         cls = type(frame)
-        try:
-            return self._accept_cache[cls]
-        except KeyError:
-            ok = self._accept_cache[cls] = accepts_type(self.accepts, cls)
-            return ok
+        cache = accept_cache_for(self.accepts)
+        ok = cache.get(cls)
+        if ok is None:
+            ok = cache[cls] = accepts_type(self.accepts, cls)
+        return ok
 
     # ------------------------------------------------------------------ sending
 
@@ -564,6 +564,21 @@ def _check_accepts(actor: Actor[Any], frame: Frame) -> None:
             f"actor {actor.name!r} ({type(actor).__name__}) does not accept "
             f"{type(frame).__name__}; its mailbox takes: {wanted}"
         )
+
+
+#: What :func:`accepts_type` answered, by ``accepts`` tuple then frame type: one dict per kind
+#: of stage, shared by all its actors (not one per actor for the garbage collector to scan).
+_ACCEPT_CACHES: dict[tuple[type[Frame], ...], dict[type[Frame], bool]] = {}
+
+
+def accept_cache_for(accepts: tuple[type[Frame], ...]) -> dict[type[Frame], bool]:
+    """The cache of :func:`accepts_type` for handlers that list ``accepts`` (frame type →
+    whether it reaches the handler), shared by every actor listing the same types; fill it
+    with :func:`accepts_type`."""
+    cache = _ACCEPT_CACHES.get(accepts)
+    if cache is None:
+        cache = _ACCEPT_CACHES[accepts] = {}
+    return cache
 
 
 def accepts_type(accepts: tuple[type[Frame], ...], cls: type[Frame]) -> bool:

@@ -25,8 +25,17 @@ from typing import Any
 
 import outcome
 import trio
+from trio.lowlevel import wait_task_rescheduled
 
-from ._actor import CURRENT_ACTOR, Actor, SessionView, accepts_type, bind, notify_watchers
+from ._actor import (
+    CURRENT_ACTOR,
+    Actor,
+    SessionView,
+    accept_cache_for,
+    accepts_type,
+    bind,
+    notify_watchers,
+)
 from ._core import SessionCore
 from ._errors import ActorDeadError
 from ._frames import (
@@ -116,12 +125,14 @@ class Cell:
         self.scope: trio.CancelScope | None = None
         self.nursery: trio.Nursery | None = None
         self.interrupt_hooks: tuple[Callable[[], object], ...] = ()
-        self.background: set[trio.CancelScope] = set()
+        #: The cancel scopes of the actor's running background tasks (made by the first).
+        self.background: set[trio.CancelScope] | None = None
         self.restarts = 0
         self.dead_letters = 0
         self.crash: BaseException | None = None
         self.relaying = False
-        self.accept_cache: dict[type[Frame], bool] = {}
+        # Shared by the actors that accept the same types (see accept_cache_for).
+        self.accept_cache = accept_cache_for(actor.accepts)
 
     def make_mailbox(self, capacity: int) -> Mailbox:
         """The actor's mailbox (a subclass may give it another kind)."""
@@ -263,6 +274,8 @@ class Cell:
             return None
         scope = trio.CancelScope()
         background = self.background
+        if background is None:
+            background = self.background = set()
         turn_scopes = self.core.turn_scopes
         background.add(scope)
         if interruptible:
@@ -372,11 +385,13 @@ class Cell:
             async with trio.open_nursery() as nursery:
                 self.scope = nursery.cancel_scope
                 self.nursery = nursery
-                mailbox.serve_system_with(self._serve_system_soon)
+                mailbox.serve_system_with(self)
                 await self.lifecycle.wait_serving()
+                # Methods are called through their objects, not kept bound in locals: a bound
+                # method lives as long as the loop, one more object per actor for the garbage
+                # collector to scan (and the call costs the same).
+                actor = self.actor
                 accept_cache = self.accept_cache
-                take = mailbox.take_data
-                process = self.actor.process_frame
                 batch = 0
                 last_turn: int | None = None
                 while True:
@@ -392,9 +407,17 @@ class Cell:
                             if batch >= _FAIRNESS_BATCH:
                                 batch = 0
                                 await trio.lowlevel.checkpoint()
-                            envelope = take()
+                            envelope = mailbox.take_data()
                             if envelope is None:
-                                envelope = await mailbox.get_data()
+                                # Mailbox.get_data, inline: no coroutine more to keep (and
+                                # resume at each wake-up). The frame that ends a wait starts
+                                # a new batch (counting it shifts the fairness checkpoints
+                                # and slows a burst through a chain by a quarter).
+                                mailbox.expect_data()
+                                await wait_task_rescheduled(mailbox.abort_data_wait)
+                                envelope = mailbox.take_data()
+                                if envelope is None:
+                                    continue  # a close (or a purge) came first: wait again
                                 batch = 0
                             else:
                                 batch += 1
@@ -419,7 +442,9 @@ class Cell:
                                     last_turn = turn
                                 self.busy = envelope
                                 try:
-                                    await process(frame, envelope.direction or DOWNSTREAM)
+                                    await actor.process_frame(
+                                        frame, envelope.direction or DOWNSTREAM
+                                    )
                                 finally:
                                     self.busy = None
                                 ended = cls is EndFrame and await self.forward(envelope)
@@ -434,9 +459,10 @@ class Cell:
             mailbox.serve_system_with(None)
             self.nursery = None
 
-    def _serve_system_soon(self) -> bool:
+    def start_system_service(self) -> bool:
         """Start the task that serves the system lane; ``False`` if the nursery does not
-        take tasks now (the frame then waits for the next one)."""
+        take tasks now (the frame then waits for the next one). Called by the mailbox (the
+        cell is its :class:`~runtime._mailbox.SystemServer`)."""
         nursery = self.nursery
         if nursery is None:
             return False
@@ -635,7 +661,7 @@ class Cell:
             state=self.lifecycle.state.value,
             mailbox=self.mailbox.statistics(),
             busy_with=busy.frame.name if busy is not None else None,
-            background_tasks=len(self.background),
+            background_tasks=len(self.background) if self.background is not None else 0,
             restarts=self.restarts,
             dead_letters=self.dead_letters,
             downstream=tuple(c.name for c in self.downstream),

@@ -8,10 +8,11 @@ topology has a non-blocking edge).
 
 Each lane has one consumer. The data lane's consumer takes envelopes with :meth:`take_data`
 and, when it is empty, waits in :meth:`get_data`. The system lane is served by a task that
-exists only while there are system frames: the mailbox calls the ``starter`` given to
-:meth:`serve_system_with` when a frame arrives and no task is serving, and the task takes
-frames with :meth:`take_system` until that returns ``None`` (which ends the service: the next
-frame starts a new task).
+exists only while there are system frames: the mailbox calls
+:meth:`SystemServer.start_system_service` of the server given to :meth:`serve_system_with`
+when a frame arrives and no task is serving, and the task takes frames with
+:meth:`take_system` until that returns ``None`` (which ends the service: the next frame
+starts a new task).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import outcome
@@ -28,9 +29,19 @@ import trio
 from ._errors import ActorDeadError
 from ._frames import Frame, FrameDirection
 
-__all__ = ["Envelope", "Mailbox", "MailboxStatistics", "Reply"]
+__all__ = ["Envelope", "Mailbox", "MailboxStatistics", "Reply", "SystemServer"]
 
 _UPSTREAM = FrameDirection.UPSTREAM
+
+
+class SystemServer(Protocol):
+    """What serves a mailbox's system lane (the actor's cell). An object, not a callback: a
+    bound method kept by every mailbox would be one more object per actor for the garbage
+    collector to scan."""
+
+    def start_system_service(self) -> bool:
+        """Start a task serving the system lane; ``False`` if it cannot now (the frames then
+        wait for the next call)."""
 
 
 @attrs.define(eq=False)
@@ -102,10 +113,12 @@ class Mailbox:
 
     capacity: int
     owner: str
-    _system: deque[Envelope] = attrs.field(factory=deque, init=False)
+    # The system lane: made by its first frame, dropped when it is served empty (system
+    # frames are rare: most of the time the lane needs no deque for the collector to scan).
+    _system: deque[Envelope] | None = attrs.field(default=None, init=False)
     _data: deque[Envelope] = attrs.field(factory=deque, init=False)
-    # Starts a task serving the system lane; returns whether it did (``None``: not running).
-    _starter: Callable[[], bool] | None = attrs.field(default=None, init=False)
+    # Starts a task serving the system lane (``None``: not running).
+    _server: SystemServer | None = attrs.field(default=None, init=False)
     _system_serving: bool = attrs.field(default=False, init=False)
     # The data lane has one consumer: the task waiting on it, woken directly (no parking lot:
     # a wake-up per frame is the common case).
@@ -137,21 +150,24 @@ class Mailbox:
         """
         if self.closed:
             raise self._dead()
-        self._system.append(envelope)
-        if not self._system_serving and self._starter is not None:
-            self._system_serving = self._starter()
+        system = self._system
+        if system is None:
+            system = self._system = deque()
+        system.append(envelope)
+        if not self._system_serving and self._server is not None:
+            self._system_serving = self._server.start_system_service()
 
-    def serve_system_with(self, starter: Callable[[], bool] | None) -> None:
+    def serve_system_with(self, server: SystemServer | None) -> None:
         """Install (or, with ``None``, remove) what starts a task serving the system lane.
 
-        ``starter()`` starts the task and returns ``True``, or returns ``False`` if it cannot
-        now (the frames then wait for the next call). Installing it starts a task at once if
-        system frames are waiting.
+        ``server.start_system_service()`` starts the task and returns ``True``, or returns
+        ``False`` if it cannot now (the frames then wait for the next call). Installing it
+        starts a task at once if system frames are waiting.
         """
-        self._starter = starter
+        self._server = server
         self._system_serving = False
-        if starter is not None and self._system:
-            self._system_serving = starter()
+        if server is not None and self._system:
+            self._system_serving = server.start_system_service()
 
     def take_system(self) -> Envelope | None:
         """The next system frame, or ``None`` when the lane is empty, which also ends the
@@ -161,6 +177,7 @@ class Mailbox:
         if system:
             self._delivered += 1
             return system.popleft()
+        self._system = None
         self._system_serving = False
         return None
 
@@ -267,13 +284,21 @@ class Mailbox:
         """
         data = self._data
         while not data:
-            assert self._data_task is None, "a mailbox lane has one consumer"
-            self._data_task = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(self._abort_data)
+            self.expect_data()
+            await trio.lowlevel.wait_task_rescheduled(self.abort_data_wait)
         self._delivered += 1
         if self._send_waiting:
             self._wake_sender()
         return data.popleft()
+
+    def expect_data(self) -> None:
+        """The consumer's task is about to wait for data, in
+        ``trio.lowlevel.wait_task_rescheduled(mailbox.abort_data_wait)``: the next frame (or
+        :meth:`close`) reschedules it; it then takes with :meth:`take_data`, which may find
+        nothing (after a close). :meth:`get_data` in one call; a loop that waits itself saves
+        a coroutine (and a frame to resume at each wake-up)."""
+        assert self._data_task is None, "a mailbox lane has one consumer"
+        self._data_task = trio.lowlevel.current_task()
 
     @property
     def data_depth(self) -> int:
@@ -290,7 +315,8 @@ class Mailbox:
         assert task is not None
         trio.lowlevel.reschedule(task)
 
-    def _abort_data(self, _: object) -> trio.lowlevel.Abort:
+    def abort_data_wait(self, _: object) -> trio.lowlevel.Abort:
+        """The abort function of the consumer's wait (see :meth:`expect_data`)."""
         self._data_task = None
         return trio.lowlevel.Abort.SUCCEEDED
 
@@ -325,8 +351,8 @@ class Mailbox:
     def close(self) -> list[Envelope]:
         """Refuse further frames, wake every waiter and return what was still queued."""
         self.closed = True
-        left = [*self._system, *self._data]
-        self._system.clear()
+        left = [*self._system, *self._data] if self._system else list(self._data)
+        self._system = None
         self._data.clear()
         if self._send_lot is not None:
             self._send_lot.unpark_all()
@@ -341,7 +367,7 @@ class Mailbox:
     def statistics(self) -> MailboxStatistics:
         """Return a frozen snapshot of this mailbox."""
         return MailboxStatistics(
-            system_depth=len(self._system),
+            system_depth=len(self._system) if self._system is not None else 0,
             data_depth=len(self._data),
             data_capacity=self.capacity,
             peak_data_depth=self._peak,

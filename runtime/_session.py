@@ -57,7 +57,8 @@ class Session:
     params: PipelineParams = attrs.field(factory=PipelineParams)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
     _cells: dict[str, Cell] = attrs.field(factory=dict, init=False)
-    _applied: deque[int] = attrs.field(factory=lambda: deque(maxlen=64), init=False)
+    # The ids of the last interruptions applied (made by the first one).
+    _applied: deque[int] | None = attrs.field(default=None, init=False)
     _closing: bool = attrs.field(default=False, init=False)
     _log: Any = attrs.field(init=False)
     _core: SessionCore = attrs.field(init=False)
@@ -103,15 +104,7 @@ class Session:
             from .logging import _configure_by_default  # the one place a session sets logging up
 
             _configure_by_default()
-        kwargs: dict[str, Any] = {
-            "mailbox_size": mailbox_size,
-            "stop_timeout_secs": stop_timeout_secs,
-        }
-        if name is not None:
-            kwargs["name"] = name
-        if params is not None:
-            kwargs["params"] = params
-        session = cls(**kwargs)
+        session = cls._make(name, mailbox_size, stop_timeout_secs, params)
         error: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -134,6 +127,25 @@ class Session:
             # Raised outside the except block, so the error keeps its own __cause__ and
             # __context__ (RestartIntensityExceeded's cause is the crash).
             raise error
+
+    @classmethod
+    def _make(
+        cls,
+        name: str | None,
+        mailbox_size: int,
+        stop_timeout_secs: float,
+        params: PipelineParams | None,
+    ) -> Session:
+        # Not in open(): the arguments' dict would live as long as the session, in its frame.
+        kwargs: dict[str, Any] = {
+            "mailbox_size": mailbox_size,
+            "stop_timeout_secs": stop_timeout_secs,
+        }
+        if name is not None:
+            kwargs["name"] = name
+        if params is not None:
+            kwargs["params"] = params
+        return cls(**kwargs)
 
     async def _stop_all(self) -> None:
         with trio.CancelScope(shield=True):
@@ -303,9 +315,12 @@ class Session:
         return frame
 
     def _apply_interruption(self, frame: Frame, *, reason: str | None = None) -> None:
-        if frame.id in self._applied:
+        applied = self._applied
+        if applied is None:
+            applied = self._applied = deque(maxlen=64)
+        elif frame.id in applied:
             return
-        self._applied.append(frame.id)
+        applied.append(frame.id)
         core = self._core
         old = core.turn
         core.turn = new = old + 1

@@ -23,7 +23,9 @@ async def supervise(cell: Cell) -> None:
     allows, else mark it crashed and raise the crash (escalation)."""
     policy = cell.actor.restart_policy
     log = cell.core.log
-    recent: deque[float] = deque()
+    # The times of its recent restarts: made by the first crash (most actors never crash,
+    # and a deque kept by every actor's task is one more object for the garbage collector).
+    recent: deque[float] | None = None
     while True:
         try:
             await cell.run()
@@ -54,6 +56,8 @@ async def supervise(cell: Cell) -> None:
                 )
                 return
             now = trio.current_time()
+            if recent is None:
+                recent = deque()
             while recent and now - recent[0] > policy.within_secs:
                 recent.popleft()
             if len(recent) < policy.max_restarts:

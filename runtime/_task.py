@@ -50,15 +50,11 @@ class _Edge(Actor[Frame]):
 
     accepts = ()
 
-    def __init__(
-        self,
-        name: str,
-        reached_end: Callable[[Frame, FrameDirection], Awaitable[None]],
-        *,
-        sink: bool,
-    ) -> None:
-        super().__init__(name=f"{name}:{'sink' if sink else 'source'}")
-        self.reached_end = reached_end
+    def __init__(self, task: PipelineTask, *, sink: bool) -> None:
+        super().__init__(name=f"{task.name}:{'sink' if sink else 'source'}")
+        #: The task whose end this is (frames reaching it go to ``task._reached_end``: the
+        #: task, not a bound method, is kept, one object less per edge).
+        self.task = task
         self.sink = sink
         #: The cell running the edge, once spawned.
         self.cell: _EdgeCell | None = None
@@ -106,7 +102,7 @@ class _SinkMailbox(Mailbox):
                 self.count_stale()  # pushed by a stage the interruption has not reached yet
                 return
             self.count_delivered()
-            await cell.reached_end(frame, DOWNSTREAM)
+            await cell.task._reached_end(frame, DOWNSTREAM)
             return
         await super().put_data(envelope)
 
@@ -118,7 +114,7 @@ class _EdgeCell(Cell):
         super().__init__(*args, **kwargs)
         actor = self.actor
         assert isinstance(actor, _Edge)
-        self.reached_end = actor.reached_end
+        self.task = actor.task
         actor.cell = self
 
     @property
@@ -137,7 +133,7 @@ class _EdgeCell(Cell):
         direction = envelope.direction
         if direction is not None and (direction is DOWNSTREAM) == self.sink:
             frame = envelope.frame
-            await self.reached_end(frame, direction)
+            await self.task._reached_end(frame, direction)
             return type(frame) is EndFrame
         ended = await super().forward(envelope)
         # The source stays up after passing the EndFrame on, until the session closes:
@@ -195,13 +191,13 @@ class PipelineTask:
         self.name = name or f"task-{id(self):x}"
         # Bound like its session's logger (the session has the task's name).
         self._log = _logger.bind(session=self.name)
-        self._listeners: dict[FrameDirection, list[FrameListener]] = {
-            FrameDirection.DOWNSTREAM: [on_downstream] if on_downstream else [],
-            FrameDirection.UPSTREAM: [on_upstream] if on_upstream else [],
-        }
+        # Tuples (the empty one is shared), not a dict of lists: three objects fewer per
+        # session for the garbage collector to scan.
+        self._on_downstream: tuple[FrameListener, ...] = (on_downstream,) if on_downstream else ()
+        self._on_upstream: tuple[FrameListener, ...] = (on_upstream,) if on_upstream else ()
         self._session: Session | None = None
-        self._source = _Edge(self.name, self._reached_end, sink=False)
-        self._sink = _Edge(self.name, self._reached_end, sink=True)
+        self._source = _Edge(self, sink=False)
+        self._sink = _Edge(self, sink=True)
         # Input given before the task was ready: (frame, direction, stage it was pushed from,
         # or None for queue_frame), in the order it was given.
         self._pending: list[tuple[Frame, FrameDirection, Actor[Any] | None]] = []
@@ -227,7 +223,10 @@ class PipelineTask:
 
     def add_listener(self, listener: FrameListener, direction: FrameDirection) -> None:
         """Call ``listener`` for every frame that reaches the end of ``direction``."""
-        self._listeners[direction].append(listener)
+        if direction is FrameDirection.DOWNSTREAM:
+            self._on_downstream = (*self._on_downstream, listener)
+        else:
+            self._on_upstream = (*self._on_upstream, listener)
 
     # ----------------------------------------------------------------- state
 
@@ -386,7 +385,8 @@ class PipelineTask:
             )
             if frame.fatal:
                 self.cancel("fatal error")
-        for listener in self._listeners[direction]:
+        listeners = self._on_downstream if direction is DOWNSTREAM else self._on_upstream
+        for listener in listeners:
             result = listener(frame, direction)
             if result is not None:
                 await result
@@ -419,18 +419,10 @@ class PipelineTask:
                 params=p,
             ) as session:
                 self._session = session
-                seg = self.pipeline.segment() if not isinstance(self.pipeline, Actor) else None
-                assert seg is not None
-                session.spawn(self._source, start=False)
-                build(session, self.pipeline, start=False)
-                session.spawn(self._sink, start=False)
-                for head in seg.heads or (self._sink,):
-                    session.link(self._source, head)
-                for tail in seg.tails:
-                    session.link(tail, self._sink)
+                self._build(session)
                 source = self._source.running_cell()
                 source.mailbox.put_system(Envelope(StartFrame(params=p), DOWNSTREAM, 0))
-                self._log.info("pipeline started", actors=len(seg.actors))
+                self._log.info("pipeline started", actors=len(self._stages))
                 with trio.fail_after(p.start_timeout_secs):
                     while not self._started.is_set() and not self._done.is_set():
                         await _wait_any(self._started, self._done)
@@ -464,6 +456,17 @@ class PipelineTask:
                     kinds=sorted({type(f).__name__ for f, _, _ in self._pending}),
                 )
                 self._pending.clear()
+
+    def _build(self, session: Session) -> None:
+        """Spawn and link the topology between the task's two ends. (Not in :meth:`run`: the
+        segment would live as long as the session, in its frame.)"""
+        session.spawn(self._source, start=False)
+        seg = build(session, self.pipeline, start=False)
+        session.spawn(self._sink, start=False)
+        for head in seg.heads or (self._sink,):
+            session.link(self._source, head)
+        for tail in seg.tails:
+            session.link(tail, self._sink)
 
     async def _deliver_pending(self, session: Session) -> None:
         """Deliver the input held until the start, in order; input given meanwhile joins the

@@ -242,6 +242,12 @@ def _body_iterator(response: httpx.Response) -> AsyncIterator[bytes]:
     return response.aiter_bytes()
 
 
+#: The defaults of a client given none (frozen, so shared: not two objects more per client
+#: for the garbage collector to scan).
+_DEFAULT_TIMEOUTS = Timeouts()
+_DEFAULT_RETRY = RetryPolicy()
+
+
 @attrs.define(init=False)
 class ChatCompletionsClient:
     """A streaming client for ``POST {base_url}/chat/completions`` (OpenAI and compatible servers).
@@ -326,8 +332,8 @@ class ChatCompletionsClient:
             if organization is not None
             else os.environ.get("OPENAI_ORG_ID"),
             project=project if project is not None else os.environ.get("OPENAI_PROJECT_ID"),
-            timeouts=timeouts or Timeouts(),
-            retry=retry or RetryPolicy(),
+            timeouts=timeouts or _DEFAULT_TIMEOUTS,
+            retry=retry or _DEFAULT_RETRY,
             max_event_bytes=_checked_max_event_bytes(max_event_bytes),
             api_key=key or None,
             endpoint=endpoint_url(root, "chat/completions"),

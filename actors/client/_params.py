@@ -25,12 +25,17 @@ __all__ = ["ChatRequest", "GenerationParams"]
 _INT64 = 2**63
 
 
+#: The ``extra`` of every parameter set that has none: one read-only mapping shared by all
+#: (not one more object per service and per request for the garbage collector to scan).
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+
+
 def _freeze_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     if value is None:
-        return MappingProxyType({})
+        return _NO_EXTRA
     if not isinstance(value, Mapping):
         raise InvalidParameterError(f"extra={value!r}: expected a mapping of body fields")
-    return MappingProxyType(dict(value))
+    return MappingProxyType(dict(value)) if value else _NO_EXTRA
 
 
 def _number(owner: str, lo: float, hi: float) -> Any:

@@ -19,6 +19,18 @@ def data(n: int, *, turn: int = 0, direction: FrameDirection = DOWN) -> Envelope
     return Envelope(Ping(n), direction, turn)
 
 
+class Server:
+    """A system-lane server that counts its starts and may refuse to start."""
+
+    def __init__(self, *, can_start: bool = True) -> None:
+        self.starts = 0
+        self.can_start = can_start
+
+    def start_system_service(self) -> bool:
+        self.starts += 1
+        return self.can_start
+
+
 def numbers(envelopes: list[Envelope]) -> list[int]:
     out = []
     for envelope in envelopes:
@@ -114,38 +126,28 @@ class TestSystemLane:
         """The starter runs when a frame arrives and no task serves the lane; ``take_system``
         returning ``None`` ends the service, so the next frame starts a new task."""
         box = Mailbox(1, "a")
-        starts: list[int] = []
-
-        def starter() -> bool:
-            starts.append(1)
-            return True
-
+        server = Server()
         box.put_system(Envelope(Note("early"), None, 0))
-        box.serve_system_with(starter)  # frames waiting: a server starts at once
-        assert len(starts) == 1
+        box.serve_system_with(server)  # frames waiting: a server starts at once
+        assert server.starts == 1
         box.put_system(Envelope(Note("more"), None, 0))
-        assert len(starts) == 1  # one is serving
+        assert server.starts == 1  # one is serving
         assert [e.frame.text for e in _drain_system(box)] == ["early", "more"]  # type: ignore[attr-defined]
         box.put_system(Envelope(Note("later"), None, 0))
-        assert len(starts) == 2
+        assert server.starts == 2
 
     def test_a_starter_that_cannot_start_leaves_the_frames_waiting(self) -> None:
         """A starter that returns ``False`` (the actor is not running) gets another chance
         with the next frame; without a starter frames just wait."""
         box = Mailbox(1, "a")
-        calls: list[bool] = []
-
-        def cannot() -> bool:
-            calls.append(False)
-            return False
-
-        box.serve_system_with(cannot)
+        server = Server(can_start=False)
+        box.serve_system_with(server)
         box.put_system(Envelope(Note("a"), None, 0))
         box.put_system(Envelope(Note("b"), None, 0))
-        assert len(calls) == 2
+        assert server.starts == 2
         box.serve_system_with(None)
         box.put_system(Envelope(Note("c"), None, 0))
-        assert len(calls) == 2
+        assert server.starts == 2
         assert box.statistics().system_depth == 3
 
 

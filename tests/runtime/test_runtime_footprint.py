@@ -1,0 +1,42 @@
+"""What an idle actor keeps alive for the cyclic garbage collector to scan.
+
+A server holds thousands of sessions of a handful of actors each; every object they keep is
+scanned by each full collection (the longest pause of the loop with 500 sessions, see
+docs/benchmarks.md, "Objects per session"). Most of an actor's objects are trio's own (its
+task, its nursery, the cancel scope of its handler, the wait of its data loop); the runtime
+adds its cell, mailbox, lifecycle and links, and keeps nothing per actor that it can share or
+make on first use (bound methods, caches, empty queues and sets).
+"""
+
+from __future__ import annotations
+
+import gc
+
+import trio.testing
+
+from runtime import Actor, Pipeline, PipelineTask
+
+#: Objects tracked by the collector per idle pass-through actor (33 with trio 0.3x; 42 before
+#: the runtime stopped keeping bound methods, per-actor caches and empty queues).
+MAX_OBJECTS_PER_ACTOR = 35
+
+
+async def _tracked_objects_with(actors: int) -> int:
+    async with PipelineTask(Pipeline([Actor() for _ in range(actors)])):
+        await trio.testing.wait_all_tasks_blocked()
+        gc.collect()
+        return len(gc.get_objects())
+
+
+async def test_an_idle_actor_keeps_few_objects_for_the_collector() -> None:
+    """The difference between two pipelines of 10 and 40 started, idle actors, per actor:
+    the cost of one more actor, whatever the rest of the process holds."""
+    await _tracked_objects_with(2)  # one-time set-up (caches, interned names) out of the way
+    small = await _tracked_objects_with(10)
+    large = await _tracked_objects_with(40)
+    per_actor = (large - small) / 30
+    assert per_actor <= MAX_OBJECTS_PER_ACTOR, (
+        f"an idle actor keeps {per_actor:.1f} objects tracked by the garbage collector "
+        f"(at most {MAX_OBJECTS_PER_ACTOR}): what it keeps per actor may be shared or made "
+        "on first use"
+    )
