@@ -102,7 +102,11 @@ class _SinkMailbox(Mailbox):
         cell = self.cell
         if cell is not None and self._inline(envelope):
             frame = envelope.frame
-            if frame.interruptible and envelope.turn < cell.core.turn:
+            if (
+                envelope.turn < cell.core.turn
+                and frame.interruptible
+                and not envelope.uninterruptible
+            ):
                 self.count_stale()  # pushed by a stage the interruption has not reached yet
                 return
             self.count_delivered()
