@@ -44,6 +44,10 @@ _logger = structlog.get_logger("trouper.runtime")
 DOWNSTREAM = FrameDirection.DOWNSTREAM
 
 
+def _never_inline(frame: Frame) -> None:
+    raise AssertionError("only the sink hands frames over inline")
+
+
 class _Edge(Actor[Frame]):
     """The task's own first (source) and last (sink) actors; their cell is an
     :class:`_EdgeCell`."""
@@ -56,9 +60,13 @@ class _Edge(Actor[Frame]):
         reached_end: Callable[[Frame, FrameDirection], Awaitable[None]],
         *,
         sink: bool,
+        reached_now: Callable[[Frame], Awaitable[None] | None] | None = None,
     ) -> None:
         super().__init__(name=f"{name}:{'sink' if sink else 'source'}")
         self.reached_end = reached_end
+        #: The sink's: ``reached_end`` for a downstream data frame, as far as it goes without
+        #: waiting (returns what is left to await, if anything).
+        self.reached_now = reached_now
         self.sink = sink
         #: The cell running the edge, once spawned.
         self.cell: _EdgeCell | None = None
@@ -78,9 +86,16 @@ class _SinkMailbox(Mailbox):
     Everything else is queued as usual: system frames (their own task, as before), the
     ``EndFrame`` (it stops the sink), and anything arriving before the sink has started or
     while it stops (and, so that order is kept, while such a frame is still queued).
+
+    A frame handed over inline is handed over by :meth:`try_put_data` itself, so the sender
+    needs no coroutine for it (one per frame per stage: ``deliver``, ``put_data`` and the
+    task's ``_reached_end`` were three): the listeners are called there. Only when one of
+    them returns an awaitable does the sender's ``put_data`` await the rest.
     """
 
     cell: _EdgeCell | None = None
+    # The envelope being handed over and what is left of it to await (see try_put_data).
+    _rest: tuple[Envelope, Awaitable[None]] | None = None
 
     def _inline(self, envelope: Envelope) -> bool:
         cell = self.cell
@@ -94,23 +109,28 @@ class _SinkMailbox(Mailbox):
         )
 
     def try_put_data(self, envelope: Envelope) -> bool:
-        if self._inline(envelope):
-            return False  # the sender then awaits put_data, which delivers it inline
-        return super().try_put_data(envelope)
+        rest = self._rest
+        if rest is not None and rest[0] is envelope:
+            return False  # handed over already: the sender's put_data awaits the rest
+        cell = self.cell
+        if cell is None or not self._inline(envelope):
+            return super().try_put_data(envelope)
+        frame = envelope.frame
+        if envelope.turn < cell.core.turn and frame.interruptible and not envelope.uninterruptible:
+            self.count_stale()  # pushed by a stage the interruption has not reached yet
+            return True
+        self.count_delivered()
+        left = cell.reached_now(frame)
+        if left is None:
+            return True
+        self._rest = (envelope, left)
+        return False
 
     async def put_data(self, envelope: Envelope) -> None:
-        cell = self.cell
-        if cell is not None and self._inline(envelope):
-            frame = envelope.frame
-            if (
-                envelope.turn < cell.core.turn
-                and frame.interruptible
-                and not envelope.uninterruptible
-            ):
-                self.count_stale()  # pushed by a stage the interruption has not reached yet
-                return
-            self.count_delivered()
-            await cell.reached_end(frame, DOWNSTREAM)
+        rest = self._rest
+        if rest is not None and rest[0] is envelope:
+            self._rest = None
+            await rest[1]
             return
         await super().put_data(envelope)
 
@@ -123,6 +143,10 @@ class _EdgeCell(Cell):
         actor = self.actor
         assert isinstance(actor, _Edge)
         self.reached_end = actor.reached_end
+        reached_now = actor.reached_now
+        self.reached_now: Callable[[Frame], Awaitable[None] | None] = (
+            reached_now if reached_now is not None else _never_inline
+        )
         actor.cell = self
 
     @property
@@ -205,7 +229,9 @@ class PipelineTask:
         }
         self._session: Session | None = None
         self._source = _Edge(self.name, self._reached_end, sink=False)
-        self._sink = _Edge(self.name, self._reached_end, sink=True)
+        self._sink = _Edge(
+            self.name, self._reached_end, sink=True, reached_now=self._reached_end_now
+        )
         # Input given before the task was ready: (frame, direction, stage it was pushed from,
         # or None for queue_frame), in the order it was given.
         self._pending: list[tuple[Frame, FrameDirection, Actor[Any] | None]] = []
@@ -365,6 +391,32 @@ class PipelineTask:
         return frame
 
     # ----------------------------------------------------------------- ends
+
+    def _reached_end_now(self, frame: Frame) -> Awaitable[None] | None:
+        """:meth:`_reached_end` for a downstream data frame that the sink hands over inline
+        (never a lifecycle frame), without a coroutine: the listeners are called here, and
+        if one returns an awaitable, that and the listeners after it are returned to be
+        awaited."""
+        if type(frame) is InterruptionMarkerFrame:
+            return None  # the runtime's bookkeeping, not the application's
+        if self._idle:
+            self._last_activity = trio.current_time()
+        listeners = self._listeners[DOWNSTREAM]
+        for i, listener in enumerate(listeners):
+            result = listener(frame, DOWNSTREAM)
+            if result is not None:
+                return self._rest_of_listeners(result, frame, listeners[i + 1 :])
+        return None
+
+    @staticmethod
+    async def _rest_of_listeners(
+        first: Awaitable[None], frame: Frame, listeners: list[FrameListener]
+    ) -> None:
+        await first
+        for listener in listeners:
+            result = listener(frame, DOWNSTREAM)
+            if result is not None:
+                await result
 
     async def _reached_end(self, frame: Frame, direction: FrameDirection) -> None:
         cls = type(frame)
