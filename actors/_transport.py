@@ -190,6 +190,10 @@ class TextTransport:
         return self._answer_done.is_set()
 
     def _observe(self, frame: Frame) -> None:
+        if type(frame) is LLMTextFrame:  # first: one per token
+            if self._answering:
+                self._parts.append(frame.text)
+            return
         if isinstance(frame, LLMFullResponseStartFrame):
             self._parts = []
             self._follow_up_expected = False

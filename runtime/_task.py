@@ -97,29 +97,25 @@ class _SinkMailbox(Mailbox):
     # The envelope being handed over and what is left of it to await (see try_put_data).
     _rest: tuple[Envelope, Awaitable[None]] | None = None
 
-    def _inline(self, envelope: Envelope) -> bool:
-        cell = self.cell
-        return (
-            cell is not None
-            and envelope.direction is DOWNSTREAM
-            and type(envelope.frame) is not EndFrame
-            and cell.lifecycle.state is RUNNING
-            and not self.closed
-            and not self.data_depth  # never overtake a frame still queued from before the start
-        )
-
     def try_put_data(self, envelope: Envelope) -> bool:
         rest = self._rest
         if rest is not None and rest[0] is envelope:
             return False  # handed over already: the sender's put_data awaits the rest
         cell = self.cell
-        if cell is None or not self._inline(envelope):
-            return super().try_put_data(envelope)
         frame = envelope.frame
+        if (
+            cell is None
+            or envelope.direction is not DOWNSTREAM
+            or type(frame) is EndFrame
+            or cell.lifecycle.state is not RUNNING
+            or self.closed
+            or self._data  # never overtake a frame still queued from before the start
+        ):
+            return super().try_put_data(envelope)
         if envelope.turn < cell.core.turn and frame.interruptible and not envelope.uninterruptible:
-            self.count_stale()  # pushed by a stage the interruption has not reached yet
+            self._dropped_stale += 1  # pushed by a stage the interruption has not reached yet
             return True
-        self.count_delivered()
+        self._delivered += 1
         left = cell.reached_now(frame)
         if left is None:
             return True

@@ -382,3 +382,27 @@ async def test_the_output_passes_on_what_it_shows_uncopied(
         for frame in passed:
             assert frame is shown[frame.id]
         assert all(f.interruptible for f in texts)
+
+
+async def test_each_streamed_delta_is_a_fresh_text_frame_of_the_inference_turn(
+    autojump_clock: trio.testing.MockClock, server: ScriptedOpenAIServer, chunks: ChunkFactory
+) -> None:
+    """The LLM makes one ``LLMTextFrame`` per content delta, as ``LLMTextFrame(text)`` would in
+    its handler (it builds them on a fast path): the inference's turn, ids increasing after
+    the start frame's, interruptible, recorded in the context, equal to a frame made the
+    usual way."""
+    server.add(Reply.sse(chunks.text_stream(["One", " two", " three"], usage=(3, 3))))
+    async with open_conversation(server, quick_start=True) as conv:
+        await conv.say("Hi")
+        await conv.wait_ends(1)
+        (start,) = of_type(conv.output, LLMFullResponseStartFrame)
+        texts = of_type(conv.output, LLMTextFrame)
+    assert texts == [LLMTextFrame("One"), LLMTextFrame(" two"), LLMTextFrame(" three")]
+    assert all(type(f) is LLMTextFrame for f in texts)
+    assert [f.turn for f in texts] == [start.turn] * 3
+    assert start.turn is not None
+    ids = [start.id, *(f.id for f in texts)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 4
+    assert all(f.interruptible and f.append_to_context for f in texts)
+    assert all(start.created_at <= f.created_at for f in texts)
