@@ -329,10 +329,6 @@ class Mailbox:
         """Account frames dropped by the consumer because their turn was interrupted."""
         self._dropped_stale += n
 
-    def count_delivered(self, n: int = 1) -> None:
-        """Account frames handed over without passing through the lanes (an inline sink)."""
-        self._delivered += n
-
     def close(self) -> list[Envelope]:
         """Refuse further frames, wake every waiter and return what was still queued."""
         self.closed = True
