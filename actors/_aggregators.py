@@ -311,7 +311,12 @@ class LLMAssistantContextAggregator(_StoreClient):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Record the assistant's turn (see the class docs), then pass the frame on."""
-        if isinstance(frame, TextFrame):  # first: one per token
+        if type(frame) is LLMTextFrame:  # first: one per token (the commonest case, made short)
+            if self._open and frame.append_to_context and direction is FrameDirection.DOWNSTREAM:
+                self._parts.append(frame.text)
+            await self.push_frame(frame, direction)
+            return
+        if isinstance(frame, TextFrame):
             if (
                 direction is FrameDirection.DOWNSTREAM
                 and self._open

@@ -39,6 +39,7 @@ from ._frames import (
     ProcessingMetricsData,
     TTFBMetricsData,
     VisionImageRawFrame,
+    new_llm_text,
 )
 from ._observe import InferenceWatch, end_turn_trace, watch_inference
 from ._params import metrics_settings
@@ -272,7 +273,7 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
                     # On interruption the socket is shut down inside interrupt() itself: the
                     # server stops generating without waiting for this task to unwind.
                     async for text in stream.text_deltas():
-                        await self.push_frame(LLMTextFrame(text))
+                        await self.push_frame(new_llm_text(text))
                         if not ttfb_sent and stream.first_token_at is not None:
                             # After the first text goes out: the measurement must not delay it.
                             ttfb_sent = True

@@ -13,10 +13,9 @@ from __future__ import annotations
 import datetime
 from collections.abc import Awaitable, Callable
 
-import attrs
 import trio
 
-from runtime import Actor, Frame, FrameDirection, SystemFrame
+from runtime import Actor, Frame, FrameDirection
 
 from ._frames import (
     FunctionCallCancelFrame,
@@ -53,7 +52,9 @@ class OutputTransport(Actor[Frame]):
 
     Subclass it and override :meth:`deliver`. Put the stage where the output goes (after the
     LLM, before the assistant aggregator). For each downstream frame it first passes the frame
-    on, made uninterruptible, and only then delivers it, with nothing awaited in between. So
+    on with :meth:`~runtime.Actor.push_uninterruptible` (the frame itself, not a copy: no
+    interruption drops it on its way from here), and only then delivers it, with nothing
+    awaited in between. So
     an interruption either comes before both (the frame is neither shown nor recorded) or
     after both (the frame was shown, and no interruption can drop it on its way to the
     assistant aggregator, which records it). It marks its output at every interruption
@@ -69,10 +70,7 @@ class OutputTransport(Actor[Frame]):
         if direction is not FrameDirection.DOWNSTREAM:
             await self.push_frame(frame, direction)
             return
-        if frame.interruptible and not isinstance(frame, SystemFrame):
-            await self.push_frame(_uninterruptible(frame), direction)
-        else:
-            await self.push_frame(frame, direction)
+        await self.push_uninterruptible(frame, direction)
         await self.deliver(frame)
 
     async def deliver(self, frame: Frame) -> None:
@@ -82,43 +80,6 @@ class OutputTransport(Actor[Frame]):
         called with counts as delivered: its text is recorded, even if the interruption
         cancels this method before it has finished showing the frame.
         """
-
-
-_Copier = Callable[[Frame], Frame]
-_copiers: dict[type[Frame], _Copier] = {}
-
-
-def _uninterruptible(frame: Frame) -> Frame:
-    """``frame`` made uninterruptible: a copy with the same id, creation time, turn and
-    fields. The same as ``attrs.evolve(frame, interruptible=False)`` without its generic
-    machinery: the output stage copies every text delta, and ``evolve`` was its largest
-    per-token cost (about 3.9 µs against 1.6 µs; see docs/benchmarks.md)."""
-    cls = type(frame)
-    copier = _copiers.get(cls)
-    if copier is None:
-        copier = _copiers[cls] = _make_copier(cls)
-    return copier(frame)
-
-
-def _make_copier(cls: type[Frame]) -> _Copier:
-    """A function copying a ``cls`` frame field by field (its fields were validated when the
-    frame was made), with ``interruptible`` False. Generated once per class, unrolled, as
-    attrs generates its own ``__init__``."""
-    if not attrs.has(cls):
-        return lambda frame: attrs.evolve(frame, interruptible=False)
-    names = [a.name for a in attrs.fields(cls) if a.name != "interruptible"]
-    lines = [
-        "def copy(frame):",
-        "    new = _new(cls)",
-        *(f"    _set(new, {name!r}, frame.{name})" for name in names),
-        "    _set(new, 'interruptible', False)",
-        "    return new",
-    ]
-    namespace: dict[str, object] = {"_new": object.__new__, "_set": object.__setattr__, "cls": cls}
-    exec("\n".join(lines), namespace)  # the text is made of attrs field names only
-    copier = namespace["copy"]
-    assert callable(copier)
-    return copier
 
 
 class TextOutputTransport(OutputTransport):
@@ -229,6 +190,10 @@ class TextTransport:
         return self._answer_done.is_set()
 
     def _observe(self, frame: Frame) -> None:
+        if type(frame) is LLMTextFrame:  # first: one per token
+            if self._answering:
+                self._parts.append(frame.text)
+            return
         if isinstance(frame, LLMFullResponseStartFrame):
             self._parts = []
             self._follow_up_expected = False

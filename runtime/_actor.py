@@ -177,8 +177,11 @@ class ActorPort(Protocol):
     def crash(self) -> BaseException | None:
         """The actor's last crash, if any."""
 
-    def try_push(self, frame: Frame, direction: FrameDirection) -> Envelope | None:
-        """Send without waiting if possible; else the envelope to :meth:`deliver`."""
+    def try_push(
+        self, frame: Frame, direction: FrameDirection, uninterruptible: bool = False
+    ) -> Envelope | None:
+        """Send without waiting if possible; else the envelope to :meth:`deliver`
+        (``uninterruptible``: no interruption drops it)."""
 
     async def deliver(self, envelope: Envelope) -> None:
         """Send ``envelope`` to the neighbours in its direction (may wait for room)."""
@@ -393,6 +396,31 @@ class Actor(Generic[T]):
         if cell is None:
             raise self._not_running()
         envelope = cell.try_push(frame, direction)
+        if envelope is not None:
+            await cell.deliver(envelope)
+
+    async def push_uninterruptible(
+        self, frame: Frame, direction: FrameDirection = DOWNSTREAM
+    ) -> None:
+        """:meth:`push_frame`, but no interruption drops ``frame`` on its way from here, as if
+        it were uninterruptible, and without copying it (the frame itself is unchanged: its
+        ``interruptible`` still says what it says). The mark travels with the frame for as
+        long as the stages after this one pass it on as it came (unaccepted, or pushed on
+        from their handler); a stage that makes a new frame, or pushes this one later from
+        another task, sends it unmarked. An output stage uses it for what it has shown, so
+        that an interruption cannot keep that from the stage that records it.
+        """
+        gate = self._gate
+        if gate is not None:
+            # Held until the start, a frame can still be dropped by an interruption: it is
+            # held as an uninterruptible copy (a rare case: a push from outside the session).
+            held = attrs.evolve(frame, interruptible=False) if frame.interruptible else frame
+            if gate(self, held, direction):
+                return
+        cell = self._cell
+        if cell is None:
+            raise self._not_running()
+        envelope = cell.try_push(frame, direction, True)
         if envelope is not None:
             await cell.deliver(envelope)
 

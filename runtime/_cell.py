@@ -160,10 +160,14 @@ class Cell:
 
     # ------------------------------------------------------------------ sending
 
-    def try_push(self, frame: Frame, direction: FrameDirection) -> Envelope | None:
+    def try_push(
+        self, frame: Frame, direction: FrameDirection, uninterruptible: bool = False
+    ) -> Envelope | None:
         """The start of :meth:`Actor.push_frame`: queue ``frame`` with a single neighbour if
         that needs no waiting; else return the envelope for :meth:`deliver`. ``None`` when
-        nothing is left to do (queued, or a lifecycle frame the runtime forwards itself)."""
+        nothing is left to do (queued, or a lifecycle frame the runtime forwards itself).
+        With ``uninterruptible``, an interruption drops neither it nor its envelope
+        (:meth:`Actor.push_uninterruptible`)."""
         busy = self.busy
         reuse = None
         if busy is not None and busy.frame is frame:
@@ -183,10 +187,16 @@ class Cell:
             turn = self.core.turn
         elif turn is None:
             turn = self.core.turn
-        if reuse is not None and reuse.direction is direction and reuse.turn == turn:
+        keep = uninterruptible and frame.interruptible
+        if (
+            reuse is not None
+            and reuse.direction is direction
+            and reuse.turn == turn
+            and (reuse.uninterruptible or not keep)
+        ):
             envelope = reuse  # the frame being handled, passed on as it came
         else:
-            envelope = Envelope(frame, direction, turn)
+            envelope = Envelope(frame, direction, turn, None, keep)
         targets = self.upstream if direction is UPSTREAM else self.downstream
         if len(targets) == 1 and not isinstance(frame, SystemFrame):
             mailbox = targets[0].mailbox
@@ -338,7 +348,12 @@ class Cell:
     def has_interruptible_work(self) -> bool:
         """Whether a handler runs that an interruption cancels (an interruptible frame's)."""
         busy = self.busy
-        return busy is not None and busy.frame.interruptible and self.work_scope is not None
+        return (
+            busy is not None
+            and busy.frame.interruptible
+            and not busy.uninterruptible
+            and self.work_scope is not None
+        )
 
     def run_interrupt_hooks(self) -> None:
         """Run (and forget) the callbacks given with ``Actor.on_interruption``."""
@@ -365,7 +380,12 @@ class Cell:
         """Drop the queued interruptible data older than ``turn``; returns how many."""
 
         def stale(envelope: Envelope) -> bool:
-            return envelope.frame.interruptible and envelope.turn < turn and envelope.reply is None
+            return (
+                envelope.turn < turn
+                and envelope.frame.interruptible
+                and not envelope.uninterruptible
+                and envelope.reply is None
+            )
 
         return len(self.mailbox.purge(stale))
 
@@ -425,7 +445,11 @@ class Cell:
                                 await self._answer(envelope)
                                 continue
                             frame = envelope.frame
-                            if frame.interruptible and envelope.turn < core.turn:
+                            if (
+                                envelope.turn < core.turn
+                                and frame.interruptible
+                                and not envelope.uninterruptible
+                            ):
                                 mailbox.count_stale()
                                 continue
                             cls = type(frame)
@@ -435,7 +459,11 @@ class Cell:
                             if not ok:
                                 ended = await self.forward(envelope)
                             else:
-                                turn = envelope.turn if frame.interruptible else core.turn
+                                turn = (
+                                    envelope.turn
+                                    if frame.interruptible and not envelope.uninterruptible
+                                    else core.turn
+                                )
                                 if turn != last_turn:
                                     # This task's own context variables: no reset between frames.
                                     CURRENT_TURN.set(turn)

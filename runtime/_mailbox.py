@@ -69,12 +69,17 @@ class Envelope:
             (``ActorRef.send``, a ``StartFrame`` given to one actor): handled, not passed on.
         turn: The turn it was stamped with when it entered the session (or was pushed).
         reply: The reply slot of an ask, else ``None``.
+        uninterruptible: Made uninterruptible by its sender
+            (:meth:`~runtime.Actor.push_uninterruptible`): no interruption drops it, whatever
+            its frame's ``interruptible`` says. A stage that passes the frame on as it came
+            re-sends this envelope, so the mark travels with it.
     """
 
     frame: Frame
     direction: FrameDirection | None
     turn: int
     reply: Reply | None = None
+    uninterruptible: bool = False
 
 
 @attrs.frozen
@@ -127,6 +132,10 @@ class Mailbox:
     _send_lot: trio.lowlevel.ParkingLot | None = attrs.field(default=None, init=False)
     # Waiting senders, counted by hand: cheaper than asking the parking lot on every frame.
     _send_waiting: int = attrs.field(default=0, init=False)
+    # Whether a woken sender has yet to run. The consumer then wakes nobody: that sender wakes
+    # the next one if there is room when it has queued its frame. (A lane kept full by a fast
+    # producer would otherwise call ``ParkingLot.unpark`` for every frame taken.)
+    _sender_woken: bool = attrs.field(default=False, init=False)
     _peak: int = attrs.field(default=0, init=False)
     _delivered: int = attrs.field(default=0, init=False)
     _dropped_stale: int = attrs.field(default=0, init=False)
@@ -244,6 +253,8 @@ class Mailbox:
                 await self._send_lot.park()
             finally:
                 self._send_waiting -= 1
+                # Woken (or cancelled): whoever takes next may wake another sender.
+                self._sender_woken = False
             if self.closed:
                 raise self._dead()
             data = self._data
@@ -272,7 +283,7 @@ class Mailbox:
         if not data:
             return None
         self._delivered += 1
-        if self._send_waiting:
+        if self._send_waiting and not self._sender_woken:
             self._wake_sender()
         return data.popleft()
 
@@ -287,7 +298,7 @@ class Mailbox:
             self.expect_data()
             await trio.lowlevel.wait_task_rescheduled(self.abort_data_wait)
         self._delivered += 1
-        if self._send_waiting:
+        if self._send_waiting and not self._sender_woken:
             self._wake_sender()
         return data.popleft()
 
@@ -308,7 +319,7 @@ class Mailbox:
     def _wake_sender(self) -> None:
         """Let one waiting sender retry (only called while ``_send_waiting``)."""
         assert self._send_lot is not None
-        self._send_lot.unpark()
+        self._sender_woken = bool(self._send_lot.unpark())
 
     def _wake_data(self) -> None:
         task, self._data_task = self._data_task, None
@@ -343,10 +354,6 @@ class Mailbox:
     def count_stale(self, n: int = 1) -> None:
         """Account frames dropped by the consumer because their turn was interrupted."""
         self._dropped_stale += n
-
-    def count_delivered(self, n: int = 1) -> None:
-        """Account frames handed over without passing through the lanes (an inline sink)."""
-        self._delivered += n
 
     def close(self) -> list[Envelope]:
         """Refuse further frames, wake every waiter and return what was still queued."""

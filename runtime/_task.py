@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import signal
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -52,8 +52,9 @@ class _Edge(Actor[Frame]):
 
     def __init__(self, task: PipelineTask, *, sink: bool) -> None:
         super().__init__(name=f"{task.name}:{'sink' if sink else 'source'}")
-        #: The task whose end this is (frames reaching it go to ``task._reached_end``: the
-        #: task, not a bound method, is kept, one object less per edge).
+        #: The task whose end this is (frames reaching it go to ``task._reached_end``, and
+        #: at the sink a downstream data frame to ``task._reached_end_now``: the task, not
+        #: bound methods, is kept, fewer objects per edge).
         self.task = task
         self.sink = sink
         #: The cell running the edge, once spawned.
@@ -74,35 +75,47 @@ class _SinkMailbox(Mailbox):
     Everything else is queued as usual: system frames (their own task, as before), the
     ``EndFrame`` (it stops the sink), and anything arriving before the sink has started or
     while it stops (and, so that order is kept, while such a frame is still queued).
+
+    A frame handed over inline is handed over by :meth:`try_put_data` itself, so the sender
+    needs no coroutine for it (one per frame per stage: ``deliver``, ``put_data`` and the
+    task's ``_reached_end`` were three): the listeners are called there. Only when one of
+    them returns an awaitable does the sender's ``put_data`` await the rest.
     """
 
     cell: _EdgeCell | None = None
-
-    def _inline(self, envelope: Envelope) -> bool:
-        cell = self.cell
-        return (
-            cell is not None
-            and envelope.direction is DOWNSTREAM
-            and type(envelope.frame) is not EndFrame
-            and cell.lifecycle.state is RUNNING
-            and not self.closed
-            and not self.data_depth  # never overtake a frame still queued from before the start
-        )
+    # The envelope being handed over and what is left of it to await (see try_put_data).
+    _rest: tuple[Envelope, Awaitable[None]] | None = None
 
     def try_put_data(self, envelope: Envelope) -> bool:
-        if self._inline(envelope):
-            return False  # the sender then awaits put_data, which delivers it inline
-        return super().try_put_data(envelope)
+        rest = self._rest
+        if rest is not None and rest[0] is envelope:
+            return False  # handed over already: the sender's put_data awaits the rest
+        cell = self.cell
+        frame = envelope.frame
+        if (
+            cell is None
+            or envelope.direction is not DOWNSTREAM
+            or type(frame) is EndFrame
+            or cell.lifecycle.state is not RUNNING
+            or self.closed
+            or self._data  # never overtake a frame still queued from before the start
+        ):
+            return super().try_put_data(envelope)
+        if envelope.turn < cell.core.turn and frame.interruptible and not envelope.uninterruptible:
+            self._dropped_stale += 1  # pushed by a stage the interruption has not reached yet
+            return True
+        self._delivered += 1
+        left = cell.task._reached_end_now(frame)
+        if left is None:
+            return True
+        self._rest = (envelope, left)
+        return False
 
     async def put_data(self, envelope: Envelope) -> None:
-        cell = self.cell
-        if cell is not None and self._inline(envelope):
-            frame = envelope.frame
-            if frame.interruptible and envelope.turn < cell.core.turn:
-                self.count_stale()  # pushed by a stage the interruption has not reached yet
-                return
-            self.count_delivered()
-            await cell.task._reached_end(frame, DOWNSTREAM)
+        rest = self._rest
+        if rest is not None and rest[0] is envelope:
+            self._rest = None
+            await rest[1]
             return
         await super().put_data(envelope)
 
@@ -360,6 +373,32 @@ class PipelineTask:
         return frame
 
     # ----------------------------------------------------------------- ends
+
+    def _reached_end_now(self, frame: Frame) -> Awaitable[None] | None:
+        """:meth:`_reached_end` for a downstream data frame that the sink hands over inline
+        (never a lifecycle frame), without a coroutine: the listeners are called here, and
+        if one returns an awaitable, that and the listeners after it are returned to be
+        awaited."""
+        if type(frame) is InterruptionMarkerFrame:
+            return None  # the runtime's bookkeeping, not the application's
+        if self._idle:
+            self._last_activity = trio.current_time()
+        listeners = self._on_downstream
+        for i, listener in enumerate(listeners):
+            result = listener(frame, DOWNSTREAM)
+            if result is not None:
+                return self._rest_of_listeners(result, frame, listeners[i + 1 :])
+        return None
+
+    @staticmethod
+    async def _rest_of_listeners(
+        first: Awaitable[None], frame: Frame, listeners: Sequence[FrameListener]
+    ) -> None:
+        await first
+        for listener in listeners:
+            result = listener(frame, DOWNSTREAM)
+            if result is not None:
+                await result
 
     async def _reached_end(self, frame: Frame, direction: FrameDirection) -> None:
         cls = type(frame)

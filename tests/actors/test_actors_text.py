@@ -7,7 +7,6 @@ import base64
 import io
 from typing import Any
 
-import attrs
 import trio
 import trio.testing
 from PIL import Image
@@ -30,7 +29,6 @@ from actors import (
     VisionImageRawFrame,
 )
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
-from runtime import SystemFrame
 
 from ..conversation_kit import MODEL, SYSTEM, assert_valid, of_type, open_conversation
 
@@ -367,34 +365,44 @@ class TestContextFrames:
             assert server.requests == []
 
 
-async def test_the_output_passes_on_uninterruptible_copies(
+async def test_the_output_passes_on_what_it_shows_uncopied(
     autojump_clock: trio.testing.MockClock, server: ScriptedOpenAIServer, chunks: ChunkFactory
 ) -> None:
-    """The quick start's output passes each frame it shows on as an uninterruptible copy: same
-    class, id, creation time, turn and fields; only ``interruptible`` differs."""
+    """The quick start's output passes each frame it shows on as it is: the same object, still
+    interruptible (no interruption drops it on its way: the envelope carries the mark, see
+    ``Actor.push_uninterruptible``)."""
     server.add(Reply.sse(chunks.text_stream(["Hello", " there"], usage=(3, 2))))
     async with open_conversation(server, quick_start=True) as conv:
         await conv.say("Hi")
         await conv.wait_ends(1)
         shown = {f.id: f for f in conv.output}
-        passed = [
-            f
-            for f in conv.sink
-            if f.id in shown and shown[f.id].interruptible and not isinstance(f, SystemFrame)
-        ]
+        passed = [f for f in conv.sink if f.id in shown]
         texts = [f for f in passed if isinstance(f, LLMTextFrame)]
         assert [f.text for f in texts] == ["Hello", " there"]
-        assert passed == texts  # the response boundaries are uninterruptible already
-        for copy in passed:
-            original = shown[copy.id]
-            assert copy is not original
-            assert type(copy) is type(original)
-            assert copy == original
-            assert (copy.id, copy.created_at, copy.turn) == (
-                original.id,
-                original.created_at,
-                original.turn,
-            )
-            assert original.interruptible
-            assert not copy.interruptible
-            assert attrs.evolve(copy, interruptible=True) == original
+        for frame in passed:
+            assert frame is shown[frame.id]
+        assert all(f.interruptible for f in texts)
+
+
+async def test_each_streamed_delta_is_a_fresh_text_frame_of_the_inference_turn(
+    autojump_clock: trio.testing.MockClock, server: ScriptedOpenAIServer, chunks: ChunkFactory
+) -> None:
+    """The LLM makes one ``LLMTextFrame`` per content delta, as ``LLMTextFrame(text)`` would in
+    its handler (it builds them on a fast path): the inference's turn, ids increasing after
+    the start frame's, interruptible, recorded in the context, equal to a frame made the
+    usual way."""
+    server.add(Reply.sse(chunks.text_stream(["One", " two", " three"], usage=(3, 3))))
+    async with open_conversation(server, quick_start=True) as conv:
+        await conv.say("Hi")
+        await conv.wait_ends(1)
+        (start,) = of_type(conv.output, LLMFullResponseStartFrame)
+        texts = of_type(conv.output, LLMTextFrame)
+    assert texts == [LLMTextFrame("One"), LLMTextFrame(" two"), LLMTextFrame(" three")]
+    assert all(type(f) is LLMTextFrame for f in texts)
+    assert [f.turn for f in texts] == [start.turn] * 3
+    assert start.turn is not None
+    ids = [start.id, *(f.id for f in texts)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 4
+    assert all(f.interruptible and f.append_to_context for f in texts)
+    assert all(start.created_at <= f.created_at for f in texts)

@@ -390,3 +390,66 @@ class TestTurnTasks:
         task = PipelineTask(FrameCollector())
         with pytest.raises(SessionStateError, match="not running"):
             task.interrupt()
+
+
+class _Marker(Actor[Ping]):
+    """Passes odd ``Ping``s on with ``push_uninterruptible``, even ones with ``push_frame``."""
+
+    accepts = (Ping,)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        assert isinstance(frame, Ping)
+        if frame.n % 2:
+            await self.push_uninterruptible(frame, direction)
+        else:
+            await self.push_frame(frame, direction)
+
+
+class _Holder(Actor[Ping]):
+    """Holds each ``Ping`` until opened, then pushes that same frame on."""
+
+    accepts = (Ping,)
+
+    def __init__(self) -> None:
+        super().__init__(name="holder")
+        self.opened = trio.Event()
+        self.cancelled: list[int] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        assert isinstance(frame, Ping)
+        try:
+            await self.opened.wait()
+        except trio.Cancelled:
+            self.cancelled.append(frame.n)
+            raise
+        await self.push_frame(frame, direction)
+
+
+class TestPushUninterruptible:
+    async def test_no_interruption_drops_the_frame_or_cancels_its_handlers(
+        self, autojump_clock: object
+    ) -> None:
+        """A frame pushed with ``push_uninterruptible`` is neither dropped by an interruption
+        while it is queued further down (past a stage that forwards it untouched) nor is the
+        handler that holds it cancelled; the frame itself is not copied and stays
+        interruptible. Frames pushed with ``push_frame`` are dropped as usual."""
+        holder = _Holder()
+        collector = FrameCollector()
+
+        class Forward(Actor[Frame]):
+            accepts = ()
+
+        pings = [Ping(n) for n in range(1, 7)]
+        async with open_test_task([_Marker(), Forward(), holder, collector]) as t:
+            await t.push(*pings)
+            await wait_idle()  # the holder handles Ping 1; 2 to 6 wait in its mailbox
+            t.interrupt()
+            await wait_idle()
+            assert holder.cancelled == []
+            holder.opened.set()
+            out = await t.drain()
+            assert numbers(out) == [1, 3, 5]
+            assert holder.ref.statistics().dropped_stale == 3  # 2, 4 and 6
+        assert [f for f in collector.of_type(Ping)] == [pings[0], pings[2], pings[4]]
+        assert all(a is b for a, b in zip(collector.of_type(Ping), pings[::2], strict=True))
+        assert all(f.interruptible for f in collector.of_type(Ping))

@@ -436,6 +436,34 @@ class TestEmbedding:
         assert "last" in pings[0]
         assert numbers(frames) == [10, 20, 40]  # 30 belonged to the interrupted turn
 
+    async def test_an_async_listener_holds_the_pushing_stage_and_the_next_listeners(
+        self, autojump_clock: object
+    ) -> None:
+        """Listeners may be async: the last stage's push waits for one, the listeners after it
+        are called once it is done, and every frame goes through all of them in order."""
+        calls: list[tuple[str, int]] = []
+
+        def first(frame: Frame, direction: FrameDirection) -> None:
+            if isinstance(frame, Ping):
+                calls.append(("first", frame.n))
+
+        async def slow(frame: Frame, direction: FrameDirection) -> None:
+            if isinstance(frame, Ping):
+                await trio.sleep(1)
+                calls.append(("slow", frame.n))
+
+        def last(frame: Frame, direction: FrameDirection) -> None:
+            if isinstance(frame, Ping):
+                calls.append(("last", frame.n))
+
+        task = PipelineTask(Pipeline([Sleeper(0.0)]), on_downstream=first)
+        task.add_listener(slow, FrameDirection.DOWNSTREAM)
+        task.add_listener(last, FrameDirection.DOWNSTREAM)
+        async with task:
+            await task.queue_frames([Ping(1), Ping(2)])
+        assert calls == [(who, n) for n in (1, 2) for who in ("first", "slow", "last")]
+        assert trio.current_time() == 2
+
     async def test_an_exception_in_the_block_cancels_the_task_and_propagates_as_itself(
         self, autojump_clock: object
     ) -> None:
