@@ -79,6 +79,8 @@ from ._worker import Batcher, WorkerClosedError, WorkerThread
 __all__ = ["SQLiteConversationStorage"]
 
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741
+R = TypeVar("R")
 log = structlog.get_logger("trouper.actors.storage")
 
 _SCHEMA = (
@@ -482,6 +484,19 @@ class SQLiteConversationStorage:
         except WorkerClosedError:
             raise StorageUnavailableError(self._not_open()) from None
 
+    async def _grouped(self, batcher: Batcher[sqlite3.Connection, I, R], item: I) -> R:
+        """``item`` through ``batcher`` (carried out with the calls made meanwhile).
+
+        Raises:
+            StorageUnavailableError: The storage is not open.
+        """
+        if self._state is not Phase.OPEN:
+            raise StorageUnavailableError(self._not_open())
+        try:
+            return await batcher.call(item)
+        except WorkerClosedError:
+            raise StorageUnavailableError(self._not_open()) from None
+
     def _not_open(self) -> str:
         if self._state is Phase.NEW:
             return f"{self!r} is not open: use it in 'async with'"
@@ -567,12 +582,7 @@ class SQLiteConversationStorage:
         """The conversation and its version, or ``None`` (see
         :meth:`ConversationStorage.load`)."""
         cid = check_id(conversation_id)
-        if self._state is not Phase.OPEN:
-            raise StorageUnavailableError(self._not_open())
-        try:
-            return await self._loads.call(cid)
-        except WorkerClosedError:
-            raise StorageUnavailableError(self._not_open()) from None
+        return await self._grouped(self._loads, cid)
 
     def _load_batch(
         self, conn: sqlite3.Connection, cids: list[str]
@@ -674,9 +684,9 @@ class SQLiteConversationStorage:
         """Append ``changes`` as one entry at ``expected_version``; the new version (see
         :meth:`ConversationStorage.append`).
 
-        Appends made while the thread is busy are committed together: one transaction per
-        group, a savepoint per append (a refused append leaves the others alone), one
-        wake-up of the loop for the group."""
+        Appends made while the thread is busy are committed together: one transaction of a
+        few statements per group (a refused append leaves the others alone), one wake-up of
+        the loop for the group."""
         cid = check_id(conversation_id)
         item = _Append(
             cid,
@@ -689,12 +699,7 @@ class SQLiteConversationStorage:
             None if heavier_than(changes, OFF_LOOP_BYTES) else prepare_append(changes),
         )
         check_lease(cid, lease)
-        if self._state is not Phase.OPEN:
-            raise StorageUnavailableError(self._not_open())
-        try:
-            version, due = await self._appends.call(item)
-        except WorkerClosedError:
-            raise StorageUnavailableError(self._not_open()) from None
+        version, due = await self._grouped(self._appends, item)
         if due and cid not in self._compaction_queued:
             self._compaction_queued.add(cid)
             self._worker.post(lambda conn: self._compact_quietly(conn, cid))
@@ -946,12 +951,7 @@ class SQLiteConversationStorage:
         Acquisitions made while the thread is busy (many sessions opening at once) are
         carried out together, in one transaction of a few statements."""
         item = (check_id(conversation_id), check_owner(owner), check_ttl(ttl))
-        if self._state is not Phase.OPEN:
-            raise StorageUnavailableError(self._not_open())
-        try:
-            return await self._acquisitions.call(item)
-        except WorkerClosedError:
-            raise StorageUnavailableError(self._not_open()) from None
+        return await self._grouped(self._acquisitions, item)
 
     def _acquire_batch(
         self, conn: sqlite3.Connection, items: list[tuple[str, str, float]]
@@ -1031,12 +1031,7 @@ class SQLiteConversationStorage:
         transaction of a few statements (the lease keeper renews many at once)."""
         check_lease(None, lease)
         seconds = lease.ttl if ttl is None else check_ttl(ttl)
-        if self._state is not Phase.OPEN:
-            raise StorageUnavailableError(self._not_open())
-        try:
-            return await self._renewals.call((lease, seconds))
-        except WorkerClosedError:
-            raise StorageUnavailableError(self._not_open()) from None
+        return await self._grouped(self._renewals, (lease, seconds))
 
     def _renew_batch(
         self, conn: sqlite3.Connection, items: list[tuple[Lease, float]]
