@@ -28,6 +28,7 @@ from actors.storage import (
     AppendMessages,
     ConversationConflictError,
     ConversationCorruptError,
+    ConversationStorage,
     LeaseHeldError,
     LeaseLostError,
     RedisConversationStorage,
@@ -48,6 +49,34 @@ def said(text: str) -> list[AppendMessages]:
 # --------------------------------------------------------------------------- made together
 
 
+async def _queued_behind_a_lock(
+    path: Any, storage: ConversationStorage, plan: list[tuple[str, int, str]]
+) -> dict[int, Any]:
+    """Run the appends of ``plan`` queued at one moment, in order; each answer (a version or
+    the error). With an SQLite ``path``, they queue behind a lock held by another connection,
+    so the storage's thread takes them as one group (Redis pipelines them anyway)."""
+    answers: dict[int, Any] = {}
+    holder = None
+    if path is not None:
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+
+    async def append(i: int, cid: str, version: int, text: str) -> None:
+        try:
+            answers[i] = await storage.append(cid, said(text), expected_version=version)
+        except Exception as exc:
+            answers[i] = exc
+
+    async with trio.open_nursery() as nursery:
+        for i, (cid, version, text) in enumerate(plan):
+            nursery.start_soon(append, i, cid, version, text)
+            await trio.testing.wait_all_tasks_blocked()  # queued, in this order
+        if holder is not None:
+            holder.execute("COMMIT")
+            holder.close()
+    return answers
+
+
 async def test_appends_made_together_keep_their_order_and_each_get_their_answer(
     backend: Backend,
 ) -> None:
@@ -63,26 +92,8 @@ async def test_appends_made_together_keep_their_order_and_each_get_their_answer(
         ("b", 1, "b2"),  # only valid if b1 was written before it
         ("a", 1, "a2"),
     ]
-    answers: dict[int, Any] = {}
     async with backend.opened() as storage:
-        holder = None
-        if backend.sqlite_path is not None:
-            holder = sqlite3.connect(backend.sqlite_path, isolation_level=None)
-            holder.execute("BEGIN IMMEDIATE")
-
-        async def append(i: int, cid: str, version: int, text: str) -> None:
-            try:
-                answers[i] = await storage.append(cid, said(text), expected_version=version)
-            except ConversationConflictError as exc:
-                answers[i] = exc
-
-        async with trio.open_nursery() as nursery:
-            for i, (cid, version, text) in enumerate(plan):
-                nursery.start_soon(append, i, cid, version, text)
-                await trio.testing.wait_all_tasks_blocked()  # queued, in this order
-            if holder is not None:
-                holder.execute("COMMIT")
-                holder.close()
+        answers = await _queued_behind_a_lock(backend.sqlite_path, storage, plan)
     assert [answers[i] for i in (0, 1, 3, 4, 5)] == [1, 1, 1, 2, 2]
     conflict = answers[2]
     assert isinstance(conflict, ConversationConflictError)
@@ -355,30 +366,6 @@ async def test_a_writer_dropped_without_closing_lets_its_lease_expire(tmp_path: 
 
 
 # --------------------------------------------------------------------------- SQLite groups
-
-
-async def _queued_behind_a_lock(
-    path: Any, storage: SQLiteConversationStorage, plan: list[tuple[str, int, str]]
-) -> dict[int, Any]:
-    """Run the appends of ``plan`` queued behind a lock held by another connection, so the
-    thread takes them as one group; each answer (a version or the error)."""
-    answers: dict[int, Any] = {}
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-
-    async def append(i: int, cid: str, version: int, text: str) -> None:
-        try:
-            answers[i] = await storage.append(cid, said(text), expected_version=version)
-        except Exception as exc:
-            answers[i] = exc
-
-    async with trio.open_nursery() as nursery:
-        for i, (cid, version, text) in enumerate(plan):
-            nursery.start_soon(append, i, cid, version, text)
-            await trio.testing.wait_all_tasks_blocked()
-        holder.execute("COMMIT")
-        holder.close()
-    return answers
 
 
 async def test_a_group_costs_a_few_statements_whatever_its_size(tmp_path: Any) -> None:
