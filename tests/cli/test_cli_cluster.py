@@ -136,7 +136,7 @@ def test_a_worker_with_a_bad_collector_threshold_is_one_error_line() -> None:
     done = run(
         "worker",
         "--redis",
-        "redis://127.0.0.1:1/0",
+        "redis://user:s3cret-pw@127.0.0.1:1/0",
         "--pipeline",
         "examples.cluster_app:conversation_pipeline",
         "--gc-young",
@@ -144,4 +144,5 @@ def test_a_worker_with_a_bad_collector_threshold_is_one_error_line() -> None:
     )
     assert done.returncode == 2, done.stdout
     assert done.stderr.startswith("error: young must be a positive integer"), done.stderr
+    assert "s3cret-pw" not in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
