@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 __all__ = [
     "CONTROL_CHARACTERS",
@@ -51,6 +52,9 @@ class ConversationCorruptError(StorageError):
         self.conversation_id = conversation_id
         self.problem = problem
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.conversation_id, self.problem))
+
 
 class ConversationConflictError(StorageError):
     """An append was based on a version that is no longer the latest: someone else wrote to
@@ -83,6 +87,18 @@ class ConversationConflictError(StorageError):
         self.actual_version = actual_version
         self.head_append_id = head_append_id
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _conflict,
+            (
+                type(self),
+                self.conversation_id,
+                self.expected_version,
+                self.actual_version,
+                self.head_append_id,
+            ),
+        )
+
 
 class LeaseLostError(StorageError):
     """The lease given with a write (or a renewal) is no longer the conversation's live
@@ -93,6 +109,7 @@ class LeaseLostError(StorageError):
         conversation_id: The conversation.
         owner: Who held the lost lease.
         token: Its fencing token.
+        detail: How it was lost.
     """
 
     def __init__(self, conversation_id: str, owner: str, token: int, detail: str) -> None:
@@ -103,6 +120,10 @@ class LeaseLostError(StorageError):
         self.conversation_id = conversation_id
         self.owner = owner
         self.token = token
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.conversation_id, self.owner, self.token, self.detail))
 
 
 class LeaseHeldError(StorageError):
@@ -123,6 +144,21 @@ class LeaseHeldError(StorageError):
         self.conversation_id = conversation_id
         self.holder = holder
         self.expires_in = expires_in
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.conversation_id, self.holder, self.expires_in))
+
+
+def _conflict(
+    cls: type[ConversationConflictError],
+    conversation_id: str,
+    expected_version: int,
+    actual_version: int,
+    head_append_id: str | None,
+) -> ConversationConflictError:
+    """Rebuilds a pickled :class:`ConversationConflictError` (its last argument is
+    keyword-only)."""
+    return cls(conversation_id, expected_version, actual_version, head_append_id=head_append_id)
 
 
 def _check_name(what: str, value: object) -> str:
