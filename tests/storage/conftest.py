@@ -32,11 +32,13 @@ class Backend:
     sqlite_path: Path | None = None
     redis_url: str | None = None
     prefix: str = ""
+    #: Options every storage of this backend gets (the SQLite worker kind).
+    options: dict[str, Any] = attrs.field(factory=dict)
 
     def storage(self, **options: Any) -> ConversationStorage:
         """A new (unopened) storage on this backend's data."""
         if self.sqlite_path is not None:
-            return SQLiteConversationStorage(self.sqlite_path, **options)
+            return SQLiteConversationStorage(self.sqlite_path, **self.options, **options)
         assert self.redis_url is not None
         return RedisConversationStorage(self.redis_url, prefix=self.prefix, **options)
 
@@ -120,10 +122,14 @@ class Backend:
         return rows
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "sqlite-thread", "redis"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    """Each backend in turn, on fresh data (a new file; a new key prefix)."""
+    """Each backend in turn, on fresh data (a new file; a new key prefix). SQLite runs
+    twice: its database work in a worker process (the default), and on a thread."""
     if request.param == "sqlite":
         return Backend("sqlite", sqlite_path=tmp_path / "conversations.db")
+    if request.param == "sqlite-thread":
+        path = tmp_path / "conversations.db"
+        return Backend("sqlite", sqlite_path=path, options={"worker": "thread"})
     server: RedisServer = request.getfixturevalue("redis_server")
     return Backend("redis", redis_url=server.url, prefix=f"test-{uuid.uuid4().hex[:12]}:")

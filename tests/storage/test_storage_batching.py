@@ -29,6 +29,7 @@ from actors.storage import (
     ConversationConflictError,
     ConversationCorruptError,
     ConversationStorage,
+    Lease,
     LeaseHeldError,
     LeaseLostError,
     RedisConversationStorage,
@@ -578,6 +579,36 @@ async def test_acquisitions_made_together_each_get_their_answer(tmp_path: Any) -
         assert info is None
         renewed = await storage.renew_lease(answers["expired"])
         assert renewed.owner == "me-expired"
+
+
+async def test_releases_made_together_each_get_their_answer(tmp_path: Any) -> None:
+    """Sessions ending together release their leases in one transaction: each live lease
+    is released, and a lease taken over meanwhile is not (its new owner keeps it)."""
+    path = tmp_path / "r.db"
+    async with SQLiteConversationStorage(path) as storage:
+        leases = [await storage.acquire_lease(f"c{i}", "me", ttl=30) for i in range(20)]
+        old = await storage.acquire_lease("taken", "me", ttl=30)
+        await storage.release_lease(old)
+        await storage.acquire_lease("taken", "other", ttl=30)
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        answers: dict[str, bool] = {}
+
+        async def release(lease: Lease) -> None:
+            answers[lease.conversation_id] = await storage.release_lease(lease)
+
+        async with trio.open_nursery() as nursery:
+            for lease in [*leases, old]:
+                nursery.start_soon(release, lease)
+            await trio.testing.wait_all_tasks_blocked()
+            holder.execute("COMMIT")
+            holder.close()
+        assert answers == {**{f"c{i}": True for i in range(20)}, "taken": False}
+        again = await storage.acquire_lease("c3", "next", ttl=30)
+        assert again.token == leases[3].token + 1
+        with pytest.raises(LeaseHeldError) as held:
+            await storage.acquire_lease("taken", "next", ttl=30)
+        assert held.value.holder == "other"
 
 
 async def test_loads_made_together_each_get_their_conversation(tmp_path: Any) -> None:

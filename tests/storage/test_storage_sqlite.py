@@ -228,7 +228,7 @@ async def test_memory_database_and_store_specs(tmp_path: Path) -> None:
 
 
 async def test_the_worker_thread_ends_with_the_storage(tmp_path: Path) -> None:
-    async with SQLiteConversationStorage(tmp_path / "threads.db") as storage:
+    async with SQLiteConversationStorage(tmp_path / "threads.db", worker="thread") as storage:
         await storage.append("c", turn(1), expected_version=0)
         (worker,) = [t for t in threading.enumerate() if t.name == "trouper-sqlite:threads.db"]
     await trio.to_thread.run_sync(worker.join, 2.0)

@@ -1,0 +1,278 @@
+"""The SQLite engine in a process of its own: :class:`ProcessLink`, the default of
+:class:`~actors.storage.SQLiteConversationStorage`.
+
+Why a process: Python's ``sqlite3`` gives the GIL up around every call into SQLite and
+must take it back. On a thread of a busy trio process each take-back waits for the loop to
+reach CPython's switch interval, so the database work crawls and the loop is preempted in
+the middle of its steps. A process has its own GIL: the loop only pickles requests, writes
+them to a pipe and wakes the callers when the answers arrive (one message per group).
+
+The worker is ``sys.executable`` running :mod:`actors.storage._sqlite_child`. It
+finishes every request it was handed and exits when its stdin closes: when the storage
+closes, or when this process dies (even by SIGKILL), so it never outlives its owner. If
+it dies first, every waiting call and every later one fails with one
+:class:`StorageUnavailableError` naming how it died.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import outcome
+import structlog
+import trio
+
+from ._background import Background
+from ._errors import StorageUnavailableError
+from ._fold import OFF_LOOP_BYTES
+from ._sqlite_wire import HEADER, encode, length_of
+from ._worker import WorkerClosedError
+
+__all__ = ["ProcessLink"]
+
+log = structlog.get_logger("trouper.actors.storage")
+
+#: Imports the worker's module without running the packages' ``__init__`` (which would
+#: import the whole library: trio, httpx, ...): the worker starts in tens of milliseconds.
+_BOOT = (
+    "import sys, types\n"
+    "for name, path in (('actors', sys.argv[1]), ('actors.storage', sys.argv[2])):\n"
+    "    module = types.ModuleType(name)\n"
+    "    module.__path__ = [path]\n"
+    "    sys.modules[name] = module\n"
+    "from actors.storage._sqlite_child import main\n"
+    "main()\n"
+)
+
+_STORAGE_DIR = Path(__file__).resolve().parent
+
+#: Bytes of stderr kept to explain a worker's death.
+_TAIL = 4096
+
+
+def _cannot_abort(_: object) -> trio.lowlevel.Abort:
+    """A request handed over runs to its end: its caller waits for it even when cancelled."""
+    return trio.lowlevel.Abort.FAILED
+
+
+def _decode(payload: bytes | bytearray) -> list[Any]:
+    entries: list[Any] = pickle.loads(payload)
+    return entries
+
+
+class ProcessLink:
+    """The engine in a worker process, reached through its stdin and stdout.
+
+    Args:
+        config: The engine's settings (``SQLiteEngine``'s arguments, ``note`` aside).
+        name: How messages name the storage.
+        grace: How long :meth:`stop` waits for the worker to finish before killing it.
+    """
+
+    def __init__(self, config: dict[str, Any], name: str, grace: float) -> None:
+        self._config = config
+        self._name = name
+        self._grace = grace
+        self._process: trio.Process | None = None
+        self._ids = itertools.count()
+        self._waiting: dict[int, trio.lowlevel.Task] = {}
+        self._outbox: list[tuple[int, str, Any]] = []
+        self._heavy = False
+        self._writer = trio.lowlevel.ParkingLot()
+        self._accepting = False
+        self._failure: str | None = None
+        self._done = trio.Event()
+        self._stderr = bytearray()
+
+    @property
+    def running(self) -> bool:
+        """Whether requests are accepted."""
+        return self._accepting
+
+    @property
+    def failure(self) -> str | None:
+        """Why the worker stopped on its own, or ``None``."""
+        return self._failure
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id (``None`` before :meth:`start`)."""
+        return None if self._process is None else self._process.pid
+
+    async def start(self, background: Background) -> None:
+        """Start the worker (its reader, writer and stderr tasks in ``background``) and
+        open the database in it.
+
+        Raises:
+            StorageUnavailableError: The worker cannot start, or the database cannot be
+                opened.
+        """
+        if self._process is not None:
+            raise RuntimeError(f"{self._name}'s worker was started already")
+        argv = [sys.executable, "-c", _BOOT, str(_STORAGE_DIR.parent), str(_STORAGE_DIR)]
+        try:
+            self._process = await trio.lowlevel.open_process(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        except OSError as exc:
+            self._done.set()
+            raise StorageUnavailableError(
+                f"cannot start the SQLite worker process of {self._name} with "
+                f"{sys.executable!r} ({exc}); pass worker='thread' to do the database work "
+                "in this process instead"
+            ) from exc
+        self._accepting = True
+        background.start_soon(self._read, name=f"{self._name}: answers")
+        background.start_soon(self._write, name=f"{self._name}: requests")
+        background.start_soon(self._read_stderr, name=f"{self._name}: worker stderr")
+        try:
+            await self.call("open", self._config)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def call(self, op: str, arg: Any, *, heavy: bool = False) -> Any:
+        """Hand one request to the worker and wait for its answer (see
+        :class:`EngineLink`). ``heavy``: the request is big, pickle it off the loop."""
+        if not self._accepting:
+            raise WorkerClosedError(self._failure or f"{self._name}'s worker is not running")
+        rid = next(self._ids)
+        self._waiting[rid] = trio.lowlevel.current_task()
+        self._outbox.append((rid, op, arg))
+        self._heavy = self._heavy or heavy
+        self._writer.unpark()
+        return await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
+
+    async def stop(self) -> None:
+        """Send what is queued, let the worker answer it and exit; kill it if it takes
+        longer than the grace period. Idempotent."""
+        process = self._process
+        if process is None:
+            return
+        self._accepting = False
+        self._writer.unpark()
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(self._grace):
+                await self._done.wait()
+            if not self._done.is_set():
+                log.warning(
+                    "the SQLite worker did not finish in time: killed",
+                    storage=self._name,
+                    grace=self._grace,
+                )
+                process.kill()
+                await self._done.wait()
+            await process.wait()
+
+    # ----------------------------------------------------------------- the pipes
+
+    async def _write(self) -> None:
+        assert self._process is not None
+        assert self._process.stdin is not None
+        stdin = self._process.stdin
+        try:
+            while True:
+                if not self._outbox:
+                    if not self._accepting:
+                        break
+                    await self._writer.park()
+                    continue
+                batch, self._outbox = self._outbox, []
+                heavy, self._heavy = self._heavy, False
+                if heavy:
+                    message = await trio.to_thread.run_sync(encode, batch)
+                else:
+                    message = encode(batch)
+                await stdin.send_all(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the worker is gone: the reader reports it
+        finally:
+            await trio.aclose_forcefully(stdin)
+
+    async def _read(self) -> None:
+        assert self._process is not None
+        assert self._process.stdout is not None
+        stdout = self._process.stdout
+        buffer = bytearray()
+        try:
+            while chunk := await stdout.receive_some(1 << 20):
+                buffer += chunk
+                while len(buffer) >= HEADER:
+                    size = length_of(buffer)
+                    if len(buffer) < HEADER + size:
+                        break
+                    payload = bytes(buffer[HEADER : HEADER + size])
+                    del buffer[: HEADER + size]
+                    if size > OFF_LOOP_BYTES:
+                        entries = await trio.to_thread.run_sync(_decode, payload)
+                    else:
+                        entries = _decode(payload)
+                    self._deliver(entries)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._ended()
+
+    def _deliver(self, entries: list[Any]) -> None:
+        for entry in entries:
+            if entry[0] == "r":
+                task = self._waiting.pop(entry[1], None)
+                if task is not None:
+                    trio.lowlevel.reschedule(task, entry[2])
+            else:
+                _, level, event, fields = entry
+                getattr(log, level, log.warning)(event, storage=self._name, **fields)
+
+    async def _ended(self) -> None:
+        """The answers' pipe closed: the worker exited (or this task was cancelled). Every
+        caller still waiting gets an error; later calls are refused."""
+        assert self._process is not None
+        stopping = not self._accepting
+        self._accepting = False
+        self._writer.unpark()
+        if self._waiting or not stopping:
+            with trio.move_on_after(1.0):
+                await self._process.wait()
+            self._failure = self._death()
+            error = StorageUnavailableError(self._failure)
+            waiting, self._waiting = self._waiting, {}
+            for task in waiting.values():
+                trio.lowlevel.reschedule(task, outcome.Error(error))
+            log.error("the SQLite worker process died", storage=self._name, reason=self._failure)
+        self._done.set()
+
+    def _death(self) -> str:
+        assert self._process is not None
+        code = self._process.returncode
+        if code is None:
+            how = "its answers stopped"
+        elif code < 0:
+            try:
+                how = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+        else:
+            how = f"exit status {code}"
+        lines = bytes(self._stderr).decode("utf-8", "replace").strip().splitlines()
+        said = f": {lines[-1]}" if lines else ""
+        return (
+            f"the SQLite worker process of {self._name} ended ({how}){said}; open the storage again"
+        )
+
+    async def _read_stderr(self) -> None:
+        assert self._process is not None
+        assert self._process.stderr is not None
+        stderr = self._process.stderr
+        while chunk := await stderr.receive_some(_TAIL):
+            self._stderr += chunk
+            del self._stderr[:-_TAIL]
+            text = chunk.decode("utf-8", "replace").strip()
+            if text:
+                log.warning(
+                    "the SQLite worker process wrote to stderr", storage=self._name, text=text
+                )
