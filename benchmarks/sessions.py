@@ -45,6 +45,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -52,6 +53,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -174,14 +176,36 @@ async def _timed_turn(
         gc.freeze()
     pushed = [0.0] * len(tasks)
     with _GcTimer() as gc_timer:
-        c0 = time.process_time()
+        c0, k0 = time.process_time(), _children_cpu()
         for i, task in enumerate(tasks):
             pushed[i] = time.monotonic()
             await task.queue_frame(run_frame())
         for event in events:
             await event.wait()
-        cpu = time.process_time() - c0
+        cpu = time.process_time() - c0 + _children_cpu() - k0
     return pushed, cpu, gc_timer.total
+
+
+def _children_cpu() -> float:
+    """CPU seconds used so far by this process's live child processes (Linux; 0 where
+    ``/proc`` is missing)."""
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{os.getpid()}/task").iterdir())
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in children:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- trouper worker
@@ -199,6 +223,7 @@ async def _trouper_worker(n: int, url: str, freeze: bool = False, store: str = "
     run_id = uuid.uuid4().hex[:8]
     storage: ConversationStorage | None = None
     built = 0
+    stores: list[Any] = []
 
     def build(rec: Recorder) -> PipelineTask:
         nonlocal built
@@ -211,6 +236,7 @@ async def _trouper_worker(n: int, url: str, freeze: bool = False, store: str = "
             pair = llm.create_context_aggregator(
                 context, storage=storage, conversation_id=f"bench-{run_id}-{built}"
             )
+            stores.append(pair.store)
         output = side.output(0.0).stages  # the README's quick start: an output stage too
         return PipelineTask(
             Pipeline([pair.user(), llm, *output, pair.assistant()]), on_downstream=rec.on_frame
@@ -219,8 +245,15 @@ async def _trouper_worker(n: int, url: str, freeze: bool = False, store: str = "
     async with AsyncExitStack() as storage_stack:
         if store:
             storage = await storage_stack.enter_async_context(conversation_storage(store))
+
+        async def ready() -> None:
+            # A session with a storage is ready once its store has taken its conversation
+            # over (as ``trouper chat`` waits): part of the start, not of the turn.
+            for opened in stores:
+                await opened.wait_opened()
+
         return await _trouper_sessions(
-            n, build, freeze, store, StepTimer, LLMFullResponseEndFrame, LLMRunFrame
+            n, build, freeze, store, StepTimer, LLMFullResponseEndFrame, LLMRunFrame, ready
         )
     raise AssertionError("unreachable")  # pragma: no cover (mypy: the block may swallow)
 
@@ -233,6 +266,7 @@ async def _trouper_sessions(
     step_timer: Any,
     end_frame: Any,
     run_frame: Any,
+    ready: Callable[[], Awaitable[None]],
 ) -> WorkerResult:
     import trio
 
@@ -252,6 +286,7 @@ async def _trouper_sessions(
     t_start = time.monotonic()
     async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
         tasks = [await stack.enter_async_context(build(r)) for r in recs]
+        await ready()
         start_s = time.monotonic() - t_start
         events = [r.arm(LLMFullResponseEndFrame, keep=False) for r in recs]
         peak = _PeakRss()
