@@ -17,6 +17,7 @@ it dies first, every waiting call and every later one fails with one
 from __future__ import annotations
 
 import itertools
+import json
 import pickle
 import signal
 import subprocess
@@ -41,7 +42,8 @@ log = structlog.get_logger("trouper.actors.storage")
 #: Imports the worker's module without running the packages' ``__init__`` (which would
 #: import the whole library: trio, httpx, ...): the worker starts in tens of milliseconds.
 _BOOT = (
-    "import sys, types\n"
+    "import json, sys, types\n"
+    "sys.path[:0] = [p for p in json.loads(sys.argv[3]) if p and p not in sys.path]\n"
     "for name, path in (('actors', sys.argv[1]), ('actors.storage', sys.argv[2])):\n"
     "    module = types.ModuleType(name)\n"
     "    module.__path__ = [path]\n"
@@ -115,7 +117,10 @@ class ProcessLink:
         """
         if self._process is not None:
             raise RuntimeError(f"{self._name}'s worker was started already")
-        argv = [sys.executable, "-c", _BOOT, str(_STORAGE_DIR.parent), str(_STORAGE_DIR)]
+        # The parent's import path goes along: the worker imports attrs, orjson and
+        # outcome from wherever this process found them.
+        path = json.dumps([p for p in sys.path if isinstance(p, str)])
+        argv = [sys.executable, "-c", _BOOT, str(_STORAGE_DIR.parent), str(_STORAGE_DIR), path]
         try:
             self._process = await trio.lowlevel.open_process(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
