@@ -7,11 +7,13 @@ trio (trouper) and asyncio (Pipecat).
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["FrameProbe", "timed_burst", "timed_ping"]
+__all__ = ["FrameProbe", "children_cpu", "timed_burst", "timed_ping"]
 
 
 class FrameProbe(Protocol):
@@ -61,3 +63,25 @@ async def timed_ping(
         await probe.event.wait()
         latencies[i] = probe.times[0] - t0
     return latencies
+
+
+def children_cpu() -> float:
+    """CPU seconds used so far by this process's live child processes (Linux; 0 where
+    ``/proc`` is missing)."""
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{os.getpid()}/task").iterdir())
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in children:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")

@@ -45,7 +45,6 @@ import argparse
 import asyncio
 import gc
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -53,7 +52,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -75,6 +73,7 @@ from ._rigs import (
 )
 from ._server import child_env, fetch_stats, model_spec, reset_stats, server_process
 from ._sides import pipecat_side, trouper_side
+from ._timing import children_cpu
 
 __all__ = ["SIZES", "WorkerResult", "run", "run_worker"]
 
@@ -176,36 +175,14 @@ async def _timed_turn(
         gc.freeze()
     pushed = [0.0] * len(tasks)
     with _GcTimer() as gc_timer:
-        c0, k0 = time.process_time(), _children_cpu()
+        c0, k0 = time.process_time(), children_cpu()
         for i, task in enumerate(tasks):
             pushed[i] = time.monotonic()
             await task.queue_frame(run_frame())
         for event in events:
             await event.wait()
-        cpu = time.process_time() - c0 + _children_cpu() - k0
+        cpu = time.process_time() - c0 + children_cpu() - k0
     return pushed, cpu, gc_timer.total
-
-
-def _children_cpu() -> float:
-    """CPU seconds used so far by this process's live child processes (Linux; 0 where
-    ``/proc`` is missing)."""
-    total = 0
-    try:
-        tasks = list(Path(f"/proc/{os.getpid()}/task").iterdir())
-    except OSError:
-        return 0.0
-    for task in tasks:
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for pid in children:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- trouper worker

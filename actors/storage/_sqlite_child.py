@@ -26,11 +26,14 @@ import outcome
 
 from ._errors import StorageUnavailableError
 from ._sqlite_engine import BATCHED, SQLiteEngine
-from ._sqlite_wire import HEADER, encode, length_of
+from ._sqlite_wire import HEADER, answer, encode, from_wire, length_of
 
-__all__ = ["main", "plan"]
+__all__ = ["SLICE", "main", "plan", "serve"]
 
 _READ = 1 << 20
+
+#: Answers per message at most: the storage wakes one message's callers per loop step.
+SLICE = 256
 
 
 class _Channel:
@@ -81,11 +84,13 @@ class _Channel:
 
 
 def plan(requests: list[Any]) -> list[tuple[str, list[int], list[Any]]]:
-    """The steps for ``requests`` (``(id, operation, argument)``): ``(operation, ids,
-    arguments)``, a batched operation's requests gathered where its first one stands."""
+    """The steps for ``requests`` (``(id, operation, argument as sent)``): ``(operation,
+    ids, arguments)``, a batched operation's requests gathered where its first one
+    stands."""
     steps: list[tuple[str, list[int], list[Any]]] = []
     groups: dict[str, tuple[str, list[int], list[Any]]] = {}
-    for rid, op, arg in requests:
+    for rid, op, wired in requests:
+        arg = from_wire(op, wired)
         step = groups.get(op)
         if step is None:
             step = (op, [], [])
@@ -135,9 +140,10 @@ def serve(fd_in: int, fd_out: int) -> None:
         while (requests := channel.receive()) is not None:
             for op, rids, args in plan(requests):
                 engine, results = _answer(engine, op, args, notes)
-                answers = [("r", rid, result) for rid, result in zip(rids, results, strict=True)]
-                channel.send(notes + answers)
-                notes.clear()
+                answers = [answer(rid, result) for rid, result in zip(rids, results, strict=True)]
+                for start in range(0, len(answers), SLICE):
+                    channel.send(notes + answers[start : start + SLICE])
+                    notes.clear()
             if engine is not None and engine.compaction_due:
                 engine.compact_due()
                 if notes:
