@@ -468,11 +468,15 @@ class PipelineTask:
                 if not self._cancelling:
                     self._last_activity = trio.current_time()
                     await self._deliver_pending(session)
-                    async with trio.open_nursery() as watchers:
-                        if p.idle_timeout_secs is not None:
-                            watchers.start_soon(self._idle_monitor, p.idle_timeout_secs)
+                    if p.idle_timeout_secs is None:
+                        # No watcher, no nursery: a running session keeps no objects for
+                        # a timeout it does not have.
                         await self._done.wait()
-                        watchers.cancel_scope.cancel()
+                    else:
+                        async with trio.open_nursery() as watchers:
+                            watchers.start_soon(self._idle_monitor, p.idle_timeout_secs)
+                            await self._done.wait()
+                            watchers.cancel_scope.cancel()
                 if self._cancelling:
                     if not source.mailbox.closed:
                         frame = CancelFrame(self._cancel_reason)
