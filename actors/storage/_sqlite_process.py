@@ -164,9 +164,10 @@ class ProcessLink:
         :class:`EngineLink`). ``heavy``: the request is big, pickle it off the loop."""
         if not self._accepting:
             raise WorkerClosedError(self._failure or f"{self._name}'s worker is not running")
+        request = to_wire(op, arg)
         rid = next(self._ids)
         self._waiting[rid] = trio.lowlevel.current_task()
-        self._outbox.append((rid, op, to_wire(op, arg)))
+        self._outbox.append((rid, op, request))
         self._heavy = self._heavy or heavy
         self._writer.unpark()
         return await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
@@ -194,7 +195,7 @@ class ProcessLink:
             if self._stream is not None:
                 await trio.aclose_forcefully(self._stream)
 
-    # ----------------------------------------------------------------- the pipes
+    # ----------------------------------------------------------------- the socket
 
     async def _write(self) -> None:
         assert self._process is not None
@@ -260,7 +261,7 @@ class ProcessLink:
                 getattr(log, level, log.warning)(event, storage=self._name, **fields)
 
     async def _ended(self) -> None:
-        """The answers' pipe closed: the worker exited (or this task was cancelled). Every
+        """The answers' socket closed: the worker exited (or this task was cancelled). Every
         caller still waiting gets an error; later calls are refused."""
         assert self._process is not None
         stopping = not self._accepting
