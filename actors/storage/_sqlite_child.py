@@ -77,7 +77,7 @@ class _Channel:
         return requests
 
     def send(self, entries: list[Any]) -> None:
-        """Write one message (blocks while the pipe is full)."""
+        """Write one message (blocks while the socket's buffer is full)."""
         view = memoryview(encode(entries))
         while view:
             view = view[os.write(self._out, view) :]
@@ -149,7 +149,7 @@ def serve(fd_in: int, fd_out: int) -> None:
                 if notes:
                     channel.send(notes)
                     notes.clear()
-    except BrokenPipeError:
+    except (BrokenPipeError, ConnectionResetError):
         pass  # the storage's process is gone: nobody is waiting for answers
     finally:
         if engine is not None:
