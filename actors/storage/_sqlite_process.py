@@ -114,11 +114,6 @@ class ProcessLink:
         """Why the worker stopped on its own, or ``None``."""
         return self._failure
 
-    @property
-    def pid(self) -> int | None:
-        """The worker's process id (``None`` before :meth:`start`)."""
-        return None if self._process is None else self._process.pid
-
     async def start(self, background: Background) -> None:
         """Start the worker (its reader, writer and stderr tasks in ``background``) and
         open the database in it.
@@ -245,6 +240,8 @@ class ProcessLink:
                     self._deliver(entries)
                     if len(buffer) >= HEADER:
                         await trio.lowlevel.checkpoint()  # one message per step
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the worker died with requests unread (a reset, not an end): as an end
         finally:
             with trio.CancelScope(shield=True):
                 await self._ended()

@@ -7,6 +7,8 @@ jump while the loop waits for it."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -36,6 +38,7 @@ from actors.storage import (
 )
 from actors.storage.testing import RedisServer
 from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
+from runtime.testing import capture_logs
 
 from ..conversation_kit import API_KEY, MODEL, SYSTEM, assert_valid, open_conversation
 from .actors_kit import BlockingTool
@@ -275,6 +278,55 @@ async def test_a_failed_write_is_an_error_frame_and_the_session_goes_on(
         assert conv.messages()[-1] == {"role": "assistant", "content": "Still here"}
         assert "conversation 'c' was not saved: StorageUnavailableError" in (conv.errors[0].error)
         assert conv.errors[0].category == "storage"
+
+
+async def test_a_killed_sqlite_worker_is_an_error_frame_and_the_context_keeps_what_was_shown(
+    tmp_path: Path, server: ScriptedOpenAIServer, chunks: ChunkFactory
+) -> None:
+    """The storage's worker process dies (SIGKILL) in the middle of a session: the next
+    writes fail with one ErrorFrame naming how it ended, the answers go on, the context
+    holds exactly what the output showed, and neither the frames nor the logs carry the
+    API key."""
+    server.add(
+        Reply.sse(chunks.text_stream(["Still", " here"])),
+        Reply.sse(chunks.text_stream(["And", " again"])),
+    )
+    before = _children()
+    storage = SQLiteConversationStorage(tmp_path / "c.db")
+    with capture_logs() as logs:
+        async with (
+            storage,
+            open_conversation(server, storage=storage, conversation_id="c") as conv,
+        ):
+            await conv.pair.store.wait_opened()
+            (worker,) = _children() - before
+            os.kill(worker, signal.SIGKILL)
+            await conv.say("Hello?")
+            await conv.wait_ends(1)
+            await conv.wait_errors(1)
+            await conv.say("Anyone?")
+            await conv.wait_ends(2)
+            assert conv.text() == "Still hereAnd again"
+            assert conv.messages()[-3:] == [
+                {"role": "assistant", "content": "Still here"},
+                {"role": "user", "content": "Anyone?"},
+                {"role": "assistant", "content": "And again"},
+            ]
+            error = conv.errors[0]
+            assert "conversation 'c' was not saved: StorageUnavailableError" in error.error
+            assert "killed by SIGKILL" in error.error
+            assert "open the storage again" in error.error
+            assert error.category == "storage"
+    shown = " ".join(e.error for e in conv.errors) + repr(logs)
+    assert API_KEY not in shown
+
+
+def _children() -> set[int]:
+    """This process's live child processes (Linux)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        found.update(int(p) for p in (task / "children").read_text().split())
+    return found
 
 
 async def test_a_write_that_failed_once_is_made_good_by_the_next(
