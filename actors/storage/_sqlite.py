@@ -283,9 +283,8 @@ class SQLiteConversationStorage:
         else:
             record, reset, count = prepare_append(changes)
         item = AppendRequest(cid, expected, lease, aid, record, reset, count)
-        version, _due = await self._call("append", item, heavy=heavy)
-        version_: int = version
-        return version_
+        version: int = (await self._call("append", item, heavy=heavy))[0]  # (version, due)
+        return version
 
     async def delete(self, conversation_id: str, *, lease: Lease | None = None) -> bool:
         """Forget the conversation; whether it existed (see
