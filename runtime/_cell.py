@@ -54,6 +54,7 @@ from ._lifecycle import (
     LIVE,
     RESTARTING,
     RUNNING,
+    SERVING,
     STARTING,
     STOPPED,
     STOPPING,
@@ -131,6 +132,11 @@ class Cell:
         self.dead_letters = 0
         self.crash: BaseException | None = None
         self.relaying = False
+        # Until the actor serves data, its system frames (the StartFrame) are served by the
+        # cell's own task, not by a task started for them: ``starting`` says so, and
+        # ``system_waiter`` is that task while it waits for the next one.
+        self.starting = False
+        self.system_waiter: trio.lowlevel.Task | None = None
         # Shared by the actors that accept the same types (see accept_cache_for).
         self.accept_cache = accept_cache_for(actor.accepts)
 
@@ -405,8 +411,9 @@ class Cell:
             async with trio.open_nursery() as nursery:
                 self.scope = nursery.cancel_scope
                 self.nursery = nursery
+                if self.lifecycle.state not in SERVING and await self._serve_start():
+                    return  # stopped (a CancelFrame) before it started
                 mailbox.serve_system_with(self)
-                await self.lifecycle.wait_serving()
                 # Methods are called through their objects, not kept bound in locals: a bound
                 # method lives as long as the loop, one more object per actor for the garbage
                 # collector to scan (and the call costs the same).
@@ -487,10 +494,47 @@ class Cell:
             mailbox.serve_system_with(None)
             self.nursery = None
 
+    async def _serve_start(self) -> bool:
+        """Serve the system lane in the cell's own task until the actor serves data (it has
+        handled its ``StartFrame``): nothing else can run before, so no task is started for
+        those frames (nine actors per session, each a task started and ended for its
+        ``StartFrame``). Frames still queued then get a task as usual. Returns whether the
+        actor stopped meanwhile (a ``CancelFrame``)."""
+        mailbox = self.mailbox
+        life = self.lifecycle
+        self.starting = True
+        try:
+            mailbox.serve_system_with(self)
+            while life.state not in SERVING:
+                envelope = mailbox.take_system()
+                if envelope is None:
+                    # The next system frame wakes this task (start_system_service).
+                    self.system_waiter = trio.lowlevel.current_task()
+                    await wait_task_rescheduled(self._abort_system_wait)
+                    continue
+                if await self._handle_system(envelope):
+                    return True
+            return False
+        finally:
+            self.starting = False
+            self.system_waiter = None
+            mailbox.end_system_service()
+
+    def _abort_system_wait(self, _: object) -> trio.lowlevel.Abort:
+        self.system_waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
     def start_system_service(self) -> bool:
         """Start the task that serves the system lane; ``False`` if the nursery does not
         take tasks now (the frame then waits for the next one). Called by the mailbox (the
-        cell is its :class:`~runtime._mailbox.SystemServer`)."""
+        cell is its :class:`~runtime._mailbox.SystemServer`). Until the actor has started,
+        the cell's own task serves the lane: it is woken instead."""
+        if self.starting:
+            waiter = self.system_waiter
+            if waiter is not None:
+                self.system_waiter = None
+                trio.lowlevel.reschedule(waiter)
+            return True
         nursery = self.nursery
         if nursery is None:
             return False
@@ -504,41 +548,46 @@ class Cell:
         """Serve the system lane until it is empty, then end: system frames are rare, so the
         task exists only while there are some (it runs beside the data loop)."""
         mailbox = self.mailbox
-        core = self.core
-        actor = self.actor
-        CURRENT_ACTOR.set(actor)
+        CURRENT_ACTOR.set(self.actor)
         CURRENT_CELL.set(self)
         try:
             while (envelope := mailbox.take_system()) is not None:
-                frame = envelope.frame
-                try:
-                    if envelope.reply is not None:
-                        await self._answer(envelope)
-                        continue
-                    cls = type(frame)
-                    if cls is StartFrame:
-                        assert isinstance(frame, StartFrame)
-                        await self._start(frame)
-                    accepted = self.accepts_type(cls)
-                    if accepted:
-                        reset_token = CURRENT_TURN.set(envelope.turn)
-                        self.system_busy = envelope if cls in _LIFECYCLE else None
-                        try:
-                            await actor.process_frame(frame, envelope.direction or DOWNSTREAM)
-                        finally:
-                            self.system_busy = None
-                            CURRENT_TURN.reset(reset_token)
-                    if not accepted or cls in _LIFECYCLE:
-                        await self.forward(envelope)
-                    if cls is CancelFrame:
-                        await self.stop()
-                        return
-                finally:
-                    if core.in_flight and envelope.direction is not None:
-                        # Handled here: passed on (counted again there), or taken.
-                        core.delivery_step(frame)
+                if await self._handle_system(envelope):
+                    return
         finally:
             mailbox.end_system_service()
+
+    async def _handle_system(self, envelope: Envelope) -> bool:
+        """Handle one system-lane envelope; whether the actor stopped (a ``CancelFrame``)."""
+        frame = envelope.frame
+        core = self.core
+        try:
+            if envelope.reply is not None:
+                await self._answer(envelope)
+                return False
+            cls = type(frame)
+            if cls is StartFrame:
+                assert isinstance(frame, StartFrame)
+                await self._start(frame)
+            accepted = self.accepts_type(cls)
+            if accepted:
+                reset_token = CURRENT_TURN.set(envelope.turn)
+                self.system_busy = envelope if cls in _LIFECYCLE else None
+                try:
+                    await self.actor.process_frame(frame, envelope.direction or DOWNSTREAM)
+                finally:
+                    self.system_busy = None
+                    CURRENT_TURN.reset(reset_token)
+            if not accepted or cls in _LIFECYCLE:
+                await self.forward(envelope)
+            if cls is CancelFrame:
+                await self.stop()
+                return True
+            return False
+        finally:
+            if core.in_flight and envelope.direction is not None:
+                # Handled here: passed on (counted again there), or taken.
+                core.delivery_step(frame)
 
     async def _answer(self, envelope: Envelope) -> None:
         reply = envelope.reply

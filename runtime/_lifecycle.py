@@ -33,7 +33,7 @@ import enum
 
 import trio
 
-__all__ = ["LIVE", "TERMINAL", "ActorState", "Lifecycle", "LifecycleError"]
+__all__ = ["LIVE", "SERVING", "TERMINAL", "ActorState", "Lifecycle", "LifecycleError"]
 
 
 class ActorState(enum.Enum):
@@ -79,7 +79,7 @@ _MOVES: dict[ActorState, frozenset[ActorState]] = {
 }
 
 #: States in which the data loop serves frames (or has stopped for good).
-_SERVING = frozenset({RUNNING, STOPPING, STOPPED, CRASHED})
+SERVING = frozenset({RUNNING, STOPPING, STOPPED, CRASHED})
 
 
 class LifecycleError(RuntimeError):
@@ -132,4 +132,4 @@ class Lifecycle:
 
     async def wait_serving(self) -> None:
         """Wait until the actor has started (or stopped for good without starting)."""
-        await self.wait_for(_SERVING)
+        await self.wait_for(SERVING)

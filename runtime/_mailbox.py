@@ -191,9 +191,11 @@ class Mailbox:
         return None
 
     def end_system_service(self) -> None:
-        """The serving task ends early (it failed or was cancelled): the next system frame
-        starts a new one."""
+        """The serving task ends early (it failed, was cancelled, or the actor's own task
+        served the lane until it started): the next system frame starts a new one."""
         self._system_serving = False
+        if not self._system:
+            self._system = None  # no empty deque kept for the collector to scan
 
     # ----------------------------------------------------------------- data lane: senders
 

@@ -214,8 +214,12 @@ class PipelineTask:
         # Input given before the task was ready: (frame, direction, stage it was pushed from,
         # or None for queue_frame), in the order it was given.
         self._pending: list[tuple[Frame, FrameDirection, Actor[Any] | None]] = []
-        self._started = trio.Event()  # the StartFrame reached the sink
-        self._ready = trio.Event()  # ... and the input held until then has been delivered
+        # What the task's own waits wait for, each set at the latest when the task is done
+        # (one event per wait, not a nursery racing two events: fewer tasks per start).
+        self._started = trio.Event()  # the StartFrame reached the sink (or the task is done)
+        # ... and the input held until then has been delivered (or the task is done)
+        self._ready_or_done = trio.Event()
+        self._ready = False
         self._done = trio.Event()
         self._cancel_reached = trio.Event()
         self._cancelling = False
@@ -256,7 +260,7 @@ class PipelineTask:
 
     def has_started(self) -> bool:
         """Whether the task has started (see :meth:`wait_started`)."""
-        return self._ready.is_set()
+        return self._ready
 
     def was_cancelled(self) -> bool:
         """Whether the task was cancelled before it finished (:meth:`cancel`, called by the
@@ -276,11 +280,11 @@ class PipelineTask:
             SessionStateError: the task ended before it started (cancelled first, a start
                 that timed out, a crash while starting).
         """
-        if not self._ready.is_set() and not self._finished:
-            await _wait_any(self._ready, self._done)
+        if not self._ready and not self._finished:
+            await self._ready_or_done.wait()
         else:
             await trio.lowlevel.checkpoint()
-        if not self._ready.is_set():
+        if not self._ready:
             reason = f" ({self._cancel_reason})" if self._cancel_reason else ""
             raise SessionStateError(
                 f"task {self.name!r} ended before it started{reason}: it took no input; "
@@ -295,7 +299,7 @@ class PipelineTask:
                 f"task {self.name!r} has finished; its stage {actor.name!r} takes no more "
                 "frames (create a new PipelineTask with new stages)"
             )
-        if self._ready.is_set() or CURRENT_ACTOR.get() is actor:
+        if self._ready or CURRENT_ACTOR.get() is actor:
             return False  # ready, or the actor's own handler (on_start): nothing to hold
         if not isinstance(frame, Frame):
             raise TypeError(f"push_frame takes a Frame, got {type(frame).__name__}")
@@ -320,7 +324,7 @@ class PipelineTask:
             raise TypeError(f"queue_frame takes a Frame, got {type(frame).__name__}")
         if self._finished:
             raise SessionStateError(f"task {self.name!r} has finished; it takes no more frames")
-        if not self._ready.is_set():
+        if not self._ready:
             self._pending.append((frame, direction, None))
             return
         await self._inject(frame, direction)
@@ -356,7 +360,13 @@ class PipelineTask:
             return
         self._cancelling = True
         self._cancel_reason = reason
+        self._mark_done()
+
+    def _mark_done(self) -> None:
+        """The task is done (or cancelling): wake every wait of its own."""
         self._done.set()
+        self._started.set()
+        self._ready_or_done.set()
 
     def interrupt(self, reason: str | None = None) -> InterruptionFrame:
         """Interrupt the current turn at once, across all actors, and send an
@@ -410,7 +420,7 @@ class PipelineTask:
             if cls is StartFrame:
                 self._started.set()
             elif cls is EndFrame:
-                self._done.set()
+                self._mark_done()
             elif cls is CancelFrame:
                 self._cancel_reached.set()
         elif isinstance(frame, ErrorFrame):
@@ -463,8 +473,7 @@ class PipelineTask:
                 source.mailbox.put_system(Envelope(StartFrame(params=p), DOWNSTREAM, 0))
                 self._log.info("pipeline started", actors=len(self._stages))
                 with trio.fail_after(p.start_timeout_secs):
-                    while not self._started.is_set() and not self._done.is_set():
-                        await _wait_any(self._started, self._done)
+                    await self._started.wait()  # (set too if the task is done first)
                 if not self._cancelling:
                     self._last_activity = trio.current_time()
                     await self._deliver_pending(session)
@@ -486,7 +495,7 @@ class PipelineTask:
                 self._log.info("pipeline finished", cancelled=self._cancelling)
         finally:
             self._finished = True
-            self._done.set()
+            self._mark_done()
             for actor in self._stages:
                 if push_gate_of(actor) is None:
                     set_push_gate(actor, self._gate_push)  # refuses pushes from now on
@@ -526,7 +535,8 @@ class PipelineTask:
             envelope = cell.try_push(frame, direction)
             if envelope is not None:
                 await cell.deliver(envelope)
-        self._ready.set()
+        self._ready = True
+        self._ready_or_done.set()
         for stage in self._stages:
             if push_gate_of(stage) == self._gate_push:
                 set_push_gate(stage, None)
@@ -549,7 +559,7 @@ class PipelineTask:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.run)
-                await _wait_any(self._ready, self._done)
+                await self._ready_or_done.wait()
                 try:
                     yield self
                 except BaseException:
@@ -590,17 +600,6 @@ async def _freeze_when_started(tasks: tuple[PipelineTask, ...]) -> bool:
     gc.collect()
     gc.freeze()
     return True
-
-
-async def _wait_any(*events: trio.Event) -> None:
-    async with trio.open_nursery() as nursery:
-        for event in events:
-
-            async def waiter(e: trio.Event = event) -> None:
-                await e.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(waiter)
 
 
 @attrs.define
