@@ -40,3 +40,38 @@ async def test_an_idle_actor_keeps_few_objects_for_the_collector() -> None:
         f"(at most {MAX_OBJECTS_PER_ACTOR}): what it keeps per actor may be shared or made "
         "on first use"
     )
+
+
+class _Spawns(trio.abc.Instrument):
+    """Counts the tasks started while it is installed."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.count += 1
+
+
+async def _tasks_started_by_a_session_of(actors: int) -> int:
+    spawns = _Spawns()
+    trio.lowlevel.add_instrument(spawns)
+    try:
+        async with PipelineTask(Pipeline([Actor() for _ in range(actors)])) as task:
+            await task.wait_started()
+            await trio.testing.wait_all_tasks_blocked()
+            started = spawns.count
+    finally:
+        trio.lowlevel.remove_instrument(spawns)
+    return started
+
+
+async def test_starting_a_session_starts_one_task_per_actor() -> None:
+    """A session starts a task per actor (its data loop) and the task's own run; starting
+    starts nothing more (before, every actor started and ended a task for its StartFrame,
+    and the task's waits raced two events in a nursery of their own): setting up thousands
+    of sessions is mostly this."""
+    small = await _tasks_started_by_a_session_of(2)
+    large = await _tasks_started_by_a_session_of(12)
+    assert large - small == 10, f"{large - small} tasks started for 10 more actors"
+    # The 2 actors, the task's two ends and the task's run.
+    assert small == 5, f"a session of 2 actors started {small} tasks"
