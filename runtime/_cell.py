@@ -121,13 +121,23 @@ class Cell:
         self.busy: Envelope | None = None
         #: The lifecycle frame a system-lane handler is handling (the runtime forwards it).
         self.system_busy: Envelope | None = None
+        #: The cancel scope of the data loop and its handler: an interruption cancels it
+        #: (the loop goes on in a new one), and so does the actor's stop (the loop ends).
         self.work_scope: trio.CancelScope | None = None
         self.work_cancelled = False
-        self.scope: trio.CancelScope | None = None
-        self.nursery: trio.Nursery | None = None
+        #: Where the actor's tasks start (the session's nursery) while its loops run.
+        self.spawner: trio.Nursery | None = None
         self.interrupt_hooks: tuple[Callable[[], object], ...] = ()
         #: The cancel scopes of the actor's running background tasks (made by the first).
         self.background: set[trio.CancelScope] | None = None
+        #: The cancel scope of the task serving the system lane, while there is one.
+        self.system_scope: trio.CancelScope | None = None
+        #: The actor's running tasks (background and system lane), the first exception one
+        #: of them raised (it crashes the actor, as its loops' own would) and what the loops
+        #: wait on at their end until none runs.
+        self.task_count = 0
+        self.task_failure: Exception | None = None
+        self.tasks_ended: trio.Event | None = None
         self.restarts = 0
         self.dead_letters = 0
         self.crash: BaseException | None = None
@@ -285,29 +295,72 @@ class Cell:
         interruptible: bool,
     ) -> trio.CancelScope | None:
         """Run ``fn(*args)`` in the cell's nursery (``None`` if the loops do not run)."""
-        nursery = self.nursery
+        nursery = self.spawner
         if nursery is None:
             return None
         scope = trio.CancelScope()
         background = self.background
         if background is None:
             background = self.background = set()
-        turn_scopes = self.core.turn_scopes
         background.add(scope)
         if interruptible:
-            turn_scopes[scope] = self.name
-
-        async def runner() -> None:
-            CURRENT_ACTOR.set(None)
-            try:
-                with scope:
-                    await fn(*args)
-            finally:
-                background.discard(scope)
-                turn_scopes.pop(scope, None)
-
-        nursery.start_soon(runner, name=name)
+            self.core.turn_scopes[scope] = self.name
+        self.task_count += 1
+        nursery.start_soon(self._task, scope, fn, args, False, name=name)
         return scope
+
+    async def _task(
+        self,
+        scope: trio.CancelScope,
+        fn: Callable[..., Awaitable[object]],
+        args: tuple[object, ...],
+        system: bool,
+    ) -> None:
+        """One of the actor's tasks, in the session's nursery under its own cancel scope:
+        what the actor's stop cancels and its loops wait for. An exception it raises crashes
+        the actor (its loops end and re-raise it), not the session."""
+        if not system:
+            CURRENT_ACTOR.set(None)
+        try:
+            with scope:
+                await fn(*args)
+        except Exception as exc:
+            self._task_failed(exc)
+        finally:
+            if system:
+                if self.system_scope is scope:
+                    self.system_scope = None
+            else:
+                if self.background is not None:
+                    self.background.discard(scope)
+                self.core.turn_scopes.pop(scope, None)
+            self.task_count -= 1
+            if not self.task_count and self.tasks_ended is not None:
+                self.tasks_ended.set()
+
+    def _task_failed(self, exc: Exception) -> None:
+        """A task of the actor raised: keep the first exception and end the loops (and
+        the other tasks), which then raise it."""
+        if self.task_failure is None:
+            self.task_failure = exc
+        if self.work_scope is not None:
+            self.work_scope.cancel()
+        self._cancel_tasks()
+
+    def _cancel_tasks(self) -> None:
+        if self.system_scope is not None:
+            self.system_scope.cancel()
+        if self.background:
+            for scope in self.background:
+                scope.cancel()
+
+    async def _wait_tasks(self) -> None:
+        """Wait (shielded) until none of the actor's tasks runs."""
+        with trio.CancelScope(shield=True):
+            while self.task_count:
+                ended = self.tasks_ended = trio.Event()
+                await ended.wait()
+            self.tasks_ended = None
 
     def add_interrupt_hook(self, callback: Callable[[], object]) -> None:
         """Call ``callback`` when an interruption cancels the running handler."""
@@ -398,101 +451,114 @@ class Cell:
     # ------------------------------------------------------------------ loops
 
     async def run(self) -> None:
-        """Run the actor until it stops (or a handler raises). The data loop runs here, in
-        the cell's nursery, once the actor has started; system frames get a task of their
-        own in that nursery when they arrive (it ends when the lane is empty). One function,
-        not two: every wake-up of the data loop resumes each coroutine frame of its stack.
+        """Run the actor until it stops (or a handler raises). The data loop runs in the
+        actor's own task, under :attr:`work_scope` (no nursery of its own: the few tasks an
+        actor starts, system-lane service and background work, run in the session's
+        nursery under cancel scopes the cell keeps, and the loop waits for them at its
+        end). One function, not two: every wake-up of the data loop resumes each coroutine
+        frame of its stack.
         """
         CURRENT_ACTOR.set(self.actor)
         CURRENT_CELL.set(self)
         mailbox = self.mailbox
         core = self.core
+        life = self.lifecycle
+        self.spawner = core.nursery
+        failing = False
         try:
-            async with trio.open_nursery() as nursery:
-                self.scope = nursery.cancel_scope
-                self.nursery = nursery
-                if self.lifecycle.state not in SERVING and await self._serve_start():
-                    return  # stopped (a CancelFrame) before it started
-                mailbox.serve_system_with(self)
-                # Methods are called through their objects, not kept bound in locals: a bound
-                # method lives as long as the loop, one more object per actor for the garbage
-                # collector to scan (and the call costs the same).
-                actor = self.actor
-                accept_cache = self.accept_cache
-                batch = 0
-                last_turn: int | None = None
-                while True:
-                    with trio.CancelScope() as scope:
-                        self.work_scope = scope
-                        self.work_cancelled = False
-                        while True:
-                            if self.work_cancelled:
-                                # An interruption landed after the last handler's last
-                                # checkpoint: serve the next frame in a fresh scope, or its
-                                # handler would be cancelled in its place.
-                                break
-                            if batch >= _FAIRNESS_BATCH:
-                                batch = 0
-                                await trio.lowlevel.checkpoint()
+            # Methods are called through their objects, not kept bound in locals: a bound
+            # method lives as long as the loop, one more object per actor for the garbage
+            # collector to scan (and the call costs the same).
+            actor = self.actor
+            accept_cache = self.accept_cache
+            batch = 0
+            last_turn: int | None = None
+            starting = life.state not in SERVING
+            while life.state not in TERMINAL and self.task_failure is None:
+                with trio.CancelScope() as scope:
+                    self.work_scope = scope
+                    self.work_cancelled = False
+                    if starting:
+                        starting = False
+                        if await self._serve_start():
+                            return  # stopped (a CancelFrame) before it started
+                        mailbox.serve_system_with(self)
+                    while True:
+                        if self.work_cancelled:
+                            # An interruption landed after the last handler's last
+                            # checkpoint: serve the next frame in a fresh scope, or its
+                            # handler would be cancelled in its place.
+                            break
+                        if batch >= _FAIRNESS_BATCH:
+                            batch = 0
+                            await trio.lowlevel.checkpoint()
+                        envelope = mailbox.take_data()
+                        if envelope is None:
+                            # Mailbox.get_data, inline: no coroutine more to keep (and
+                            # resume at each wake-up). The frame that ends a wait starts
+                            # a new batch (counting it shifts the fairness checkpoints
+                            # and slows a burst through a chain by a quarter).
+                            mailbox.expect_data()
+                            await wait_task_rescheduled(mailbox.abort_data_wait)
                             envelope = mailbox.take_data()
                             if envelope is None:
-                                # Mailbox.get_data, inline: no coroutine more to keep (and
-                                # resume at each wake-up). The frame that ends a wait starts
-                                # a new batch (counting it shifts the fairness checkpoints
-                                # and slows a burst through a chain by a quarter).
-                                mailbox.expect_data()
-                                await wait_task_rescheduled(mailbox.abort_data_wait)
-                                envelope = mailbox.take_data()
-                                if envelope is None:
-                                    continue  # a close (or a purge) came first: wait again
-                                batch = 0
-                            else:
-                                batch += 1
-                            if envelope.reply is not None:
-                                await self._answer(envelope)
-                                continue
-                            frame = envelope.frame
-                            if (
-                                envelope.turn < core.turn
-                                and frame.interruptible
-                                and not envelope.uninterruptible
-                            ):
-                                mailbox.count_stale()
-                                continue
-                            cls = type(frame)
-                            ok = accept_cache.get(cls)
-                            if ok is None:
-                                ok = self.accepts_type(cls)
-                            if not ok:
-                                ended = await self.forward(envelope)
-                            else:
-                                turn = (
-                                    envelope.turn
-                                    if frame.interruptible and not envelope.uninterruptible
-                                    else core.turn
-                                )
-                                if turn != last_turn:
-                                    # This task's own context variables: no reset between frames.
-                                    CURRENT_TURN.set(turn)
-                                    last_turn = turn
-                                self.busy = envelope
-                                try:
-                                    await actor.process_frame(
-                                        frame, envelope.direction or DOWNSTREAM
-                                    )
-                                finally:
-                                    self.busy = None
-                                ended = cls is EndFrame and await self.forward(envelope)
-                            if ended:
-                                CURRENT_TURN.set(None)
-                                await self.stop()
-                                return
-                    if scope.cancelled_caught:
-                        # Interrupted mid-handler: the frame is abandoned; serve the next.
-                        self.work_scope = None
+                                continue  # a close (or a purge) came first: wait again
+                            batch = 0
+                        else:
+                            batch += 1
+                        if envelope.reply is not None:
+                            await self._answer(envelope)
+                            continue
+                        frame = envelope.frame
+                        if (
+                            envelope.turn < core.turn
+                            and frame.interruptible
+                            and not envelope.uninterruptible
+                        ):
+                            mailbox.count_stale()
+                            continue
+                        cls = type(frame)
+                        ok = accept_cache.get(cls)
+                        if ok is None:
+                            ok = self.accepts_type(cls)
+                        if not ok:
+                            ended = await self.forward(envelope)
+                        else:
+                            turn = (
+                                envelope.turn
+                                if frame.interruptible and not envelope.uninterruptible
+                                else core.turn
+                            )
+                            if turn != last_turn:
+                                # This task's own context variables: no reset between frames.
+                                CURRENT_TURN.set(turn)
+                                last_turn = turn
+                            self.busy = envelope
+                            try:
+                                await actor.process_frame(frame, envelope.direction or DOWNSTREAM)
+                            finally:
+                                self.busy = None
+                            ended = cls is EndFrame and await self.forward(envelope)
+                        if ended:
+                            CURRENT_TURN.set(None)
+                            await self.stop()
+                            return
+                # Interrupted mid-handler (the frame is abandoned: serve the next), stopped
+                # from elsewhere, or a task of the actor failed.
+                self.work_scope = None
+        except BaseException:
+            failing = True
+            self._cancel_tasks()
+            raise
         finally:
+            self.work_scope = None
             mailbox.serve_system_with(None)
-            self.nursery = None
+            self.spawner = None
+            if self.task_count:
+                await self._wait_tasks()
+            failure, self.task_failure = self.task_failure, None
+            if failure is not None and not failing:
+                raise failure
 
     async def _serve_start(self) -> bool:
         """Serve the system lane in the cell's own task until the actor serves data (it has
@@ -535,13 +601,18 @@ class Cell:
                 self.system_waiter = None
                 trio.lowlevel.reschedule(waiter)
             return True
-        nursery = self.nursery
+        nursery = self.spawner
         if nursery is None:
             return False
+        scope = trio.CancelScope()
         try:
-            nursery.start_soon(self._serve_system, name=f"{self.name}:system")
+            nursery.start_soon(
+                self._task, scope, self._serve_system, (), True, name=f"{self.name}:system"
+            )
         except RuntimeError:  # the nursery is closing
             return False
+        self.system_scope = scope
+        self.task_count += 1
         return True
 
     async def _serve_system(self) -> None:
@@ -710,8 +781,9 @@ class Cell:
                 upstream.append(envelope)
             elif core.in_flight and envelope.direction is not None:
                 core.delivery_step(envelope.frame)  # it goes no further
-        if self.scope is not None:
-            self.scope.cancel()
+        if self.work_scope is not None:
+            self.work_scope.cancel()
+        self._cancel_tasks()
         notify_watchers(self.actor)
         core.log.debug(
             "actor stopped",

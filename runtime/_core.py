@@ -55,6 +55,9 @@ class SessionCore:
     turn_scopes: dict[trio.CancelScope, str] = attrs.Factory(dict)
     #: Frames whose delivery their sender awaits, by frame id (empty nearly always).
     in_flight: dict[int, Delivery] = attrs.Factory(dict)
+    #: The session's nursery while it is open: every actor's task runs in it, and so do
+    #: the tasks an actor starts (each under a cancel scope its cell keeps).
+    nursery: trio.Nursery | None = None
 
     @asynccontextmanager
     async def tracking(self, frame: Frame) -> AsyncIterator[None]:

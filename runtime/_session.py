@@ -109,6 +109,7 @@ class Session:
         try:
             async with trio.open_nursery() as nursery:
                 session._nursery = nursery
+                session._core.nursery = nursery
                 session._log.debug("session opened")
                 try:
                     yield session
@@ -122,6 +123,7 @@ class Session:
                 raise
         finally:
             session._nursery = None
+            session._core.nursery = None
             session._log.debug("session closed")
         if error is not None:
             # Raised outside the except block, so the error keeps its own __cause__ and
