@@ -18,6 +18,7 @@ their own.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
 from contextvars import ContextVar
@@ -63,6 +64,8 @@ from ._lifecycle import (
 )
 from ._mailbox import Envelope, Mailbox, Reply
 from ._snapshot import ActorSnapshot
+from ._supervision import collapse_exception_group
+from ._supervisor import after_crash
 from ._turn import CURRENT_TURN
 
 __all__ = ["CURRENT_CELL", "Cell", "cell_class_for", "register_cell_class"]
@@ -139,6 +142,8 @@ class Cell:
         self.task_failure: Exception | None = None
         self.tasks_ended: trio.Event | None = None
         self.restarts = 0
+        #: When the actor's recent restarts happened (made by its first crash).
+        self.restart_times: deque[float] | None = None
         self.dead_letters = 0
         self.crash: BaseException | None = None
         self.relaying = False
@@ -451,114 +456,132 @@ class Cell:
     # ------------------------------------------------------------------ loops
 
     async def run(self) -> None:
-        """Run the actor until it stops (or a handler raises). The data loop runs in the
-        actor's own task, under :attr:`work_scope` (no nursery of its own: the few tasks an
-        actor starts, system-lane service and background work, run in the session's
-        nursery under cancel scopes the cell keeps, and the loop waits for them at its
-        end). One function, not two: every wake-up of the data loop resumes each coroutine
-        frame of its stack.
+        """The actor's task: run its loops until it stops; after a crash, restart them as its
+        policy allows (:func:`~runtime._supervisor.after_crash`), else raise the crash
+        (escalation). The data loop runs in this task, under :attr:`work_scope` (no
+        nursery of its own: the few tasks an actor starts, system-lane service and
+        background work, run in the session's nursery under cancel scopes the cell keeps,
+        and the loop waits for them at its end). One function, not three: every wake-up of
+        the data loop resumes each coroutine frame of its stack.
         """
         CURRENT_ACTOR.set(self.actor)
         CURRENT_CELL.set(self)
         mailbox = self.mailbox
         core = self.core
         life = self.lifecycle
-        self.spawner = core.nursery
-        failing = False
-        try:
-            # Methods are called through their objects, not kept bound in locals: a bound
-            # method lives as long as the loop, one more object per actor for the garbage
-            # collector to scan (and the call costs the same).
-            actor = self.actor
-            accept_cache = self.accept_cache
-            batch = 0
-            last_turn: int | None = None
-            starting = life.state not in SERVING
-            while life.state not in TERMINAL and self.task_failure is None:
-                with trio.CancelScope() as scope:
-                    self.work_scope = scope
-                    self.work_cancelled = False
-                    if starting:
-                        starting = False
-                        if await self._serve_start():
-                            return  # stopped (a CancelFrame) before it started
-                        mailbox.serve_system_with(self)
-                    while True:
-                        if self.work_cancelled:
-                            # An interruption landed after the last handler's last
-                            # checkpoint: serve the next frame in a fresh scope, or its
-                            # handler would be cancelled in its place.
-                            break
-                        if batch >= _FAIRNESS_BATCH:
-                            batch = 0
-                            await trio.lowlevel.checkpoint()
-                        envelope = mailbox.take_data()
-                        if envelope is None:
-                            # Mailbox.get_data, inline: no coroutine more to keep (and
-                            # resume at each wake-up). The frame that ends a wait starts
-                            # a new batch (counting it shifts the fairness checkpoints
-                            # and slows a burst through a chain by a quarter).
-                            mailbox.expect_data()
-                            await wait_task_rescheduled(mailbox.abort_data_wait)
-                            envelope = mailbox.take_data()
-                            if envelope is None:
-                                continue  # a close (or a purge) came first: wait again
-                            batch = 0
-                        else:
-                            batch += 1
-                        if envelope.reply is not None:
-                            await self._answer(envelope)
-                            continue
-                        frame = envelope.frame
-                        if (
-                            envelope.turn < core.turn
-                            and frame.interruptible
-                            and not envelope.uninterruptible
-                        ):
-                            mailbox.count_stale()
-                            continue
-                        cls = type(frame)
-                        ok = accept_cache.get(cls)
-                        if ok is None:
-                            ok = self.accepts_type(cls)
-                        if not ok:
-                            ended = await self.forward(envelope)
-                        else:
-                            turn = (
-                                envelope.turn
-                                if frame.interruptible and not envelope.uninterruptible
-                                else core.turn
-                            )
-                            if turn != last_turn:
-                                # This task's own context variables: no reset between frames.
-                                CURRENT_TURN.set(turn)
-                                last_turn = turn
-                            self.busy = envelope
-                            try:
-                                await actor.process_frame(frame, envelope.direction or DOWNSTREAM)
-                            finally:
-                                self.busy = None
-                            ended = cls is EndFrame and await self.forward(envelope)
-                        if ended:
-                            CURRENT_TURN.set(None)
-                            await self.stop()
-                            return
-                # Interrupted mid-handler (the frame is abandoned: serve the next), stopped
-                # from elsewhere, or a task of the actor failed.
-                self.work_scope = None
-        except BaseException:
-            failing = True
-            self._cancel_tasks()
-            raise
-        finally:
-            self.work_scope = None
-            mailbox.serve_system_with(None)
-            self.spawner = None
-            if self.task_count:
-                await self._wait_tasks()
-            failure, self.task_failure = self.task_failure, None
-            if failure is not None and not failing:
-                raise failure
+        while True:  # until the actor stops; again after each crash its policy restarts
+            self.spawner = core.nursery
+            failing = False
+            done = False
+            try:
+                try:
+                    # Methods are called through their objects, not kept bound in locals: a bound
+                    # method lives as long as the loop, one more object per actor for the garbage
+                    # collector to scan (and the call costs the same).
+                    actor = self.actor
+                    accept_cache = self.accept_cache
+                    batch = 0
+                    last_turn: int | None = None
+                    starting = life.state not in SERVING
+                    while not done and life.state not in TERMINAL and self.task_failure is None:
+                        with trio.CancelScope() as scope:
+                            self.work_scope = scope
+                            self.work_cancelled = False
+                            if starting:
+                                starting = False
+                                if await self._serve_start():
+                                    done = True  # stopped (a CancelFrame) before it started
+                                    break
+                                mailbox.serve_system_with(self)
+                            while True:
+                                if self.work_cancelled:
+                                    # An interruption landed after the last handler's last
+                                    # checkpoint: serve the next frame in a fresh scope, or its
+                                    # handler would be cancelled in its place.
+                                    break
+                                if batch >= _FAIRNESS_BATCH:
+                                    batch = 0
+                                    await trio.lowlevel.checkpoint()
+                                envelope = mailbox.take_data()
+                                if envelope is None:
+                                    # Mailbox.get_data, inline: no coroutine more to keep (and
+                                    # resume at each wake-up). The frame that ends a wait starts
+                                    # a new batch (counting it shifts the fairness checkpoints
+                                    # and slows a burst through a chain by a quarter).
+                                    mailbox.expect_data()
+                                    await wait_task_rescheduled(mailbox.abort_data_wait)
+                                    envelope = mailbox.take_data()
+                                    if envelope is None:
+                                        continue  # a close (or a purge) came first: wait again
+                                    batch = 0
+                                else:
+                                    batch += 1
+                                if envelope.reply is not None:
+                                    await self._answer(envelope)
+                                    continue
+                                frame = envelope.frame
+                                if (
+                                    envelope.turn < core.turn
+                                    and frame.interruptible
+                                    and not envelope.uninterruptible
+                                ):
+                                    mailbox.count_stale()
+                                    continue
+                                cls = type(frame)
+                                ok = accept_cache.get(cls)
+                                if ok is None:
+                                    ok = self.accepts_type(cls)
+                                if not ok:
+                                    ended = await self.forward(envelope)
+                                else:
+                                    turn = (
+                                        envelope.turn
+                                        if frame.interruptible and not envelope.uninterruptible
+                                        else core.turn
+                                    )
+                                    if turn != last_turn:
+                                        # This task's own context variables: no reset between
+                                        # frames.
+                                        CURRENT_TURN.set(turn)
+                                        last_turn = turn
+                                    self.busy = envelope
+                                    try:
+                                        await actor.process_frame(
+                                            frame, envelope.direction or DOWNSTREAM
+                                        )
+                                    finally:
+                                        self.busy = None
+                                    ended = cls is EndFrame and await self.forward(envelope)
+                                if ended:
+                                    CURRENT_TURN.set(None)
+                                    await self.stop()
+                                    done = True
+                                    break
+                        # Interrupted mid-handler (the frame is abandoned: serve the next), stopped
+                        # from elsewhere, or a task of the actor failed.
+                        self.work_scope = None
+                except BaseException:
+                    failing = True
+                    self._cancel_tasks()
+                    raise
+                finally:
+                    self.work_scope = None
+                    mailbox.serve_system_with(None)
+                    self.spawner = None
+                    if self.task_count:
+                        await self._wait_tasks()
+                    failure, self.task_failure = self.task_failure, None
+                    if failure is not None and not failing:
+                        raise failure
+            except BaseExceptionGroup as group:
+                crash = collapse_exception_group(group)
+            except Exception as single:
+                crash = single
+            else:
+                self.finish(crashed=False)  # the loops ended: stopped (if not already)
+                return
+            if not await after_crash(self, crash):
+                return
 
     async def _serve_start(self) -> bool:
         """Serve the system lane in the cell's own task until the actor serves data (it has

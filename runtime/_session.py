@@ -3,7 +3,8 @@
 A session is the unit of structured lifetime: every actor task lives in the session's
 nursery, so when the session's ``async with`` block (or :meth:`PipelineTask.run`) is left,
 nothing of it is still running. It runs each actor in a cell (:mod:`runtime._cell`) and
-supervises it (:mod:`runtime._supervisor`).
+supervises it (its task runs the cell's loops, which ask :mod:`runtime._supervisor` what to
+do after a crash).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from ._mailbox import Envelope
 from ._params import PipelineParams
 from ._snapshot import SessionSnapshot
 from ._supervision import collapse_exception_group
-from ._supervisor import supervise
 
 __all__ = ["Session"]
 
@@ -198,7 +198,7 @@ class Session:
             stop_with_owner=stop_with_owner,
         )
         self._cells[actor.name] = cell
-        nursery.start_soon(supervise, cell, name=f"actor:{actor.name}")
+        nursery.start_soon(cell.run, name=f"actor:{actor.name}")
         for companion, stop in companions_of(actor):
             self._spawn_companion(cell, companion, stop)
         return cell
