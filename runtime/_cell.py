@@ -96,6 +96,41 @@ class Cell:
         stop_with_owner: For a companion, whether its owner's stop stops it.
     """
 
+    # Slots: a cell has some thirty attributes, past what CPython keeps without a dict per
+    # instance (one more object per actor for the garbage collector to scan).
+    __slots__ = (
+        "accept_cache",
+        "actor",
+        "background",
+        "busy",
+        "companions",
+        "core",
+        "crash",
+        "dead_letters",
+        "downstream",
+        "interrupt_hooks",
+        "lifecycle",
+        "mailbox",
+        "name",
+        "owner",
+        "relaying",
+        "restart_times",
+        "restarts",
+        "spawner",
+        "start_frame",
+        "starting",
+        "stop_with_owner",
+        "system_busy",
+        "system_scope",
+        "system_waiter",
+        "task_count",
+        "task_failure",
+        "tasks_ended",
+        "upstream",
+        "work_cancelled",
+        "work_scope",
+    )
+
     def __init__(
         self,
         actor: Actor[Any],

@@ -144,6 +144,7 @@ class _MergeCell(Cell):
     it through; ``StartFrame`` and ``EndFrame`` only once every branch has."""
 
     _CAP = 16384
+    __slots__ = ("branches", "merge", "seen")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

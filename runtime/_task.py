@@ -123,6 +123,8 @@ class _SinkMailbox(Mailbox):
 class _EdgeCell(Cell):
     """Runs an :class:`_Edge`: frames reaching the end of the topology go to the task."""
 
+    __slots__ = ("task",)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         actor = self.actor
