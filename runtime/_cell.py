@@ -2,14 +2,17 @@
 
 A session makes a :class:`Cell` for every actor it spawns. The cell owns what the actor's
 user code never touches: its mailbox, its links to the neighbouring cells, the loops that
-serve the two lanes, its cancel scopes and nursery, its state machine
+serve the two lanes, its cancel scopes and tasks, its state machine
 (:class:`~runtime._lifecycle.Lifecycle`) and its restart bookkeeping; it calls the actor's
 hooks (``on_start``, ``process_frame``, ``on_ask``, ``on_stop``). The actor reaches it through
 :class:`~runtime._actor.ActorPort`; the session and the supervisor call its public methods.
 
-Loops: the data loop runs in the supervisor's task, inside a nursery of the cell's own; system
-frames are served by a task started in that nursery when they arrive, which ends when the
-system lane is empty.
+Loops: the data loop runs in the actor's own task (the one the session spawns for it), under
+the cell's work scope; no nursery of its own. Until the actor has started, that task also
+serves the system lane (the ``StartFrame``); after, system frames are served by a task started
+in the session's nursery when they arrive, which ends when the system lane is empty. That task
+and the actor's background tasks run under cancel scopes the cell keeps: its stop cancels
+them, and its loops wait for them before they end.
 
 Companions (:meth:`~runtime.Actor.add_companion`) are cells with an ``owner``: they share the
 owner's link lists (so their pushes follow any relinking of the owner) and have no links of
@@ -334,7 +337,7 @@ class Cell:
         name: str,
         interruptible: bool,
     ) -> trio.CancelScope | None:
-        """Run ``fn(*args)`` in the cell's nursery (``None`` if the loops do not run)."""
+        """Run ``fn(*args)`` in a task of the actor's (``None`` if the loops do not run)."""
         nursery = self.spawner
         if nursery is None:
             return None

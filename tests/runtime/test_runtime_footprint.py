@@ -3,7 +3,7 @@
 A server holds thousands of sessions of a handful of actors each; every object they keep is
 scanned by each full collection (the longest pause of the loop with 500 sessions, see
 docs/benchmarks.md, "Objects per session"). Most of an actor's objects are trio's own (its
-task, its nursery, the cancel scope of its handler, the wait of its data loop); the runtime
+task, the cancel scope of its handler, the wait of its data loop; no nursery); the runtime
 adds its cell, mailbox, lifecycle and links, and keeps nothing per actor that it can share or
 make on first use (bound methods, caches, empty queues and sets).
 """
@@ -16,9 +16,10 @@ import trio.testing
 
 from runtime import Actor, Pipeline, PipelineTask
 
-#: Objects tracked by the collector per idle pass-through actor (33 with trio 0.3x; 42 before
+#: Objects tracked by the collector per idle pass-through actor (23 with trio 0.3x: 33 while
+#: each actor had a nursery of its own and a supervisor coroutine around its loops; 42 before
 #: the runtime stopped keeping bound methods, per-actor caches and empty queues).
-MAX_OBJECTS_PER_ACTOR = 35
+MAX_OBJECTS_PER_ACTOR = 25
 
 
 async def _tracked_objects_with(actors: int) -> int:
