@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, ClassVar
 
 import outcome
 import trio
@@ -82,6 +82,9 @@ _LIFECYCLE = (StartFrame, EndFrame, CancelFrame, InterruptionFrame)
 #: How many frames an actor handles back to back before letting other tasks run.
 _FAIRNESS_BATCH = 64
 
+#: What a task of an actor's does (see Cell._task): background work, or serving a lane.
+_BACKGROUND, _SYSTEM, _DATA = 0, 1, 2
+
 #: The cell whose actor the running task works for: set by its loops, inherited by the tasks
 #: its actor starts. Read by :func:`runtime.logging.add_actor_fields` (``session``,
 #: ``actor`` and ``turn`` on every line logged meanwhile); nothing else reads it.
@@ -99,6 +102,11 @@ class Cell:
         stop_with_owner: For a companion, whether its owner's stop stops it.
     """
 
+    #: A passive cell has no task of its own: the session starts none for it, and its data
+    #: lane is served like its system lane, by a task started when frames arrive (the
+    #: task's two ends, which only pass frames on to the task, are passive).
+    passive: ClassVar[bool] = False
+
     # Slots: a cell has some thirty attributes, past what CPython keeps without a dict per
     # instance (one more object per actor for the garbage collector to scan).
     __slots__ = (
@@ -109,6 +117,7 @@ class Cell:
         "companions",
         "core",
         "crash",
+        "data_scope",
         "dead_letters",
         "downstream",
         "interrupt_hooks",
@@ -173,6 +182,8 @@ class Cell:
         self.background: set[trio.CancelScope] | None = None
         #: The cancel scope of the task serving the system lane, while there is one.
         self.system_scope: trio.CancelScope | None = None
+        #: The same for the data lane of a passive cell (see :attr:`passive`).
+        self.data_scope: trio.CancelScope | None = None
         #: The actor's running tasks (background and system lane), the first exception one
         #: of them raised (it crashes the actor, as its loops' own would) and what the loops
         #: wait on at their end until none runs.
@@ -349,7 +360,7 @@ class Cell:
         if interruptible:
             self.core.turn_scopes[scope] = self.name
         self.task_count += 1
-        nursery.start_soon(self._task, scope, fn, args, False, name=name)
+        nursery.start_soon(self._task, scope, fn, args, _BACKGROUND, name=name)
         return scope
 
     async def _task(
@@ -357,22 +368,29 @@ class Cell:
         scope: trio.CancelScope,
         fn: Callable[..., Awaitable[object]],
         args: tuple[object, ...],
-        system: bool,
+        kind: int,
     ) -> None:
         """One of the actor's tasks, in the session's nursery under its own cancel scope:
         what the actor's stop cancels and its loops wait for. An exception it raises crashes
-        the actor (its loops end and re-raise it), not the session."""
-        if not system:
+        the actor (its loops end and re-raise it; a passive cell, which has no loops, applies
+        its policy here), not the session."""
+        if kind == _BACKGROUND:
             CURRENT_ACTOR.set(None)
         try:
             with scope:
                 await fn(*args)
         except Exception as exc:
-            self._task_failed(exc)
+            if not self.passive:
+                self._task_failed(exc)
+            elif await after_crash(self, exc):
+                pass  # restarted: its StartFrame is queued (the next system task serves it)
         finally:
-            if system:
+            if kind == _SYSTEM:
                 if self.system_scope is scope:
                     self.system_scope = None
+            elif kind == _DATA:
+                if self.data_scope is scope:
+                    self.data_scope = None
             else:
                 if self.background is not None:
                     self.background.discard(scope)
@@ -393,6 +411,8 @@ class Cell:
     def _cancel_tasks(self) -> None:
         if self.system_scope is not None:
             self.system_scope.cancel()
+        if self.data_scope is not None:
+            self.data_scope.cancel()
         if self.background:
             for scope in self.background:
                 scope.cancel()
@@ -651,6 +671,42 @@ class Cell:
         self.system_waiter = None
         return trio.lowlevel.Abort.SUCCEEDED
 
+    def data_arrived(self) -> None:
+        """A passive cell's mailbox got a data frame: start a task serving the data lane if
+        none runs and the actor serves data (frames that arrive before the start wait)."""
+        nursery = self.spawner
+        if (
+            self.data_scope is not None
+            or nursery is None
+            or self.lifecycle.state not in SERVING
+            or self.lifecycle.state in TERMINAL
+            or not self.mailbox.data_depth
+        ):
+            return
+        scope = self.data_scope = trio.CancelScope()
+        self.task_count += 1
+        nursery.start_soon(self._task, scope, self._serve_data, (), _DATA, name=f"{self.name}:data")
+
+    async def _serve_data(self) -> None:
+        """A passive cell's data lane, served until it is empty (the cell's actor accepts
+        nothing: every frame is passed on)."""
+        CURRENT_ACTOR.set(self.actor)
+        CURRENT_CELL.set(self)
+        mailbox = self.mailbox
+        core = self.core
+        while (envelope := mailbox.take_data()) is not None:
+            if envelope.reply is not None:
+                await self._answer(envelope)
+                continue
+            frame = envelope.frame
+            if envelope.turn < core.turn and frame.interruptible and not envelope.uninterruptible:
+                mailbox.count_stale()
+                continue
+            if await self.forward(envelope):
+                await self.stop()
+                return
+        self.data_scope = None  # (so that a frame arriving now starts a new task)
+
     def start_system_service(self) -> bool:
         """Start the task that serves the system lane; ``False`` if the nursery does not
         take tasks now (the frame then waits for the next one). Called by the mailbox (the
@@ -668,7 +724,7 @@ class Cell:
         scope = trio.CancelScope()
         try:
             nursery.start_soon(
-                self._task, scope, self._serve_system, (), True, name=f"{self.name}:system"
+                self._task, scope, self._serve_system, (), _SYSTEM, name=f"{self.name}:system"
             )
         except RuntimeError:  # the nursery is closing
             return False
@@ -763,6 +819,8 @@ class Cell:
         if life.state is STARTING:  # (not stopped meanwhile)
             life.to(RUNNING)
             self.core.log.debug("actor started", actor=self.name, turn=self.core.turn)
+            if self.passive:
+                self.data_arrived()  # what came before the start
 
     def restart(self) -> None:
         """After a crash and its backoff: forget the abandoned handler and queue the
@@ -845,6 +903,10 @@ class Cell:
         if self.work_scope is not None:
             self.work_scope.cancel()
         self._cancel_tasks()
+        if self.passive:
+            # (An active cell's loops do this when they end.)
+            self.spawner = None
+            self.mailbox.serve_system_with(None)
         notify_watchers(self.actor)
         core.log.debug(
             "actor stopped",

@@ -198,7 +198,11 @@ class Session:
             stop_with_owner=stop_with_owner,
         )
         self._cells[actor.name] = cell
-        nursery.start_soon(cell.run, name=f"actor:{actor.name}")
+        if cell.passive:
+            cell.spawner = nursery  # no task of its own: tasks start as frames arrive
+            cell.mailbox.serve_system_with(cell)
+        else:
+            nursery.start_soon(cell.run, name=f"actor:{actor.name}")
         for companion, stop in companions_of(actor):
             self._spawn_companion(cell, companion, stop)
         return cell

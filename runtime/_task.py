@@ -67,7 +67,32 @@ class _Edge(Actor[Frame]):
 
 
 @attrs.define(eq=False)
-class _SinkMailbox(Mailbox):
+class _EdgeMailbox(Mailbox):
+    """The mailbox of a task's end: its cell is passive (no task of its own), so a data frame
+    queued here asks the cell to start a task serving the lane."""
+
+    cell: _EdgeCell | None = None
+
+    def try_put_data(self, envelope: Envelope) -> bool:
+        if not super().try_put_data(envelope):
+            return False
+        if self.cell is not None:
+            self.cell.data_arrived()
+        return True
+
+    def put_data_unbounded(self, envelope: Envelope) -> None:
+        super().put_data_unbounded(envelope)
+        if self.cell is not None:
+            self.cell.data_arrived()
+
+    async def put_data(self, envelope: Envelope) -> None:
+        await super().put_data(envelope)
+        if self.cell is not None:
+            self.cell.data_arrived()
+
+
+@attrs.define(eq=False)
+class _SinkMailbox(_EdgeMailbox):
     """The sink's mailbox: downstream data frames skip the queue and the sink's task, and are
     handed to the task's listeners in the task of the stage that pushed them (one task switch
     less per frame at the output end, where nothing is left to wait for).
@@ -82,7 +107,6 @@ class _SinkMailbox(Mailbox):
     them returns an awaitable does the sender's ``put_data`` await the rest.
     """
 
-    cell: _EdgeCell | None = None
     # The envelope being handed over and what is left of it to await (see try_put_data).
     _rest: tuple[Envelope, Awaitable[None]] | None = None
 
@@ -121,9 +145,13 @@ class _SinkMailbox(Mailbox):
 
 
 class _EdgeCell(Cell):
-    """Runs an :class:`_Edge`: frames reaching the end of the topology go to the task."""
+    """Runs an :class:`_Edge`: frames reaching the end of the topology go to the task. It is
+    passive: no task of its own, each of its lanes served by a task while frames are queued
+    (most of the sink's data frames are handed over without being queued, and the source
+    sees frames only at the start, the end and when one travels upstream to the end)."""
 
     __slots__ = ("task",)
+    passive = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -141,7 +169,7 @@ class _EdgeCell(Cell):
 
     def make_mailbox(self, capacity: int) -> Mailbox:
         if not self.sink:
-            return super().make_mailbox(capacity)
+            return _EdgeMailbox(capacity, self.name, cell=self)
         return _SinkMailbox(capacity, self.name, cell=self)
 
     async def forward(self, envelope: Envelope) -> bool:

@@ -67,12 +67,14 @@ async def _tasks_started_by_a_session_of(actors: int) -> int:
 
 
 async def test_starting_a_session_starts_one_task_per_actor() -> None:
-    """A session starts a task per actor (its data loop) and the task's own run; starting
-    starts nothing more (before, every actor started and ended a task for its StartFrame,
-    and the task's waits raced two events in a nursery of their own): setting up thousands
-    of sessions is mostly this."""
+    """A session starts a task per actor (its data loop) and the task's own run, and a short
+    one at each of the task's two ends for the StartFrame; nothing more (before, every actor
+    started and ended a task for its StartFrame, the task's waits raced two events in a
+    nursery of their own, and the ends had a task each): setting up thousands of sessions is
+    mostly this."""
     small = await _tasks_started_by_a_session_of(2)
     large = await _tasks_started_by_a_session_of(12)
     assert large - small == 10, f"{large - small} tasks started for 10 more actors"
-    # The 2 actors, the task's two ends and the task's run.
+    # The 2 actors, the task's run, and a short one at each of the task's two ends for the
+    # StartFrame (they have no task of their own).
     assert small == 5, f"a session of 2 actors started {small} tasks"
