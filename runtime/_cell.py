@@ -629,8 +629,16 @@ class Cell:
                     if self.task_count:
                         await self._wait_tasks()
                     failure, self.task_failure = self.task_failure, None
-                    if failure is not None and not failing:
-                        raise failure
+                    if failure is not None:
+                        if not failing:
+                            raise failure
+                        # The loop's own exception is the crash; this one is not lost.
+                        core.log.error(
+                            "actor task failed",
+                            actor=self.name,
+                            turn=core.turn,
+                            error=f"{type(failure).__name__}: {failure}",
+                        )
             except BaseExceptionGroup as group:
                 crash = collapse_exception_group(group)
             except Exception as single:

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from runtime import Actor, ActorState, Frame, FrameDirection, RestartPolicy, Session
-from runtime.testing import running_tasks
+from runtime.testing import capture_logs, running_tasks
 
 from .runtime_helpers import Ping
 
@@ -105,3 +105,35 @@ async def test_removing_an_actor_cancels_its_tasks_and_leaves_none(
         assert set(running_tasks()) <= before
         assert worker.state is ActorState.STOPPED
         assert session.running
+
+
+async def test_a_task_failing_while_the_handler_fails_too_is_logged(
+    autojump_clock: object,
+) -> None:
+    """When a handler raises while a task of the same actor has failed, the handler's
+    exception is the crash and the task's is logged, not lost."""
+
+    class Both(Actor[Ping]):
+        accepts = (Ping,)
+
+        async def failing(self) -> None:
+            await trio.sleep(0.5)
+            raise LookupError("the task failed")
+
+        async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+            self.create_task(self.failing)
+            with trio.CancelScope(shield=True):
+                await trio.sleep(1)
+            raise ValueError("the handler failed")
+
+    async def scenario() -> None:
+        async with Session.open() as session:
+            ref = session.spawn(Both(name="both"))
+            await ref.send(Ping(1))
+            await trio.sleep(5)
+
+    with capture_logs() as logs, pytest.raises(ValueError, match="the handler failed"):
+        await scenario()
+    [lost] = [e for e in logs if e["event"] == "actor task failed"]
+    assert lost["actor"] == "both"
+    assert lost["error"] == "LookupError: the task failed"
