@@ -10,20 +10,47 @@ them: a coroutine less per actor, resumed at every wake-up of its data loop.)
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import trio
 
+from ._actor import Actor
 from ._errors import RestartIntensityExceeded
-from ._lifecycle import RESTARTING, STOPPING, TERMINAL
+from ._lifecycle import RESTARTING, STOPPING, TERMINAL, ActorState
 
-if TYPE_CHECKING:
-    from ._cell import Cell
-
-__all__ = ["after_crash"]
+__all__ = ["Supervised", "after_crash"]
 
 
-async def after_crash(cell: Cell, exc: BaseException) -> bool:
+class Supervised(Protocol):
+    """What the supervisor needs of the cell whose loops crashed (a
+    :class:`~runtime._cell.Cell`; a protocol, so that the two modules do not import each
+    other)."""
+
+    actor: Actor[Any]
+    name: str
+    crash: BaseException | None
+    restarts: int
+    restart_times: deque[float] | None
+
+    @property
+    def core(self) -> Any:
+        """What the session's cells share (its ``log`` and ``turn`` are read)."""
+
+    @property
+    def state(self) -> ActorState:
+        """The actor's state."""
+
+    def begin_restart(self) -> None:
+        """The crash is answered with a restart (after its backoff)."""
+
+    def restart(self) -> None:
+        """Queue the ``StartFrame`` again, after the backoff."""
+
+    def finish(self, *, crashed: bool, keep_upstream: bool = False) -> list[Any]:
+        """Mark the actor stopped or crashed and end what is left of it."""
+
+
+async def after_crash(cell: Supervised, exc: BaseException) -> bool:
     """Apply ``cell``'s restart policy to the crash ``exc`` of its loops: ``True`` once the
     actor is to run again (after the backoff, its ``StartFrame`` queued); ``False`` if it
     was stopped meanwhile (nothing more to do).
