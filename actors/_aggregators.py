@@ -92,8 +92,11 @@ class _StoreClient(Actor[Frame]):
     async def on_start(self) -> None:
         # Both aggregators share the store: the first to start spawns it. (Its state says
         # "created" until its own StartFrame is handled, so it cannot tell.)
-        session = self.session
-        if all(ref.actor is not self.store for ref in session.actors()):
+        try:
+            spawned = self.session.get(self.store.name).actor is self.store
+        except KeyError:
+            spawned = False
+        if not spawned:
             # Errors the store reports (a failing on_context_updated) leave upstream from here;
             # it runs until the session closes (the other aggregator still needs it).
             self.add_companion(self.store, stop_with_owner=False)
