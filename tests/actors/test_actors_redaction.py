@@ -13,6 +13,7 @@ import logging
 import traceback
 
 import pytest
+import trio
 
 from actors import TextFrame
 from actors.client.redaction import (
@@ -289,3 +290,34 @@ class TestProcessRedaction:
         assert frame.error == f"cannot use {REDACTED}: rejected {REDACTED}"
         assert str(frame.exception) == f"rejected {REDACTED}"
         del owner
+
+
+async def test_an_actor_task_failure_logged_beside_its_handlers_crash_hides_the_secret(
+    structlog_restored: None, autojump_clock: object
+) -> None:
+    """The line that keeps a task's failure when its actor's handler fails too ('actor task
+    failed') passes the redaction like every other: the secret in its error is hidden."""
+    owner = Redactor((KEY,)).register()
+    out = io.StringIO()
+    rlog.configure(json=True, level="debug", file=out, colors=False)
+
+    class Both(Actor[TextFrame]):
+        accepts = (TextFrame,)
+
+        async def failing(self) -> None:
+            await trio.sleep(0.5)
+            raise LookupError(f"the task failed with {KEY}")
+
+        async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+            self.create_task(self.failing)
+            with trio.CancelScope(shield=True):
+                await trio.sleep(1)
+            raise ValueError("the handler failed")
+
+    with pytest.raises(ValueError, match="the handler failed"):
+        await run_frames([Both(name="both")], [TextFrame("hi")])
+    del owner
+    written = out.getvalue()
+    [line] = [json.loads(x) for x in written.splitlines() if "actor task failed" in x]
+    assert line["error"] == f"LookupError: the task failed with {REDACTED}"
+    assert KEY not in written
