@@ -380,10 +380,12 @@ class Cell:
             with scope:
                 await fn(*args)
         except Exception as exc:
-            if not self.passive:
+            if self.passive:
+                # No loops to end: the policy applies here (a restart queues the StartFrame
+                # for the next system task; an escalation raises into the session).
+                await after_crash(self, exc)
+            else:
                 self._task_failed(exc)
-            elif await after_crash(self, exc):
-                pass  # restarted: its StartFrame is queued (the next system task serves it)
         finally:
             if kind == _SYSTEM:
                 if self.system_scope is scope:
@@ -683,11 +685,11 @@ class Cell:
         """A passive cell's mailbox got a data frame: start a task serving the data lane if
         none runs and the actor serves data (frames that arrive before the start wait)."""
         nursery = self.spawner
+        state = self.lifecycle.state
         if (
             self.data_scope is not None
             or nursery is None
-            or self.lifecycle.state not in SERVING
-            or self.lifecycle.state in TERMINAL
+            or (state is not RUNNING and state is not STOPPING)
             or not self.mailbox.data_depth
         ):
             return

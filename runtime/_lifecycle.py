@@ -134,7 +134,3 @@ class Lifecycle:
             if self._changed is None:
                 self._changed = trio.Event()
             await self._changed.wait()
-
-    async def wait_serving(self) -> None:
-        """Wait until the actor has started (or stopped for good without starting)."""
-        await self.wait_for(SERVING)

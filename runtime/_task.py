@@ -76,17 +76,18 @@ class _EdgeMailbox(Mailbox):
     def try_put_data(self, envelope: Envelope) -> bool:
         if not super().try_put_data(envelope):
             return False
-        if self.cell is not None:
-            self.cell.data_arrived()
+        self._arrived()
         return True
 
     def put_data_unbounded(self, envelope: Envelope) -> None:
         super().put_data_unbounded(envelope)
-        if self.cell is not None:
-            self.cell.data_arrived()
+        self._arrived()
 
     async def put_data(self, envelope: Envelope) -> None:
         await super().put_data(envelope)
+        self._arrived()
+
+    def _arrived(self) -> None:
         if self.cell is not None:
             self.cell.data_arrived()
 
