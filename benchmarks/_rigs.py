@@ -17,9 +17,10 @@ every process, so figures can be compared with the benchmark server's own timest
 from __future__ import annotations
 
 import json
+import socket
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
@@ -33,6 +34,8 @@ __all__ = [
     "SYSTEM_PROMPT",
     "Recorder",
     "floor_body",
+    "floor_channel_stages",
+    "floor_close",
     "floor_first_token",
     "floor_stream",
     "median",
@@ -255,6 +258,90 @@ async def floor_stream(http: httpx.AsyncClient, url: str, body: Mapping[str, Any
     if count == 0:
         raise RuntimeError("floor: empty stream")
     return elapsed
+
+
+async def floor_channel_stages(
+    http: httpx.AsyncClient, url: str, body: Mapping[str, Any], *, capacity: int = 64
+) -> float:
+    """A reference for the stream (trio only, not a floor trouper must beat): the httpx floor's
+    reading, with each content text passed through a chain of trio's own stage link. The
+    reader sends each text on a memory channel (``capacity``: trouper's default mailbox size)
+    to a second task, which sends it on to a third, which hands it to a listener: two task
+    hops, as from trouper's LLM stage through the output stage to the assistant aggregator.
+    Seconds from the request to the ``[DONE]`` line's end at the listener."""
+    import trio
+
+    texts: list[str] = []
+    first_send, first_receive = trio.open_memory_channel[str | None](capacity)
+    second_send, second_receive = trio.open_memory_channel[str | None](capacity)
+
+    async def relay() -> None:
+        async with second_send:
+            async for text in first_receive:
+                await second_send.send(text)
+
+    async def listen() -> None:
+        async for text in second_receive:
+            if text is None:
+                return
+            texts.append(text)
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(relay)
+        nursery.start_soon(listen)
+        async with (
+            first_send,
+            http.stream("POST", url, json=body, headers={"Accept": "text/event-stream"}) as r,
+        ):
+            async for line in r.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    await first_send.send(None)
+                    break
+                choices = json.loads(data).get("choices")
+                content = choices[0].get("delta", {}).get("content") if choices else None
+                if content:
+                    await first_send.send(content)
+    elapsed = time.perf_counter() - start
+    if not texts:
+        raise RuntimeError("channel stages: empty stream")
+    return elapsed
+
+
+async def floor_close(
+    http: httpx.AsyncClient,
+    url: str,
+    body: Mapping[str, Any],
+    *,
+    after: int,
+    wait: float,
+    sleep: Callable[[float], Awaitable[None]],
+) -> float:
+    """The bare-httpx floor of closing an interrupted stream: read ``after`` data lines, stop
+    reading for ``wait`` seconds (what the server sent meanwhile stays buffered, as behind a
+    full output stage), then shut the socket down in both directions, the least a client can
+    do for the server to see the close. Returns ``time.monotonic()`` just before the shutdown
+    (the server records when it saw it on the same clock)."""
+    async with http.stream("POST", url, json=body, headers={"Accept": "text/event-stream"}) as r:
+        lines = r.aiter_lines()
+        count = 0
+        async for line in lines:
+            if line.startswith("data: "):
+                count += 1
+                if count >= after:
+                    break
+        if count < after:
+            raise RuntimeError(f"floor: the stream ended after {count} of {after} data lines")
+        if wait > 0:
+            await sleep(wait)
+        sock = r.extensions["network_stream"].get_extra_info("socket")
+        started = time.monotonic()
+        sock.shutdown(socket.SHUT_RDWR)
+        await lines.aclose()  # type: ignore[attr-defined]
+    return started
 
 
 async def floor_first_token(http: httpx.AsyncClient, url: str, body: Mapping[str, Any]) -> float:

@@ -21,7 +21,9 @@ Scenarios (one registry entry each):
     A 2,000-token stream (0 ms spacing) from queueing the turn to the
     ``LLMFullResponseEndFrame`` at the end; ratio to the httpx floor of the same loop, measured
     right after each turn. Target: trouper at most 1.3 times the floor. Process CPU per token,
-    and over the floor's.
+    and over the floor's. A reference row (trio only, no target): the floor's reading passed
+    through two hops of trio memory channels to a listener, what the same chain of stages
+    costs on trio's own link.
 ``first_token``
     Queueing the turn → first ``LLMTextFrame`` at the end, minus the floor's time to its first
     content chunk (the server writes the first content chunk with the response head). Target:
@@ -38,7 +40,10 @@ Scenarios (one registry entry each):
     end after the interruption (target 0), the time to the last of them, and the time until
     the *server* sees the socket closed (target ≤ 0.2 ms, measured by the server process on
     the shared monotonic clock). trouper is interrupted with ``task.interrupt()``, Pipecat
-    with ``broadcast_interruption()`` on its user aggregator.
+    with ``broadcast_interruption()`` on its user aggregator. The floor of that close, after
+    each interrupted turn on the same loop and server: bare httpx reads as many chunks, leaves
+    the rest of a burst unread for as long as the slow stage took, then makes one
+    ``shutdown()`` call.
 """
 
 from __future__ import annotations
@@ -56,7 +61,16 @@ from runtime import logging as rlog
 
 from . import _pipecat
 from ._registry import TIMES, Options, Report, Row, Target
-from ._rigs import MESSAGES, Recorder, floor_body, floor_first_token, floor_stream, median
+from ._rigs import (
+    MESSAGES,
+    Recorder,
+    floor_body,
+    floor_channel_stages,
+    floor_close,
+    floor_first_token,
+    floor_stream,
+    median,
+)
 from ._server import fetch_stats, model_spec, reset_stats, server_process
 from ._sides import Samples, Side, alternate
 
@@ -161,7 +175,14 @@ class _StreamSettings(_Rounds):
 
 
 async def _stream_turns(
-    side: Side, url: str, model: str, s: _StreamSettings, samples: Samples, *, first_token: bool
+    side: Side,
+    url: str,
+    model: str,
+    s: _StreamSettings,
+    samples: Samples,
+    *,
+    first_token: bool,
+    channels: bool = False,
 ) -> None:
     """One round of turns on a fresh quick-start pipeline, each followed by its httpx floor on
     the same loop, with the same preparation (none: no collection before either). Timed: to
@@ -196,6 +217,11 @@ async def _stream_turns(
                 samples.floor.append(floor_secs)
                 samples.cpu.append(cpu)
                 samples.add("floor_cpu", floor_cpu)
+            if channels and side.name == "trouper":
+                # Not a floor: a reference for what the stages would cost on trio's own link.
+                secs = await floor_channel_stages(http, chat_url, body)
+                if timed:
+                    samples.add("channels", secs)
 
 
 def run_service_stream(options: Options) -> Report:
@@ -207,7 +233,7 @@ def run_service_stream(options: Options) -> Report:
     with server_process() as url:
 
         async def one_round(side: Side, samples: Samples) -> None:
-            await _stream_turns(side, url, model, s, samples, first_token=False)
+            await _stream_turns(side, url, model, s, samples, first_token=False, channels=True)
 
         ours, theirs = alternate(s.rounds, one_round)
         late = fetch_stats(url)["late_max_ms"]
@@ -228,6 +254,10 @@ def run_service_stream(options: Options) -> Report:
         both.row("httpx floor", "whole stream", "ms", _floor, note=_FLOOR_NOTE),
         both.row("httpx floor", "CPU per token", "µs",
                  lambda x: median(x.series("floor_cpu")) * per_token, note=_FLOOR_NOTE),
+        Row("trio channel stages (reference)", "÷ httpx floor (same loop)", f"{TIMES} floor",
+            median(ours.series("channels")) / median(ours.floor), None, "lower",
+            note="the floor's reading through 2 hops of trio memory channels (capacity 64) "
+            "to a listener: trio's own stage link, not a target"),
     )  # fmt: skip
     notes = (
         f"{s.rounds} round(s) x {s.per_round} streams per framework after {s.warmup} warm-up; "
@@ -493,6 +523,9 @@ def run_interruption(options: Options) -> Report:
             both.row(case.name, "server sees the socket closed", "ms", _series("close"),
                      Target("max", 0.2) if case.mailbox_size is None else None,
                      note="server's time.monotonic() - client's, same machine"),
+            both.row(case.name, "httpx floor: server sees the socket closed", "ms",
+                     _series("floor_close"),
+                     note="bare httpx, same loop and server state: one shutdown() call"),
         ]  # fmt: skip
         if ours.series("end"):
             missing = len(theirs.series("end_missing"))
@@ -563,9 +596,13 @@ async def _interrupt_round(
     rec = side.recorder()
     llm = side.llm(url, case.model)
     secs = s.stage_secs if case.slow_stage else 0.0
-    async with side.quick_start(
-        llm, side.context(), rec, output_secs=secs, mailbox_size=case.mailbox_size
-    ) as running:
+    chat_url = f"{url}/chat/completions"
+    async with (
+        httpx.AsyncClient(timeout=60.0) as http,
+        side.quick_start(
+            llm, side.context(), rec, output_secs=secs, mailbox_size=case.mailbox_size
+        ) as running,
+    ):
         for timed in s.turns():
             reset_stats(url)
             frame = side.update_frame()
@@ -582,6 +619,21 @@ async def _interrupt_round(
                 _record_interrupt(samples, rec, t_int, stats, side)
                 if case.slow_stage:
                     samples.add("backlog", float(backlog))
+            # The floor, on the same loop, with the same server state: as many chunks read,
+            # the rest of a burst left unread for as long as the slow stage took, then one
+            # shutdown call.
+            reset_stats(url)
+            wait = case.after * s.stage_secs if case.slow_stage else 0.0
+            t_shut = await floor_close(
+                http, chat_url, floor_body(case.model), after=case.after, wait=wait,
+                sleep=side.sleep,
+            )  # fmt: skip
+            await side.sleep(case.settle)
+            disconnects = fetch_stats(url)["disconnects"]
+            if not disconnects:
+                raise RuntimeError("floor: the server never saw the socket close")
+            if timed:
+                samples.add("floor_close", disconnects[0] - t_shut)
 
 
 def _record_interrupt(
