@@ -21,9 +21,10 @@ Scenarios (one registry entry each):
     A 2,000-token stream (0 ms spacing) from queueing the turn to the
     ``LLMFullResponseEndFrame`` at the end; ratio to the httpx floor of the same loop, measured
     right after each turn. Target: trouper at most 1.3 times the floor. Process CPU per token,
-    and over the floor's. A reference row (trio only, no target): the floor's reading passed
+    and over the floor's. Two reference rows (trio only, no target): the floor's reading passed
     through two hops of trio memory channels to a listener, what the same chain of stages
-    costs on trio's own link.
+    costs on trio's own link; and through two hops of the barest bounded mailboxes (a deque,
+    a parked task) with an ``LLMTextFrame`` per text, what the hops alone cost.
 ``first_token``
     Queueing the turn → first ``LLMTextFrame`` at the end, minus the floor's time to its first
     content chunk (the server writes the first content chunk with the response head). Target:
@@ -67,6 +68,7 @@ from ._rigs import (
     floor_body,
     floor_channel_stages,
     floor_close,
+    floor_deque_stages,
     floor_first_token,
     floor_stream,
     median,
@@ -220,8 +222,10 @@ async def _stream_turns(
             if channels and side.name == "trouper":
                 # Not a floor: a reference for what the stages would cost on trio's own link.
                 secs = await floor_channel_stages(http, chat_url, body)
+                bare = await floor_deque_stages(http, chat_url, body)
                 if timed:
                     samples.add("channels", secs)
+                    samples.add("deques", bare)
 
 
 def run_service_stream(options: Options) -> Report:
@@ -258,6 +262,10 @@ def run_service_stream(options: Options) -> Report:
             median(ours.series("channels")) / median(ours.floor), None, "lower",
             note="the floor's reading through 2 hops of trio memory channels (capacity 64) "
             "to a listener: trio's own stage link, not a target"),
+        Row("bare deque stages (reference)", "÷ httpx floor (same loop)", f"{TIMES} floor",
+            median(ours.series("deques")) / median(ours.floor), None, "lower",
+            note="the same chain with the barest bounded mailboxes and an LLMTextFrame per "
+            "text: the hops alone, no runtime"),
     )  # fmt: skip
     notes = (
         f"{s.rounds} round(s) x {s.per_round} streams per framework after {s.warmup} warm-up; "
