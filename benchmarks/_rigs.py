@@ -33,6 +33,7 @@ __all__ = [
     "MESSAGES",
     "PIPECAT_MESSAGES",
     "SYSTEM_PROMPT",
+    "DequeLink",
     "Recorder",
     "floor_body",
     "floor_channel_stages",
@@ -313,7 +314,7 @@ async def floor_channel_stages(
     return elapsed
 
 
-class _DequeLink:
+class DequeLink:
     """The least a bounded mailbox between two trio tasks can be (for
     :func:`floor_deque_stages`): a deque of at most ``capacity`` items, the one consumer parked
     while it is empty and the one producer while it is full, no checkpoint when neither waits.
@@ -361,7 +362,7 @@ async def floor_deque_stages(
     http: httpx.AsyncClient, url: str, body: Mapping[str, Any], *, capacity: int = 64
 ) -> float:
     """A reference for the stream (trio only): :func:`floor_channel_stages`' chain with the
-    barest mailboxes instead (:class:`_DequeLink`), and each text in an ``LLMTextFrame``: what
+    barest mailboxes instead (:class:`DequeLink`), and each text in an ``LLMTextFrame``: what
     the same stages cost with nothing of a runtime but the hops. Seconds from the request to
     the end of the stream at the listener."""
     import trio
@@ -369,7 +370,7 @@ async def floor_deque_stages(
     from actors import LLMTextFrame
 
     texts: list[str] = []
-    first, second = _DequeLink(capacity), _DequeLink(capacity)
+    first, second = DequeLink(capacity), DequeLink(capacity)
 
     async def relay() -> None:
         while True:

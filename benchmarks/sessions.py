@@ -62,6 +62,7 @@ from ._registry import TIMES, Options, Report, Row, Target
 from ._rigs import (
     MESSAGES,
     PIPECAT_MESSAGES,
+    DequeLink,
     Recorder,
     floor_body,
     floor_stream,
@@ -387,6 +388,109 @@ async def _floor_worker(n: int, url: str) -> WorkerResult:
     )
 
 
+async def _stages_worker(n: int, url: str) -> WorkerResult:
+    """A reference, not a floor trouper must beat: the httpx floor's ``n`` streams, each
+    through a chain of the quick start's shape built with nothing of a runtime. Per session,
+    a reader, a relay task and a listener task joined by the barest bounded mailboxes
+    (:class:`~benchmarks._rigs.DequeLink`, 64 frames), an ``LLMTextFrame`` per text. Its
+    start (the HTTP client and the two tasks of every session) and its turn are measured as
+    trouper's are."""
+    import trio
+    import trio.testing
+
+    from actors import LLMTextFrame
+
+    chat_url = f"{url}/chat/completions"
+    body = floor_body(MODEL)
+    tls = httpx.create_ssl_context()
+
+    async def relay(first: DequeLink, second: DequeLink) -> None:
+        while True:
+            frame = await first.get()
+            await second.put(frame)
+            if frame is None:
+                return
+
+    async def listen(link: DequeLink, parts: list[str], done: trio.Event) -> None:
+        while True:
+            frame = await link.get()
+            if frame is None:
+                done.set()
+                return
+            parts.append(frame.text)
+
+    async def read(http: httpx.AsyncClient, link: DequeLink) -> None:
+        async with http.stream(
+            "POST", chat_url, json=body, headers={"Accept": "text/event-stream"}
+        ) as r:
+            async for line in r.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    break
+                choices = json.loads(data).get("choices")
+                content = choices[0].get("delta", {}).get("content") if choices else None
+                if content:
+                    await link.put(LLMTextFrame(content))
+        await link.put(None)
+
+    async with AsyncExitStack() as stack, trio.open_nursery() as stages:
+        warm = await stack.enter_async_context(httpx.AsyncClient(verify=tls, timeout=120.0))
+        await floor_stream(warm, chat_url, body)
+        gc.collect()
+        rss_base = _rss()
+        t_start = time.monotonic()
+        sessions = []
+        for _ in range(n):
+            http = await stack.enter_async_context(httpx.AsyncClient(verify=tls, timeout=120.0))
+            first, second = DequeLink(64), DequeLink(64)
+            done = trio.Event()
+            parts: list[str] = []
+            stages.start_soon(relay, first, second)
+            stages.start_soon(listen, second, parts, done)
+            sessions.append((http, first, done, parts))
+        await trio.testing.wait_all_tasks_blocked()
+        start_s = time.monotonic() - t_start
+        walls = [0.0] * n
+
+        async def one(i: int) -> None:
+            http, first, done, _ = sessions[i]
+            t0 = time.monotonic()
+            await read(http, first)
+            await done.wait()
+            walls[i] = time.monotonic() - t0
+
+        peak = _PeakRss()
+        c0, t0 = time.process_time(), time.monotonic()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peak.sample, trio.sleep)
+            with _GcTimer() as gc_timer:
+                async with trio.open_nursery() as streams:
+                    for i in range(n):
+                        streams.start_soon(one, i)
+                cpu = time.process_time() - c0
+            peak.running = False
+        turn_all = time.monotonic() - t0
+        rss_after = _rss()
+        if any(not parts for *_, parts in sessions):
+            raise RuntimeError("bare stages: a session received no text")
+    return WorkerResult(
+        framework="stages",
+        sessions=n,
+        start_s=start_s,
+        turn_max_s=max(walls),
+        turn_median_s=statistics.median(walls),
+        turn_all_s=turn_all,
+        cpu_turn_s=cpu,
+        rss_base=rss_base,
+        rss_after=rss_after,
+        rss_peak=max(peak.peak, rss_after),
+        stop_s=0.0,
+        gc_s=gc_timer.total,
+    )
+
+
 def _result(
     framework: str,
     recs: list[Recorder],
@@ -433,7 +537,7 @@ def run_worker(
         store: trouper only: every session persists its conversation there (an SQLite path
             or a ``redis://`` URL; its answer is written before the turn ends).
     """
-    if framework in ("trouper", "floor"):
+    if framework in ("trouper", "floor", "stages"):
         import trio
 
         from runtime import logging as rlog
@@ -443,6 +547,8 @@ def run_worker(
         async def go() -> WorkerResult:
             if framework == "floor":
                 return await _floor_worker(n, url)
+            if framework == "stages":
+                return await _stages_worker(n, url)
             return await _trouper_worker(n, url, freeze, store)
 
         return trio.run(go)
@@ -491,7 +597,7 @@ def run(options: Options) -> Report:
             # The size with targets runs several times, interleaved, and reports the run of
             # median CPU: single runs move by +-10 % (mostly the collector's full collections).
             for _ in range(repeats if n == TARGET_SIZE else 1):
-                plan += [(f, n, "") for f in (*frameworks, "floor")]
+                plan += [(f, n, "") for f in (*frameworks, "floor", "stages")]
         plan += [(f, FREEZE_SIZE, v) for v in ("freeze", "tuned") for f in frameworks]
         for framework, n, variant in plan:
             key = _key(framework, n, variant)
@@ -516,7 +622,7 @@ def run(options: Options) -> Report:
         rows += _storage_rows(backend, stored, results.get(_key("floor", STORAGE_SIZE)))
     spread = {
         f: [round(r.cpu_turn_s, 2) for r in runs.get(_key(f, TARGET_SIZE), [])]
-        for f in (*frameworks, "floor")
+        for f in (*frameworks, "floor", "stages")
     }
     notes = (
         f"each session: one {TOKENS}-token turn, a chunk every {SPACING_MS:g} ms (ideal turn "
@@ -684,13 +790,25 @@ def _rows(
             Row(scenario, "CPU ÷ floor's CPU", f"{TIMES} floor", ours.cpu_turn_s / floor.cpu_turn_s,
                 None, "lower", Target("max", FLOOR_RATIO_MAX[n]) if targets else None),
         ]  # fmt: skip
+        stages = results.get(_key("stages", n))
+        if stages is not None:
+            rows += [
+                Row(scenario, "bare deque stages (reference): start", "s", stages.start_s,
+                    None, "lower", note="an HTTP client and two stage tasks per session"),
+                Row(scenario, "bare deque stages (reference): turn ÷ floor's", f"{TIMES} floor",
+                    stages.turn_max_s / floor.turn_max_s, None, "lower",
+                    note="the floor's streams through 2 hops of the barest mailboxes"),
+                Row(scenario, "bare deque stages (reference): CPU ÷ floor's", f"{TIMES} floor",
+                    stages.cpu_turn_s / floor.cpu_turn_s, None, "lower",
+                    note=f"of which cyclic GC {stages.gc_s:.2f} s (floor {floor.gc_s:.2f} s)"),
+            ]  # fmt: skip
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: a worker (``--worker``), or one size for both frameworks."""
     parser = argparse.ArgumentParser(description="concurrent sessions benchmark")
-    parser.add_argument("--worker", choices=("trouper", "pipecat", "floor"))
+    parser.add_argument("--worker", choices=("trouper", "pipecat", "floor", "stages"))
     parser.add_argument("--sessions", type=int, default=500)
     parser.add_argument("--url")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() before the turn")
