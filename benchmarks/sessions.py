@@ -26,7 +26,10 @@ polluted by the other framework or an earlier size):
 
 For context, the same N streams are also read by a raw httpx floor (an ``httpx.AsyncClient``
 per stream, like the sessions, ``aiter_lines`` + ``json.loads``, under trio, in its own
-process), and both frameworks are measured twice more at 500 sessions, with ``gc.freeze()``
+process), and by a reference with no target, the same streams each through a relay task and
+a listener task joined by the barest bounded mailboxes (``--worker stages``: the quick start's
+shape with nothing of a runtime), and both frameworks are measured twice more at 500
+sessions, with ``gc.freeze()``
 called after the set-up and with ``runtime.tune_gc()`` called before it (the collector's
 youngest threshold raised), which shows the share of the cyclic garbage collector in the
 turn's CPU.
