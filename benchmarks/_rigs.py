@@ -45,6 +45,7 @@ __all__ = [
     "pipecat_llm",
     "pipecat_pair",
     "pipecat_pipeline",
+    "read_texts",
     "trouper_llm",
     "trouper_pipeline",
 ]
@@ -263,6 +264,25 @@ async def floor_stream(http: httpx.AsyncClient, url: str, body: Mapping[str, Any
     return elapsed
 
 
+async def read_texts(
+    http: httpx.AsyncClient, url: str, body: Mapping[str, Any], put: Callable[[str], Awaitable[Any]]
+) -> None:
+    """Read one stream as :func:`floor_stream` does (``aiter_lines`` and ``json.loads`` per data
+    line) and await ``put`` with each non-empty content text, in order (the references' reader).
+    """
+    async with http.stream("POST", url, json=body, headers={"Accept": "text/event-stream"}) as r:
+        async for line in r.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[6:]
+            if data == "[DONE]":
+                return
+            choices = json.loads(data).get("choices")
+            content = choices[0].get("delta", {}).get("content") if choices else None
+            if content:
+                await put(content)
+
+
 async def floor_channel_stages(
     http: httpx.AsyncClient, url: str, body: Mapping[str, Any], *, capacity: int = 64
 ) -> float:
@@ -293,21 +313,9 @@ async def floor_channel_stages(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(relay)
         nursery.start_soon(listen)
-        async with (
-            first_send,
-            http.stream("POST", url, json=body, headers={"Accept": "text/event-stream"}) as r,
-        ):
-            async for line in r.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                data = line[6:]
-                if data == "[DONE]":
-                    await first_send.send(None)
-                    break
-                choices = json.loads(data).get("choices")
-                content = choices[0].get("delta", {}).get("content") if choices else None
-                if content:
-                    await first_send.send(content)
+        async with first_send:
+            await read_texts(http, url, body, first_send.send)
+            await first_send.send(None)
     elapsed = time.perf_counter() - start
     if not texts:
         raise RuntimeError("channel stages: empty stream")
@@ -390,19 +398,7 @@ async def floor_deque_stages(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(relay)
         nursery.start_soon(listen)
-        async with http.stream(
-            "POST", url, json=body, headers={"Accept": "text/event-stream"}
-        ) as r:
-            async for line in r.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                data = line[6:]
-                if data == "[DONE]":
-                    break
-                choices = json.loads(data).get("choices")
-                content = choices[0].get("delta", {}).get("content") if choices else None
-                if content:
-                    await first.put(LLMTextFrame(content))
+        await read_texts(http, url, body, lambda text: first.put(LLMTextFrame(text)))
         await first.put(None)
     elapsed = time.perf_counter() - start
     if not texts:

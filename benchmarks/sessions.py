@@ -73,6 +73,7 @@ from ._rigs import (
     pipecat_pair,
     pipecat_pipeline,
     pipecat_probe,
+    read_texts,
     trouper_llm,
 )
 from ._server import child_env, fetch_stats, model_spec, reset_stats, server_process
@@ -423,19 +424,7 @@ async def _stages_worker(n: int, url: str) -> WorkerResult:
             parts.append(frame.text)
 
     async def read(http: httpx.AsyncClient, link: DequeLink) -> None:
-        async with http.stream(
-            "POST", chat_url, json=body, headers={"Accept": "text/event-stream"}
-        ) as r:
-            async for line in r.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                data = line[6:]
-                if data == "[DONE]":
-                    break
-                choices = json.loads(data).get("choices")
-                content = choices[0].get("delta", {}).get("content") if choices else None
-                if content:
-                    await link.put(LLMTextFrame(content))
+        await read_texts(http, chat_url, body, lambda text: link.put(LLMTextFrame(text)))
         await link.put(None)
 
     async with AsyncExitStack() as stack, trio.open_nursery() as stages:
