@@ -26,6 +26,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
 import httpx
+import trio
 
 from . import _pipecat
 
@@ -33,6 +34,7 @@ __all__ = [
     "MESSAGES",
     "PIPECAT_MESSAGES",
     "SYSTEM_PROMPT",
+    "DequeChain",
     "DequeLink",
     "Recorder",
     "floor_body",
@@ -292,8 +294,6 @@ async def floor_channel_stages(
     to a second task, which sends it on to a third, which hands it to a listener: two task
     hops, as from trouper's LLM stage through the output stage to the assistant aggregator.
     Seconds from the request to the ``[DONE]`` line's end at the listener."""
-    import trio
-
     texts: list[str] = []
     first_send, first_receive = trio.open_memory_channel[str | None](capacity)
     second_send, second_receive = trio.open_memory_channel[str | None](capacity)
@@ -323,85 +323,114 @@ async def floor_channel_stages(
 
 
 class DequeLink:
-    """The least a bounded mailbox between two trio tasks can be (for
-    :func:`floor_deque_stages`): a deque of at most ``capacity`` items, the one consumer parked
-    while it is empty and the one producer while it is full, no checkpoint when neither waits.
-    No turns, no envelopes, no interruption, no lifecycle, no cancellation support."""
+    """The least a bounded mailbox between two trio tasks can be (for :class:`DequeChain`): a
+    deque of at most ``capacity`` items, the one consumer parked while it is empty and the one
+    producer while it is full, no checkpoint when neither waits. No turns, no envelopes, no
+    interruption, no lifecycle; a parked task can be cancelled (and leaves its slot free)."""
 
     __slots__ = ("_capacity", "_consumer", "_items", "_producer")
 
     def __init__(self, capacity: int) -> None:
         self._items: deque[Any] = deque()
         self._capacity = capacity
-        self._consumer: Any = None
-        self._producer: Any = None
+        self._consumer: trio.lowlevel.Task | None = None
+        self._producer: trio.lowlevel.Task | None = None
 
     async def put(self, item: Any) -> None:
-        import trio
-
+        """Append ``item``, waiting while the link is full."""
         while len(self._items) >= self._capacity:
             self._producer = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(_no_abort)
+            await trio.lowlevel.wait_task_rescheduled(self._abort_put)
         self._items.append(item)
         if self._consumer is not None:
             task, self._consumer = self._consumer, None
             trio.lowlevel.reschedule(task)
 
     async def get(self) -> Any:
-        import trio
-
+        """Take the next item, waiting while the link is empty."""
         while not self._items:
             self._consumer = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(_no_abort)
+            await trio.lowlevel.wait_task_rescheduled(self._abort_get)
         item = self._items.popleft()
         if self._producer is not None:
             task, self._producer = self._producer, None
             trio.lowlevel.reschedule(task)
         return item
 
+    def _abort_put(self, _: Any) -> trio.lowlevel.Abort:
+        self._producer = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
-def _no_abort(_: Any) -> Any:
-    import trio
+    def _abort_get(self, _: Any) -> trio.lowlevel.Abort:
+        self._consumer = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
-    return trio.lowlevel.Abort.FAILED
+
+class DequeChain:
+    """The quick start's shape with nothing of a runtime (a reference, trio only): a reader
+    puts an ``LLMTextFrame`` per content text into a :class:`DequeLink`, a relay task passes
+    each on through a second one, a listener task keeps the texts. Two hops, as from trouper's
+    LLM stage through the output stage to the assistant aggregator.
+
+    Attributes:
+        texts: What reached the listener.
+        done: Set once the listener has taken the end of the stream.
+    """
+
+    __slots__ = ("_first", "_frame", "_second", "done", "texts")
+
+    def __init__(self, capacity: int = 64) -> None:
+        # Imported here, not in feed: a first import of actors inside a timed turn would be
+        # timed with it.
+        from actors import LLMTextFrame
+
+        self._frame = LLMTextFrame
+        self._first = DequeLink(capacity)
+        self._second = DequeLink(capacity)
+        self.texts: list[str] = []
+        self.done = trio.Event()
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Start the relay and the listener in ``nursery``."""
+        nursery.start_soon(self._relay)
+        nursery.start_soon(self._listen)
+
+    async def feed(self, http: httpx.AsyncClient, url: str, body: Mapping[str, Any]) -> None:
+        """Read one stream (:func:`read_texts`) into the chain, then its end."""
+        first, frame = self._first, self._frame
+        await read_texts(http, url, body, lambda text: first.put(frame(text)))
+        await first.put(None)
+
+    async def _relay(self) -> None:
+        while True:
+            frame = await self._first.get()
+            await self._second.put(frame)
+            if frame is None:
+                return
+
+    async def _listen(self) -> None:
+        while True:
+            frame = await self._second.get()
+            if frame is None:
+                self.done.set()
+                return
+            self.texts.append(frame.text)
 
 
 async def floor_deque_stages(
     http: httpx.AsyncClient, url: str, body: Mapping[str, Any], *, capacity: int = 64
 ) -> float:
     """A reference for the stream (trio only): :func:`floor_channel_stages`' chain with the
-    barest mailboxes instead (:class:`DequeLink`), and each text in an ``LLMTextFrame``: what
+    barest mailboxes instead (:class:`DequeChain`), and each text in an ``LLMTextFrame``: what
     the same stages cost with nothing of a runtime but the hops. Seconds from the request to
     the end of the stream at the listener."""
-    import trio
-
-    from actors import LLMTextFrame
-
-    texts: list[str] = []
-    first, second = DequeLink(capacity), DequeLink(capacity)
-
-    async def relay() -> None:
-        while True:
-            frame = await first.get()
-            await second.put(frame)
-            if frame is None:
-                return
-
-    async def listen() -> None:
-        while True:
-            frame = await second.get()
-            if frame is None:
-                return
-            texts.append(frame.text)
-
+    chain = DequeChain(capacity)
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(relay)
-        nursery.start_soon(listen)
-        await read_texts(http, url, body, lambda text: first.put(LLMTextFrame(text)))
-        await first.put(None)
+        chain.start(nursery)
+        await chain.feed(http, url, body)
     elapsed = time.perf_counter() - start
-    if not texts:
+    if not chain.texts:
         raise RuntimeError("deque stages: empty stream")
     return elapsed
 

@@ -65,7 +65,7 @@ from ._registry import TIMES, Options, Report, Row, Target
 from ._rigs import (
     MESSAGES,
     PIPECAT_MESSAGES,
-    DequeLink,
+    DequeChain,
     Recorder,
     floor_body,
     floor_stream,
@@ -73,7 +73,6 @@ from ._rigs import (
     pipecat_pair,
     pipecat_pipeline,
     pipecat_probe,
-    read_texts,
     trouper_llm,
 )
 from ._server import child_env, fetch_stats, model_spec, reset_stats, server_process
@@ -396,61 +395,42 @@ async def _stages_worker(n: int, url: str) -> WorkerResult:
     """A reference, not a floor trouper must beat: the httpx floor's ``n`` streams, each
     through a chain of the quick start's shape built with nothing of a runtime. Per session,
     a reader, a relay task and a listener task joined by the barest bounded mailboxes
-    (:class:`~benchmarks._rigs.DequeLink`, 64 frames), an ``LLMTextFrame`` per text. Its
+    (:class:`~benchmarks._rigs.DequeChain`, 64 frames per link), an ``LLMTextFrame`` per text. Its
     start (the HTTP client and the two tasks of every session) and its turn are measured as
     trouper's are."""
     import trio
     import trio.testing
 
-    from actors import LLMTextFrame
-
     chat_url = f"{url}/chat/completions"
     body = floor_body(MODEL)
     tls = httpx.create_ssl_context()
 
-    async def relay(first: DequeLink, second: DequeLink) -> None:
-        while True:
-            frame = await first.get()
-            await second.put(frame)
-            if frame is None:
-                return
-
-    async def listen(link: DequeLink, parts: list[str], done: trio.Event) -> None:
-        while True:
-            frame = await link.get()
-            if frame is None:
-                done.set()
-                return
-            parts.append(frame.text)
-
-    async def read(http: httpx.AsyncClient, link: DequeLink) -> None:
-        await read_texts(http, chat_url, body, lambda text: link.put(LLMTextFrame(text)))
-        await link.put(None)
-
     async with AsyncExitStack() as stack, trio.open_nursery() as stages:
+        # Warm-up, untimed: one stream through one chain (imports, lazy set-up).
         warm = await stack.enter_async_context(httpx.AsyncClient(verify=tls, timeout=120.0))
-        await floor_stream(warm, chat_url, body)
+        warm_chain = DequeChain()
+        warm_chain.start(stages)
+        await warm_chain.feed(warm, chat_url, body)
+        await warm_chain.done.wait()
+        del warm_chain
         gc.collect()
         rss_base = _rss()
         t_start = time.monotonic()
-        sessions = []
+        sessions: list[tuple[httpx.AsyncClient, DequeChain]] = []
         for _ in range(n):
             http = await stack.enter_async_context(httpx.AsyncClient(verify=tls, timeout=120.0))
-            first, second = DequeLink(64), DequeLink(64)
-            done = trio.Event()
-            parts: list[str] = []
-            stages.start_soon(relay, first, second)
-            stages.start_soon(listen, second, parts, done)
-            sessions.append((http, first, done, parts))
+            chain = DequeChain()
+            chain.start(stages)
+            sessions.append((http, chain))
         await trio.testing.wait_all_tasks_blocked()
         start_s = time.monotonic() - t_start
         walls = [0.0] * n
 
         async def one(i: int) -> None:
-            http, first, done, _ = sessions[i]
+            http, chain = sessions[i]
             t0 = time.monotonic()
-            await read(http, first)
-            await done.wait()
+            await chain.feed(http, chat_url, body)
+            await chain.done.wait()
             walls[i] = time.monotonic() - t0
 
         peak = _PeakRss()
@@ -465,7 +445,7 @@ async def _stages_worker(n: int, url: str) -> WorkerResult:
             peak.running = False
         turn_all = time.monotonic() - t0
         rss_after = _rss()
-        if any(not parts for *_, parts in sessions):
+        if any(not chain.texts for _, chain in sessions):
             raise RuntimeError("bare stages: a session received no text")
     return WorkerResult(
         framework="stages",
