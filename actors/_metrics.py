@@ -96,6 +96,8 @@ class MetricsCollector(Actor[MetricsReport]):
     """
 
     accepts = (MetricsReport,)
+    #: A few frames per turn: no task of its own while idle (see ``Actor.serve_on_demand``).
+    serve_on_demand = True
 
     def __init__(self, *, capacity: int = 256, name: str | None = None) -> None:
         super().__init__(name=name, mailbox_size=capacity)

@@ -257,6 +257,8 @@ class ContextStore(Actor[ContextStoreRequest]):
     """
 
     accepts = (ContextStoreRequest,)
+    #: A few frames per turn: no task of its own while idle (see ``Actor.serve_on_demand``).
+    serve_on_demand = True
 
     def __init__(
         self,

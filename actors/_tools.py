@@ -137,6 +137,8 @@ class ToolExecutor(Actor[RunFunctionCallsRequest | ContextUpdatedRequest]):
     """
 
     accepts = (RunFunctionCallsRequest, ContextUpdatedRequest)
+    #: A few frames per turn: no task of its own while idle (see ``Actor.serve_on_demand``).
+    serve_on_demand = True
 
     def __init__(
         self,

@@ -255,6 +255,15 @@ class Actor(Generic[T]):
     #: pushed before, ahead of what it pushes after (an output stage sets it).
     marks_interruptions: ClassVar[bool] = False
 
+    #: Serve the mailbox on demand: the actor has no task of its own while its mailbox is
+    #: empty; a task starts when frames arrive and ends once it has handled them all (the
+    #: semantics are the same: order, asks, interruptions, restarts). For an actor that sees
+    #: a few frames now and then (a companion answering a few asks per turn), it saves a
+    #: task that would wait most of the time (fewer objects for the garbage collector, a
+    #: quicker start), at the price of starting a task per burst of frames. Leave it off
+    #: for a stage that frames stream through.
+    serve_on_demand: ClassVar[bool] = False
+
     def __init__(
         self,
         *,

@@ -65,13 +65,13 @@ from ._lifecycle import (
     TERMINAL,
     ActorState,
 )
-from ._mailbox import Envelope, Mailbox, Reply
+from ._mailbox import DemandMailbox, Envelope, Mailbox, Reply
 from ._snapshot import ActorSnapshot
 from ._supervision import collapse_exception_group
 from ._supervisor import after_crash
 from ._turn import CURRENT_TURN
 
-__all__ = ["CURRENT_CELL", "Cell", "cell_class_for", "register_cell_class"]
+__all__ = ["CURRENT_CELL", "Cell", "DemandCell", "cell_class_for", "register_cell_class"]
 
 DOWNSTREAM = FrameDirection.DOWNSTREAM
 UPSTREAM = FrameDirection.UPSTREAM
@@ -381,8 +381,11 @@ class Cell:
                 await fn(*args)
         except Exception as exc:
             if self.passive:
-                # No loops to end: the policy applies here (a restart queues the StartFrame
-                # for the next system task; an escalation raises into the session).
+                # No loops to end: the actor's other tasks are cancelled, as an active cell's
+                # are when its loops end, and the policy applies here (a restart queues the
+                # StartFrame for the next system task; an escalation raises into the session).
+                self.busy = None
+                self._cancel_tasks()
                 await after_crash(self, exc)
             else:
                 self._task_failed(exc)
@@ -698,24 +701,59 @@ class Cell:
         nursery.start_soon(self._task, scope, self._serve_data, (), _DATA, name=f"{self.name}:data")
 
     async def _serve_data(self) -> None:
-        """A passive cell's data lane, served until it is empty (the cell's actor accepts
-        nothing: every frame is passed on)."""
+        """A passive cell's data lane, served until it is empty, as the data loop of
+        :meth:`run` serves it: asks answered, stale frames dropped, accepted frames handled
+        (an interruption cancels the handler; the loop goes on in a fresh scope), the others
+        passed on. Then the task ends: the next frame starts a new one."""
         CURRENT_ACTOR.set(self.actor)
         CURRENT_CELL.set(self)
         mailbox = self.mailbox
         core = self.core
-        while (envelope := mailbox.take_data()) is not None:
-            if envelope.reply is not None:
-                await self._answer(envelope)
-                continue
-            frame = envelope.frame
-            if envelope.turn < core.turn and frame.interruptible and not envelope.uninterruptible:
-                mailbox.count_stale()
-                continue
-            if await self.forward(envelope):
-                await self.stop()
-                return
-        self.data_scope = None  # (so that a frame arriving now starts a new task)
+        actor = self.actor
+        accept_cache = self.accept_cache
+        batch = 0
+        try:
+            while True:
+                with trio.CancelScope() as scope:
+                    self.work_scope = scope
+                    self.work_cancelled = False
+                    while not self.work_cancelled:
+                        if batch >= _FAIRNESS_BATCH:
+                            batch = 0
+                            await trio.lowlevel.checkpoint()
+                        envelope = mailbox.take_data()
+                        if envelope is None:
+                            self.data_scope = None  # (a frame arriving now starts a new task)
+                            return
+                        batch += 1
+                        if envelope.reply is not None:
+                            await self._answer(envelope)
+                            continue
+                        frame = envelope.frame
+                        interruptible = frame.interruptible and not envelope.uninterruptible
+                        if envelope.turn < core.turn and interruptible:
+                            mailbox.count_stale()
+                            continue
+                        cls = type(frame)
+                        ok = accept_cache.get(cls)
+                        if ok is None:
+                            ok = self.accepts_type(cls)
+                        if not ok:
+                            ended = await self.forward(envelope)
+                        else:
+                            CURRENT_TURN.set(envelope.turn if interruptible else core.turn)
+                            self.busy = envelope
+                            try:
+                                await actor.process_frame(frame, envelope.direction or DOWNSTREAM)
+                            finally:
+                                self.busy = None
+                            ended = cls is EndFrame and await self.forward(envelope)
+                        if ended:
+                            CURRENT_TURN.set(None)
+                            await self.stop()
+                            return
+        finally:
+            self.work_scope = None
 
     def start_system_service(self) -> bool:
         """Start the task that serves the system lane; ``False`` if the nursery does not
@@ -815,9 +853,16 @@ class Cell:
     # ------------------------------------------------------------------ life
 
     async def _start(self, frame: StartFrame) -> None:
+        if self._begin_start(frame):
+            await self.actor.on_start()
+            self._end_start()
+
+    def _begin_start(self, frame: StartFrame) -> bool:
+        """The start up to ``on_start``; ``False`` if the actor has started already (a
+        StartFrame more is only passed on)."""
         life = self.lifecycle
         if life.state is not CREATED and life.state is not RESTARTING:
-            return  # started already: a StartFrame more is only passed on
+            return False
         first = self.start_frame is None
         if first:
             self.start_frame = frame
@@ -825,8 +870,12 @@ class Cell:
         if first:
             for companion in self.companions:
                 companion.offer_start(frame)
-        await self.actor.on_start()
-        if life.state is STARTING:  # (not stopped meanwhile)
+        return True
+
+    def _end_start(self) -> None:
+        """The start after ``on_start``: the actor runs (unless stopped meanwhile)."""
+        life = self.lifecycle
+        if life.state is STARTING:
             life.to(RUNNING)
             self.core.log.debug("actor started", actor=self.name, turn=self.core.turn)
             if self.passive:
@@ -961,10 +1010,47 @@ def register_cell_class(actor_class: type[Actor[Any]], cell_class: type[Cell]) -
     _CELL_CLASSES[actor_class] = cell_class
 
 
+class DemandCell(Cell):
+    """Runs an actor that serves its mailbox on demand (:attr:`Actor.serve_on_demand`): a
+    passive cell, with no task of its own while its mailbox is empty. A task serving the
+    data lane starts when a frame arrives and ends once the lane is empty, as the system
+    lane's does."""
+
+    __slots__ = ()
+    passive = True
+
+    def make_mailbox(self, capacity: int) -> Mailbox:
+        return DemandMailbox(capacity, self.name, server=self)
+
+    def start_system_service(self) -> bool:
+        """As :meth:`Cell.start_system_service`, but a ``StartFrame`` sent straight to an actor
+        with nothing to run for it (no ``on_start`` of its own, ``StartFrame`` not accepted)
+        is applied here, without a task (a companion's start, usually)."""
+        mailbox = self.mailbox
+        envelope = mailbox.peek_system()
+        if (
+            envelope is not None
+            and type(envelope.frame) is StartFrame
+            and envelope.direction is None
+            and envelope.reply is None
+            and type(self.actor).on_start is Actor.on_start
+            and not self.accepts_type(StartFrame)
+        ):
+            mailbox.take_system()
+            frame = envelope.frame
+            assert isinstance(frame, StartFrame)
+            if self._begin_start(frame):
+                self._end_start()
+            if mailbox.peek_system() is None:
+                mailbox.take_system()  # (the lane is empty: this ends its service)
+                return False
+        return super().start_system_service()
+
+
 def cell_class_for(actor_class: type[Actor[Any]]) -> type[Cell]:
     """The cell class that runs actors of ``actor_class``."""
     for klass in actor_class.__mro__:
         found = _CELL_CLASSES.get(klass)
         if found is not None:
             return found
-    return Cell
+    return DemandCell if actor_class.serve_on_demand else Cell

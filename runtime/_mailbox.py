@@ -29,7 +29,15 @@ import trio
 from ._errors import ActorDeadError
 from ._frames import Frame, FrameDirection
 
-__all__ = ["Envelope", "Mailbox", "MailboxStatistics", "Reply", "SystemServer"]
+__all__ = [
+    "DataServer",
+    "DemandMailbox",
+    "Envelope",
+    "Mailbox",
+    "MailboxStatistics",
+    "Reply",
+    "SystemServer",
+]
 
 _UPSTREAM = FrameDirection.UPSTREAM
 
@@ -42,6 +50,14 @@ class SystemServer(Protocol):
     def start_system_service(self) -> bool:
         """Start a task serving the system lane; ``False`` if it cannot now (the frames then
         wait for the next call)."""
+
+
+class DataServer(Protocol):
+    """What serves the data lane of a :class:`DemandMailbox` (a passive cell)."""
+
+    def data_arrived(self) -> None:
+        """A data frame was queued: start a task serving the lane if none runs (and the
+        actor serves data now; frames that arrive before wait for its start)."""
 
 
 @attrs.define(eq=False)
@@ -189,6 +205,11 @@ class Mailbox:
         self._system = None
         self._system_serving = False
         return None
+
+    def peek_system(self) -> Envelope | None:
+        """The next system frame, left in the lane (``None`` when the lane is empty)."""
+        system = self._system
+        return system[0] if system else None
 
     def end_system_service(self) -> None:
         """The serving task ends early (it failed, was cancelled, or the actor's own task
@@ -385,3 +406,32 @@ class Mailbox:
             dropped_stale=self._dropped_stale,
             closed=self.closed,
         )
+
+
+@attrs.define(eq=False)
+class DemandMailbox(Mailbox):
+    """The mailbox of a passive cell: its data lane has no task waiting on it, so each frame
+    queued tells ``server`` (:meth:`DataServer.data_arrived`), which starts one if none runs.
+
+    Args:
+        server: What serves the data lane (the cell); ``None`` until it is set.
+    """
+
+    server: DataServer | None = None
+
+    def try_put_data(self, envelope: Envelope) -> bool:
+        if not super().try_put_data(envelope):
+            return False
+        if self.server is not None:
+            self.server.data_arrived()
+        return True
+
+    def put_data_unbounded(self, envelope: Envelope) -> None:
+        super().put_data_unbounded(envelope)
+        if self.server is not None:
+            self.server.data_arrived()
+
+    async def put_data(self, envelope: Envelope) -> None:
+        await super().put_data(envelope)
+        if self.server is not None:
+            self.server.data_arrived()

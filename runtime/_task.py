@@ -27,7 +27,7 @@ from ._frames import (
     StartFrame,
 )
 from ._lifecycle import RUNNING
-from ._mailbox import Envelope, Mailbox
+from ._mailbox import DemandMailbox, Envelope, Mailbox
 from ._params import PipelineParams
 from ._pipeline import ParallelPipeline, Pipeline, Stage, build
 from ._session import Session
@@ -67,29 +67,11 @@ class _Edge(Actor[Frame]):
 
 
 @attrs.define(eq=False)
-class _EdgeMailbox(Mailbox):
+class _EdgeMailbox(DemandMailbox):
     """The mailbox of a task's end: its cell is passive (no task of its own), so a data frame
-    queued here asks the cell to start a task serving the lane."""
+    queued here asks the cell to start a task serving the lane (its ``server``)."""
 
     cell: _EdgeCell | None = None
-
-    def try_put_data(self, envelope: Envelope) -> bool:
-        if not super().try_put_data(envelope):
-            return False
-        self._arrived()
-        return True
-
-    def put_data_unbounded(self, envelope: Envelope) -> None:
-        super().put_data_unbounded(envelope)
-        self._arrived()
-
-    async def put_data(self, envelope: Envelope) -> None:
-        await super().put_data(envelope)
-        self._arrived()
-
-    def _arrived(self) -> None:
-        if self.cell is not None:
-            self.cell.data_arrived()
 
 
 @attrs.define(eq=False)
@@ -170,8 +152,8 @@ class _EdgeCell(Cell):
 
     def make_mailbox(self, capacity: int) -> Mailbox:
         if not self.sink:
-            return _EdgeMailbox(capacity, self.name, cell=self)
-        return _SinkMailbox(capacity, self.name, cell=self)
+            return _EdgeMailbox(capacity, self.name, server=self, cell=self)
+        return _SinkMailbox(capacity, self.name, server=self, cell=self)
 
     async def forward(self, envelope: Envelope) -> bool:
         direction = envelope.direction
