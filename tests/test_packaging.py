@@ -179,3 +179,30 @@ def test_the_reference_shows_the_signature_attrs_generates() -> None:
             (p.name, str(p.kind.description)) for p in inspect.signature(cls).parameters.values()
         ]
         assert shown == real, cls
+
+
+# ---------------------------------------------------------------- what an import costs
+
+
+def test_importing_the_stages_leaves_the_optional_parts_out() -> None:
+    """``import actors`` does not import the Redis client (only a Redis storage needs it) nor
+    ``trio.testing`` (which imports pytest where it is installed): every object they would
+    leave on the heap is scanned by each full pass of the garbage collector, for as long as
+    the process runs."""
+    probe = (
+        "import sys, actors, actors.storage; "
+        "print(sorted(m for m in ('coredis', 'trio.testing', 'pytest') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=QUICK_TIMEOUT,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.strip() == "[]"
+    # The name is still there, imported on first use.
+    from actors.storage import RedisConversationStorage
+
+    assert RedisConversationStorage.__name__ == "RedisConversationStorage"

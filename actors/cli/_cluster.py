@@ -22,7 +22,7 @@ from runtime.cluster import ClusterError, ClusterStatus, cluster_status
 
 from ..cluster import ConversationFactory, ConversationWorker
 from ..storage import StorageError
-from ..storage._redis import mask_url
+from ..storage._urls import mask_url
 
 __all__ = ["WorkerOptions", "load_factory", "run_status", "run_worker"]
 

@@ -26,7 +26,7 @@ from ..storage import (
     StorageError,
     conversation_storage,
 )
-from ..storage._redis import mask_url
+from ..storage._urls import mask_url
 from ._history import data_dir
 from ._terminal import printable
 

@@ -28,7 +28,6 @@ import httpx
 import orjson
 import structlog
 import trio
-import trio.testing
 
 from ._errors import (
     APIConnectionError,
@@ -1164,6 +1163,10 @@ async def _finish_when_idle(stream: AsyncIterator[bytes]) -> None:
     stage). Doing that in the interrupted reader delays its closing frames and the next turn
     (see :meth:`ChatStream.finish_unread_body_with`).
     """
+    # Imported here, not with the module: trio.testing imports pytest when it is installed,
+    # a large import (and heap) that a process which never interrupts a stream does without.
+    import trio.testing
+
     try:
         with trio.move_on_after(_FINISH_IDLE_WAIT):
             await trio.testing.wait_all_tasks_blocked()

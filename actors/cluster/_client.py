@@ -20,7 +20,7 @@ from runtime.cluster import (
 )
 
 from .._frames import TranscriptionFrame
-from ..storage._redis import mask_url
+from ..storage._urls import mask_url
 
 __all__ = ["ConversationClient", "RemoteConversation"]
 

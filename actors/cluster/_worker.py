@@ -25,7 +25,7 @@ from ..storage import (
     RedisConversationStorage,
     StorageError,
 )
-from ..storage._redis import mask_url
+from ..storage._urls import mask_url
 
 __all__ = ["ConversationFactory", "ConversationWorker", "HostedConversation"]
 

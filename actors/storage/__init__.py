@@ -17,6 +17,10 @@
 See ``docs/storage.md``.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from ._changes import (
     AppendMessages,
     Change,
@@ -50,8 +54,10 @@ from ._recovery import (
     open_tool_calls,
     recovery_changes,
 )
-from ._redis import RedisConversationStorage
 from ._sqlite import SQLiteConversationStorage
+
+if TYPE_CHECKING:
+    from ._redis import RedisConversationStorage
 
 __all__ = [
     "INTERRUPTED_TOOL_RESULT",
@@ -88,3 +94,13 @@ __all__ = [
     "open_tool_calls",
     "recovery_changes",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``RedisConversationStorage`` is imported on first use: its Redis client is a large
+    import that a process using SQLite or no storage at all does without."""
+    if name == "RedisConversationStorage":
+        from ._redis import RedisConversationStorage
+
+        return RedisConversationStorage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

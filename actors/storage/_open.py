@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from ._redis import RedisConversationStorage, mask_url
 from ._sqlite import SQLiteConversationStorage
+from ._urls import mask_url
+
+if TYPE_CHECKING:
+    from ._redis import RedisConversationStorage
 
 __all__ = ["conversation_storage"]
 
@@ -28,6 +32,8 @@ def conversation_storage(
         raise ValueError("a conversation store must be a path or a URL, got an empty string")
     scheme = urlsplit(text).scheme if "://" in text else ""
     if scheme in ("redis", "rediss", "unix"):
+        from ._redis import RedisConversationStorage  # (its client is imported when needed)
+
         return RedisConversationStorage(text)
     if scheme == "sqlite":
         path = text[len("sqlite://") :]

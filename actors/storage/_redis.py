@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import anyio
 import coredis
@@ -61,6 +61,7 @@ from ._fold import fold_entries as _fold_entries
 from ._keeper import LeaseKeeper
 from ._phase import Phase
 from ._redis_pipe import AppendPipeline
+from ._urls import mask_url
 
 __all__ = ["RedisConversationStorage", "mask_url"]
 
@@ -78,21 +79,6 @@ _DISCONNECTED = (
     anyio.ClosedResourceError,
     anyio.EndOfStream,
 )
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 async def _maybe_off_loop(heavy: bool, fn: Callable[[], T]) -> T:
