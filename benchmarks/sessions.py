@@ -198,7 +198,7 @@ async def _trouper_worker(n: int, url: str, freeze: bool = False, store: str = "
     from actors.storage import ConversationStorage, conversation_storage
     from runtime import Pipeline, PipelineTask
 
-    from .storage import StepTimer
+    from ._steps import StepTimer
 
     side = trouper_side()
     run_id = uuid.uuid4().hex[:8]
@@ -341,7 +341,7 @@ async def _floor_worker(n: int, url: str) -> WorkerResult:
     """
     import trio
 
-    from .storage import StepTimer
+    from ._steps import StepTimer
 
     chat_url = f"{url}/chat/completions"
     body = floor_body(MODEL)

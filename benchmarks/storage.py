@@ -26,7 +26,6 @@ Run it alone with ``python -m benchmarks storage [--quick]``.
 
 from __future__ import annotations
 
-import gc
 import math
 import sqlite3
 import statistics
@@ -50,6 +49,7 @@ from actors.storage import (
 from actors.storage.testing import RedisServer, RedisServerError
 
 from ._registry import Options, Report, Row, Target
+from ._steps import StepTimer
 from ._timing import children_cpu
 
 __all__ = ["run"]
@@ -61,58 +61,6 @@ LOCK_SECONDS = 1.0
 MAX_STEP_MS = 2.0
 USER_TEXT = "Could you tell me what the weather will be like in Lisbon tomorrow afternoon? " * 2
 ANSWER_TEXT = "Tomorrow afternoon in Lisbon: sunny, 24 degrees, a light breeze from the north. " * 3
-
-
-class StepTimer(trio.abc.Instrument):
-    """The longest single step of any trio task while installed, split by whether Python's
-    cyclic garbage collector ran during the step (a pause of the whole interpreter, whatever
-    the code; its own longest pass is kept too), and the longest step by the loop thread's
-    CPU time (``longest_cpu``, GC passes excluded): the wall-clock figures include the time
-    the OS took the CPU away from the loop thread, which a shared machine does often; the
-    CPU figure is what the step's code itself cost."""
-
-    def __init__(self) -> None:
-        self.longest = 0.0
-        self.longest_without_gc = 0.0
-        self.longest_cpu = 0.0
-        self.longest_gc = 0.0
-        self._started = 0.0
-        self._cpu_started = 0.0
-        self._gc_started = 0.0
-        self._gc_in_step = False
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        """Note the step's start."""
-        self._started = time.perf_counter()
-        self._cpu_started = time.thread_time()
-        self._gc_in_step = False
-
-    def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        """Keep the longest step (of the steps that started while installed)."""
-        if self._started:
-            step = time.perf_counter() - self._started
-            self.longest = max(self.longest, step)
-            if not self._gc_in_step:
-                self.longest_without_gc = max(self.longest_without_gc, step)
-                cpu = time.thread_time() - self._cpu_started
-                self.longest_cpu = max(self.longest_cpu, cpu)
-            self._started = 0.0
-
-    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._gc_started = time.perf_counter()
-            self._gc_in_step = True
-        elif self._gc_started:
-            self.longest_gc = max(self.longest_gc, time.perf_counter() - self._gc_started)
-
-    def __enter__(self) -> StepTimer:
-        trio.lowlevel.add_instrument(self)
-        gc.callbacks.append(self._on_gc)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        gc.callbacks.remove(self._on_gc)
-        trio.lowlevel.remove_instrument(self)
 
 
 def _percentile(values: list[float], q: float) -> float:
