@@ -256,7 +256,7 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
         interrupted = failed = announced = False
         watch: InferenceWatch | None = None
         error: ChatClientError | None = None
-        ttfb_sent = False
+        ttfb: list[MetricsData] | None = None  # the TTFB pushed at the first text
 
         def sent(request: ChatRequest) -> None:
             nonlocal watch
@@ -274,12 +274,13 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
                     # server stops generating without waiting for this task to unwind.
                     async for text in stream.text_deltas():
                         await self.push_frame(new_llm_text(text))
-                        if not ttfb_sent and stream.first_token_at is not None:
+                        if ttfb is None and stream.first_token_at is not None:
                             # After the first text goes out: the measurement must not delay it.
-                            ttfb_sent = True
+                            # (The collector gets it with the rest, in one report at the end.)
+                            ttfb = self._ttfb(stream)
                             if watch is not None:
                                 watch.first_token(stream)
-                            await self._emit(self._ttfb(stream))
+                            await self._emit(ttfb, collect=False)
             result = stream.result()
             calls = _function_calls(result)
             if result.refusal and not result.text:
@@ -308,10 +309,10 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
                 if interrupted:
                     # Cancelled: the closing frames still go out, but never hang the teardown.
                     with trio.move_on_after(_CLOSING_PUSH_SECS, shield=True):
-                        await self._close_inference(stream, started, interrupted, failed, ttfb_sent)
+                        await self._close_inference(stream, started, interrupted, failed, ttfb)
                 else:
                     try:
-                        await self._close_inference(stream, started, interrupted, failed, ttfb_sent)
+                        await self._close_inference(stream, started, interrupted, failed, ttfb)
                     except trio.Cancelled:
                         # Interrupted while the end frame waited for room downstream.
                         with trio.move_on_after(_CLOSING_PUSH_SECS, shield=True):
@@ -401,22 +402,28 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
         started: float,
         interrupted: bool,
         failed: bool,
-        ttfb_sent: bool,
+        ttfb: list[MetricsData] | None,
     ) -> None:
         # A stream without text (tool calls only, or interrupted before its first text)
-        # reports its TTFB here.
-        data: list[MetricsData] = [] if ttfb_sent else self._ttfb(stream)
+        # reports its TTFB here; one that pushed it at its first text gives it to the
+        # collector here, with the rest (one report per inference).
+        data: list[MetricsData] = self._ttfb(stream) if ttfb is None else []
         usage = stream.usage if stream is not None else None
         if usage is not None:
             data.append(LLMUsageMetricsData(self.name, self._model, value=_token_usage(usage)))
         data.append(
             ProcessingMetricsData(self.name, self._model, value=trio.current_time() - started)
         )
-        await self._emit(data)
+        if ttfb:
+            self._collect_metrics([*ttfb, *data])
+        await self._emit(data, collect=not ttfb)
         await self.push_frame(LLMFullResponseEndFrame(interrupted=interrupted, error=failed))
 
-    async def _emit(self, data: list[MetricsData]) -> None:
-        self._collect_metrics(data)
+    async def _emit(self, data: list[MetricsData], *, collect: bool = True) -> None:
+        """Push ``data`` downstream (as the metrics settings say) and, with ``collect``,
+        hand it to the metrics collector."""
+        if collect:
+            self._collect_metrics(data)
         timing = [d for d in data if not isinstance(d, LLMUsageMetricsData)]
         usage = [d for d in data if isinstance(d, LLMUsageMetricsData)]
         settings = metrics_settings(self)

@@ -238,5 +238,7 @@ class TestSummary:
             assert big.ttfb.max == pytest.approx(3.0)
             assert big.processing.count == 2
             assert (small.completions, small.total_tokens, small.ttfb.count) == (1, 55, 1)
+            # One report per inference reaches the collector (its TTFB with the rest).
+            assert (conv.llm.metrics.received, conv.llm.metrics.dropped) == (3, 0)
             assert small.as_dict()["model"] == "gpt-small"
             assert conv.llm.metrics.dropped == 0
