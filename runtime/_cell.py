@@ -704,7 +704,11 @@ class Cell:
         """A passive cell's data lane, served until it is empty, as the data loop of
         :meth:`run` serves it: asks answered, stale frames dropped, accepted frames handled
         (an interruption cancels the handler; the loop goes on in a fresh scope), the others
-        passed on. Then the task ends: the next frame starts a new one."""
+        passed on. Then the task ends: the next frame starts a new one.
+
+        The steps per frame are those of :meth:`run`'s loop, written out again on purpose:
+        that loop inlines them (no helper coroutine per frame on the hot path of a stage
+        that frames stream through); change both together."""
         CURRENT_ACTOR.set(self.actor)
         CURRENT_CELL.set(self)
         mailbox = self.mailbox

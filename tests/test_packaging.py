@@ -206,3 +206,7 @@ def test_importing_the_stages_leaves_the_optional_parts_out() -> None:
     from actors.storage import RedisConversationStorage
 
     assert RedisConversationStorage.__name__ == "RedisConversationStorage"
+    import actors.storage
+
+    with pytest.raises(AttributeError, match="has no attribute 'RedisStorage'"):
+        _ = actors.storage.RedisStorage
