@@ -396,6 +396,11 @@ class Cell:
             elif kind == _DATA:
                 if self.data_scope is scope:
                     self.data_scope = None
+                    if self.work_cancelled and self.mailbox.data_depth:
+                        # Ended by an interruption (the task's scope is its handler's): the
+                        # frames left get a new task (data_arrived checks the actor still
+                        # serves data). Not after any other cancellation (the session's).
+                        self.data_arrived()
             else:
                 if self.background is not None:
                     self.background.discard(scope)
@@ -702,9 +707,12 @@ class Cell:
 
     async def _serve_data(self) -> None:
         """A passive cell's data lane, served until it is empty, as the data loop of
-        :meth:`run` serves it: asks answered, stale frames dropped, accepted frames handled
-        (an interruption cancels the handler; the loop goes on in a fresh scope), the others
-        passed on. Then the task ends: the next frame starts a new one.
+        :meth:`run` serves it: asks answered, stale frames dropped, accepted frames handled,
+        the others passed on. Then the task ends: the next frame starts a new one.
+
+        The task's cancel scope (:attr:`data_scope`) is also its work scope: an interruption
+        cancels the handler by ending the task, and :meth:`_task` starts a new one for the
+        frames still queued (one cancel scope per task, not two).
 
         The steps per frame are those of :meth:`run`'s loop, written out again on purpose:
         that loop inlines them (no helper coroutine per frame on the hot path of a stage
@@ -716,46 +724,43 @@ class Cell:
         actor = self.actor
         accept_cache = self.accept_cache
         batch = 0
+        self.work_scope = self.data_scope
+        self.work_cancelled = False
         try:
-            while True:
-                with trio.CancelScope() as scope:
-                    self.work_scope = scope
-                    self.work_cancelled = False
-                    while not self.work_cancelled:
-                        if batch >= _FAIRNESS_BATCH:
-                            batch = 0
-                            await trio.lowlevel.checkpoint()
-                        envelope = mailbox.take_data()
-                        if envelope is None:
-                            self.data_scope = None  # (a frame arriving now starts a new task)
-                            return
-                        batch += 1
-                        if envelope.reply is not None:
-                            await self._answer(envelope)
-                            continue
-                        frame = envelope.frame
-                        interruptible = frame.interruptible and not envelope.uninterruptible
-                        if envelope.turn < core.turn and interruptible:
-                            mailbox.count_stale()
-                            continue
-                        cls = type(frame)
-                        ok = accept_cache.get(cls)
-                        if ok is None:
-                            ok = self.accepts_type(cls)
-                        if not ok:
-                            ended = await self.forward(envelope)
-                        else:
-                            CURRENT_TURN.set(envelope.turn if interruptible else core.turn)
-                            self.busy = envelope
-                            try:
-                                await actor.process_frame(frame, envelope.direction or DOWNSTREAM)
-                            finally:
-                                self.busy = None
-                            ended = cls is EndFrame and await self.forward(envelope)
-                        if ended:
-                            CURRENT_TURN.set(None)
-                            await self.stop()
-                            return
+            while not self.work_cancelled:
+                if batch >= _FAIRNESS_BATCH:
+                    batch = 0
+                    await trio.lowlevel.checkpoint()
+                envelope = mailbox.take_data()
+                if envelope is None:
+                    return
+                batch += 1
+                if envelope.reply is not None:
+                    await self._answer(envelope)
+                    continue
+                frame = envelope.frame
+                interruptible = frame.interruptible and not envelope.uninterruptible
+                if envelope.turn < core.turn and interruptible:
+                    mailbox.count_stale()
+                    continue
+                cls = type(frame)
+                ok = accept_cache.get(cls)
+                if ok is None:
+                    ok = self.accepts_type(cls)
+                if not ok:
+                    ended = await self.forward(envelope)
+                else:
+                    CURRENT_TURN.set(envelope.turn if interruptible else core.turn)
+                    self.busy = envelope
+                    try:
+                        await actor.process_frame(frame, envelope.direction or DOWNSTREAM)
+                    finally:
+                        self.busy = None
+                    ended = cls is EndFrame and await self.forward(envelope)
+                if ended:
+                    CURRENT_TURN.set(None)
+                    await self.stop()
+                    return
         finally:
             self.work_scope = None
 

@@ -156,6 +156,24 @@ class TestSameBehaviour:
             assert numbers(harness.downstream) == [2]
             assert gate.finished == [2]
 
+    async def test_frames_queued_behind_an_interrupted_handler_are_served(
+        self, autojump_clock: object
+    ) -> None:
+        """The interruption ends the task that served the lane; an uninterruptible frame
+        queued behind the cancelled handler is served by the next one, at once."""
+        gate = OnDemandGate(name="gate")
+        async with open_test_task([gate]) as harness:
+            await harness.push(Ping(1), Ping(2, interruptible=False))
+            await wait_idle()
+            assert gate.started == [1]
+            harness.interrupt()
+            await wait_idle()
+            assert gate.cancelled == [1]
+            assert gate.started == [1, 2]  # served without any new frame arriving
+            gate.open()
+            await wait_idle()
+            assert numbers(harness.downstream) == [2]
+
     async def test_stale_frames_are_dropped(self, autojump_clock: object) -> None:
         """Frames queued behind a long handler belong to its turn: an interruption drops
         them (as it does for any actor)."""
