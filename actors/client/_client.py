@@ -76,6 +76,8 @@ _MAX_ERROR_BODY = 64 * 1024
 _MAX_DRAIN = 64 * 1024
 _DRAIN_GRACE = 0.1
 _CLOSE_GRACE = 2.0
+#: What a closed response keeps as its stream (see ChatStream._close_response).
+_SPENT_BODY = httpx.ByteStream(b"")
 _MAX_FINISH_PULLS = 1024
 #: The longest a closed response's unread body waits for an idle loop before it is discarded.
 _FINISH_IDLE_WAIT = 0.05
@@ -1127,13 +1129,16 @@ class ChatStream:
             return
         with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_GRACE):
             await response.aclose()
-        if stream is None or self._body_done:
-            return
-        if self._body_finisher is not None:
-            self._body_finisher(functools.partial(_finish_when_idle, stream))
-        else:
+        if stream is not None and not self._body_done:
+            if self._body_finisher is not None:
+                self._body_finisher(functools.partial(_finish_when_idle, stream))
+                return  # (the stream is still needed)
             with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_GRACE):
                 await _finish_iterator(stream)
+        # httpx's response and its stream refer to each other: a cycle that only the
+        # collector's full passes would free, with the request and its headers (the key among
+        # them). Closed, the response needs its stream no more: drop it, and all is freed now.
+        response.stream = _SPENT_BODY
 
 
 class _TextDeltas:

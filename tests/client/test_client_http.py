@@ -6,7 +6,9 @@ the same trio run.
 
 from __future__ import annotations
 
+import gc
 import itertools
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -772,3 +774,32 @@ class TestRequests:
             with pytest.raises(RuntimeError, match="closed"):
                 client.stream(make_request())
             assert not http.is_closed
+
+    async def test_a_finished_stream_leaves_no_cycle_behind(
+        self, server: ScriptedOpenAIServer
+    ) -> None:
+        """Once a stream has ended, its HTTP response (and with it the request and its
+        Authorization header) is freed at once, not left as a reference cycle for a later pass
+        of the garbage collector: a busy process would otherwise carry every finished turn's
+        request, key included, into the collector's oldest generation."""
+        responses: list[weakref.ref[httpx.Response]] = []
+
+        async def keep(response: httpx.Response) -> None:
+            responses.append(weakref.ref(response))
+
+        server.add(Reply.sse(HELLO), Reply.sse(HELLO))
+        async with httpx.AsyncClient(event_hooks={"response": [keep]}) as http:
+            client = client_for(server, http_client=http)
+            gc.collect()
+            gc.disable()
+            try:
+                result = await client.complete(make_request())
+                async with client.stream(make_request()) as stream:
+                    texts = [chunk.content async for chunk in stream]
+                del stream
+                alive = [ref() is not None for ref in responses]
+            finally:
+                gc.enable()
+        assert result.text == "Hello!"
+        assert "".join(texts) == "Hello!"
+        assert alive == [False, False]
