@@ -180,15 +180,17 @@ class LLMUserContextAggregator(_StoreClient):
         self._turn = 0
         # Up to which turn the assistant aggregator has committed the interrupted answers.
         self._committed_through = 0
-        self._committed = trio.Event()
+        # Made by a wait for the next commit (most sessions never wait for one).
+        self._committed: trio.Event | None = None
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Aggregate user text and turn it into inferences (see the class docs)."""
         if isinstance(frame, _InterruptionCommitted):  # system lane: while the data task waits
             if frame.through > self._committed_through:
                 self._committed_through = frame.through
-                self._committed.set()
-                self._committed = trio.Event()
+                if self._committed is not None:
+                    self._committed.set()
+                    self._committed = None
             return
         if isinstance(frame, LLMTextFrame) or (
             isinstance(frame, TextFrame) and direction is FrameDirection.UPSTREAM
@@ -262,6 +264,8 @@ class LLMUserContextAggregator(_StoreClient):
             while self._committed_through < turn:
                 if assistant is None or not assistant.ref.is_alive():
                     return  # not running (the session ends): nothing left to commit
+                if self._committed is None:
+                    self._committed = trio.Event()
                 await self._committed.wait()
         if waited.cancelled_caught:
             await self.push_error(

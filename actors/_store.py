@@ -315,7 +315,8 @@ class ContextStore(Actor[ContextStoreRequest]):
                 owner or session_owner(self.name),
                 float(lease_ttl),
             )
-        self._opened = trio.Event()
+        # Set once the stored conversation is taken over (only with a storage).
+        self._opened = trio.Event() if self.writer is not None else None
         self._lease_scope: trio.CancelScope | None = None
         self._batches: dict[str, _Batch] = {}
         self._batch_of: dict[str, _Batch] = {}
@@ -364,13 +365,14 @@ class ContextStore(Actor[ContextStoreRequest]):
                         self._keep_lease, name=f"{self.name}:lease"
                     )
         finally:
-            self._opened.set()
+            if self._opened is not None:
+                self._opened.set()
 
     async def wait_opened(self) -> None:
         """Wait until the store has taken its stored conversation over at start (loaded it
         into the context, or stored it as new, or reported why not); returns at once
         without a storage. Requests sent meanwhile wait for it too."""
-        if self.writer is not None:
+        if self._opened is not None:
             await self._opened.wait()
 
     def _lease_lost(self, lost: LeaseLostError) -> None:
@@ -389,7 +391,7 @@ class ContextStore(Actor[ContextStoreRequest]):
     async def on_ask(self, frame: Frame) -> object:
         """Apply one request, write its change to the storage (if any), and answer with a
         snapshot."""
-        if self.writer is not None and not self._opened.is_set():
+        if self._opened is not None and not self._opened.is_set():
             await self._opened.wait()  # requests wait until the conversation is loaded
         ctx = self.context
         change: Change | None = None

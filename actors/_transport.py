@@ -40,6 +40,11 @@ __all__ = [
 #: Receives every frame that reaches the output (sync or async).
 OutputCallback = Callable[[Frame], Awaitable[None] | None]
 
+#: What a transport with no answer coming waits on: an event that is set, shared (nothing
+#: can clear one), so an idle transport keeps no event of its own.
+_IDLE = trio.Event()
+_IDLE.set()
+
 
 class TextInputTransport(Actor[Frame]):
     """The input end: :meth:`TextTransport.send_text` enters the pipeline here."""
@@ -122,8 +127,7 @@ class TextTransport:
         self.speaking_frames = speaking_frames
         self._input = TextInputTransport()
         self._output = TextOutputTransport(self)
-        self._answer_done = trio.Event()
-        self._answer_done.set()
+        self._answer_done = _IDLE  # (made for each answer expected)
         self._follow_up_expected = False
         self._open_calls: set[str] = set()
         self._wants_llm = False

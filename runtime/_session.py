@@ -76,6 +76,12 @@ class Session:
         )
 
     @property
+    def log(self) -> Any:
+        """The session's structlog logger, bound with ``session=<name>`` (what the runtime
+        logs the session's events with; an application may log with it too)."""
+        return self._log
+
+    @property
     def turn(self) -> int:
         """The current turn: 0 at the start, one more at every interruption."""
         return self._core.turn

@@ -41,6 +41,10 @@ FrameListener = Callable[[Frame, FrameDirection], Awaitable[None] | None]
 
 _logger = structlog.get_logger("trouper.runtime")
 
+#: An event that is set: what a task's own events become once set (nothing can clear one).
+_SET = trio.Event()
+_SET.set()
+
 DOWNSTREAM = FrameDirection.DOWNSTREAM
 
 
@@ -215,8 +219,6 @@ class PipelineTask:
         self.pipeline = pipeline if not isinstance(pipeline, Actor) else Pipeline([pipeline])
         self.params = params or PipelineParams()
         self.name = name or f"task-{id(self):x}"
-        # Bound like its session's logger (the session has the task's name).
-        self._log = _logger.bind(session=self.name)
         # Tuples (the empty one is shared), not a dict of lists: three objects fewer per
         # session for the garbage collector to scan.
         self._on_downstream: tuple[FrameListener, ...] = (on_downstream,) if on_downstream else ()
@@ -228,13 +230,15 @@ class PipelineTask:
         # or None for queue_frame), in the order it was given.
         self._pending: list[tuple[Frame, FrameDirection, Actor[Any] | None]] = []
         # What the task's own waits wait for, each set at the latest when the task is done
-        # (one event per wait, not a nursery racing two events: fewer tasks per start).
+        # (one event per wait, not a nursery racing two events: fewer tasks per start). Once
+        # set, an event gives way to the shared ``_SET`` (two objects fewer each, for the
+        # whole life of a running session); the CancelFrame's is made when it is awaited.
         self._started = trio.Event()  # the StartFrame reached the sink (or the task is done)
         # ... and the input held until then has been delivered (or the task is done)
         self._ready_or_done = trio.Event()
         self._ready = False
         self._done = trio.Event()
-        self._cancel_reached = trio.Event()
+        self._cancel_reached: trio.Event | None = None  # a CancelFrame reached the sink
         self._cancelling = False
         self._cancel_reason: str | None = None
         self._ran = False
@@ -380,6 +384,14 @@ class PipelineTask:
         self._done.set()
         self._started.set()
         self._ready_or_done.set()
+        self._done = self._started = self._ready_or_done = _SET
+
+    @property
+    def _log(self) -> Any:
+        """The session's logger while it runs (bound with the task's name: one logger per
+        session, not two), else one bound here."""
+        session = self._session
+        return session.log if session is not None else _logger.bind(session=self.name)
 
     def interrupt(self, reason: str | None = None) -> InterruptionFrame:
         """Interrupt the current turn at once, across all actors, and send an
@@ -435,7 +447,10 @@ class PipelineTask:
             elif cls is EndFrame:
                 self._mark_done()
             elif cls is CancelFrame:
-                self._cancel_reached.set()
+                if self._cancel_reached is None:
+                    self._cancel_reached = _SET
+                else:
+                    self._cancel_reached.set()
         elif isinstance(frame, ErrorFrame):
             self.errors.append(frame)
             self._log.warning(
@@ -487,6 +502,7 @@ class PipelineTask:
                 self._log.info("pipeline started", actors=len(self._stages))
                 with trio.fail_after(p.start_timeout_secs):
                     await self._started.wait()  # (set too if the task is done first)
+                self._started = _SET
                 if not self._cancelling:
                     self._last_activity = trio.current_time()
                     await self._deliver_pending(session)
@@ -503,6 +519,8 @@ class PipelineTask:
                     if not source.mailbox.closed:
                         frame = CancelFrame(self._cancel_reason)
                         source.mailbox.put_system(Envelope(frame, DOWNSTREAM, session.turn))
+                    if self._cancel_reached is None:
+                        self._cancel_reached = trio.Event()
                     with trio.move_on_after(p.cancel_timeout_secs):
                         await self._cancel_reached.wait()
                 self._log.info("pipeline finished", cancelled=self._cancelling)
@@ -550,6 +568,7 @@ class PipelineTask:
                 await cell.deliver(envelope)
         self._ready = True
         self._ready_or_done.set()
+        self._ready_or_done = _SET
         for stage in self._stages:
             if push_gate_of(stage) == self._gate_push:
                 set_push_gate(stage, None)
