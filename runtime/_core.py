@@ -8,9 +8,9 @@ creates; the cells never import the session module.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -18,7 +18,7 @@ import trio
 from ._actor import Actor, SessionView
 from ._frames import Frame
 
-__all__ = ["Delivery", "SessionCore"]
+__all__ = ["Delivery", "SessionCore", "SessionHooks"]
 
 
 @attrs.define(eq=False)
@@ -31,6 +31,17 @@ class Delivery:
     done: trio.Event = attrs.Factory(trio.Event)
 
 
+class SessionHooks(Protocol):
+    """The two ways from the cells back up to their session (the session is its own hooks:
+    no bound method kept per session for the garbage collector to scan)."""
+
+    def _apply_interruption(self, frame: Frame) -> None:
+        """Apply an interruption frame to the whole session (once per frame)."""
+
+    def _spawn_companion_of(self, owner: str, actor: Actor[Any], stop_with_owner: bool) -> None:
+        """Spawn ``actor`` as a companion of the actor named ``owner``."""
+
+
 @attrs.define(eq=False)
 class SessionCore:
     """The state a session's cells share (see the module docs).
@@ -39,15 +50,13 @@ class SessionCore:
         session: The session, as its actors see it.
         log: The session's bound logger.
         stop_timeout_secs: Bound on each actor's ``on_stop``.
-        interrupt: Applies an interruption frame to the whole session (once per frame).
-        spawn_companion: Spawns ``actor`` as a companion of the actor named ``owner``.
+        hooks: The ways back up to the session (:meth:`interrupt`, :meth:`spawn_companion`).
     """
 
     session: SessionView
     log: Any
     stop_timeout_secs: float
-    interrupt: Callable[[Frame], None]
-    spawn_companion: Callable[[str, Actor[Any], bool], None]
+    hooks: SessionHooks
     #: The current turn: raised by one at every interruption.
     turn: int = 0
     #: Cancel scopes of work that the next interruption cancels (turn scopes, tasks), each
@@ -58,6 +67,14 @@ class SessionCore:
     #: The session's nursery while it is open: every actor's task runs in it, and so do
     #: the tasks an actor starts (each under a cancel scope its cell keeps).
     nursery: trio.Nursery | None = None
+
+    def interrupt(self, frame: Frame) -> None:
+        """Apply an interruption frame to the whole session (once per frame)."""
+        self.hooks._apply_interruption(frame)
+
+    def spawn_companion(self, owner: str, actor: Actor[Any], stop_with_owner: bool) -> None:
+        """Spawn ``actor`` as a companion of the actor named ``owner``."""
+        self.hooks._spawn_companion_of(owner, actor, stop_with_owner)
 
     @asynccontextmanager
     async def tracking(self, frame: Frame) -> AsyncIterator[None]:

@@ -71,8 +71,7 @@ class Session:
             session=self,
             log=self._log,
             stop_timeout_secs=self.stop_timeout_secs,
-            interrupt=self._apply_interruption,
-            spawn_companion=self._spawn_companion_of,
+            hooks=self,
         )
 
     @property

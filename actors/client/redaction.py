@@ -286,7 +286,9 @@ class Redactor:
         if self.secrets:
             token = next(_tokens)
             _registered[token] = self.secrets
-            weakref.finalize(self, _forget, token).atexit = False
+            registration = _Registration(self, _forget)
+            registration.token = token
+            _live[token] = registration
             _changed()
         return self
 
@@ -312,7 +314,16 @@ def _regrouped(
 # --------------------------------------------------------------------------- the process
 
 
+class _Registration(weakref.ref[Redactor]):
+    """What forgets a registered redactor's secrets when it dies: one object per
+    registration (a ``weakref.finalize`` would make three)."""
+
+    __slots__ = ("token",)
+    token: int
+
+
 _registered: dict[int, tuple[str, ...]] = {}
+_live: dict[int, _Registration] = {}  # (keeps each weak reference, so its callback runs)
 _tokens = itertools.count()
 _combined: list[Redactor] = []
 
@@ -321,8 +332,10 @@ def _changed() -> None:
     _combined.clear()
 
 
-def _forget(token: int) -> None:
-    _registered.pop(token, None)
+def _forget(registration: weakref.ref[Redactor]) -> None:
+    assert isinstance(registration, _Registration)
+    _registered.pop(registration.token, None)
+    _live.pop(registration.token, None)
     _changed()
 
 
