@@ -14,6 +14,7 @@ from runtime import (
     ActorSnapshot,
     ActorState,
     EndFrame,
+    ErrorFrame,
     Frame,
     FrameDirection,
     MailboxStatistics,
@@ -55,6 +56,20 @@ class TestLogs:
             ("sess", "chatty", 1, 2),
         ]
         assert all(e["log_level"] == "info" for e in handled)
+
+    async def test_the_sessions_logger_names_the_session(self, autojump_clock: object) -> None:
+        """``Session.log`` is the session's own logger: what the application logs with it, and
+        the task's lines (an ``ErrorFrame`` reaching the end), name the session."""
+        with capture_logs() as logs:
+            async with open_test_task([Chatty(name="chatty")], name="sess") as t:
+                t.session.log.info("app line", n=1)
+                await t.task.queue_frame(ErrorFrame("upstream trouble"), FrameDirection.UPSTREAM)
+                await wait_idle()
+        [app] = [e for e in logs if e["event"] == "app line"]
+        assert (app["session"], app["n"]) == ("sess", 1)
+        [error] = [e for e in logs if e["event"] == "pipeline error"]
+        assert error["session"] == "sess"
+        assert error["error"] == "upstream trouble"
 
     async def test_lifecycle_events_are_logged(self, autojump_clock: object) -> None:
         """Session and actor lifecycle (opened, started, stopped, closed) and the pipeline's
