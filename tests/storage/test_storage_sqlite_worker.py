@@ -32,7 +32,10 @@ def _children(pid: int) -> set[int]:
     """The live child processes of ``pid`` (Linux)."""
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
+        try:
+            text = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue  # a thread that ended since the listing (trio's thread cache, say)
         found.update(int(p) for p in text)
     return found
 
