@@ -41,6 +41,7 @@ from actors.testing import ChunkFactory, Reply, ScriptedOpenAIServer
 from runtime.testing import capture_logs
 
 from ..conversation_kit import API_KEY, MODEL, SYSTEM, assert_valid, open_conversation
+from ..process_kit import child_pids
 from .actors_kit import BlockingTool
 
 WEATHER = FunctionSchema(
@@ -291,7 +292,7 @@ async def test_a_killed_sqlite_worker_is_an_error_frame_and_the_context_keeps_wh
         Reply.sse(chunks.text_stream(["Still", " here"])),
         Reply.sse(chunks.text_stream(["And", " again"])),
     )
-    before = _children()
+    before = child_pids()
     storage = SQLiteConversationStorage(tmp_path / "c.db")
     with capture_logs() as logs:
         async with (
@@ -299,7 +300,7 @@ async def test_a_killed_sqlite_worker_is_an_error_frame_and_the_context_keeps_wh
             open_conversation(server, storage=storage, conversation_id="c") as conv,
         ):
             await conv.pair.store.wait_opened()
-            (worker,) = _children() - before
+            (worker,) = child_pids() - before
             os.kill(worker, signal.SIGKILL)
             await conv.say("Hello?")
             await conv.wait_ends(1)
@@ -319,14 +320,6 @@ async def test_a_killed_sqlite_worker_is_an_error_frame_and_the_context_keeps_wh
             assert error.category == "storage"
     shown = " ".join(e.error for e in conv.errors) + repr(logs)
     assert API_KEY not in shown
-
-
-def _children() -> set[int]:
-    """This process's live child processes (Linux)."""
-    found: set[int] = set()
-    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        found.update(int(p) for p in (task / "children").read_text().split())
-    return found
 
 
 async def test_a_write_that_failed_once_is_made_good_by_the_next(

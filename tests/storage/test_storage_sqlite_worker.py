@@ -25,19 +25,8 @@ from actors.storage import (
     StorageUnavailableError,
 )
 
+from ..process_kit import child_pids
 from .storage_kit import assistant, turn, user
-
-
-def _children(pid: int) -> set[int]:
-    """The live child processes of ``pid`` (Linux)."""
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            text = (task / "children").read_text().split()
-        except FileNotFoundError:
-            continue  # a thread that ended since the listing (trio's thread cache, say)
-        found.update(int(p) for p in text)
-    return found
 
 
 def _alive(pid: int) -> bool:
@@ -49,25 +38,25 @@ def _alive(pid: int) -> bool:
 
 
 async def _opened_worker(storage: SQLiteConversationStorage, before: set[int]) -> int:
-    (pid,) = _children(os.getpid()) - before
+    (pid,) = child_pids(os.getpid()) - before
     return pid
 
 
 async def test_the_worker_process_ends_with_the_storage(tmp_path: Path) -> None:
-    before = _children(os.getpid())
+    before = child_pids(os.getpid())
     async with SQLiteConversationStorage(tmp_path / "c.db") as storage:
         pid = await _opened_worker(storage, before)
         assert _alive(pid)
         await storage.append("c", turn(1), expected_version=0)
     assert not _alive(pid)
-    assert _children(os.getpid()) == before
+    assert child_pids(os.getpid()) == before
 
 
 async def test_a_killed_worker_is_one_clear_error_and_nothing_hangs(tmp_path: Path) -> None:
     """The worker dies (SIGKILL) while appends wait for a lock held elsewhere: every one
     of them, and every later call, fails with one error naming the cause and the fix."""
     path = tmp_path / "c.db"
-    before = _children(os.getpid())
+    before = child_pids(os.getpid())
     async with SQLiteConversationStorage(path, lock_timeout=30) as storage:
         pid = await _opened_worker(storage, before)
         await storage.append("c", turn(1), expected_version=0)
@@ -127,7 +116,7 @@ def test_the_worker_never_outlives_its_process(tmp_path: Path) -> None:
     try:
         assert owner.stdout is not None
         assert owner.stdout.readline() == b"open\n"
-        (worker,) = _children(owner.pid)
+        (worker,) = child_pids(owner.pid)
         owner.kill()
         owner.wait()
         deadline = time.monotonic() + 10
@@ -144,7 +133,7 @@ def test_the_worker_never_outlives_its_process(tmp_path: Path) -> None:
 async def test_ctrl_c_reaches_the_storage_not_its_worker(tmp_path: Path) -> None:
     """A Ctrl-C in a terminal signals the whole process group: the worker ignores it, so
     the storage can still finish its work and close in order."""
-    before = _children(os.getpid())
+    before = child_pids(os.getpid())
     async with SQLiteConversationStorage(tmp_path / "c.db") as storage:
         pid = await _opened_worker(storage, before)
         os.kill(pid, signal.SIGINT)
