@@ -15,15 +15,11 @@ module builds the service the seed describes around it:
 
 from __future__ import annotations
 
-import os
-import ssl
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 import httpx
-import trio
 
 from runtime import MetricsData
 
@@ -54,13 +50,6 @@ from .client import (
 from .storage import ConversationStorage
 
 __all__ = ["OpenAILLMService"]
-
-_shared_tls: ssl.SSLContext | None = None
-
-#: The variables through which httpx takes a proxy from the environment (``no_proxy`` only
-#: matters when one of them is set).
-_PROXY_VARIABLES = ("all_proxy", "ALL_PROXY", "http_proxy", "HTTP_PROXY", "https_proxy",
-                    "HTTPS_PROXY")  # fmt: skip
 
 #: Pipecat's first-token deadline when ``retry_on_timeout=True`` comes without
 #: ``retry_timeout_secs``.
@@ -160,41 +149,6 @@ def _transcript(messages: Sequence[Mapping[str, Any]], previous: str | None, max
     return body
 
 
-def _default_http_client() -> httpx.AsyncClient:
-    """The pool of a service that was given no ``http_client``: the chat client's own default
-    (same limits, no redirects), but with one TLS context shared by the whole process.
-
-    httpx builds a fresh TLS context per client, loading the CA bundle each time: ~30-60 ms
-    of CPU and ~1 MB of RSS per service, which dominated the cost of many concurrent
-    sessions. The context is built like httpx's default (``verify=True``, honouring
-    ``SSL_CERT_FILE``/``SSL_CERT_DIR``), once, when the first service is made.
-    """
-    global _shared_tls
-    if _shared_tls is None:
-        _shared_tls = httpx.create_ssl_context()
-    return httpx.AsyncClient(
-        verify=_shared_tls,
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-        follow_redirects=False,
-        trust_env=_proxies_possible(),
-    )
-
-
-def _proxies_possible() -> bool:
-    """Whether httpx may find a proxy in the environment (``trust_env``).
-
-    With the TLS context given, a proxy is all ``trust_env`` still decides, and finding out
-    costs httpx a walk over every environment variable (urllib's ``getproxies``): ~100 µs,
-    most of a service's construction. On Linux the proxies come from the variables alone,
-    so when none is set the walk is skipped; elsewhere the system's settings count too, and
-    httpx looks as usual.
-    """
-    if not sys.platform.startswith("linux"):
-        return True
-    environ = os.environ
-    return any(name in environ for name in _PROXY_VARIABLES)
-
-
 class OpenAILLMService(OpenAILLMStreamer):
     """Streams chat completions from OpenAI or any OpenAI-compatible server, runs the tool
     calls the model asks for and collects the metrics of every inference.
@@ -228,7 +182,9 @@ class OpenAILLMService(OpenAILLMStreamer):
         max_event_bytes: Most bytes one server-sent event of the answer may hold (default
             8 MiB); past it the turn fails with ``EventTooLargeError`` instead of the stream
             holding an endless line in memory.
-        http_client: An ``httpx.AsyncClient`` to share (not closed by the service).
+        http_client: An ``httpx.AsyncClient`` to share (not closed by the service). Without
+            one, the service makes its own pool at its first request and closes it when it
+            stops.
         context_window: How many tokens a request may hold (off by default: every request
             holds the whole conversation). The stores of ``create_context_aggregator`` then
             leave the oldest whole turns out of the requests, or summarise them, while the
@@ -297,8 +253,6 @@ class OpenAILLMService(OpenAILLMStreamer):
         if service_tier is not None:
             params = params.with_updates({"service_tier": service_tier})
         timeouts, retry = _timeouts_and_retry(timeouts, retry, retry_timeout_secs, retry_on_timeout)
-        #: The pool this service made for itself (closed in ``on_stop``), if none was given.
-        self._own_http = _default_http_client() if http_client is None else None
         client = ChatCompletionsClient(
             api_key,
             base_url=base_url,
@@ -307,7 +261,7 @@ class OpenAILLMService(OpenAILLMStreamer):
             default_headers=default_headers,
             timeouts=timeouts,
             retry=retry,
-            http_client=http_client if http_client is not None else self._own_http,
+            http_client=http_client,
             max_event_bytes=max_event_bytes,
         )
         super().__init__(
@@ -494,13 +448,3 @@ class OpenAILLMService(OpenAILLMStreamer):
 
     def _collect_metrics(self, data: Sequence[MetricsData]) -> None:
         self.metrics.offer(list(data))
-
-    # ----------------------------------------------------------------- lifecycle
-
-    async def on_stop(self) -> None:
-        """Close the client, then the HTTP connection pool (unless it was given)."""
-        await super().on_stop()
-        own, self._own_http = self._own_http, None
-        if own is not None:
-            with trio.CancelScope(shield=True):
-                await own.aclose()

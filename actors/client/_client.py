@@ -43,6 +43,7 @@ from ._errors import (
     status_error,
 )
 from ._parser import ChunkStreamParser
+from ._pool import default_pool
 from ._retry import RetryDecision, RetryPolicy, parse_retry_after
 from ._sse import DEFAULT_MAX_EVENT_BYTES
 from ._timeouts import Timeouts
@@ -362,10 +363,7 @@ class ChatCompletionsClient:
         if self._closed:
             raise RuntimeError("ChatCompletionsClient is closed")
         if self._http is None:
-            self._http = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-                follow_redirects=False,
-            )
+            self._http = default_pool()
         return self._http
 
     def _headers(self) -> dict[str, str]:

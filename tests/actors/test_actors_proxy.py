@@ -60,3 +60,24 @@ async def test_the_proxy_of_the_environment_is_used(
             await conversation.wait_errors(1)
         nursery.cancel_scope.cancel()
     assert proxy.lines == ["POST http://llm.invalid/v1/chat/completions HTTP/1.1"]
+
+
+async def test_a_proxy_named_after_the_service_was_made_is_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A service makes its connection pool at its first request, not when it is made (a
+    session that never asks anything keeps none): the environment counts as it is then."""
+    proxy = _Proxy()
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, proxy.serve, 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        async with open_conversation(_Unreachable(), check_on_exit=False) as conversation:
+            monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+            await conversation.say("hello")
+            await conversation.wait_errors(1)
+        nursery.cancel_scope.cancel()
+    assert proxy.lines == ["POST http://llm.invalid/v1/chat/completions HTTP/1.1"]
