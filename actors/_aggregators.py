@@ -138,6 +138,10 @@ class LLMUserAggregatorParams:
     interrupt_on_user_speech: bool = True
 
 
+#: The parameters of a user aggregator given none (frozen: one instance serves all).
+_DEFAULT_USER_PARAMS = LLMUserAggregatorParams()
+
+
 class LLMUserContextAggregator(_StoreClient):
     """Turns user input into user messages and asks the LLM to answer.
 
@@ -172,7 +176,7 @@ class LLMUserContextAggregator(_StoreClient):
         name: str | None = None,
     ) -> None:
         super().__init__(store, name=name)
-        self.params = params or LLMUserAggregatorParams()
+        self.params = params or _DEFAULT_USER_PARAMS
         self._speaking = False
         self._parts: list[str] = []
         #: The assistant aggregator of the same conversation (set by the pair).

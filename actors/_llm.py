@@ -90,6 +90,10 @@ def check_system_instruction(instruction: object) -> str | None:
     raise ValueError(f"system_instruction must be a non-empty string or None, got {instruction!r}")
 
 
+#: The generation parameters of a service given none (frozen: one instance serves all).
+_DEFAULT_GENERATION = GenerationParams()
+
+
 def check_params(params: object) -> GenerationParams:
     """``params``, or the defaults for ``None``.
 
@@ -97,7 +101,7 @@ def check_params(params: object) -> GenerationParams:
         TypeError: ``params`` is not a ``GenerationParams``.
     """
     if params is None:
-        return GenerationParams()
+        return _DEFAULT_GENERATION
     if not isinstance(params, GenerationParams):
         raise TypeError(f"params must be OpenAILLMService.InputParams, got {type(params).__name__}")
     return params

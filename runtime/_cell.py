@@ -228,6 +228,12 @@ class Cell:
     def __repr__(self) -> str:
         return f"<Cell {self.name!r} {self.lifecycle.state.value}>"
 
+    def __call__(self, raise_cancel: object) -> trio.lowlevel.Abort:
+        """The abort function of the data loop's wait for a frame
+        (:meth:`Mailbox.abort_data_wait`). The cell itself is given to trio, not a bound
+        method: that would be one more object per waiting actor for the collector to scan."""
+        return self.mailbox.abort_data_wait(raise_cancel)
+
     # ------------------------------------------------------------------ sending
 
     def try_push(
@@ -577,7 +583,7 @@ class Cell:
                                     # a new batch (counting it shifts the fairness checkpoints
                                     # and slows a burst through a chain by a quarter).
                                     mailbox.expect_data()
-                                    await wait_task_rescheduled(mailbox.abort_data_wait)
+                                    await wait_task_rescheduled(self)  # (see __call__)
                                     envelope = mailbox.take_data()
                                     if envelope is None:
                                         continue  # a close (or a purge) came first: wait again

@@ -45,6 +45,9 @@ _logger = structlog.get_logger("trouper.runtime")
 _SET = trio.Event()
 _SET.set()
 
+#: The parameters of a task given none (frozen: one instance serves every such task).
+_DEFAULT_PARAMS = PipelineParams()
+
 DOWNSTREAM = FrameDirection.DOWNSTREAM
 
 
@@ -217,7 +220,7 @@ class PipelineTask:
                 f"{type(pipeline).__name__} (wrap a list of stages in Pipeline([...]))"
             )
         self.pipeline = pipeline if not isinstance(pipeline, Actor) else Pipeline([pipeline])
-        self.params = params or PipelineParams()
+        self.params = params or _DEFAULT_PARAMS
         self.name = name or f"task-{id(self):x}"
         # Tuples (the empty one is shared), not a dict of lists: three objects fewer per
         # session for the garbage collector to scan.
