@@ -51,6 +51,48 @@ _DEFAULT_PARAMS = PipelineParams()
 DOWNSTREAM = FrameDirection.DOWNSTREAM
 
 
+class _Done:
+    """Whether a task is done (or cancelling), and the one wait for it: its :meth:`run`'s.
+
+    A ``trio.Event`` awaited for a session's whole life costs seven objects (the event, its
+    set of waiters, the wait's coroutine and its abort closure) for the garbage collector to
+    scan; this costs one. The run parks itself (:meth:`park`, then
+    ``trio.lowlevel.wait_task_rescheduled(done)``: the object is its own abort function) and
+    :meth:`set` wakes it.
+    """
+
+    __slots__ = ("_waiter", "is_set")
+
+    def __init__(self) -> None:
+        self.is_set = False
+        self._waiter: trio.lowlevel.Task | None = None
+
+    def set(self) -> None:
+        """Mark it done and wake the waiting run, if it waits."""
+        self.is_set = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            trio.lowlevel.reschedule(waiter)
+
+    def park(self) -> None:
+        """The current task is about to wait (``wait_task_rescheduled(self)``)."""
+        assert self._waiter is None, "a task's run is its only waiter"
+        self._waiter = trio.lowlevel.current_task()
+
+    def __call__(self, _: object) -> trio.lowlevel.Abort:
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+
+async def _wait_done(done: _Done) -> None:
+    """Wait until ``done`` is set (a checkpoint if it is already)."""
+    if done.is_set:
+        await trio.lowlevel.checkpoint()
+        return
+    done.park()
+    await trio.lowlevel.wait_task_rescheduled(done)
+
+
 class _Edge(Actor[Frame]):
     """The task's own first (source) and last (sink) actors; their cell is an
     :class:`_EdgeCell`."""
@@ -240,7 +282,7 @@ class PipelineTask:
         # ... and the input held until then has been delivered (or the task is done)
         self._ready_or_done = trio.Event()
         self._ready = False
-        self._done = trio.Event()
+        self._done = _Done()
         self._cancel_reached: trio.Event | None = None  # a CancelFrame reached the sink
         self._cancelling = False
         self._cancel_reason: str | None = None
@@ -387,7 +429,7 @@ class PipelineTask:
         self._done.set()
         self._started.set()
         self._ready_or_done.set()
-        self._done = self._started = self._ready_or_done = _SET
+        self._started = self._ready_or_done = _SET
 
     @property
     def _log(self) -> Any:
@@ -511,12 +553,15 @@ class PipelineTask:
                     await self._deliver_pending(session)
                     if p.idle_timeout_secs is None:
                         # No watcher, no nursery: a running session keeps no objects for
-                        # a timeout it does not have.
-                        await self._done.wait()
+                        # a timeout it does not have (and no coroutine for this wait).
+                        done = self._done
+                        if not done.is_set:
+                            done.park()
+                            await trio.lowlevel.wait_task_rescheduled(done)
                     else:
                         async with trio.open_nursery() as watchers:
                             watchers.start_soon(self._idle_monitor, p.idle_timeout_secs)
-                            await self._done.wait()
+                            await _wait_done(self._done)
                             watchers.cancel_scope.cancel()
                 if self._cancelling:
                     if not source.mailbox.closed:

@@ -309,6 +309,24 @@ class TestNothingLeftBehind:
         assert set(running_tasks()) <= before
         assert len(trio.lowlevel.current_task().child_nurseries) == root_nurseries
 
+    async def test_a_run_cancelled_from_outside_while_idle_tears_the_session_down(
+        self, autojump_clock: object
+    ) -> None:
+        """``run()`` cancelled by its caller while the session waits for input stops every
+        actor and returns; the task is finished, and a later ``cancel()`` is harmless."""
+        before = set(running_tasks())
+        journal = Journal("j")
+        task = PipelineTask(Pipeline([journal, Gate()]))
+        with trio.move_on_after(5) as scope:
+            await task.run()
+        assert scope.cancelled_caught
+        assert task.has_finished()
+        assert journal.events[0] == "on_start"
+        assert journal.events[-1] == "on_stop"
+        assert set(running_tasks()) <= before
+        task.cancel()  # nothing left to wake
+        assert not task.was_cancelled()
+
     async def test_a_socket_opened_by_an_actor_is_closed_when_the_session_ends(
         self, autojump_clock: object
     ) -> None:
