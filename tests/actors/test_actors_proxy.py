@@ -4,7 +4,9 @@ proxy variable is set."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import AsyncIterator
 
 import attrs
 import pytest
@@ -42,10 +44,9 @@ class _Unreachable:
     base_url: str = "http://llm.invalid/v1"
 
 
-@pytest.mark.parametrize("variable", ["HTTP_PROXY", "all_proxy"])
-async def test_the_proxy_of_the_environment_is_used(
-    monkeypatch: pytest.MonkeyPatch, variable: str
-) -> None:
+@contextlib.asynccontextmanager
+async def _serving_proxy(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[_Proxy, str]]:
+    """A running :class:`_Proxy` and its URL, with no proxy variable left in the environment."""
     proxy = _Proxy()
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
@@ -54,11 +55,19 @@ async def test_the_proxy_of_the_environment_is_used(
         port = listeners[0].socket.getsockname()[1]
         for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY"):
             monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv(variable, f"http://127.0.0.1:{port}")
+        yield proxy, f"http://127.0.0.1:{port}"
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "all_proxy"])
+async def test_the_proxy_of_the_environment_is_used(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    async with _serving_proxy(monkeypatch) as (proxy, url):
+        monkeypatch.setenv(variable, url)
         async with open_conversation(_Unreachable(), check_on_exit=False) as conversation:
             await conversation.say("hello")
             await conversation.wait_errors(1)
-        nursery.cancel_scope.cancel()
     assert proxy.lines == ["POST http://llm.invalid/v1/chat/completions HTTP/1.1"]
 
 
@@ -67,17 +76,11 @@ async def test_a_proxy_named_after_the_service_was_made_is_used(
 ) -> None:
     """A service makes its connection pool at its first request, not when it is made (a
     session that never asks anything keeps none): the environment counts as it is then."""
-    proxy = _Proxy()
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, proxy.serve, 0, host="127.0.0.1")
-        )
-        port = listeners[0].socket.getsockname()[1]
-        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY"):
-            monkeypatch.delenv(name, raising=False)
-        async with open_conversation(_Unreachable(), check_on_exit=False) as conversation:
-            monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
-            await conversation.say("hello")
-            await conversation.wait_errors(1)
-        nursery.cancel_scope.cancel()
+    async with (
+        _serving_proxy(monkeypatch) as (proxy, url),
+        open_conversation(_Unreachable(), check_on_exit=False) as conversation,
+    ):
+        monkeypatch.setenv("HTTP_PROXY", url)
+        await conversation.say("hello")
+        await conversation.wait_errors(1)
     assert proxy.lines == ["POST http://llm.invalid/v1/chat/completions HTTP/1.1"]
