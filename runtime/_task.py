@@ -80,6 +80,7 @@ class _Done:
         self._waiter = trio.lowlevel.current_task()
 
     def __call__(self, _: object) -> trio.lowlevel.Abort:
+        """The abort function of the parked run (it is cancelled): it waits no more."""
         self._waiter = None
         return trio.lowlevel.Abort.SUCCEEDED
 

@@ -3,7 +3,7 @@
 It is made on the client's first request, not with the client: a session that never asks
 anything (a server holding a session per connected user, most of them idle) keeps no pool,
 and starting thousands of sessions does not build thousands of pools up front (about twenty
-objects and 40 µs each).
+objects and 20 µs each, and the collector's passes they set off).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ __all__ = ["default_pool"]
 #: The TLS context every default pool shares (made with the first one).
 _shared_tls: ssl.SSLContext | None = None
 
+#: The variables through which httpx takes a proxy from the environment (``no_proxy`` only
+#: matters when one of them is set).
 _PROXY_VARIABLES = ("all_proxy", "ALL_PROXY", "http_proxy", "HTTP_PROXY", "https_proxy",
                     "HTTPS_PROXY")  # fmt: skip
 
