@@ -34,9 +34,11 @@ __all__ = [
     "MESSAGES",
     "PIPECAT_MESSAGES",
     "SYSTEM_PROMPT",
+    "ActorChain",
     "DequeChain",
     "DequeLink",
     "Recorder",
+    "floor_actor_stages",
     "floor_body",
     "floor_channel_stages",
     "floor_close",
@@ -415,6 +417,129 @@ class DequeChain:
                 self.done.set()
                 return
             self.texts.append(frame.text)
+
+
+class _Envelope:
+    """What :class:`ActorChain` passes between its stages: the frame and its turn."""
+
+    __slots__ = ("frame", "turn")
+
+    def __init__(self, frame: Any, turn: int) -> None:
+        self.frame = frame
+        self.turn = turn
+
+
+class _MinimalStage:
+    """One stage of :class:`ActorChain`: a task that takes envelopes from its link, drops those
+    of an older turn, and awaits its handler with each frame; the handler pushes on through a
+    push coroutine that makes a new envelope."""
+
+    __slots__ = ("_link", "_next", "turn")
+
+    def __init__(self, link: DequeLink, push_next: Callable[[Any], Awaitable[None]]) -> None:
+        self._link = link
+        self._next = push_next
+        self.turn = 0
+
+    async def run(self) -> None:
+        link = self._link
+        while True:
+            envelope = await link.get()
+            if envelope is None:
+                await self._next(None)
+                return
+            if envelope.turn < self.turn:
+                continue  # the stale check of an interruption
+            await self.process_frame(envelope.frame)
+
+    async def process_frame(self, frame: Any) -> None:
+        await self.push(frame)
+
+    async def push(self, frame: Any) -> None:
+        await self._next(_Envelope(frame, self.turn))
+
+
+class _MinimalAggregator(_MinimalStage):
+    """The assistant aggregator's part: keep the text, then hand the frame to the end's
+    listener, called inline (as trouper's task end calls its listeners)."""
+
+    __slots__ = ("_listener", "parts")
+
+    def __init__(self, link: DequeLink, listener: Callable[[Any], None]) -> None:
+        super().__init__(link, _end_of_stream)
+        self._listener = listener
+        self.parts: list[str] = []
+
+    async def process_frame(self, frame: Any) -> None:
+        self.parts.append(frame.text)
+        self._listener(_Envelope(frame, self.turn))
+
+
+async def _end_of_stream(_: None) -> None:
+    """What the last stage of :class:`ActorChain` passes the end of the stream to."""
+
+
+class ActorChain:
+    """A reference for the stream (trio only, not a floor trouper must beat): the least an
+    actor pipeline of the quick start's shape does per frame. :class:`DequeChain`'s links,
+    plus what the actor model itself needs: an envelope (the frame and its turn) per hop, a
+    stale-turn check at each stage, one handler coroutine and one push coroutine per stage,
+    and a listener called inline at the end. Reader → output stage → aggregator stage → listener;
+    none of trouper's other per-frame contracts (the uninterruptible mark, the busy tracking,
+    accepted types, the output's bookkeeping, lifecycles).
+
+    Attributes:
+        texts: What reached the listener.
+    """
+
+    __slots__ = ("_first", "_frame", "_stages", "texts")
+
+    def __init__(self, capacity: int = 64) -> None:
+        from actors import LLMTextFrame  # (see DequeChain)
+
+        self._frame = LLMTextFrame
+        self._first = DequeLink(capacity)
+        second = DequeLink(capacity)
+        self.texts: list[str] = []
+        self._stages = (
+            _MinimalStage(self._first, second.put),
+            _MinimalAggregator(second, self._listen),
+        )
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Start the two stages in ``nursery``."""
+        for stage in self._stages:
+            nursery.start_soon(stage.run)
+
+    async def feed(self, http: httpx.AsyncClient, url: str, body: Mapping[str, Any]) -> None:
+        """Read one stream (:func:`read_texts`) into the chain, then its end."""
+        first, frame = self._first, self._frame
+
+        async def put(text: str) -> None:
+            await first.put(_Envelope(frame(text), 0))
+
+        await read_texts(http, url, body, put)
+        await first.put(None)
+
+    def _listen(self, envelope: _Envelope) -> None:
+        self.texts.append(envelope.frame.text)
+
+
+async def floor_actor_stages(
+    http: httpx.AsyncClient, url: str, body: Mapping[str, Any], *, capacity: int = 64
+) -> float:
+    """A reference for the stream (trio only): :class:`ActorChain`, the quick start's shape
+    with the barest actor mechanics. Seconds from the request to the end of the stream at the
+    listener."""
+    chain = ActorChain(capacity)
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        chain.start(nursery)
+        await chain.feed(http, url, body)
+    elapsed = time.perf_counter() - start
+    if not chain.texts:
+        raise RuntimeError("actor stages: empty stream")
+    return elapsed
 
 
 async def floor_deque_stages(

@@ -65,6 +65,7 @@ from ._registry import TIMES, Options, Report, Row, Target
 from ._rigs import (
     MESSAGES,
     Recorder,
+    floor_actor_stages,
     floor_body,
     floor_channel_stages,
     floor_close,
@@ -223,9 +224,11 @@ async def _stream_turns(
                 # Not a floor: a reference for what the stages would cost on trio's own link.
                 secs = await floor_channel_stages(http, chat_url, body)
                 bare = await floor_deque_stages(http, chat_url, body)
+                minimal = await floor_actor_stages(http, chat_url, body)
                 if timed:
                     samples.add("channels", secs)
                     samples.add("deques", bare)
+                    samples.add("actors", minimal)
 
 
 def run_service_stream(options: Options) -> Report:
@@ -266,6 +269,11 @@ def run_service_stream(options: Options) -> Report:
             median(ours.series("deques")) / median(ours.floor), None, "lower",
             note="the same chain with the barest bounded mailboxes and an LLMTextFrame per "
             "text: the hops alone, no runtime"),
+        Row("minimal actor chain (reference)", "÷ httpx floor (same loop)", f"{TIMES} floor",
+            median(ours.series("actors")) / median(ours.floor), None, "lower",
+            note="the bare deque chain plus what the actor model needs per frame: an "
+            "envelope with its turn per hop, a stale check, a handler and a push coroutine "
+            "per stage, a listener at the end (none of trouper's other per-frame contracts)"),
     )  # fmt: skip
     notes = (
         f"{s.rounds} round(s) x {s.per_round} streams per framework after {s.warmup} warm-up; "
