@@ -531,15 +531,7 @@ async def floor_actor_stages(
     """A reference for the stream (trio only): :class:`ActorChain`, the quick start's shape
     with the barest actor mechanics. Seconds from the request to the end of the stream at the
     listener."""
-    chain = ActorChain(capacity)
-    start = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        chain.start(nursery)
-        await chain.feed(http, url, body)
-    elapsed = time.perf_counter() - start
-    if not chain.texts:
-        raise RuntimeError("actor stages: empty stream")
-    return elapsed
+    return await _time_chain(ActorChain(capacity), http, url, body, "actor stages")
 
 
 async def floor_deque_stages(
@@ -549,14 +541,28 @@ async def floor_deque_stages(
     barest mailboxes instead (:class:`DequeChain`), and each text in an ``LLMTextFrame``: what
     the same stages cost with nothing of a runtime but the hops. Seconds from the request to
     the end of the stream at the listener."""
-    chain = DequeChain(capacity)
+    return await _time_chain(DequeChain(capacity), http, url, body, "deque stages")
+
+
+class _Chain(Protocol):
+    texts: list[str]
+
+    def start(self, nursery: trio.Nursery) -> None: ...
+
+    async def feed(self, http: httpx.AsyncClient, url: str, body: Mapping[str, Any]) -> None: ...
+
+
+async def _time_chain(
+    chain: _Chain, http: httpx.AsyncClient, url: str, body: Mapping[str, Any], what: str
+) -> float:
+    """Seconds for ``chain`` to take one stream from the request to the end at its listener."""
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
         chain.start(nursery)
         await chain.feed(http, url, body)
     elapsed = time.perf_counter() - start
     if not chain.texts:
-        raise RuntimeError("deque stages: empty stream")
+        raise RuntimeError(f"{what}: empty stream")
     return elapsed
 
 
