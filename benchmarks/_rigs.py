@@ -465,18 +465,19 @@ class _MinimalAggregator(_MinimalStage):
 
     __slots__ = ("_listener", "parts")
 
-    def __init__(self, link: DequeLink, listener: Callable[[Any], None]) -> None:
-        super().__init__(link, _end_of_stream)
+    def __init__(
+        self,
+        link: DequeLink,
+        listener: Callable[[Any], None],
+        finish: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        super().__init__(link, finish)
         self._listener = listener
         self.parts: list[str] = []
 
     async def process_frame(self, frame: Any) -> None:
         self.parts.append(frame.text)
         self._listener(_Envelope(frame, self.turn))
-
-
-async def _end_of_stream(_: None) -> None:
-    """What the last stage of :class:`ActorChain` passes the end of the stream to."""
 
 
 class ActorChain:
@@ -490,9 +491,10 @@ class ActorChain:
 
     Attributes:
         texts: What reached the listener.
+        done: Set once the last stage has taken the end of the stream.
     """
 
-    __slots__ = ("_first", "_frame", "_stages", "texts")
+    __slots__ = ("_first", "_frame", "_stages", "done", "texts")
 
     def __init__(self, capacity: int = 64) -> None:
         from actors import LLMTextFrame  # (see DequeChain)
@@ -501,9 +503,10 @@ class ActorChain:
         self._first = DequeLink(capacity)
         second = DequeLink(capacity)
         self.texts: list[str] = []
+        self.done = trio.Event()
         self._stages = (
             _MinimalStage(self._first, second.put),
-            _MinimalAggregator(second, self._listen),
+            _MinimalAggregator(second, self._listen, self._finish),
         )
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -523,6 +526,9 @@ class ActorChain:
 
     def _listen(self, envelope: _Envelope) -> None:
         self.texts.append(envelope.frame.text)
+
+    async def _finish(self, _: None) -> None:
+        self.done.set()
 
 
 async def floor_actor_stages(
@@ -546,6 +552,7 @@ async def floor_deque_stages(
 
 class _Chain(Protocol):
     texts: list[str]
+    done: trio.Event
 
     def start(self, nursery: trio.Nursery) -> None: ...
 

@@ -28,7 +28,9 @@ For context, the same N streams are also read by a raw httpx floor (an ``httpx.A
 per stream, like the sessions, ``aiter_lines`` + ``json.loads``, under trio, in its own
 process), and by a reference with no target, the same streams each through a relay task and
 a listener task joined by the barest bounded mailboxes (``--worker stages``: the quick start's
-shape with nothing of a runtime), and both frameworks are measured twice more at 500
+shape with nothing of a runtime) and by a second one, the minimal actor chain (``--worker
+actors``: the same links, plus an envelope per hop, a stale check and a handler and a push
+coroutine per stage), and both frameworks are measured twice more at 500
 sessions, with ``gc.freeze()``
 called after the set-up and with ``runtime.tune_gc()`` called before it (the collector's
 youngest threshold raised), which shows the share of the cyclic garbage collector in the
@@ -65,6 +67,7 @@ from ._registry import TIMES, Options, Report, Row, Target
 from ._rigs import (
     MESSAGES,
     PIPECAT_MESSAGES,
+    ActorChain,
     DequeChain,
     Recorder,
     floor_body,
@@ -391,15 +394,19 @@ async def _floor_worker(n: int, url: str) -> WorkerResult:
     )
 
 
-async def _stages_worker(n: int, url: str) -> WorkerResult:
+async def _stages_worker(n: int, url: str, kind: str = "stages") -> WorkerResult:
     """A reference, not a floor trouper must beat: the httpx floor's ``n`` streams, each
     through a chain of the quick start's shape built with nothing of a runtime. Per session,
-    a reader, a relay task and a listener task joined by the barest bounded mailboxes
-    (:class:`~benchmarks._rigs.DequeChain`, 64 frames per link), an ``LLMTextFrame`` per text. Its
-    start (the HTTP client and the two tasks of every session) and its turn are measured as
-    trouper's are."""
+    a reader and two stage tasks joined by the barest bounded mailboxes (64 frames per link),
+    an ``LLMTextFrame`` per text: with ``kind="stages"``, a relay and a listener
+    (:class:`~benchmarks._rigs.DequeChain`); with ``kind="actors"``, the minimal actor chain
+    (:class:`~benchmarks._rigs.ActorChain`: an envelope per hop, a stale check and a handler
+    and a push coroutine per stage). Its start (the HTTP client and the two tasks of every
+    session) and its turn are measured as trouper's are."""
     import trio
     import trio.testing
+
+    chain_class: type[DequeChain | ActorChain] = ActorChain if kind == "actors" else DequeChain
 
     chat_url = f"{url}/chat/completions"
     body = floor_body(MODEL)
@@ -408,7 +415,7 @@ async def _stages_worker(n: int, url: str) -> WorkerResult:
     async with AsyncExitStack() as stack, trio.open_nursery() as stages:
         # Warm-up, untimed: one stream through one chain (imports, lazy set-up).
         warm = await stack.enter_async_context(httpx.AsyncClient(verify=tls, timeout=120.0))
-        warm_chain = DequeChain()
+        warm_chain = chain_class()
         warm_chain.start(stages)
         await warm_chain.feed(warm, chat_url, body)
         await warm_chain.done.wait()
@@ -416,10 +423,10 @@ async def _stages_worker(n: int, url: str) -> WorkerResult:
         gc.collect()
         rss_base = _rss()
         t_start = time.monotonic()
-        sessions: list[tuple[httpx.AsyncClient, DequeChain]] = []
+        sessions: list[tuple[httpx.AsyncClient, DequeChain | ActorChain]] = []
         for _ in range(n):
             http = await stack.enter_async_context(httpx.AsyncClient(verify=tls, timeout=120.0))
-            chain = DequeChain()
+            chain = chain_class()
             chain.start(stages)
             sessions.append((http, chain))
         await trio.testing.wait_all_tasks_blocked()
@@ -446,9 +453,9 @@ async def _stages_worker(n: int, url: str) -> WorkerResult:
         turn_all = time.monotonic() - t0
         rss_after = _rss()
         if any(not chain.texts for _, chain in sessions):
-            raise RuntimeError("bare stages: a session received no text")
+            raise RuntimeError(f"{kind} reference: a session received no text")
     return WorkerResult(
-        framework="stages",
+        framework=kind,
         sessions=n,
         start_s=start_s,
         turn_max_s=max(walls),
@@ -509,7 +516,7 @@ def run_worker(
         store: trouper only: every session persists its conversation there (an SQLite path
             or a ``redis://`` URL; its answer is written before the turn ends).
     """
-    if framework in ("trouper", "floor", "stages"):
+    if framework in ("trouper", "floor", "stages", "actors"):
         import trio
 
         from runtime import logging as rlog
@@ -519,8 +526,8 @@ def run_worker(
         async def go() -> WorkerResult:
             if framework == "floor":
                 return await _floor_worker(n, url)
-            if framework == "stages":
-                return await _stages_worker(n, url)
+            if framework in ("stages", "actors"):
+                return await _stages_worker(n, url, framework)
             return await _trouper_worker(n, url, freeze, store)
 
         return trio.run(go)
@@ -569,7 +576,7 @@ def run(options: Options) -> Report:
             # The size with targets runs several times, interleaved, and reports the run of
             # median CPU: single runs move by +-10 % (mostly the collector's full collections).
             for _ in range(repeats if n == TARGET_SIZE else 1):
-                plan += [(f, n, "") for f in (*frameworks, "floor", "stages")]
+                plan += [(f, n, "") for f in (*frameworks, "floor", "stages", "actors")]
         plan += [(f, FREEZE_SIZE, v) for v in ("freeze", "tuned") for f in frameworks]
         for framework, n, variant in plan:
             key = _key(framework, n, variant)
@@ -594,7 +601,7 @@ def run(options: Options) -> Report:
         rows += _storage_rows(backend, stored, results.get(_key("floor", STORAGE_SIZE)))
     spread = {
         f: [round(r.cpu_turn_s, 2) for r in runs.get(_key(f, TARGET_SIZE), [])]
-        for f in (*frameworks, "floor", "stages")
+        for f in (*frameworks, "floor", "stages", "actors")
     }
     notes = (
         f"each session: one {TOKENS}-token turn, a chunk every {SPACING_MS:g} ms (ideal turn "
@@ -774,13 +781,24 @@ def _rows(
                     stages.cpu_turn_s / floor.cpu_turn_s, None, "lower",
                     note=f"of which cyclic GC {stages.gc_s:.2f} s (floor {floor.gc_s:.2f} s)"),
             ]  # fmt: skip
+        actors = results.get(_key("actors", n))
+        if actors is not None:
+            rows += [
+                Row(scenario, "minimal actor chain (reference): turn ÷ floor's",
+                    f"{TIMES} floor", actors.turn_max_s / floor.turn_max_s, None, "lower",
+                    note="the bare stages plus an envelope per hop, a stale check, a handler "
+                    "and a push coroutine per stage"),
+                Row(scenario, "minimal actor chain (reference): CPU ÷ floor's",
+                    f"{TIMES} floor", actors.cpu_turn_s / floor.cpu_turn_s, None, "lower",
+                    note=f"of which cyclic GC {actors.gc_s:.2f} s (floor {floor.gc_s:.2f} s)"),
+            ]  # fmt: skip
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: a worker (``--worker``), or one size for both frameworks."""
     parser = argparse.ArgumentParser(description="concurrent sessions benchmark")
-    parser.add_argument("--worker", choices=("trouper", "pipecat", "floor", "stages"))
+    parser.add_argument("--worker", choices=("trouper", "pipecat", "floor", "stages", "actors"))
     parser.add_argument("--sessions", type=int, default=500)
     parser.add_argument("--url")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() before the turn")
