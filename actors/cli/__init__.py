@@ -174,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(one extra request each time turns are left out)",
     )
     chat.add_argument("--no-tools", action="store_true", help="offer no tools to the model")
+    chat.add_argument(
+        "--all-tools",
+        action="store_true",
+        help="offer every tool with every line (on the embedded model, by default, only the "
+        "tools a line is about: time, arithmetic, units)",
+    )
     chat.add_argument("--list-tools", action="store_true", help="list the built-in tools and exit")
     chat.add_argument(
         "--log-json",
@@ -414,6 +420,7 @@ def _chat(args: argparse.Namespace) -> int:
         summarize=args.summarize,
         prompt=prompt,
         tools=not args.no_tools,
+        all_tools=args.all_tools,
         log_json=args.log_json,
         verbose=args.verbose,
     )

@@ -48,16 +48,17 @@ from .._frames import (
     VisionImageRawFrame,
 )
 from .._params import PipelineParams
-from .._schemas import ToolsSchema
 from .._service import OpenAILLMService
 from .._storage import DEFAULT_LEASE_TTL
 from .._transport import TextTransport
 from .._window import ContextWindow
 from ..client import ErrorCategory, InvalidParameterError, NotFoundError
 from ..client._client import check_api_key, endpoint_url
+from ..local._spec import DEFAULT_MODEL
 from ..storage import ConversationStorage, LeaseHeldError, StorageError
 from ._conversations import held_message, open_store, store_label, store_spec
 from ._history import PromptHistory
+from ._offer import ToolOffer
 from ._terminal import printable
 from ._tools import BUILTIN_TOOLS
 
@@ -95,6 +96,7 @@ class ChatOptions:
     max_tokens: int | None = None
     prompt: str | None = None
     tools: bool = True
+    all_tools: bool = False
     log_json: Path | None = None
     verbose: bool = False
     conversation: str | None = None
@@ -128,6 +130,10 @@ class _View:
     """The name of the actor that runs the tool calls: its errors (an unknown function, a
     handler that raised) are told to the model, which answers; they do not fail the answer."""
     image_pending: bool = False
+    called: set[str] = attrs.Factory(set)
+    """The functions called during the current answer."""
+    last_called: frozenset[str] = frozenset()
+    """The functions called during the previous answer."""
     errors: int = 0
     """Errors that failed an answer (every error but the tool calls')."""
     failed: bool = False
@@ -140,6 +146,7 @@ class _View:
     _line_open: bool = False
 
     def reset(self) -> None:
+        self.last_called, self.called = frozenset(self.called), set()
         self._ttfb = self._tokens = self._first_text = self._end = None
         self.failed = False
         self.error_shown = trio.Event()
@@ -170,6 +177,7 @@ class _View:
             self._end = trio.current_time()
             self.failed = self.failed or frame.error
         elif isinstance(frame, FunctionCallInProgressFrame):
+            self.called.add(frame.function_name)
             self._newline()
             name = printable(frame.function_name)
             args = printable(json.dumps(dict(frame.arguments), ensure_ascii=False))
@@ -393,11 +401,13 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
             params=params,
             context_window=window,
         )
-        schemas = [t.schema for t in BUILTIN_TOOLS]
-        tools = ToolsSchema(standard_tools=schemas) if options.tools else None
-        if options.tools:
-            for tool in BUILTIN_TOOLS:
-                llm.register_function(tool.schema.name, tool.handler)
+        # The embedded model gets only the tools a line is about (see actors.cli._offer).
+        offer = ToolOffer(
+            BUILTIN_TOOLS if options.tools else (),
+            every_line=options.all_tools or model != DEFAULT_MODEL.name,
+        )
+        for tool in offer.tools:
+            llm.register_function(tool.schema.name, tool.handler)
         storage: ConversationStorage | None = None
         spec = ""
         if options.conversation is not None:
@@ -413,7 +423,8 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
         # A stored conversation's messages replace these when the session starts (the tools
         # stay these).
         context = OpenAILLMContext(
-            messages=[{"role": "system", "content": options.system}], tools=tools
+            messages=[{"role": "system", "content": options.system}],
+            tools=offer.schema(offer.offered),
         )
         pair = llm.create_context_aggregator(
             context,
@@ -445,7 +456,7 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
                     f"({len(context)} messages) from {escape(store_label(spec))}[/]"
                 )
             if options.prompt is not None:
-                await transport.send_text(options.prompt)
+                await _send_line(transport, offer, view, options.prompt)
                 await transport.wait_answer()
                 failed = view.failed
                 await view.settle()
@@ -459,7 +470,7 @@ async def _chat(options: ChatOptions, out: Console, err: Console) -> int:
                     "Ctrl-C at the prompt leaves · "
                     f"{escape('/image PATH [question]')} sends an image[/]"
                 )
-                await _repl(out, transport, task, view)
+                await _repl(out, transport, task, view, offer)
         # After the task ended: an error reported while it drained (the answer's write to
         # the conversation store, say) counts too.
         if prompt_failed is not None:
@@ -489,7 +500,17 @@ async def _check_conversation(storage: ConversationStorage, conversation_id: str
     return None
 
 
-async def _repl(out: Console, transport: TextTransport, task: PipelineTask, view: _View) -> None:
+async def _send_line(transport: TextTransport, offer: ToolOffer, view: _View, text: str) -> None:
+    """Send a line of the user's, with the tools offered for it."""
+    change = offer.change_for(text, view.last_called)
+    if change is not None:
+        await transport.input().push_frame(change)
+    await transport.send_text(text)
+
+
+async def _repl(
+    out: Console, transport: TextTransport, task: PipelineTask, view: _View, offer: ToolOffer
+) -> None:
     answering = False
 
     async def read_line() -> str | None:
@@ -530,7 +551,7 @@ async def _repl(out: Console, transport: TextTransport, task: PipelineTask, view
                         transport._answer_done = trio.Event()
                         await transport.input().push_frame(frame)
                     else:
-                        await transport.send_text(text)
+                        await _send_line(transport, offer, view, text)
                     await transport.wait_answer()
                     answering = False
                     await view.settle()

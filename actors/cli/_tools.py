@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 import zoneinfo
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,15 +14,29 @@ from .._handlers import FunctionCallParams
 from .._schemas import FunctionSchema
 from ._calculator import calculate, calculate_in_thread
 
-__all__ = ["BUILTIN_TOOLS", "BuiltinTool", "calculate", "convert_units", "current_time"]
+__all__ = [
+    "BUILTIN_TOOLS",
+    "BuiltinTool",
+    "about_arithmetic",
+    "about_time",
+    "about_units",
+    "calculate",
+    "convert_units",
+    "current_time",
+]
 
 
 @attrs.frozen
 class BuiltinTool:
-    """A tool the chat offers: its schema and its handler."""
+    """A tool the chat offers: its schema, its handler, and the lines it is about.
+
+    ``about`` tells whether a line of the user's is about what the tool does: on the embedded
+    model the chat offers a tool only for such lines (see :mod:`actors.cli._offer`).
+    """
 
     schema: FunctionSchema
     handler: Callable[[FunctionCallParams], Awaitable[None]]
+    about: Callable[[str], bool]
 
 
 # ----------------------------------------------------------------------------- time
@@ -140,6 +155,59 @@ async def _convert_handler(params: FunctionCallParams) -> None:
     await params.result_callback(result)
 
 
+# ----------------------------------------------------------------------------- topics
+
+_TIME_WORDS = re.compile(
+    r"\b(time|times? ?zones?|clock|date|today|tonight|tomorrow|yesterday|weekday|o'clock"
+    r"|utc|gmt|what day|which day)\b",
+    re.IGNORECASE,
+)
+#: Two numbers around an operator (``12*7``, ``3 + 4``, ``2^10``), or a percentage.
+_EXPRESSION = re.compile(r"\d\s*(?:[-+*/\u00d7\u00f7^]\s*[\d(.]|%)")
+_MATH_WORDS = re.compile(
+    r"\b(calculat\w*|comput\w*|arithmetic|math\w*|sum|plus|minus|times|multipl\w*"
+    r"|divid\w*|square root|sqrt|powers?|percent\w*|average|squared|cubed)\b",
+    re.IGNORECASE,
+)
+_EXPLICIT_MATH = re.compile(r"\b(calculat\w*|comput\w*|arithmetic)\b", re.IGNORECASE)
+_DIGIT = re.compile(r"\d")
+_UNIT_NAMES = sorted(
+    {name for name in [*_LINEAR, *_ALIASES] if len(name) > 1 or name in _TEMPERATURE},
+    key=len,
+    reverse=True,
+)
+#: A number with a unit after it (``5 km``, ``100°F``, ``3 cups``).
+_QUANTITY = re.compile(
+    r"\d\s*(?:" + "|".join(re.escape(name) for name in _UNIT_NAMES) + r")(?![a-z])",
+    re.IGNORECASE,
+)
+_CONVERT_WORDS = re.compile(
+    r"\b(convert\w*|conversion)\b|\bhow many (?:"
+    + "|".join(re.escape(name) for name in _UNIT_NAMES if len(name) > 2)
+    + r")\b",
+    re.IGNORECASE,
+)
+
+
+def about_time(line: str) -> bool:
+    """Whether ``line`` asks about a time, a date or a time zone."""
+    return _TIME_WORDS.search(line) is not None
+
+
+def about_arithmetic(line: str) -> bool:
+    """Whether ``line`` holds a calculation: an expression, a number with a word of
+    arithmetic, or a request to calculate."""
+    if _EXPRESSION.search(line) or _EXPLICIT_MATH.search(line):
+        return True
+    return _DIGIT.search(line) is not None and _MATH_WORDS.search(line) is not None
+
+
+def about_units(line: str) -> bool:
+    """Whether ``line`` is about converting a quantity: a number with a unit, or a request
+    to convert."""
+    return _QUANTITY.search(line) is not None or _CONVERT_WORDS.search(line) is not None
+
+
 BUILTIN_TOOLS: tuple[BuiltinTool, ...] = (
     BuiltinTool(
         FunctionSchema(
@@ -154,6 +222,7 @@ BUILTIN_TOOLS: tuple[BuiltinTool, ...] = (
             required=["timezone"],
         ),
         _time_handler,
+        about_time,
     ),
     BuiltinTool(
         FunctionSchema(
@@ -163,6 +232,7 @@ BUILTIN_TOOLS: tuple[BuiltinTool, ...] = (
             required=["expression"],
         ),
         _calc_handler,
+        about_arithmetic,
     ),
     BuiltinTool(
         FunctionSchema(
@@ -179,5 +249,6 @@ BUILTIN_TOOLS: tuple[BuiltinTool, ...] = (
             required=["value", "from_unit", "to_unit"],
         ),
         _convert_handler,
+        about_units,
     ),
 )
