@@ -800,7 +800,7 @@ class ActorRef(Generic[T]):
                 mailbox.put_system(envelope)
             elif not mailbox.try_put_data(envelope):
                 await mailbox.put_data(envelope)
-            await reply.event.wait()
+            await reply.wait()
         if reply.result is None:
             raise AskTimeoutError(
                 f"actor {self._actor.name!r} did not answer {type(frame).__name__} "

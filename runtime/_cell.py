@@ -66,6 +66,7 @@ from ._lifecycle import (
     ActorState,
 )
 from ._mailbox import DemandMailbox, Envelope, Mailbox, Reply
+from ._park import WOKEN, Trap, make_trap, park
 from ._snapshot import ActorSnapshot
 from ._supervision import collapse_exception_group
 from ._supervisor import after_crash
@@ -138,6 +139,7 @@ class Cell:
         "task_count",
         "task_failure",
         "tasks_ended",
+        "trap",
         "upstream",
         "work_cancelled",
         "work_scope",
@@ -156,6 +158,9 @@ class Cell:
         self.name = actor.name
         self.core = core
         self.mailbox = self.make_mailbox(capacity)
+        #: What the data loop parks on while it waits for a frame (made by its first wait;
+        #: the cell is its abort function, see __call__).
+        self.trap: Trap | None = None
         self.lifecycle = bind(actor, self)
         #: For a companion, its owner; its link lists are the owner's (the same objects).
         self.owner = owner
@@ -583,7 +588,12 @@ class Cell:
                                     # a new batch (counting it shifts the fairness checkpoints
                                     # and slows a burst through a chain by a quarter).
                                     mailbox.expect_data()
-                                    await wait_task_rescheduled(self)  # (see __call__)
+                                    trap = self.trap
+                                    if trap is None:
+                                        trap = self.trap = make_trap(self)
+                                    woken = await park(trap)
+                                    if woken is not WOKEN:
+                                        woken.unwrap()  # cancelled
                                     envelope = mailbox.take_data()
                                     if envelope is None:
                                         continue  # a close (or a purge) came first: wait again

@@ -28,6 +28,7 @@ import trio
 
 from ._errors import ActorDeadError
 from ._frames import Frame, FrameDirection
+from ._park import Trap, make_trap, park, settle, wake
 
 __all__ = [
     "DataServer",
@@ -64,14 +65,30 @@ class DataServer(Protocol):
 class Reply:
     """The reply slot of one ask: set once, read by the asker."""
 
-    event: trio.Event = attrs.Factory(trio.Event)
     result: outcome.Outcome[Any] | None = None
+    #: The asker's task while it waits (:meth:`wait`).
+    waiter: trio.lowlevel.Task | None = None
 
     def set(self, result: outcome.Outcome[Any]) -> None:
         """Store the answer (the first one wins) and wake the asker."""
         if self.result is None:
             self.result = result
-            self.event.set()
+            waiter, self.waiter = self.waiter, None
+            if waiter is not None:
+                wake(waiter)
+
+    async def wait(self) -> None:
+        """Wait until the answer is stored (at once if it is; the wait can be cancelled)."""
+        if self.result is not None:
+            await trio.lowlevel.checkpoint()
+            return
+        self.waiter = trio.lowlevel.current_task()
+        settle(await park(make_trap(self)))
+
+    def __call__(self, _: object) -> trio.lowlevel.Abort:
+        """The abort function of the asker's wait (it is cancelled): it waits no more."""
+        self.waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 @attrs.define(eq=False, weakref_slot=False)
@@ -144,6 +161,8 @@ class Mailbox:
     # The data lane has one consumer: the task waiting on it, woken directly (no parking lot:
     # a wake-up per frame is the common case).
     _data_task: trio.lowlevel.Task | None = attrs.field(default=None, init=False)
+    # What get_data parks on (made at its first wait: a cell's loop parks on its own).
+    _trap: Trap | None = attrs.field(default=None, init=False)
     # Senders waiting for room; made when the first one has to wait (most lanes never fill).
     _send_lot: trio.lowlevel.ParkingLot | None = attrs.field(default=None, init=False)
     # Waiting senders, counted by hand: cheaper than asking the parking lot on every frame.
@@ -319,18 +338,21 @@ class Mailbox:
         data = self._data
         while not data:
             self.expect_data()
-            await trio.lowlevel.wait_task_rescheduled(self.abort_data_wait)
+            if self._trap is None:
+                self._trap = make_trap(self.abort_data_wait)
+            settle(await park(self._trap))
         self._delivered += 1
         if self._send_waiting and not self._sender_woken:
             self._wake_sender()
         return data.popleft()
 
     def expect_data(self) -> None:
-        """The consumer's task is about to wait for data, in
-        ``trio.lowlevel.wait_task_rescheduled(mailbox.abort_data_wait)``: the next frame (or
-        :meth:`close`) reschedules it; it then takes with :meth:`take_data`, which may find
-        nothing (after a close). :meth:`get_data` in one call; a loop that waits itself saves
-        a coroutine (and a frame to resume at each wake-up)."""
+        """The consumer's task is about to wait for data, in :func:`runtime._park.park` on a
+        trap whose abort function calls :meth:`abort_data_wait`: the next frame (or
+        :meth:`close`) wakes it (:func:`runtime._park.wake`); it then takes with
+        :meth:`take_data`, which may find nothing (after a close). :meth:`get_data` in one
+        call; a loop that waits itself saves a coroutine (and a frame to resume at each
+        wake-up)."""
         assert self._data_task is None, "a mailbox lane has one consumer"
         self._data_task = trio.lowlevel.current_task()
 
@@ -347,7 +369,7 @@ class Mailbox:
     def _wake_data(self) -> None:
         task, self._data_task = self._data_task, None
         assert task is not None
-        trio.lowlevel.reschedule(task)
+        wake(task)
 
     def abort_data_wait(self, _: object) -> trio.lowlevel.Abort:
         """The abort function of the consumer's wait (see :meth:`expect_data`)."""
