@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._advertised import AdvertisedHandler, lookup_handler
+from ._frozen import FrozenDict, frozen_copy
 from ._planner import PROTECTED_ROLES, request_messages
 from ._schemas import ToolsSchema, prepare_tools
 
@@ -152,13 +153,20 @@ def _messages_for_logging(messages: Iterable[Mapping[str, Any]]) -> str:
     return json.dumps([_elide(m) for m in messages], ensure_ascii=False, default=str)
 
 
+def _read_only_all(values: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """The messages (or tools) of a snapshot, read-only: those a context shares already are,
+    anything else is copied (see ``actors._frozen``)."""
+    return tuple(v if type(v) is FrozenDict else frozen_copy(v) for v in values)
+
+
 @attrs.frozen
 class ContextSnapshot:
     """An immutable view of the conversation at one moment.
 
-    The messages are private copies: changing what :meth:`get_messages` returns changes
-    nothing anywhere else. The LLM receives snapshots; tool handlers see one in
-    ``params.context``.
+    Its messages and tools are read-only (a ``dict``/``list`` that refuses changes,
+    ``TypeError``): the snapshots a context takes share them, each message copied once.
+    :meth:`get_messages` returns changeable copies: changing them changes nothing anywhere
+    else. The LLM receives snapshots; tool handlers see one in ``params.context``.
 
     ``handlers`` names the handlers that came with the tools (``FunctionSchema(handler=...)``,
     plain functions) as ``(function name, token)`` pairs: the snapshot carries no callable.
@@ -171,8 +179,10 @@ class ContextSnapshot:
     no window applies.
     """
 
-    messages: tuple[dict[str, Any], ...]
-    tools: tuple[dict[str, Any], ...] | None = None
+    messages: tuple[dict[str, Any], ...] = attrs.field(converter=_read_only_all)
+    tools: tuple[dict[str, Any], ...] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(_read_only_all)
+    )
     tool_choice: Any = None
     interrupted: frozenset[int] = frozenset()
     handlers: tuple[tuple[str, str], ...] = attrs.field(default=(), eq=False, repr=False)
@@ -269,6 +279,20 @@ class OpenAILLMContext:
         #: before the tools changed still finds its handler.
         self._kept: dict[str, AdvertisedHandler] = {h.token: h for h in prepared.handlers.values()}
         self._tool_choice = _check_tool_choice(tool_choice)
+        self._reset_shared()
+
+    def _reset_shared(self) -> None:
+        """Forget the read-only copies that snapshots share (every message changed)."""
+        #: Read-only copies of the messages, given to every snapshot (``actors._frozen``):
+        #: made when a snapshot first needs them, so a turn copies only what it added.
+        self._shared: list[dict[str, Any]] = []
+        #: The same for the tools, made with the first snapshot after they were set.
+        self._shared_tools: tuple[dict[str, Any], ...] | None = None
+
+    def _unshare(self, index: int) -> None:
+        """Message ``index`` changed in place: its next snapshot copies it again."""
+        if index < len(self._shared):
+            self._shared[index] = frozen_copy(self._messages[index])
 
     @staticmethod
     def from_messages(messages: Sequence[Mapping[str, Any]]) -> OpenAILLMContext:
@@ -329,10 +353,18 @@ class OpenAILLMContext:
         return sorted(self._handlers)
 
     def snapshot(self) -> ContextSnapshot:
-        """An immutable copy of the conversation."""
+        """An immutable copy of the conversation. Its messages and tools are read-only
+        copies that the snapshots of this context share (each made once); change a copy of
+        them (:meth:`ContextSnapshot.get_messages`)."""
+        shared, messages = self._shared, self._messages
+        if len(shared) < len(messages):
+            shared.extend(frozen_copy(m) for m in messages[len(shared) :])
+        tools = self._shared_tools
+        if tools is None and self._tools:
+            tools = self._shared_tools = tuple(frozen_copy(t) for t in self._tools)
         return ContextSnapshot(
-            messages=tuple(copy.deepcopy(self._messages)),
-            tools=tuple(copy.deepcopy(self._tools)) if self._tools else None,
+            messages=tuple(shared),
+            tools=tools if self._tools else None,
             tool_choice=copy.deepcopy(self._tool_choice),
             interrupted=frozenset(i for i, flag in enumerate(self._interrupted) if flag),
             handlers=tuple((name, h.token) for name, h in sorted(self._handlers.items())),
@@ -359,6 +391,7 @@ class OpenAILLMContext:
         checked = validate_messages(messages)
         self._messages = checked
         self._interrupted = [False] * len(checked)
+        self._shared = []
 
     def set_tools(self, tools: ToolsSchema | Sequence[Any] | None) -> None:
         """Replace the tools (an empty list means no tools); their handlers come with them
@@ -366,6 +399,7 @@ class OpenAILLMContext:
         prepared = prepare_tools(tools)
         self._tools_source = tools
         self._tools = prepared.api
+        self._shared_tools = None
         self._handlers = prepared.handlers
         self._kept.update((h.token, h) for h in prepared.handlers.values())
 
@@ -418,9 +452,12 @@ class OpenAILLMContext:
 
     def set_tool_result(self, tool_call_id: str, content: str) -> bool:
         """Write ``content`` into the ``tool`` message of ``tool_call_id``; False if none."""
-        for message in reversed(self._messages):
+        messages = self._messages
+        for index in range(len(messages) - 1, -1, -1):
+            message = messages[index]
             if message.get("role") == "tool" and message.get("tool_call_id") == tool_call_id:
                 message["content"] = content
+                self._unshare(index)
                 return True
         return False
 
@@ -461,6 +498,7 @@ def restore_context(context: OpenAILLMContext, snapshot: ContextSnapshot) -> Non
     context._messages, context._interrupted = loaded._messages, loaded._interrupted
     context._tools_source, context._tools = loaded._tools_source, loaded._tools
     context._tool_choice = loaded._tool_choice
+    context._reset_shared()
 
 
 #: Pipecat 1.x's name for the conversation.

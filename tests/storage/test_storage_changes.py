@@ -97,8 +97,11 @@ def test_the_fold_never_changes_its_inputs() -> None:
     folded = fold(base, [SettleToolCall("c", "ok"), change])
     assert base.messages[0]["content"] == "IN_PROGRESS"
     assert folded.messages[0]["content"] == "ok"
-    folded.messages[1]["content"] = "changed"
+    with pytest.raises(TypeError, match="read-only"):
+        folded.messages[1]["content"] = "changed"  # a snapshot's messages are read-only
+    folded.get_messages()[1]["content"] = "changed"  # its copies are the caller's
     assert change.messages[0]["content"] == "x"
+    assert message["content"] == "x"
 
 
 def test_a_change_that_does_not_apply_is_corrupt() -> None:
