@@ -74,6 +74,12 @@ def validate_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, A
     return [copy.deepcopy(dict(message)) for message in check_messages(messages)]
 
 
+def _read_only_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`validate_messages`, but the copies are read-only (what a context keeps: its
+    snapshots share them)."""
+    return [frozen_copy(dict(message)) for message in check_messages(messages)]
+
+
 def _check_tool_choice(choice: object) -> Any:
     # A dict is unhashable: test membership on strings only.
     if choice is None or (isinstance(choice, str) and choice in _TOOL_CHOICES):
@@ -164,7 +170,7 @@ class ContextSnapshot:
     """An immutable view of the conversation at one moment.
 
     Its messages and tools are read-only (a ``dict``/``list`` that refuses changes,
-    ``TypeError``): the snapshots a context takes share them, each message copied once.
+    ``TypeError``): a context and the snapshots it takes share them, each copied once.
     :meth:`get_messages` returns changeable copies: changing them changes nothing anywhere
     else. The LLM receives snapshots; tool handlers see one in ``params.context``.
 
@@ -268,7 +274,9 @@ class OpenAILLMContext:
         tools: ToolsSchema | Sequence[Any] | None = None,
         tool_choice: Any = None,
     ) -> None:
-        self._messages: list[dict[str, Any]] = validate_messages(messages or [])
+        #: Read-only copies (``actors._frozen``): every snapshot shares them, so a snapshot
+        #: costs a tuple, not a copy of the conversation. Changing a message replaces it.
+        self._messages: list[dict[str, Any]] = _read_only_messages(messages or [])
         self._interrupted: list[bool] = [False] * len(self._messages)
         self._tools_source: Any = tools
         prepared = prepare_tools(tools)
@@ -279,20 +287,9 @@ class OpenAILLMContext:
         #: before the tools changed still finds its handler.
         self._kept: dict[str, AdvertisedHandler] = {h.token: h for h in prepared.handlers.values()}
         self._tool_choice = _check_tool_choice(tool_choice)
-        self._reset_shared()
-
-    def _reset_shared(self) -> None:
-        """Forget the read-only copies that snapshots share (every message changed)."""
-        #: Read-only copies of the messages, given to every snapshot (``actors._frozen``):
-        #: made when a snapshot first needs them, so a turn copies only what it added.
-        self._shared: list[dict[str, Any]] = []
-        #: The same for the tools, made with the first snapshot after they were set.
+        #: Read-only copies of the tools for the snapshots, made by the first one after
+        #: the tools were set.
         self._shared_tools: tuple[dict[str, Any], ...] | None = None
-
-    def _unshare(self, index: int) -> None:
-        """Message ``index`` changed in place: its next snapshot copies it again."""
-        if index < len(self._shared):
-            self._shared[index] = frozen_copy(self._messages[index])
 
     @staticmethod
     def from_messages(messages: Sequence[Mapping[str, Any]]) -> OpenAILLMContext:
@@ -356,14 +353,11 @@ class OpenAILLMContext:
         """An immutable copy of the conversation. Its messages and tools are read-only
         copies that the snapshots of this context share (each made once); change a copy of
         them (:meth:`ContextSnapshot.get_messages`)."""
-        shared, messages = self._shared, self._messages
-        if len(shared) < len(messages):
-            shared.extend(frozen_copy(m) for m in messages[len(shared) :])
         tools = self._shared_tools
         if tools is None and self._tools:
             tools = self._shared_tools = tuple(frozen_copy(t) for t in self._tools)
         return ContextSnapshot(
-            messages=tuple(shared),
+            messages=tuple(self._messages),
             tools=tools if self._tools else None,
             tool_choice=copy.deepcopy(self._tool_choice),
             interrupted=frozenset(i for i, flag in enumerate(self._interrupted) if flag),
@@ -377,21 +371,20 @@ class OpenAILLMContext:
 
     def add_message(self, message: Mapping[str, Any], *, interrupted: bool = False) -> None:
         """Append one message (validated, copied)."""
-        self._messages.extend(validate_messages([message]))
+        self._messages.extend(_read_only_messages([message]))
         self._interrupted.append(interrupted)
 
     def add_messages(self, messages: Sequence[Mapping[str, Any]]) -> None:
         """Append several messages (all validated before any is added)."""
-        checked = validate_messages(messages)
+        checked = _read_only_messages(messages)
         self._messages.extend(checked)
         self._interrupted.extend([False] * len(checked))
 
     def set_messages(self, messages: Sequence[Mapping[str, Any]]) -> None:
         """Replace every message (validated before anything changes)."""
-        checked = validate_messages(messages)
+        checked = _read_only_messages(messages)
         self._messages = checked
         self._interrupted = [False] * len(checked)
-        self._shared = []
 
     def set_tools(self, tools: ToolsSchema | Sequence[Any] | None) -> None:
         """Replace the tools (an empty list means no tools); their handlers come with them
@@ -456,8 +449,8 @@ class OpenAILLMContext:
         for index in range(len(messages) - 1, -1, -1):
             message = messages[index]
             if message.get("role") == "tool" and message.get("tool_call_id") == tool_call_id:
-                message["content"] = content
-                self._unshare(index)
+                # A new message: the snapshots that hold the old one keep it as it was.
+                messages[index] = FrozenDict({**message, "content": content})
                 return True
         return False
 
@@ -498,7 +491,7 @@ def restore_context(context: OpenAILLMContext, snapshot: ContextSnapshot) -> Non
     context._messages, context._interrupted = loaded._messages, loaded._interrupted
     context._tools_source, context._tools = loaded._tools_source, loaded._tools
     context._tool_choice = loaded._tool_choice
-    context._reset_shared()
+    context._shared_tools = None
 
 
 #: Pipecat 1.x's name for the conversation.

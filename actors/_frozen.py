@@ -1,8 +1,9 @@
 """Read-only copies of JSON-like values: the messages and tools that snapshots share.
 
-A context makes a read-only copy of each of its messages once and gives the same copy to every
-snapshot it takes after (:meth:`~actors.OpenAILLMContext.snapshot`), instead of deep-copying
-the whole conversation for each: a long chat no longer costs a copy of its history per turn.
+A context keeps its messages as read-only copies, made once when they enter it, and gives
+them to every snapshot it takes (:meth:`~actors.OpenAILLMContext.snapshot`) instead of
+deep-copying the whole conversation for each: a long chat no longer costs a copy of its
+history per turn.
 Being shared, the copies must not change: :class:`FrozenDict` and :class:`FrozenList` are a
 ``dict`` and a ``list`` (so JSON encoders, equality and ``isinstance`` treat them as such)
 that refuse every change. ``copy.deepcopy`` and pickling give plain, changeable ones.
