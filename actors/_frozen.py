@@ -4,6 +4,7 @@ A context keeps its messages as read-only copies, made once when they enter it, 
 them to every snapshot it takes (:meth:`~actors.OpenAILLMContext.snapshot`) instead of
 deep-copying the whole conversation for each: a long chat no longer costs a copy of its
 history per turn.
+
 Being shared, the copies must not change: :class:`FrozenDict` and :class:`FrozenList` are a
 ``dict`` and a ``list`` (so JSON encoders, equality and ``isinstance`` treat them as such)
 that refuse every change. ``copy.deepcopy`` and pickling give plain, changeable ones.

@@ -592,7 +592,7 @@ class Cell:
                                     if trap is None:
                                         trap = self.trap = make_trap(self)
                                     woken = await park(trap)
-                                    if woken is not WOKEN:
+                                    if woken is not WOKEN:  # _park.settle, inlined
                                         woken.unwrap()  # cancelled
                                     envelope = mailbox.take_data()
                                     if envelope is None:
