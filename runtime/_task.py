@@ -29,6 +29,7 @@ from ._frames import (
 from ._lifecycle import RUNNING
 from ._mailbox import DemandMailbox, Envelope, Mailbox
 from ._params import PipelineParams
+from ._park import make_trap, park, settle, wake
 from ._pipeline import ParallelPipeline, Pipeline, Stage, build
 from ._session import Session
 from ._snapshot import SessionSnapshot
@@ -56,9 +57,8 @@ class _Done:
 
     A ``trio.Event`` awaited for a session's whole life costs seven objects (the event, its
     set of waiters, the wait's coroutine and its abort closure) for the garbage collector to
-    scan; this costs one. The run parks itself (:meth:`park`, then
-    ``trio.lowlevel.wait_task_rescheduled(done)``: the object is its own abort function) and
-    :meth:`set` wakes it.
+    scan; this costs one. The run parks itself (:meth:`park`, then ``runtime._park.park`` on a
+    trap whose abort function is the object itself) and :meth:`set` wakes it.
     """
 
     __slots__ = ("_waiter", "is_set")
@@ -72,10 +72,10 @@ class _Done:
         self.is_set = True
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
-            trio.lowlevel.reschedule(waiter)
+            wake(waiter)
 
     def park(self) -> None:
-        """The current task is about to wait (``wait_task_rescheduled(self)``)."""
+        """The current task is about to wait (``runtime._park.park(make_trap(self))``)."""
         assert self._waiter is None, "a task's run is its only waiter"
         self._waiter = trio.lowlevel.current_task()
 
@@ -91,7 +91,7 @@ async def _wait_done(done: _Done) -> None:
         await trio.lowlevel.checkpoint()
         return
     done.park()
-    await trio.lowlevel.wait_task_rescheduled(done)
+    settle(await park(make_trap(done)))
 
 
 class _Edge(Actor[Frame]):
@@ -558,7 +558,7 @@ class PipelineTask:
                         done = self._done
                         if not done.is_set:
                             done.park()
-                            await trio.lowlevel.wait_task_rescheduled(done)
+                            settle(await park(make_trap(done)))
                     else:
                         async with trio.open_nursery() as watchers:
                             watchers.start_soon(self._idle_monitor, p.idle_timeout_secs)
