@@ -40,15 +40,12 @@ class ToolOffer:
 
     tools: tuple[BuiltinTool, ...]
     every_line: bool
-    #: The names offered now (what the conversation's context holds).
+    #: The names offered now (what the conversation's context holds); before the first
+    #: line, every tool's with ``every_line``, else none.
     offered: tuple[str, ...] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.offered = self.initial()
-
-    def initial(self) -> tuple[str, ...]:
-        """The names offered before the first line."""
-        return tuple(t.schema.name for t in self.tools) if self.every_line else ()
+        self.offered = tuple(t.schema.name for t in self.tools) if self.every_line else ()
 
     def schema(self, names: Collection[str]) -> ToolsSchema | None:
         """The tools named, as the context takes them (``None``: no tools)."""

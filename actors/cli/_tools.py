@@ -165,10 +165,11 @@ _TIME_WORDS = re.compile(
 #: Two numbers around an operator (``12*7``, ``3 + 4``, ``2^10``), or a percentage.
 _EXPRESSION = re.compile(r"\d\s*(?:[-+*/\u00d7\u00f7^]\s*[\d(.]|%)")
 _MATH_WORDS = re.compile(
-    r"\b(calculat\w*|comput\w*|arithmetic|math\w*|sum|plus|minus|times|multipl\w*"
+    r"\b(math\w*|sum|plus|minus|times|multipl\w*"
     r"|divid\w*|square root|sqrt|powers?|percent\w*|average|squared|cubed)\b",
     re.IGNORECASE,
 )
+#: Asking for a calculation, with or without a number.
 _EXPLICIT_MATH = re.compile(r"\b(calculat\w*|comput\w*|arithmetic)\b", re.IGNORECASE)
 _DIGIT = re.compile(r"\d")
 _UNIT_NAMES = sorted(
