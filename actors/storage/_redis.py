@@ -185,6 +185,10 @@ class RedisConversationStorage:
         self._compact_again: set[str] = set()
         self._scripts: dict[str, Any] = {}
         self._pipeline: AppendPipeline | None = None
+        # The lease renewals, pipelined the same way on a connection of their own: the keeper
+        # renews every session's lease each third of its ttl, thousands at once on a busy
+        # worker, and a coredis command each would cost the loop more than the renewals.
+        self._renewals: AppendPipeline | None = None
         #: Renews the leases of the sessions writing through this storage, in one task.
         self.lease_keeper = LeaseKeeper(self)
         # Append ids made for appends that come without one: unique across processes (a
@@ -220,15 +224,20 @@ class RedisConversationStorage:
                 self._scripts = {
                     name: client.register_script(getattr(scripts, name)) for name in scripts.__all__
                 }
-                pipeline = AppendPipeline(
-                    client.connection_pool.get_connection,
-                    scripts.APPEND,
-                    self._scripts["APPEND"].sha,
-                    self.timeout,
-                    mask_url(self.url),
+                pipeline, renewals = (
+                    AppendPipeline(
+                        client.connection_pool.get_connection,
+                        getattr(scripts, name),
+                        self._scripts[name].sha,
+                        self.timeout,
+                        mask_url(self.url),
+                    )
+                    for name in ("APPEND", "RENEW")
                 )
                 with trio.fail_after(self.connect_timeout + self.timeout):
-                    await pipeline.connect()  # its own connection, then one for the rest
+                    # A connection each, then one for the rest.
+                    await pipeline.connect()
+                    await renewals.connect()
                     await client.ping()
         except BaseException:
             self._state = Phase.CLOSED
@@ -236,9 +245,11 @@ class RedisConversationStorage:
                 self._background.cancel()
             await self._close_stack(stack)
             raise
-        self._client, self._stack, self._pipeline = client, stack, pipeline
+        self._client, self._stack = client, stack
+        self._pipeline, self._renewals = pipeline, renewals
         assert self._background is not None
-        self._background.start_soon(self._pipeline.run, name=f"{self!r}: appends")
+        self._background.start_soon(pipeline.run, name=f"{self!r}: appends")
+        self._background.start_soon(renewals.run, name=f"{self!r}: lease renewals")
         self._background.start_soon(self.lease_keeper.run, name=f"{self!r}: leases")
         return self
 
@@ -264,6 +275,7 @@ class RedisConversationStorage:
         self._state = Phase.CLOSED
         self._client = None
         self._pipeline = None
+        self._renewals = None
         if self._background is not None:
             self._background.cancel()  # its tasks only: never the caller's block
 
@@ -606,10 +618,15 @@ class RedisConversationStorage:
         """Extend a live lease (see :meth:`ConversationStorage.renew_lease`)."""
         cid = check_lease(None, lease)
         seconds = lease.ttl if ttl is None else check_ttl(ttl)
+        self._live_client()
+        renewals = self._renewals
+        if renewals is None:
+            raise StorageUnavailableError(f"{self!r} is closed")
         lease_key = self._keys(cid)[3]
-        reply = await self._script(
-            cid, "RENEW", [lease_key], [_lease_value(lease), _ttl_ms(seconds)]
-        )
+        # Pipelined (see _renewals): sent again on a new connection if its answer is lost,
+        # which is safe, as a renewal of a live lease can be made twice.
+        with self._translating(cid):
+            reply = await renewals.call((1, lease_key, _lease_value(lease), _ttl_ms(seconds)))
         status, values = self._answer(cid, reply)
         self._lease_refusal(cid, lease, status, values)
         return Lease(cid, lease.owner, lease.token, seconds)

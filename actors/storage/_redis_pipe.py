@@ -1,5 +1,6 @@
-"""Pipelined appends for the Redis backend: one task and one dedicated connection send the
-``APPEND`` script calls of every session of a storage, many per round trip.
+"""Pipelined script calls for the Redis backend: one task and one dedicated connection send
+the ``APPEND`` script calls of every session of a storage, many per round trip (and a second
+pipeline, the same way, the ``RENEW`` calls of its lease keeper).
 
 Why: a ``coredis`` command costs the event loop far more than the script it runs (a
 retry policy, a telemetry span, a pooled connection, a request and an event per call, and

@@ -543,6 +543,45 @@ async def test_many_renewals_made_together_are_all_extended(tmp_path: Any) -> No
     assert min(expiries) - time.time() > 250
 
 
+async def test_redis_renewals_made_together_each_get_their_answer(
+    redis_server: RedisServer,
+) -> None:
+    """Renewals made at one moment (the lease keeper renews thousands at once on a busy
+    worker) go pipelined on a connection of their own, more than one round trip takes
+    (128): each gets its own answer, a live lease extended, a lease taken over and a lease
+    on a conversation without one refused; appends go on meanwhile."""
+    async with RedisConversationStorage(redis_server.url, prefix=_prefix()) as storage:
+        leases = [await storage.acquire_lease(f"c{i}", "me", ttl=1) for i in range(300)]
+        taken = await storage.acquire_lease("taken", "me", ttl=1)
+        await storage.release_lease(taken)
+        await storage.acquire_lease("taken", "someone-else", ttl=60)
+        ghost = attrs.evolve(leases[0], conversation_id="ghost")
+        answers: dict[str, Any] = {}
+
+        async def renew(key: str, lease: Any) -> None:
+            try:
+                answers[key] = await storage.renew_lease(lease, ttl=120)
+            except Exception as exc:
+                answers[key] = exc
+
+        async with trio.open_nursery() as nursery:
+            for lease in leases:
+                nursery.start_soon(renew, lease.conversation_id, lease)
+            nursery.start_soon(renew, "taken", taken)
+            nursery.start_soon(renew, "ghost", ghost)
+            appended = await storage.append(
+                "c1", said("meanwhile"), expected_version=0, lease=leases[1]
+            )
+            assert appended == 1
+        assert all(answers[lease.conversation_id].ttl == 120 for lease in leases)
+        assert isinstance(answers["taken"], LeaseLostError)
+        assert "someone-else" in str(answers["taken"])
+        assert isinstance(answers["ghost"], LeaseLostError)
+        await trio.sleep(1.5)  # past the first ttl: still held, by the renewal
+        with pytest.raises(LeaseHeldError):
+            await storage.acquire_lease("c299", "intruder", 1)
+
+
 async def test_acquisitions_made_together_each_get_their_answer(tmp_path: Any) -> None:
     """Acquisitions queued at one moment (many sessions opening at once) are carried out
     in one transaction, in order: a new conversation gets token 1, an expired lease the
