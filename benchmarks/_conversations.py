@@ -32,10 +32,11 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ __all__ = [
     "quiet_worker_logs",
     "run_sizes",
     "serve_until_sigterm",
+    "worker_processes",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,44 +110,73 @@ def cpu_secs(pid: int) -> float:
 
 
 @contextmanager
+def worker_processes(argv: list[str], count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``count`` processes running ``argv`` (this checkout first on ``PYTHONPATH``), each
+    announced by a ``ready`` line on its standard output; ended with SIGTERM (SIGKILL after
+    :data:`STOP_SECS`) when the block is left.
+
+    Their logs (standard error, where :func:`quiet_worker_logs` sends them) go to a temporary
+    file each, never to a pipe nobody reads: a worker logging warnings under load would fill
+    the pipe and block on its next line, hung, until its leases and placements expired. If
+    the block fails, the last lines of each log are printed.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    with ExitStack() as files:
+        logs = [files.enter_context(tempfile.TemporaryFile()) for _ in range(count)]
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            for log in logs:
+                procs.append(
+                    subprocess.Popen(
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=log,
+                        env=env,
+                        cwd=str(ROOT),
+                    )
+                )
+            for proc in procs:
+                assert proc.stdout is not None
+                if not proc.stdout.readline().startswith(b"ready"):
+                    raise RuntimeError(f"a worker process did not start: {' '.join(argv[:4])}")
+            yield procs
+        except BaseException:
+            for number, log in enumerate(logs, 1):
+                log.seek(0)
+                tail = log.read().decode(errors="replace").splitlines()[-20:]
+                if tail:
+                    print(
+                        f"worker {number} of {count}, last log lines:",
+                        *tail,
+                        sep="\n  ",
+                        file=sys.stderr,
+                    )
+            raise
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    os.kill(proc.pid, signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(STOP_SECS)
+                except subprocess.TimeoutExpired:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                if proc.stdout is not None:
+                    proc.stdout.close()
+
+
+@contextmanager
 def _workers(
     count: int, redis_url: str, prefix: str, storage_prefix: str, base_url: str
 ) -> Iterator[list[int]]:
     """``count`` conversation worker processes, all announced; their process ids."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     argv = [sys.executable, "-m", "benchmarks._conversations", "worker"]
     argv += [redis_url, prefix, storage_prefix, base_url]
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for _ in range(count):
-            procs.append(
-                subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
-                    env=env,
-                    cwd=str(ROOT),
-                )
-            )
-        for proc in procs:
-            assert proc.stdout is not None
-            if not proc.stdout.readline().startswith(b"ready"):
-                raise RuntimeError("a conversation worker process did not start")
+    with worker_processes(argv, count) as procs:
         yield [proc.pid for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(STOP_SECS)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
 
 
 # --------------------------------------------------------------------------- client
@@ -312,10 +343,14 @@ async def serve_until_sigterm(worker: Any) -> None:
 
 
 def quiet_worker_logs() -> None:
-    """A worker process logs warnings and above only (its info lines would be measured)."""
+    """A worker process logs warnings and above only (its info lines would be measured), to
+    its standard error (its standard output carries the ``ready`` line to the benchmark)."""
     import structlog
 
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(30),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
 
 
 if __name__ == "__main__":

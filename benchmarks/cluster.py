@@ -28,8 +28,6 @@ figures worth comparing.
 from __future__ import annotations
 
 import math
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -48,7 +46,13 @@ from actors.storage.testing import RedisServer, RedisServerError
 from runtime import Actor, DataFrame, Frame, FrameDirection, Pipeline, PipelineTask
 from runtime.cluster import ClusterClient, ClusterWorker, RemoteInterruptedFrame
 
-from ._conversations import conversation_rows, quiet_worker_logs, run_sizes, serve_until_sigterm
+from ._conversations import (
+    conversation_rows,
+    quiet_worker_logs,
+    run_sizes,
+    serve_until_sigterm,
+    worker_processes,
+)
 from ._registry import Options, Report, Row, Target
 
 __all__ = ["Ask", "Echo", "Piece", "factory", "run"]
@@ -136,37 +140,10 @@ async def _in_process(samples: int) -> tuple[list[float], list[float]]:
 
 @contextmanager
 def _workers(url: str, prefix: str, count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.cluster", "worker", url, prefix],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            cwd=str(ROOT),
-        )
-        for _ in range(count)
-    ]
-    try:
-        for proc in procs:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if not line.startswith(b"ready"):
-                raise RuntimeError("a benchmark worker did not start")
+    with worker_processes(
+        [sys.executable, "-m", "benchmarks.cluster", "worker", url, prefix], count
+    ) as procs:
         yield procs
-    finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
 
 
 async def _cross_process(url: str, prefix: str, samples: int) -> tuple[list[float], list[float]]:
