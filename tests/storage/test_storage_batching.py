@@ -476,6 +476,14 @@ async def test_a_group_checks_every_lease(tmp_path: Any) -> None:
         assert answers["other"] == 1
 
 
+async def _renew_into(storage: Any, answers: dict[str, Any], key: str, lease: Any) -> None:
+    """Renew ``lease`` for 120 s; its answer (the lease, or the error) into ``answers[key]``."""
+    try:
+        answers[key] = await storage.renew_lease(lease, ttl=120)
+    except Exception as exc:
+        answers[key] = exc
+
+
 async def test_renewals_made_together_each_get_their_answer(tmp_path: Any) -> None:
     """Renewals queued at one moment (the lease keeper renews many at once) are carried
     out in one transaction: a live lease is extended, a lease taken over and a lease on a
@@ -491,11 +499,7 @@ async def test_renewals_made_together_each_get_their_answer(tmp_path: Any) -> No
         holder = sqlite3.connect(path, isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")
 
-        async def renew(key: str, lease: Any) -> None:
-            try:
-                answers[key] = await storage.renew_lease(lease, ttl=120)
-            except Exception as exc:
-                answers[key] = exc
+        renew = functools.partial(_renew_into, storage, answers)
 
         async with trio.open_nursery() as nursery:
             for key, lease in (("live", live), ("taken", taken), ("ghost", ghost)):
@@ -558,11 +562,7 @@ async def test_redis_renewals_made_together_each_get_their_answer(
         ghost = attrs.evolve(leases[0], conversation_id="ghost")
         answers: dict[str, Any] = {}
 
-        async def renew(key: str, lease: Any) -> None:
-            try:
-                answers[key] = await storage.renew_lease(lease, ttl=120)
-            except Exception as exc:
-                answers[key] = exc
+        renew = functools.partial(_renew_into, storage, answers)
 
         async with trio.open_nursery() as nursery:
             for lease in leases:
