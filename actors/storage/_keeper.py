@@ -26,8 +26,30 @@ __all__ = ["KeptLease", "LeaseKeeper"]
 
 log = structlog.get_logger("trouper.actors.storage")
 
-#: Renewals run at once, at most (each is a storage call).
-_CONCURRENT_RENEWALS = 64
+#: Renewals in flight at once, at most (each is a storage call; the backends carry the
+#: renewals made together in one transaction or one round trip).
+_CONCURRENT_RENEWALS = 128
+
+
+def retry_delay(ttl: float, failures: int) -> float:
+    """Seconds to wait before renewing a lease of ``ttl`` again after ``failures`` failed
+    renewals in a row: a thirtieth of the ttl, doubled at each failure, at most a sixth.
+    Several tries then fit before the lease would expire, where a retry at the next period
+    (a third of the ttl) loses the lease after two failures in a row."""
+    return min(ttl / 6, ttl / 30 * (1 << min(failures - 1, 8)))
+
+
+def log_renewal_failure(lease: Lease, failures: int, error: Exception) -> None:
+    """Log a failed renewal that will be retried: the first of a run of failures as a
+    warning, the retries after it (every lease of a storage that is away fails at once,
+    and each is retried several times) at debug level."""
+    report = log.warning if failures == 1 else log.debug
+    report(
+        "lease renewal failed; retrying",
+        conversation_id=lease.conversation_id,
+        attempt=failures,
+        error=str(error),
+    )
 
 
 @attrs.define(eq=False, slots=True)
@@ -42,7 +64,10 @@ class KeptLease:
     lease: Lease
     _on_lost: Callable[[LeaseLostError], object]
     _owner: weakref.ref[object] | None
+    #: When the last renewal that succeeded was sent (the lease lives at least a ttl
+    #: from then, however late its answer came).
     _renewed_at: float
+    _failures: int = 0
     kept: bool = True
 
     def stop(self) -> None:
@@ -56,13 +81,16 @@ class KeptLease:
 
 
 class LeaseKeeper:
-    """Renews the leases handed to it, all in one task (:meth:`run`, which the storage
+    """Renews the leases handed to it, from one task (:meth:`run`, which the storage
     starts in its task group when it opens).
 
-    A lease is renewed every third of its ttl. A renewal the storage could not carry out
-    (unreachable) is retried at the next period until the lease would have expired; then,
-    or when the storage says the lease is lost, the lease's ``on_lost`` is called once with
-    the :class:`LeaseLostError` and the lease is dropped.
+    A lease is renewed every third of its ttl, counted from when its last renewal was sent.
+    Each renewal runs on its own (a slow one holds up no other lease), at most
+    ``_CONCURRENT_RENEWALS`` at once. A renewal the storage could not carry out
+    (unreachable, or no answer within its timeout) is retried soon (:func:`retry_delay`)
+    until the lease would have expired; then, or when the storage says the lease is lost,
+    the lease's ``on_lost`` is called once with the :class:`LeaseLostError` and the lease is
+    dropped.
 
     Args:
         storage: The storage whose ``renew_lease`` it calls.
@@ -74,6 +102,7 @@ class LeaseKeeper:
         self._order = itertools.count()
         self._sleep: trio.CancelScope | None = None
         self._running = False
+        self._in_flight = 0
 
     @property
     def running(self) -> bool:
@@ -82,7 +111,7 @@ class LeaseKeeper:
 
     def __len__(self) -> int:
         """Leases it renews."""
-        return sum(1 for _, _, kept in self._due if kept.kept)
+        return sum(1 for _, _, kept in self._due if kept.kept) + self._in_flight
 
     def keep(
         self,
@@ -114,54 +143,68 @@ class LeaseKeeper:
         """Renew the leases as they fall due, until cancelled."""
         self._running = True
         try:
-            while True:
-                deadline = self._due[0][0] if self._due else math.inf
-                with trio.CancelScope(deadline=deadline) as self._sleep:
-                    await trio.sleep_forever()
-                self._sleep = None
-                now = trio.current_time()
-                due = []
-                while self._due and self._due[0][0] <= now:
-                    kept = heapq.heappop(self._due)[2]
-                    if kept._alive():
-                        due.append(kept)
-                if due:
-                    limit = trio.CapacityLimiter(_CONCURRENT_RENEWALS)
-                    async with trio.open_nursery() as nursery:
-                        for kept in due:
-                            nursery.start_soon(self._renew, kept, limit)
+            async with trio.open_nursery() as renewals:
+                while True:
+                    deadline = self._dispatch(renewals)
+                    with trio.CancelScope(deadline=deadline) as self._sleep:
+                        await trio.sleep_forever()
+                    self._sleep = None
         finally:
             self._running = False
             self._sleep = None
 
-    async def _renew(self, kept: KeptLease, limit: trio.CapacityLimiter) -> None:
-        async with limit:
-            if not kept._alive():
-                return
-            lease = kept.lease
-            try:
-                kept.lease = await self._storage.renew_lease(lease)
-                kept._renewed_at = trio.current_time()
-            except LeaseLostError as exc:
-                self._lost(kept, exc)
-                return
-            except (StorageError, ValueError) as exc:
-                if trio.current_time() - kept._renewed_at >= lease.ttl:
-                    lost = LeaseLostError(
-                        lease.conversation_id,
-                        lease.owner,
-                        lease.token,
-                        f"the storage was unreachable until it expired: {exc}",
-                    )
-                    self._lost(kept, lost)
-                    return
-                log.warning(
-                    "lease renewal failed; retrying",
-                    conversation_id=lease.conversation_id,
-                    error=str(exc),
+    def _dispatch(self, renewals: trio.Nursery) -> float:
+        """Start the renewals that are due (as many as may run); when to look again
+        (``inf``: when a renewal ends, or a lease is handed over)."""
+        now = trio.current_time()
+        due = self._due
+        while due and self._in_flight < _CONCURRENT_RENEWALS:
+            when, _, kept = due[0]
+            if when > now:
+                return when
+            heapq.heappop(due)
+            if kept._alive():
+                self._in_flight += 1
+                renewals.start_soon(self._renew, kept)
+        return math.inf
+
+    async def _renew(self, kept: KeptLease) -> None:
+        try:
+            await self._renew_once(kept)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == _CONCURRENT_RENEWALS - 1 and self._sleep is not None:
+                self._sleep.cancel()  # it waited for a free place: look at the due leases
+
+    async def _renew_once(self, kept: KeptLease) -> None:
+        lease = kept.lease
+        sent = trio.current_time()
+        try:
+            renewed = await self._storage.renew_lease(lease)
+        except LeaseLostError as exc:
+            self._lost(kept, exc)
+            return
+        except (StorageError, ValueError) as exc:
+            kept._failures += 1
+            retry = trio.current_time() + retry_delay(lease.ttl, kept._failures)
+            if retry >= kept._renewed_at + lease.ttl:
+                lost = LeaseLostError(
+                    lease.conversation_id,
+                    lease.owner,
+                    lease.token,
+                    f"the storage was unreachable until it expired: {exc}",
                 )
+                self._lost(kept, lost)
+                return
+            if kept._alive():
+                log_renewal_failure(lease, kept._failures, exc)
+                self._schedule(kept, retry)
+            return
+        kept.lease = renewed
+        kept._renewed_at = sent
+        kept._failures = 0
         if kept._alive():
-            self._schedule(kept, trio.current_time() + kept.lease.ttl / 3)
+            self._schedule(kept, sent + renewed.ttl / 3)
 
     @staticmethod
     def _lost(kept: KeptLease, error: LeaseLostError) -> None:

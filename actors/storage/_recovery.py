@@ -22,6 +22,7 @@ from ._changes import Change, MarkInterrupted, SettleToolCall
 from ._contract import ConversationStorage, Lease
 from ._errors import LeaseLostError, StorageError, StorageUnavailableError, check_id
 from ._fold import fold
+from ._keeper import log_renewal_failure, retry_delay
 
 __all__ = [
     "INTERRUPTED_TOOL_RESULT",
@@ -136,8 +137,10 @@ async def keep_lease(
 ) -> NoReturn:
     """Renew ``lease`` every ``every`` seconds (default: a third of its ttl) until cancelled.
 
-    A renewal the storage could not carry out (unreachable) is retried until the lease would
-    have expired anyway.
+    Each period is counted from when the last renewal that succeeded was sent. A renewal the
+    storage could not carry out (unreachable) is retried soon (the lease keeper's policy:
+    a thirtieth of the ttl, doubled at each failure, at most a sixth or ``every``) until the
+    lease would have expired anyway.
 
     Raises:
         LeaseLostError: The lease expired or was taken over (stop writing), or the storage
@@ -146,22 +149,26 @@ async def keep_lease(
     period = lease.ttl / 3 if every is None else every
     if not math.isfinite(period) or period <= 0:
         raise ValueError(f"every must be a positive number of seconds, got {every!r}")
-    renewed_at = trio.current_time()
+    renewed_at = trio.current_time()  # when the last renewal that succeeded was sent
+    wait = period
+    failures = 0
     while True:
-        await trio.sleep(period)
+        await trio.sleep_until(renewed_at + wait)
+        sent = trio.current_time()
         try:
             lease = await storage.renew_lease(lease)
-            renewed_at = trio.current_time()
         except StorageUnavailableError as exc:
-            if trio.current_time() - renewed_at >= lease.ttl:
+            failures += 1
+            now = trio.current_time()
+            retry = min(period, retry_delay(lease.ttl, failures))
+            if now + retry >= renewed_at + lease.ttl:
                 raise LeaseLostError(
                     lease.conversation_id,
                     lease.owner,
                     lease.token,
                     f"the storage was unreachable until it expired: {exc}",
                 ) from exc
-            log.warning(
-                "lease renewal failed; retrying",
-                conversation_id=lease.conversation_id,
-                error=str(exc),
-            )
+            log_renewal_failure(lease, failures, exc)
+            wait = now + retry - renewed_at
+        else:
+            renewed_at, wait, failures = sent, period, 0

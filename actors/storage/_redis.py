@@ -224,16 +224,8 @@ class RedisConversationStorage:
                 self._scripts = {
                     name: client.register_script(getattr(scripts, name)) for name in scripts.__all__
                 }
-                pipeline, renewals = (
-                    AppendPipeline(
-                        client.connection_pool.get_connection,
-                        getattr(scripts, name),
-                        self._scripts[name].sha,
-                        self.timeout,
-                        mask_url(self.url),
-                    )
-                    for name in ("APPEND", "RENEW")
-                )
+                pipeline = self._script_pipeline(client, "APPEND")
+                renewals = self._script_pipeline(client, "RENEW")
                 with trio.fail_after(self.connect_timeout + self.timeout):
                     # A connection each, then one for the rest.
                     await pipeline.connect()
@@ -252,6 +244,16 @@ class RedisConversationStorage:
         self._background.start_soon(renewals.run, name=f"{self!r}: lease renewals")
         self._background.start_soon(self.lease_keeper.run, name=f"{self!r}: leases")
         return self
+
+    def _script_pipeline(self, client: coredis.Redis[bytes], name: str) -> AppendPipeline:
+        """A pipeline for the calls of the registered script ``name`` (``scripts.<name>``)."""
+        return AppendPipeline(
+            client.connection_pool.get_connection,
+            getattr(scripts, name),
+            self._scripts[name].sha,
+            self.timeout,
+            mask_url(self.url),
+        )
 
     async def __aexit__(
         self,

@@ -35,6 +35,7 @@ from actors.storage import (
     RedisConversationStorage,
     SQLiteConversationStorage,
     StorageUnavailableError,
+    keep_lease,
 )
 from actors.storage.testing import RedisServer
 from runtime.testing import running_tasks
@@ -299,7 +300,16 @@ async def test_one_task_renews_the_leases_of_every_session(
         server: RedisServer = request.getfixturevalue("redis_server")
         storage = RedisConversationStorage(server.url, prefix=_prefix())
     async with storage:
-        leases = [await storage.acquire_lease(f"c{i}", f"owner-{i}", 1.0) for i in range(40)]
+        # More leases than the keeper renews at once (it starts the others as places free).
+        leases: list[Lease] = []
+
+        async def acquire(i: int) -> None:
+            leases.append(await storage.acquire_lease(f"c{i}", f"owner-{i}", 1.0))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(300):
+                nursery.start_soon(acquire, i)
+        leases.sort(key=lambda lease: int(lease.conversation_id[1:]))
         lost: list[LeaseLostError] = []
         reported = trio.Event()
 
@@ -337,6 +347,100 @@ async def test_one_task_renews_the_leases_of_every_session(
         gc.collect()
         await trio.sleep(1.2)
         await storage.acquire_lease("c2", "intruder", 1)
+
+
+@attrs.define
+class _Gate:
+    """Holds the renewals of one conversation until ``opened`` is set."""
+
+    conversation_id: str
+    opened: trio.Event = attrs.Factory(trio.Event)
+
+
+class _SlowRenewals(SQLiteConversationStorage):
+    """A real SQLite storage whose renewals of one conversation wait at a gate."""
+
+    def __init__(self, path: Any, gate: _Gate) -> None:
+        super().__init__(path)
+        self.gate = gate
+
+    async def renew_lease(self, lease: Lease, ttl: float | None = None) -> Lease:
+        if lease.conversation_id == self.gate.conversation_id:
+            await self.gate.opened.wait()
+        return await super().renew_lease(lease, ttl)
+
+
+async def test_a_renewal_that_hangs_holds_up_no_other_lease(tmp_path: Any) -> None:
+    ttl = 0.6
+    gate = _Gate("slow")
+    async with _SlowRenewals(tmp_path / "c.db", gate) as storage:
+        slow = await storage.acquire_lease("slow", "me", ttl)
+        fast = await storage.acquire_lease("fast", "me", ttl)
+        lost: list[LeaseLostError] = []
+        storage.lease_keeper.keep(slow, lost.append)
+        storage.lease_keeper.keep(fast, lost.append)
+        await trio.sleep(3 * ttl)  # due together; the slow one's first renewal hangs
+        with pytest.raises(LeaseHeldError):
+            await storage.acquire_lease("fast", "intruder", 1)
+        assert lost == []
+        gate.opened.set()
+        await trio.sleep(ttl)
+        # The slow renewal reached the storage after its lease expired: lost, and reported.
+        assert [error.conversation_id for error in lost] == ["slow"]
+        with pytest.raises(LeaseHeldError):
+            await storage.acquire_lease("fast", "intruder", 1)
+
+
+async def _keep_by_task(storage: Any, lease: Lease, on_lost: Any) -> None:
+    """keep_lease in a task of its own, its LeaseLostError handed to ``on_lost``."""
+    try:
+        await keep_lease(storage, lease)
+    except LeaseLostError as exc:
+        on_lost(exc)
+
+
+@pytest.mark.parametrize("keeper", ["lease keeper", "keep_lease"])
+async def test_a_failed_renewal_is_retried_soon_and_a_storage_that_stays_away_is_reported(
+    keeper: str, redis_server: RedisServer
+) -> None:
+    """Two renewals in a row that the storage does not carry out cost no lease (a retry at
+    the next period would find the lease expired); a storage that stays away is reported
+    once the lease would have expired, after several tries."""
+    ttl = 1.5
+    async with relayed(redis_server) as (relay, storage), trio.open_nursery() as nursery:
+        lease = await storage.acquire_lease("c", "owner", ttl)
+        lost: list[LeaseLostError] = []
+        reported = trio.Event()
+
+        def on_lost(error: LeaseLostError) -> None:
+            lost.append(error)
+            reported.set()
+
+        if keeper == "lease keeper":
+            kept = storage.lease_keeper.keep(lease, on_lost)
+        else:
+            nursery.start_soon(_keep_by_task, storage, lease, on_lost)
+        # Each renewal is sent twice (again on a new connection when its answer is lost):
+        # the next two renewals fail.
+        relay.cut = 4
+        await trio.sleep(2 * ttl)
+        assert lost == []
+        assert relay.cut == 0
+        with pytest.raises(LeaseHeldError):
+            await storage.acquire_lease("c", "intruder", 1)
+        # Away for good: reported once the lease would have expired, after more tries than
+        # a renewal each third of the ttl would make.
+        relay.cut = 10**6
+        sent = sum(relay.scripts)
+        with trio.fail_after(2 * ttl):
+            await reported.wait()
+        assert len(lost) == 1
+        assert "unreachable until it expired" in str(lost[0])
+        assert lost[0].token == lease.token
+        assert sum(relay.scripts) - sent >= 2 * 4  # four tries at least, each sent twice
+        if keeper == "lease keeper":
+            assert not kept.kept
+        nursery.cancel_scope.cancel()
 
 
 async def test_appends_go_on_after_the_server_forgot_the_script(
