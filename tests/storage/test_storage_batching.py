@@ -371,7 +371,7 @@ class _SlowRenewals(SQLiteConversationStorage):
 
 
 async def test_a_renewal_that_hangs_holds_up_no_other_lease(tmp_path: Any) -> None:
-    ttl = 0.6
+    ttl = 1.0
     gate = _Gate("slow")
     async with _SlowRenewals(tmp_path / "c.db", gate) as storage:
         slow = await storage.acquire_lease("slow", "me", ttl)
