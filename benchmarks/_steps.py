@@ -21,9 +21,20 @@ class StepTimer(trio.abc.Instrument):
     the code; its own longest pass is kept too), and the longest step by the loop thread's
     CPU time (``longest_cpu``, GC passes excluded): the wall-clock figures include the time
     the OS took the CPU away from the loop thread, which a shared machine does often; the
-    CPU figure is what the step's code itself cost."""
+    CPU figure is what the step's code itself cost.
 
-    def __init__(self) -> None:
+    The instrument runs at every step of every task, so it costs the measured process CPU:
+    about 4 % of the httpx floor's 500-session turn and more of a pipeline's, which takes more
+    steps. The benchmarks therefore time their CPU and wall-clock rows without it, and install
+    it only in the runs that report the longest step (``enabled=False`` makes it a no-op
+    with the same figures, all zero).
+
+    Args:
+        enabled: Whether entering it installs the instrument.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self.longest = 0.0
         self.longest_without_gc = 0.0
         self.longest_cpu = 0.0
@@ -58,10 +69,12 @@ class StepTimer(trio.abc.Instrument):
             self.longest_gc = max(self.longest_gc, time.perf_counter() - self._gc_started)
 
     def __enter__(self) -> StepTimer:
-        trio.lowlevel.add_instrument(self)
-        gc.callbacks.append(self._on_gc)
+        if self.enabled:
+            trio.lowlevel.add_instrument(self)
+            gc.callbacks.append(self._on_gc)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        gc.callbacks.remove(self._on_gc)
-        trio.lowlevel.remove_instrument(self)
+        if self.enabled:
+            gc.callbacks.remove(self._on_gc)
+            trio.lowlevel.remove_instrument(self)

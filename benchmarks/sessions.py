@@ -41,7 +41,12 @@ three times per framework, interleaved, unless ``--quick``; the run of median CP
 and the notes list every run's CPU (single runs move by about ±10 %). Run one size by hand with
 ``python -m benchmarks.sessions --sessions 500`` (both frameworks), or one worker with
 ``python -m benchmarks.sessions --worker trouper --sessions 500 --url URL [--gc-freeze]
-[--tune-gc] [--store PATH_OR_URL]``.
+[--tune-gc] [--store PATH_OR_URL] [--steps]``.
+
+The longest step of the loop (:class:`~benchmarks._steps.StepTimer`, a trio instrument called
+at every step of every task) is timed only in the runs whose rows report it, the storage
+rounds: the instrument costs the turn CPU (about 4 % of the floor's, more of a pipeline's), and
+Pipecat's runs have nothing like it.
 """
 
 from __future__ import annotations
@@ -119,7 +124,8 @@ class WorkerResult:
     gc_s: float = 0.0
     #: The conversation store the sessions wrote to ("": none).
     store: str = ""
-    #: Longest step of any trio task during the turn, ms (and the same without a GC pass).
+    #: Longest step of any trio task during the turn, ms (and the same without a GC pass);
+    #: 0 unless the worker ran with ``steps``.
     step_max_ms: float = 0.0
     step_max_no_gc_ms: float = 0.0
     #: The same by the loop thread's CPU time (without GC passes): what the step's code
@@ -198,7 +204,9 @@ async def _timed_turn(
 # --------------------------------------------------------------------------- trouper worker
 
 
-async def _trouper_worker(n: int, url: str, freeze: bool = False, store: str = "") -> WorkerResult:
+async def _trouper_worker(
+    n: int, url: str, freeze: bool = False, store: str = "", steps: bool = False
+) -> WorkerResult:
 
     from actors import LLMFullResponseEndFrame, LLMRunFrame, OpenAILLMContext
     from actors.storage import ConversationStorage, conversation_storage
@@ -240,7 +248,14 @@ async def _trouper_worker(n: int, url: str, freeze: bool = False, store: str = "
                 await opened.wait_opened()
 
         return await _trouper_sessions(
-            n, build, freeze, store, StepTimer, LLMFullResponseEndFrame, LLMRunFrame, ready
+            n,
+            build,
+            freeze,
+            store,
+            StepTimer(enabled=steps),
+            LLMFullResponseEndFrame,
+            LLMRunFrame,
+            ready,
         )
     raise AssertionError("unreachable")  # pragma: no cover (mypy: the block may swallow)
 
@@ -278,7 +293,7 @@ async def _trouper_sessions(
         events = [r.arm(LLMFullResponseEndFrame, keep=False) for r in recs]
         peak = _PeakRss()
         nursery.start_soon(peak.sample, trio.sleep)
-        with step_timer() as steps:
+        with step_timer as steps:
             pushed, cpu, gc_s = await _timed_turn(tasks, events, LLMRunFrame, freeze=freeze)
         peak.running = False
         rss_after = _rss()
@@ -335,7 +350,7 @@ async def _pipecat_worker(n: int, url: str, freeze: bool = False) -> WorkerResul
     return _result("pipecat", recs, pushed, start_s, cpu, rss_base, rss_after, peak, stop_s, gc_s)
 
 
-async def _floor_worker(n: int, url: str) -> WorkerResult:
+async def _floor_worker(n: int, url: str, steps: bool = False) -> WorkerResult:
     """The same ``n`` streams read with bare httpx (``aiter_lines`` and ``json.loads`` per
     data line): what any httpx-based stack needs at least.
 
@@ -371,7 +386,7 @@ async def _floor_worker(n: int, url: str) -> WorkerResult:
         c0, t0 = time.process_time(), time.monotonic()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(peak.sample, trio.sleep)
-            with _GcTimer() as gc_timer, StepTimer() as steps:
+            with _GcTimer() as gc_timer, StepTimer(enabled=steps) as timer:
                 async with trio.open_nursery() as streams:
                     for i in range(n):
                         streams.start_soon(one, i)
@@ -391,9 +406,9 @@ async def _floor_worker(n: int, url: str) -> WorkerResult:
         rss_peak=max(peak.peak, rss_after),
         stop_s=0.0,
         gc_s=gc_timer.total,
-        step_max_ms=steps.longest * 1000,
-        step_max_no_gc_ms=steps.longest_without_gc * 1000,
-        step_max_cpu_ms=steps.longest_cpu * 1000,
+        step_max_ms=timer.longest * 1000,
+        step_max_no_gc_ms=timer.longest_without_gc * 1000,
+        step_max_cpu_ms=timer.longest_cpu * 1000,
     )
 
 
@@ -511,7 +526,13 @@ def _result(
 
 
 def run_worker(
-    framework: str, n: int, url: str, *, freeze: bool = False, store: str = ""
+    framework: str,
+    n: int,
+    url: str,
+    *,
+    freeze: bool = False,
+    store: str = "",
+    steps: bool = False,
 ) -> WorkerResult:
     """Measure ``n`` sessions of ``framework`` (``"trouper"`` or ``"pipecat"``) in this process.
 
@@ -523,6 +544,8 @@ def run_worker(
             scanned by the cyclic garbage collector during the turn).
         store: trouper only: every session persists its conversation there (an SQLite path
             or a ``redis://`` URL; its answer is written before the turn ends).
+        steps: trouper and the floor: time the loop's longest step (the instrument costs
+            the turn CPU, so only the runs that report the step use it).
     """
     if framework in ("trouper", "floor", "stages", "actors"):
         import trio
@@ -533,10 +556,10 @@ def run_worker(
 
         async def go() -> WorkerResult:
             if framework == "floor":
-                return await _floor_worker(n, url)
+                return await _floor_worker(n, url, steps)
             if framework in ("stages", "actors"):
                 return await _stages_worker(n, url, framework)
-            return await _trouper_worker(n, url, freeze, store)
+            return await _trouper_worker(n, url, freeze, store, steps)
 
         return trio.run(go)
     return _pipecat.run(lambda: _pipecat_worker(n, url, freeze))
@@ -553,11 +576,13 @@ def _spawn(
     freeze: bool = False,
     store: str = "",
     tune_gc: bool = False,
+    steps: bool = False,
 ) -> WorkerResult:
     command = [sys.executable, "-m", "benchmarks.sessions", "--worker", framework]
     command += ["--sessions", str(n), "--url", url] + (["--gc-freeze"] if freeze else [])
     command += ["--tune-gc"] if tune_gc else []
     command += ["--store", store] if store else []
+    command += ["--steps"] if steps else []
     done = subprocess.run(
         command, capture_output=True, text=True, env=child_env(), timeout=1800, check=False
     )
@@ -604,6 +629,10 @@ def run(options: Options) -> Report:
             runs.setdefault(key, []).append(worker)
             lateness[key] = max(lateness.get(key, 0.0), fetch_stats(url)["late_max_ms"])
         stored = _storage_runs(url, repeats)
+        # The floor's own longest step, for the storage rows' notes (timed in a run of its
+        # own: the instrument would cost the floor's timed runs above CPU).
+        reset_stats(url)
+        floor_steps = _spawn("floor", STORAGE_SIZE, url, steps=True)
     for key, measured in runs.items():
         results[key] = sorted(measured, key=lambda r: r.cpu_turn_s)[len(measured) // 2]
 
@@ -616,7 +645,7 @@ def run(options: Options) -> Report:
     )
     backends = list(stored[0].backends) if stored else []
     for backend in backends:
-        rows += _storage_rows(backend, stored, results.get(_key("floor", STORAGE_SIZE)))
+        rows += _storage_rows(backend, stored, floor_steps)
     spread = {
         f: [round(r.cpu_turn_s, 2) for r in runs.get(_key(f, TARGET_SIZE), [])]
         for f in (*frameworks, "floor", "stages", "actors")
@@ -691,11 +720,13 @@ def _storage_runs(url: str, rounds: int) -> list[StoredRound]:
                 if server is not None:
                     stores["Redis"] = server.url
                 reset_stats(url)
-                baseline = _spawn("trouper", STORAGE_SIZE, url)
+                baseline = _spawn("trouper", STORAGE_SIZE, url, steps=True)
                 backends = {}
                 for backend, store in stores.items():
                     reset_stats(url)
-                    backends[backend] = _spawn("trouper", STORAGE_SIZE, url, store=store)
+                    backends[backend] = _spawn(
+                        "trouper", STORAGE_SIZE, url, store=store, steps=True
+                    )
                 out.append(StoredRound(baseline, backends))
     finally:
         if server is not None:
@@ -830,6 +861,9 @@ def main(argv: list[str] | None = None) -> None:
         "--tune-gc", action="store_true", help="runtime.tune_gc() before anything is built"
     )
     parser.add_argument("--store", default="", help="trouper: persist to this path or URL")
+    parser.add_argument(
+        "--steps", action="store_true", help="trouper, floor: time the loop's longest step"
+    )
     args = parser.parse_args(argv)
     if args.worker:
         if args.tune_gc:
@@ -837,7 +871,12 @@ def main(argv: list[str] | None = None) -> None:
 
             tune_gc()
         result = run_worker(
-            args.worker, args.sessions, args.url, freeze=args.gc_freeze, store=args.store
+            args.worker,
+            args.sessions,
+            args.url,
+            freeze=args.gc_freeze,
+            store=args.store,
+            steps=args.steps,
         )
         print(json.dumps(attrs.asdict(result)), flush=True)
         return
