@@ -26,8 +26,8 @@ class StepTimer(trio.abc.Instrument):
     The instrument runs at every step of every task, so it costs the measured process CPU:
     about 4 % of the httpx floor's 500-session turn and more of a pipeline's, which takes more
     steps. The benchmarks therefore time their CPU and wall-clock rows without it, and install
-    it only in the runs that report the longest step (``enabled=False`` makes it a no-op
-    with the same figures, all zero).
+    it only in the runs that report the longest step (with ``enabled=False`` it installs
+    nothing and its figures stay zero).
 
     Args:
         enabled: Whether entering it installs the instrument.
