@@ -256,7 +256,7 @@ async def _run_build(
     description = f"Building llama-server for {baseline.name}"
     if progress:
         err.print(
-            f"{description} from {LLAMA_CPP_REQUIREMENT} (about 5 minutes on 2 cores; "
+            f"{description} from {LLAMA_CPP_REQUIREMENT} (5 to 35 minutes on 2 cores, by the CPU; "
             f"output in {log_path})...",
             highlight=False,
             soft_wrap=True,

@@ -180,8 +180,9 @@ def missing_build_tools() -> list[str]:
 def _not_installed(detail: str) -> ServerNotInstalledError:
     message = (
         f"{detail} trouper runs the local model with llama.cpp's llama-server, built from "
-        "source for this machine by `trouper model build` (about 5 minutes on 2 cores; `make "
-        f"local` runs it). Or set {SERVER_ENV} to the path of an existing llama-server binary."
+        "source for this machine by `trouper model build` (5 to 35 minutes on 2 cores, by the "
+        f"CPU; `make local` runs it). Or set {SERVER_ENV} to the path of an existing "
+        "llama-server binary."
     )
     missing = missing_build_tools()
     if missing:
