@@ -38,7 +38,7 @@ from actors.storage import (
     keep_lease,
 )
 from actors.storage.testing import RedisServer
-from runtime.testing import running_tasks
+from runtime.testing import capture_logs, running_tasks
 
 from .conftest import Backend
 from .storage_kit import texts, user
@@ -215,12 +215,15 @@ def _prefix() -> str:
 
 
 @asynccontextmanager
-async def relayed(server: RedisServer) -> AsyncIterator[tuple[Relay, RedisConversationStorage]]:
-    """A storage that reaches ``server`` through a relay, and the relay."""
+async def relayed(
+    server: RedisServer, credentials: str = ""
+) -> AsyncIterator[tuple[Relay, RedisConversationStorage]]:
+    """A storage that reaches ``server`` through a relay, and the relay (``credentials``:
+    ``user:password@`` for the URL)."""
     relay = Relay(server.port)
     async with trio.open_nursery() as nursery:
         await nursery.start(relay.serve)
-        url = f"redis://127.0.0.1:{relay.port}/0"
+        url = f"redis://{credentials}127.0.0.1:{relay.port}/0"
         async with RedisConversationStorage(url, prefix=_prefix()) as storage:
             yield relay, storage
         nursery.cancel_scope.cancel()
@@ -441,6 +444,43 @@ async def test_a_failed_renewal_is_retried_soon_and_a_storage_that_stays_away_is
         if keeper == "lease keeper":
             assert not kept.kept
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("keeper", ["lease keeper", "keep_lease"])
+async def test_renewal_failures_and_the_lost_lease_never_show_the_password(keeper: str) -> None:
+    """The lines a failing renewal logs (the first as a warning, the retries at debug level)
+    and the error that reports the lost lease name the storage without its password."""
+    password = "s3cr3t-pass"
+    with RedisServer.start() as server:
+        async with coredis.Redis.from_url(server.url) as admin:
+            await admin.config_set({"requirepass": password})
+        with capture_logs() as logs:
+            async with (
+                relayed(server, f"default:{password}@") as (relay, storage),
+                trio.open_nursery() as nursery,
+            ):
+                lease = await storage.acquire_lease("c", "owner", 1.0)
+                lost: list[LeaseLostError] = []
+                reported = trio.Event()
+
+                def on_lost(error: LeaseLostError) -> None:
+                    lost.append(error)
+                    reported.set()
+
+                if keeper == "lease keeper":
+                    storage.lease_keeper.keep(lease, on_lost)
+                else:
+                    nursery.start_soon(_keep_by_task, storage, lease, on_lost)
+                relay.cut = 10**6
+                with trio.fail_after(3):
+                    await reported.wait()
+                nursery.cancel_scope.cancel()
+    failures = [entry for entry in logs if entry["event"] == "lease renewal failed; retrying"]
+    assert [entry["log_level"] for entry in failures[:2]] == ["warning", "debug"]
+    assert "***" in failures[0]["error"]
+    assert password not in str(logs)
+    assert password not in str(lost[0])
+    assert "unreachable until it expired" in str(lost[0])
 
 
 async def test_appends_go_on_after_the_server_forgot_the_script(
