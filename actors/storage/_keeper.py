@@ -52,6 +52,17 @@ def log_renewal_failure(lease: Lease, failures: int, error: Exception) -> None:
     )
 
 
+def unreachable_until_expired(lease: Lease, error: Exception) -> LeaseLostError:
+    """The error that reports ``lease`` lost because the storage could not renew it (``error``)
+    before it expired."""
+    return LeaseLostError(
+        lease.conversation_id,
+        lease.owner,
+        lease.token,
+        f"the storage was unreachable until it expired: {error}",
+    )
+
+
 @attrs.define(eq=False, slots=True)
 class KeptLease:
     """A lease the keeper renews every third of its ttl until :meth:`stop`.
@@ -188,13 +199,7 @@ class LeaseKeeper:
             kept._failures += 1
             retry = trio.current_time() + retry_delay(lease.ttl, kept._failures)
             if retry >= kept._renewed_at + lease.ttl:
-                lost = LeaseLostError(
-                    lease.conversation_id,
-                    lease.owner,
-                    lease.token,
-                    f"the storage was unreachable until it expired: {exc}",
-                )
-                self._lost(kept, lost)
+                self._lost(kept, unreachable_until_expired(lease, exc))
                 return
             if kept._alive():
                 log_renewal_failure(lease, kept._failures, exc)

@@ -20,9 +20,9 @@ import trio
 from .._context import ContextSnapshot
 from ._changes import Change, MarkInterrupted, SettleToolCall
 from ._contract import ConversationStorage, Lease
-from ._errors import LeaseLostError, StorageError, StorageUnavailableError, check_id
+from ._errors import StorageError, StorageUnavailableError, check_id
 from ._fold import fold
-from ._keeper import log_renewal_failure, retry_delay
+from ._keeper import log_renewal_failure, retry_delay, unreachable_until_expired
 
 __all__ = [
     "INTERRUPTED_TOOL_RESULT",
@@ -162,12 +162,7 @@ async def keep_lease(
             now = trio.current_time()
             retry = min(period, retry_delay(lease.ttl, failures))
             if now + retry >= renewed_at + lease.ttl:
-                raise LeaseLostError(
-                    lease.conversation_id,
-                    lease.owner,
-                    lease.token,
-                    f"the storage was unreachable until it expired: {exc}",
-                ) from exc
+                raise unreachable_until_expired(lease, exc) from exc
             log_renewal_failure(lease, failures, exc)
             wait = now + retry - renewed_at
         else:
