@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 import trio
 
-from runtime import Actor, ActorError, DataFrame, Frame, SessionStateError
+from runtime import NOT_NOW, Actor, ActorError, DataFrame, Frame, SessionStateError
 
 from ._context import ContextSnapshot, OpenAILLMContext
 from ._frames import (
@@ -393,31 +393,49 @@ class ContextStore(Actor[ContextStoreRequest]):
         snapshot."""
         if self._opened is not None and not self._opened.is_set():
             await self._opened.wait()  # requests wait until the conversation is loaded
+        change = self._apply(frame)
+        if change is not None and self.writer is not None:
+            await self._persist([change])
+        snapshot = self.context.snapshot()
+        window = self._window
+        if window is None:
+            return snapshot
+        await window.plan(snapshot.messages, snapshot.tools, self.log)
+        return snapshot.with_window(window.start, window.summary)
+
+    def on_ask_nowait(self, frame: Frame) -> object:
+        """Without a storage or a window, nothing in a request waits: an idle store answers
+        it at once, in the asker's task (see ``Actor.on_ask_nowait``)."""
+        if self.writer is not None or self._window is not None:
+            return NOT_NOW
+        self._apply(frame)
+        return self.context.snapshot()
+
+    def _apply(self, frame: Frame) -> Change | None:
+        """Apply one request to the context; the change to write (``None``: nothing)."""
         ctx = self.context
-        change: Change | None = None
         if isinstance(frame, GetContextRequest):
-            pass
-        elif isinstance(frame, AppendMessagesRequest):
+            return None
+        if isinstance(frame, AppendMessagesRequest):
             if len(frame.messages) == 1:
                 ctx.add_message(frame.messages[0], interrupted=frame.interrupted)
-                change = AppendMessages(frame.messages, frame.interrupted)
-            else:
-                ctx.add_messages(frame.messages)
-                change = AppendMessages(frame.messages)
-        elif isinstance(frame, ReplaceMessagesRequest):
+                return AppendMessages(frame.messages, frame.interrupted)
+            ctx.add_messages(frame.messages)
+            return AppendMessages(frame.messages)
+        if isinstance(frame, ReplaceMessagesRequest):
             ctx.set_messages(frame.messages)
             self._batches.clear()
             self._batch_of.clear()
             if self._window is not None:
                 self._window.reset()
-            change = ReplaceMessages(frame.messages)
-        elif isinstance(frame, SetToolsRequest):
+            return ReplaceMessages(frame.messages)
+        if isinstance(frame, SetToolsRequest):
             ctx.set_tools(frame.tools)
-            change = SetTools(ctx.tools)
-        elif isinstance(frame, SetToolChoiceRequest):
+            return SetTools(ctx.tools)
+        if isinstance(frame, SetToolChoiceRequest):
             ctx.set_tool_choice(frame.tool_choice)
-            change = SetToolChoice(ctx.tool_choice)
-        elif isinstance(frame, RecordToolCallsRequest):
+            return SetToolChoice(ctx.tool_choice)
+        if isinstance(frame, RecordToolCallsRequest):
             turn = frame.batch_turn if frame.batch_turn is not None else self.session.turn
             batch = _Batch(
                 pending=set(),
@@ -426,23 +444,16 @@ class ContextStore(Actor[ContextStoreRequest]):
                 tools=self.tools if self.tools is not None else frame.tools,
             )
             self._record_calls(frame.calls, frame.content, batch)
-            change = RecordToolCalls(
+            return RecordToolCalls(
                 [(c.tool_call_id, c.function_name, c.arguments_json) for c in frame.calls],
                 frame.content,
             )
-        elif isinstance(frame, RecordToolSettlementRequest):
+        if isinstance(frame, RecordToolSettlementRequest):
             if self._settle(frame):
-                change = SettleToolCall(frame.tool_call_id, frame.content)
-        else:  # pragma: no cover - the mailbox only takes the types above
-            raise TypeError(f"ContextStore cannot handle {type(frame).__name__}")
-        if change is not None and self.writer is not None:
-            await self._persist([change])
-        snapshot = ctx.snapshot()
-        window = self._window
-        if window is None:
-            return snapshot
-        await window.plan(snapshot.messages, snapshot.tools, self.log)
-        return snapshot.with_window(window.start, window.summary)
+                return SettleToolCall(frame.tool_call_id, frame.content)
+            return None
+        # The mailbox only takes the types above.
+        raise TypeError(f"ContextStore cannot handle {type(frame).__name__}")  # pragma: no cover
 
     async def _persist(self, changes: Sequence[Change]) -> None:
         """Append ``changes``; a failure is reported, not raised (the session goes on)."""

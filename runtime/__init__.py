@@ -16,6 +16,7 @@ subclasses its frames and actors (``actors`` is such a layer).
 
 from __future__ import annotations
 
+from ._actor import NOT_NOW as NOT_NOW
 from ._actor import Actor as Actor
 from ._actor import ActorRef as ActorRef
 from ._asyncio import AsyncioBridge as AsyncioBridge
@@ -71,6 +72,7 @@ __version__ = _installed_version()
 """The installed version of trouper, from its package metadata."""
 
 __all__ = [
+    "NOT_NOW",
     "Actor",
     "ActorDeadError",
     "ActorError",

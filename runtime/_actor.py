@@ -18,7 +18,7 @@ import math
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager
 from contextvars import ContextVar
-from typing import Any, ClassVar, Generic, Protocol, final
+from typing import Any, ClassVar, Final, Generic, Protocol, final
 
 import attrs
 import structlog
@@ -52,6 +52,7 @@ from ._turn import CURRENT_TURN
 
 __all__ = [
     "CURRENT_ACTOR",
+    "NOT_NOW",
     "Actor",
     "ActorPort",
     "ActorRef",
@@ -78,6 +79,24 @@ _names = itertools.count(1)
 #: The actor whose loop the running task serves (``None`` in its background tasks and outside
 #: any actor). Set by the cell; read to refuse self-asks and by the task's push gate.
 CURRENT_ACTOR: ContextVar[Actor[Any] | None] = ContextVar("trouper_current_actor", default=None)
+
+
+@final
+class _NotNow:
+    """The type of :data:`NOT_NOW` (one instance)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOT_NOW"
+
+    def __reduce__(self) -> str:
+        return "NOT_NOW"
+
+
+#: What :meth:`Actor.on_ask_nowait` returns for a request it cannot answer without waiting:
+#: the ask is then queued and answered by :meth:`Actor.on_ask`, as any other.
+NOT_NOW: Final[Any] = _NotNow()
 
 _logger = structlog.get_logger("trouper.runtime")
 
@@ -177,6 +196,10 @@ class ActorPort(Protocol):
     def crash(self) -> BaseException | None:
         """The actor's last crash, if any."""
 
+    @property
+    def answers_nowait(self) -> bool:
+        """Whether the actor's class overrides :meth:`Actor.on_ask_nowait`."""
+
     def try_push(
         self, frame: Frame, direction: FrameDirection, uninterruptible: bool = False
     ) -> Envelope | None:
@@ -201,6 +224,10 @@ class ActorPort(Protocol):
         interruptible: bool,
     ) -> trio.CancelScope | None:
         """Start a background task of the actor (``None`` if its loops do not run)."""
+
+    def answer_nowait(self, frame: Frame) -> object:
+        """The actor's answer to ``frame`` given at once by :meth:`Actor.on_ask_nowait`, if
+        the actor is idle (nothing queued, no handler running); else :data:`NOT_NOW`."""
 
     def add_interrupt_hook(self, callback: Callable[[], object]) -> None:
         """Call ``callback`` when an interruption cancels the running handler."""
@@ -371,6 +398,23 @@ class Actor(Generic[T]):
     async def on_ask(self, frame: Frame) -> object:
         """Answer a request sent with :meth:`ActorRef.ask`; the return value is the reply."""
         raise NotImplementedError(f"actor {self._name!r} does not answer asks (override on_ask)")
+
+    def on_ask_nowait(self, frame: Frame) -> object:
+        """Answer a request at once, without waiting, or return :data:`NOT_NOW` (the default).
+
+        An actor whose answers rarely need to wait overrides it next to :meth:`on_ask`. When
+        an ask finds the actor idle on the lane the request travels in (running, nothing
+        queued in that lane, no frame of it being handled), :meth:`ActorRef.ask` calls this
+        in the asker's own task: no task is started or woken and no reply slot is made, and
+        the ask is answered exactly where it would have been (nothing queued before it,
+        nothing of its lane handled meanwhile). It
+        runs as the actor: :func:`runtime.current_turn`, its ``log`` and the log fields are
+        the actor's while it runs. What it returns is the reply; what it raises is raised to
+        the asker, and the actor lives on (as with ``on_ask``). It must not change anything
+        before it returns :data:`NOT_NOW`: the request is then queued and :meth:`on_ask`
+        answers it, as when the actor is busy.
+        """
+        return NOT_NOW
 
     # ------------------------------------------------------------------ typing
 
@@ -772,7 +816,9 @@ class ActorRef(Generic[T]):
         """Send ``frame`` and wait for the actor's :meth:`Actor.on_ask` reply.
 
         Each ask has its own reply slot, and the deadline is enforced here, never by the
-        callee. Cancelling the caller abandons the reply.
+        callee. Cancelling the caller abandons the reply. An actor that overrides
+        :meth:`Actor.on_ask_nowait` may answer at once, in this task, when the ask finds it
+        idle.
 
         Args:
             frame: The request.
@@ -791,6 +837,15 @@ class ActorRef(Generic[T]):
                 f"actor {self._actor.name!r} asked itself; it would wait on its own mailbox "
                 "forever (call the method directly, or use create_task)"
             )
+        cell = port_of(self._actor)
+        if cell is not None and cell.answers_nowait:
+            # Idle, the actor may answer at once in this task (Actor.on_ask_nowait): a
+            # cancellation point, no schedule point (as a push that finds room).
+            _check_accepts(self._actor, frame)
+            await trio.lowlevel.checkpoint_if_cancelled()
+            answer = cell.answer_nowait(frame)
+            if answer is not NOT_NOW:
+                return answer
         reply = Reply()
         mailbox, envelope = self._envelope(frame, reply)
         deadline = math.inf if timeout is None else trio.current_time() + timeout

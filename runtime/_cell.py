@@ -33,6 +33,7 @@ from trio.lowlevel import wait_task_rescheduled
 
 from ._actor import (
     CURRENT_ACTOR,
+    NOT_NOW,
     Actor,
     SessionView,
     accept_cache_for,
@@ -113,6 +114,7 @@ class Cell:
     __slots__ = (
         "accept_cache",
         "actor",
+        "answers_nowait",
         "background",
         "busy",
         "companions",
@@ -208,6 +210,8 @@ class Cell:
         self.system_waiter: trio.lowlevel.Task | None = None
         # Shared by the actors that accept the same types (see accept_cache_for).
         self.accept_cache = accept_cache_for(actor.accepts)
+        #: Whether the actor may answer an ask at once (it overrides on_ask_nowait).
+        self.answers_nowait = type(actor).on_ask_nowait is not Actor.on_ask_nowait
 
     def make_mailbox(self, capacity: int) -> Mailbox:
         """The actor's mailbox (a subclass may give it another kind)."""
@@ -849,6 +853,34 @@ class Cell:
             if core.in_flight and envelope.direction is not None:
                 # Handled here: passed on (counted again there), or taken.
                 core.delivery_step(frame)
+
+    def answer_nowait(self, frame: Frame) -> object:
+        """The actor's :meth:`~runtime.Actor.on_ask_nowait` answer to ``frame``, called in the
+        asker's task if the actor is running and idle on the lane the ask would travel in:
+        that lane empty and nothing handling a frame from it (the two lanes are served
+        concurrently, as always). The ask is then answered where it would have been had it
+        been queued. Else :data:`~runtime.NOT_NOW`. The current actor, cell and turn are the
+        actor's while it runs."""
+        if self.lifecycle.state is not RUNNING:
+            return NOT_NOW
+        mailbox = self.mailbox
+        if isinstance(frame, SystemFrame):
+            if not mailbox.system_quiet():
+                return NOT_NOW
+        elif mailbox.data_depth or (
+            self.data_scope is not None if self.passive else not mailbox.consumer_waiting
+        ):
+            return NOT_NOW  # frames wait, or one is being handled
+        turn = frame.turn
+        asker = CURRENT_ACTOR.set(self.actor)
+        asker_cell = CURRENT_CELL.set(self)
+        asker_turn = CURRENT_TURN.set(self.core.turn if turn is None else turn)
+        try:
+            return self.actor.on_ask_nowait(frame)
+        finally:
+            CURRENT_TURN.reset(asker_turn)
+            CURRENT_CELL.reset(asker_cell)
+            CURRENT_ACTOR.reset(asker)
 
     async def _answer(self, envelope: Envelope) -> None:
         reply = envelope.reply

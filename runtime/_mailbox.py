@@ -361,6 +361,15 @@ class Mailbox:
         """Frames waiting on the data lane."""
         return len(self._data)
 
+    @property
+    def consumer_waiting(self) -> bool:
+        """Whether the data lane's consumer is waiting for a frame (see :meth:`expect_data`)."""
+        return self._data_task is not None
+
+    def system_quiet(self) -> bool:
+        """Whether nothing waits in the system lane and no task serves it."""
+        return not self._system and not self._system_serving
+
     def _wake_sender(self) -> None:
         """Let one waiting sender retry (only called while ``_send_waiting``)."""
         assert self._send_lot is not None
