@@ -85,6 +85,35 @@ class ModelMetrics:
         }
 
 
+@attrs.define(slots=True)
+class _Totals:
+    """The running totals of one model (the collector's own; :meth:`freeze` gives them out).
+    Updated in place: a frozen copy per measurement cost an ``attrs.evolve`` each."""
+
+    model: str
+    ttfb: TimingStats = TimingStats()
+    processing: TimingStats = TimingStats()
+    completions: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def freeze(self) -> ModelMetrics:
+        return ModelMetrics(
+            self.model,
+            self.ttfb,
+            self.processing,
+            self.completions,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.total_tokens,
+            self.cached_tokens,
+            self.reasoning_tokens,
+        )
+
+
 class MetricsCollector(Actor[MetricsReport]):
     """Collects TTFB, processing time and token usage, per model.
 
@@ -101,7 +130,7 @@ class MetricsCollector(Actor[MetricsReport]):
 
     def __init__(self, *, capacity: int = 256, name: str | None = None) -> None:
         super().__init__(name=name, mailbox_size=capacity)
-        self._models: dict[str, ModelMetrics] = {}
+        self._models: dict[str, _Totals] = {}
         self.dropped = 0
         self.received = 0
 
@@ -118,40 +147,44 @@ class MetricsCollector(Actor[MetricsReport]):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Fold one report into the totals."""
+        self.process_frame_nowait(frame)
+
+    def process_frame_nowait(self, frame: Frame) -> bool:
+        """Nothing in a report waits: an idle collector folds it in at once, in the task that
+        offered it (see ``Actor.process_frame_nowait``)."""
         assert isinstance(frame, MetricsReport)
         self.received += 1
         for item in frame.data:
             self.record(item)
+        return True
 
     def record(self, item: MetricsData) -> None:
         """Fold one measurement into the totals (also usable directly)."""
         model = (item.model if isinstance(item, LLMMetricsData) else None) or "unknown"
-        current = self._models.get(model) or ModelMetrics(model)
+        totals = self._models.get(model)
+        if totals is None:
+            totals = self._models[model] = _Totals(model)
         if isinstance(item, TTFBMetricsData):
-            current = attrs.evolve(current, ttfb=current.ttfb.add(item.value))
+            totals.ttfb = totals.ttfb.add(item.value)
         elif isinstance(item, ProcessingMetricsData):
-            current = attrs.evolve(current, processing=current.processing.add(item.value))
+            totals.processing = totals.processing.add(item.value)
         elif isinstance(item, LLMUsageMetricsData):
             usage: LLMTokenUsage = item.value
-            current = attrs.evolve(
-                current,
-                completions=current.completions + 1,
-                prompt_tokens=current.prompt_tokens + usage.prompt_tokens,
-                completion_tokens=current.completion_tokens + usage.completion_tokens,
-                total_tokens=current.total_tokens + usage.total_tokens,
-                cached_tokens=current.cached_tokens + (usage.cache_read_input_tokens or 0),
-                reasoning_tokens=current.reasoning_tokens + (usage.reasoning_tokens or 0),
-            )
-        self._models[model] = current
+            totals.completions += 1
+            totals.prompt_tokens += usage.prompt_tokens
+            totals.completion_tokens += usage.completion_tokens
+            totals.total_tokens += usage.total_tokens
+            totals.cached_tokens += usage.cache_read_input_tokens or 0
+            totals.reasoning_tokens += usage.reasoning_tokens or 0
 
     def summary(self) -> dict[str, ModelMetrics]:
         """Aggregated metrics per model."""
-        return dict(self._models)
+        return {model: totals.freeze() for model, totals in self._models.items()}
 
     async def on_stop(self) -> None:
         """Log the session's totals."""
         self.log.info(
             "llm metrics",
-            models=[m.as_dict() for m in self._models.values()],
+            models=[m.as_dict() for m in self.summary().values()],
             dropped_reports=self.dropped,
         )

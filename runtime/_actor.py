@@ -225,6 +225,14 @@ class ActorPort(Protocol):
     ) -> trio.CancelScope | None:
         """Start a background task of the actor (``None`` if its loops do not run)."""
 
+    @property
+    def handles_nowait(self) -> bool:
+        """Whether the actor's class overrides :meth:`Actor.process_frame_nowait`."""
+
+    def handle_nowait(self, envelope: Envelope) -> bool:
+        """Whether the actor, idle, handled the data frame of ``envelope`` at once
+        (:meth:`Actor.process_frame_nowait`)."""
+
     def answer_nowait(self, frame: Frame) -> object:
         """The actor's answer to ``frame`` given at once by :meth:`Actor.on_ask_nowait`, if
         the actor is idle (nothing queued, no handler running); else :data:`NOT_NOW`."""
@@ -415,6 +423,22 @@ class Actor(Generic[T]):
         answers it, as when the actor is busy.
         """
         return NOT_NOW
+
+    def process_frame_nowait(self, frame: Frame) -> bool:
+        """Handle a data frame sent straight to the actor without waiting
+        (:meth:`ActorRef.send_nowait`, :meth:`ActorRef.tell`) at once, in the sender's task;
+        or return ``False`` (the default) to have it queued for :meth:`process_frame`.
+
+        The counterpart of :meth:`on_ask_nowait` for frames that need no answer, for an actor
+        whose handling of them never waits (a collector of measurements). It is called only
+        when the frame finds the actor idle on its data lane (running, nothing queued, no frame
+        being handled), for an accepted frame that is not an ``EndFrame``, so the frame is
+        handled exactly where it would have been had it been queued. It runs as the actor
+        (its turn, log and log fields). It must change nothing before it returns ``False``.
+        An exception it raises is the actor's crash, as one from :meth:`process_frame`: the
+        actor's restart policy applies (the sender is not told).
+        """
+        return False
 
     # ------------------------------------------------------------------ typing
 
@@ -758,13 +782,13 @@ class ActorRef(Generic[T]):
     def __repr__(self) -> str:
         return f"ActorRef({self._actor.name!r})"
 
-    def _envelope(self, frame: Frame, reply: Reply | None) -> tuple[Mailbox, Envelope]:
+    def _envelope(self, frame: Frame, reply: Reply | None) -> tuple[ActorPort, Envelope]:
         actor = self._actor
         _check_accepts(actor, frame)
         cell = port_of(actor)
         if cell is None or cell.mailbox.closed:
             raise ActorDeadError(f"actor {actor.name!r} is not running")
-        return cell.mailbox, cell.envelope(frame, reply)
+        return cell, cell.envelope(frame, reply)
 
     async def send(self, frame: T) -> None:
         """Send ``frame`` straight to the actor (not through its links).
@@ -775,7 +799,8 @@ class ActorRef(Generic[T]):
             FrameTypeError: the actor does not accept this frame type.
             ActorDeadError: the actor has stopped.
         """
-        mailbox, envelope = self._envelope(frame, None)
+        cell, envelope = self._envelope(frame, None)
+        mailbox = cell.mailbox
         if isinstance(frame, SystemFrame):
             mailbox.put_system(envelope)
         elif not mailbox.try_put_data(envelope):
@@ -790,10 +815,12 @@ class ActorRef(Generic[T]):
             FrameTypeError: the actor does not accept this frame type.
             ActorDeadError: the actor has stopped.
         """
-        mailbox, envelope = self._envelope(frame, None)
+        cell, envelope = self._envelope(frame, None)
         if isinstance(frame, SystemFrame):
-            mailbox.put_system(envelope)
-        elif not mailbox.try_put_data(envelope):
+            cell.mailbox.put_system(envelope)
+        elif not (cell.handles_nowait and cell.handle_nowait(envelope)) and (
+            not cell.mailbox.try_put_data(envelope)
+        ):
             raise trio.WouldBlock
 
     def tell(self, frame: T) -> None:
@@ -806,11 +833,11 @@ class ActorRef(Generic[T]):
             FrameTypeError: the actor does not accept this frame type.
             ActorDeadError: the actor has stopped.
         """
-        mailbox, envelope = self._envelope(frame, None)
+        cell, envelope = self._envelope(frame, None)
         if isinstance(frame, SystemFrame):
-            mailbox.put_system(envelope)
-        else:
-            mailbox.put_data_unbounded(envelope)
+            cell.mailbox.put_system(envelope)
+        elif not (cell.handles_nowait and cell.handle_nowait(envelope)):
+            cell.mailbox.put_data_unbounded(envelope)
 
     async def ask(self, frame: T, *, timeout: float | None = 5.0) -> Any:  # noqa: ASYNC109
         """Send ``frame`` and wait for the actor's :meth:`Actor.on_ask` reply.
@@ -847,7 +874,8 @@ class ActorRef(Generic[T]):
             if answer is not NOT_NOW:
                 return answer
         reply = Reply()
-        mailbox, envelope = self._envelope(frame, reply)
+        cell, envelope = self._envelope(frame, reply)
+        mailbox = cell.mailbox
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         with trio.move_on_at(deadline):
             # The deadline also bounds the wait for room in a full data lane.

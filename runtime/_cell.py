@@ -123,6 +123,7 @@ class Cell:
         "data_scope",
         "dead_letters",
         "downstream",
+        "handles_nowait",
         "interrupt_hooks",
         "lifecycle",
         "mailbox",
@@ -212,6 +213,8 @@ class Cell:
         self.accept_cache = accept_cache_for(actor.accepts)
         #: Whether the actor may answer an ask at once (it overrides on_ask_nowait).
         self.answers_nowait = type(actor).on_ask_nowait is not Actor.on_ask_nowait
+        #: Whether it may handle a frame sent to it at once (it overrides process_frame_nowait).
+        self.handles_nowait = type(actor).process_frame_nowait is not Actor.process_frame_nowait
 
     def make_mailbox(self, capacity: int) -> Mailbox:
         """The actor's mailbox (a subclass may give it another kind)."""
@@ -854,6 +857,50 @@ class Cell:
                 # Handled here: passed on (counted again there), or taken.
                 core.delivery_step(frame)
 
+    def _data_idle(self) -> bool:
+        """Whether the actor runs and its data lane is empty with no frame being handled."""
+        if self.lifecycle.state is not RUNNING:
+            return False
+        mailbox = self.mailbox
+        if mailbox.data_depth:
+            return False
+        if self.passive:
+            return self.data_scope is None
+        return mailbox.consumer_waiting  # the data loop waits for a frame: nothing runs
+
+    def handle_nowait(self, envelope: Envelope) -> bool:
+        """Have the actor handle the data frame of ``envelope`` (sent straight to it) at once,
+        in the sender's task, with :meth:`~runtime.Actor.process_frame_nowait`, if it is idle
+        on its data lane; whether it did (else the frame is to be queued). What the method
+        raises crashes the actor, as a handler's exception does (through a task of its own,
+        where the restart policy applies)."""
+        frame = envelope.frame
+        if type(frame) is EndFrame or not self._data_idle():
+            return False
+        core = self.core
+        interruptible = frame.interruptible and not envelope.uninterruptible
+        if interruptible and envelope.turn < core.turn:
+            self.mailbox.count_stale()  # stamped with an interrupted turn: dropped, as queued
+            return True
+        if not self.accepts_type(type(frame)):
+            return False
+        sender = CURRENT_ACTOR.set(self.actor)
+        sender_cell = CURRENT_CELL.set(self)
+        sender_turn = CURRENT_TURN.set(envelope.turn if interruptible else core.turn)
+        try:
+            handled = self.actor.process_frame_nowait(frame)
+        except Exception as exc:
+            if self.create_task(_raise, (exc,), f"{self.name}:crashed", False) is None:
+                raise  # (not reached while the actor runs: its loops take tasks)
+            handled = True
+        finally:
+            CURRENT_TURN.reset(sender_turn)
+            CURRENT_CELL.reset(sender_cell)
+            CURRENT_ACTOR.reset(sender)
+        if handled:
+            self.mailbox.count_delivered()
+        return handled
+
     def answer_nowait(self, frame: Frame) -> object:
         """The actor's :meth:`~runtime.Actor.on_ask_nowait` answer to ``frame``, called in the
         asker's task if the actor is running and idle on the lane the ask would travel in:
@@ -861,26 +908,24 @@ class Cell:
         concurrently, as always). The ask is then answered where it would have been had it
         been queued. Else :data:`~runtime.NOT_NOW`. The current actor, cell and turn are the
         actor's while it runs."""
-        if self.lifecycle.state is not RUNNING:
-            return NOT_NOW
-        mailbox = self.mailbox
         if isinstance(frame, SystemFrame):
-            if not mailbox.system_quiet():
+            if self.lifecycle.state is not RUNNING or not self.mailbox.system_quiet():
                 return NOT_NOW
-        elif mailbox.data_depth or (
-            self.data_scope is not None if self.passive else not mailbox.consumer_waiting
-        ):
+        elif not self._data_idle():
             return NOT_NOW  # frames wait, or one is being handled
         turn = frame.turn
         asker = CURRENT_ACTOR.set(self.actor)
         asker_cell = CURRENT_CELL.set(self)
         asker_turn = CURRENT_TURN.set(self.core.turn if turn is None else turn)
         try:
-            return self.actor.on_ask_nowait(frame)
+            answer = self.actor.on_ask_nowait(frame)
         finally:
             CURRENT_TURN.reset(asker_turn)
             CURRENT_CELL.reset(asker_cell)
             CURRENT_ACTOR.reset(asker)
+        if answer is not NOT_NOW:
+            self.mailbox.count_delivered()
+        return answer
 
     async def _answer(self, envelope: Envelope) -> None:
         reply = envelope.reply
@@ -1055,6 +1100,12 @@ class Cell:
             downstream=tuple(c.name for c in self.downstream),
             companion_of=self.owner.name if self.owner is not None else None,
         )
+
+
+async def _raise(exc: Exception) -> None:
+    """Raise ``exc`` in a task of the actor's: what a synchronous handler raised becomes the
+    actor's crash (see :meth:`Cell.handle_nowait`)."""
+    raise exc
 
 
 _CELL_CLASSES: dict[type[Actor[Any]], type[Cell]] = {}

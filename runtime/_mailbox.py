@@ -125,7 +125,9 @@ class MailboxStatistics:
         data_capacity: Bound of the data lane for downstream senders.
         peak_data_depth: Highest data depth seen since the mailbox was made.
         waiting_senders: Tasks blocked because the data lane is full.
-        delivered: Frames taken out of the mailbox so far.
+        delivered: Frames taken out of the mailbox so far, and those the actor handled at
+            once without queuing them (:meth:`~runtime.Actor.on_ask_nowait`,
+            :meth:`~runtime.Actor.process_frame_nowait`).
         dropped_stale: Frames dropped because their turn was interrupted.
         closed: Whether the mailbox refuses new frames.
     """
@@ -404,6 +406,10 @@ class Mailbox:
             for _ in range(min(free, len(lot) if lot is not None else 0)):
                 self._wake_sender()
         return dropped
+
+    def count_delivered(self) -> None:
+        """Account a frame its actor handled at once, without queuing it."""
+        self._delivered += 1
 
     def count_stale(self, n: int = 1) -> None:
         """Account frames dropped by the consumer because their turn was interrupted."""

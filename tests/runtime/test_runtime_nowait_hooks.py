@@ -1,4 +1,5 @@
-"""Asks answered at once: ``Actor.on_ask_nowait`` and ``NOT_NOW``."""
+"""Asks answered and frames handled at once, in the sender's task: ``Actor.on_ask_nowait``
+(with ``NOT_NOW``) and ``Actor.process_frame_nowait``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from runtime import (
     Frame,
     FrameDirection,
     FrameTypeError,
+    RestartPolicy,
     Session,
     SystemFrame,
     current_turn,
@@ -265,3 +267,151 @@ class TestAskNowait:
             assert Plain().on_ask_nowait(Get()) is NOT_NOW
             assert await ref.ask(Get()) is not trio.lowlevel.current_task()
         assert repr(NOT_NOW) == "NOT_NOW"
+
+
+class Collector(Actor[Add]):
+    """Sums ``Add`` frames; handles them at once unless ``n`` is 0 (queued for
+    ``process_frame``); ``n < 0`` raises. ``hold`` keeps ``process_frame`` waiting."""
+
+    accepts = (Add,)
+
+    def __init__(self, *, name: str | None = None, restart_policy: Any = None) -> None:
+        super().__init__(name=name, restart_policy=restart_policy)
+        self.total = 0
+        self.starts = 0
+        self.hold: trio.Event | None = None
+        self.handled: list[tuple[str, int]] = []
+        self.tasks: list[trio.lowlevel.Task] = []
+        self.fields: list[dict[str, Any]] = []
+
+    async def on_start(self) -> None:
+        self.starts += 1
+
+    def process_frame_nowait(self, frame: Frame) -> bool:
+        assert isinstance(frame, Add)
+        if frame.n == 0:
+            return False
+        if frame.n < 0:
+            raise RuntimeError("negative")
+        self.total += frame.n
+        self.handled.append(("at once", frame.n))
+        self.tasks.append(trio.lowlevel.current_task())
+        self.fields.append(add_actor_fields(None, "info", {}))
+        return True
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        assert isinstance(frame, Add)
+        if self.hold is not None:
+            await self.hold.wait()
+        self.total += frame.n
+        self.handled.append(("process_frame", frame.n))
+
+
+class DemandCollector(Collector):
+    serve_on_demand = True
+
+
+COLLECTORS = pytest.mark.parametrize(
+    "kind", [Collector, DemandCollector], ids=["own task", "on demand"]
+)
+
+
+class TestProcessFrameNowait:
+    @COLLECTORS
+    async def test_an_idle_actor_handles_a_frame_in_the_senders_task(
+        self, kind: type[Collector]
+    ) -> None:
+        """``send_nowait`` and ``tell`` to an idle actor: handled before they return, in the
+        sender's task, as the actor (log fields), and counted as delivered."""
+        actor = kind(name="sum")
+        async with Session.open(name="s") as session:
+            ref = session.spawn(actor)
+            await wait_idle()
+            delivered = ref.statistics().delivered
+            ref.send_nowait(Add(2))
+            assert actor.total == 2
+            ref.tell(Add(3))
+            assert actor.total == 5
+            assert actor.handled == [("at once", 2), ("at once", 3)]
+            assert actor.tasks == [trio.lowlevel.current_task()] * 2
+            assert actor.fields[0] == {"session": "s", "actor": "sum", "turn": session.turn}
+            assert add_actor_fields(None, "info", {}) == {}
+            assert ref.statistics().delivered == delivered + 2
+
+    @COLLECTORS
+    async def test_false_queues_the_frame_for_process_frame(self, kind: type[Collector]) -> None:
+        actor = kind()
+        async with Session.open() as session:
+            ref = session.spawn(actor)
+            await wait_idle()
+            ref.send_nowait(Add(0))
+            assert actor.handled == []
+            await wait_idle()
+            assert actor.handled == [("process_frame", 0)]
+
+    @COLLECTORS
+    async def test_a_busy_actor_gets_the_frame_queued_in_order(
+        self, kind: type[Collector], autojump_clock: object
+    ) -> None:
+        """While a frame is being handled, or frames wait, later ones are queued behind them."""
+        actor = kind()
+        actor.hold = trio.Event()
+        async with Session.open() as session:
+            ref = session.spawn(actor)
+            await wait_idle()
+            ref.send_nowait(Add(0))  # queued: process_frame holds
+            await wait_idle()
+            ref.send_nowait(Add(1))
+            ref.tell(Add(2))
+            assert actor.handled == []
+            actor.hold.set()
+            await wait_idle()
+            assert actor.handled == [
+                ("process_frame", 0),
+                ("process_frame", 1),
+                ("process_frame", 2),
+            ]
+            ref.send_nowait(Add(4))  # idle again
+            assert actor.handled[-1] == ("at once", 4)
+
+    @COLLECTORS
+    async def test_what_it_raises_crashes_the_actor_and_its_policy_restarts_it(
+        self, kind: type[Collector], autojump_clock: object
+    ) -> None:
+        actor = kind(restart_policy=RestartPolicy(max_restarts=1))
+        async with Session.open() as session:
+            ref = session.spawn(actor)
+            await wait_idle()
+            assert actor.starts == 1
+            ref.send_nowait(Add(-1))  # the sender is not told
+            await trio.sleep(1)  # the restart's backoff (virtual time)
+            await wait_idle()
+            assert actor.starts == 2
+            assert ref.is_alive()
+            ref.send_nowait(Add(5))
+            assert actor.total == 5
+
+    async def test_without_a_policy_the_crash_escalates(self, autojump_clock: object) -> None:
+        async def crash_one() -> None:
+            async with Session.open() as session:
+                ref = session.spawn(DemandCollector())
+                await wait_idle()
+                ref.send_nowait(Add(-1))
+                await trio.sleep_forever()
+
+        with pytest.raises(RuntimeError, match="negative"):
+            await crash_one()
+
+    async def test_a_frame_of_an_interrupted_turn_is_dropped_as_stale(self) -> None:
+        actor = Collector()
+        async with Session.open() as session:
+            ref = session.spawn(actor)
+            await wait_idle()
+            turn = session.turn
+            session.interrupt()
+            await wait_idle()
+            ref.send_nowait(Add(1, turn=turn))
+            assert actor.handled == []
+            assert ref.statistics().dropped_stale == 1
+            ref.send_nowait(Add(1))
+            assert actor.handled == [("at once", 1)]

@@ -1,5 +1,6 @@
-"""The context store answers an idle ask at once, in the asker's task, when nothing in it waits
-(no storage, no window); otherwise its answers come from its own task, as before."""
+"""What the companions do at once, in the sender's task, when they are idle: the context store
+answers an ask when nothing in it waits (no storage, no window; otherwise its answers come from
+its own task, as before), and the metrics collector folds a report in."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from actors import (
     ContextStore,
     ContextWindow,
     GetContextRequest,
+    MetricsCollector,
     OpenAILLMContext,
+    TTFBMetricsData,
 )
 from runtime import Session
 from runtime.testing import wait_idle
@@ -56,3 +59,22 @@ async def test_a_store_with_a_window_answers_from_its_own_task() -> None:
     messages, spawned = await _ask_counting_spawns(store)
     assert messages == ["be brief", "hi"]
     assert spawned == 2  # one task per ask (the store is served on demand)
+
+
+async def test_an_idle_collector_folds_a_report_in_before_offer_returns() -> None:
+    collector = MetricsCollector()
+    spawns = _Spawns()
+    async with Session.open() as session:
+        session.spawn(collector)
+        await wait_idle()
+        trio.lowlevel.add_instrument(spawns)
+        try:
+            assert collector.offer([TTFBMetricsData(processor="llm", model="m", value=0.25)])
+            assert collector.summary()["m"].ttfb.count == 1
+            assert collector.offer([TTFBMetricsData(processor="llm", model="m", value=0.75)])
+        finally:
+            trio.lowlevel.remove_instrument(spawns)
+        summary = collector.summary()["m"]
+        assert (summary.ttfb.count, summary.ttfb.mean) == (2, 0.5)
+        assert collector.received == 2
+    assert spawns.count == 0
