@@ -1012,7 +1012,10 @@ class ChatStream:
         scope = None if deadline is None else trio.CancelScope(deadline=deadline)
         # Return after every piece that completed a chunk, even when nothing is pending (in
         # text mode a tool-call fragment yields no text): the caller's next wait then gets a
-        # fresh idle deadline.
+        # fresh idle deadline. Before the first output, under a fixed deadline (first_token
+        # or total), there is nothing to refresh: in text mode, chunks without text (the
+        # role chunk) are read past in the same scope.
+        read_past = self._text_only is True and kind != "idle" and not accumulator.has_output
         chunks_before = accumulator.chunk_count
         with scope if scope is not None else _NO_SCOPE:
             while (
@@ -1046,6 +1049,8 @@ class ChatStream:
                 if accumulator.chunk_count != chunks_before:
                     if not had_output and accumulator.has_output:
                         self.first_token_at = trio.current_time()
+                    elif read_past and not texts and not accumulator.has_output:
+                        chunks_before = accumulator.chunk_count  # no text yet: read on
                 elif (
                     idle is not None
                     and had_output
