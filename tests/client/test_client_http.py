@@ -331,6 +331,38 @@ class TestTimeouts:
         with trio.fail_after(1):
             await server.wait_client_disconnects(1)
 
+    @pytest.mark.parametrize(
+        ("reply", "timeouts", "error", "seconds", "partial"), DEADLINES.values(), ids=DEADLINES
+    )
+    async def test_the_deadlines_are_the_same_read_as_text(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        reply: Reply,
+        timeouts: Timeouts | None,
+        error: type[APITimeoutError],
+        seconds: float,
+        partial: str,
+    ) -> None:
+        """Read with ``text_deltas()`` (chunks without text, as the role chunk, are read past
+        before the first output), each deadline still fails the call exactly when it passes."""
+        server.add(reply)
+        texts: list[str] = []
+
+        async def read(client: ChatCompletionsClient) -> None:
+            async with client.stream(make_request()) as stream:
+                async for text in stream.text_deltas():
+                    texts.append(text)
+
+        start = trio.current_time()
+        async with client_for(server, retry=NO_RETRY, timeouts=timeouts) as client:
+            with pytest.raises(error) as caught:
+                await read(client)
+        assert trio.current_time() - start == pytest.approx(seconds)
+        assert "".join(texts) == partial
+        assert caught.value.partial_result is not None
+        assert caught.value.partial_result.text == partial
+
     async def test_first_token_timeout_is_retried(
         self,
         autojump_clock: trio.testing.MockClock,
