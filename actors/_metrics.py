@@ -85,35 +85,6 @@ class ModelMetrics:
         }
 
 
-@attrs.define(slots=True)
-class _Totals:
-    """The running totals of one model (the collector's own; :meth:`freeze` gives them out).
-    Updated in place: a frozen copy per measurement cost an ``attrs.evolve`` each."""
-
-    model: str
-    ttfb: TimingStats = TimingStats()
-    processing: TimingStats = TimingStats()
-    completions: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
-
-    def freeze(self) -> ModelMetrics:
-        return ModelMetrics(
-            self.model,
-            self.ttfb,
-            self.processing,
-            self.completions,
-            self.prompt_tokens,
-            self.completion_tokens,
-            self.total_tokens,
-            self.cached_tokens,
-            self.reasoning_tokens,
-        )
-
-
 class MetricsCollector(Actor[MetricsReport]):
     """Collects TTFB, processing time and token usage, per model.
 
@@ -130,7 +101,7 @@ class MetricsCollector(Actor[MetricsReport]):
 
     def __init__(self, *, capacity: int = 256, name: str | None = None) -> None:
         super().__init__(name=name, mailbox_size=capacity)
-        self._models: dict[str, _Totals] = {}
+        self._models: dict[str, dict[str, Any]] = {}
         self.dropped = 0
         self.received = 0
 
@@ -161,25 +132,27 @@ class MetricsCollector(Actor[MetricsReport]):
     def record(self, item: MetricsData) -> None:
         """Fold one measurement into the totals (also usable directly)."""
         model = (item.model if isinstance(item, LLMMetricsData) else None) or "unknown"
+        # The running totals of a model are the fields of its ModelMetrics, updated in place
+        # (a frozen copy per measurement cost an attrs.evolve each); summary() freezes them.
         totals = self._models.get(model)
         if totals is None:
-            totals = self._models[model] = _Totals(model)
+            totals = self._models[model] = attrs.asdict(ModelMetrics(model), recurse=False)
         if isinstance(item, TTFBMetricsData):
-            totals.ttfb = totals.ttfb.add(item.value)
+            totals["ttfb"] = totals["ttfb"].add(item.value)
         elif isinstance(item, ProcessingMetricsData):
-            totals.processing = totals.processing.add(item.value)
+            totals["processing"] = totals["processing"].add(item.value)
         elif isinstance(item, LLMUsageMetricsData):
             usage: LLMTokenUsage = item.value
-            totals.completions += 1
-            totals.prompt_tokens += usage.prompt_tokens
-            totals.completion_tokens += usage.completion_tokens
-            totals.total_tokens += usage.total_tokens
-            totals.cached_tokens += usage.cache_read_input_tokens or 0
-            totals.reasoning_tokens += usage.reasoning_tokens or 0
+            totals["completions"] += 1
+            totals["prompt_tokens"] += usage.prompt_tokens
+            totals["completion_tokens"] += usage.completion_tokens
+            totals["total_tokens"] += usage.total_tokens
+            totals["cached_tokens"] += usage.cache_read_input_tokens or 0
+            totals["reasoning_tokens"] += usage.reasoning_tokens or 0
 
     def summary(self) -> dict[str, ModelMetrics]:
         """Aggregated metrics per model."""
-        return {model: totals.freeze() for model, totals in self._models.items()}
+        return {model: ModelMetrics(**totals) for model, totals in self._models.items()}
 
     async def on_stop(self) -> None:
         """Log the session's totals."""

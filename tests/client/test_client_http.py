@@ -309,6 +309,7 @@ class TestTimeouts:
     @pytest.mark.parametrize(
         ("reply", "timeouts", "error", "seconds", "partial"), DEADLINES.values(), ids=DEADLINES
     )
+    @pytest.mark.parametrize("as_text", [False, True], ids=["chunks", "text"])
     async def test_a_deadline_fails_the_call_on_time_and_closes_the_socket(
         self,
         autojump_clock: trio.testing.MockClock,
@@ -318,50 +319,34 @@ class TestTimeouts:
         error: type[APITimeoutError],
         seconds: float,
         partial: str,
+        as_text: bool,
     ) -> None:
         """Each deadline raises its own error exactly when it passes, with what had arrived,
-        and the socket is closed."""
+        and the socket is closed; the same when the stream is read with ``text_deltas()``
+        (which reads past chunks without text, as the role chunk, before the first output)."""
         server.add(reply)
+        texts: list[str] = []
+
+        async def read_texts(client: ChatCompletionsClient) -> None:
+            async with client.stream(make_request()) as stream:
+                async for text in stream.text_deltas():
+                    texts.append(text)
+
         async with client_for(server, retry=NO_RETRY, timeouts=timeouts) as client:
-            failure, took = await failing_call(client, error)
+            if as_text:
+                start = trio.current_time()
+                with pytest.raises(error) as caught:
+                    await read_texts(client)
+                failure, took = caught.value, trio.current_time() - start
+                assert "".join(texts) == partial
+            else:
+                failure, took = await failing_call(client, error)
         assert took == pytest.approx(seconds)
         assert failure.category == "timeout"
         assert failure.partial_result is not None
         assert failure.partial_result.text == partial
         with trio.fail_after(1):
             await server.wait_client_disconnects(1)
-
-    @pytest.mark.parametrize(
-        ("reply", "timeouts", "error", "seconds", "partial"), DEADLINES.values(), ids=DEADLINES
-    )
-    async def test_the_deadlines_are_the_same_read_as_text(
-        self,
-        autojump_clock: trio.testing.MockClock,
-        server: ScriptedOpenAIServer,
-        reply: Reply,
-        timeouts: Timeouts | None,
-        error: type[APITimeoutError],
-        seconds: float,
-        partial: str,
-    ) -> None:
-        """Read with ``text_deltas()`` (chunks without text, as the role chunk, are read past
-        before the first output), each deadline still fails the call exactly when it passes."""
-        server.add(reply)
-        texts: list[str] = []
-
-        async def read(client: ChatCompletionsClient) -> None:
-            async with client.stream(make_request()) as stream:
-                async for text in stream.text_deltas():
-                    texts.append(text)
-
-        start = trio.current_time()
-        async with client_for(server, retry=NO_RETRY, timeouts=timeouts) as client:
-            with pytest.raises(error) as caught:
-                await read(client)
-        assert trio.current_time() - start == pytest.approx(seconds)
-        assert "".join(texts) == partial
-        assert caught.value.partial_result is not None
-        assert caught.value.partial_result.text == partial
 
     async def test_first_token_timeout_is_retried(
         self,
