@@ -235,7 +235,8 @@ class ActorPort(Protocol):
 
     def answer_nowait(self, frame: Frame) -> object:
         """The actor's answer to ``frame`` given at once by :meth:`Actor.on_ask_nowait`, if
-        the actor is idle (nothing queued, no handler running); else :data:`NOT_NOW`."""
+        the actor is idle on the request's lane (nothing queued in it, none of its frames
+        being handled); else :data:`NOT_NOW`."""
 
     def add_interrupt_hook(self, callback: Callable[[], object]) -> None:
         """Call ``callback`` when an interruption cancels the running handler."""
@@ -415,12 +416,12 @@ class Actor(Generic[T]):
         queued in that lane, no frame of it being handled), :meth:`ActorRef.ask` calls this
         in the asker's own task: no task is started or woken and no reply slot is made, and
         the ask is answered exactly where it would have been (nothing queued before it,
-        nothing of its lane handled meanwhile). It
-        runs as the actor: :func:`runtime.current_turn`, its ``log`` and the log fields are
-        the actor's while it runs. What it returns is the reply; what it raises is raised to
-        the asker, and the actor lives on (as with ``on_ask``). It must not change anything
-        before it returns :data:`NOT_NOW`: the request is then queued and :meth:`on_ask`
-        answers it, as when the actor is busy.
+        nothing of its lane handled meanwhile). It runs as the actor:
+        :func:`runtime.current_turn`, its ``log`` and the log fields are the actor's while it
+        runs. What it returns is the reply; what it raises is raised to the asker, and the
+        actor lives on (as with ``on_ask``). It must not change anything before it returns
+        :data:`NOT_NOW`: the request is then queued and :meth:`on_ask` answers it, as when
+        the actor is busy.
         """
         return NOT_NOW
 
