@@ -100,6 +100,22 @@ class DemandTally(Tally):
     serve_on_demand = True
 
 
+async def _ask_while_held(ref: Any, frame: Frame, hold: trio.Event) -> list[object]:
+    """Ask ``ref`` in a task while the actor is held: the ask must not be answered until
+    ``hold`` is set (it is set here once every task waits); what it was answered."""
+    got: list[object] = []
+
+    async def ask() -> None:
+        got.append(await ref.ask(frame, timeout=None))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask)
+        await wait_idle()
+        assert got == []  # behind the frame being handled
+        hold.set()
+    return got
+
+
 KINDS = pytest.mark.parametrize("kind", [Tally, DemandTally], ids=["own task", "on demand"])
 
 
@@ -159,17 +175,7 @@ class TestAskNowait:
             ref = session.spawn(actor)
             await ref.send(Add(7))
             await wait_idle()
-            got: list[object] = []
-            async with trio.open_nursery() as nursery:
-
-                async def ask() -> None:
-                    got.append(await ref.ask(Get(), timeout=None))
-
-                nursery.start_soon(ask)
-                await wait_idle()
-                assert got == []  # the handler still holds
-                actor.hold.set()
-            assert got == [7]
+            assert await _ask_while_held(ref, Get(), actor.hold) == [7]
             assert actor.answered == ["started", "on_ask"]
 
     @KINDS
@@ -188,17 +194,7 @@ class TestAskNowait:
             await wait_idle()
             assert await ref.ask(Get()) == 0
             assert actor.answered == ["started", "at once"]
-            got: list[object] = []
-            async with trio.open_nursery() as nursery:
-
-                async def ask() -> None:
-                    got.append(await ref.ask(Peek(), timeout=None))
-
-                nursery.start_soon(ask)
-                await wait_idle()
-                assert got == []  # behind the system frame being handled
-                actor.hold.set()
-            assert got == [0]
+            assert await _ask_while_held(ref, Peek(), actor.hold) == [0]
             assert actor.answered == ["started", "at once", "on_ask"]
             await wait_idle()
             assert await ref.ask(Peek()) == 0  # the system lane idle again

@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 import pytest
 
 import runtime
-from runtime import Actor, ErrorFrame, Frame, FrameDirection
+from runtime import Actor, ErrorFrame, Frame, FrameDirection, RestartPolicy, Session
 from runtime import logging as rlog
-from runtime.testing import run_frames
+from runtime.testing import run_frames, wait_idle
 
 from .runtime_helpers import Ping
 
@@ -59,6 +59,15 @@ class Complains(Actor[Ping]):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         error = ValueError(f"no {WORD} here")
         await self.push_error(f"failed: {WORD}", exception=error)
+
+
+class FailsAtOnce(Actor[Ping]):
+    """Its synchronous handler (``process_frame_nowait``) fails with the word in the error."""
+
+    accepts = (Ping,)
+
+    def process_frame_nowait(self, frame: Frame) -> bool:
+        raise ValueError(f"no {WORD} here")
 
 
 class TestRegistry:
@@ -141,3 +150,21 @@ class TestWhereTextLeaves:
         assert rlog.scrub_event(None, "info", {"event": WORD}) == {"event": HIDDEN}
         renderer = rlog.ScrubbingRenderer(lambda _l, _m, e: f"{e!r}".encode())
         assert renderer(None, "info", {"x": WORD}) == f"{{'x': '{HIDDEN}'}}".encode()
+
+    async def test_a_crash_of_a_frame_handled_at_once_is_logged_scrubbed(
+        self, scrubber: HidesWord, structlog_restored: None, autojump_clock: object
+    ) -> None:
+        """What ``process_frame_nowait`` raises becomes the actor's crash, raised in a task of
+        its own: the lines that report it (the crash, the restart) show the scrubbed text."""
+        out = io.StringIO()
+        rlog.configure(json=True, level="debug", file=out, colors=False)
+        async with Session.open() as session:
+            ref = session.spawn(FailsAtOnce(restart_policy=RestartPolicy(max_restarts=1)))
+            await wait_idle()
+            ref.send_nowait(Ping(1))
+            await wait_idle()
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        restarting = [line for line in lines if line["event"] == "actor restarting"]
+        assert restarting
+        assert restarting[0]["error"] == f"ValueError: no {HIDDEN} here"
+        assert WORD not in out.getvalue()

@@ -402,6 +402,29 @@ async def _keep_by_task(storage: Any, lease: Lease, on_lost: Any) -> None:
         on_lost(exc)
 
 
+@attrs.define
+class _Kept:
+    """A lease kept by the lease keeper or by keep_lease, and what it reported lost."""
+
+    lost: list[LeaseLostError] = attrs.Factory(list)
+    reported: trio.Event = attrs.Factory(trio.Event)
+    kept: Any = None  # the lease keeper's record of it (None with keep_lease)
+
+    def on_lost(self, error: LeaseLostError) -> None:
+        self.lost.append(error)
+        self.reported.set()
+
+
+def _keep(keeper: str, storage: Any, lease: Lease, nursery: trio.Nursery) -> _Kept:
+    """Keep ``lease`` the way ``keeper`` names ("lease keeper" or "keep_lease")."""
+    watched = _Kept()
+    if keeper == "lease keeper":
+        watched.kept = storage.lease_keeper.keep(lease, watched.on_lost)
+    else:
+        nursery.start_soon(_keep_by_task, storage, lease, watched.on_lost)
+    return watched
+
+
 @pytest.mark.parametrize("keeper", ["lease keeper", "keep_lease"])
 async def test_a_failed_renewal_is_retried_soon_and_a_storage_that_stays_away_is_reported(
     keeper: str, redis_server: RedisServer
@@ -412,17 +435,8 @@ async def test_a_failed_renewal_is_retried_soon_and_a_storage_that_stays_away_is
     ttl = 1.5
     async with relayed(redis_server) as (relay, storage), trio.open_nursery() as nursery:
         lease = await storage.acquire_lease("c", "owner", ttl)
-        lost: list[LeaseLostError] = []
-        reported = trio.Event()
-
-        def on_lost(error: LeaseLostError) -> None:
-            lost.append(error)
-            reported.set()
-
-        if keeper == "lease keeper":
-            kept = storage.lease_keeper.keep(lease, on_lost)
-        else:
-            nursery.start_soon(_keep_by_task, storage, lease, on_lost)
+        watched = _keep(keeper, storage, lease, nursery)
+        lost = watched.lost
         # Each renewal is sent twice (again on a new connection when its answer is lost):
         # the next two renewals fail.
         relay.cut = 4
@@ -436,13 +450,13 @@ async def test_a_failed_renewal_is_retried_soon_and_a_storage_that_stays_away_is
         relay.cut = 10**6
         sent = sum(relay.scripts)
         with trio.fail_after(2 * ttl):
-            await reported.wait()
+            await watched.reported.wait()
         assert len(lost) == 1
         assert "unreachable until it expired" in str(lost[0])
         assert lost[0].token == lease.token
         assert sum(relay.scripts) - sent >= 2 * 4  # four tries at least, each sent twice
         if keeper == "lease keeper":
-            assert not kept.kept
+            assert not watched.kept.kept
         nursery.cancel_scope.cancel()
 
 
@@ -460,27 +474,17 @@ async def test_renewal_failures_and_the_lost_lease_never_show_the_password(keepe
                 trio.open_nursery() as nursery,
             ):
                 lease = await storage.acquire_lease("c", "owner", 1.0)
-                lost: list[LeaseLostError] = []
-                reported = trio.Event()
-
-                def on_lost(error: LeaseLostError) -> None:
-                    lost.append(error)
-                    reported.set()
-
-                if keeper == "lease keeper":
-                    storage.lease_keeper.keep(lease, on_lost)
-                else:
-                    nursery.start_soon(_keep_by_task, storage, lease, on_lost)
+                watched = _keep(keeper, storage, lease, nursery)
                 relay.cut = 10**6
                 with trio.fail_after(3):
-                    await reported.wait()
+                    await watched.reported.wait()
                 nursery.cancel_scope.cancel()
     failures = [entry for entry in logs if entry["event"] == "lease renewal failed; retrying"]
     assert [entry["log_level"] for entry in failures[:2]] == ["warning", "debug"]
     assert "***" in failures[0]["error"]
     assert password not in str(logs)
-    assert password not in str(lost[0])
-    assert "unreachable until it expired" in str(lost[0])
+    assert password not in str(watched.lost[0])
+    assert "unreachable until it expired" in str(watched.lost[0])
 
 
 async def test_appends_go_on_after_the_server_forgot_the_script(
