@@ -118,9 +118,9 @@ class MetricsCollector(Actor[MetricsReport]):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Fold one report into the totals."""
-        self.process_frame_nowait(frame)
+        self.process_frame_nowait(frame, direction)
 
-    def process_frame_nowait(self, frame: Frame) -> bool:
+    def process_frame_nowait(self, frame: Frame, direction: FrameDirection) -> bool:
         """Nothing in a report waits: an idle collector folds it in at once, in the task that
         offered it (see ``Actor.process_frame_nowait``)."""
         assert isinstance(frame, MetricsReport)

@@ -206,6 +206,10 @@ class ActorPort(Protocol):
         """Send without waiting if possible; else the envelope to :meth:`deliver`
         (``uninterruptible``: no interruption drops it)."""
 
+    def push_now(self, frame: Frame, direction: FrameDirection, uninterruptible: bool) -> bool:
+        """Queue a data frame with the single neighbour in ``direction`` if that needs no
+        waiting; whether it did (``False``: nothing was done)."""
+
     async def deliver(self, envelope: Envelope) -> None:
         """Send ``envelope`` to the neighbours in its direction (may wait for room)."""
 
@@ -425,19 +429,26 @@ class Actor(Generic[T]):
         """
         return NOT_NOW
 
-    def process_frame_nowait(self, frame: Frame) -> bool:
-        """Handle a data frame sent straight to the actor without waiting
-        (:meth:`ActorRef.send_nowait`, :meth:`ActorRef.tell`) at once, in the sender's task;
-        or return ``False`` (the default) to have it queued for :meth:`process_frame`.
+    def process_frame_nowait(self, frame: Frame, direction: FrameDirection) -> bool:
+        """A synchronous handler tried before :meth:`process_frame`: handle ``frame`` at once
+        and return ``True``, or return ``False`` (the default) to have :meth:`process_frame`
+        handle it. It must change nothing before it returns ``False``.
 
-        The counterpart of :meth:`on_ask_nowait` for frames that need no answer, for an actor
-        whose handling of them never waits (a collector of measurements). It is called only
-        when the frame finds the actor idle on its data lane (running, nothing queued, no frame
-        being handled), for an accepted frame that is not an ``EndFrame``, so the frame is
-        handled exactly where it would have been had it been queued. It runs as the actor
-        (its turn, log and log fields). It must change nothing before it returns ``False``.
-        An exception it raises is the actor's crash, as one from :meth:`process_frame`: the
-        actor's restart policy applies (the sender is not told).
+        Override it next to :meth:`process_frame` for the frames whose handling never waits
+        (the text of a stream passing a stage, a measurement folded into totals): those then
+        cost no coroutine. It is called for every accepted data frame but an ``EndFrame``,
+        where :meth:`process_frame` would be: in the actor's data loop, as the actor (its
+        turn, log and log fields; an interruption cannot cut it short, as it awaits
+        nothing); and for a frame sent straight with :meth:`ActorRef.send_nowait` or
+        :meth:`ActorRef.tell` that finds the actor idle on its data lane (running, nothing
+        queued, no frame being handled), in the sender's task, so that frame is handled
+        where it would have been had it been queued (a frame of an interrupted turn is
+        dropped as stale, as in the mailbox). To pass frames on, use
+        :meth:`push_frame_nowait` or :meth:`push_uninterruptible_nowait`, and return
+        ``False`` when they cannot push: then nothing was pushed. An exception it raises is
+        the actor's crash, as one from :meth:`process_frame` (for a frame sent straight,
+        raised again in a task of the actor's, where its restart policy applies; the sender
+        is not told).
         """
         return False
 
@@ -501,6 +512,35 @@ class Actor(Generic[T]):
         envelope = cell.try_push(frame, direction, True)
         if envelope is not None:
             await cell.deliver(envelope)
+
+    def push_frame_nowait(self, frame: Frame, direction: FrameDirection = DOWNSTREAM) -> bool:
+        """:meth:`push_frame` without waiting, for :meth:`process_frame_nowait` (or any code
+        that would rather not wait): queue the data frame ``frame`` with the neighbour in
+        ``direction`` and return ``True`` if that needs no waiting; else return ``False``
+        having done nothing: push it with :meth:`push_frame` then. ``False`` when the
+        neighbour's data lane is full or closed, for a system frame or an ``EndFrame`` (their
+        pushes do more than queue), with several neighbours in that direction, and when the
+        actor is not running. (In a task that has not started yet, the frame is held until
+        the start, as :meth:`push_frame` holds it: ``True``.) Never a schedule point.
+        """
+        gate = self._gate
+        if gate is not None and gate(self, frame, direction):
+            return True  # held by the task that will run this actor, delivered once it has started
+        cell = self._cell
+        return cell is not None and cell.push_now(frame, direction, False)
+
+    def push_uninterruptible_nowait(
+        self, frame: Frame, direction: FrameDirection = DOWNSTREAM
+    ) -> bool:
+        """:meth:`push_uninterruptible` without waiting: as :meth:`push_frame_nowait`, with
+        the frame marked as :meth:`push_uninterruptible` marks it."""
+        gate = self._gate
+        if gate is not None:
+            held = attrs.evolve(frame, interruptible=False) if frame.interruptible else frame
+            if gate(self, held, direction):
+                return True
+        cell = self._cell
+        return cell is not None and cell.push_now(frame, direction, True)
 
     async def push_error(
         self,

@@ -213,7 +213,7 @@ class Cell:
         self.accept_cache = accept_cache_for(actor.accepts)
         #: Whether the actor may answer an ask at once (it overrides on_ask_nowait).
         self.answers_nowait = type(actor).on_ask_nowait is not Actor.on_ask_nowait
-        #: Whether it may handle a frame sent to it at once (it overrides process_frame_nowait).
+        #: Whether it has a synchronous handler (it overrides process_frame_nowait).
         self.handles_nowait = type(actor).process_frame_nowait is not Actor.process_frame_nowait
 
     def make_mailbox(self, capacity: int) -> Mailbox:
@@ -291,6 +291,38 @@ class Cell:
             if not mailbox.closed and mailbox.try_put_data(envelope):
                 return None
         return envelope
+
+    def push_now(self, frame: Frame, direction: FrameDirection, uninterruptible: bool) -> bool:
+        """:meth:`try_push` for a sender that cannot wait (:meth:`Actor.push_frame_nowait`):
+        queue a data frame with the single neighbour in ``direction`` if it has room; else
+        do nothing and return ``False`` (also for system frames and ``EndFrame``, whose
+        pushes do more, and with several neighbours)."""
+        if isinstance(frame, SystemFrame) or type(frame) is EndFrame:
+            return False
+        targets = self.upstream if direction is UPSTREAM else self.downstream
+        if len(targets) != 1:
+            return False
+        mailbox = targets[0].mailbox
+        if mailbox.closed:
+            return False
+        turn = frame.turn
+        if turn is None:
+            turn = self.core.turn
+        keep = uninterruptible and frame.interruptible
+        # The envelope as try_push makes it, written out again: both are on the path of
+        # every frame a stage passes on.
+        reuse = self.busy
+        if (
+            reuse is not None
+            and reuse.frame is frame
+            and reuse.direction is direction
+            and reuse.turn == turn
+            and (reuse.uninterruptible or not keep)
+        ):
+            envelope = reuse
+        else:
+            envelope = Envelope(frame, direction, turn, None, keep)
+        return mailbox.try_put_data_nowait(envelope)
 
     async def deliver(self, envelope: Envelope) -> None:
         """Queue ``envelope`` with every neighbour in its direction (waiting for room)."""
@@ -566,6 +598,7 @@ class Cell:
                     # collector to scan (and the call costs the same).
                     actor = self.actor
                     accept_cache = self.accept_cache
+                    handles_nowait = self.handles_nowait
                     batch = 0
                     last_turn: int | None = None
                     starting = life.state not in SERVING
@@ -637,9 +670,18 @@ class Cell:
                                         last_turn = turn
                                     self.busy = envelope
                                     try:
-                                        await actor.process_frame(
-                                            frame, envelope.direction or DOWNSTREAM
-                                        )
+                                        # The synchronous handler first (no coroutine for
+                                        # what it takes), then the handler.
+                                        if not (
+                                            handles_nowait
+                                            and cls is not EndFrame
+                                            and actor.process_frame_nowait(
+                                                frame, envelope.direction or DOWNSTREAM
+                                            )
+                                        ):
+                                            await actor.process_frame(
+                                                frame, envelope.direction or DOWNSTREAM
+                                            )
                                     finally:
                                         self.busy = None
                                     ended = cls is EndFrame and await self.forward(envelope)
@@ -746,6 +788,7 @@ class Cell:
         core = self.core
         actor = self.actor
         accept_cache = self.accept_cache
+        handles_nowait = self.handles_nowait
         batch = 0
         self.work_scope = self.data_scope
         self.work_cancelled = False
@@ -776,7 +819,12 @@ class Cell:
                     CURRENT_TURN.set(envelope.turn if interruptible else core.turn)
                     self.busy = envelope
                     try:
-                        await actor.process_frame(frame, envelope.direction or DOWNSTREAM)
+                        if not (
+                            handles_nowait
+                            and cls is not EndFrame
+                            and actor.process_frame_nowait(frame, envelope.direction or DOWNSTREAM)
+                        ):
+                            await actor.process_frame(frame, envelope.direction or DOWNSTREAM)
                     finally:
                         self.busy = None
                     ended = cls is EndFrame and await self.forward(envelope)
@@ -858,11 +906,12 @@ class Cell:
                 core.delivery_step(frame)
 
     def _data_idle(self) -> bool:
-        """Whether the actor runs and its data lane is empty with no frame being handled."""
+        """Whether the actor runs and its data lane is empty with no frame being handled (by
+        its handlers or, in another task, by its synchronous one)."""
         if self.lifecycle.state is not RUNNING:
             return False
         mailbox = self.mailbox
-        if mailbox.data_depth:
+        if mailbox.data_depth or self.busy is not None:
             return False
         if self.passive:
             return self.data_scope is None
@@ -887,13 +936,15 @@ class Cell:
         sender = CURRENT_ACTOR.set(self.actor)
         sender_cell = CURRENT_CELL.set(self)
         sender_turn = CURRENT_TURN.set(envelope.turn if interruptible else core.turn)
+        self.busy = envelope
         try:
-            handled = self.actor.process_frame_nowait(frame)
+            handled = self.actor.process_frame_nowait(frame, envelope.direction or DOWNSTREAM)
         except Exception as exc:
             if self.create_task(_raise, (exc,), f"{self.name}:crashed", False) is None:
                 raise  # (not reached while the actor runs: its loops take tasks)
             handled = True
         finally:
+            self.busy = None
             CURRENT_TURN.reset(sender_turn)
             CURRENT_CELL.reset(sender_cell)
             CURRENT_ACTOR.reset(sender)

@@ -263,6 +263,12 @@ class Mailbox:
             self._wake_data()
         return True
 
+    def try_put_data_nowait(self, envelope: Envelope) -> bool:
+        """:meth:`try_put_data` for a sender that cannot wait at all (a synchronous handler's
+        push): ``False`` means nothing was done. (A mailbox that hands frames over as they
+        come finishes the handing over itself, leaving the sender nothing to await.)"""
+        return self.try_put_data(envelope)
+
     def put_data_unbounded(self, envelope: Envelope) -> None:
         """Queue on the data lane without waiting, even past the bound (cycle-closing edges).
 

@@ -137,7 +137,9 @@ class _SinkMailbox(_EdgeMailbox):
     A frame handed over inline is handed over by :meth:`try_put_data` itself, so the sender
     needs no coroutine for it (one per frame per stage: ``deliver``, ``put_data`` and the
     task's ``_reached_end`` were three): the listeners are called there. Only when one of
-    them returns an awaitable does the sender's ``put_data`` await the rest.
+    them returns an awaitable does the sender's ``put_data`` await the rest; a sender that
+    cannot wait (a synchronous handler, :meth:`try_put_data_nowait`) leaves the rest to the
+    sink's own task instead.
     """
 
     # The envelope being handed over and what is left of it to await (see try_put_data).
@@ -176,6 +178,47 @@ class _SinkMailbox(_EdgeMailbox):
             return
         await super().put_data(envelope)
 
+    def try_put_data_nowait(self, envelope: Envelope) -> bool:
+        """:meth:`try_put_data` for a sender that cannot wait (a synchronous handler): when a
+        listener returns an awaitable, the envelope is queued with the rest of its handing
+        over, which the sink's own task awaits (the frames after it queue behind it), instead
+        of leaving the rest to the sender."""
+        if self.try_put_data(envelope):
+            return True
+        rest = self._rest
+        if rest is None or rest[0] is not envelope:
+            return False  # not handed over: full, or frames queued before it
+        # Handed over, with a rest to await: queued for the sink's task (the lane was empty),
+        # marked uninterruptible: what the listeners began is finished, not dropped as stale.
+        queued = Envelope(envelope.frame, envelope.direction, envelope.turn, None, True)
+        self._rest = (queued, rest[1])
+        super().put_data_unbounded(queued)
+        return True
+
+    def take_rest(self, envelope: Envelope) -> Awaitable[None] | None:
+        """What is left to await of the handing over of ``envelope`` (queued by
+        :meth:`try_put_data_nowait`), if anything."""
+        rest = self._rest
+        if rest is None or rest[0] is not envelope:
+            return None
+        self._rest = None
+        return rest[1]
+
+    def close(self) -> list[Envelope]:
+        left = super().close()
+        self._drop_rest(left)
+        return left
+
+    def _drop_rest(self, envelopes: list[Envelope]) -> None:
+        """The sink closed with an envelope of :meth:`try_put_data_nowait` still queued: close
+        what was left of its handing over (abandoned, as a sender's await of it would be)."""
+        rest = self._rest
+        if rest is not None and any(e is rest[0] for e in envelopes):
+            self._rest = None
+            close = getattr(rest[1], "close", None)
+            if close is not None:
+                close()
+
 
 class _EdgeCell(Cell):
     """Runs an :class:`_Edge`: frames reaching the end of the topology go to the task. It is
@@ -209,6 +252,11 @@ class _EdgeCell(Cell):
         direction = envelope.direction
         if direction is not None and (direction is DOWNSTREAM) == self.sink:
             frame = envelope.frame
+            mailbox = self.mailbox
+            rest = mailbox.take_rest(envelope) if isinstance(mailbox, _SinkMailbox) else None
+            if rest is not None:
+                await rest  # handed over already (try_put_data_nowait): the rest of it
+                return False
             await self.task._reached_end(frame, direction)
             return type(frame) is EndFrame
         ended = await super().forward(envelope)

@@ -1,8 +1,10 @@
-"""Asks answered and frames handled at once, in the sender's task: ``Actor.on_ask_nowait``
-(with ``NOT_NOW``) and ``Actor.process_frame_nowait``."""
+"""Asks answered and frames handled at once: ``Actor.on_ask_nowait`` (with ``NOT_NOW``) in
+the asker's task, ``Actor.process_frame_nowait`` in the sender's task or the actor's own loop,
+and the pushes it makes (``push_frame_nowait``, ``push_uninterruptible_nowait``)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 import attrs
@@ -14,9 +16,12 @@ from runtime import (
     Actor,
     ActorDeadError,
     DataFrame,
+    EndFrame,
     Frame,
     FrameDirection,
     FrameTypeError,
+    Pipeline,
+    PipelineTask,
     RestartPolicy,
     Session,
     SystemFrame,
@@ -25,7 +30,7 @@ from runtime import (
 from runtime.logging import add_actor_fields
 from runtime.testing import wait_idle
 
-from .runtime_helpers import Note, Ping
+from .runtime_helpers import Gate, Note, Ping, numbers
 
 
 @attrs.frozen
@@ -283,7 +288,7 @@ class Collector(Actor[Add]):
     async def on_start(self) -> None:
         self.starts += 1
 
-    def process_frame_nowait(self, frame: Frame) -> bool:
+    def process_frame_nowait(self, frame: Frame, direction: FrameDirection) -> bool:
         assert isinstance(frame, Add)
         if frame.n == 0:
             return False
@@ -349,7 +354,8 @@ class TestProcessFrameNowait:
     async def test_a_busy_actor_gets_the_frame_queued_in_order(
         self, kind: type[Collector], autojump_clock: object
     ) -> None:
-        """While a frame is being handled, or frames wait, later ones are queued behind them."""
+        """While a frame is being handled, or frames wait, later ones are queued behind them;
+        the actor's loop then gives them to the synchronous handler first, in its own task."""
         actor = kind()
         actor.hold = trio.Event()
         async with Session.open() as session:
@@ -362,13 +368,11 @@ class TestProcessFrameNowait:
             assert actor.handled == []
             actor.hold.set()
             await wait_idle()
-            assert actor.handled == [
-                ("process_frame", 0),
-                ("process_frame", 1),
-                ("process_frame", 2),
-            ]
+            assert actor.handled == [("process_frame", 0), ("at once", 1), ("at once", 2)]
+            assert trio.lowlevel.current_task() not in actor.tasks
             ref.send_nowait(Add(4))  # idle again
             assert actor.handled[-1] == ("at once", 4)
+            assert actor.tasks[-1] is trio.lowlevel.current_task()
 
     @COLLECTORS
     async def test_what_it_raises_crashes_the_actor_and_its_policy_restarts_it(
@@ -411,3 +415,177 @@ class TestProcessFrameNowait:
             assert ref.statistics().dropped_stale == 1
             ref.send_nowait(Add(1))
             assert actor.handled == [("at once", 1)]
+
+
+class Relay(Actor[Ping]):
+    """Adds one to every ``Ping`` in its synchronous handler when the next stage has room,
+    else in ``process_frame``; counts which did it."""
+
+    accepts = (Ping,)
+
+    def __init__(self, *, name: str | None = None) -> None:
+        super().__init__(name=name)
+        self.at_once = 0
+        self.later = 0
+
+    def process_frame_nowait(self, frame: Frame, direction: FrameDirection) -> bool:
+        assert isinstance(frame, Ping)
+        if not self.push_frame_nowait(Ping(frame.n + 1), direction):
+            return False  # nothing was pushed
+        self.at_once += 1
+        return True
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        assert isinstance(frame, Ping)
+        self.later += 1
+        await self.push_frame(Ping(frame.n + 1), direction)
+
+
+class Marker(Actor[Ping]):
+    """Passes every ``Ping`` on at once, marked as ``push_uninterruptible`` marks it."""
+
+    accepts = (Ping,)
+
+    def process_frame_nowait(self, frame: Frame, direction: FrameDirection) -> bool:
+        return self.push_uninterruptible_nowait(frame, direction)
+
+
+class Passer(Actor[Ping]):
+    """Passes every ``Ping`` on at once, unmarked."""
+
+    accepts = (Ping,)
+
+    def process_frame_nowait(self, frame: Frame, direction: FrameDirection) -> bool:
+        return self.push_frame_nowait(frame, direction)
+
+
+class Pusher(Actor[Ping]):
+    """Pushes whatever it is told to from its handler, recording ``push_frame_nowait``'s
+    answers."""
+
+    accepts = (Ping,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers: list[bool] = []
+
+    def process_frame_nowait(self, frame: Frame, direction: FrameDirection) -> bool:
+        for extra in (Note("system"), EndFrame()):
+            self.answers.append(self.push_frame_nowait(extra, direction))
+        self.answers.append(self.push_frame_nowait(frame, direction))
+        return True
+
+
+class TestSynchronousHandlerInAPipeline:
+    async def test_the_loop_hands_frames_to_it_and_they_pass_in_order(self) -> None:
+        relay = Relay()
+        out: list[Frame] = []
+        async with PipelineTask(Pipeline([relay]), on_downstream=lambda f, d: out.append(f)) as t:
+            for n in range(50):
+                await t.queue_frame(Ping(n))
+            await wait_idle()
+        assert numbers(out) == list(range(1, 51))
+        assert (relay.at_once, relay.later) == (50, 0)
+
+    async def test_no_room_next_means_nothing_pushed_and_the_handler_takes_it(
+        self, autojump_clock: object
+    ) -> None:
+        """The next stage's lane full: ``push_frame_nowait`` says so having pushed nothing,
+        ``process_frame`` waits for room; nothing is lost, doubled or reordered."""
+        relay = Relay()
+        gate = Gate(mailbox_size=2)
+        out: list[Frame] = []
+        async with PipelineTask(
+            Pipeline([relay, gate]), on_downstream=lambda f, d: out.append(f)
+        ) as t:
+            for n in range(10):
+                await t.queue_frame(Ping(n * 10))
+            await wait_idle()
+            assert relay.later >= 1  # the gate's lane filled up
+            gate.open()
+            await wait_idle()
+        assert numbers(out) == [n * 10 + 1 for n in range(10)]
+        assert relay.at_once + relay.later == 10
+        assert gate.finished == [n * 10 + 1 for n in range(10)]
+
+    async def test_it_pushes_no_system_frame_and_no_end_frame(self) -> None:
+        pusher = Pusher()
+        out: list[Frame] = []
+        async with PipelineTask(Pipeline([pusher]), on_downstream=lambda f, d: out.append(f)) as t:
+            await t.queue_frame(Ping(1))
+            await wait_idle()
+        assert pusher.answers == [False, False, True]
+        assert [type(f) for f in out if isinstance(f, Ping | Note)] == [Ping]
+
+    @pytest.mark.parametrize(
+        ("kind", "finished", "cancelled"),
+        [(Marker, [1, 2], []), (Passer, [], [1])],
+        ids=["marked", "unmarked"],
+    )
+    async def test_an_uninterruptible_push_survives_the_interruption(
+        self,
+        kind: type[Actor[Ping]],
+        finished: list[int],
+        cancelled: list[int],
+        autojump_clock: object,
+    ) -> None:
+        """Marked by ``push_uninterruptible_nowait``, frames pass the interruption: the one
+        being handled next is not cancelled, the one queued behind it not dropped. Unmarked,
+        both are lost."""
+        gate = Gate()
+        async with PipelineTask(Pipeline([kind(), gate])) as t:
+            await t.queue_frame(Ping(1))  # the gate holds it
+            await t.queue_frame(Ping(2))  # queued at the gate
+            await wait_idle()
+            t.interrupt()
+            await wait_idle()
+            gate.open()
+            await wait_idle()
+        assert (gate.finished, gate.cancelled) == (finished, cancelled)
+
+    async def test_a_listener_that_returns_an_awaitable_is_awaited_in_order(self) -> None:
+        """The task's listeners, reached from a synchronous handler: each called once per
+        frame, in order, and an awaitable one finished before the next frame reaches any."""
+        events: list[str] = []
+
+        def first(frame: Frame, direction: FrameDirection) -> Awaitable[None] | None:
+            if not isinstance(frame, Ping):
+                return None
+            events.append(f"first {frame.n}")
+            if frame.n % 2:
+                return None
+
+            async def slowly() -> None:
+                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint()
+                events.append(f"first {frame.n} done")
+
+            return slowly()
+
+        def second(frame: Frame, direction: FrameDirection) -> None:
+            if isinstance(frame, Ping):
+                events.append(f"second {frame.n}")
+
+        relay = Relay()
+        task = PipelineTask(Pipeline([relay]), on_downstream=first)
+        task.add_listener(second, FrameDirection.DOWNSTREAM)
+        async with task:
+            for n in range(4):
+                await task.queue_frame(Ping(n))
+            await wait_idle()
+        assert relay.at_once == 4
+        assert events == [
+            "first 1", "second 1",
+            "first 2", "first 2 done", "second 2",
+            "first 3", "second 3",
+            "first 4", "first 4 done", "second 4",
+        ]  # fmt: skip
+
+    async def test_before_the_start_a_frame_is_held_and_delivered(self) -> None:
+        relay = Relay()
+        out: list[Frame] = []
+        task = PipelineTask(Pipeline([relay]), on_downstream=lambda f, d: out.append(f))
+        assert relay.push_frame_nowait(Ping(7))
+        async with task:
+            await wait_idle()
+        assert numbers(out) == [7]

@@ -66,7 +66,7 @@ class FailsAtOnce(Actor[Ping]):
 
     accepts = (Ping,)
 
-    def process_frame_nowait(self, frame: Frame) -> bool:
+    def process_frame_nowait(self, frame: Frame, direction: FrameDirection) -> bool:
         raise ValueError(f"no {WORD} here")
 
 
