@@ -320,9 +320,18 @@ class LLMAssistantContextAggregator(_StoreClient):
         self._parts = []
         return text
 
+    def process_frame_nowait(self, frame: Frame, direction: FrameDirection) -> bool:
+        """A streamed text passes at once (see ``Actor.process_frame_nowait``): recorded if
+        it belongs to the open answer, and passed on, if that needs no waiting."""
+        if type(frame) is not LLMTextFrame or not self.push_frame_nowait(frame, direction):
+            return False
+        if self._open and frame.append_to_context and direction is FrameDirection.DOWNSTREAM:
+            self._parts.append(frame.text)
+        return True
+
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Record the assistant's turn (see the class docs), then pass the frame on."""
-        if type(frame) is LLMTextFrame:  # first: one per token (the commonest case, made short)
+        if type(frame) is LLMTextFrame:  # a streamed text the next stage had no room for
             if self._open and frame.append_to_context and direction is FrameDirection.DOWNSTREAM:
                 self._parts.append(frame.text)
             await self.push_frame(frame, direction)

@@ -277,7 +277,9 @@ class OpenAILLMStreamer(Actor[Frame], abc.ABC):
                     # On interruption the socket is shut down inside interrupt() itself: the
                     # server stops generating without waiting for this task to unwind.
                     async for text in stream.text_deltas():
-                        await self.push_frame(new_llm_text(text))
+                        frame = new_llm_text(text)
+                        if not self.push_frame_nowait(frame):
+                            await self.push_frame(frame)
                         if ttfb is None and stream.first_token_at is not None:
                             # After the first text goes out: the measurement must not delay it.
                             # (The collector gets it with the rest, in one report at the end.)

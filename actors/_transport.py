@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from runtime import Actor, Frame, FrameDirection
+from runtime import Actor, Frame, FrameDirection, current_turn
 
 from ._frames import (
     FunctionCallCancelFrame,
@@ -88,11 +88,66 @@ class OutputTransport(Actor[Frame]):
 
 
 class TextOutputTransport(OutputTransport):
-    """The output end: hands each frame to the transport's callback (see OutputTransport)."""
+    """The output end: hands each frame to the transport's callback (see OutputTransport).
+
+    With no callback, or one that returns ``None`` (a plain function: it has done so once),
+    a frame passes at once, in the stage's synchronous handler (no coroutine per frame), in
+    the same order: passed on, then shown. An awaitable the callback returns is awaited
+    before the next frame is shown.
+    """
 
     def __init__(self, transport: TextTransport, *, name: str | None = None) -> None:
         super().__init__(name=name)
         self._transport = transport
+        # The callback seen to return None: frames pass at once while it is the callback.
+        self._plain_callback: OutputCallback | None = None
+        # Set while a task awaits what that callback returned after all (see _show_later).
+        self._showing: trio.Event | None = None
+
+    def process_frame_nowait(self, frame: Frame, direction: FrameDirection) -> bool:
+        """Pass a frame on and show it at once when neither needs waiting (see the class
+        docs); else ``False``, and :meth:`process_frame` does it."""
+        if direction is not FrameDirection.DOWNSTREAM:
+            return self.push_frame_nowait(frame, direction)
+        callback = self._transport.on_output
+        if (
+            (callback is not None and callback is not self._plain_callback)
+            or self._showing is not None
+            or not self.push_uninterruptible_nowait(frame, direction)
+        ):
+            return False
+        self._transport._observe(frame)
+        if callback is not None:
+            result = callback(frame)
+            if result is not None:
+                self._show_later(result)
+        return True
+
+    def _show_later(self, result: Awaitable[None]) -> None:
+        """The callback, called at once, returned an awaitable after all: await it in a task
+        of this stage (an interruption cancels it, as it would the handler), and show the
+        frames after it only once it is done."""
+        self._plain_callback = None
+        showing = self._showing = trio.Event()
+        turn = current_turn()  # the frame's
+
+        async def show() -> None:
+            try:
+                with self.turn_scope(turn):  # cancelled at once if the turn is over already
+                    await result
+            finally:
+                self._showing = None
+                showing.set()
+
+        self.create_task(show, name=f"{self.name}:show")
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """As :class:`OutputTransport`'s, after the showing of the frame before, if a task
+        still awaits it."""
+        showing = self._showing
+        if showing is not None and direction is FrameDirection.DOWNSTREAM:
+            await showing.wait()
+        await super().process_frame(frame, direction)
 
     async def deliver(self, frame: Frame) -> None:
         """Track the answer's progress, then show the frame (the ``on_output`` callback)."""
@@ -100,7 +155,9 @@ class TextOutputTransport(OutputTransport):
         callback = self._transport.on_output
         if callback is not None:
             result = callback(frame)
-            if result is not None:
+            if result is None:
+                self._plain_callback = callback
+            else:
                 await result
 
 

@@ -15,7 +15,7 @@ sessions in real time. Seeded, so a failure names its seed.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -295,3 +295,95 @@ class TestContextIsWhatTheOutputDelivered:
         assert failures == [], f"{len(failures)} problems in {rounds} rounds:\n" + "\n".join(
             failures[:40]
         )
+
+
+class TestACallbackThatSometimesReturnsAnAwaitable:
+    """``on_output`` a plain function that returns an awaitable for some frames (a lambda
+    around an async send, say): the output stage shows most frames at once, in its
+    synchronous handler, and awaits what the callback returns before it shows the next."""
+
+    @staticmethod
+    def callback(events: list[str]) -> Callable[[Frame], Awaitable[None] | None]:
+        def show(frame: Frame) -> Awaitable[None] | None:
+            if not isinstance(frame, LLMTextFrame):
+                return None
+            events.append(f"show {frame.text}")
+            number = frame.text[1:-1]  # "t6;": 6 (one of TOKENS)
+            if not number.isdigit() or int(number) % 3:
+                return None
+
+            async def slowly() -> None:
+                await trio.sleep(0.01)
+                events.append(f"shown {frame.text}")
+
+            return slowly()
+
+        return show
+
+    async def test_every_frame_is_shown_once_in_order(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        chunks: ChunkFactory,
+    ) -> None:
+        server.add(Reply.raw(sse_body(chunks.text_stream(TOKENS))))
+        events: list[str] = []
+        transport = TextTransport(on_output=self.callback(events))
+        llm = OpenAILLMService(model=MODEL, api_key=API_KEY, base_url=server.base_url)
+        context = OpenAILLMContext(messages=[SYSTEM])
+        pair = llm.create_context_aggregator(context)
+        stages = [transport.input(), pair.user(), llm, transport.output(), pair.assistant()]
+        async with PipelineTask(Pipeline(stages)):
+            await transport.send_text("Count")
+            with trio.fail_after(WAIT_SECS):
+                await transport.wait_answer()
+        expected: list[str] = []
+        for token in TOKENS:
+            expected.append(f"show {token}")
+            if int(token[1:-1]) % 3 == 0:
+                expected.append(f"shown {token}")
+        assert events == expected
+        assert context.messages[-1] == {"role": "assistant", "content": "".join(TOKENS)}
+
+    async def test_an_interruption_while_one_is_awaited_keeps_that_frame_shown(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        server: ScriptedOpenAIServer,
+        chunks: ChunkFactory,
+    ) -> None:
+        """Interrupted while the showing of ``t6;`` is awaited: the showing is cancelled, but
+        the frame counts as shown (the docs of ``OutputTransport.deliver``), so the context
+        has the text up to it, and the next turn works."""
+        server.add(
+            Reply.raw(sse_body(chunks.text_stream(TOKENS))),
+            Reply.sse(chunks.text_stream(["ok"])),
+        )
+        events: list[str] = []
+        show = self.callback(events)
+
+        def interrupting(frame: Frame) -> Awaitable[None] | None:
+            result = show(frame)
+            if isinstance(frame, LLMTextFrame) and frame.text == "t6;":
+                task.interrupt()
+                transport.interrupted()
+            return result
+
+        transport = TextTransport(on_output=interrupting)
+        llm = OpenAILLMService(model=MODEL, api_key=API_KEY, base_url=server.base_url)
+        context = OpenAILLMContext(messages=[SYSTEM])
+        pair = llm.create_context_aggregator(context)
+        stages = [transport.input(), pair.user(), llm, transport.output(), pair.assistant()]
+        async with PipelineTask(Pipeline(stages)) as task:
+            await transport.send_text("Count")
+            with trio.fail_after(WAIT_SECS):
+                await transport.wait_answer()
+            await transport.send_text("Something else")
+            with trio.fail_after(WAIT_SECS):
+                await transport.wait_answer()
+        assert "shown t6;" not in events
+        assert server.requests[1].json["messages"][2] == {
+            "role": "assistant",
+            "content": "".join(TOKENS[:7]),
+        }
+        assert context.is_interrupted(2)
+        assert context.messages[-1] == {"role": "assistant", "content": "ok"}
