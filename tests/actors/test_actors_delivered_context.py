@@ -26,6 +26,7 @@ from actors import (
     LLMTextFrame,
     OpenAILLMContext,
     OpenAILLMService,
+    OutputCallback,
     OutputTransport,
     TextTransport,
     TranscriptionFrame,
@@ -55,6 +56,29 @@ async def readme_pipeline(
     """The README's pipeline against ``server``, showing frames with ``on_output``."""
     async with open_conversation(server, quick_start=True, on_output=on_output) as conv:
         yield conv.task, conv.transport, conv.context
+
+
+@asynccontextmanager
+async def shown_with(
+    server: ScriptedOpenAIServer, on_output: OutputCallback, *between: Actor[Frame]
+) -> AsyncIterator[tuple[PipelineTask, TextTransport, OpenAILLMContext]]:
+    """The README's pipeline with any ``on_output`` (one that may return awaitables), and
+    ``between`` the output and the assistant aggregator."""
+    transport = TextTransport(on_output=on_output)
+    llm = OpenAILLMService(model=MODEL, api_key=API_KEY, base_url=server.base_url)
+    context = OpenAILLMContext(messages=[SYSTEM])
+    pair = llm.create_context_aggregator(context)
+    stages = [transport.input(), pair.user(), llm, transport.output(), *between, pair.assistant()]
+    async with PipelineTask(Pipeline(stages)) as task:
+        yield task, transport, context
+
+
+async def say_and_wait(transport: TextTransport, *lines: str) -> None:
+    """Send each line and wait for its answer."""
+    for line in lines:
+        await transport.send_text(line)
+        with trio.fail_after(WAIT_SECS):
+            await transport.wait_answer()
 
 
 class TestTheReviewCases:
@@ -165,18 +189,8 @@ class TestAStageBetweenTheOutputAndTheAggregator:
                     task.interrupt()
                     transport.interrupted()
 
-        transport = TextTransport(on_output=show)
-        llm = OpenAILLMService(model=MODEL, api_key=API_KEY, base_url=server.base_url)
-        context = OpenAILLMContext(messages=[SYSTEM])
-        pair = llm.create_context_aggregator(context)
-        stages = [transport.input(), pair.user(), llm, transport.output(), logger, pair.assistant()]
-        async with PipelineTask(Pipeline(stages)) as task:
-            await transport.send_text("Tell me a long story")
-            with trio.fail_after(WAIT_SECS):
-                await transport.wait_answer()
-            await transport.send_text("Something else")
-            with trio.fail_after(WAIT_SECS):
-                await transport.wait_answer()
+        async with shown_with(server, show, logger) as (task, transport, context):
+            await say_and_wait(transport, "Tell me a long story", "Something else")
         assert server.requests[1].json["messages"][2:] == [
             {"role": "assistant", "content": "".join(TOKENS[:20])},
             {"role": "user", "content": "Something else"},
@@ -303,7 +317,7 @@ class TestACallbackThatSometimesReturnsAnAwaitable:
     synchronous handler, and awaits what the callback returns before it shows the next."""
 
     @staticmethod
-    def callback(events: list[str]) -> Callable[[Frame], Awaitable[None] | None]:
+    def callback(events: list[str]) -> OutputCallback:
         def show(frame: Frame) -> Awaitable[None] | None:
             if not isinstance(frame, LLMTextFrame):
                 return None
@@ -328,15 +342,8 @@ class TestACallbackThatSometimesReturnsAnAwaitable:
     ) -> None:
         server.add(Reply.raw(sse_body(chunks.text_stream(TOKENS))))
         events: list[str] = []
-        transport = TextTransport(on_output=self.callback(events))
-        llm = OpenAILLMService(model=MODEL, api_key=API_KEY, base_url=server.base_url)
-        context = OpenAILLMContext(messages=[SYSTEM])
-        pair = llm.create_context_aggregator(context)
-        stages = [transport.input(), pair.user(), llm, transport.output(), pair.assistant()]
-        async with PipelineTask(Pipeline(stages)):
-            await transport.send_text("Count")
-            with trio.fail_after(WAIT_SECS):
-                await transport.wait_answer()
+        async with shown_with(server, self.callback(events)) as (_, transport, context):
+            await say_and_wait(transport, "Count")
         expected: list[str] = []
         for token in TOKENS:
             expected.append(f"show {token}")
@@ -368,18 +375,8 @@ class TestACallbackThatSometimesReturnsAnAwaitable:
                 transport.interrupted()
             return result
 
-        transport = TextTransport(on_output=interrupting)
-        llm = OpenAILLMService(model=MODEL, api_key=API_KEY, base_url=server.base_url)
-        context = OpenAILLMContext(messages=[SYSTEM])
-        pair = llm.create_context_aggregator(context)
-        stages = [transport.input(), pair.user(), llm, transport.output(), pair.assistant()]
-        async with PipelineTask(Pipeline(stages)) as task:
-            await transport.send_text("Count")
-            with trio.fail_after(WAIT_SECS):
-                await transport.wait_answer()
-            await transport.send_text("Something else")
-            with trio.fail_after(WAIT_SECS):
-                await transport.wait_answer()
+        async with shown_with(server, interrupting) as (task, transport, context):
+            await say_and_wait(transport, "Count", "Something else")
         assert "shown t6;" not in events
         assert server.requests[1].json["messages"][2] == {
             "role": "assistant",
