@@ -162,6 +162,16 @@ class PassThrough(Actor[Frame]):
         await self.push_frame(frame, direction)
 
 
+class SyncPassThrough(PassThrough):
+    """The same stage with a synchronous handler as well (``process_frame_nowait``): a
+    frame the next stage has room for passes without a coroutine; the others go through
+    ``process_frame``, with waiting."""
+
+    def process_frame_nowait(self, frame: Frame, direction: FrameDirection) -> bool:
+        """Forward ``frame`` unchanged if that needs no waiting."""
+        return self.push_frame_nowait(frame, direction)
+
+
 class RuntimePassThrough(Actor[Frame]):
     """Accepts nothing: the runtime forwards every frame without calling user code."""
 
@@ -275,6 +285,7 @@ def run(options: Options) -> Report:
     has_pipecat = _pipecat.available()
     ours: list[Sample] = []
     runtime_fwd: list[Sample] = []
+    sync: list[Sample] = []
     theirs: list[Sample] = []
     for _ in range(settings.repetitions):
         # Interleaved, so that drift on the machine hits both sides alike.
@@ -282,6 +293,7 @@ def run(options: Options) -> Report:
         if has_pipecat:
             theirs.append(pipecat_sample(settings))
         runtime_fwd.append(trouper_sample(settings, RuntimePassThrough))
+        sync.append(trouper_sample(settings, SyncPassThrough))
 
     def pc(field: Callable[[Sample], float]) -> float | None:
         return _median(theirs, field) if theirs else None
@@ -354,6 +366,16 @@ def run(options: Options) -> Report:
             note="trouper stages with accepts=() (no user code)",
             ours_samples=runtime_fwd,
         ),
+        row(
+            f"{burst}, synchronous handler",
+            "throughput",
+            "frames/s",
+            lambda s: s.throughput,
+            1.0,
+            "higher",
+            note="the stages also have process_frame_nowait (push_frame_nowait when there is room)",
+            ours_samples=sync,
+        ),
     )
     notes = [
         f"{STAGES} pass-through stages; hops per frame: trouper {TROUPER_HOPS} "
@@ -362,7 +384,7 @@ def run(options: Options) -> Report:
         f"median of {settings.repetitions} repetitions per framework, interleaved",
         "Pipecat worker in its minimal configuration (no RTVI, turn tracking, idle observer)",
     ]
-    bad = sum(s.out_of_order for s in (*ours, *theirs, *runtime_fwd))
+    bad = sum(s.out_of_order for s in (*ours, *theirs, *runtime_fwd, *sync))
     if bad:
         notes.append(f"WARNING: {bad} frames arrived out of order")
     if not has_pipecat:
@@ -373,6 +395,7 @@ def run(options: Options) -> Report:
         "samples": {
             "trouper": [attrs.asdict(s) for s in ours],
             "trouper_runtime_forward": [attrs.asdict(s) for s in runtime_fwd],
+            "trouper_synchronous_handler": [attrs.asdict(s) for s in sync],
             "pipecat": [attrs.asdict(s) for s in theirs],
         },
     }
