@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from runtime import Actor, Frame, FrameDirection, current_turn
+from runtime import Actor, Frame, FrameDirection
 
 from ._frames import (
     FunctionCallCancelFrame,
@@ -129,17 +129,16 @@ class TextOutputTransport(OutputTransport):
         frames after it only once it is done."""
         self._plain_callback = None
         showing = self._showing = trio.Event()
-        turn = current_turn()  # the frame's
 
         async def show() -> None:
             try:
-                with self.turn_scope(turn):  # cancelled at once if the turn is over already
-                    await result
+                await result
             finally:
                 self._showing = None
                 showing.set()
 
-        self.create_task(show, name=f"{self.name}:show")
+        # Of the frame's turn: cancelled at once if that turn is over already.
+        self.create_task(show, name=f"{self.name}:show", interruptible=True)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """As :class:`OutputTransport`'s, after the showing of the frame before, if a task

@@ -585,10 +585,11 @@ class Actor(Generic[T]):
     ) -> trio.CancelScope:
         """Run ``fn(*args)`` in the actor's nursery; returns the task's cancel scope.
 
-        With ``interruptible=True`` the task belongs to the current turn: the next
-        interruption cancels it, at once, wherever it is waiting. The task ends, at the latest,
-        when the actor stops. An exception from ``fn`` is handled like one from a handler
-        (restart policy or escalation).
+        With ``interruptible=True`` the task belongs to the current turn (the handled frame's,
+        else the session's): the next interruption cancels it, at once, wherever it is
+        waiting; if that turn was already interrupted, it is cancelled from the start. The
+        task ends, at the latest, when the actor stops. An exception from ``fn`` is handled
+        like one from a handler (restart policy or escalation).
         """
         task_name = name or f"{self._name}:{getattr(fn, '__name__', 'task')}"
         scope = self._port().create_task(fn, args, task_name, interruptible)

@@ -408,7 +408,13 @@ class Cell:
             background = self.background = set()
         background.add(scope)
         if interruptible:
-            self.core.turn_scopes[scope] = self.name
+            # It belongs to the handled frame's turn (else the current one), as turn_scope:
+            # that turn over already, the task is cancelled at once.
+            turn = CURRENT_TURN.get()
+            if turn is not None and turn < self.core.turn:
+                scope.cancel()
+            else:
+                self.core.turn_scopes[scope] = self.name
         self.task_count += 1
         nursery.start_soon(self._task, scope, fn, args, _BACKGROUND, name=name)
         return scope

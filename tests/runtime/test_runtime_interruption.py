@@ -252,6 +252,36 @@ class TestTurnTasks:
             assert snap.background_tasks == 1
         assert spawner.outcomes["background"].startswith("cancelled")
 
+    async def test_an_interruptible_task_of_an_interrupted_turn_is_cancelled_from_the_start(
+        self, autojump_clock: object
+    ) -> None:
+        """A handler whose turn was interrupted before its next checkpoint starts an
+        interruptible task: the task belongs to that turn, so it is cancelled at once (as a
+        ``turn_scope`` for it is); a plain task of the same handler runs."""
+
+        class Late(Actor[Ping]):
+            accepts = (Ping,)
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.ran: list[str] = []
+
+            async def work(self, label: str) -> None:
+                await trio.lowlevel.checkpoint()
+                self.ran.append(label)
+
+            async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+                self.session.interrupt()  # the turn of this frame is over from here on
+                self.create_task(self.work, "turn", interruptible=True)
+                self.create_task(self.work, "background")
+
+        late = Late()
+        async with open_test_task([late]) as t:
+            await t.push(Ping(1))
+            await wait_idle()
+            assert late.ran == ["background"]
+            assert t.snapshot().turn_tasks == 0
+
     async def test_turn_scope_cancels_work_of_the_interrupted_turn(
         self, autojump_clock: object
     ) -> None:
