@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import gc
 import signal
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -143,7 +151,7 @@ class _SinkMailbox(_EdgeMailbox):
     """
 
     # The envelope being handed over and what is left of it to await (see try_put_data).
-    _rest: tuple[Envelope, Awaitable[None]] | None = None
+    _rest: tuple[Envelope, Coroutine[Any, Any, None]] | None = None
 
     def try_put_data(self, envelope: Envelope) -> bool:
         rest = self._rest
@@ -195,7 +203,7 @@ class _SinkMailbox(_EdgeMailbox):
         super().put_data_unbounded(queued)
         return True
 
-    def take_rest(self, envelope: Envelope) -> Awaitable[None] | None:
+    def take_rest(self, envelope: Envelope) -> Coroutine[Any, Any, None] | None:
         """What is left to await of the handing over of ``envelope`` (queued by
         :meth:`try_put_data_nowait`), if anything."""
         rest = self._rest
@@ -205,19 +213,15 @@ class _SinkMailbox(_EdgeMailbox):
         return rest[1]
 
     def close(self) -> list[Envelope]:
+        """As :meth:`Mailbox.close`; an envelope of :meth:`try_put_data_nowait` still queued
+        has what was left of its handing over closed (abandoned, as a sender's await of it
+        would be)."""
         left = super().close()
-        self._drop_rest(left)
-        return left
-
-    def _drop_rest(self, envelopes: list[Envelope]) -> None:
-        """The sink closed with an envelope of :meth:`try_put_data_nowait` still queued: close
-        what was left of its handing over (abandoned, as a sender's await of it would be)."""
         rest = self._rest
-        if rest is not None and any(e is rest[0] for e in envelopes):
+        if rest is not None and any(envelope is rest[0] for envelope in left):
             self._rest = None
-            close = getattr(rest[1], "close", None)
-            if close is not None:
-                close()
+            rest[1].close()
+        return left
 
 
 class _EdgeCell(Cell):
@@ -503,7 +507,7 @@ class PipelineTask:
 
     # ----------------------------------------------------------------- ends
 
-    def _reached_end_now(self, frame: Frame) -> Awaitable[None] | None:
+    def _reached_end_now(self, frame: Frame) -> Coroutine[Any, Any, None] | None:
         """:meth:`_reached_end` for a downstream data frame that the sink hands over inline
         (never a lifecycle frame), without a coroutine: the listeners are called here, and
         if one returns an awaitable, that and the listeners after it are returned to be
