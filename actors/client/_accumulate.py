@@ -145,6 +145,13 @@ class StreamAccumulator:
 
     Call :meth:`add` for every chunk in order and :meth:`result` whenever a (partial) result is
     needed; :meth:`result` does not consume anything and can be called repeatedly.
+
+    Attributes:
+        chunk_count: How many chunks were folded in so far.
+        has_output: Whether any content, refusal, reasoning or tool-call fragment was received.
+
+    The two are plain attributes, not properties: the client reads them for every piece of the
+    body (a property costs a Python call each time). Only the accumulator sets them.
     """
 
     _text: list[str] = attrs.field(factory=list, init=False)
@@ -160,24 +167,14 @@ class StreamAccumulator:
     _id: str | None = attrs.field(default=None, init=False)
     _created: int | None = attrs.field(default=None, init=False)
     _service_tier: str | None = attrs.field(default=None, init=False)
-    _count: int = attrs.field(default=0, init=False)
-    _has_output: bool = attrs.field(default=False, init=False)
+    chunk_count: int = attrs.field(default=0, init=False)
+    has_output: bool = attrs.field(default=False, init=False)
     _done: bool = attrs.field(default=False, init=False)
 
     @property
     def usage(self) -> Usage | None:
         """The last usage snapshot received so far."""
         return self._usage
-
-    @property
-    def chunk_count(self) -> int:
-        """How many chunks were folded in so far."""
-        return self._count
-
-    @property
-    def has_output(self) -> bool:
-        """Whether any content, refusal, reasoning or tool-call fragment was received."""
-        return self._has_output
 
     @property
     def finish_reason(self) -> str | None:
@@ -198,7 +195,7 @@ class StreamAccumulator:
             Whether this chunk carried output for choice 0 (content, refusal, reasoning or a
             tool-call fragment).
         """
-        self._count += 1
+        self.chunk_count += 1
         if chunk.model:
             self._model = chunk.model
         if chunk.system_fingerprint:
@@ -236,7 +233,7 @@ class StreamAccumulator:
                     self._logprobs = []
                 self._logprobs.extend(logprobs.content)
         if output:
-            self._has_output = True
+            self.has_output = True
         return output
 
     def add_content_payload(self, payload: dict[str, Any]) -> str | None:
@@ -288,7 +285,7 @@ class StreamAccumulator:
             or (tier is not None and type(tier) is not str)
         ):
             return None
-        self._count += 1
+        self.chunk_count += 1
         if model:
             self._model = model
         if fingerprint:
@@ -301,7 +298,7 @@ class StreamAccumulator:
             self._service_tier = tier
         if content:
             self._text.append(content)
-            self._has_output = True
+            self.has_output = True
         return content
 
     def _add_tool_calls(self, fragments: tuple[ToolCallDelta, ...]) -> None:
@@ -342,7 +339,7 @@ class StreamAccumulator:
             model=self._model,
             system_fingerprint=self._fingerprint,
             logprobs=tuple(self._logprobs) if self._logprobs is not None else None,
-            chunk_count=self._count,
+            chunk_count=self.chunk_count,
             id=self._id,
             created=self._created,
             service_tier=self._service_tier,

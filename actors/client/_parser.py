@@ -83,16 +83,12 @@ class ChunkStreamParser:
         init=False,
         repr=False,
     )
-    _acc: StreamAccumulator = attrs.field(factory=StreamAccumulator, init=False, repr=False)
-
-    @property
-    def accumulator(self) -> StreamAccumulator:
-        """The accumulator the chunks were folded into."""
-        return self._acc
+    #: The accumulator the chunks were folded into (an attribute: read for every piece).
+    accumulator: StreamAccumulator = attrs.field(factory=StreamAccumulator, init=False, repr=False)
 
     def result(self) -> StreamResult:
         """The result accumulated so far."""
-        return self._acc.result()
+        return self.accumulator.result()
 
     def feed(self, piece: bytes) -> None:
         """Decode one piece of the body; append the chunks it completes to :attr:`chunks` (their
@@ -134,7 +130,7 @@ class ChunkStreamParser:
         if data[:1] != "{":
             stripped = data.strip()
             if stripped.startswith("[DONE]"):
-                self._acc.mark_done()
+                self.accumulator.mark_done()
                 self.finished = True
                 return
             if not stripped:
@@ -157,16 +153,16 @@ class ChunkStreamParser:
             self._fail(stream_error(error, redactor=self.redactor, request_id=self.request_id))
             return
         if self.text_only:
-            text = self._acc.add_content_payload(payload)
+            text = self.accumulator.add_content_payload(payload)
             if text is None:
                 chunk = parse_chunk(payload)
-                self._acc.add(chunk)
+                self.accumulator.add(chunk)
                 text = chunk.content
             if text:
                 self.texts.append(text)
             return
         chunk = parse_chunk(payload)
-        self._acc.add(chunk)
+        self.accumulator.add(chunk)
         self.chunks.append(chunk)
 
     def end_of_body(self) -> None:
@@ -177,7 +173,7 @@ class ChunkStreamParser:
             return
         truncated = self._decoder.close()
         self.finished = True
-        if self._acc.finish_reason is not None:
+        if self.accumulator.finish_reason is not None:
             return  # the answer is complete; only [DONE] (and maybe usage) is missing
         detail = " (the last event was cut off)" if truncated else ""
         self.failure = IncompleteStreamError(
