@@ -322,7 +322,7 @@ class Cell:
             envelope = reuse
         else:
             envelope = Envelope(frame, direction, turn, None, keep)
-        return mailbox.try_put_data_nowait(envelope)
+        return mailbox.try_put_data(envelope, True)
 
     async def deliver(self, envelope: Envelope) -> None:
         """Queue ``envelope`` with every neighbour in its direction (waiting for room)."""

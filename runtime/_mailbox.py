@@ -241,8 +241,14 @@ class Mailbox:
 
     # ----------------------------------------------------------------- data lane: senders
 
-    def try_put_data(self, envelope: Envelope) -> bool:
+    def try_put_data(self, envelope: Envelope, nowait: bool = False) -> bool:
         """Queue on the data lane if there is room (upstream frames always have room).
+
+        Args:
+            envelope: What to queue.
+            nowait: The sender cannot await anything (a synchronous handler's push):
+                ``False`` must then mean that nothing was done. A mailbox that hands frames
+                over as they come finishes the handing over itself; this one ignores it.
 
         Raises:
             ActorDeadError: the mailbox is closed.
@@ -262,12 +268,6 @@ class Mailbox:
         if self._data_task is not None:
             self._wake_data()
         return True
-
-    def try_put_data_nowait(self, envelope: Envelope) -> bool:
-        """:meth:`try_put_data` for a sender that cannot wait at all (a synchronous handler's
-        push): ``False`` means nothing was done. (A mailbox that hands frames over as they
-        come finishes the handing over itself, leaving the sender nothing to await.)"""
-        return self.try_put_data(envelope)
 
     def put_data_unbounded(self, envelope: Envelope) -> None:
         """Queue on the data lane without waiting, even past the bound (cycle-closing edges).
@@ -462,7 +462,7 @@ class DemandMailbox(Mailbox):
 
     server: DataServer | None = None
 
-    def try_put_data(self, envelope: Envelope) -> bool:
+    def try_put_data(self, envelope: Envelope, nowait: bool = False) -> bool:
         if not super().try_put_data(envelope):
             return False
         if self.server is not None:

@@ -146,14 +146,19 @@ class _SinkMailbox(_EdgeMailbox):
     needs no coroutine for it (one per frame per stage: ``deliver``, ``put_data`` and the
     task's ``_reached_end`` were three): the listeners are called there. Only when one of
     them returns an awaitable does the sender's ``put_data`` await the rest; a sender that
-    cannot wait (a synchronous handler, :meth:`try_put_data_nowait`) leaves the rest to the
-    sink's own task instead.
+    cannot wait (a synchronous handler: ``try_put_data(..., nowait=True)``) leaves the rest
+    to the sink's own task instead.
     """
 
     # The envelope being handed over and what is left of it to await (see try_put_data).
     _rest: tuple[Envelope, Coroutine[Any, Any, None]] | None = None
 
-    def try_put_data(self, envelope: Envelope) -> bool:
+    def try_put_data(self, envelope: Envelope, nowait: bool = False) -> bool:
+        """Hand a downstream data frame to the listeners at once (see the class docs), else
+        queue it as :class:`Mailbox` does. When a listener returns an awaitable: the rest of
+        the handing over is left to the sender's ``put_data`` (``False``), or with ``nowait``
+        (the sender cannot wait), the envelope is queued with it for the sink's own task (the
+        frames after it queue behind it), and ``True``."""
         rest = self._rest
         if rest is not None and rest[0] is envelope:
             return False  # handed over already: the sender's put_data awaits the rest
@@ -175,8 +180,15 @@ class _SinkMailbox(_EdgeMailbox):
         left = cell.task._reached_end_now(frame)
         if left is None:
             return True
-        self._rest = (envelope, left)
-        return False
+        if not nowait:
+            self._rest = (envelope, left)
+            return False
+        # Queued for the sink's task (the lane was empty), marked uninterruptible: what the
+        # listeners began is finished, not dropped as stale.
+        queued = Envelope(frame, envelope.direction, envelope.turn, None, True)
+        self._rest = (queued, left)
+        super().put_data_unbounded(queued)
+        return True
 
     async def put_data(self, envelope: Envelope) -> None:
         rest = self._rest
@@ -186,26 +198,9 @@ class _SinkMailbox(_EdgeMailbox):
             return
         await super().put_data(envelope)
 
-    def try_put_data_nowait(self, envelope: Envelope) -> bool:
-        """:meth:`try_put_data` for a sender that cannot wait (a synchronous handler): when a
-        listener returns an awaitable, the envelope is queued with the rest of its handing
-        over, which the sink's own task awaits (the frames after it queue behind it), instead
-        of leaving the rest to the sender."""
-        if self.try_put_data(envelope):
-            return True
-        rest = self._rest
-        if rest is None or rest[0] is not envelope:
-            return False  # not handed over: full, or frames queued before it
-        # Handed over, with a rest to await: queued for the sink's task (the lane was empty),
-        # marked uninterruptible: what the listeners began is finished, not dropped as stale.
-        queued = Envelope(envelope.frame, envelope.direction, envelope.turn, None, True)
-        self._rest = (queued, rest[1])
-        super().put_data_unbounded(queued)
-        return True
-
     def take_rest(self, envelope: Envelope) -> Coroutine[Any, Any, None] | None:
         """What is left to await of the handing over of ``envelope`` (queued by
-        :meth:`try_put_data_nowait`), if anything."""
+        :meth:`try_put_data` with ``nowait``), if anything."""
         rest = self._rest
         if rest is None or rest[0] is not envelope:
             return None
@@ -213,7 +208,7 @@ class _SinkMailbox(_EdgeMailbox):
         return rest[1]
 
     def close(self) -> list[Envelope]:
-        """As :meth:`Mailbox.close`; an envelope of :meth:`try_put_data_nowait` still queued
+        """As :meth:`Mailbox.close`; an envelope queued by ``try_put_data(..., nowait=True)``
         has what was left of its handing over closed (abandoned, as a sender's await of it
         would be)."""
         left = super().close()
@@ -259,7 +254,7 @@ class _EdgeCell(Cell):
             mailbox = self.mailbox
             rest = mailbox.take_rest(envelope) if isinstance(mailbox, _SinkMailbox) else None
             if rest is not None:
-                await rest  # handed over already (try_put_data_nowait): the rest of it
+                await rest  # handed over already (try_put_data with nowait): the rest of it
                 return False
             await self.task._reached_end(frame, direction)
             return type(frame) is EndFrame
