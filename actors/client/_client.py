@@ -763,8 +763,12 @@ class ChatStream:
         """The next item of ``pending`` (:attr:`_chunks` or :attr:`_texts`), reading as needed.
 
         ``__anext__`` returns this coroutine itself (rather than awaiting it in a coroutine of its
-        own), so an item costs one coroutine, chunks and texts alike.
+        own), so an item costs one coroutine, chunks and texts alike. Once output flows and the
+        wait needs no deadline of its own (see :meth:`_read_plan`), the pieces are read here,
+        one at a time: no more coroutine and no cancel scope per item on the path of nearly
+        every token; other waits go through :meth:`_fill`.
         """
+        fresh = True  # a new wait for a chunk: its idle time starts now
         while True:
             if pending:
                 return pending.popleft()
@@ -776,8 +780,31 @@ class ChatStream:
                 if self._state is _State.NEW:
                     raise RuntimeError("use `async with client.stream(request) as stream:` first")
                 raise StopAsyncIteration
-            self._wait_started_at = self._now()
-            await self._fill()
+            if fresh:
+                self._wait_started_at = self._now()
+            parser = self._parser
+            accumulator = parser.accumulator
+            stream = self._bytes
+            if stream is None or not (self._fast_reads and accumulator.has_output):
+                await self._fill()
+                fresh = True
+                continue
+            chunks_before = accumulator.chunk_count
+            try:
+                piece = await stream.__anext__()
+            except (StopAsyncIteration, httpx.TransportError) as exc:
+                self._read_failed(exc)
+            else:
+                parser.feed(piece)
+                # A piece that completed a chunk ends the wait (even with nothing pending: in
+                # text mode a tool-call fragment yields no text); one that did not (keep-alive
+                # comments, part of a chunk) must not extend it.
+                fresh = accumulator.chunk_count != chunks_before
+                if not fresh:
+                    self._check_keepalives()
+            if self._failure is not None or parser.failure is not None or parser.finished:
+                await self._settle()
+                fresh = True
 
     # ----------------------------------------------------------------------------------------
     # connecting, with retries
@@ -998,8 +1025,8 @@ class ChatStream:
         return StreamIdleTimeoutError(f"no chunk for {timeouts.idle:g} s while streaming")
 
     async def _fill(self) -> None:
-        """Read until at least one chunk is pending, the stream ends, or something fails; then
-        handle the failure (retry or record) or the end."""
+        """Read until at least one chunk is pending, the stream ends, or something fails, under
+        the wait's deadline (:meth:`_read_plan`); then :meth:`_settle`."""
         stream = self._bytes
         if stream is None:  # a failed retry left no response; nothing more to read
             self._state = _State.FINISHED
@@ -1007,12 +1034,7 @@ class ChatStream:
         parser = self._parser
         chunks, texts = self._chunks, self._texts
         accumulator = parser.accumulator
-        idle = self._timeouts.idle
-        if self._fast_reads and accumulator.has_output:
-            deadline: float | None = None
-            kind = "idle"
-        else:
-            deadline, kind = self._read_plan()
+        deadline, kind = self._read_plan()
         scope = None if deadline is None else trio.CancelScope(deadline=deadline)
         # Return after every piece that completed a chunk, even when nothing is pending (in
         # text mode a tool-call fragment yields no text): the caller's next wait then gets a
@@ -1031,22 +1053,8 @@ class ChatStream:
             ):
                 try:
                     piece = await stream.__anext__()
-                except StopAsyncIteration:
-                    self._body_done = True
-                    parser.end_of_body()
-                    break
-                except httpx.ReadTimeout as exc:  # httpx's per-read timeout is the idle guard
-                    self._body_done = True  # an error out of the generators ended them
-                    self._failure = StreamIdleTimeoutError(
-                        f"no data for {idle:g} s while streaming"
-                        if idle is not None
-                        else "the read timed out while streaming"
-                    )
-                    self._failure.__cause__ = _detached(exc, self._redactor)
-                    break
-                except httpx.TransportError as exc:
-                    self._body_done = True
-                    self._on_transport_error(exc)
+                except (StopAsyncIteration, httpx.TransportError) as exc:
+                    self._read_failed(exc)
                     break
                 had_output = accumulator.has_output
                 parser.feed(piece)
@@ -1055,15 +1063,43 @@ class ChatStream:
                         self.first_token_at = trio.current_time()
                     elif read_past and not texts and not accumulator.has_output:
                         chunks_before = accumulator.chunk_count  # no text yet: read on
-                elif idle is not None and had_output and self._now() - self._wait_started_at > idle:
-                    # Bytes without a chunk (keep-alive comments) must not extend the idle time.
-                    self._failure = StreamIdleTimeoutError(
-                        f"no chunk for {idle:g} s while streaming (only keep-alives)"
-                    )
-                    break
+                elif had_output:
+                    self._check_keepalives()
         if scope is not None and scope.cancelled_caught and self._failure is None:
             assert deadline is not None
             self._failure = self._deadline_failure(scope_deadline=deadline, kind=kind)
+        await self._settle()
+
+    def _read_failed(self, exc: StopAsyncIteration | httpx.TransportError) -> None:
+        """A read of the body raised: its end, httpx's per-read timeout (the idle guard) or a
+        transport error. Either way the body's iterators have ended."""
+        self._body_done = True
+        if isinstance(exc, StopAsyncIteration):
+            self._parser.end_of_body()
+        elif isinstance(exc, httpx.ReadTimeout):
+            idle = self._timeouts.idle
+            self._failure = StreamIdleTimeoutError(
+                f"no data for {idle:g} s while streaming"
+                if idle is not None
+                else "the read timed out while streaming"
+            )
+            self._failure.__cause__ = _detached(exc, self._redactor)
+        else:
+            self._on_transport_error(exc)
+
+    def _check_keepalives(self) -> None:
+        """After a piece that completed no chunk, once output flows: bytes without a chunk
+        (keep-alive comments) must not extend the idle time of the wait."""
+        idle = self._timeouts.idle
+        if idle is not None and self._now() - self._wait_started_at > idle:
+            self._failure = StreamIdleTimeoutError(
+                f"no chunk for {idle:g} s while streaming (only keep-alives)"
+            )
+
+    async def _settle(self) -> None:
+        """After a read: a failure is retried (as the policy allows) or kept for the iterator
+        to raise, with the partial result; a finished stream is drained and closed."""
+        parser = self._parser
         if self._failure is None and parser.failure is not None:
             self._failure, parser.failure = parser.failure, None
         if self._failure is not None:
@@ -1072,8 +1108,8 @@ class ChatStream:
             decision = self._failure_decision(failure)
             if decision.retry:
                 self._failure = None
-                chunks.clear()
-                texts.clear()
+                self._chunks.clear()
+                self._texts.clear()
                 await self._backoff_or_raise(failure, decision)
                 await self._connect()
             else:
