@@ -17,7 +17,6 @@ starts a new task).
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -307,13 +306,19 @@ class Mailbox:
                 self._sender_woken = False
             if self.closed:
                 raise self._dead()
-            data = self._data
-            if trio.current_effective_deadline() == -math.inf:
+            try:
                 # Woken, but cancelled (an interruption, say) before it could run: a cancelled
-                # sender never queues, even when room came up first. The room goes to the next.
-                if self._send_waiting and len(data) < self.capacity:
-                    self._wake_sender()
+                # sender never queues, even when room came up first. (Not by comparing
+                # trio.current_effective_deadline() with -inf: that walks every enclosing
+                # cancel scope, recursively, and sessions entered one inside another nest
+                # them a level each, a thousand deep for a thousand sessions.)
                 await trio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                # The room goes to the next sender.
+                if self._send_waiting and len(self._data) < self.capacity:
+                    self._wake_sender()
+                raise
+            data = self._data
             if len(data) < self.capacity:
                 data.append(envelope)
                 n = len(data)

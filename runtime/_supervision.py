@@ -55,17 +55,29 @@ class RestartPolicy:
 
 
 def collapse_exception_group(group: BaseExceptionGroup[Any]) -> BaseException:
-    """Return the single real error of ``group`` (ignoring ``Cancelled``), or the group."""
+    """Return the single real error of ``group`` (ignoring ``Cancelled``); one of its
+    ``Cancelled`` when it holds nothing else; else the group itself.
+
+    A group of nothing but cancellations becomes one ``Cancelled``, so that nurseries nested
+    inside one another (sessions entered in an ``AsyncExitStack``, a level each) cancelled
+    from outside do not nest a group per level: trio matches ``Cancelled`` in a group
+    recursively, and a few hundred levels overflowed Python's stack. The walk is iterative
+    for the same reason.
+    """
     errors: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
+    cancelled: BaseException | None = None
+    todo: list[BaseException] = [group]
+    while todo:
+        exc = todo.pop()
         if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        elif not isinstance(exc, trio.Cancelled):
+            todo.extend(reversed(exc.exceptions))
+        elif isinstance(exc, trio.Cancelled):
+            if cancelled is None:
+                cancelled = exc
+        else:
             errors.append(exc)
-
-    walk(group)
     if len(errors) == 1:
         return errors[0]
+    if not errors and cancelled is not None:
+        return cancelled
     return group
