@@ -111,6 +111,7 @@ class Session:
             _configure_by_default()
         session = cls._make(name, mailbox_size, stop_timeout_secs, params)
         error: BaseException | None = None
+        raised: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
                 session._nursery = nursery
@@ -118,13 +119,19 @@ class Session:
                 session._log.debug("session opened")
                 try:
                     yield session
+                except BaseException as exc:
+                    raised = exc
+                    raise
                 finally:
                     session._closing = True
                     await session._stop_all()
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            error = collapse_exception_group(group)
+            # A cancellation from outside goes on as the block's own Cancelled.
+            error = collapse_exception_group(group, raised)
+            raised = None
             if error is group:
+                error = None
                 raise
         finally:
             session._nursery = None
@@ -133,7 +140,10 @@ class Session:
         if error is not None:
             # Raised outside the except block, so the error keeps its own __cause__ and
             # __context__ (RestartIntensityExceeded's cause is the crash).
-            raise error
+            try:
+                raise error
+            finally:  # no cycle through this frame (the traceback holds it)
+                error = None
 
     @classmethod
     def _make(

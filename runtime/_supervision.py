@@ -54,9 +54,12 @@ class RestartPolicy:
         return float(min(self.backoff_secs * 2.0 ** max(recent_restarts, 0), self.max_backoff_secs))
 
 
-def collapse_exception_group(group: BaseExceptionGroup[Any]) -> BaseException:
+def collapse_exception_group(
+    group: BaseExceptionGroup[Any], prefer: BaseException | None = None
+) -> BaseException:
     """Return the single real error of ``group`` (ignoring ``Cancelled``); one of its
-    ``Cancelled`` when it holds nothing else; else the group itself.
+    ``Cancelled`` when it holds nothing else (``prefer`` if it is one of them: the exception
+    the nursery's own block raised, which then goes on as it came); else the group itself.
 
     A group of nothing but cancellations becomes one ``Cancelled``, so that nurseries nested
     inside one another (sessions entered in an ``AsyncExitStack``, a level each) cancelled
@@ -72,7 +75,7 @@ def collapse_exception_group(group: BaseExceptionGroup[Any]) -> BaseException:
         if isinstance(exc, BaseExceptionGroup):
             todo.extend(reversed(exc.exceptions))
         elif isinstance(exc, trio.Cancelled):
-            if cancelled is None:
+            if cancelled is None or exc is prefer:
                 cancelled = exc
         else:
             errors.append(exc)

@@ -684,25 +684,33 @@ class PipelineTask:
     @asynccontextmanager
     async def _background(self) -> AsyncIterator[PipelineTask]:
         error: BaseException | None = None
+        raised: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.run)
                 await self._ready_or_done.wait()
                 try:
                     yield self
-                except BaseException:
+                except BaseException as exc:
+                    raised = exc
                     self.cancel("block raised")
                     raise
                 else:
                     if not self._finished and not self._cancelling:
                         await self.end()
         except BaseExceptionGroup as group:
-            # Like run(): the block's or the actor's own exception, not a group of one.
-            error = collapse_exception_group(group)
+            # Like run(): the block's or the actor's own exception, not a group of one; a
+            # cancellation from outside goes on as the block's own Cancelled.
+            error = collapse_exception_group(group, raised)
+            raised = None
             if error is group:
+                error = None
                 raise
         if error is not None:
-            raise error
+            try:
+                raise error
+            finally:  # no cycle through this frame (the traceback holds it)
+                error = None
 
     async def __aenter__(self) -> PipelineTask:
         self._cm = self._background()

@@ -504,6 +504,7 @@ async def open_test_task(
         timeout=timeout,
     )
     error: BaseException | None = None
+    raised: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(harness._run)
@@ -523,16 +524,23 @@ async def open_test_task(
                     await harness.task.wait_started()
             try:
                 yield harness
-            except BaseException:
+            except BaseException as exc:
+                raised = exc
                 harness.cancel("test block raised")
                 raise
             await harness.end()
     except BaseExceptionGroup as group:
-        error = collapse_exception_group(group)
+        # A cancellation from outside goes on as the block's own Cancelled.
+        error = collapse_exception_group(group, raised)
+        raised = None
         if error is group:
+            error = None
             raise
     if error is not None:
-        raise error
+        try:
+            raise error
+        finally:  # no cycle through this frame (the traceback holds it)
+            error = None
 
 
 async def run_frames(

@@ -54,15 +54,36 @@ async def test_every_session_ends_when_the_scope_around_them_is_cancelled(
     autojump_clock: object,
 ) -> None:
     """A deadline around the whole stack ends every session; the cancellation reaches its
-    own scope as one ``Cancelled``, not a group nested a thousand deep."""
-    with trio.move_on_after(5) as scope:
+    own scope as the innermost block's own ``Cancelled``, not a group nested a thousand deep
+    (nor a chain of a thousand others)."""
+    inner: list[BaseException] = []
+    arrived: list[BaseException] = []
+    tasks: list[PipelineTask] = []
+
+    async def sessions() -> None:
         async with AsyncExitStack() as stack:
-            tasks = await _enter_sessions(stack)
+            tasks.extend(await _enter_sessions(stack))
             for task in tasks:
                 await task.queue_frame(Ping(1))
-            await trio.sleep_forever()
+            try:
+                await trio.sleep_forever()
+            except BaseException as exc:
+                inner.append(exc)
+                raise
+
+    with trio.move_on_after(5) as scope:
+        try:
+            await sessions()
+        except BaseException as exc:
+            arrived.append(exc)
+            raise
     assert scope.cancelled_caught
     assert all(task.has_finished() for task in tasks)
+    assert len(inner) == 1
+    assert isinstance(inner[0], trio.Cancelled)
+    assert len(arrived) == 1
+    assert arrived[0] is inner[0]
+    assert arrived[0].__context__ is None
 
 
 async def test_an_error_in_the_innermost_block_leaves_every_session_as_itself() -> None:
