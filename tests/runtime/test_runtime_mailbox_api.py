@@ -90,6 +90,33 @@ class TestDataLane:
         assert first is not None
         assert numbers(_drain(box)) == [2]
 
+    async def test_a_woken_sender_cancelled_before_it_runs_passes_the_room_on(
+        self, autojump_clock: object
+    ) -> None:
+        """A sender woken by a take but cancelled before it could run (an interruption, say)
+        never queues its frame; the room goes to the next waiting sender."""
+        box = Mailbox(1, "a")
+        box.try_put_data(data(1))
+        first_scope = trio.CancelScope()
+
+        async def first() -> None:
+            with first_scope:
+                await box.put_data(data(2))
+
+        with trio.fail_after(5):  # the second sender left waiting: fails here, not hangs
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(first)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(box.put_data, data(3))
+                await trio.testing.wait_all_tasks_blocked()
+                assert box.statistics().waiting_senders == 2
+                taken = box.take_data()  # wakes the first sender...
+                first_scope.cancel()  # ...which is cancelled before it runs
+                await trio.testing.wait_all_tasks_blocked()
+        assert taken is not None
+        assert first_scope.cancelled_caught
+        assert numbers(_drain(box)) == [3]
+
     async def test_the_consumer_waits_for_data(self) -> None:
         """``get_data`` waits until a frame arrives."""
         box = Mailbox(2, "a")
