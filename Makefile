@@ -43,7 +43,7 @@ unit: setup
 ## docs: the documentation site with the API reference from the docstrings, into site/
 ## (offline, warnings are errors: a docstring the reference cannot render fails the build)
 docs: setup
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 ## test: lint, type check, the docs and the whole suite (end-to-end tests on the real local
 ## model included)

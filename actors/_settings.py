@@ -50,8 +50,14 @@ class LLMSettings:
         model: The model name.
         system_instruction: Sent as a ``system`` message before the conversation's messages
             in every request (it is not written into the conversation).
-        temperature, max_tokens, max_completion_tokens, top_p, top_k, frequency_penalty,
-            presence_penalty, seed: The generation parameters of the same names.
+        temperature: 0 to 2.
+        max_tokens: At least 1 (deprecated by OpenAI, refused by its reasoning models).
+        max_completion_tokens: At least 1.
+        top_p: 0 to 1.
+        top_k: At least 0; not an OpenAI parameter (vLLM, llama.cpp and Ollama honour it).
+        frequency_penalty: -2 to 2.
+        presence_penalty: -2 to 2.
+        seed: Any 64-bit integer; best-effort determinism.
         extra: More request body fields (``GenerationParams.extra``).
 
     Raises:
