@@ -144,6 +144,25 @@ def test_every_public_package_has_a_reference_page() -> None:
         assert f"::: {module}\n" in page
 
 
+def test_every_guide_is_in_the_site_navigation() -> None:
+    """A page of docs/ left out of mkdocs.yml's nav is built but linked from no menu."""
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^ +- (?:[^:\n]+: )?([\w./-]+\.md)$", nav, re.MULTILINE))
+    guides = {path.name for path in (ROOT / "docs").glob("*.md")}
+    assert guides - listed == set()
+
+
+def test_the_docs_build_counts_warnings_as_errors() -> None:
+    """``make docs`` runs mkdocs in strict mode without ``--quiet``: quiet drops warnings
+    before strict mode counts them, and the build then passes with every one of them."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    builds = [line for line in makefile.splitlines() if "mkdocs build" in line]
+    assert builds
+    for line in builds:
+        assert "--strict" in line.split()
+        assert not {"--quiet", "-q"} & set(line.split())
+
+
 def _attrs_classes() -> list[type]:
     found: dict[str, type] = {}
     for module_name in _reference_modules():
