@@ -43,7 +43,7 @@ from ._errors import (
     status_error,
 )
 from ._parser import ChunkStreamParser
-from ._pool import default_pool
+from ._pool import Sender
 from ._retry import RetryDecision, RetryPolicy, parse_retry_after
 from ._sse import DEFAULT_MAX_EVENT_BYTES
 from ._timeouts import Timeouts
@@ -254,9 +254,9 @@ _DEFAULT_RETRY = RetryPolicy()
 class ChatCompletionsClient:
     """A streaming client for ``POST {base_url}/chat/completions`` (OpenAI and compatible servers).
 
-    One instance holds one ``httpx.AsyncClient`` connection pool, created on first use (or
-    injected), shared by all its requests. Close it with :meth:`aclose` or use it as an async
-    context manager.
+    One instance holds one connection pool, created on first use (or an injected
+    ``httpx.AsyncClient``), shared by all its requests. Close it with :meth:`aclose` or use it
+    as an async context manager.
 
     Args:
         api_key: Bearer token; defaults to ``OPENAI_API_KEY``. Without any key no
@@ -272,8 +272,12 @@ class ChatCompletionsClient:
             never shown.
         timeouts: The call's deadlines.
         retry: The retry policy.
-        http_client: An ``httpx.AsyncClient`` to use instead of creating one; it is not closed
-            by :meth:`aclose` (its owner closes it).
+        http_client: An ``httpx.AsyncClient`` to send every request through, with what it
+            adds (its headers, auth, event hooks, cookies, proxies); it is not closed by
+            :meth:`aclose` (its owner closes it). Without one, the client makes a pool of its
+            own at its first request: httpx's transport, which sends the client's own headers
+            and nothing else (no cookies are kept), or an ``httpx.AsyncClient`` when the
+            environment names a proxy or the base URL carries credentials.
         max_event_bytes: The most bytes one server-sent event may hold (default 8 MiB); a
             larger one fails the stream with :class:`~actors.client.EventTooLargeError`, so a
             broken or hostile server cannot make the client hold an endless line.
@@ -304,8 +308,8 @@ class ChatCompletionsClient:
     _endpoint: str = attrs.field(repr=False)
     _tokenize_endpoint: str = attrs.field(repr=False)
     _default_headers: Mapping[str, str] = attrs.field(repr=False)
-    _http: httpx.AsyncClient | None = attrs.field(repr=False)
-    _owns_http: bool = attrs.field(repr=False)
+    _given_http: httpx.AsyncClient | None = attrs.field(repr=False)
+    _sender: Sender | None = attrs.field(repr=False)
     _redactor: Redactor = attrs.field(repr=False)
     _closed: bool = attrs.field(repr=False)
 
@@ -341,8 +345,8 @@ class ChatCompletionsClient:
             endpoint=endpoint_url(root, "chat/completions"),
             tokenize_endpoint=endpoint_url(_server_root(root), "tokenize"),
             default_headers=headers,
-            http=http_client,
-            owns_http=http_client is None,
+            given_http=http_client,
+            sender=None,
             # Registered: the logs and ErrorFrames of the process hide them too.
             redactor=Redactor(secrets).register(),
             closed=False,
@@ -359,12 +363,13 @@ class ChatCompletionsClient:
         logs configured by ``runtime.logging.configure`` already use it)."""
         return self._redactor
 
-    def _http_client(self) -> httpx.AsyncClient:
+    def _http(self) -> Sender:
         if self._closed:
             raise RuntimeError("ChatCompletionsClient is closed")
-        if self._http is None:
-            self._http = default_pool()
-        return self._http
+        sender = self._sender
+        if sender is None:
+            sender = self._sender = Sender(self._given_http, self._endpoint)
+        return sender
 
     def _headers(self) -> dict[str, str]:
         headers = {
@@ -398,7 +403,7 @@ class ChatCompletionsClient:
             RuntimeError: The client is closed.
         """
         return ChatStream(
-            http=self._http_client(),
+            http=self._http(),
             url=self._endpoint,
             shown_url=self.url,
             headers=self._headers(),
@@ -453,15 +458,24 @@ class ChatCompletionsClient:
             ChatClientError: The answer is not ``{"tokens": [...]}``.
             RuntimeError: The client is closed.
         """
-        http = self._http_client()
-        url = self._tokenize_endpoint
+        http = self._http()
         headers = self._headers()
         headers["Accept"] = "application/json"
+        request = http.request(
+            self._tokenize_endpoint,
+            headers,
+            _encode_body({"content": text}),
+            dict.fromkeys(("connect", "read", "write", "pool"), _TOKENIZE_SECS),
+        )
         failure: ChatClientError | None = None
         response: httpx.Response | None = None
         with trio.move_on_after(_TOKENIZE_SECS) as scope:
             try:
-                response = await http.post(url, json={"content": text}, headers=headers)
+                response = await http.send(request)
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
             except httpx.TransportError as exc:
                 failure = APIConnectionError(
                     f"connection to {self.tokenize_url} failed: {type(exc).__name__}: {exc}"
@@ -501,10 +515,10 @@ class ChatCompletionsClient:
         Cancellation: the pool is closed even if the caller is cancelled meanwhile.
         """
         self._closed = True
-        http, self._http = self._http, None
-        if http is not None and self._owns_http:
+        sender, self._sender = self._sender, None
+        if sender is not None:
             with trio.CancelScope(shield=True):
-                await http.aclose()
+                await sender.aclose()
 
     async def __aenter__(self) -> ChatCompletionsClient:
         """Return the client itself; the pool is created on first use."""
@@ -552,7 +566,7 @@ class ChatStream:
         response_headers: Headers of the current response.
     """
 
-    _http: httpx.AsyncClient = attrs.field(repr=False)
+    _http: Sender = attrs.field(repr=False)
     _url: str = attrs.field(repr=False)
     _shown_url: str
     _headers: Mapping[str, str] = attrs.field(repr=False)
@@ -829,17 +843,16 @@ class ChatStream:
         )
         self.first_token_at = None
         timeouts = self._timeouts
-        request = self._http.build_request(
-            "POST",
+        request = self._http.request(
             self._url,
-            content=self._body,
-            headers=self._headers,
-            timeout=httpx.Timeout(
-                connect=timeouts.connect,
-                read=self._network_idle,
-                write=timeouts.connect,
-                pool=timeouts.connect,
-            ),
+            self._headers,
+            self._body,
+            {
+                "connect": timeouts.connect,
+                "read": self._network_idle,
+                "write": timeouts.connect,
+                "pool": timeouts.connect,
+            },
         )
         request.stream = _RequestBody(self._body)  # same bytes and Content-Length; no generator
         deadline = self._deadline
@@ -853,7 +866,7 @@ class ChatStream:
         failure: ChatClientError | None = None
         with trio.CancelScope(deadline=deadline) as scope:
             try:
-                response = await self._http.send(request, stream=True)
+                response = await self._http.send(request)
             except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteTimeout) as exc:
                 failure = ConnectTimeoutError(
                     f"connecting to {self._shown_url} timed out after {timeouts.connect:g} s"

@@ -657,6 +657,59 @@ class TestRequests:
         assert request.headers["content-type"] == "application/json"
         assert request.headers["accept"] == "text/event-stream"
 
+    async def test_its_own_pool_sends_what_the_client_says_and_no_more(
+        self, server: ScriptedOpenAIServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A client that made its own pool sends its own headers (with ``Host`` and
+        ``Content-Length``), none of ``httpx.AsyncClient``'s defaults, and keeps no cookie a
+        server sets (an API call needs none)."""
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        server.add(Reply.sse(HELLO, headers={"Set-Cookie": "__cf_bm=abc; Path=/"}))
+        server.add(Reply.sse(HELLO))
+        async with ChatCompletionsClient(api_key=API_KEY, base_url=server.base_url) as client:
+            for _ in range(2):
+                assert (await client.complete(make_request())).text == "Hello!"
+        first, second = server.requests
+        assert (
+            sorted(second.headers)
+            == sorted(first.headers)
+            == [
+                "accept",
+                "accept-encoding",
+                "authorization",
+                "content-length",
+                "content-type",
+                "host",
+                "user-agent",
+            ]
+        )
+        assert first.headers["user-agent"].startswith("trouper")
+        assert first.headers["accept-encoding"] == "identity"
+        assert "cookie" not in second.headers
+
+    async def test_a_given_client_is_used_as_it_is(self, server: ScriptedOpenAIServer) -> None:
+        """An ``httpx.AsyncClient`` passed as ``http_client`` sends every request, with what
+        its owner set up on it (its headers, its event hooks), and stays open after the
+        chat client is closed."""
+        server.add(Reply.sse(HELLO), Reply.sse(HELLO))
+        sent: list[str] = []
+
+        async def hook(request: httpx.Request) -> None:
+            sent.append(request.url.path)
+
+        async with httpx.AsyncClient(
+            headers={"X-Team": "blue"}, event_hooks={"request": [hook]}
+        ) as http:
+            async with client_for(server, http_client=http) as client:
+                await client.complete(make_request())
+            assert not http.is_closed
+            async with client_for(server, http_client=http) as client:
+                await client.complete(make_request())
+        assert sent == ["/v1/chat/completions"] * 2
+        assert [r.headers["x-team"] for r in server.requests] == ["blue", "blue"]
+        assert server.requests[0].headers["authorization"] == f"Bearer {API_KEY}"
+
     async def test_environment_defaults(
         self, server: ScriptedOpenAIServer, monkeypatch: pytest.MonkeyPatch
     ) -> None:
