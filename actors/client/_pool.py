@@ -79,7 +79,7 @@ class Sender:
 
     Args:
         given: The user's client (not closed by :meth:`aclose`), or ``None``.
-        root: The API root the requests go to (credentials in it decide the kind of pool).
+        root: A URL the requests go to (credentials in it decide the kind of pool).
     """
 
     _given: httpx.AsyncClient | None
@@ -100,7 +100,7 @@ class Sender:
     ) -> httpx.Request:
         """A ``POST`` of ``body`` to ``url`` with ``headers``, and httpx's per-phase
         ``timeout`` (``connect``, ``read``, ``write``, ``pool``)."""
-        client = self._given or self._client
+        client = self._given if self._given is not None else self._client
         if client is None and self._transport is None:
             client = self._open()
         if client is not None:
@@ -121,7 +121,7 @@ class Sender:
         Raises:
             httpx.TransportError: The request could not be sent, or no response came.
         """
-        client = self._given or self._client
+        client = self._given if self._given is not None else self._client
         if client is not None:
             return await client.send(request, stream=True)
         assert self._transport is not None  # (made by `request`)
