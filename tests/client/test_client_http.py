@@ -663,8 +663,9 @@ class TestRequests:
         """A client that made its own pool sends its own headers (with ``Host`` and
         ``Content-Length``), none of ``httpx.AsyncClient``'s defaults, and keeps no cookie a
         server sets (an API call needs none)."""
-        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
             monkeypatch.delenv(name, raising=False)
+            monkeypatch.delenv(name.lower(), raising=False)
         server.add(Reply.sse(HELLO, headers={"Set-Cookie": "__cf_bm=abc; Path=/"}))
         server.add(Reply.sse(HELLO))
         async with ChatCompletionsClient(api_key=API_KEY, base_url=server.base_url) as client:
