@@ -19,6 +19,7 @@ import os
 import ssl
 import sys
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 import attrs
 import httpx
@@ -139,17 +140,8 @@ class Sender:
 
     def _open(self) -> httpx.AsyncClient | None:
         """Make the pool: a bare transport, or a client where its layers are needed."""
-        if _proxies_possible() or _has_userinfo(self._root):
+        if _proxies_possible() or urlsplit(self._root).username is not None:
             self._client = default_pool()
             return self._client
         self._transport = httpx.AsyncHTTPTransport(verify=_tls(), limits=_LIMITS)
         return None
-
-
-def _has_userinfo(url: str) -> bool:
-    """Whether ``url`` carries credentials before its host (``scheme://user:pass@host/...``);
-    a string test, where parsing the URL costs about as much as the pool."""
-    netloc = url.partition("://")[2]
-    for end in "/?#":
-        netloc = netloc.partition(end)[0]
-    return "@" in netloc
