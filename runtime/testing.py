@@ -26,7 +26,8 @@ Step by step, with the task running in the background::
 
 Also here: :class:`FrameCollector` (records what passes a point of a topology),
 :func:`wait_idle` (every task blocked: the session has settled), :func:`capture_logs` (the
-runtime's structlog events as dicts) and :func:`running_tasks` (to check nothing is left).
+runtime's structlog events as dicts), :func:`running_tasks` and :func:`tasks_left_running` (to
+check nothing is left).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ __all__ = [
     "open_test_task",
     "run_frames",
     "running_tasks",
+    "tasks_left_running",
     "wait_idle",
 ]
 
@@ -116,6 +118,9 @@ def running_tasks() -> list[trio.lowlevel.Task]:
         before = set(running_tasks())
         await task.run()
         assert set(running_tasks()) <= before
+
+    When the session shares a longer-lived service whose own work may still be in flight as
+    it ends, use :func:`tasks_left_running` instead.
     """
     tasks: list[trio.lowlevel.Task] = []
     todo = [trio.lowlevel.current_root_task()]
@@ -127,6 +132,38 @@ def running_tasks() -> list[trio.lowlevel.Task]:
         for nursery in task.child_nurseries:
             todo.extend(nursery.child_tasks)
     return tasks
+
+
+async def tasks_left_running(
+    before: set[trio.lowlevel.Task], *, settle: float = 0.5
+) -> list[trio.lowlevel.Task]:
+    """The tasks started since ``before`` (a set of :func:`running_tasks`) that still run
+    ``settle`` seconds on; ``[]`` as soon as none is left.
+
+    A service that outlives the session (a connection pool, a store with a background
+    renewal) may have work of its own in flight when the session ends, in its own task group;
+    that work ends by itself within a round trip, so it is waited for. A task the session left
+    behind is still there when ``settle`` runs out::
+
+        before = set(running_tasks())
+        await task.run()
+        assert await tasks_left_running(before) == []
+
+    Args:
+        before: The tasks that ran before the session.
+        settle: Seconds (trio's clock) to wait for tasks that end by themselves.
+
+    Cancellation: a plain wait; cancelling it has no side effect.
+    """
+    left: list[trio.lowlevel.Task] = []
+    with trio.move_on_after(settle):
+        while True:
+            await trio.testing.wait_all_tasks_blocked()
+            left = [task for task in running_tasks() if task not in before]
+            if not left:
+                break
+            await trio.sleep(0.005)
+    return left
 
 
 @contextmanager

@@ -61,7 +61,13 @@ from runtime import (
     PipelineTask,
     Stage,
 )
-from runtime.testing import FrameCollector, TaskHarness, open_test_task, running_tasks
+from runtime.testing import (
+    FrameCollector,
+    TaskHarness,
+    open_test_task,
+    running_tasks,
+    tasks_left_running,
+)
 
 __all__ = [
     "API_KEY",
@@ -438,31 +444,12 @@ async def open_conversation(
     assert harness.has_finished()
     with trio.fail_after(within):
         await scripted.wait_connections_closed()
-    left = await tasks_left_running(before)
+    left = [t.name for t in await tasks_left_running(before)]
     assert left == [], f"still running after the session: {left}"
     for request in scripted.requests:
         if request.path.endswith("/chat/completions"):  # not /tokenize (a context window's)
             assert_valid(request.json["messages"], allow_in_progress=True)
     assert_valid(conversation.messages())
-
-
-async def tasks_left_running(before: set[trio.lowlevel.Task], *, settle: float = 0.5) -> list[str]:
-    """The names of the tasks started since ``before`` that still run ``settle`` seconds on.
-
-    A storage shared with the session runs work of its own that may be in flight when the
-    session ends (a lease renewal sent a moment before the session released its lease, in
-    the storage's task group): it ends on its own within a round trip, so it is waited for.
-    A task the session left behind is still there when ``settle`` runs out.
-    """
-    left: list[trio.lowlevel.Task] = []
-    with trio.move_on_after(settle):
-        while True:
-            await trio.testing.wait_all_tasks_blocked()
-            left = [t for t in running_tasks() if t not in before]
-            if not left:
-                break
-            await trio.sleep(0.005)
-    return [t.name for t in left]
 
 
 # ---------------------------------------------------------------------- validity

@@ -26,6 +26,7 @@ from runtime.testing import (
     open_test_task,
     run_frames,
     running_tasks,
+    tasks_left_running,
     wait_idle,
 )
 
@@ -235,6 +236,27 @@ class TestHelpers:
             names = {task.name for task in running_tasks()}
             assert any(name.startswith("actor:Incr") for name in names)
         assert set(running_tasks()) <= set(before)
+
+    async def test_tasks_left_running_names_a_task_left_and_waits_for_one_ending(
+        self, autojump_clock: object
+    ) -> None:
+        """``tasks_left_running`` reports a task left sleeping forever in a longer-lived task
+        group, and not one that ends by itself within ``settle`` (a service's round trip)."""
+        before = set(running_tasks())
+        async with trio.open_nursery() as outer:
+
+            async def left_behind() -> None:
+                await trio.sleep_forever()
+
+            async def in_flight() -> None:
+                await trio.sleep(0.05)
+
+            outer.start_soon(left_behind)
+            outer.start_soon(in_flight)
+            left = await tasks_left_running(before)
+            assert [task.name for task in left] == [f"{__name__}.{left_behind.__qualname__}"]
+            outer.cancel_scope.cancel()
+        assert await tasks_left_running(before) == []
 
     async def test_capture_logs_sees_debug_events_and_restores_the_configuration(
         self, autojump_clock: object
